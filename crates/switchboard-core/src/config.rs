@@ -1,0 +1,185 @@
+//! Every limit of a server, in one place.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// What happens when a connection's outbound queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Close the connection (1008, "slow consumer") and drop what it had
+    /// queued. The other connections are not affected. This is the default.
+    #[default]
+    Close,
+    /// Refuse the message (`send` returns [`SendError::Full`](crate::SendError::Full)),
+    /// count it in `dropped`, and keep the connection.
+    Drop,
+}
+
+/// Limits and timeouts shared by the server and every transport.
+///
+/// Built with [`Default`] and chainable setters; every field documents its
+/// default. [`Config::validate`] runs when a server starts.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::Config;
+///
+/// let config = Config::default()
+///     .max_message_size(64 * 1024)
+///     .idle_timeout(Some(Duration::from_secs(30)))
+///     .max_connections_per_ip(Some(100));
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest inbound message in bytes, after reassembly of fragments
+    /// (WebSocket: close 1009). Default 1 MiB.
+    pub max_message_size: usize,
+    /// Largest single frame or line in bytes (WebSocket frame, TCP line or
+    /// length-delimited frame). Default 1 MiB.
+    pub max_frame_size: usize,
+    /// Most messages waiting in one connection's outbound queue. Default 1024.
+    pub queue_max_messages: usize,
+    /// Most payload bytes waiting in one connection's outbound queue.
+    /// Default 1 MiB.
+    pub queue_max_bytes: usize,
+    /// What to do when the outbound queue is full. Default [`SlowConsumerPolicy::Close`].
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Time allowed for the transport handshake (WebSocket upgrade) after
+    /// the TCP accept. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Send a ping this often (transports with pings). Default 30 s.
+    pub ping_interval: Option<Duration>,
+    /// Close a connection whose peer sent nothing (no message, no pong) for
+    /// this long. Default 90 s.
+    pub idle_timeout: Option<Duration>,
+    /// Time allowed for flushing and the closing handshake once a close has
+    /// started. Default 5 s.
+    pub close_timeout: Duration,
+    /// Most connections open at once (including those still in the
+    /// handshake); past it new connections are accepted and dropped at once.
+    /// Default 65,536.
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one IP address. Default: no limit.
+    pub max_connections_per_ip: Option<usize>,
+    /// How long [`ServerHandle::shutdown`](crate::ServerHandle::shutdown)
+    /// waits for connections to flush and close before it stops them.
+    /// Default 10 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_size: 1 << 20,
+            max_frame_size: 1 << 20,
+            queue_max_messages: 1024,
+            queue_max_bytes: 1 << 20,
+            slow_consumer: SlowConsumerPolicy::Close,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(30)),
+            idle_timeout: Some(Duration::from_secs(90)),
+            close_timeout: Duration::from_secs(5),
+            max_connections: Some(65_536),
+            max_connections_per_ip: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta] $name:ident: $ty:ty),* $(,)?) => {
+        $(
+            #[$doc]
+            #[must_use]
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+impl Config {
+    setter! {
+        /// Sets [`Config::max_message_size`].
+        max_message_size: usize,
+        /// Sets [`Config::max_frame_size`].
+        max_frame_size: usize,
+        /// Sets [`Config::queue_max_messages`].
+        queue_max_messages: usize,
+        /// Sets [`Config::queue_max_bytes`].
+        queue_max_bytes: usize,
+        /// Sets [`Config::slow_consumer`].
+        slow_consumer: SlowConsumerPolicy,
+        /// Sets [`Config::handshake_timeout`].
+        handshake_timeout: Duration,
+        /// Sets [`Config::ping_interval`].
+        ping_interval: Option<Duration>,
+        /// Sets [`Config::idle_timeout`].
+        idle_timeout: Option<Duration>,
+        /// Sets [`Config::close_timeout`].
+        close_timeout: Duration,
+        /// Sets [`Config::max_connections`].
+        max_connections: Option<usize>,
+        /// Sets [`Config::max_connections_per_ip`].
+        max_connections_per_ip: Option<usize>,
+        /// Sets [`Config::shutdown_grace`].
+        shutdown_grace: Duration,
+    }
+
+    /// Checks that the limits make sense together.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: &str| Err(Error::Config(msg.to_owned()));
+        if self.max_message_size == 0 || self.max_frame_size == 0 {
+            return fail("max_message_size and max_frame_size must be at least 1");
+        }
+        if self.queue_max_messages == 0 || self.queue_max_bytes == 0 {
+            return fail("queue_max_messages and queue_max_bytes must be at least 1");
+        }
+        if self.handshake_timeout.is_zero() || self.close_timeout.is_zero() {
+            return fail("handshake_timeout and close_timeout must be longer than zero");
+        }
+        if self.ping_interval.is_some_and(|d| d.is_zero()) {
+            return fail("ping_interval must be longer than zero (None disables pings)");
+        }
+        if let (Some(ping), Some(idle)) = (self.ping_interval, self.idle_timeout) {
+            if idle <= ping {
+                return fail("idle_timeout must be longer than ping_interval, or a healthy peer would time out");
+            }
+        }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return fail("idle_timeout must be longer than zero (None disables it)");
+        }
+        if self.max_connections == Some(0) || self.max_connections_per_ip == Some(0) {
+            return fail("connection limits must be at least 1 (None means no limit)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().expect("default config is valid");
+    }
+
+    #[test]
+    fn idle_shorter_than_ping_is_rejected() {
+        let c = Config::default()
+            .ping_interval(Some(Duration::from_secs(10)))
+            .idle_timeout(Some(Duration::from_secs(5)));
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn zero_queue_is_rejected() {
+        assert!(Config::default().queue_max_messages(0).validate().is_err());
+    }
+}

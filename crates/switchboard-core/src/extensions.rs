@@ -1,0 +1,87 @@
+//! Typed per-connection state.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+
+/// A map from type to value, one value per type, like `http::Extensions`.
+/// Empty until first used, so it costs one pointer per idle connection.
+#[derive(Default)]
+pub struct Extensions {
+    map: Option<Box<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>,
+}
+
+impl Extensions {
+    /// Stores `value`, returning the previous value of the same type.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        self.map
+            .get_or_insert_with(Default::default)
+            .insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast().ok().map(|b| *b))
+    }
+
+    /// The value of type `T`, if any.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.map.as_ref()?.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// The value of type `T`, mutably.
+    pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
+        self.map.as_mut()?.get_mut(&TypeId::of::<T>())?.downcast_mut()
+    }
+
+    /// Removes and returns the value of type `T`.
+    pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
+        self.map
+            .as_mut()?
+            .remove(&TypeId::of::<T>())
+            .and_then(|b| b.downcast().ok().map(|b| *b))
+    }
+
+    /// Whether a value of type `T` is stored.
+    pub fn contains<T: Send + Sync + 'static>(&self) -> bool {
+        self.get::<T>().is_some()
+    }
+
+    /// Moves every value of `other` into `self` (replacing same-type values).
+    pub fn extend(&mut self, other: Extensions) {
+        if let Some(theirs) = other.map {
+            self.map.get_or_insert_with(Default::default).extend(*theirs);
+        }
+    }
+
+    /// Number of stored values.
+    pub fn len(&self) -> usize {
+        self.map.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extensions").field("len", &self.len()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_slots() {
+        #[derive(Debug, PartialEq)]
+        struct User(String);
+        let mut e = Extensions::default();
+        assert!(e.get::<User>().is_none());
+        assert!(e.insert(User("ann".into())).is_none());
+        e.insert(7u32);
+        assert_eq!(e.get::<User>(), Some(&User("ann".into())));
+        *e.get_mut::<u32>().expect("stored") += 1;
+        assert_eq!(e.remove::<u32>(), Some(8));
+        assert_eq!(e.len(), 1);
+    }
+}

@@ -1,0 +1,331 @@
+//! The connection driver: one task per connection runs both directions.
+//!
+//! Inbound, the driver reads one message, runs `on_message` to completion and
+//! only then reads the next (the inbound back-pressure). Outbound, it moves
+//! the whole queue into a local batch under one lock, hands each message to
+//! the transport and flushes once per batch. Writing goes on while a handler
+//! runs, so a handler that sends and then awaits something does not stall
+//! its own replies.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use futures_util::FutureExt;
+
+use crate::close::{CloseCode, CloseFrame, CloseReason};
+use crate::component::MessageComponent;
+use crate::connection::{CloseRequest, Connection, Signals};
+use crate::error::{BoxError, Error};
+use crate::message::Message;
+use crate::stats::Stats;
+use crate::transport::{Received, TransportConn};
+
+/// Runs one established connection from `on_open` to `on_close`.
+pub(crate) async fn drive<T: TransportConn>(io: T, conn: Connection, component: Arc<dyn MessageComponent>) {
+    let ctx = conn.context().clone();
+    Stats::add(&ctx.stats.open, 1);
+    Stats::add(&ctx.stats.opened_total, 1);
+    let mut driver = Driver { io, conn: conn.clone(), batch: VecDeque::new(), unflushed: false, broken: None };
+
+    let reason = driver.run(&*component).await;
+    driver.discard_batch();
+    tracing::debug!(%reason, "connection closed");
+    let on_close = AssertUnwindSafe(component.on_close(&conn, reason)).catch_unwind();
+    if let Err(panic) = on_close.await {
+        Stats::add(&ctx.stats.panics, 1);
+        tracing::error!(conn = %conn.id(), panic = %panic_message(&*panic), "on_close panicked");
+    }
+    conn.finish();
+    ctx.unregister(&conn);
+    ctx.stats.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+struct Driver<T> {
+    io: T,
+    conn: Connection,
+    /// Messages taken from the shared queue, not yet given to the transport.
+    batch: VecDeque<Message>,
+    /// Something was given to the transport since the last flush.
+    unflushed: bool,
+    /// The first write error; after it nothing more is written.
+    broken: Option<Error>,
+}
+
+/// What woke the read side.
+enum Step {
+    Received(Result<Received, Error>),
+    Close(CloseRequest),
+    Forced,
+    WriteFailed(Error),
+}
+
+/// How a handler run ended.
+enum Outcome {
+    Done(Result<(), BoxError>),
+    Panicked(String),
+    Forced,
+}
+
+impl<T: TransportConn> Driver<T> {
+    /// The open phase and the message loop; returns why the connection ended,
+    /// after the close (if any) was carried out.
+    async fn run(&mut self, component: &dyn MessageComponent) -> CloseReason {
+        let conn = self.conn.clone();
+        match self.handle(component.on_open(&conn)).await {
+            Outcome::Done(Ok(())) => {}
+            Outcome::Done(Err(err)) => {
+                let req = self.conn.begin_close(request(CloseCode::POLICY, "rejected", CloseReason::Rejected));
+                self.report(component, Error::Handler(err)).await;
+                return self.finish_close(req).await;
+            }
+            Outcome::Panicked(msg) => return self.panicked(component, msg).await,
+            Outcome::Forced => return CloseReason::Shutdown,
+        }
+
+        loop {
+            let step = poll_fn(|cx| self.poll_step(cx)).await;
+            match step {
+                Step::Received(Ok(Received::Message(msg))) => {
+                    let stats = &self.conn.context().stats;
+                    Stats::add(&stats.messages_in, 1);
+                    Stats::add(&stats.bytes_in, msg.len() as u64);
+                    match self.handle(component.on_message(&conn, msg)).await {
+                        Outcome::Done(Ok(())) => {}
+                        Outcome::Done(Err(err)) => self.report(component, Error::Handler(err)).await,
+                        Outcome::Panicked(msg) => return self.panicked(component, msg).await,
+                        Outcome::Forced => return CloseReason::Shutdown,
+                    }
+                    if let Some(err) = self.broken.take() {
+                        return self.write_failed(component, err).await;
+                    }
+                }
+                Step::Received(Ok(Received::Closed(frame))) => {
+                    let reply = frame.clone().unwrap_or_else(|| CloseFrame::from_static(CloseCode::NORMAL, ""));
+                    let req = self.conn.begin_close(CloseRequest {
+                        frame: reply,
+                        reason: CloseReason::Peer(frame),
+                        discard: false,
+                    });
+                    return self.finish_close(req).await;
+                }
+                Step::Received(Err(err)) => {
+                    let req = match &err {
+                        Error::IdleTimeout => request(CloseCode::AWAY, "idle timeout", CloseReason::IdleTimeout),
+                        Error::Protocol { code, source } => {
+                            let frame = CloseFrame::new(*code, truncate_reason(&source.to_string()));
+                            CloseRequest { frame: frame.clone(), reason: CloseReason::Error(frame), discard: false }
+                        }
+                        _ => abnormal(),
+                    };
+                    let req = self.conn.begin_close(req);
+                    self.report(component, err).await;
+                    return self.finish_close(req).await;
+                }
+                Step::Close(req) => return self.finish_close(req).await,
+                Step::Forced => return CloseReason::Shutdown,
+                Step::WriteFailed(err) => return self.write_failed(component, err).await,
+            }
+        }
+    }
+
+    /// Waits for the next inbound message or a close signal, writing meanwhile.
+    fn poll_step(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
+        let signals = match self.poll_write(cx) {
+            Ok(signals) => signals,
+            Err(err) => return Poll::Ready(Step::WriteFailed(err)),
+        };
+        if signals.force {
+            return Poll::Ready(Step::Forced);
+        }
+        if let Some(req) = signals.close {
+            return Poll::Ready(Step::Close(req));
+        }
+        self.io.poll_recv(cx).map(Step::Received)
+    }
+
+    /// Runs a handler future to completion (or until forced), writing what it
+    /// queues as it goes. Panics are caught here.
+    async fn handle<'a>(&mut self, fut: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>) -> Outcome {
+        let mut fut = AssertUnwindSafe(fut).catch_unwind();
+        poll_fn(|cx| {
+            if self.broken.is_none() {
+                match self.poll_write(cx) {
+                    Ok(signals) if signals.force => return Poll::Ready(Outcome::Forced),
+                    Ok(_) => {}
+                    Err(err) => self.broken = Some(err),
+                }
+            } else if self.conn.poll_signals(cx.waker()).force {
+                return Poll::Ready(Outcome::Forced);
+            }
+            Pin::new(&mut fut).poll(cx).map(|res| match res {
+                Ok(res) => Outcome::Done(res),
+                Err(panic) => Outcome::Panicked(panic_message(&*panic)),
+            })
+        })
+        .await
+    }
+
+    /// Registers the waker, then writes out everything queued and flushes
+    /// once. Returns the close signals read under the same lock, so a close
+    /// requested at any moment is either seen now or wakes the task later.
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>) -> Result<Signals, Error> {
+        loop {
+            let signals = self.conn.poll_state(cx.waker(), &mut self.batch);
+            if signals.force || signals.close.as_ref().is_some_and(|c| c.discard) {
+                return Ok(signals);
+            }
+            if self.batch.is_empty() {
+                if self.unflushed {
+                    match self.io.poll_flush(cx) {
+                        Poll::Ready(Ok(())) => self.unflushed = false,
+                        Poll::Ready(Err(err)) => return Err(err),
+                        Poll::Pending => {}
+                    }
+                }
+                return Ok(signals);
+            }
+            let stats = &self.conn.context().stats;
+            let (mut count, mut bytes) = (0u64, 0u64);
+            let result = loop {
+                match self.io.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(err)) => break Err(err),
+                    Poll::Pending => break Ok(false),
+                }
+                let Some(msg) = self.batch.pop_front() else { break Ok(true) };
+                let len = msg.len();
+                self.conn.dequeued(len);
+                count += 1;
+                bytes += len as u64;
+                self.unflushed = true;
+                if let Err(err) = self.io.start_send(msg) {
+                    break Err(err);
+                }
+            };
+            Stats::add(&stats.messages_out, count);
+            Stats::add(&stats.bytes_out, bytes);
+            match result {
+                // The batch is written; look for more before flushing once.
+                Ok(true) => continue,
+                // The transport is full. Flushing is what frees it (for
+                // buffering sinks poll_ready already did; this is cheap).
+                Ok(false) => {
+                    if self.unflushed {
+                        if let Poll::Ready(Err(err)) = self.io.poll_flush(cx) {
+                            return Err(err);
+                        }
+                    }
+                    return Ok(signals);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Flushes what was queued before the close (unless discarding), then
+    /// closes the transport, bounded by `close_timeout` and by `force`.
+    async fn finish_close(&mut self, req: CloseRequest) -> CloseReason {
+        if matches!(req.reason, CloseReason::Error(ref f) if f.code == CloseCode::ABNORMAL) {
+            return req.reason;
+        }
+        let timeout = self.conn.context().config.close_timeout;
+        let closing = poll_fn(|cx| {
+            let signals = self.conn.poll_signals(cx.waker());
+            if signals.force {
+                return Poll::Ready(());
+            }
+            if !req.discard && self.broken.is_none() {
+                match self.poll_write(cx) {
+                    Ok(_) if self.batch.is_empty() && !self.unflushed && self.conn.queued_messages() == 0 => {}
+                    Ok(_) => return Poll::Pending,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "flush before close failed");
+                        self.broken = Some(err);
+                    }
+                }
+            } else {
+                self.discard_batch();
+            }
+            match ready!(self.io.poll_close(cx, &req.frame)) {
+                Ok(()) => {}
+                Err(err) => tracing::debug!(error = %err, "close failed"),
+            }
+            Poll::Ready(())
+        });
+        if tokio::time::timeout(timeout, closing).await.is_err() {
+            tracing::debug!(?timeout, "close timed out");
+        }
+        req.reason
+    }
+
+    async fn panicked(&mut self, component: &dyn MessageComponent, msg: String) -> CloseReason {
+        Stats::add(&self.conn.context().stats.panics, 1);
+        let req = self.conn.begin_close(request(CloseCode::ERROR, "internal error", CloseReason::Panic));
+        self.report(component, Error::Panic(msg)).await;
+        self.finish_close(req).await
+    }
+
+    async fn write_failed(&mut self, component: &dyn MessageComponent, err: Error) -> CloseReason {
+        let req = self.conn.begin_close(abnormal());
+        self.report(component, err).await;
+        self.finish_close(req).await
+    }
+
+    /// Runs `on_error`; a panic in it is logged and otherwise ignored.
+    async fn report(&mut self, component: &dyn MessageComponent, err: Error) {
+        let conn = self.conn.clone();
+        match self.handle(Box::pin(async move {
+            component.on_error(&conn, err).await;
+            Ok(())
+        }))
+        .await
+        {
+            Outcome::Panicked(msg) => {
+                Stats::add(&self.conn.context().stats.panics, 1);
+                tracing::error!(panic = %msg, "on_error panicked");
+                self.conn.begin_close(request(CloseCode::ERROR, "internal error", CloseReason::Panic));
+            }
+            Outcome::Done(_) | Outcome::Forced => {}
+        }
+    }
+
+    /// Drops the local batch, keeping the queue counters honest.
+    fn discard_batch(&mut self) {
+        for msg in self.batch.drain(..) {
+            self.conn.dequeued(msg.len());
+        }
+    }
+}
+
+fn request(code: CloseCode, reason: &'static str, why: CloseReason) -> CloseRequest {
+    CloseRequest { frame: CloseFrame::from_static(code, reason), reason: why, discard: false }
+}
+
+/// The connection is gone (reset, broken pipe): no close frame can be sent.
+fn abnormal() -> CloseRequest {
+    let frame = CloseFrame::from_static(CloseCode::ABNORMAL, "");
+    CloseRequest { frame: frame.clone(), reason: CloseReason::Error(frame), discard: true }
+}
+
+/// WebSocket close reasons are limited to 123 bytes.
+fn truncate_reason(s: &str) -> String {
+    let mut end = s.len().min(123);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

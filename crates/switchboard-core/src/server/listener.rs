@@ -1,0 +1,98 @@
+//! The accept loop: admit within limits, hand off to a task, survive errors.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use super::{Admission, Context};
+use crate::stats::Stats;
+use crate::transport::{Accepted, Transport};
+
+const BACKOFF_START: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+pub(super) async fn accept_loop<T: Transport<TcpStream>>(listener: TcpListener, transport: Arc<T>, ctx: Arc<Context>) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = ctx.stopping.cancelled() => break,
+            res = listener.accept() => res,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = BACKOFF_START;
+                let Some(admission) = ctx.admit(peer.ip()) else {
+                    Stats::add(&ctx.stats.rejected, 1);
+                    tracing::info!(%peer, "connection refused: connection limit reached");
+                    continue;
+                };
+                // Real-time traffic: never wait for Nagle's algorithm.
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, error = %err, "set_nodelay failed");
+                }
+                let span = tracing::debug_span!("accept", %peer);
+                ctx.spawn(serve(stream, peer, transport.clone(), ctx.clone(), admission).instrument(span));
+            }
+            // The peer gave up between SYN and accept: not our problem.
+            Err(err) if is_per_connection(&err) => {
+                tracing::debug!(error = %err, "accept: connection aborted by peer");
+            }
+            Err(err) => {
+                // EMFILE/ENFILE/ENOBUFS...: the pending connection stays in
+                // the backlog; wait for resources and try again.
+                Stats::add(&ctx.stats.accept_errors, 1);
+                tracing::warn!(error = %err, ?backoff, "accept failed; retrying");
+                tokio::select! {
+                    () = ctx.stopping.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    tracing::debug!("accept loop stopped");
+}
+
+async fn serve<T: Transport<TcpStream>>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Arc<T>,
+    ctx: Arc<Context>,
+    admission: Admission,
+) {
+    let handshake = tokio::time::timeout(ctx.config.handshake_timeout, transport.accept(stream, peer, &ctx.config));
+    let result = tokio::select! {
+        () = ctx.stopping.cancelled() => return,
+        res = handshake => res,
+    };
+    match result {
+        Ok(Ok(Accepted { conn, info, component })) => {
+            ctx.run_connection(conn, peer, info, component).await;
+        }
+        Ok(Err(err)) => {
+            Stats::add(&ctx.stats.handshake_failures, 1);
+            tracing::debug!(error = %err, "handshake failed");
+        }
+        Err(_) => {
+            Stats::add(&ctx.stats.handshake_failures, 1);
+            tracing::debug!(timeout = ?ctx.config.handshake_timeout, "handshake timed out");
+        }
+    }
+    drop(admission);
+}
+
+fn is_per_connection(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}

@@ -1,0 +1,316 @@
+//! The server runtime: listeners, limits, the connection registry and shutdown.
+
+mod conn;
+mod listener;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::close::{CloseCode, CloseFrame, CloseReason};
+use crate::component::MessageComponent;
+use crate::config::Config;
+use crate::connection::{CloseRequest, Connection, ConnectionId};
+use crate::error::{Error, Result};
+use crate::stats::{Counters, Stats};
+use crate::transport::{Transport, TransportConn, TransportInfo};
+
+
+/// State shared by a server's listeners and connections.
+pub(crate) struct Context {
+    pub(crate) config: Config,
+    pub(crate) stats: Stats,
+    /// Every connection past its handshake, for shutdown to close.
+    registry: Mutex<HashMap<ConnectionId, Connection>>,
+    /// Set once shutdown began: connections registering afterwards are
+    /// closed at once.
+    shutting_down: AtomicBool,
+    /// Cancelled at shutdown: accept loops and handshakes stop.
+    stopping: CancellationToken,
+    /// Tracks connection tasks (handshake included), so shutdown can wait.
+    tracker: TaskTracker,
+    /// Admitted connections, handshakes included (for `max_connections`).
+    admitted: AtomicUsize,
+    /// Admitted connections per peer IP (only when a per-IP limit is set).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Context {
+    pub(crate) fn new(config: Config) -> Arc<Self> {
+        Arc::new(Context {
+            config,
+            stats: Stats::default(),
+            registry: Mutex::default(),
+            shutting_down: AtomicBool::new(false),
+            stopping: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            admitted: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<ConnectionId, Connection>> {
+        // Map operations do not panic midway; poisoning cannot tear the map.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs an established connection to its end: `on_open` to `on_close`.
+    pub(crate) async fn run_connection<C: TransportConn>(
+        self: &Arc<Self>,
+        io: C,
+        peer: SocketAddr,
+        info: TransportInfo,
+        component: Arc<dyn MessageComponent>,
+    ) {
+        let conn = Connection::new(peer, info, self.clone());
+        let span = tracing::info_span!("conn", id = conn.id().as_u64(), %peer, transport = conn.transport().kind());
+        {
+            let mut registry = self.registry();
+            registry.insert(conn.id(), conn.clone());
+            if self.shutting_down.load(Ordering::Acquire) {
+                conn.begin_close(shutdown_request());
+            }
+        }
+        conn::drive(io, conn, component).instrument(span).await;
+    }
+
+    pub(crate) fn unregister(&self, conn: &Connection) {
+        self.registry().remove(&conn.id());
+    }
+
+    /// Counts a new connection against the limits, or refuses it.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
+        let config = &self.config;
+        let total = self.admitted.fetch_add(1, Ordering::AcqRel) + 1;
+        let admission = Admission { ctx: self.clone(), ip: None };
+        if config.max_connections.is_some_and(|max| total > max) {
+            return None;
+        }
+        if let Some(max) = config.max_connections_per_ip {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= max {
+                return None;
+            }
+            *n += 1;
+            let mut admission = admission;
+            admission.ip = Some(ip);
+            return Some(admission);
+        }
+        Some(admission)
+    }
+
+    pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
+        self.tracker.spawn(fut);
+    }
+
+    /// Stops accepting, closes every connection with 1001 and waits for
+    /// them, forcing the stragglers after the grace period.
+    pub(crate) async fn shutdown(&self) {
+        let conns: Vec<Connection> = {
+            let registry = self.registry();
+            self.shutting_down.store(true, Ordering::Release);
+            registry.values().cloned().collect()
+        };
+        self.stopping.cancel();
+        for conn in &conns {
+            conn.begin_close(shutdown_request());
+        }
+        self.tracker.close();
+        let grace = self.config.shutdown_grace;
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_ok() {
+            return;
+        }
+        let stragglers: Vec<Connection> = self.registry().values().cloned().collect();
+        tracing::warn!(count = stragglers.len(), ?grace, "shutdown grace period over: stopping connections");
+        for conn in &stragglers {
+            conn.force();
+        }
+        let bound = self.config.close_timeout;
+        if tokio::time::timeout(bound, self.tracker.wait()).await.is_err() {
+            tracing::error!(
+                count = self.registry().len(),
+                "connections still running after shutdown: an on_close handler does not return"
+            );
+        }
+    }
+}
+
+fn shutdown_request() -> CloseRequest {
+    CloseRequest {
+        frame: CloseFrame::new(CloseCode::AWAY, "server shutting down"),
+        reason: CloseReason::Shutdown,
+        discard: false,
+    }
+}
+
+/// A slot under the connection limits, released on drop.
+struct Admission {
+    ctx: Arc<Context>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.ctx.admitted.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+type BindFn = Box<dyn FnOnce(Arc<Context>) -> Pin<Box<dyn Future<Output = Result<SocketAddr>> + Send>> + Send>;
+
+/// Entry point: `Server::builder()`.
+#[derive(Debug)]
+pub struct Server(());
+
+impl Server {
+    /// A builder with the default [`Config`] and no listeners.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder { config: Config::default(), listeners: Vec::new() }
+    }
+}
+
+/// Configures listeners and limits, then [`start`](Self::start)s the server.
+///
+/// Each listener has its own transport; transports carry the component(s)
+/// they serve, so one component can serve WebSocket browsers and raw TCP
+/// peers at once.
+#[must_use = "a builder does nothing until `start` is awaited"]
+pub struct ServerBuilder {
+    config: Config,
+    listeners: Vec<BindFn>,
+}
+
+impl ServerBuilder {
+    /// Sets the limits shared by every listener.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Listens on `addr` (port 0 picks a free port; see
+    /// [`ServerHandle::local_addr`]) with `transport`.
+    pub fn bind<A, T>(mut self, addr: A, transport: T) -> Self
+    where
+        A: ToSocketAddrs + fmt::Debug + Send + Sync + 'static,
+        T: Transport<TcpStream>,
+    {
+        self.listeners.push(Box::new(move |ctx| {
+            Box::pin(async move {
+                let listener = TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| Error::Bind { addr: format!("{addr:?}"), source })?;
+                start_listener(listener, transport, ctx)
+            })
+        }));
+        self
+    }
+
+    /// Serves `transport` on a listener that is already bound.
+    pub fn listener<T: Transport<TcpStream>>(mut self, listener: TcpListener, transport: T) -> Self {
+        self.listeners.push(Box::new(move |ctx| Box::pin(async move { start_listener(listener, transport, ctx) })));
+        self
+    }
+
+    /// Validates the config, binds every listener and starts accepting.
+    /// Nothing is left listening if any bind fails.
+    pub async fn start(self) -> Result<ServerHandle> {
+        self.config.validate()?;
+        if self.listeners.is_empty() {
+            return Err(Error::Config("a server needs at least one listener (ServerBuilder::bind)".into()));
+        }
+        let ctx = Context::new(self.config);
+        let mut addrs = Vec::with_capacity(self.listeners.len());
+        for bind in self.listeners {
+            match bind(ctx.clone()).await {
+                Ok(addr) => addrs.push(addr),
+                Err(err) => {
+                    ctx.stopping.cancel();
+                    return Err(err);
+                }
+            }
+        }
+        for addr in &addrs {
+            tracing::info!(%addr, "listening");
+        }
+        Ok(ServerHandle { inner: Arc::new(HandleInner { ctx, addrs, shutdown_once: tokio::sync::OnceCell::new() }) })
+    }
+}
+
+fn start_listener<T: Transport<TcpStream>>(listener: TcpListener, transport: T, ctx: Arc<Context>) -> Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    tokio::spawn(listener::accept_loop(listener, Arc::new(transport), ctx));
+    Ok(addr)
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .field("listeners", &self.listeners.len())
+            .finish()
+    }
+}
+
+/// A running server. Cheap to clone. Dropping every handle does not stop
+/// the server; call [`shutdown`](Self::shutdown).
+#[derive(Clone)]
+pub struct ServerHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    ctx: Arc<Context>,
+    addrs: Vec<SocketAddr>,
+    shutdown_once: tokio::sync::OnceCell<()>,
+}
+
+impl ServerHandle {
+    /// The address of the first listener (the actual port after a port-0 bind).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addrs[0]
+    }
+
+    /// The addresses of all listeners, in `bind` order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.inner.addrs
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Counters {
+        self.inner.ctx.stats.snapshot()
+    }
+
+    /// Graceful shutdown: stops accepting, closes every connection with 1001
+    /// after flushing what was already queued, waits up to
+    /// [`Config::shutdown_grace`] and then stops the rest. `on_close` runs for
+    /// every connection. Calling it again (or concurrently) waits for the
+    /// same shutdown.
+    pub async fn shutdown(&self) {
+        let ctx = &self.inner.ctx;
+        self.inner.shutdown_once.get_or_init(|| ctx.shutdown()).await;
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle").field("addrs", &self.inner.addrs).finish()
+    }
+}

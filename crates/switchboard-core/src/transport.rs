@@ -1,0 +1,233 @@
+//! The seam between the core runtime and a wire protocol.
+//!
+//! A [`Transport`] turns an accepted byte stream into a [`TransportConn`]: a
+//! message stream and sink with a close operation. The core owns everything
+//! else: the accept loop, limits, the connection lifecycle, queues and
+//! shutdown. A new transport (QUIC, Unix sockets) is a crate, not a fork.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::close::CloseFrame;
+use crate::component::MessageComponent;
+use crate::config::Config;
+use crate::error::Result;
+use crate::message::Message;
+
+/// What the transport read from the peer.
+#[derive(Debug)]
+pub enum Received {
+    /// An application message.
+    Message(Message),
+    /// The peer closed: a close frame, or `None` for a plain end of stream.
+    Closed(Option<CloseFrame>),
+}
+
+/// One established connection, as the core's connection driver sees it.
+///
+/// The driver polls both directions from one task: `poll_recv` only when the
+/// component is ready for the next message (the inbound back-pressure), and
+/// the send side whenever messages are queued. `start_send` may buffer;
+/// `poll_flush` writes the buffer out, and the driver calls it once per batch.
+pub trait TransportConn: Send + Unpin + 'static {
+    /// Reads the next message. Transport-level traffic (pings, keepalive
+    /// timers) is handled in here; an idle peer yields [`Error::IdleTimeout`](crate::Error::IdleTimeout).
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received>>;
+
+    /// Ready to accept one more message into `start_send`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>>;
+
+    /// Buffers one message for writing; call `poll_ready` first.
+    fn start_send(&mut self, msg: Message) -> Result<()>;
+
+    /// Writes out everything buffered.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>>;
+
+    /// Closes the connection with `frame` (transports without close frames
+    /// just end the stream). Called repeatedly with the same frame until it
+    /// returns `Ready`; the driver bounds it with `Config::close_timeout`.
+    fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>>;
+}
+
+/// What a transport hands to the core for each accepted connection.
+pub struct Accepted<C> {
+    /// The established connection.
+    pub conn: C,
+    /// What the component can learn about the connection.
+    pub info: TransportInfo,
+    /// The component that serves this connection (a transport may route,
+    /// for example by WebSocket request path).
+    pub component: Arc<dyn MessageComponent>,
+}
+
+/// Turns accepted byte streams of type `IO` into connections.
+///
+/// `IO` is a TCP stream for a plain listener; a TLS layer wraps a transport
+/// for `TlsStream<TcpStream>`. The core applies
+/// [`Config::handshake_timeout`] around [`accept`](Transport::accept).
+pub trait Transport<IO>: Send + Sync + 'static {
+    /// The connection type this transport produces.
+    type Conn: TransportConn;
+
+    /// Performs the handshake (if any) on a freshly accepted stream.
+    fn accept(
+        &self,
+        io: IO,
+        peer: SocketAddr,
+        config: &Config,
+    ) -> impl Future<Output = Result<Accepted<Self::Conn>>> + Send;
+}
+
+/// Request headers, kept compactly (names lower-cased).
+#[derive(Clone, Debug, Default)]
+pub struct Headers(Box<[(Box<str>, Box<str>)]>);
+
+impl Headers {
+    /// Builds the set from name/value pairs.
+    pub fn new<N: AsRef<str>, V: Into<Box<str>>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
+        Headers(
+            pairs
+                .into_iter()
+                .map(|(n, v)| (n.as_ref().to_ascii_lowercase().into_boxed_str(), v.into()))
+                .collect(),
+        )
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &**v)
+    }
+
+    /// Every value of header `name` (case-insensitive), in request order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &**v)
+    }
+
+    /// All headers as `(lower-case name, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (&**n, &**v))
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a component can learn about how a connection arrived.
+///
+/// For WebSocket: the request path, query, headers and the negotiated
+/// subprotocol. Raw TCP fills in only the kind.
+#[derive(Clone, Debug)]
+pub struct TransportInfo {
+    kind: &'static str,
+    path: Option<Box<str>>,
+    query: Option<Box<str>>,
+    headers: Headers,
+    subprotocol: Option<Box<str>>,
+}
+
+impl TransportInfo {
+    /// Info for a transport of the given kind (`"ws"`, `"tcp"`, `"memory"`).
+    pub fn new(kind: &'static str) -> Self {
+        TransportInfo { kind, path: None, query: None, headers: Headers::default(), subprotocol: None }
+    }
+
+    /// Sets the request path.
+    #[must_use]
+    pub fn with_path(mut self, path: impl Into<Box<str>>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Sets the query string (without `?`).
+    #[must_use]
+    pub fn with_query(mut self, query: impl Into<Box<str>>) -> Self {
+        self.query = Some(query.into());
+        self
+    }
+
+    /// Sets the request headers.
+    #[must_use]
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets the negotiated subprotocol.
+    #[must_use]
+    pub fn with_subprotocol(mut self, protocol: impl Into<Box<str>>) -> Self {
+        self.subprotocol = Some(protocol.into());
+        self
+    }
+
+    /// The transport kind: `"ws"`, `"tcp"`, `"memory"`, ...
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The request path (WebSocket).
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+
+    /// The query string without `?` (WebSocket).
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    /// The value of one query parameter, not percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+
+    /// The request headers (WebSocket).
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The value of one cookie from the `Cookie` headers.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get_all("cookie")
+            .flat_map(|h| h.split(';'))
+            .find_map(|c| c.trim().split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+    }
+
+    /// The negotiated subprotocol (WebSocket).
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_lookups() {
+        let info = TransportInfo::new("ws").with_query("a=1&token=xyz&flag").with_headers(Headers::new([
+            ("Cookie", "sid=abc; theme=dark"),
+            ("X-Thing", "1"),
+        ]));
+        assert_eq!(info.query_param("token"), Some("xyz"));
+        assert_eq!(info.query_param("flag"), Some(""));
+        assert_eq!(info.query_param("nope"), None);
+        assert_eq!(info.cookie("theme"), Some("dark"));
+        assert_eq!(info.cookie("sid"), Some("abc"));
+        assert_eq!(info.headers().get("x-thing"), Some("1"));
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs on a fresh machine, then runs it all.
+# This is the project's one test command (README.md); .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+echo "== unit, integration and doc tests"
+cargo test --workspace --all-features

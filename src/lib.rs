@@ -1,0 +1,6 @@
+//! switchboard: real-time messaging servers for WebSocket and raw TCP, on tokio.
+//!
+//! Write one type that implements [`MessageComponent`] and serve it on any
+//! transport. See the crate README and `docs/guide.md`.
+
+pub use switchboard_core::*;
