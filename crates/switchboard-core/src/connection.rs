@@ -95,7 +95,7 @@ pub(crate) struct CloseRequest {
 }
 
 impl Connection {
-    pub(crate) fn new(peer: SocketAddr, info: TransportInfo, ctx: Arc<Context>) -> Self {
+    pub(crate) fn new(peer: SocketAddr, info: TransportInfo, extensions: Extensions, ctx: Arc<Context>) -> Self {
         Connection {
             inner: Arc::new(Inner {
                 id: ConnectionId::next(),
@@ -106,7 +106,7 @@ impl Connection {
                 queued_bytes: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
-                extensions: Mutex::new(Extensions::default()),
+                extensions: Mutex::new(extensions),
             }),
         }
     }

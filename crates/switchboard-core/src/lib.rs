@@ -44,5 +44,6 @@ pub use error::{BoxError, Error, Result, SendError};
 pub use extensions::Extensions;
 pub use hub::{Broker, Hub, LocalBroker, LocalDelivery, Topic};
 pub use message::{Message, Utf8Bytes};
-pub use server::{Server, ServerBuilder, ServerHandle};
+pub use server::{ClientHandle, Server, ServerBuilder, ServerHandle, spawn_client};
 pub use stats::Counters;
+pub use transport::{Accepted, Headers, Received, Transport, TransportConn, TransportInfo};

@@ -44,6 +44,7 @@ use crate::close::{CloseCode, CloseFrame};
 use crate::component::MessageComponent;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::extensions::Extensions;
 use crate::message::Message;
 use crate::server::Context;
 use crate::stats::Counters;
@@ -104,7 +105,9 @@ impl TestServer {
         let conn = MemoryConn { rx: from_client, tx: PollSender::new(to_client), close_sent: false };
         let ctx = self.ctx.clone();
         let component = self.component.clone();
-        self.ctx.spawn(async move { ctx.run_connection(conn, peer, info, component).await });
+        self.ctx.spawn(async move {
+            ctx.run_connection(conn, peer, info, Extensions::default(), component).await;
+        });
         TestClient { tx: to_server, rx: from_server, close: None, peer }
     }
 

@@ -14,6 +14,7 @@ use crate::close::CloseFrame;
 use crate::component::MessageComponent;
 use crate::config::Config;
 use crate::error::Result;
+use crate::extensions::Extensions;
 use crate::message::Message;
 
 /// What the transport read from the peer.
@@ -60,6 +61,16 @@ pub struct Accepted<C> {
     /// The component that serves this connection (a transport may route,
     /// for example by WebSocket request path).
     pub component: Arc<dyn MessageComponent>,
+    /// Typed state for the connection's [`extensions`](crate::Connection::extensions),
+    /// for example the user an authentication hook identified.
+    pub extensions: Extensions,
+}
+
+impl<C> Accepted<C> {
+    /// An accepted connection with no extensions.
+    pub fn new(conn: C, info: TransportInfo, component: Arc<dyn MessageComponent>) -> Self {
+        Accepted { conn, info, component, extensions: Extensions::default() }
+    }
 }
 
 /// Turns accepted byte streams of type `IO` into connections.

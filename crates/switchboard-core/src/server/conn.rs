@@ -25,7 +25,11 @@ use crate::stats::Stats;
 use crate::transport::{Received, TransportConn};
 
 /// Runs one established connection from `on_open` to `on_close`.
-pub(crate) async fn drive<T: TransportConn>(io: T, conn: Connection, component: Arc<dyn MessageComponent>) {
+pub(crate) async fn drive<T: TransportConn>(
+    io: T,
+    conn: Connection,
+    component: Arc<dyn MessageComponent>,
+) -> CloseReason {
     let ctx = conn.context().clone();
     Stats::add(&ctx.stats.open, 1);
     Stats::add(&ctx.stats.opened_total, 1);
@@ -34,7 +38,7 @@ pub(crate) async fn drive<T: TransportConn>(io: T, conn: Connection, component: 
     let reason = driver.run(&*component).await;
     driver.discard_batch();
     tracing::debug!(%reason, "connection closed");
-    let on_close = AssertUnwindSafe(component.on_close(&conn, reason)).catch_unwind();
+    let on_close = AssertUnwindSafe(component.on_close(&conn, reason.clone())).catch_unwind();
     if let Err(panic) = on_close.await {
         Stats::add(&ctx.stats.panics, 1);
         tracing::error!(conn = %conn.id(), panic = %panic_message(&*panic), "on_close panicked");
@@ -42,6 +46,7 @@ pub(crate) async fn drive<T: TransportConn>(io: T, conn: Connection, component: 
     conn.finish();
     ctx.unregister(&conn);
     ctx.stats.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    reason
 }
 
 struct Driver<T> {

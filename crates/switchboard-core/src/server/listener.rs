@@ -71,8 +71,8 @@ async fn serve<T: Transport<TcpStream>>(
         res = handshake => res,
     };
     match result {
-        Ok(Ok(Accepted { conn, info, component })) => {
-            ctx.run_connection(conn, peer, info, component).await;
+        Ok(Ok(Accepted { conn, info, component, extensions })) => {
+            ctx.run_connection(conn, peer, info, extensions, component).await;
         }
         Ok(Err(err)) => {
             Stats::add(&ctx.stats.handshake_failures, 1);

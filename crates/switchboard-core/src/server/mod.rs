@@ -1,7 +1,10 @@
 //! The server runtime: listeners, limits, the connection registry and shutdown.
 
+mod client;
 mod conn;
 mod listener;
+
+pub use client::{ClientHandle, spawn_client};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +24,7 @@ use crate::component::MessageComponent;
 use crate::config::Config;
 use crate::connection::{CloseRequest, Connection, ConnectionId};
 use crate::error::{Error, Result};
+use crate::extensions::Extensions;
 use crate::stats::{Counters, Stats};
 use crate::transport::{Transport, TransportConn, TransportInfo};
 
@@ -69,18 +73,32 @@ impl Context {
         io: C,
         peer: SocketAddr,
         info: TransportInfo,
+        extensions: Extensions,
         component: Arc<dyn MessageComponent>,
-    ) {
-        let conn = Connection::new(peer, info, self.clone());
-        let span = tracing::info_span!("conn", id = conn.id().as_u64(), %peer, transport = conn.transport().kind());
-        {
-            let mut registry = self.registry();
-            registry.insert(conn.id(), conn.clone());
-            if self.shutting_down.load(Ordering::Acquire) {
-                conn.begin_close(shutdown_request());
-            }
+    ) -> CloseReason {
+        let conn = self.open(peer, info, extensions);
+        Self::drive(io, conn, component).await
+    }
+
+    /// Creates and registers the handle of an established connection.
+    pub(crate) fn open(self: &Arc<Self>, peer: SocketAddr, info: TransportInfo, extensions: Extensions) -> Connection {
+        let conn = Connection::new(peer, info, extensions, self.clone());
+        let mut registry = self.registry();
+        registry.insert(conn.id(), conn.clone());
+        if self.shutting_down.load(Ordering::Acquire) {
+            conn.begin_close(shutdown_request());
         }
-        conn::drive(io, conn, component).instrument(span).await;
+        conn
+    }
+
+    /// Drives an opened connection from `on_open` to `on_close`.
+    pub(crate) async fn drive<C: TransportConn>(
+        io: C,
+        conn: Connection,
+        component: Arc<dyn MessageComponent>,
+    ) -> CloseReason {
+        let span = tracing::info_span!("conn", id = conn.id().as_u64(), peer = %conn.peer_addr(), transport = conn.transport().kind());
+        conn::drive(io, conn, component).instrument(span).await
     }
 
     pub(crate) fn unregister(&self, conn: &Connection) {

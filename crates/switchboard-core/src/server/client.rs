@@ -1,0 +1,92 @@
+//! Running a component on the client side of a connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::Context;
+use crate::close::CloseReason;
+use crate::component::MessageComponent;
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::error::Result;
+use crate::extensions::Extensions;
+use crate::message::Message;
+use crate::stats::Counters;
+use crate::transport::{TransportConn, TransportInfo};
+
+/// Runs `component` on an established client-side connection, with the same
+/// lifecycle guarantees as on a server: `on_open` first, ordered
+/// `on_message`, `on_close` exactly once, `on_error`. Transport crates build
+/// their `connect` functions on this.
+///
+/// Returns once the connection task is spawned; `on_open` may still be running.
+pub fn spawn_client<C: TransportConn>(
+    io: C,
+    peer: SocketAddr,
+    info: TransportInfo,
+    component: Arc<dyn MessageComponent>,
+    config: Config,
+) -> Result<ClientHandle> {
+    config.validate()?;
+    let ctx = Context::new(config);
+    let (tx, rx) = watch::channel(None);
+    let conn = ctx.open(peer, info, Extensions::default());
+    let task_conn = conn.clone();
+    ctx.spawn(async move {
+        let reason = Context::drive(io, task_conn, component).await;
+        let _ = tx.send(Some(reason));
+    });
+    Ok(ClientHandle { conn, ctx, closed: rx })
+}
+
+/// A running client connection: send, close, wait for the end.
+#[derive(Clone)]
+pub struct ClientHandle {
+    conn: Connection,
+    ctx: Arc<Context>,
+    closed: watch::Receiver<Option<CloseReason>>,
+}
+
+impl ClientHandle {
+    /// The connection handle (the one the component's handlers see).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Queues a message; see [`Connection::send`].
+    pub fn send(&self, msg: impl Into<Message>) -> std::result::Result<(), crate::SendError> {
+        self.conn.send(msg)
+    }
+
+    /// Closes normally after flushing; see [`Connection::close`].
+    pub fn close(&self) {
+        self.conn.close();
+    }
+
+    /// Waits until the connection ended (after `on_close`) and tells why.
+    pub async fn closed(&self) -> CloseReason {
+        let mut rx = self.closed.clone();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                // The task ended without reporting: its runtime shut down.
+                return CloseReason::Shutdown;
+            }
+        }
+    }
+
+    /// This connection's counters.
+    pub fn stats(&self) -> Counters {
+        self.ctx.stats.snapshot()
+    }
+}
+
+impl std::fmt::Debug for ClientHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHandle").field("conn", &self.conn).finish()
+    }
+}
