@@ -28,7 +28,7 @@ pub enum SlowConsumerPolicy {
 ///
 /// let config = Config::default()
 ///     .max_message_size(64 * 1024)
-///     .idle_timeout(Some(Duration::from_secs(30)))
+///     .idle_timeout(Some(Duration::from_secs(60)))
 ///     .max_connections_per_ip(Some(100));
 /// assert!(config.validate().is_ok());
 /// ```
