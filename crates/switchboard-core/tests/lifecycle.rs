@@ -1,0 +1,382 @@
+//! Contract tests of the connection lifecycle, run on the real connection
+//! driver through the in-memory test kit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard::testing::{TestClient, TestServer};
+use switchboard::{
+    async_trait, BoxError, CloseCode, CloseReason, Config, Connection, ConnectionId, Error, Hub, Message,
+    MessageComponent, SlowConsumerPolicy,
+};
+use tokio::sync::Notify;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Records every lifecycle event and answers a small command language.
+#[derive(Default)]
+struct Recorder {
+    hub: Hub,
+    opens: Mutex<HashMap<ConnectionId, usize>>,
+    closes: Mutex<HashMap<ConnectionId, Vec<CloseReason>>>,
+    errors: Mutex<Vec<String>>,
+    /// Per connection: a handler is running (detects overlapping calls).
+    busy: Mutex<HashMap<ConnectionId, Arc<AtomicBool>>>,
+    overlaps: AtomicUsize,
+    message_before_open: AtomicUsize,
+    closed_notify: Notify,
+}
+
+impl Recorder {
+    fn close_reasons(&self) -> HashMap<ConnectionId, Vec<CloseReason>> {
+        self.closes.lock().unwrap().clone()
+    }
+
+    async fn wait_closes(&self, n: usize) {
+        timeout(LIMIT, async {
+            loop {
+                let notified = self.closed_notify.notified();
+                if self.closes.lock().unwrap().values().map(Vec::len).sum::<usize>() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("on_close did not run in time");
+    }
+}
+
+#[async_trait]
+impl MessageComponent for Recorder {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        *self.opens.lock().unwrap().entry(conn.id()).or_default() += 1;
+        self.busy.lock().unwrap().insert(conn.id(), Arc::default());
+        self.hub.join(conn);
+        if conn.transport().path() == Some("/reject") {
+            return Err("not allowed".into());
+        }
+        if conn.transport().path() == Some("/panic-open") {
+            panic!("on_open panic");
+        }
+        Ok(())
+    }
+
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        if !self.opens.lock().unwrap().contains_key(&conn.id()) {
+            self.message_before_open.fetch_add(1, Ordering::SeqCst);
+        }
+        let busy = self.busy.lock().unwrap().get(&conn.id()).cloned().expect("opened");
+        if busy.swap(true, Ordering::SeqCst) {
+            self.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        // Yield a few times so overlapping calls would actually interleave.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let result = match msg.as_text() {
+            Some("fail") => Err("handler failed".into()),
+            Some("panic") => panic!("handler panic"),
+            Some(cmd) if cmd.starts_with("flood ") => {
+                let n: usize = cmd[6..].parse()?;
+                for i in 0..n {
+                    conn.send(format!("f{i}"))?;
+                }
+                Ok(())
+            }
+            Some(cmd) if cmd.starts_with("all ") => {
+                self.hub.broadcast(cmd[4..].to_owned()).await?;
+                Ok(())
+            }
+            _ => conn.send(msg).map_err(Into::into),
+        };
+        busy.store(false, Ordering::SeqCst);
+        result
+    }
+
+    async fn on_close(&self, conn: &Connection, reason: CloseReason) {
+        self.closes.lock().unwrap().entry(conn.id()).or_default().push(reason);
+        self.closed_notify.notify_waiters();
+    }
+
+    async fn on_error(&self, conn: &Connection, err: Error) {
+        self.errors.lock().unwrap().push(err.to_string());
+        conn.close_with(CloseCode::ERROR, "internal error");
+    }
+}
+
+fn server(config: Config) -> (Arc<Recorder>, TestServer) {
+    let rec = Arc::new(Recorder::default());
+    let server = TestServer::from_arc(rec.clone(), config);
+    (rec, server)
+}
+
+async fn recv(client: &mut TestClient) -> Option<Message> {
+    timeout(LIMIT, client.recv()).await.expect("no message in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_arrive_in_order_one_at_a_time_across_many_clients() {
+    let (rec, server) = server(Config::default());
+    const CLIENTS: usize = 40;
+    const MESSAGES: usize = 200;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = server.connect().await;
+        tasks.push(tokio::spawn(async move {
+            // 200 replies fit in the outbound queue (1024), so sending all
+            // first cannot deadlock; the clients run in parallel.
+            for i in 0..MESSAGES {
+                assert!(client.send(format!("{c}:{i}")).await);
+            }
+            for i in 0..MESSAGES {
+                assert_eq!(recv(&mut client).await, Some(Message::text(format!("{c}:{i}"))), "client {c}");
+            }
+        }));
+    }
+    for task in tasks {
+        timeout(LIMIT, task).await.expect("client finished in time").expect("client task");
+    }
+    assert_eq!(rec.overlaps.load(Ordering::SeqCst), 0, "on_message overlapped for one connection");
+    assert_eq!(rec.message_before_open.load(Ordering::SeqCst), 0, "on_message before on_open");
+    assert_eq!(server.stats().messages_in, (CLIENTS * MESSAGES) as u64);
+}
+
+#[tokio::test]
+async fn on_close_runs_exactly_once_on_every_path() {
+    let config = Config::default().queue_max_messages(8).shutdown_grace(Duration::from_secs(5));
+    let (rec, server) = server(config);
+    let info = |path: &str| switchboard::TransportInfo::new("memory").with_path(path.to_owned());
+
+    // Peer close.
+    let mut peer = server.connect().await;
+    assert!(peer.send("hi").await);
+    assert_eq!(recv(&mut peer).await, Some(Message::text("hi")));
+    peer.close().await;
+    assert_eq!(timeout(LIMIT, peer.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::NORMAL));
+
+    // Handler error: the on_error above closes with 1011.
+    let mut failing = server.connect().await;
+    assert!(failing.send("fail").await);
+    assert_eq!(timeout(LIMIT, failing.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::ERROR));
+
+    // Panic.
+    let mut panicking = server.connect().await;
+    assert!(panicking.send("panic").await);
+    assert_eq!(timeout(LIMIT, panicking.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::ERROR));
+
+    // Rejected by on_open, and a panic in on_open.
+    let mut rejected = server.connect_with(info("/reject")).await;
+    assert_eq!(timeout(LIMIT, rejected.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::POLICY));
+    let mut open_panic = server.connect_with(info("/panic-open")).await;
+    assert_eq!(timeout(LIMIT, open_panic.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::ERROR));
+
+    // A limit: the queue bound (8) with a peer that does not read.
+    let mut slow = server.connect().await;
+    assert!(slow.send("flood 100").await);
+    assert_eq!(timeout(LIMIT, slow.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::POLICY));
+
+    // Shutdown.
+    let mut last = server.connect().await;
+    assert!(last.send("still here").await);
+    assert_eq!(recv(&mut last).await, Some(Message::text("still here")));
+    timeout(LIMIT, server.shutdown()).await.expect("shutdown in time");
+    assert_eq!(timeout(LIMIT, last.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::AWAY));
+
+    rec.wait_closes(7).await;
+    let closes = rec.close_reasons();
+    assert_eq!(closes.len(), 7, "one entry per connection: {closes:?}");
+    for (id, reasons) in &closes {
+        assert_eq!(reasons.len(), 1, "connection {id} closed {} times: {reasons:?}", reasons.len());
+    }
+    let mut kinds: Vec<String> = closes
+        .values()
+        .map(|r| match &r[0] {
+            CloseReason::Peer(_) => "peer",
+            CloseReason::Local(f) if f.code == CloseCode::ERROR => "handler-error",
+            CloseReason::Panic => "panic",
+            CloseReason::Rejected => "rejected",
+            CloseReason::SlowConsumer => "slow",
+            CloseReason::Shutdown => "shutdown",
+            other => panic!("unexpected reason {other:?}"),
+        }
+        .to_owned())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["handler-error", "panic", "panic", "peer", "rejected", "shutdown", "slow"]);
+    let opens = rec.opens.lock().unwrap();
+    assert!(opens.values().all(|n| *n == 1));
+    let stats = server.stats();
+    assert_eq!(stats.open_connections, 0);
+    assert_eq!(stats.panics, 2);
+    assert_eq!(stats.slow_consumer_closes, 1);
+    let errors = rec.errors.lock().unwrap();
+    assert!(errors.iter().any(|e| e.contains("handler panicked: handler panic")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("handler error: not allowed")), "{errors:?}");
+}
+
+#[tokio::test]
+async fn a_panic_closes_only_its_own_connection() {
+    let (rec, server) = server(Config::default());
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        others.push(server.connect().await);
+    }
+    let mut victim = server.connect().await;
+    assert!(victim.send("panic").await);
+    assert_eq!(timeout(LIMIT, victim.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::ERROR));
+    for (i, other) in others.iter_mut().enumerate() {
+        assert!(other.send(format!("after {i}")).await);
+        assert_eq!(recv(other).await, Some(Message::text(format!("after {i}"))));
+    }
+    rec.wait_closes(1).await;
+    assert_eq!(server.stats().open_connections, 5);
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_is_closed_while_others_get_everything() {
+    // The stuck peer cannot take a close frame either: bound that wait.
+    let config = Config::default()
+        .queue_max_messages(64)
+        .queue_max_bytes(4096)
+        .close_timeout(Duration::from_millis(300));
+    let (rec, server) = server(config);
+    let stuck = server.connect().await; // never reads
+    let mut reader = server.connect().await;
+    let mut sender = server.connect().await;
+    const N: usize = 2000;
+    let mut received = 0;
+    for i in 0..N {
+        assert!(sender.send(format!("all {i}")).await);
+        // The reader keeps up; the sender's own copies are read too.
+        assert_eq!(recv(&mut reader).await, Some(Message::text(i.to_string())));
+        assert_eq!(recv(&mut sender).await, Some(Message::text(i.to_string())));
+        received += 1;
+    }
+    assert_eq!(received, N);
+    rec.wait_closes(1).await;
+    let closes = rec.close_reasons();
+    assert_eq!(closes.len(), 1);
+    assert_eq!(closes.values().next().unwrap(), &vec![CloseReason::SlowConsumer]);
+    let stats = server.stats();
+    assert_eq!(stats.slow_consumer_closes, 1);
+    // Memory stayed bounded: the stuck peer held at most the bound, in
+    // flight in its channel plus its queue, before it was closed.
+    assert!(stats.dropped >= 1);
+    assert_eq!(stuck.close_frame(), None, "the stuck client has not read its close yet");
+}
+
+#[tokio::test]
+async fn drop_policy_refuses_and_counts_but_keeps_the_connection() {
+    let config = Config::default().queue_max_messages(4).slow_consumer(SlowConsumerPolicy::Drop);
+    let (rec, server) = server(config);
+    // `client` does not read while the sender broadcasts through the hub,
+    // which skips members that refuse a message.
+    let mut client = server.connect().await;
+    let mut sender = server.connect().await;
+    for i in 0..100 {
+        assert!(sender.send(format!("all {i}")).await);
+        assert_eq!(recv(&mut sender).await, Some(Message::text(i.to_string())));
+    }
+    let stats = server.stats();
+    assert!(stats.dropped > 0, "nothing was dropped: {stats:?}");
+    assert_eq!(stats.slow_consumer_closes, 0);
+    // The connection is still open and serves again once it reads.
+    let mut got = 0;
+    while let Ok(Some(_)) = timeout(Duration::from_millis(200), client.recv()).await {
+        got += 1;
+    }
+    assert!(got < 100 && got >= 4, "got {got}");
+    assert!(client.send("ping").await);
+    assert_eq!(recv(&mut client).await, Some(Message::text("ping")));
+    assert!(rec.close_reasons().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_delivers_everything_queued_before_it() {
+    let config = Config::default().queue_max_messages(100_000).queue_max_bytes(64 << 20);
+    let (rec, server) = server(config);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = server.connect().await;
+        assert!(c.send("flood 5000").await);
+        // The handler ran once a later message is answered.
+        assert!(c.send("mark").await);
+        clients.push(c);
+    }
+    // Wait until every flood is queued: each client's "mark" comes last.
+    let mut received = vec![Vec::new(); 3];
+    for (c, client) in clients.iter_mut().enumerate() {
+        loop {
+            let m = recv(client).await.expect("message");
+            if m.as_text() == Some("mark") {
+                break;
+            }
+            received[c].push(m);
+            if received[c].len() == 10 {
+                break;
+            }
+        }
+    }
+    let shutdown = tokio::spawn({
+        let server = Arc::new(server);
+        async move { server.shutdown().await }
+    });
+    for (c, client) in clients.iter_mut().enumerate() {
+        while let Some(m) = recv(client).await {
+            if m.as_text() != Some("mark") {
+                received[c].push(m);
+            }
+        }
+        assert_eq!(client.close_frame().map(|f| f.code), Some(CloseCode::AWAY));
+    }
+    for r in &received {
+        assert_eq!(r.len(), 5000);
+        for (i, m) in r.iter().enumerate() {
+            assert_eq!(m.as_text(), Some(format!("f{i}").as_str()));
+        }
+    }
+    timeout(LIMIT, shutdown).await.expect("shutdown finished").expect("task");
+    rec.wait_closes(3).await;
+    assert!(rec.close_reasons().values().all(|r| r == &vec![CloseReason::Shutdown]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_stragglers_after_the_grace_period() {
+    struct Stuck;
+    #[async_trait]
+    impl MessageComponent for Stuck {
+        async fn on_message(&self, _conn: &Connection, _msg: Message) -> Result<(), BoxError> {
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    }
+    let closed = Arc::new(AtomicUsize::new(0));
+    struct Counting(Stuck, Arc<AtomicUsize>);
+    #[async_trait]
+    impl MessageComponent for Counting {
+        async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+            self.0.on_message(conn, msg).await
+        }
+        async fn on_close(&self, _conn: &Connection, reason: CloseReason) {
+            assert_eq!(reason, CloseReason::Shutdown);
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let server = TestServer::with_config(
+        Counting(Stuck, closed.clone()),
+        Config::default().shutdown_grace(Duration::from_secs(3)),
+    );
+    let client = server.connect().await;
+    assert!(client.send("block forever").await);
+    tokio::task::yield_now().await;
+    let started = tokio::time::Instant::now();
+    server.shutdown().await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(4), "took {took:?}");
+    assert_eq!(closed.load(Ordering::SeqCst), 1);
+    assert_eq!(server.stats().open_connections, 0);
+}
