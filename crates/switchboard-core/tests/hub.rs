@@ -1,0 +1,190 @@
+//! Hub, rooms and the broker seam.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard::testing::{TestClient, TestServer};
+use switchboard::{
+    async_trait, BoxError, Broker, Connection, ConnectionId, Hub, LocalDelivery, Message, MessageComponent, Topic,
+};
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Records what the hub asks of its broker, and can inject messages from
+/// "another node" through the delivery handle it was given.
+#[derive(Default)]
+struct Recording {
+    calls: Mutex<Vec<String>>,
+    local: Mutex<Option<LocalDelivery>>,
+}
+
+#[derive(Clone, Default)]
+struct RecordingBroker(Arc<Recording>);
+
+impl std::ops::Deref for RecordingBroker {
+    type Target = Recording;
+    fn deref(&self) -> &Recording {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl Broker for RecordingBroker {
+    fn attach(&self, local: LocalDelivery) {
+        *self.local.lock().unwrap() = Some(local);
+    }
+    async fn subscribe(&self, room: &str) -> switchboard::Result<()> {
+        self.calls.lock().unwrap().push(format!("sub {room}"));
+        Ok(())
+    }
+    async fn unsubscribe(&self, room: &str) -> switchboard::Result<()> {
+        self.calls.lock().unwrap().push(format!("unsub {room}"));
+        Ok(())
+    }
+    async fn publish(&self, topic: Topic<'_>, msg: Message, _except: Option<ConnectionId>) -> switchboard::Result<()> {
+        self.calls.lock().unwrap().push(format!("pub {topic:?} {}", msg.as_text().unwrap_or("?")));
+        Ok(())
+    }
+}
+
+/// "join R", "leave R", "say R TEXT", "all TEXT", "others TEXT".
+struct Rooms {
+    hub: Hub,
+}
+
+#[async_trait]
+impl MessageComponent for Rooms {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        self.hub.join(conn);
+        Ok(())
+    }
+
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        let text = msg.as_text().ok_or("text only")?;
+        let (cmd, rest) = text.split_once(' ').unwrap_or((text, ""));
+        match cmd {
+            "join" => self.hub.join_room(rest, conn).await?,
+            "leave" => self.hub.leave_room(rest, conn.id()).await?,
+            "say" => {
+                let (room, words) = rest.split_once(' ').ok_or("say ROOM TEXT")?;
+                self.hub.publish(room, words.to_owned()).await?;
+            }
+            "others" => {
+                self.hub.broadcast_except(rest.to_owned(), conn.id()).await?;
+            }
+            "all" => {
+                self.hub.broadcast(rest.to_owned()).await?;
+            }
+            _ => return Err("unknown command".into()),
+        }
+        conn.send("ok")?;
+        Ok(())
+    }
+}
+
+async fn cmd(client: &mut TestClient, text: &str) {
+    assert!(client.send(text.to_owned()).await);
+    expect(client, "ok").await;
+}
+
+async fn expect(client: &mut TestClient, text: &str) {
+    let got = timeout(LIMIT, client.recv()).await.expect("in time");
+    assert_eq!(got, Some(Message::text(text.to_owned())));
+}
+
+#[tokio::test]
+async fn rooms_broadcast_and_automatic_leave() {
+    let broker = RecordingBroker::default();
+    let hub = Hub::with_broker(broker.clone());
+    let server = TestServer::new(Rooms { hub: hub.clone() });
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    let mut c = server.connect().await;
+
+    cmd(&mut a, "join red").await;
+    cmd(&mut b, "join red").await;
+    cmd(&mut c, "join blue").await;
+    assert_eq!(hub.room_len("red"), 2);
+    assert_eq!(hub.len(), 3);
+
+    // A room message reaches its members only.
+    assert!(c.send("say red hello").await);
+    expect(&mut a, "hello").await;
+    expect(&mut b, "hello").await;
+    expect(&mut c, "ok").await;
+
+    // broadcast_except skips the sender; broadcast does not.
+    assert!(a.send("others psst").await);
+    expect(&mut b, "psst").await;
+    expect(&mut c, "psst").await;
+    expect(&mut a, "ok").await;
+    assert!(b.send("all hey").await);
+    expect(&mut a, "hey").await;
+    expect(&mut b, "hey").await;
+    expect(&mut b, "ok").await;
+    expect(&mut c, "hey").await;
+
+    // Explicit leave; then a closed connection leaves everything by itself.
+    cmd(&mut a, "leave red").await;
+    assert_eq!(hub.room_len("red"), 1);
+    c.close().await;
+    timeout(LIMIT, c.closed()).await.expect("closed");
+    timeout(LIMIT, async {
+        while hub.len() != 2 || hub.room_len("blue") != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("closed connection left the hub");
+
+    // Messages from other nodes arrive through the delivery handle.
+    let local = broker.local.lock().unwrap().clone().expect("attached");
+    assert_eq!(local.deliver(Topic::Room("red"), &Message::text("remote"), None), 1);
+    expect(&mut b, "remote").await;
+
+    // The broker was told about first joins, last leaves and every publish.
+    timeout(LIMIT, async {
+        while !broker.calls.lock().unwrap().iter().any(|c| c == "unsub blue") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("blue unsubscribed after its last member closed");
+    let calls = broker.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            "sub red",
+            "sub blue",
+            "pub Room(\"red\") hello",
+            "pub All psst",
+            "pub All hey",
+            "unsub blue",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn broadcast_shares_one_payload() {
+    let hub = Hub::new();
+    let server = TestServer::new(Rooms { hub: hub.clone() });
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(server.connect().await);
+    }
+    timeout(LIMIT, async {
+        while hub.len() < 10 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("all joined");
+    let payload = Message::binary(vec![42u8; 4096]);
+    let ptr = payload.as_bytes().as_ptr();
+    assert_eq!(hub.broadcast(payload).await.expect("local"), 10);
+    for client in &mut clients {
+        let got = timeout(LIMIT, client.recv()).await.expect("in time").expect("message");
+        assert_eq!(got.as_bytes().as_ptr(), ptr, "payload was copied");
+    }
+}
