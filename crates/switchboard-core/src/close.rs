@@ -62,11 +62,17 @@ pub struct CloseFrame {
 impl CloseFrame {
     /// A close frame with the given code and reason.
     pub fn new(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Self {
-        CloseFrame { code, reason: reason.into() }
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
     }
 
     pub(crate) const fn from_static(code: CloseCode, reason: &'static str) -> Self {
-        CloseFrame { code, reason: Utf8Bytes::from_static(reason) }
+        CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }
     }
 }
 

@@ -146,10 +146,12 @@ impl Config {
         if self.ping_interval.is_some_and(|d| d.is_zero()) {
             return fail("ping_interval must be longer than zero (None disables pings)");
         }
-        if let (Some(ping), Some(idle)) = (self.ping_interval, self.idle_timeout) {
-            if idle <= ping {
-                return fail("idle_timeout must be longer than ping_interval, or a healthy peer would time out");
-            }
+        if let (Some(ping), Some(idle)) = (self.ping_interval, self.idle_timeout)
+            && idle <= ping
+        {
+            return fail(
+                "idle_timeout must be longer than ping_interval, or a healthy peer would time out",
+            );
         }
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
             return fail("idle_timeout must be longer than zero (None disables it)");
@@ -167,7 +169,9 @@ mod tests {
 
     #[test]
     fn default_is_valid() {
-        Config::default().validate().expect("default config is valid");
+        Config::default()
+            .validate()
+            .expect("default config is valid");
     }
 
     #[test]

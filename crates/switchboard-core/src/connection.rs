@@ -95,7 +95,12 @@ pub(crate) struct CloseRequest {
 }
 
 impl Connection {
-    pub(crate) fn new(peer: SocketAddr, info: TransportInfo, extensions: Extensions, ctx: Arc<Context>) -> Self {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        info: TransportInfo,
+        extensions: Extensions,
+        ctx: Arc<Context>,
+    ) -> Self {
         Connection {
             inner: Arc::new(Inner {
                 id: ConnectionId::next(),
@@ -194,8 +199,11 @@ impl Connection {
     /// [`CloseReason::Local`].
     pub fn close_with(&self, code: CloseCode, reason: impl Into<Utf8Bytes>) {
         let frame = CloseFrame::new(code, reason);
-        self.inner
-            .close(CloseRequest { reason: CloseReason::Local(frame.clone()), frame, discard: false });
+        self.inner.close(CloseRequest {
+            reason: CloseReason::Local(frame.clone()),
+            frame,
+            discard: false,
+        });
     }
 
     /// Whether a close has started (or the connection has ended).
@@ -227,7 +235,10 @@ impl Connection {
     pub fn extensions(&self) -> MutexGuard<'_, Extensions> {
         // A panic while the guard was held cannot leave the map half-updated
         // (HashMap operations are not interrupted), so poisoning is ignored.
-        self.inner.extensions.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .extensions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// A clone of the stored value of type `T`, if any.
@@ -246,7 +257,11 @@ impl Connection {
         if state.finished {
             return false;
         }
-        if !state.hubs.iter().any(|h| std::ptr::eq(h.as_ptr(), Arc::as_ptr(hub))) {
+        if !state
+            .hubs
+            .iter()
+            .any(|h| std::ptr::eq(h.as_ptr(), Arc::as_ptr(hub)))
+        {
             state.hubs.push(Arc::downgrade(hub));
         }
         true
@@ -280,7 +295,10 @@ impl Connection {
         if batch.is_empty() {
             std::mem::swap(&mut state.queue, batch);
         }
-        Signals { close: state.close.clone(), force: state.force }
+        Signals {
+            close: state.close.clone(),
+            force: state.force,
+        }
     }
 
     /// Like [`poll_state`](Self::poll_state), leaving the queue alone.
@@ -290,7 +308,10 @@ impl Connection {
             Some(w) if w.will_wake(waker) => {}
             _ => state.waker = Some(waker.clone()),
         }
-        Signals { close: state.close.clone(), force: state.force }
+        Signals {
+            close: state.close.clone(),
+            force: state.force,
+        }
     }
 
     /// A message left the queue for the transport.
@@ -304,7 +325,8 @@ impl Connection {
             let mut state = self.inner.lock_state();
             state.finished = true;
             let queue = std::mem::take(&mut state.queue);
-            self.inner.release(queue.len(), queue.iter().map(Message::len).sum());
+            self.inner
+                .release(queue.len(), queue.iter().map(Message::len).sum());
             state.waker = None;
             std::mem::take(&mut state.hubs)
         };

@@ -78,7 +78,10 @@ pub enum Error {
 impl Error {
     /// A protocol error with the given close code.
     pub fn protocol(code: CloseCode, source: impl Into<BoxError>) -> Self {
-        Error::Protocol { code, source: source.into() }
+        Error::Protocol {
+            code,
+            source: source.into(),
+        }
     }
 }
 

@@ -52,7 +52,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Sends a message to the other nodes. `except` is a connection of this
     /// node that must not receive it.
-    async fn publish(&self, topic: Topic<'_>, msg: Message, except: Option<ConnectionId>) -> Result<()>;
+    async fn publish(
+        &self,
+        topic: Topic<'_>,
+        msg: Message,
+        except: Option<ConnectionId>,
+    ) -> Result<()>;
 }
 
 /// The in-process broker: one node, nothing to forward. The default.
@@ -61,7 +66,12 @@ pub struct LocalBroker;
 
 #[async_trait]
 impl Broker for LocalBroker {
-    async fn publish(&self, _topic: Topic<'_>, _msg: Message, _except: Option<ConnectionId>) -> Result<()> {
+    async fn publish(
+        &self,
+        _topic: Topic<'_>,
+        _msg: Message,
+        _except: Option<ConnectionId>,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -75,13 +85,17 @@ impl LocalDelivery {
     /// Delivers `msg` to the local members of `topic`, skipping `except`;
     /// returns how many connections took it.
     pub fn deliver(&self, topic: Topic<'_>, msg: &Message, except: Option<ConnectionId>) -> usize {
-        self.0.upgrade().map_or(0, |hub| hub.deliver(topic, msg, except))
+        self.0
+            .upgrade()
+            .map_or(0, |hub| hub.deliver(topic, msg, except))
     }
 }
 
 impl fmt::Debug for LocalDelivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalDelivery").field("live", &(self.0.strong_count() > 0)).finish()
+        f.debug_struct("LocalDelivery")
+            .field("live", &(self.0.strong_count() > 0))
+            .finish()
     }
 }
 
@@ -211,7 +225,11 @@ impl Hub {
     }
 
     /// Sends `msg` to every member except `except` (usually the sender).
-    pub async fn broadcast_except(&self, msg: impl Into<Message>, except: ConnectionId) -> Result<usize> {
+    pub async fn broadcast_except(
+        &self,
+        msg: impl Into<Message>,
+        except: ConnectionId,
+    ) -> Result<usize> {
         self.fan_out(Topic::All, msg.into(), Some(except)).await
     }
 
@@ -257,13 +275,22 @@ impl Hub {
     }
 
     /// Sends `msg` to every member of `room` except `except`.
-    pub async fn publish_except(&self, room: &str, msg: impl Into<Message>, except: ConnectionId) -> Result<usize> {
-        self.fan_out(Topic::Room(room), msg.into(), Some(except)).await
+    pub async fn publish_except(
+        &self,
+        room: &str,
+        msg: impl Into<Message>,
+        except: ConnectionId,
+    ) -> Result<usize> {
+        self.fan_out(Topic::Room(room), msg.into(), Some(except))
+            .await
     }
 
     /// Number of local members of `room`.
     pub fn room_len(&self, room: &str) -> usize {
-        read(&self.shared.rooms).by_name.get(room).map_or(0, HashMap::len)
+        read(&self.shared.rooms)
+            .by_name
+            .get(room)
+            .map_or(0, HashMap::len)
     }
 
     /// The rooms connection `id` is in.
@@ -275,7 +302,12 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    async fn fan_out(&self, topic: Topic<'_>, msg: Message, except: Option<ConnectionId>) -> Result<usize> {
+    async fn fan_out(
+        &self,
+        topic: Topic<'_>,
+        msg: Message,
+        except: Option<ConnectionId>,
+    ) -> Result<usize> {
         let delivered = self.shared.deliver(topic, &msg, except);
         self.shared.broker.publish(topic, msg, except).await?;
         Ok(delivered)
@@ -302,7 +334,9 @@ impl HubShared {
     /// Removes `id` from `room`; true when the room became empty.
     fn leave_room_sync(&self, room: &str, id: ConnectionId) -> bool {
         let mut rooms = write(&self.rooms);
-        let Some(members) = rooms.by_name.get_mut(room) else { return false };
+        let Some(members) = rooms.by_name.get_mut(room) else {
+            return false;
+        };
         if members.remove(&id).is_none() {
             return false;
         }
@@ -360,7 +394,9 @@ impl HubShared {
                     }
                 });
             }
-            Err(_) => tracing::warn!("no tokio runtime: emptied rooms stay subscribed at the broker"),
+            Err(_) => {
+                tracing::warn!("no tokio runtime: emptied rooms stay subscribed at the broker")
+            }
         }
     }
 }

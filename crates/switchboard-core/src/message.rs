@@ -206,7 +206,9 @@ impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const SHOWN: usize = 64;
         match self {
-            Message::Text(t) if t.len() <= SHOWN => f.debug_tuple("Text").field(&t.as_str()).finish(),
+            Message::Text(t) if t.len() <= SHOWN => {
+                f.debug_tuple("Text").field(&t.as_str()).finish()
+            }
             Message::Text(t) => write!(f, "Text({} bytes)", t.len()),
             Message::Binary(b) if b.len() <= SHOWN => f.debug_tuple("Binary").field(b).finish(),
             Message::Binary(b) => write!(f, "Binary({} bytes)", b.len()),

@@ -81,7 +81,10 @@ impl TestServer {
         if let Err(err) = config.validate() {
             panic!("TestServer: {err}");
         }
-        TestServer { ctx: Context::new(config), component }
+        TestServer {
+            ctx: Context::new(config),
+            component,
+        }
     }
 
     /// Serves `component` with `config`.
@@ -102,13 +105,23 @@ impl TestServer {
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let (to_server, from_client) = mpsc::channel(CHANNEL_CAPACITY);
         let (to_client, from_server) = mpsc::channel(CHANNEL_CAPACITY);
-        let conn = MemoryConn { rx: from_client, tx: PollSender::new(to_client), close_sent: false };
+        let conn = MemoryConn {
+            rx: from_client,
+            tx: PollSender::new(to_client),
+            close_sent: false,
+        };
         let ctx = self.ctx.clone();
         let component = self.component.clone();
         self.ctx.spawn(async move {
-            ctx.run_connection(conn, peer, info, Extensions::default(), component).await;
+            ctx.run_connection(conn, peer, info, Extensions::default(), component)
+                .await;
         });
-        TestClient { tx: to_server, rx: from_server, close: None, peer }
+        TestClient {
+            tx: to_server,
+            rx: from_server,
+            close: None,
+            peer,
+        }
     }
 
     /// A snapshot of the counters.
@@ -189,7 +202,10 @@ impl TestClient {
     /// Starts a normal close (1000) from the client side; the server answers
     /// with its own close frame, which [`closed`](Self::closed) returns.
     pub async fn close(&self) {
-        let _ = self.tx.send(Frame::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))).await;
+        let _ = self
+            .tx
+            .send(Frame::Close(Some(CloseFrame::new(CloseCode::NORMAL, ""))))
+            .await;
     }
 }
 

@@ -69,7 +69,12 @@ pub struct Accepted<C> {
 impl<C> Accepted<C> {
     /// An accepted connection with no extensions.
     pub fn new(conn: C, info: TransportInfo, component: Arc<dyn MessageComponent>) -> Self {
-        Accepted { conn, info, component, extensions: Extensions::default() }
+        Accepted {
+            conn,
+            info,
+            component,
+            extensions: Extensions::default(),
+        }
     }
 }
 
@@ -108,7 +113,10 @@ impl Headers {
 
     /// The first value of header `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &**v)
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &**v)
     }
 
     /// Every value of header `name` (case-insensitive), in request order.
@@ -151,7 +159,13 @@ pub struct TransportInfo {
 impl TransportInfo {
     /// Info for a transport of the given kind (`"ws"`, `"tcp"`, `"memory"`).
     pub fn new(kind: &'static str) -> Self {
-        TransportInfo { kind, path: None, query: None, headers: Headers::default(), subprotocol: None }
+        TransportInfo {
+            kind,
+            path: None,
+            query: None,
+            headers: Headers::default(),
+            subprotocol: None,
+        }
     }
 
     /// Sets the request path.
@@ -215,7 +229,12 @@ impl TransportInfo {
         self.headers
             .get_all("cookie")
             .flat_map(|h| h.split(';'))
-            .find_map(|c| c.trim().split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+            .find_map(|c| {
+                c.trim()
+                    .split_once('=')
+                    .filter(|(k, _)| *k == name)
+                    .map(|(_, v)| v)
+            })
     }
 
     /// The negotiated subprotocol (WebSocket).
@@ -230,10 +249,12 @@ mod tests {
 
     #[test]
     fn info_lookups() {
-        let info = TransportInfo::new("ws").with_query("a=1&token=xyz&flag").with_headers(Headers::new([
-            ("Cookie", "sid=abc; theme=dark"),
-            ("X-Thing", "1"),
-        ]));
+        let info = TransportInfo::new("ws")
+            .with_query("a=1&token=xyz&flag")
+            .with_headers(Headers::new([
+                ("Cookie", "sid=abc; theme=dark"),
+                ("X-Thing", "1"),
+            ]));
         assert_eq!(info.query_param("token"), Some("xyz"));
         assert_eq!(info.query_param("flag"), Some(""));
         assert_eq!(info.query_param("nope"), None);

@@ -1,11 +1,13 @@
 //! Hub, rooms and the broker seam.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard::testing::{TestClient, TestServer};
 use switchboard::{
-    async_trait, BoxError, Broker, Connection, ConnectionId, Hub, LocalDelivery, Message, MessageComponent, Topic,
+    BoxError, Broker, Connection, ConnectionId, Hub, LocalDelivery, Message, MessageComponent,
+    Topic, async_trait,
 };
 use tokio::time::timeout;
 
@@ -42,8 +44,16 @@ impl Broker for RecordingBroker {
         self.calls.lock().unwrap().push(format!("unsub {room}"));
         Ok(())
     }
-    async fn publish(&self, topic: Topic<'_>, msg: Message, _except: Option<ConnectionId>) -> switchboard::Result<()> {
-        self.calls.lock().unwrap().push(format!("pub {topic:?} {}", msg.as_text().unwrap_or("?")));
+    async fn publish(
+        &self,
+        topic: Topic<'_>,
+        msg: Message,
+        _except: Option<ConnectionId>,
+    ) -> switchboard::Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("pub {topic:?} {}", msg.as_text().unwrap_or("?")));
         Ok(())
     }
 }
@@ -71,7 +81,9 @@ impl MessageComponent for Rooms {
                 self.hub.publish(room, words.to_owned()).await?;
             }
             "others" => {
-                self.hub.broadcast_except(rest.to_owned(), conn.id()).await?;
+                self.hub
+                    .broadcast_except(rest.to_owned(), conn.id())
+                    .await?;
             }
             "all" => {
                 self.hub.broadcast(rest.to_owned()).await?;
@@ -140,12 +152,21 @@ async fn rooms_broadcast_and_automatic_leave() {
 
     // Messages from other nodes arrive through the delivery handle.
     let local = broker.local.lock().unwrap().clone().expect("attached");
-    assert_eq!(local.deliver(Topic::Room("red"), &Message::text("remote"), None), 1);
+    assert_eq!(
+        local.deliver(Topic::Room("red"), &Message::text("remote"), None),
+        1
+    );
     expect(&mut b, "remote").await;
 
     // The broker was told about first joins, last leaves and every publish.
     timeout(LIMIT, async {
-        while !broker.calls.lock().unwrap().iter().any(|c| c == "unsub blue") {
+        while !broker
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c == "unsub blue")
+        {
             tokio::task::yield_now().await;
         }
     })
@@ -184,7 +205,10 @@ async fn broadcast_shares_one_payload() {
     let ptr = payload.as_bytes().as_ptr();
     assert_eq!(hub.broadcast(payload).await.expect("local"), 10);
     for client in &mut clients {
-        let got = timeout(LIMIT, client.recv()).await.expect("in time").expect("message");
+        let got = timeout(LIMIT, client.recv())
+            .await
+            .expect("in time")
+            .expect("message");
         assert_eq!(got.as_bytes().as_ptr(), ptr, "payload was copied");
     }
 }

@@ -1,4 +1,5 @@
 //! Contract tests of the connection lifecycle, run on the real connection
+#![allow(clippy::unwrap_used)]
 //! driver through the in-memory test kit.
 
 use std::collections::HashMap;
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use switchboard::testing::{TestClient, TestServer};
 use switchboard::{
-    async_trait, BoxError, CloseCode, CloseReason, Config, Connection, ConnectionId, Error, Hub, Message,
-    MessageComponent, SlowConsumerPolicy,
+    BoxError, CloseCode, CloseReason, Config, Connection, ConnectionId, Error, Hub, Message,
+    MessageComponent, SlowConsumerPolicy, async_trait,
 };
 use tokio::sync::Notify;
 use tokio::time::timeout;
@@ -39,7 +40,15 @@ impl Recorder {
         timeout(LIMIT, async {
             loop {
                 let notified = self.closed_notify.notified();
-                if self.closes.lock().unwrap().values().map(Vec::len).sum::<usize>() >= n {
+                if self
+                    .closes
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+                    >= n
+                {
                     return;
                 }
                 notified.await;
@@ -69,7 +78,13 @@ impl MessageComponent for Recorder {
         if !self.opens.lock().unwrap().contains_key(&conn.id()) {
             self.message_before_open.fetch_add(1, Ordering::SeqCst);
         }
-        let busy = self.busy.lock().unwrap().get(&conn.id()).cloned().expect("opened");
+        let busy = self
+            .busy
+            .lock()
+            .unwrap()
+            .get(&conn.id())
+            .cloned()
+            .expect("opened");
         if busy.swap(true, Ordering::SeqCst) {
             self.overlaps.fetch_add(1, Ordering::SeqCst);
         }
@@ -98,7 +113,12 @@ impl MessageComponent for Recorder {
     }
 
     async fn on_close(&self, conn: &Connection, reason: CloseReason) {
-        self.closes.lock().unwrap().entry(conn.id()).or_default().push(reason);
+        self.closes
+            .lock()
+            .unwrap()
+            .entry(conn.id())
+            .or_default()
+            .push(reason);
         self.closed_notify.notify_waiters();
     }
 
@@ -115,7 +135,9 @@ fn server(config: Config) -> (Arc<Recorder>, TestServer) {
 }
 
 async fn recv(client: &mut TestClient) -> Option<Message> {
-    timeout(LIMIT, client.recv()).await.expect("no message in time")
+    timeout(LIMIT, client.recv())
+        .await
+        .expect("no message in time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,21 +155,38 @@ async fn messages_arrive_in_order_one_at_a_time_across_many_clients() {
                 assert!(client.send(format!("{c}:{i}")).await);
             }
             for i in 0..MESSAGES {
-                assert_eq!(recv(&mut client).await, Some(Message::text(format!("{c}:{i}"))), "client {c}");
+                assert_eq!(
+                    recv(&mut client).await,
+                    Some(Message::text(format!("{c}:{i}"))),
+                    "client {c}"
+                );
             }
         }));
     }
     for task in tasks {
-        timeout(LIMIT, task).await.expect("client finished in time").expect("client task");
+        timeout(LIMIT, task)
+            .await
+            .expect("client finished in time")
+            .expect("client task");
     }
-    assert_eq!(rec.overlaps.load(Ordering::SeqCst), 0, "on_message overlapped for one connection");
-    assert_eq!(rec.message_before_open.load(Ordering::SeqCst), 0, "on_message before on_open");
+    assert_eq!(
+        rec.overlaps.load(Ordering::SeqCst),
+        0,
+        "on_message overlapped for one connection"
+    );
+    assert_eq!(
+        rec.message_before_open.load(Ordering::SeqCst),
+        0,
+        "on_message before on_open"
+    );
     assert_eq!(server.stats().messages_in, (CLIENTS * MESSAGES) as u64);
 }
 
 #[tokio::test]
 async fn on_close_runs_exactly_once_on_every_path() {
-    let config = Config::default().queue_max_messages(8).shutdown_grace(Duration::from_secs(5));
+    let config = Config::default()
+        .queue_max_messages(8)
+        .shutdown_grace(Duration::from_secs(5));
     let (rec, server) = server(config);
     let info = |path: &str| switchboard::TransportInfo::new("memory").with_path(path.to_owned());
 
@@ -156,57 +195,119 @@ async fn on_close_runs_exactly_once_on_every_path() {
     assert!(peer.send("hi").await);
     assert_eq!(recv(&mut peer).await, Some(Message::text("hi")));
     peer.close().await;
-    assert_eq!(timeout(LIMIT, peer.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::NORMAL));
+    assert_eq!(
+        timeout(LIMIT, peer.closed())
+            .await
+            .expect("closed")
+            .map(|f| f.code),
+        Some(CloseCode::NORMAL)
+    );
 
     // Handler error: the on_error above closes with 1011.
     let mut failing = server.connect().await;
     assert!(failing.send("fail").await);
-    assert_eq!(timeout(LIMIT, failing.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::ERROR));
+    assert_eq!(
+        timeout(LIMIT, failing.closed())
+            .await
+            .expect("closed")
+            .map(|f| f.code),
+        Some(CloseCode::ERROR)
+    );
 
     // Panic.
     let mut panicking = server.connect().await;
     assert!(panicking.send("panic").await);
-    assert_eq!(timeout(LIMIT, panicking.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::ERROR));
+    assert_eq!(
+        timeout(LIMIT, panicking.closed())
+            .await
+            .expect("closed")
+            .map(|f| f.code),
+        Some(CloseCode::ERROR)
+    );
 
     // Rejected by on_open, and a panic in on_open.
     let mut rejected = server.connect_with(info("/reject")).await;
-    assert_eq!(timeout(LIMIT, rejected.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::POLICY));
+    assert_eq!(
+        timeout(LIMIT, rejected.closed())
+            .await
+            .expect("closed")
+            .map(|f| f.code),
+        Some(CloseCode::POLICY)
+    );
     let mut open_panic = server.connect_with(info("/panic-open")).await;
-    assert_eq!(timeout(LIMIT, open_panic.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::ERROR));
+    assert_eq!(
+        timeout(LIMIT, open_panic.closed())
+            .await
+            .expect("closed")
+            .map(|f| f.code),
+        Some(CloseCode::ERROR)
+    );
 
     // A limit: the queue bound (8) with a peer that does not read.
     let mut slow = server.connect().await;
     assert!(slow.send("flood 100").await);
-    assert_eq!(timeout(LIMIT, slow.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::POLICY));
+    assert_eq!(
+        timeout(LIMIT, slow.closed())
+            .await
+            .expect("closed")
+            .map(|f| f.code),
+        Some(CloseCode::POLICY)
+    );
 
     // Shutdown.
     let mut last = server.connect().await;
     assert!(last.send("still here").await);
     assert_eq!(recv(&mut last).await, Some(Message::text("still here")));
-    timeout(LIMIT, server.shutdown()).await.expect("shutdown in time");
-    assert_eq!(timeout(LIMIT, last.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::AWAY));
+    timeout(LIMIT, server.shutdown())
+        .await
+        .expect("shutdown in time");
+    assert_eq!(
+        timeout(LIMIT, last.closed())
+            .await
+            .expect("closed")
+            .map(|f| f.code),
+        Some(CloseCode::AWAY)
+    );
 
     rec.wait_closes(7).await;
     let closes = rec.close_reasons();
     assert_eq!(closes.len(), 7, "one entry per connection: {closes:?}");
     for (id, reasons) in &closes {
-        assert_eq!(reasons.len(), 1, "connection {id} closed {} times: {reasons:?}", reasons.len());
+        assert_eq!(
+            reasons.len(),
+            1,
+            "connection {id} closed {} times: {reasons:?}",
+            reasons.len()
+        );
     }
     let mut kinds: Vec<String> = closes
         .values()
-        .map(|r| match &r[0] {
-            CloseReason::Peer(_) => "peer",
-            CloseReason::Local(f) if f.code == CloseCode::ERROR => "handler-error",
-            CloseReason::Panic => "panic",
-            CloseReason::Rejected => "rejected",
-            CloseReason::SlowConsumer => "slow",
-            CloseReason::Shutdown => "shutdown",
-            other => panic!("unexpected reason {other:?}"),
-        }
-        .to_owned())
+        .map(|r| {
+            match &r[0] {
+                CloseReason::Peer(_) => "peer",
+                CloseReason::Local(f) if f.code == CloseCode::ERROR => "handler-error",
+                CloseReason::Panic => "panic",
+                CloseReason::Rejected => "rejected",
+                CloseReason::SlowConsumer => "slow",
+                CloseReason::Shutdown => "shutdown",
+                other => panic!("unexpected reason {other:?}"),
+            }
+            .to_owned()
+        })
         .collect();
     kinds.sort();
-    assert_eq!(kinds, ["handler-error", "panic", "panic", "peer", "rejected", "shutdown", "slow"]);
+    assert_eq!(
+        kinds,
+        [
+            "handler-error",
+            "panic",
+            "panic",
+            "peer",
+            "rejected",
+            "shutdown",
+            "slow"
+        ]
+    );
     let opens = rec.opens.lock().unwrap();
     assert!(opens.values().all(|n| *n == 1));
     let stats = server.stats();
@@ -214,8 +315,18 @@ async fn on_close_runs_exactly_once_on_every_path() {
     assert_eq!(stats.panics, 2);
     assert_eq!(stats.slow_consumer_closes, 1);
     let errors = rec.errors.lock().unwrap();
-    assert!(errors.iter().any(|e| e.contains("handler panicked: handler panic")), "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("handler error: not allowed")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("handler panicked: handler panic")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("handler error: not allowed")),
+        "{errors:?}"
+    );
 }
 
 #[tokio::test]
@@ -227,7 +338,13 @@ async fn a_panic_closes_only_its_own_connection() {
     }
     let mut victim = server.connect().await;
     assert!(victim.send("panic").await);
-    assert_eq!(timeout(LIMIT, victim.closed()).await.expect("closed").map(|f| f.code), Some(CloseCode::ERROR));
+    assert_eq!(
+        timeout(LIMIT, victim.closed())
+            .await
+            .expect("closed")
+            .map(|f| f.code),
+        Some(CloseCode::ERROR)
+    );
     for (i, other) in others.iter_mut().enumerate() {
         assert!(other.send(format!("after {i}")).await);
         assert_eq!(recv(other).await, Some(Message::text(format!("after {i}"))));
@@ -260,18 +377,27 @@ async fn a_peer_that_never_reads_is_closed_while_others_get_everything() {
     rec.wait_closes(1).await;
     let closes = rec.close_reasons();
     assert_eq!(closes.len(), 1);
-    assert_eq!(closes.values().next().unwrap(), &vec![CloseReason::SlowConsumer]);
+    assert_eq!(
+        closes.values().next().unwrap(),
+        &vec![CloseReason::SlowConsumer]
+    );
     let stats = server.stats();
     assert_eq!(stats.slow_consumer_closes, 1);
     // Memory stayed bounded: the stuck peer held at most the bound, in
     // flight in its channel plus its queue, before it was closed.
     assert!(stats.dropped >= 1);
-    assert_eq!(stuck.close_frame(), None, "the stuck client has not read its close yet");
+    assert_eq!(
+        stuck.close_frame(),
+        None,
+        "the stuck client has not read its close yet"
+    );
 }
 
 #[tokio::test]
 async fn drop_policy_refuses_and_counts_but_keeps_the_connection() {
-    let config = Config::default().queue_max_messages(4).slow_consumer(SlowConsumerPolicy::Drop);
+    let config = Config::default()
+        .queue_max_messages(4)
+        .slow_consumer(SlowConsumerPolicy::Drop);
     let (rec, server) = server(config);
     // `client` does not read while the sender broadcasts through the hub,
     // which skips members that refuse a message.
@@ -289,7 +415,7 @@ async fn drop_policy_refuses_and_counts_but_keeps_the_connection() {
     while let Ok(Some(_)) = timeout(Duration::from_millis(200), client.recv()).await {
         got += 1;
     }
-    assert!(got < 100 && got >= 4, "got {got}");
+    assert!((4..100).contains(&got), "got {got}");
     assert!(client.send("ping").await);
     assert_eq!(recv(&mut client).await, Some(Message::text("ping")));
     assert!(rec.close_reasons().is_empty());
@@ -297,11 +423,13 @@ async fn drop_policy_refuses_and_counts_but_keeps_the_connection() {
 
 #[tokio::test]
 async fn shutdown_delivers_everything_queued_before_it() {
-    let config = Config::default().queue_max_messages(100_000).queue_max_bytes(64 << 20);
+    let config = Config::default()
+        .queue_max_messages(100_000)
+        .queue_max_bytes(64 << 20);
     let (rec, server) = server(config);
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut c = server.connect().await;
+        let c = server.connect().await;
         assert!(c.send("flood 5000").await);
         // The handler ran once a later message is answered.
         assert!(c.send("mark").await);
@@ -339,9 +467,16 @@ async fn shutdown_delivers_everything_queued_before_it() {
             assert_eq!(m.as_text(), Some(format!("f{i}").as_str()));
         }
     }
-    timeout(LIMIT, shutdown).await.expect("shutdown finished").expect("task");
+    timeout(LIMIT, shutdown)
+        .await
+        .expect("shutdown finished")
+        .expect("task");
     rec.wait_closes(3).await;
-    assert!(rec.close_reasons().values().all(|r| r == &vec![CloseReason::Shutdown]));
+    assert!(
+        rec.close_reasons()
+            .values()
+            .all(|r| r == &vec![CloseReason::Shutdown])
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -376,7 +511,10 @@ async fn shutdown_stops_stragglers_after_the_grace_period() {
     let started = tokio::time::Instant::now();
     server.shutdown().await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(4), "took {took:?}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
     assert_eq!(closed.load(Ordering::SeqCst), 1);
     assert_eq!(server.stats().open_connections, 0);
 }

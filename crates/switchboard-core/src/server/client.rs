@@ -38,7 +38,11 @@ pub fn spawn_client<C: TransportConn>(
         let reason = Context::drive(io, task_conn, component).await;
         let _ = tx.send(Some(reason));
     });
-    Ok(ClientHandle { conn, ctx, closed: rx })
+    Ok(ClientHandle {
+        conn,
+        ctx,
+        closed: rx,
+    })
 }
 
 /// A running client connection: send, close, wait for the end.
@@ -87,6 +91,8 @@ impl ClientHandle {
 
 impl std::fmt::Debug for ClientHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientHandle").field("conn", &self.conn).finish()
+        f.debug_struct("ClientHandle")
+            .field("conn", &self.conn)
+            .finish()
     }
 }

@@ -33,7 +33,13 @@ pub(crate) async fn drive<T: TransportConn>(
     let ctx = conn.context().clone();
     Stats::add(&ctx.stats.open, 1);
     Stats::add(&ctx.stats.opened_total, 1);
-    let mut driver = Driver { io, conn: conn.clone(), batch: VecDeque::new(), unflushed: false, broken: None };
+    let mut driver = Driver {
+        io,
+        conn: conn.clone(),
+        batch: VecDeque::new(),
+        unflushed: false,
+        broken: None,
+    };
 
     let reason = driver.run(&*component).await;
     driver.discard_batch();
@@ -45,7 +51,9 @@ pub(crate) async fn drive<T: TransportConn>(
     }
     conn.finish();
     ctx.unregister(&conn);
-    ctx.stats.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats
+        .open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     reason
 }
 
@@ -83,7 +91,11 @@ impl<T: TransportConn> Driver<T> {
         match self.handle(component.on_open(&conn)).await {
             Outcome::Done(Ok(())) => {}
             Outcome::Done(Err(err)) => {
-                let req = self.conn.begin_close(request(CloseCode::POLICY, "rejected", CloseReason::Rejected));
+                let req = self.conn.begin_close(request(
+                    CloseCode::POLICY,
+                    "rejected",
+                    CloseReason::Rejected,
+                ));
                 self.report(component, Error::Handler(err)).await;
                 return self.finish_close(req).await;
             }
@@ -100,7 +112,9 @@ impl<T: TransportConn> Driver<T> {
                     Stats::add(&stats.bytes_in, msg.len() as u64);
                     match self.handle(component.on_message(&conn, msg)).await {
                         Outcome::Done(Ok(())) => {}
-                        Outcome::Done(Err(err)) => self.report(component, Error::Handler(err)).await,
+                        Outcome::Done(Err(err)) => {
+                            self.report(component, Error::Handler(err)).await
+                        }
                         Outcome::Panicked(msg) => return self.panicked(component, msg).await,
                         Outcome::Forced => return CloseReason::Shutdown,
                     }
@@ -109,7 +123,9 @@ impl<T: TransportConn> Driver<T> {
                     }
                 }
                 Step::Received(Ok(Received::Closed(frame))) => {
-                    let reply = frame.clone().unwrap_or_else(|| CloseFrame::from_static(CloseCode::NORMAL, ""));
+                    let reply = frame
+                        .clone()
+                        .unwrap_or_else(|| CloseFrame::from_static(CloseCode::NORMAL, ""));
                     let req = self.conn.begin_close(CloseRequest {
                         frame: reply,
                         reason: CloseReason::Peer(frame),
@@ -119,10 +135,17 @@ impl<T: TransportConn> Driver<T> {
                 }
                 Step::Received(Err(err)) => {
                     let req = match &err {
-                        Error::IdleTimeout => request(CloseCode::AWAY, "idle timeout", CloseReason::IdleTimeout),
+                        Error::IdleTimeout => {
+                            request(CloseCode::AWAY, "idle timeout", CloseReason::IdleTimeout)
+                        }
                         Error::Protocol { code, source } => {
-                            let frame = CloseFrame::new(*code, truncate_reason(&source.to_string()));
-                            CloseRequest { frame: frame.clone(), reason: CloseReason::Error(frame), discard: false }
+                            let frame =
+                                CloseFrame::new(*code, truncate_reason(&source.to_string()));
+                            CloseRequest {
+                                frame: frame.clone(),
+                                reason: CloseReason::Error(frame),
+                                discard: false,
+                            }
                         }
                         _ => abnormal(),
                     };
@@ -154,7 +177,10 @@ impl<T: TransportConn> Driver<T> {
 
     /// Runs a handler future to completion (or until forced), writing what it
     /// queues as it goes. Panics are caught here.
-    async fn handle<'a>(&mut self, fut: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>) -> Outcome {
+    async fn handle<'a>(
+        &mut self,
+        fut: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>,
+    ) -> Outcome {
         let mut fut = AssertUnwindSafe(fut).catch_unwind();
         poll_fn(|cx| {
             if self.broken.is_none() {
@@ -201,7 +227,9 @@ impl<T: TransportConn> Driver<T> {
                     Poll::Ready(Err(err)) => break Err(err),
                     Poll::Pending => break Ok(false),
                 }
-                let Some(msg) = self.batch.pop_front() else { break Ok(true) };
+                let Some(msg) = self.batch.pop_front() else {
+                    break Ok(true);
+                };
                 let len = msg.len();
                 self.conn.dequeued(len);
                 count += 1;
@@ -219,10 +247,10 @@ impl<T: TransportConn> Driver<T> {
                 // The transport is full. Flushing is what frees it (for
                 // buffering sinks poll_ready already did; this is cheap).
                 Ok(false) => {
-                    if self.unflushed {
-                        if let Poll::Ready(Err(err)) = self.io.poll_flush(cx) {
-                            return Err(err);
-                        }
+                    if self.unflushed
+                        && let Poll::Ready(Err(err)) = self.io.poll_flush(cx)
+                    {
+                        return Err(err);
                     }
                     return Ok(signals);
                 }
@@ -245,7 +273,10 @@ impl<T: TransportConn> Driver<T> {
             }
             if !req.discard && self.broken.is_none() {
                 match self.poll_write(cx) {
-                    Ok(_) if self.batch.is_empty() && !self.unflushed && self.conn.queued_messages() == 0 => {}
+                    Ok(_)
+                        if self.batch.is_empty()
+                            && !self.unflushed
+                            && self.conn.queued_messages() == 0 => {}
                     Ok(_) => return Poll::Pending,
                     Err(err) => {
                         tracing::debug!(error = %err, "flush before close failed");
@@ -269,7 +300,11 @@ impl<T: TransportConn> Driver<T> {
 
     async fn panicked(&mut self, component: &dyn MessageComponent, msg: String) -> CloseReason {
         Stats::add(&self.conn.context().stats.panics, 1);
-        let req = self.conn.begin_close(request(CloseCode::ERROR, "internal error", CloseReason::Panic));
+        let req = self.conn.begin_close(request(
+            CloseCode::ERROR,
+            "internal error",
+            CloseReason::Panic,
+        ));
         self.report(component, Error::Panic(msg)).await;
         self.finish_close(req).await
     }
@@ -283,16 +318,21 @@ impl<T: TransportConn> Driver<T> {
     /// Runs `on_error`; a panic in it is logged and otherwise ignored.
     async fn report(&mut self, component: &dyn MessageComponent, err: Error) {
         let conn = self.conn.clone();
-        match self.handle(Box::pin(async move {
-            component.on_error(&conn, err).await;
-            Ok(())
-        }))
-        .await
+        match self
+            .handle(Box::pin(async move {
+                component.on_error(&conn, err).await;
+                Ok(())
+            }))
+            .await
         {
             Outcome::Panicked(msg) => {
                 Stats::add(&self.conn.context().stats.panics, 1);
                 tracing::error!(panic = %msg, "on_error panicked");
-                self.conn.begin_close(request(CloseCode::ERROR, "internal error", CloseReason::Panic));
+                self.conn.begin_close(request(
+                    CloseCode::ERROR,
+                    "internal error",
+                    CloseReason::Panic,
+                ));
             }
             Outcome::Done(_) | Outcome::Forced => {}
         }
@@ -307,13 +347,21 @@ impl<T: TransportConn> Driver<T> {
 }
 
 fn request(code: CloseCode, reason: &'static str, why: CloseReason) -> CloseRequest {
-    CloseRequest { frame: CloseFrame::from_static(code, reason), reason: why, discard: false }
+    CloseRequest {
+        frame: CloseFrame::from_static(code, reason),
+        reason: why,
+        discard: false,
+    }
 }
 
 /// The connection is gone (reset, broken pipe): no close frame can be sent.
 fn abnormal() -> CloseRequest {
     let frame = CloseFrame::from_static(CloseCode::ABNORMAL, "");
-    CloseRequest { frame: frame.clone(), reason: CloseReason::Error(frame), discard: true }
+    CloseRequest {
+        frame: frame.clone(),
+        reason: CloseReason::Error(frame),
+        discard: true,
+    }
 }
 
 /// WebSocket close reasons are limited to 123 bytes.

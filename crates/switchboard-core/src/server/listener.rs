@@ -15,7 +15,11 @@ use crate::transport::{Accepted, Transport};
 const BACKOFF_START: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-pub(super) async fn accept_loop<T: Transport<TcpStream>>(listener: TcpListener, transport: Arc<T>, ctx: Arc<Context>) {
+pub(super) async fn accept_loop<T: Transport<TcpStream>>(
+    listener: TcpListener,
+    transport: Arc<T>,
+    ctx: Arc<Context>,
+) {
     let mut backoff = BACKOFF_START;
     loop {
         let accepted = tokio::select! {
@@ -36,7 +40,9 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(listener: TcpListener, 
                     tracing::debug!(%peer, error = %err, "set_nodelay failed");
                 }
                 let span = tracing::debug_span!("accept", %peer);
-                ctx.spawn(serve(stream, peer, transport.clone(), ctx.clone(), admission).instrument(span));
+                ctx.spawn(
+                    serve(stream, peer, transport.clone(), ctx.clone(), admission).instrument(span),
+                );
             }
             // The peer gave up between SYN and accept: not our problem.
             Err(err) if is_per_connection(&err) => {
@@ -65,14 +71,23 @@ async fn serve<T: Transport<TcpStream>>(
     ctx: Arc<Context>,
     admission: Admission,
 ) {
-    let handshake = tokio::time::timeout(ctx.config.handshake_timeout, transport.accept(stream, peer, &ctx.config));
+    let handshake = tokio::time::timeout(
+        ctx.config.handshake_timeout,
+        transport.accept(stream, peer, &ctx.config),
+    );
     let result = tokio::select! {
         () = ctx.stopping.cancelled() => return,
         res = handshake => res,
     };
     match result {
-        Ok(Ok(Accepted { conn, info, component, extensions })) => {
-            ctx.run_connection(conn, peer, info, extensions, component).await;
+        Ok(Ok(Accepted {
+            conn,
+            info,
+            component,
+            extensions,
+        })) => {
+            ctx.run_connection(conn, peer, info, extensions, component)
+                .await;
         }
         Ok(Err(err)) => {
             Stats::add(&ctx.stats.handshake_failures, 1);

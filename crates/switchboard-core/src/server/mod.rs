@@ -28,7 +28,6 @@ use crate::extensions::Extensions;
 use crate::stats::{Counters, Stats};
 use crate::transport::{Transport, TransportConn, TransportInfo};
 
-
 /// State shared by a server's listeners and connections.
 pub(crate) struct Context {
     pub(crate) config: Config,
@@ -81,7 +80,12 @@ impl Context {
     }
 
     /// Creates and registers the handle of an established connection.
-    pub(crate) fn open(self: &Arc<Self>, peer: SocketAddr, info: TransportInfo, extensions: Extensions) -> Connection {
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        info: TransportInfo,
+        extensions: Extensions,
+    ) -> Connection {
         let conn = Connection::new(peer, info, extensions, self.clone());
         let mut registry = self.registry();
         registry.insert(conn.id(), conn.clone());
@@ -109,7 +113,10 @@ impl Context {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
         let config = &self.config;
         let total = self.admitted.fetch_add(1, Ordering::AcqRel) + 1;
-        let admission = Admission { ctx: self.clone(), ip: None };
+        let admission = Admission {
+            ctx: self.clone(),
+            ip: None,
+        };
         if config.max_connections.is_some_and(|max| total > max) {
             return None;
         }
@@ -145,16 +152,26 @@ impl Context {
         }
         self.tracker.close();
         let grace = self.config.shutdown_grace;
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_ok() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+        {
             return;
         }
         let stragglers: Vec<Connection> = self.registry().values().cloned().collect();
-        tracing::warn!(count = stragglers.len(), ?grace, "shutdown grace period over: stopping connections");
+        tracing::warn!(
+            count = stragglers.len(),
+            ?grace,
+            "shutdown grace period over: stopping connections"
+        );
         for conn in &stragglers {
             conn.force();
         }
         let bound = self.config.close_timeout;
-        if tokio::time::timeout(bound, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(bound, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::error!(
                 count = self.registry().len(),
                 "connections still running after shutdown: an on_close handler does not return"
@@ -192,7 +209,9 @@ impl Drop for Admission {
     }
 }
 
-type BindFn = Box<dyn FnOnce(Arc<Context>) -> Pin<Box<dyn Future<Output = Result<SocketAddr>> + Send>> + Send>;
+type BindFn = Box<
+    dyn FnOnce(Arc<Context>) -> Pin<Box<dyn Future<Output = Result<SocketAddr>> + Send>> + Send,
+>;
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug)]
@@ -201,7 +220,10 @@ pub struct Server(());
 impl Server {
     /// A builder with the default [`Config`] and no listeners.
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { config: Config::default(), listeners: Vec::new() }
+        ServerBuilder {
+            config: Config::default(),
+            listeners: Vec::new(),
+        }
     }
 }
 
@@ -234,7 +256,10 @@ impl ServerBuilder {
             Box::pin(async move {
                 let listener = TcpListener::bind(&addr)
                     .await
-                    .map_err(|source| Error::Bind { addr: format!("{addr:?}"), source })?;
+                    .map_err(|source| Error::Bind {
+                        addr: format!("{addr:?}"),
+                        source,
+                    })?;
                 start_listener(listener, transport, ctx)
             })
         }));
@@ -242,8 +267,14 @@ impl ServerBuilder {
     }
 
     /// Serves `transport` on a listener that is already bound.
-    pub fn listener<T: Transport<TcpStream>>(mut self, listener: TcpListener, transport: T) -> Self {
-        self.listeners.push(Box::new(move |ctx| Box::pin(async move { start_listener(listener, transport, ctx) })));
+    pub fn listener<T: Transport<TcpStream>>(
+        mut self,
+        listener: TcpListener,
+        transport: T,
+    ) -> Self {
+        self.listeners.push(Box::new(move |ctx| {
+            Box::pin(async move { start_listener(listener, transport, ctx) })
+        }));
         self
     }
 
@@ -252,7 +283,9 @@ impl ServerBuilder {
     pub async fn start(self) -> Result<ServerHandle> {
         self.config.validate()?;
         if self.listeners.is_empty() {
-            return Err(Error::Config("a server needs at least one listener (ServerBuilder::bind)".into()));
+            return Err(Error::Config(
+                "a server needs at least one listener (ServerBuilder::bind)".into(),
+            ));
         }
         let ctx = Context::new(self.config);
         let mut addrs = Vec::with_capacity(self.listeners.len());
@@ -268,11 +301,21 @@ impl ServerBuilder {
         for addr in &addrs {
             tracing::info!(%addr, "listening");
         }
-        Ok(ServerHandle { inner: Arc::new(HandleInner { ctx, addrs, shutdown_once: tokio::sync::OnceCell::new() }) })
+        Ok(ServerHandle {
+            inner: Arc::new(HandleInner {
+                ctx,
+                addrs,
+                shutdown_once: tokio::sync::OnceCell::new(),
+            }),
+        })
     }
 }
 
-fn start_listener<T: Transport<TcpStream>>(listener: TcpListener, transport: T, ctx: Arc<Context>) -> Result<SocketAddr> {
+fn start_listener<T: Transport<TcpStream>>(
+    listener: TcpListener,
+    transport: T,
+    ctx: Arc<Context>,
+) -> Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(listener::accept_loop(listener, Arc::new(transport), ctx));
     Ok(addr)
@@ -323,12 +366,17 @@ impl ServerHandle {
     /// same shutdown.
     pub async fn shutdown(&self) {
         let ctx = &self.inner.ctx;
-        self.inner.shutdown_once.get_or_init(|| ctx.shutdown()).await;
+        self.inner
+            .shutdown_once
+            .get_or_init(|| ctx.shutdown())
+            .await;
     }
 }
 
 impl fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerHandle").field("addrs", &self.inner.addrs).finish()
+        f.debug_struct("ServerHandle")
+            .field("addrs", &self.inner.addrs)
+            .finish()
     }
 }
