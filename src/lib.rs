@@ -4,3 +4,8 @@
 //! transport. See the crate README and `docs/guide.md`.
 
 pub use switchboard_core::*;
+
+/// The WebSocket transport (feature `ws`, on by default).
+#[cfg(feature = "ws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
+pub use switchboard_ws as ws;

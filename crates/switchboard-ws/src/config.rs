@@ -1,0 +1,387 @@
+//! Transport settings: routes, pages, origin policy, subprotocols, the
+//! handshake hook and buffer sizes. Limits (message size, timeouts) stay in
+//! the core [`Config`](switchboard_core::Config).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_core::MessageComponent;
+
+use crate::error::{Error, Result};
+use crate::hook::{Accept, Hook, Reject, Request};
+use crate::transport::{Shared, WsTransport};
+
+/// Default [`WsTransportBuilder::read_buffer_size`]: 1 KiB.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
+/// Default [`WsTransportBuilder::write_buffer_size`]: 16 KiB.
+pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 16 * 1024;
+/// Default [`WsTransportBuilder::max_request_head`]: 8 KiB.
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Which `Origin` headers may open a WebSocket (others get 403).
+///
+/// Browsers send `Origin` with every WebSocket request and let any page
+/// connect anywhere; the server is the only one who can refuse a page from
+/// another site (cross-site WebSocket hijacking). Requests without `Origin`
+/// come from non-browser clients and are allowed under every policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OriginPolicy {
+    /// Allow an `Origin` whose host (and port) equals the request's `Host`
+    /// header: pages served by this server. The default.
+    #[default]
+    SameHost,
+    /// Allow exactly these origins (`scheme://host[:port]`, compared
+    /// case-insensitively).
+    List(Vec<String>),
+    /// Allow every origin. Only for servers that authenticate each
+    /// connection by other means (a token, not a cookie).
+    Any,
+}
+
+impl OriginPolicy {
+    /// Whether a request with this `Origin` and `Host` may upgrade.
+    pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        match self {
+            OriginPolicy::Any => true,
+            OriginPolicy::List(list) => list
+                .iter()
+                .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin)),
+            OriginPolicy::SameHost => {
+                let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+                match host {
+                    Some(host) => !authority.is_empty() && authority.eq_ignore_ascii_case(host.trim()),
+                    None => false,
+                }
+            }
+        }
+    }
+}
+
+/// A static page answered to plain HTTP `GET` (and `HEAD`) requests, so a
+/// browser page and its WebSocket share one origin.
+///
+/// ```
+/// use switchboard::ws::Page;
+///
+/// let page = Page::html("<!doctype html><title>hi</title>");
+/// assert_eq!(page.content_type(), "text/html; charset=utf-8");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Page {
+    content_type: Cow<'static, str>,
+    body: Bytes,
+}
+
+impl Page {
+    /// An HTML page (`text/html; charset=utf-8`).
+    pub fn html(body: impl Into<Bytes>) -> Self {
+        Page::new("text/html; charset=utf-8", body)
+    }
+
+    /// A page of any content type.
+    pub fn new(content_type: impl Into<Cow<'static, str>>, body: impl Into<Bytes>) -> Self {
+        Page { content_type: content_type.into(), body: body.into() }
+    }
+
+    /// The `Content-Type` sent with the page.
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    /// The page's bytes.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+/// Builds a [`WsTransport`]; start with [`WsTransport::builder`].
+///
+/// Setters take and return the builder; [`build`](Self::build) checks the
+/// whole configuration and reports the first mistake.
+///
+/// ```
+/// use switchboard::ws::{OriginPolicy, Page, WsTransport};
+/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent};
+///
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl MessageComponent for Echo {
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         conn.send(msg)?;
+///         Ok(())
+///     }
+/// }
+///
+/// let transport = WsTransport::builder()
+///     .route("/echo", Echo)
+///     .page("/", Page::html("<!doctype html><p>hello</p>"))
+///     .origins(OriginPolicy::List(vec!["https://example.com".into()]))
+///     .subprotocols(["echo.v1"])
+///     .build()?;
+/// # let _ = transport;
+/// # Ok::<(), switchboard::ws::Error>(())
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct WsTransportBuilder {
+    routes: Vec<(String, Arc<dyn MessageComponent>)>,
+    fallback: Option<Arc<dyn MessageComponent>>,
+    pages: Vec<(String, Page)>,
+    origins: OriginPolicy,
+    subprotocols: Vec<String>,
+    hook: Option<Hook>,
+    read_buffer_size: usize,
+    write_buffer_size: usize,
+    max_request_head: usize,
+}
+
+impl Default for WsTransportBuilder {
+    fn default() -> Self {
+        WsTransportBuilder {
+            routes: Vec::new(),
+            fallback: None,
+            pages: Vec::new(),
+            origins: OriginPolicy::default(),
+            subprotocols: Vec::new(),
+            hook: None,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+        }
+    }
+}
+
+impl WsTransportBuilder {
+    /// Serves `component` to WebSocket requests for exactly `path` (no
+    /// query, no trailing-slash folding). Unknown paths get 404.
+    pub fn route(self, path: impl Into<String>, component: impl MessageComponent) -> Self {
+        self.route_shared(path, Arc::new(component))
+    }
+
+    /// Like [`route`](Self::route) with a component that is shared, for
+    /// example with another listener of the same server.
+    pub fn route_shared(mut self, path: impl Into<String>, component: Arc<dyn MessageComponent>) -> Self {
+        self.routes.push((path.into(), component));
+        self
+    }
+
+    /// Serves `component` on every path that has no route of its own.
+    pub fn fallback(self, component: impl MessageComponent) -> Self {
+        self.fallback_shared(Arc::new(component))
+    }
+
+    /// Like [`fallback`](Self::fallback) with a shared component.
+    pub fn fallback_shared(mut self, component: Arc<dyn MessageComponent>) -> Self {
+        self.fallback = Some(component);
+        self
+    }
+
+    /// Answers plain HTTP `GET`/`HEAD` requests for `path` with `page`. A
+    /// plain request for a WebSocket route without a page gets
+    /// 426 Upgrade Required.
+    pub fn page(mut self, path: impl Into<String>, page: Page) -> Self {
+        self.pages.push((path.into(), page));
+        self
+    }
+
+    /// Which origins may connect. Default [`OriginPolicy::SameHost`].
+    pub fn origins(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
+    }
+
+    /// The subprotocols this server speaks, most preferred first. The first
+    /// one the client also offers is selected; if the client offers none of
+    /// them, the upgrade goes ahead without a subprotocol (the handshake hook
+    /// can refuse that). Default: none.
+    pub fn subprotocols<I, S>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.subprotocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// An async check run for every upgrade request that passed routing and
+    /// the origin policy, before the `101` is sent and before `on_open`.
+    /// Return [`Accept`] (optionally carrying typed state for the
+    /// connection's extensions) or [`Reject`] with an HTTP status.
+    ///
+    /// It runs within [`Config::handshake_timeout`](switchboard_core::Config::handshake_timeout).
+    /// Default: accept everything.
+    ///
+    /// ```
+    /// use switchboard::ws::{Accept, Reject, WsTransport};
+    /// # use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent};
+    /// # struct Chat;
+    /// # #[async_trait]
+    /// # impl MessageComponent for Chat {
+    /// #     async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String);
+    ///
+    /// let transport = WsTransport::builder()
+    ///     .route("/chat", Chat)
+    ///     .on_handshake(|req| async move {
+    ///         match req.cookie("session") {
+    ///             Some("secret") => Ok(Accept::new().with(User("ann".into()))),
+    ///             _ => Err(Reject::unauthorized()),
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # let _ = transport;
+    /// # Ok::<(), switchboard::ws::Error>(())
+    /// ```
+    pub fn on_handshake<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Accept, Reject>> + Send + 'static,
+    {
+        self.hook = Some(Hook::new(hook));
+        self
+    }
+
+    /// Capacity of each connection's read buffer, in bytes. It is allocated
+    /// with the connection and zero-filled before each read, so it is both
+    /// the idle memory of a connection and a cost on every wake-up; it is not
+    /// a limit (larger frames are read in several steps). Default 1 KiB.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.read_buffer_size = bytes;
+        self
+    }
+
+    /// Outbound frames are buffered until this many bytes are pending
+    /// before a socket write; every batch is flushed at its end anyway.
+    /// Default 16 KiB.
+    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
+        self.write_buffer_size = bytes;
+        self
+    }
+
+    /// Largest HTTP request head (request line and headers) accepted;
+    /// larger requests get 431. Default 8 KiB.
+    pub fn max_request_head(mut self, bytes: usize) -> Self {
+        self.max_request_head = bytes;
+        self
+    }
+
+    /// Checks the configuration and builds the transport.
+    pub fn build(self) -> Result<WsTransport> {
+        if self.routes.is_empty() && self.fallback.is_none() {
+            return Err(Error::NoRoutes);
+        }
+        let mut routes = HashMap::with_capacity(self.routes.len());
+        for (path, component) in self.routes {
+            check_path(&path)?;
+            if routes.insert(path.clone().into_boxed_str(), component).is_some() {
+                return Err(Error::DuplicateRoute(path));
+            }
+        }
+        let mut pages = HashMap::with_capacity(self.pages.len());
+        for (path, page) in self.pages {
+            check_path(&path)?;
+            if pages.insert(path.clone().into_boxed_str(), page).is_some() {
+                return Err(Error::DuplicateRoute(path));
+            }
+        }
+        for protocol in &self.subprotocols {
+            if !is_token(protocol) {
+                return Err(Error::InvalidSubprotocol(protocol.clone()));
+            }
+        }
+        if self.read_buffer_size == 0 {
+            return Err(Error::Config("read_buffer_size must be at least 1"));
+        }
+        if self.write_buffer_size >= usize::MAX / 2 {
+            return Err(Error::Config("write_buffer_size is too large"));
+        }
+        if self.max_request_head < 256 {
+            return Err(Error::Config("max_request_head must be at least 256 bytes"));
+        }
+        Ok(WsTransport::from_shared(Shared {
+            routes,
+            fallback: self.fallback,
+            pages,
+            origins: self.origins,
+            subprotocols: self.subprotocols.into_iter().map(String::into_boxed_str).collect(),
+            hook: self.hook,
+            read_buffer_size: self.read_buffer_size,
+            write_buffer_size: self.write_buffer_size,
+            max_request_head: self.max_request_head,
+        }))
+    }
+}
+
+impl fmt::Debug for WsTransportBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsTransportBuilder")
+            .field("routes", &self.routes.iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .field("fallback", &self.fallback.is_some())
+            .field("pages", &self.pages.iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .field("origins", &self.origins)
+            .field("subprotocols", &self.subprotocols)
+            .field("hook", &self.hook.is_some())
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("write_buffer_size", &self.write_buffer_size)
+            .field("max_request_head", &self.max_request_head)
+            .finish()
+    }
+}
+
+fn check_path(path: &str) -> Result<()> {
+    if path.starts_with('/') && !path.contains(['?', '#']) && !path.chars().any(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(Error::InvalidPath(path.to_owned()))
+    }
+}
+
+/// An RFC 7230 token: what RFC 6455 allows as a subprotocol name.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'<' | b'>' | b'@' | b',' | b';' | b':' | b'\\' | b'"' | b'/' | b'[' | b']' | b'?' | b'=' | b'{' | b'}')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_host_origin() {
+        let p = OriginPolicy::SameHost;
+        assert!(p.allows(None, Some("127.0.0.1:8080")));
+        assert!(p.allows(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")));
+        assert!(p.allows(Some("https://Example.com"), Some("example.com")));
+        assert!(!p.allows(Some("http://evil.example"), Some("127.0.0.1:8080")));
+        assert!(!p.allows(Some("http://127.0.0.1:9999"), Some("127.0.0.1:8080")));
+        assert!(!p.allows(Some("null"), Some("127.0.0.1:8080")));
+        assert!(!p.allows(Some("http://127.0.0.1:8080"), None));
+    }
+
+    #[test]
+    fn listed_origins() {
+        let p = OriginPolicy::List(vec!["https://app.example/".into()]);
+        assert!(p.allows(Some("https://APP.example"), Some("ws.example")));
+        assert!(!p.allows(Some("https://other.example"), Some("ws.example")));
+        assert!(OriginPolicy::Any.allows(Some("null"), None));
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(is_token("chat.v1"));
+        assert!(!is_token(""));
+        assert!(!is_token("a b"));
+        assert!(!is_token("a,b"));
+    }
+}

@@ -1,0 +1,393 @@
+//! The HTTP side of a connection: read the request head, decide (route,
+//! page, refusal or upgrade), write the response. Everything but the two
+//! async I/O functions works on byte slices and is tested without sockets.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_core::{Headers, MessageComponent, TransportInfo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::error::Error;
+use crate::transport::Shared;
+
+/// Most headers a request may carry (more: 431).
+const MAX_HEADERS: usize = 48;
+/// How much is read from the socket at a time during the handshake.
+const READ_CHUNK: usize = 1024;
+
+/// Headers that only served the upgrade itself; they are not kept on the
+/// connection, so an idle connection does not carry them around.
+const HANDSHAKE_ONLY: [&str; 5] =
+    ["connection", "upgrade", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"];
+
+/// A parsed request head.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    /// HTTP/1.1 (an upgrade needs it).
+    pub(crate) http11: bool,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl Head {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
+    }
+
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Whether header `name` lists `token` (comma-separated, case-insensitive).
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.header_values(name).any(|v| v.eq_ignore_ascii_case(token))
+    }
+}
+
+/// Parses a complete head from `buf`: `Ok(None)` means more bytes are needed;
+/// on success also returns the head's length (what follows is WebSocket data).
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Response> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Response::error(431, "too many request headers"));
+        }
+        Err(_) => return Err(Response::error(400, "malformed HTTP request")),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(Response::error(400, "malformed HTTP request"));
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (target, None),
+    };
+    let headers = req
+        .headers
+        .iter()
+        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    let head = Head { method: method.to_owned(), path: path.to_owned(), query, http11: version >= 1, headers };
+    Ok(Some((head, len)))
+}
+
+/// Reads until a whole request head is in; returns it and whatever bytes
+/// came after it.
+pub(crate) async fn read_head<IO: AsyncRead + Unpin>(io: &mut IO, max: usize) -> Result<(Head, Vec<u8>), ReadError> {
+    let mut buf = Vec::new();
+    loop {
+        let len = buf.len();
+        if len >= max {
+            return Err(ReadError::Refused(Response::error(431, "request head too large")));
+        }
+        buf.resize(len + READ_CHUNK.min(max - len), 0);
+        let n = io.read(&mut buf[len..]).await.map_err(|e| ReadError::Failed(e.into()))?;
+        buf.truncate(len + n);
+        if n == 0 {
+            return Err(ReadError::Failed(Error::Eof));
+        }
+        match parse_head(&buf) {
+            Ok(Some((head, used))) => {
+                buf.drain(..used);
+                return Ok((head, buf));
+            }
+            Ok(None) => {}
+            Err(response) => return Err(ReadError::Refused(response)),
+        }
+    }
+}
+
+pub(crate) enum ReadError {
+    /// Answer with this and close.
+    Refused(Response),
+    /// Nothing to answer: the peer left or the socket failed.
+    Failed(Error),
+}
+
+/// What to do with a request.
+pub(crate) enum Decision {
+    /// Answer with plain HTTP and close.
+    Respond(Response),
+    /// Upgrade, unless the hook says otherwise.
+    Upgrade(Upgrade),
+}
+
+pub(crate) struct Upgrade {
+    pub(crate) component: Arc<dyn MessageComponent>,
+    pub(crate) accept_key: String,
+    pub(crate) info: TransportInfo,
+}
+
+/// Routing, validation and the origin policy, in the order a client would
+/// want to learn about problems.
+pub(crate) fn decide(shared: &Shared, head: Head) -> Decision {
+    let component = shared.routes.get(head.path.as_str()).or(shared.fallback.as_ref());
+    let page = shared.pages.get(head.path.as_str());
+    if component.is_none() && page.is_none() {
+        return Decision::Respond(Response::error(404, "not found"));
+    }
+    let head_only = head.method == "HEAD";
+    if head.method != "GET" && !head_only {
+        return Decision::Respond(
+            Response::error(405, "method not allowed").header("Allow", "GET, HEAD"),
+        );
+    }
+    let wants_upgrade = head.header("upgrade").is_some() || head.header("sec-websocket-key").is_some();
+    if !wants_upgrade || head_only {
+        return Decision::Respond(match page {
+            Some(page) => Response::page(page.content_type(), page.body().clone(), head_only),
+            None => Response::error(426, "this is a WebSocket endpoint")
+                .header("Upgrade", "websocket")
+                .header("Connection", "Upgrade"),
+        });
+    }
+    let Some(component) = component else {
+        return Decision::Respond(Response::error(404, "no WebSocket here"));
+    };
+    if !head.has_token("upgrade", "websocket") {
+        return Decision::Respond(Response::error(400, "Upgrade must be websocket"));
+    }
+    if !head.http11 {
+        return Decision::Respond(Response::error(400, "WebSocket needs HTTP/1.1"));
+    }
+    if !head.has_token("connection", "upgrade") {
+        return Decision::Respond(Response::error(400, "Connection must include Upgrade"));
+    }
+    if head.header("sec-websocket-version") != Some("13") {
+        return Decision::Respond(
+            Response::error(426, "unsupported WebSocket version").header("Sec-WebSocket-Version", "13"),
+        );
+    }
+    let key = match head.header("sec-websocket-key") {
+        Some(key) if is_valid_key(key) => key,
+        _ => return Decision::Respond(Response::error(400, "bad Sec-WebSocket-Key")),
+    };
+    let Some(host) = head.header("host") else {
+        return Decision::Respond(Response::error(400, "missing Host"));
+    };
+    if !shared.origins.allows(head.header("origin"), Some(host)) {
+        return Decision::Respond(Response::error(403, "origin not allowed"));
+    }
+    let accept_key = derive_accept_key(key.as_bytes());
+    let subprotocol = shared
+        .subprotocols
+        .iter()
+        .find(|ours| head.header_values("sec-websocket-protocol").any(|theirs| theirs == &***ours));
+
+    let mut info = TransportInfo::new("ws").with_path(head.path);
+    if let Some(query) = head.query {
+        info = info.with_query(query);
+    }
+    if let Some(protocol) = subprotocol {
+        info = info.with_subprotocol(protocol.clone());
+    }
+    let headers = head
+        .headers
+        .into_iter()
+        .filter(|(name, _)| !HANDSHAKE_ONLY.iter().any(|h| name.eq_ignore_ascii_case(h)))
+        .map(|(name, value)| (name, value.into_boxed_str()));
+    let info = info.with_headers(Headers::new(headers));
+    Decision::Upgrade(Upgrade { component: component.clone(), accept_key, info })
+}
+
+/// 16 random bytes in base64: 22 characters and `==`.
+fn is_valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+/// A plain HTTP response (the `101` is written by [`switching_protocols`]).
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    headers: Vec<(&'static str, String)>,
+    content_type: String,
+    body: Bytes,
+    head_only: bool,
+    /// For the logs: why this answer.
+    pub(crate) reason: String,
+}
+
+impl Response {
+    /// A refusal with a short plain-text body.
+    pub(crate) fn error(status: u16, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Response {
+            status,
+            headers: Vec::new(),
+            content_type: "text/plain; charset=utf-8".into(),
+            body: Bytes::from(format!("{status} {}: {reason}\n", reason_phrase(status))),
+            head_only: false,
+            reason,
+        }
+    }
+
+    pub(crate) fn page(content_type: &str, body: Bytes, head_only: bool) -> Self {
+        Response {
+            status: 200,
+            headers: vec![("Cache-Control", "no-cache".into()), ("X-Content-Type-Options", "nosniff".into())],
+            content_type: content_type.into(),
+            body,
+            head_only,
+            reason: "page served".into(),
+        }
+    }
+
+    pub(crate) fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status));
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str(&format!(
+            "Content-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.content_type,
+            self.body.len()
+        ));
+        let mut out = out.into_bytes();
+        if !self.head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+/// The `101` that completes an upgrade.
+pub(crate) fn switching_protocols(accept_key: &str, subprotocol: Option<&str>) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n"
+    );
+    if let Some(protocol) = subprotocol {
+        out.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// Writes a plain response and ends the stream.
+pub(crate) async fn respond<IO: AsyncWrite + Unpin>(io: &mut IO, response: &Response) -> std::io::Result<()> {
+    io.write_all(&response.to_bytes()).await?;
+    io.flush().await?;
+    io.shutdown().await
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        400..=499 => "Client Error",
+        _ => "Server Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WsTransport;
+    use switchboard_core::{BoxError, Connection, Message, async_trait};
+
+    struct Nop;
+
+    #[async_trait]
+    impl MessageComponent for Nop {
+        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    const UPGRADE: &str = "GET /chat?room=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: x, chat.v1\r\n\
+        Cookie: sid=abc\r\n\r\n";
+
+    fn transport() -> WsTransport {
+        WsTransport::builder()
+            .route("/chat", Nop)
+            .page("/", crate::Page::html("<p>hi</p>"))
+            .subprotocols(["chat.v2", "chat.v1"])
+            .build()
+            .expect("valid")
+    }
+
+    fn decide_raw(raw: &str) -> Decision {
+        let (head, len) = parse_head(raw.as_bytes()).expect("parses").expect("complete");
+        assert_eq!(len, raw.len());
+        decide(transport().shared_config(), head)
+    }
+
+    fn status(raw: &str) -> u16 {
+        match decide_raw(raw) {
+            Decision::Respond(r) => r.status,
+            Decision::Upgrade(_) => 101,
+        }
+    }
+
+    #[test]
+    fn partial_head_needs_more() {
+        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None)));
+        assert!(matches!(parse_head(b"\x00\x01garbage\r\n\r\n"), Err(r) if r.status == 400));
+    }
+
+    #[test]
+    fn upgrade_accepted_with_rfc_key_and_subprotocol() {
+        let Decision::Upgrade(up) = decide_raw(UPGRADE) else { panic!("expected an upgrade") };
+        // The example from RFC 6455 section 1.3.
+        assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(up.info.path(), Some("/chat"));
+        assert_eq!(up.info.query_param("room"), Some("1"));
+        assert_eq!(up.info.subprotocol(), Some("chat.v1"));
+        assert_eq!(up.info.cookie("sid"), Some("abc"));
+        assert_eq!(up.info.headers().get("sec-websocket-key"), None);
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(status(&UPGRADE.replace("/chat?room=1", "/nope")), 404);
+        assert_eq!(status("GET /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
+        assert_eq!(status(&UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")), 400);
+        assert_eq!(status(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive")), 400);
+        assert_eq!(status(&UPGRADE.replace("Cookie", "Origin: http://evil.example\r\nCookie")), 403);
+        assert_eq!(status(&UPGRADE.replace("Cookie", "Origin: http://127.0.0.1:8080\r\nCookie")), 101);
+    }
+
+    #[test]
+    fn responses_render() {
+        let r = Response::error(426, "ws only").header("Upgrade", "websocket");
+        let text = String::from_utf8(r.to_bytes()).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\n"));
+        assert!(text.contains("Connection: close\r\n\r\n426 Upgrade Required: ws only\n"));
+        let page = Response::page("text/html", Bytes::from_static(b"<p>"), true);
+        assert!(String::from_utf8(page.to_bytes()).expect("utf-8").ends_with("Content-Length: 3\r\nConnection: close\r\n\r\n"));
+    }
+}

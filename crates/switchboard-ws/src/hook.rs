@@ -1,0 +1,195 @@
+//! The handshake hook: user code that accepts or rejects an upgrade.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use switchboard_core::{Extensions, Headers, TransportInfo};
+
+/// The upgrade request as the handshake hook sees it: the peer, the path,
+/// query, headers and cookies, and the subprotocol the server picked.
+///
+/// The same facts reach the component later through
+/// [`Connection::transport`](switchboard_core::Connection::transport).
+#[derive(Clone, Debug)]
+pub struct Request {
+    peer: SocketAddr,
+    info: TransportInfo,
+}
+
+impl Request {
+    pub(crate) fn new(peer: SocketAddr, info: TransportInfo) -> Self {
+        Request { peer, info }
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The request path, without the query.
+    pub fn path(&self) -> &str {
+        self.info.path().unwrap_or("/")
+    }
+
+    /// The query string without `?`, if there was one.
+    pub fn query(&self) -> Option<&str> {
+        self.info.query()
+    }
+
+    /// One query parameter, not percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.info.query_param(name)
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.info.headers().get(name)
+    }
+
+    /// All request headers.
+    pub fn headers(&self) -> &Headers {
+        self.info.headers()
+    }
+
+    /// One cookie from the `Cookie` headers.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.info.cookie(name)
+    }
+
+    /// The subprotocol the server selected, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.info.subprotocol()
+    }
+
+    /// Everything above as the core's [`TransportInfo`].
+    pub fn info(&self) -> &TransportInfo {
+        &self.info
+    }
+}
+
+/// The hook's yes: the upgrade goes ahead, with typed state for the
+/// connection's [`extensions`](switchboard_core::Connection::extensions),
+/// visible from `on_open` on.
+///
+/// ```
+/// use switchboard::ws::Accept;
+///
+/// #[derive(Clone)]
+/// struct User(String);
+///
+/// let accept = Accept::new().with(User("ann".into()));
+/// # let _ = accept;
+/// ```
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Accept {
+    pub(crate) extensions: Extensions,
+}
+
+impl Accept {
+    /// Accepts with no state attached.
+    pub fn new() -> Self {
+        Accept::default()
+    }
+
+    /// Attaches `value` to the connection (one value per type).
+    pub fn with<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// Attaches every value of `extensions`.
+    pub fn with_extensions(mut self, extensions: Extensions) -> Self {
+        self.extensions.extend(extensions);
+        self
+    }
+}
+
+/// The hook's no: the peer gets this HTTP status (and a short plain-text
+/// body) instead of the upgrade, and no component hears of it.
+///
+/// ```
+/// use switchboard::ws::Reject;
+///
+/// let no = Reject::unauthorized().reason("missing token");
+/// assert_eq!(no.status(), 401);
+/// assert_eq!(Reject::new(429).status(), 429);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    status: u16,
+    reason: Cow<'static, str>,
+}
+
+impl Reject {
+    /// Rejects with `status`. Statuses outside 400..=599 are sent as 403,
+    /// since anything else would not refuse the upgrade.
+    pub fn new(status: u16) -> Self {
+        let status = if (400..=599).contains(&status) { status } else { 403 };
+        Reject { status, reason: Cow::Borrowed("") }
+    }
+
+    /// 401 Unauthorized: no or bad credentials.
+    pub fn unauthorized() -> Self {
+        Reject::new(401)
+    }
+
+    /// 403 Forbidden: known peer, not allowed.
+    pub fn forbidden() -> Self {
+        Reject::new(403)
+    }
+
+    /// Sets the body of the response (plain text; keep it short and free of
+    /// secrets, the peer reads it).
+    #[must_use]
+    pub fn reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The body text.
+    pub fn reason_text(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.reason)
+    }
+}
+
+type HookFuture = Pin<Box<dyn Future<Output = Result<Accept, Reject>> + Send>>;
+
+/// A type-erased hook, shared by every handshake of a transport.
+#[derive(Clone)]
+pub(crate) struct Hook(Arc<dyn Fn(Request) -> HookFuture + Send + Sync>);
+
+impl Hook {
+    pub(crate) fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Accept, Reject>> + Send + 'static,
+    {
+        Hook(Arc::new(move |req| Box::pin(f(req))))
+    }
+
+    pub(crate) fn call(&self, req: Request) -> HookFuture {
+        (self.0)(req)
+    }
+}
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hook(..)")
+    }
+}

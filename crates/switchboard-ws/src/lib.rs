@@ -1,0 +1,82 @@
+//! The WebSocket transport of switchboard (RFC 6455), on tokio-tungstenite.
+//!
+//! [`WsTransport`] turns accepted byte streams into connections for the
+//! core: it answers the HTTP request itself (routing by path, static pages,
+//! origin checks, subprotocols, an async handshake hook for authentication)
+//! and then hands tungstenite's frame layer to the core's connection driver,
+//! adding pings and an idle timeout. All limits come from the core
+//! [`Config`](switchboard_core::Config); transport settings (buffers, routes,
+//! pages, origins, hook) live on the [`WsTransportBuilder`].
+//!
+//! Use it through the facade: `switchboard::ws`.
+//!
+//! ```no_run
+//! use switchboard::ws::{Page, WsTransport};
+//! use switchboard::{async_trait, BoxError, Connection, Hub, Message, MessageComponent, Server};
+//!
+//! #[derive(Default)]
+//! struct Chat {
+//!     hub: Hub,
+//! }
+//!
+//! #[async_trait]
+//! impl MessageComponent for Chat {
+//!     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+//!         self.hub.join(conn);
+//!         Ok(())
+//!     }
+//!
+//!     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+//!         self.hub.broadcast_except(msg, conn.id()).await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), BoxError> {
+//! let ws = WsTransport::builder()
+//!     .route("/chat", Chat::default())
+//!     .page("/", Page::html("<!doctype html><script>new WebSocket('ws://' + location.host + '/chat')</script>"))
+//!     .build()?;
+//! let server = Server::builder().bind("127.0.0.1:8080", ws).start().await?;
+//! # server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - `config`: the builder, [`OriginPolicy`], [`Page`];
+//! - `handshake`: reading and judging the HTTP request, writing the answer
+//!   (pure functions over bytes, tested without sockets);
+//! - `hook`: what the handshake hook sees and returns ([`Request`],
+//!   [`Accept`], [`Reject`]);
+//! - `transport`: [`WsTransport`], the core's `Transport`;
+//! - `conn`: [`WsConnection`], the core's `TransportConn` over tungstenite;
+//! - `keepalive`: pings and the idle timeout;
+//! - `error`: [`Error`].
+//!
+//! # Memory
+//!
+//! An idle connection holds its read buffer ([`WsTransportBuilder::read_buffer_size`],
+//! 1 KiB by default, zero-filled before every read, so keep it small), the
+//! request's path, query and headers (minus the handshake-only ones) and a
+//! timer. The write buffer grows only while there is something to send.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod conn;
+mod error;
+mod handshake;
+mod hook;
+mod keepalive;
+mod transport;
+
+pub use config::{
+    DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy, Page,
+    WsTransportBuilder,
+};
+pub use conn::WsConnection;
+pub use error::{Error, Result};
+pub use hook::{Accept, Reject, Request};
+pub use transport::WsTransport;

@@ -1,0 +1,183 @@
+//! The [`Transport`] implementation: handshake, then a [`WsConnection`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use switchboard_core::{Accepted, Config, MessageComponent, Transport};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::config::{OriginPolicy, Page, WsTransportBuilder};
+use crate::conn::WsConnection;
+use crate::error::Error;
+use crate::handshake::{self, Decision, ReadError};
+use crate::hook::{Hook, Request};
+use crate::keepalive::Keepalive;
+
+/// The WebSocket transport: give it to
+/// [`ServerBuilder::bind`](switchboard_core::ServerBuilder::bind).
+///
+/// It answers the HTTP side of each connection itself: routes by path
+/// (404 for unknown paths), serves static pages to plain `GET`s (426 for a
+/// plain `GET` of a socket route), checks the `Origin` (403), validates the
+/// upgrade (400, 426), selects a subprotocol and runs the handshake hook.
+/// Limits come from the server's [`Config`]: message and frame size (close
+/// 1009), pings every `ping_interval`, a close after `idle_timeout` of
+/// silence; invalid UTF-8 closes with 1007 and protocol errors with 1002.
+///
+/// Cheap to clone (an `Arc` inside). Generic over the byte stream, so a TLS
+/// layer can hand it a `TlsStream`.
+///
+/// ```no_run
+/// use switchboard::ws::WsTransport;
+/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, Server};
+///
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl MessageComponent for Echo {
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         conn.send(msg)?;
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), BoxError> {
+/// let server = Server::builder().bind("127.0.0.1:8080", WsTransport::new(Echo)).start().await?;
+/// println!("ws://{}/", server.local_addr());
+/// tokio::signal::ctrl_c().await?;
+/// server.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct WsTransport {
+    shared: Arc<Shared>,
+}
+
+/// The built configuration, shared by every handshake.
+pub(crate) struct Shared {
+    pub(crate) routes: HashMap<Box<str>, Arc<dyn MessageComponent>>,
+    pub(crate) fallback: Option<Arc<dyn MessageComponent>>,
+    pub(crate) pages: HashMap<Box<str>, Page>,
+    pub(crate) origins: OriginPolicy,
+    pub(crate) subprotocols: Box<[Box<str>]>,
+    pub(crate) hook: Option<Hook>,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) write_buffer_size: usize,
+    pub(crate) max_request_head: usize,
+}
+
+impl WsTransport {
+    /// Serves `component` on every path, with the default settings.
+    pub fn new(component: impl MessageComponent) -> Self {
+        Self::shared(Arc::new(component))
+    }
+
+    /// Serves a shared component on every path, with the default settings.
+    pub fn shared(component: Arc<dyn MessageComponent>) -> Self {
+        let builder = WsTransportBuilder::default().fallback_shared(component);
+        match builder.build() {
+            Ok(transport) => transport,
+            // A fallback and the defaults always make a valid configuration.
+            Err(err) => unreachable!("default WsTransport configuration rejected: {err}"),
+        }
+    }
+
+    /// Starts a configuration with routes, pages, an origin policy, ...
+    pub fn builder() -> WsTransportBuilder {
+        WsTransportBuilder::default()
+    }
+
+    pub(crate) fn from_shared(shared: Shared) -> Self {
+        WsTransport { shared: Arc::new(shared) }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared_config(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn ws_config(&self, config: &Config) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.shared.read_buffer_size)
+            .write_buffer_size(self.shared.write_buffer_size)
+            .max_message_size(Some(config.max_message_size))
+            .max_frame_size(Some(config.max_frame_size))
+    }
+
+    async fn handshake<IO>(&self, mut io: IO, peer: SocketAddr, config: &Config) -> Result<Accepted<WsConnection<IO>>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = &*self.shared;
+        let (head, leftover) = match handshake::read_head(&mut io, shared.max_request_head).await {
+            Ok(read) => read,
+            Err(ReadError::Refused(response)) => {
+                handshake::respond(&mut io, &response).await?;
+                return Err(Error::Answered { status: response.status, reason: response.reason });
+            }
+            Err(ReadError::Failed(err)) => return Err(err),
+        };
+        let upgrade = match handshake::decide(shared, head) {
+            Decision::Upgrade(upgrade) => upgrade,
+            Decision::Respond(response) => {
+                handshake::respond(&mut io, &response).await?;
+                return Err(Error::Answered { status: response.status, reason: response.reason });
+            }
+        };
+        let info = upgrade.info;
+        let mut extensions = switchboard_core::Extensions::default();
+        if let Some(hook) = &shared.hook {
+            match hook.call(Request::new(peer, info.clone())).await {
+                Ok(accept) => extensions = accept.extensions,
+                Err(reject) => {
+                    let response = handshake::Response::error(reject.status(), reject.reason_text());
+                    handshake::respond(&mut io, &response).await?;
+                    return Err(Error::Answered { status: reject.status(), reason: format!("rejected by the handshake hook: {reject}") });
+                }
+            }
+        }
+        io.write_all(&handshake::switching_protocols(&upgrade.accept_key, info.subprotocol())).await?;
+        io.flush().await?;
+
+        let ws_config = Some(self.ws_config(config));
+        let ws = if leftover.is_empty() {
+            WebSocketStream::from_raw_socket(io, Role::Server, ws_config).await
+        } else {
+            WebSocketStream::from_partially_read(io, leftover, Role::Server, ws_config).await
+        };
+        let conn = WsConnection::new(ws, Keepalive::new(config.ping_interval, config.idle_timeout));
+        let mut accepted = Accepted::new(conn, info, upgrade.component);
+        accepted.extensions = extensions;
+        Ok(accepted)
+    }
+}
+
+impl<IO> Transport<IO> for WsTransport
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Conn = WsConnection<IO>;
+
+    async fn accept(&self, io: IO, peer: SocketAddr, config: &Config) -> switchboard_core::Result<Accepted<Self::Conn>> {
+        self.handshake(io, peer, config).await.map_err(Into::into)
+    }
+}
+
+impl fmt::Debug for WsTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &*self.shared;
+        f.debug_struct("WsTransport")
+            .field("routes", &s.routes.keys().collect::<Vec<_>>())
+            .field("fallback", &s.fallback.is_some())
+            .field("pages", &s.pages.keys().collect::<Vec<_>>())
+            .field("origins", &s.origins)
+            .field("subprotocols", &s.subprotocols)
+            .field("hook", &s.hook.is_some())
+            .finish_non_exhaustive()
+    }
+}
