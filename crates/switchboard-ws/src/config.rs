@@ -55,7 +55,9 @@ impl OriginPolicy {
             OriginPolicy::SameHost => {
                 let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
                 match host {
-                    Some(host) => !authority.is_empty() && authority.eq_ignore_ascii_case(host.trim()),
+                    Some(host) => {
+                        !authority.is_empty() && authority.eq_ignore_ascii_case(host.trim())
+                    }
                     None => false,
                 }
             }
@@ -86,7 +88,10 @@ impl Page {
 
     /// A page of any content type.
     pub fn new(content_type: impl Into<Cow<'static, str>>, body: impl Into<Bytes>) -> Self {
-        Page { content_type: content_type.into(), body: body.into() }
+        Page {
+            content_type: content_type.into(),
+            body: body.into(),
+        }
     }
 
     /// The `Content-Type` sent with the page.
@@ -166,7 +171,11 @@ impl WsTransportBuilder {
 
     /// Like [`route`](Self::route) with a component that is shared, for
     /// example with another listener of the same server.
-    pub fn route_shared(mut self, path: impl Into<String>, component: Arc<dyn MessageComponent>) -> Self {
+    pub fn route_shared(
+        mut self,
+        path: impl Into<String>,
+        component: Arc<dyn MessageComponent>,
+    ) -> Self {
         self.routes.push((path.into(), component));
         self
     }
@@ -282,7 +291,10 @@ impl WsTransportBuilder {
         let mut routes = HashMap::with_capacity(self.routes.len());
         for (path, component) in self.routes {
             check_path(&path)?;
-            if routes.insert(path.clone().into_boxed_str(), component).is_some() {
+            if routes
+                .insert(path.clone().into_boxed_str(), component)
+                .is_some()
+            {
                 return Err(Error::DuplicateRoute(path));
             }
         }
@@ -312,7 +324,11 @@ impl WsTransportBuilder {
             fallback: self.fallback,
             pages,
             origins: self.origins,
-            subprotocols: self.subprotocols.into_iter().map(String::into_boxed_str).collect(),
+            subprotocols: self
+                .subprotocols
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect(),
             hook: self.hook,
             read_buffer_size: self.read_buffer_size,
             write_buffer_size: self.write_buffer_size,
@@ -324,9 +340,15 @@ impl WsTransportBuilder {
 impl fmt::Debug for WsTransportBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WsTransportBuilder")
-            .field("routes", &self.routes.iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .field(
+                "routes",
+                &self.routes.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
             .field("fallback", &self.fallback.is_some())
-            .field("pages", &self.pages.iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .field(
+                "pages",
+                &self.pages.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
             .field("origins", &self.origins)
             .field("subprotocols", &self.subprotocols)
             .field("hook", &self.hook.is_some())
@@ -338,7 +360,8 @@ impl fmt::Debug for WsTransportBuilder {
 }
 
 fn check_path(path: &str) -> Result<()> {
-    if path.starts_with('/') && !path.contains(['?', '#']) && !path.chars().any(char::is_whitespace) {
+    if path.starts_with('/') && !path.contains(['?', '#']) && !path.chars().any(char::is_whitespace)
+    {
         Ok(())
     } else {
         Err(Error::InvalidPath(path.to_owned()))
@@ -349,7 +372,26 @@ fn check_path(path: &str) -> Result<()> {
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| {
-            b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'<' | b'>' | b'@' | b',' | b';' | b':' | b'\\' | b'"' | b'/' | b'[' | b']' | b'?' | b'=' | b'{' | b'}')
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
         })
 }
 

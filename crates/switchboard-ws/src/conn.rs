@@ -12,7 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode as WsCloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{
+    CloseCode as WsCloseCode, Data, OpCode,
+};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use crate::keepalive::{Due, Keepalive};
@@ -47,7 +49,12 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     pub(crate) fn new(ws: WebSocketStream<IO>, keepalive: Keepalive) -> Self {
-        WsConnection { ws, keepalive, ping_unflushed: false, close: CloseState::Open }
+        WsConnection {
+            ws,
+            keepalive,
+            ping_unflushed: false,
+            close: CloseState::Open,
+        }
     }
 
     fn ws(&mut self) -> Pin<&mut WebSocketStream<IO>> {
@@ -65,7 +72,9 @@ where
                 match due {
                     Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
                     Due::Ping => {
-                        self.ws().start_send(WsMessage::Ping(Bytes::new())).map_err(write_error)?;
+                        self.ws()
+                            .start_send(WsMessage::Ping(Bytes::new()))
+                            .map_err(write_error)?;
                         self.ping_unflushed = true;
                     }
                 }
@@ -102,10 +111,13 @@ where
                         .map_err(|e| Error::protocol(CloseCode::INVALID, e))?;
                     return Poll::Ready(Ok(Received::Message(Message::Text(text))));
                 }
-                WsMessage::Binary(data) => return Poll::Ready(Ok(Received::Message(Message::Binary(data)))),
+                WsMessage::Binary(data) => {
+                    return Poll::Ready(Ok(Received::Message(Message::Binary(data))));
+                }
                 WsMessage::Close(frame) => {
                     self.close = CloseState::PeerClosed;
-                    let frame = frame.map(|f| CloseFrame::new(CloseCode(f.code.into()), f.reason.as_str()));
+                    let frame =
+                        frame.map(|f| CloseFrame::new(CloseCode(f.code.into()), f.reason.as_str()));
                     return Poll::Ready(Ok(Received::Closed(frame)));
                 }
                 // Pongs are answered by tungstenite; both only count as traffic.
@@ -121,10 +133,14 @@ where
     fn start_send(&mut self, msg: Message) -> Result<(), Error> {
         let frame = match msg {
             // Already valid UTF-8: framed directly, so it is not validated again.
-            Message::Text(text) => Frame::message(text.into_bytes(), OpCode::Data(Data::Text), true),
+            Message::Text(text) => {
+                Frame::message(text.into_bytes(), OpCode::Data(Data::Text), true)
+            }
             Message::Binary(data) => Frame::message(data, OpCode::Data(Data::Binary), true),
         };
-        self.ws().start_send(WsMessage::Frame(frame)).map_err(write_error)
+        self.ws()
+            .start_send(WsMessage::Frame(frame))
+            .map_err(write_error)
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -138,20 +154,31 @@ where
             match self.close {
                 CloseState::Open => {
                     ready!(self.ws().poll_ready(cx)).map_err(write_error)?;
-                    let frame = WsCloseFrame { code: wire_code(frame.code), reason: wire_reason(&frame.reason) };
-                    self.ws().start_send(WsMessage::Close(Some(frame))).map_err(write_error)?;
+                    let frame = WsCloseFrame {
+                        code: wire_code(frame.code),
+                        reason: wire_reason(&frame.reason),
+                    };
+                    self.ws()
+                        .start_send(WsMessage::Close(Some(frame)))
+                        .map_err(write_error)?;
                     self.close = CloseState::Flushing;
                 }
                 CloseState::PeerClosed | CloseState::Flushing => {
                     let peer_closed = self.close == CloseState::PeerClosed;
                     // After the peer's close this writes tungstenite's reply.
                     ready!(self.ws().poll_flush(cx)).map_err(write_error)?;
-                    self.close = if peer_closed { CloseState::Done } else { CloseState::Draining };
+                    self.close = if peer_closed {
+                        CloseState::Done
+                    } else {
+                        CloseState::Draining
+                    };
                 }
                 CloseState::Draining => match ready!(self.ws().poll_next(cx)) {
                     // The peer's reply, the end of the stream or an error:
                     // either way the closing handshake is over.
-                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => self.close = CloseState::Done,
+                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
+                        self.close = CloseState::Done
+                    }
                     // Messages the peer sent before it saw our close.
                     Some(Ok(_)) => {}
                 },
@@ -187,7 +214,9 @@ fn read_error(err: tungstenite::Error) -> Result<Received, Error> {
     match err {
         tungstenite::Error::ConnectionClosed
         | tungstenite::Error::AlreadyClosed
-        | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ok(Received::Closed(None)),
+        | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Ok(Received::Closed(None))
+        }
         tungstenite::Error::Io(err) => Err(Error::Io(err)),
         tungstenite::Error::Capacity(err) => Err(Error::protocol(CloseCode::SIZE, err)),
         err @ tungstenite::Error::Utf8(_) => Err(Error::protocol(CloseCode::INVALID, err)),
@@ -207,7 +236,9 @@ fn write_error(err: tungstenite::Error) -> Error {
 
 impl<IO> fmt::Debug for WsConnection<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WsConnection").field("close", &self.close).finish_non_exhaustive()
+        f.debug_struct("WsConnection")
+            .field("close", &self.close)
+            .finish_non_exhaustive()
     }
 }
 

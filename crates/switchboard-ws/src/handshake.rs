@@ -19,8 +19,13 @@ const READ_CHUNK: usize = 1024;
 
 /// Headers that only served the upgrade itself; they are not kept on the
 /// connection, so an idle connection does not carry them around.
-const HANDSHAKE_ONLY: [&str; 5] =
-    ["connection", "upgrade", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"];
+const HANDSHAKE_ONLY: [&str; 5] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+];
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -35,7 +40,10 @@ pub(crate) struct Head {
 
 impl Head {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
     }
 
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -49,7 +57,8 @@ impl Head {
 
     /// Whether header `name` lists `token` (comma-separated, case-insensitive).
     fn has_token(&self, name: &str, token: &str) -> bool {
-        self.header_values(name).any(|v| v.eq_ignore_ascii_case(token))
+        self.header_values(name)
+            .any(|v| v.eq_ignore_ascii_case(token))
     }
 }
 
@@ -76,23 +85,43 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Response> 
     let headers = req
         .headers
         .iter()
-        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
-    let head = Head { method: method.to_owned(), path: path.to_owned(), query, http11: version >= 1, headers };
+    let head = Head {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query,
+        http11: version >= 1,
+        headers,
+    };
     Ok(Some((head, len)))
 }
 
 /// Reads until a whole request head is in; returns it and whatever bytes
 /// came after it.
-pub(crate) async fn read_head<IO: AsyncRead + Unpin>(io: &mut IO, max: usize) -> Result<(Head, Vec<u8>), ReadError> {
+pub(crate) async fn read_head<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    max: usize,
+) -> Result<(Head, Vec<u8>), ReadError> {
     let mut buf = Vec::new();
     loop {
         let len = buf.len();
         if len >= max {
-            return Err(ReadError::Refused(Response::error(431, "request head too large")));
+            return Err(ReadError::Refused(Response::error(
+                431,
+                "request head too large",
+            )));
         }
         buf.resize(len + READ_CHUNK.min(max - len), 0);
-        let n = io.read(&mut buf[len..]).await.map_err(|e| ReadError::Failed(e.into()))?;
+        let n = io
+            .read(&mut buf[len..])
+            .await
+            .map_err(|e| ReadError::Failed(e.into()))?;
         buf.truncate(len + n);
         if n == 0 {
             return Err(ReadError::Failed(Error::Eof));
@@ -132,7 +161,10 @@ pub(crate) struct Upgrade {
 /// Routing, validation and the origin policy, in the order a client would
 /// want to learn about problems.
 pub(crate) fn decide(shared: &Shared, head: Head) -> Decision {
-    let component = shared.routes.get(head.path.as_str()).or(shared.fallback.as_ref());
+    let component = shared
+        .routes
+        .get(head.path.as_str())
+        .or(shared.fallback.as_ref());
     let page = shared.pages.get(head.path.as_str());
     if component.is_none() && page.is_none() {
         return Decision::Respond(Response::error(404, "not found"));
@@ -143,7 +175,8 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Decision {
             Response::error(405, "method not allowed").header("Allow", "GET, HEAD"),
         );
     }
-    let wants_upgrade = head.header("upgrade").is_some() || head.header("sec-websocket-key").is_some();
+    let wants_upgrade =
+        head.header("upgrade").is_some() || head.header("sec-websocket-key").is_some();
     if !wants_upgrade || head_only {
         return Decision::Respond(match page {
             Some(page) => Response::page(page.content_type(), page.body().clone(), head_only),
@@ -166,7 +199,8 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Decision {
     }
     if head.header("sec-websocket-version") != Some("13") {
         return Decision::Respond(
-            Response::error(426, "unsupported WebSocket version").header("Sec-WebSocket-Version", "13"),
+            Response::error(426, "unsupported WebSocket version")
+                .header("Sec-WebSocket-Version", "13"),
         );
     }
     let key = match head.header("sec-websocket-key") {
@@ -180,10 +214,10 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Decision {
         return Decision::Respond(Response::error(403, "origin not allowed"));
     }
     let accept_key = derive_accept_key(key.as_bytes());
-    let subprotocol = shared
-        .subprotocols
-        .iter()
-        .find(|ours| head.header_values("sec-websocket-protocol").any(|theirs| theirs == &***ours));
+    let subprotocol = shared.subprotocols.iter().find(|ours| {
+        head.header_values("sec-websocket-protocol")
+            .any(|theirs| theirs == &***ours)
+    });
 
     let mut info = TransportInfo::new("ws").with_path(head.path);
     if let Some(query) = head.query {
@@ -198,7 +232,11 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Decision {
         .filter(|(name, _)| !HANDSHAKE_ONLY.iter().any(|h| name.eq_ignore_ascii_case(h)))
         .map(|(name, value)| (name, value.into_boxed_str()));
     let info = info.with_headers(Headers::new(headers));
-    Decision::Upgrade(Upgrade { component: component.clone(), accept_key, info })
+    Decision::Upgrade(Upgrade {
+        component: component.clone(),
+        accept_key,
+        info,
+    })
 }
 
 /// 16 random bytes in base64: 22 characters and `==`.
@@ -206,7 +244,9 @@ fn is_valid_key(key: &str) -> bool {
     let b = key.as_bytes();
     b.len() == 24
         && b[22..] == *b"=="
-        && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 /// A plain HTTP response (the `101` is written by [`switching_protocols`]).
@@ -238,7 +278,10 @@ impl Response {
     pub(crate) fn page(content_type: &str, body: Bytes, head_only: bool) -> Self {
         Response {
             status: 200,
-            headers: vec![("Cache-Control", "no-cache".into()), ("X-Content-Type-Options", "nosniff".into())],
+            headers: vec![
+                ("Cache-Control", "no-cache".into()),
+                ("X-Content-Type-Options", "nosniff".into()),
+            ],
             content_type: content_type.into(),
             body,
             head_only,
@@ -252,7 +295,11 @@ impl Response {
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status));
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\n",
+            self.status,
+            reason_phrase(self.status)
+        );
         for (name, value) in &self.headers {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -282,7 +329,10 @@ pub(crate) fn switching_protocols(accept_key: &str, subprotocol: Option<&str>) -
 }
 
 /// Writes a plain response and ends the stream.
-pub(crate) async fn respond<IO: AsyncWrite + Unpin>(io: &mut IO, response: &Response) -> std::io::Result<()> {
+pub(crate) async fn respond<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    response: &Response,
+) -> std::io::Result<()> {
     io.write_all(&response.to_bytes()).await?;
     io.flush().await?;
     io.shutdown().await
@@ -303,7 +353,7 @@ fn reason_phrase(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
-        400..=499 => "Client Error",
+        _ if status < 500 => "Client Error",
         _ => "Server Error",
     }
 }
@@ -338,7 +388,9 @@ mod tests {
     }
 
     fn decide_raw(raw: &str) -> Decision {
-        let (head, len) = parse_head(raw.as_bytes()).expect("parses").expect("complete");
+        let (head, len) = parse_head(raw.as_bytes())
+            .expect("parses")
+            .expect("complete");
         assert_eq!(len, raw.len());
         decide(transport().shared_config(), head)
     }
@@ -352,13 +404,18 @@ mod tests {
 
     #[test]
     fn partial_head_needs_more() {
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None)));
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Ok(None)
+        ));
         assert!(matches!(parse_head(b"\x00\x01garbage\r\n\r\n"), Err(r) if r.status == 400));
     }
 
     #[test]
     fn upgrade_accepted_with_rfc_key_and_subprotocol() {
-        let Decision::Upgrade(up) = decide_raw(UPGRADE) else { panic!("expected an upgrade") };
+        let Decision::Upgrade(up) = decide_raw(UPGRADE) else {
+            panic!("expected an upgrade")
+        };
         // The example from RFC 6455 section 1.3.
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.info.path(), Some("/chat"));
@@ -375,10 +432,22 @@ mod tests {
         assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
         assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
         assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
-        assert_eq!(status(&UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")), 400);
-        assert_eq!(status(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive")), 400);
-        assert_eq!(status(&UPGRADE.replace("Cookie", "Origin: http://evil.example\r\nCookie")), 403);
-        assert_eq!(status(&UPGRADE.replace("Cookie", "Origin: http://127.0.0.1:8080\r\nCookie")), 101);
+        assert_eq!(
+            status(&UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")),
+            400
+        );
+        assert_eq!(
+            status(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive")),
+            400
+        );
+        assert_eq!(
+            status(&UPGRADE.replace("Cookie", "Origin: http://evil.example\r\nCookie")),
+            403
+        );
+        assert_eq!(
+            status(&UPGRADE.replace("Cookie", "Origin: http://127.0.0.1:8080\r\nCookie")),
+            101
+        );
     }
 
     #[test]
@@ -388,6 +457,10 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\n"));
         assert!(text.contains("Connection: close\r\n\r\n426 Upgrade Required: ws only\n"));
         let page = Response::page("text/html", Bytes::from_static(b"<p>"), true);
-        assert!(String::from_utf8(page.to_bytes()).expect("utf-8").ends_with("Content-Length: 3\r\nConnection: close\r\n\r\n"));
+        assert!(
+            String::from_utf8(page.to_bytes())
+                .expect("utf-8")
+                .ends_with("Content-Length: 3\r\nConnection: close\r\n\r\n")
+        );
     }
 }

@@ -129,8 +129,15 @@ impl Reject {
     /// Rejects with `status`. Statuses outside 400..=599 are sent as 403,
     /// since anything else would not refuse the upgrade.
     pub fn new(status: u16) -> Self {
-        let status = if (400..=599).contains(&status) { status } else { 403 };
-        Reject { status, reason: Cow::Borrowed("") }
+        let status = if (400..=599).contains(&status) {
+            status
+        } else {
+            403
+        };
+        Reject {
+            status,
+            reason: Cow::Borrowed(""),
+        }
     }
 
     /// 401 Unauthorized: no or bad credentials.

@@ -35,7 +35,13 @@ pub(crate) struct Keepalive {
 impl Keepalive {
     pub(crate) fn new(ping_interval: Option<Duration>, idle_timeout: Option<Duration>) -> Self {
         let now = Instant::now();
-        let mut keepalive = Keepalive { ping_interval, idle_timeout, last_seen: now, last_ping: now, timer: None };
+        let mut keepalive = Keepalive {
+            ping_interval,
+            idle_timeout,
+            last_seen: now,
+            last_ping: now,
+            timer: None,
+        };
         if let Some(deadline) = keepalive.next_deadline() {
             keepalive.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
         }
@@ -50,7 +56,9 @@ impl Keepalive {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let ping = self.ping_interval.map(|i| self.last_seen.max(self.last_ping) + i);
+        let ping = self
+            .ping_interval
+            .map(|i| self.last_seen.max(self.last_ping) + i);
         let idle = self.idle_timeout.map(|t| self.last_seen + t);
         match (ping, idle) {
             (Some(p), Some(i)) => Some(p.min(i)),
@@ -62,7 +70,9 @@ impl Keepalive {
     /// otherwise.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
         loop {
-            let Some(timer) = self.timer.as_mut() else { return Poll::Pending };
+            let Some(timer) = self.timer.as_mut() else {
+                return Poll::Pending;
+            };
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -70,14 +80,14 @@ impl Keepalive {
             if self.idle_timeout.is_some_and(|t| now >= self.last_seen + t) {
                 return Poll::Ready(Due::Idle);
             }
-            let ping_due = self.ping_interval.is_some_and(|i| now >= self.last_seen.max(self.last_ping) + i);
+            let ping_due = self
+                .ping_interval
+                .is_some_and(|i| now >= self.last_seen.max(self.last_ping) + i);
             if ping_due {
                 self.last_ping = now;
             }
-            if let Some(deadline) = self.next_deadline() {
-                if let Some(timer) = self.timer.as_mut() {
-                    timer.as_mut().reset(deadline);
-                }
+            if let (Some(deadline), Some(timer)) = (self.next_deadline(), self.timer.as_mut()) {
+                timer.as_mut().reset(deadline);
             }
             if ping_due {
                 return Poll::Ready(Due::Ping);

@@ -73,8 +73,8 @@ mod keepalive;
 mod transport;
 
 pub use config::{
-    DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy, Page,
-    WsTransportBuilder,
+    DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
+    Page, WsTransportBuilder,
 };
 pub use conn::WsConnection;
 pub use error::{Error, Result};

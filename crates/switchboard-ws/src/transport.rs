@@ -93,7 +93,9 @@ impl WsTransport {
     }
 
     pub(crate) fn from_shared(shared: Shared) -> Self {
-        WsTransport { shared: Arc::new(shared) }
+        WsTransport {
+            shared: Arc::new(shared),
+        }
     }
 
     #[cfg(test)]
@@ -109,7 +111,12 @@ impl WsTransport {
             .max_frame_size(Some(config.max_frame_size))
     }
 
-    async fn handshake<IO>(&self, mut io: IO, peer: SocketAddr, config: &Config) -> Result<Accepted<WsConnection<IO>>, Error>
+    async fn handshake<IO>(
+        &self,
+        mut io: IO,
+        peer: SocketAddr,
+        config: &Config,
+    ) -> Result<Accepted<WsConnection<IO>>, Error>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -118,7 +125,10 @@ impl WsTransport {
             Ok(read) => read,
             Err(ReadError::Refused(response)) => {
                 handshake::respond(&mut io, &response).await?;
-                return Err(Error::Answered { status: response.status, reason: response.reason });
+                return Err(Error::Answered {
+                    status: response.status,
+                    reason: response.reason,
+                });
             }
             Err(ReadError::Failed(err)) => return Err(err),
         };
@@ -126,7 +136,10 @@ impl WsTransport {
             Decision::Upgrade(upgrade) => upgrade,
             Decision::Respond(response) => {
                 handshake::respond(&mut io, &response).await?;
-                return Err(Error::Answered { status: response.status, reason: response.reason });
+                return Err(Error::Answered {
+                    status: response.status,
+                    reason: response.reason,
+                });
             }
         };
         let info = upgrade.info;
@@ -135,13 +148,21 @@ impl WsTransport {
             match hook.call(Request::new(peer, info.clone())).await {
                 Ok(accept) => extensions = accept.extensions,
                 Err(reject) => {
-                    let response = handshake::Response::error(reject.status(), reject.reason_text());
+                    let response =
+                        handshake::Response::error(reject.status(), reject.reason_text());
                     handshake::respond(&mut io, &response).await?;
-                    return Err(Error::Answered { status: reject.status(), reason: format!("rejected by the handshake hook: {reject}") });
+                    return Err(Error::Answered {
+                        status: reject.status(),
+                        reason: format!("rejected by the handshake hook: {reject}"),
+                    });
                 }
             }
         }
-        io.write_all(&handshake::switching_protocols(&upgrade.accept_key, info.subprotocol())).await?;
+        io.write_all(&handshake::switching_protocols(
+            &upgrade.accept_key,
+            info.subprotocol(),
+        ))
+        .await?;
         io.flush().await?;
 
         let ws_config = Some(self.ws_config(config));
@@ -150,7 +171,10 @@ impl WsTransport {
         } else {
             WebSocketStream::from_partially_read(io, leftover, Role::Server, ws_config).await
         };
-        let conn = WsConnection::new(ws, Keepalive::new(config.ping_interval, config.idle_timeout));
+        let conn = WsConnection::new(
+            ws,
+            Keepalive::new(config.ping_interval, config.idle_timeout),
+        );
         let mut accepted = Accepted::new(conn, info, upgrade.component);
         accepted.extensions = extensions;
         Ok(accepted)
@@ -163,7 +187,12 @@ where
 {
     type Conn = WsConnection<IO>;
 
-    async fn accept(&self, io: IO, peer: SocketAddr, config: &Config) -> switchboard_core::Result<Accepted<Self::Conn>> {
+    async fn accept(
+        &self,
+        io: IO,
+        peer: SocketAddr,
+        config: &Config,
+    ) -> switchboard_core::Result<Accepted<Self::Conn>> {
         self.handshake(io, peer, config).await.map_err(Into::into)
     }
 }

@@ -1,0 +1,441 @@
+//! The HTTP side over real sockets: origins, the handshake hook,
+//! subprotocols, routing, pages, refusals and the handshake timeout.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{
+    Event, LIMIT, RawWs, Recorder, User, fast_config, raw_http, start, status_of, upgrade_request,
+};
+use switchboard::ws::{Accept, OriginPolicy, Page, Reject, WsTransport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+
+type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Connects with extra request headers; `Err(status)` when refused.
+async fn connect(
+    url: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<(Client, Option<String>), u16> {
+    let mut request = url.into_client_request().expect("valid url");
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .append(*name, HeaderValue::from_str(value).expect("valid header"));
+    }
+    match timeout(LIMIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake in time")
+    {
+        Ok((ws, response)) => {
+            let protocol = response
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            Ok((ws, protocol))
+        }
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(err) => panic!("handshake failed without an HTTP status: {err}"),
+    }
+}
+
+#[tokio::test]
+async fn foreign_origin_gets_403_and_same_origin_connects() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let addr = server.local_addr();
+    let url = format!("ws://{addr}/");
+
+    assert_eq!(
+        connect(&url, &[("Origin", "http://evil.example")])
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(
+        connect(
+            &url,
+            &[("Origin", &format!("http://localhost:{}", addr.port()))]
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+    let same = format!("http://{addr}");
+    let (mut ws, _) = connect(&url, &[("Origin", &same)])
+        .await
+        .expect("same origin connects");
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    ws.close(None).await.expect("close");
+    // The refused handshakes never reached the component.
+    assert!(matches!(
+        events.closed().await,
+        switchboard::CloseReason::Peer(_)
+    ));
+    assert_eq!(server.stats().connections_total, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn origin_allow_list() {
+    let (recorder, _events) = Recorder::new();
+    let transport = WsTransport::builder()
+        .fallback(recorder)
+        .origins(OriginPolicy::List(vec!["https://app.example".into()]))
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
+    let url = format!("ws://{}/", server.local_addr());
+    assert!(
+        connect(&url, &[("Origin", "https://app.example")])
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        connect(
+            &url,
+            &[("Origin", &format!("http://{}", server.local_addr()))]
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+    // Non-browser clients send no Origin and are not subject to the policy.
+    assert!(connect(&url, &[]).await.is_ok());
+    server.shutdown().await;
+}
+
+fn authenticated(recorder: Recorder) -> WsTransport {
+    WsTransport::builder()
+        .route("/chat", recorder)
+        .on_handshake(|req| async move {
+            // Something async, as a real token check would be.
+            tokio::task::yield_now().await;
+            let token = req.query_param("token").or(req.cookie("session"));
+            match token {
+                Some("ann-secret") => Ok(Accept::new().with(User("ann".into()))),
+                Some(_) => Err(Reject::forbidden().reason("bad token")),
+                None => Err(Reject::unauthorized().reason("missing token")),
+            }
+        })
+        .build()
+        .expect("valid")
+}
+
+#[tokio::test]
+async fn hook_rejects_with_its_status() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(authenticated(recorder), fast_config()).await;
+    let addr = server.local_addr();
+    assert_eq!(
+        connect(&format!("ws://{addr}/chat"), &[]).await.err(),
+        Some(401)
+    );
+    assert_eq!(
+        connect(&format!("ws://{addr}/chat?token=wrong"), &[])
+            .await
+            .err(),
+        Some(403)
+    );
+    let raw = raw_http(addr, upgrade_request(addr, "/chat", "").as_bytes()).await;
+    assert_eq!(status_of(&raw), 401);
+    assert!(raw.ends_with("missing token\n"), "{raw}");
+    assert!(
+        events.try_next().is_none(),
+        "a rejected handshake must not open a connection"
+    );
+    assert_eq!(server.stats().connections_total, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn hook_state_is_seen_in_on_open() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(authenticated(recorder), fast_config()).await;
+    let addr = server.local_addr();
+
+    let (_ws, _) = connect(&format!("ws://{addr}/chat?token=ann-secret"), &[])
+        .await
+        .expect("token accepted");
+    match events.next().await {
+        Event::Open { user, path, .. } => {
+            assert_eq!(user, Some(User("ann".into())));
+            assert_eq!(path.as_deref(), Some("/chat"));
+        }
+        other => panic!("expected open, got {other:?}"),
+    }
+    let (_ws2, _) = connect(
+        &format!("ws://{addr}/chat"),
+        &[("Cookie", "theme=dark; session=ann-secret")],
+    )
+    .await
+    .expect("cookie");
+    assert!(
+        matches!(events.next().await, Event::Open { user: Some(User(name)), .. } if name == "ann")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn subprotocol_is_negotiated() {
+    let (recorder, mut events) = Recorder::new();
+    let transport = WsTransport::builder()
+        .fallback(recorder)
+        .subprotocols(["chat.v2", "chat.v1"])
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
+    let url = format!("ws://{}/", server.local_addr());
+
+    let (_ws, chosen) = connect(&url, &[("Sec-WebSocket-Protocol", "chat.v1, chat.v2")])
+        .await
+        .expect("connects");
+    // The server's preference wins among those the client offers.
+    assert_eq!(chosen.as_deref(), Some("chat.v2"));
+    assert!(
+        matches!(events.next().await, Event::Open { subprotocol: Some(p), .. } if p == "chat.v2")
+    );
+
+    let (_ws, chosen) = connect(&url, &[("Sec-WebSocket-Protocol", "other, chat.v1")])
+        .await
+        .expect("connects");
+    assert_eq!(chosen.as_deref(), Some("chat.v1"));
+    assert!(
+        matches!(events.next().await, Event::Open { subprotocol: Some(p), .. } if p == "chat.v1")
+    );
+
+    let (_ws, chosen) = connect(&url, &[])
+        .await
+        .expect("connects without a subprotocol");
+    assert_eq!(chosen, None);
+    assert!(matches!(
+        events.next().await,
+        Event::Open {
+            subprotocol: None,
+            ..
+        }
+    ));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn routes_by_path_and_404s_the_rest() {
+    let (chat, mut chat_events) = Recorder::named("chat");
+    let (echo, mut echo_events) = Recorder::named("echo");
+    let transport = WsTransport::builder()
+        .route("/chat", chat)
+        .route("/echo", echo)
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
+    let addr = server.local_addr();
+
+    for (path, events) in [("chat", &mut chat_events), ("echo", &mut echo_events)] {
+        let (mut ws, _) = connect(&format!("ws://{addr}/{path}"), &[])
+            .await
+            .expect("routed");
+        assert!(
+            matches!(events.next().await, Event::Open { path: Some(p), .. } if p == format!("/{path}"))
+        );
+        ws.send(WsMessage::text("hi")).await.expect("send");
+        let reply = timeout(LIMIT, ws.next())
+            .await
+            .expect("reply in time")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(reply, WsMessage::text(format!("{path}:hi")));
+    }
+    assert_eq!(
+        connect(&format!("ws://{addr}/nope"), &[]).await.err(),
+        Some(404)
+    );
+    assert_eq!(
+        connect(&format!("ws://{addr}/chat/"), &[]).await.err(),
+        Some(404)
+    );
+    assert_eq!(
+        status_of(&raw_http(addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await),
+        404
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn plain_get_of_a_socket_route_gets_426() {
+    let (recorder, _events) = Recorder::new();
+    let transport = WsTransport::builder()
+        .route("/chat", recorder)
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
+    let response = raw_http(
+        server.local_addr(),
+        b"GET /chat HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&response), 426, "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("upgrade: websocket\r\n"),
+        "{response}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn static_page_is_served_beside_the_socket() {
+    let (recorder, mut events) = Recorder::new();
+    let html = "<!doctype html><title>chat</title>";
+    let transport = WsTransport::builder()
+        .route("/chat", recorder)
+        .page("/", Page::html(html))
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
+    let addr = server.local_addr();
+
+    let response = raw_http(addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(
+        response.contains("Content-Type: text/html; charset=utf-8\r\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains(&format!("Content-Length: {}\r\n", html.len())),
+        "{response}"
+    );
+    assert!(response.ends_with(html), "{response}");
+
+    let head = raw_http(addr, b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(status_of(&head), 200);
+    assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
+    assert_eq!(
+        status_of(
+            &raw_http(
+                addr,
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            )
+            .await
+        ),
+        405
+    );
+
+    // The page and the socket share one origin.
+    let (_ws, _) = connect(
+        &format!("ws://{addr}/chat"),
+        &[("Origin", &format!("http://{addr}"))],
+    )
+    .await
+    .expect("ok");
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_400_431_and_426() {
+    let (recorder, _events) = Recorder::new();
+    let transport = WsTransport::builder()
+        .fallback(recorder)
+        .max_request_head(1024)
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
+    let addr = server.local_addr();
+
+    assert_eq!(
+        status_of(&raw_http(addr, b"\x16\x03\x01garbage\r\n\r\n").await),
+        400
+    );
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    assert_eq!(status_of(&raw_http(addr, huge.as_bytes()).await), 431);
+    let bad_key = upgrade_request(addr, "/", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "nope");
+    assert_eq!(status_of(&raw_http(addr, bad_key.as_bytes()).await), 400);
+    let old = upgrade_request(addr, "/", "").replace("Version: 13", "Version: 8");
+    let response = raw_http(addr, old.as_bytes()).await;
+    assert_eq!(status_of(&response), 426);
+    assert!(
+        response.contains("Sec-WebSocket-Version: 13\r\n"),
+        "{response}"
+    );
+    assert_eq!(server.stats().connections_total, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn handshake_timeout_drops_a_half_open_connection() {
+    let (recorder, mut events) = Recorder::new();
+    let handshake_timeout = Duration::from_millis(300);
+    let config = fast_config().handshake_timeout(handshake_timeout);
+    let server = start(WsTransport::new(recorder), config).await;
+
+    let mut stream = TcpStream::connect(server.local_addr())
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let read = timeout(LIMIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("the server hung up in time");
+    // EOF (or a reset): the server dropped the connection without answering.
+    assert!(
+        read.map_or(true, |n| n == 0),
+        "unexpected answer: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= handshake_timeout - Duration::from_millis(50),
+        "dropped too early: {elapsed:?}"
+    );
+    assert_eq!(server.stats().handshake_failures, 1);
+    assert!(events.try_next().is_none());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn data_right_after_the_request_is_not_lost() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let addr = server.local_addr();
+
+    // The request and a first frame in one write: the frame arrives in the
+    // same read as the head and must be handed on to the WebSocket layer.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut bytes = upgrade_request(addr, "/", "").into_bytes();
+    bytes.extend_from_slice(&support::masked_frame(0x1, true, b"early"));
+    stream.write_all(&bytes).await.expect("write");
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    assert!(matches!(events.next().await, Event::Message(m) if m.as_text() == Some("early")));
+    drop(stream);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn raw_client_sees_101() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let mut ws = RawWs::connect(server.local_addr(), "/x?y=1").await;
+    assert!(matches!(events.next().await, Event::Open { path: Some(p), .. } if p == "/x"));
+    ws.send_frame(0x2, true, &[1, 2, 3]).await;
+    let echoed = timeout(LIMIT, ws.read_frame())
+        .await
+        .expect("in time")
+        .expect("frame");
+    assert_eq!((echoed.opcode, echoed.payload), (0x2, vec![1, 2, 3]));
+    server.shutdown().await;
+}

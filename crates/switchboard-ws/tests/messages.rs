@@ -1,0 +1,319 @@
+//! Messages and closes over real sockets: echo, limits (1009, 1007, 1002),
+//! keepalive and the idle timeout, close codes in both directions.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{Event, LIMIT, RawWs, Recorder, fast_config, start};
+use switchboard::ws::WsTransport;
+use switchboard::{CloseCode, CloseFrame, CloseReason, Message};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+
+type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn client(addr: std::net::SocketAddr) -> Client {
+    let (ws, _) = timeout(
+        LIMIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+    )
+    .await
+    .expect("in time")
+    .expect("handshake");
+    ws
+}
+
+/// The next data or close message (pings are skipped).
+async fn next(ws: &mut Client) -> Option<WsMessage> {
+    timeout(LIMIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                Some(Ok(msg)) => return Some(msg),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("message in time")
+}
+
+fn close_code(msg: Option<WsMessage>) -> Option<u16> {
+    match msg {
+        Some(WsMessage::Close(Some(frame))) => Some(frame.code.into()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn echoes_text_as_text_and_binary_as_binary() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let mut ws = client(server.local_addr()).await;
+
+    ws.send(WsMessage::text("héllo")).await.expect("send");
+    ws.send(WsMessage::binary(vec![0u8, 159, 146, 150]))
+        .await
+        .expect("send");
+    let big = "x".repeat(100_000);
+    ws.send(WsMessage::text(big.clone())).await.expect("send");
+    assert_eq!(next(&mut ws).await, Some(WsMessage::text("héllo")));
+    assert_eq!(
+        next(&mut ws).await,
+        Some(WsMessage::binary(vec![0u8, 159, 146, 150]))
+    );
+    assert_eq!(next(&mut ws).await, Some(WsMessage::text(big)));
+
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    assert!(matches!(events.next().await, Event::Message(Message::Text(t)) if t == "héllo"));
+    assert!(
+        matches!(events.next().await, Event::Message(Message::Binary(b)) if b[..] == [0, 159, 146, 150])
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn fragmented_messages_are_reassembled() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let mut ws = RawWs::connect(server.local_addr(), "/").await;
+    ws.send_frame(0x1, false, b"hel").await;
+    ws.send_frame(0x9, true, b"ping in between").await;
+    ws.send_frame(0x0, true, b"lo").await;
+    let pong = timeout(LIMIT, ws.read_frame())
+        .await
+        .expect("in time")
+        .expect("pong");
+    assert_eq!(
+        (pong.opcode, &pong.payload[..]),
+        (0xA, &b"ping in between"[..])
+    );
+    let echo = timeout(LIMIT, ws.read_frame())
+        .await
+        .expect("in time")
+        .expect("echo");
+    assert_eq!((echo.opcode, &echo.payload[..]), (0x1, &b"hello"[..]));
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    assert!(matches!(events.next().await, Event::Message(m) if m.as_text() == Some("hello")));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_message_is_closed_with_1009() {
+    let (recorder, mut events) = Recorder::new();
+    let config = fast_config().max_message_size(1024).max_frame_size(1024);
+    let server = start(WsTransport::new(recorder), config).await;
+    let mut ws = client(server.local_addr()).await;
+
+    ws.send(WsMessage::binary(vec![7u8; 1024]))
+        .await
+        .expect("send");
+    assert_eq!(
+        next(&mut ws).await,
+        Some(WsMessage::binary(vec![7u8; 1024])),
+        "the limit itself is allowed"
+    );
+    ws.send(WsMessage::binary(vec![7u8; 1025]))
+        .await
+        .expect("send");
+    assert_eq!(close_code(next(&mut ws).await), Some(1009));
+    assert_eq!(events.closed().await.code(), Some(CloseCode::SIZE));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_fragmented_message_is_closed_with_1009() {
+    let (recorder, mut events) = Recorder::new();
+    let config = fast_config().max_message_size(1000).max_frame_size(600);
+    let server = start(WsTransport::new(recorder), config).await;
+    let mut ws = RawWs::connect(server.local_addr(), "/").await;
+    // Two frames under the frame limit whose sum is over the message limit.
+    ws.send_frame(0x2, false, &[1u8; 600]).await;
+    ws.send_frame(0x0, true, &[1u8; 600]).await;
+    let close = timeout(LIMIT, ws.read_until_close())
+        .await
+        .expect("in time")
+        .expect("close frame");
+    assert_eq!(close.close_code(), Some(1009));
+    assert!(matches!(events.closed().await, CloseReason::Error(f) if f.code == CloseCode::SIZE));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_closed_with_1007() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let mut ws = RawWs::connect(server.local_addr(), "/").await;
+    ws.send_frame(0x1, true, b"ok \xff\xfe not utf-8").await;
+    let close = timeout(LIMIT, ws.read_until_close())
+        .await
+        .expect("in time")
+        .expect("close frame");
+    assert_eq!(close.close_code(), Some(1007));
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    assert!(matches!(events.next().await, Event::Error(e) if e.contains("1007")));
+    assert!(matches!(events.closed().await, CloseReason::Error(f) if f.code == CloseCode::INVALID));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn protocol_errors_are_closed_with_1002() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let addr = server.local_addr();
+
+    // An unknown opcode.
+    let mut ws = RawWs::connect(addr, "/").await;
+    ws.send_frame(0x3, true, b"?").await;
+    let close = timeout(LIMIT, ws.read_until_close())
+        .await
+        .expect("in time")
+        .expect("close frame");
+    assert_eq!(close.close_code(), Some(1002));
+    assert!(
+        matches!(events.closed().await, CloseReason::Error(f) if f.code == CloseCode::PROTOCOL)
+    );
+
+    // An unmasked frame from a client.
+    let mut ws = RawWs::connect(addr, "/").await;
+    use tokio::io::AsyncWriteExt;
+    ws.stream
+        .write_all(&[0x81, 0x02, b'h', b'i'])
+        .await
+        .expect("write");
+    let close = timeout(LIMIT, ws.read_until_close())
+        .await
+        .expect("in time")
+        .expect("close frame");
+    assert_eq!(close.close_code(), Some(1002));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_peer_is_closed_after_the_idle_timeout() {
+    let (recorder, mut events) = Recorder::new();
+    let ping = Duration::from_millis(150);
+    let idle = Duration::from_millis(500);
+    let config = fast_config()
+        .ping_interval(Some(ping))
+        .idle_timeout(Some(idle))
+        .close_timeout(Duration::from_millis(300));
+    let server = start(WsTransport::new(recorder), config).await;
+    // A raw client answers nothing, not even the pings.
+    let mut ws = RawWs::connect(server.local_addr(), "/").await;
+    let started = Instant::now();
+    let mut pings = 0;
+    let close = timeout(LIMIT, async {
+        loop {
+            let frame = ws.read_frame().await.expect("frame before EOF");
+            match frame.opcode {
+                0x9 => pings += 1,
+                0x8 => return frame,
+                other => panic!("unexpected opcode {other}"),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    let elapsed = started.elapsed();
+    assert_eq!(close.close_code(), Some(1001));
+    assert!(pings >= 2, "pings before the timeout: {pings}");
+    assert!(
+        elapsed >= idle - Duration::from_millis(50),
+        "closed too early: {elapsed:?}"
+    );
+    assert!(elapsed < idle * 4, "closed too late: {elapsed:?}");
+    assert!(matches!(events.closed().await, CloseReason::IdleTimeout));
+    // The server then hangs up (its close_timeout bounds the wait for our reply).
+    assert!(
+        timeout(LIMIT, ws.read_frame())
+            .await
+            .expect("EOF in time")
+            .is_none()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn peer_answering_pings_stays_open_past_the_idle_timeout() {
+    let (recorder, mut events) = Recorder::new();
+    let idle = Duration::from_millis(400);
+    let config = fast_config()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .idle_timeout(Some(idle));
+    let server = start(WsTransport::new(recorder), config).await;
+    let mut ws = client(server.local_addr()).await;
+    // The client reads (and so answers pings) for three idle timeouts.
+    let deadline = tokio::time::Instant::now() + idle * 3;
+    let mut pings = 0;
+    while let Ok(msg) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match msg {
+            Some(Ok(WsMessage::Ping(_))) => pings += 1,
+            other => panic!("connection should stay open, got {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "pings: {pings}");
+    ws.send(WsMessage::text("still here")).await.expect("send");
+    assert_eq!(next(&mut ws).await, Some(WsMessage::text("still here")));
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    assert!(matches!(events.next().await, Event::Message(_)));
+    assert!(events.try_next().is_none());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn on_close_sees_the_peers_close_code() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let mut ws = client(server.local_addr()).await;
+    ws.close(Some(WsCloseFrame {
+        code: WsCloseCode::from(4001),
+        reason: "bye now".into(),
+    }))
+    .await
+    .expect("close");
+    // The server answers with the same code, then hangs up.
+    assert_eq!(close_code(next(&mut ws).await), Some(4001));
+    assert!(next(&mut ws).await.is_none());
+    assert_eq!(
+        events.closed().await,
+        CloseReason::Peer(Some(CloseFrame::new(CloseCode(4001), "bye now")))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn peer_vanishing_without_a_close_frame_is_a_plain_close() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let ws = RawWs::connect(server.local_addr(), "/").await;
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    drop(ws);
+    assert_eq!(events.closed().await, CloseReason::Peer(None));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_with_1001() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let mut ws = client(server.local_addr()).await;
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    let shutdown = tokio::spawn({
+        let server = server.clone();
+        async move { server.shutdown().await }
+    });
+    assert_eq!(close_code(next(&mut ws).await), Some(1001));
+    // Our reply completes the closing handshake; shutdown then finishes.
+    assert!(next(&mut ws).await.is_none());
+    timeout(LIMIT, shutdown)
+        .await
+        .expect("shutdown in time")
+        .expect("no panic");
+    assert_eq!(events.closed().await, CloseReason::Shutdown);
+}
