@@ -1,0 +1,95 @@
+//! A chat room: every message a client sends goes, unchanged, to every other
+//! connected client (not back to the sender).
+//!
+//! ```sh
+//! cargo run --release --example chat            # open http://127.0.0.1:8080/ in two tabs
+//! cargo run --release --example chat -- --ws 127.0.0.1:9000
+//! ```
+//!
+//! The page (`examples/chat.html`) is served at `/` on the same port as the
+//! socket (`/chat`), so both share one origin and the default origin policy
+//! applies. Ctrl-C stops the server cleanly.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use switchboard::ws::{Page, WsTransport};
+use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server, async_trait};
+
+/// The room: one component for every connection, whatever the transport.
+#[derive(Default)]
+struct Chat {
+    hub: Hub,
+}
+
+#[async_trait]
+impl MessageComponent for Chat {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        self.hub.join(conn);
+        tracing::info!(conn = %conn.id(), peer = %conn.peer_addr(), "joined");
+        Ok(())
+    }
+
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        self.hub.broadcast_except(msg, conn.id()).await?;
+        Ok(())
+    }
+}
+
+struct Args {
+    ws: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { ws: "127.0.0.1:8080".into() };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--ws" => args.ws = value()?,
+            "-h" | "--help" => return Err("usage: chat [--ws ADDR]".into()),
+            other => return Err(format!("unknown flag {other}; try --help")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("chat: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    // Shared, so further listeners (another transport) join the same room.
+    let chat: Arc<dyn MessageComponent> = Arc::new(Chat::default());
+    let ws = WsTransport::builder()
+        .route_shared("/chat", chat.clone())
+        .page("/", Page::html(include_str!("chat.html")))
+        .build()?;
+    let server = Server::builder().bind(args.ws, ws).start().await?;
+    let ws_addr = server.local_addrs()[0];
+    println!("chat: open http://{ws_addr}/ in two browser tabs (socket: ws://{ws_addr}/chat)");
+    println!("press Ctrl-C to stop");
+    tokio::signal::ctrl_c().await?;
+    println!("chat: shutting down");
+    server.shutdown().await;
+    Ok(())
+}

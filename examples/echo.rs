@@ -1,0 +1,87 @@
+//! Echoes every message back to its sender: text as text, binary as binary.
+//!
+//! ```sh
+//! cargo run --example echo                      # ws://127.0.0.1:8080/
+//! cargo run --example echo -- --ws 127.0.0.1:9001 --max-message-size 16777216
+//! ```
+//!
+//! Flags: `--ws ADDR` (default 127.0.0.1:8080) and `--max-message-size
+//! BYTES` (default 1 MiB; the Autobahn conformance suite needs 16 MiB). The
+//! echo serves every path and accepts any Origin. Ctrl-C stops it cleanly.
+
+use std::process::ExitCode;
+
+use switchboard::ws::{OriginPolicy, WsTransport};
+use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server, async_trait};
+
+struct Echo;
+
+#[async_trait]
+impl MessageComponent for Echo {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        conn.send(msg)?;
+        Ok(())
+    }
+}
+
+struct Args {
+    ws: String,
+    max_message_size: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { ws: "127.0.0.1:8080".into(), max_message_size: 1 << 20 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--ws" => args.ws = value()?,
+            "--max-message-size" => {
+                args.max_message_size = value()?.parse().map_err(|e| format!("--max-message-size: {e}"))?;
+            }
+            "-h" | "--help" => return Err("usage: echo [--ws ADDR] [--max-message-size BYTES]".into()),
+            other => return Err(format!("unknown flag {other}; try --help")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("echo: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let size = args.max_message_size;
+    // A message may be as large as the limit, and an echo queues it once.
+    let config = Config::default()
+        .max_message_size(size)
+        .max_frame_size(size)
+        .queue_max_bytes(size.max(1 << 20) * 2);
+    let ws = WsTransport::builder().fallback(Echo).origins(OriginPolicy::Any).build()?;
+    let server = Server::builder().config(config).bind(args.ws, ws).start().await?;
+    println!("echo: listening on ws://{}/", server.local_addr());
+    println!("press Ctrl-C to stop");
+    tokio::signal::ctrl_c().await?;
+    println!("echo: shutting down");
+    server.shutdown().await;
+    Ok(())
+}
