@@ -9,3 +9,9 @@ pub use switchboard_core::*;
 #[cfg(feature = "ws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
 pub use switchboard_ws as ws;
+
+/// The framed TCP transport: lines, length-delimited frames, raw bytes or
+/// your own codec (feature `tcp`).
+#[cfg(feature = "tcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tcp")))]
+pub use switchboard_tcp as tcp;

@@ -1,0 +1,483 @@
+//! The built-in framings: lines, length-delimited frames and raw bytes.
+//!
+//! Pure byte handling, testable without a socket: [`Codec`] is a tokio-util
+//! [`Decoder`] and [`Encoder`] like any other.
+
+use bytes::{Buf, BufMut, BytesMut};
+use switchboard_core::{Config, Message, Utf8Bytes};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::Error;
+
+/// Size of the length prefix of a length-delimited frame.
+const PREFIX: usize = 4;
+
+/// A built-in framing of messages on a byte stream.
+///
+/// | constructor | inbound | outbound |
+/// |---|---|---|
+/// | [`lines`](Self::lines) | one [`Message::Text`] per line, `\n` or `\r\n` ended, UTF-8 checked | payload + `\n` |
+/// | [`length_delimited`](Self::length_delimited) | one [`Message::Binary`] per frame: u32 big-endian length, then the payload | the same |
+/// | [`raw`](Self::raw) | one [`Message::Binary`] per chunk as it arrived | the payload as is |
+///
+/// Every codec has a maximum length ([`max_length`](Self::max_length)); on a
+/// server it defaults to the smaller of [`Config::max_frame_size`] and
+/// [`Config::max_message_size`], and to 1 MiB when the codec is used on its
+/// own. A line or frame over it is an [`Error::LineTooLong`] or
+/// [`Error::FrameTooLong`], found before more than the limit is buffered.
+/// A raw chunk over it is split into several messages.
+///
+/// Decoding is zero-copy: a message's payload is a slice of the read buffer
+/// ([`BytesMut::split_to`] then `freeze`), and a line's UTF-8 is checked once.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use switchboard::tcp::Codec;
+/// use switchboard::Message;
+/// use tokio_util::codec::{Decoder, Encoder};
+///
+/// let mut codec = Codec::lines().max_length(16);
+/// let mut buf = BytesMut::from(&b"hello\r\nwor"[..]);
+/// assert_eq!(codec.decode(&mut buf).unwrap(), Some(Message::text("hello")));
+/// assert_eq!(codec.decode(&mut buf).unwrap(), None); // waits for the rest
+///
+/// let mut out = BytesMut::new();
+/// codec.encode(Message::text("hi"), &mut out).unwrap();
+/// assert_eq!(&out[..], b"hi\n");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Codec {
+    kind: Kind,
+    /// The limit the user chose; `None` takes it from the `Config`.
+    explicit_max: Option<usize>,
+    /// The limit in force.
+    max: usize,
+    /// Lines: how far the buffer was already searched for `\n`, so a line
+    /// arriving in many reads is scanned once.
+    next_index: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Lines,
+    LengthDelimited,
+    Raw,
+}
+
+impl Codec {
+    fn new(kind: Kind) -> Self {
+        Codec {
+            kind,
+            explicit_max: None,
+            max: Config::default().max_frame_size,
+            next_index: 0,
+        }
+    }
+
+    /// Newline-delimited UTF-8 text, what `nc` and telnet send: each line
+    /// (ended by `\n` or `\r\n`, which are stripped) is one
+    /// [`Message::Text`]; invalid UTF-8 is an error (close code 1007). An
+    /// unfinished last line is delivered when the peer ends the stream.
+    /// Outbound, each message's payload (text or binary, as is) is written
+    /// followed by `\n`.
+    pub fn lines() -> Self {
+        Self::new(Kind::Lines)
+    }
+
+    /// Binary frames with a u32 big-endian length prefix (the payload
+    /// length, not counting the prefix), each one [`Message::Binary`].
+    /// Outbound, text and binary messages alike are written as frames.
+    pub fn length_delimited() -> Self {
+        Self::new(Kind::LengthDelimited)
+    }
+
+    /// No framing: each chunk the socket delivers is one
+    /// [`Message::Binary`], and each message sent is written as is. For
+    /// protocols that frame themselves, where the component reassembles.
+    pub fn raw() -> Self {
+        Self::new(Kind::Raw)
+    }
+
+    /// Sets the maximum line, frame or chunk length in bytes (a line's end
+    /// is not counted), overriding the server's [`Config`].
+    ///
+    /// # Panics
+    ///
+    /// If `max` is 0: no message could ever arrive.
+    #[must_use]
+    pub fn max_length(mut self, max: usize) -> Self {
+        assert!(max > 0, "Codec::max_length must be at least 1");
+        self.explicit_max = Some(max);
+        self.max = max;
+        self
+    }
+
+    /// The maximum length in force.
+    pub fn max_len(&self) -> usize {
+        self.max
+    }
+
+    /// This codec with the limits of `config` applied (unless
+    /// [`max_length`](Self::max_length) set one), ready for a new
+    /// connection. Transports and `connect` call this for you.
+    #[must_use]
+    pub fn for_config(&self, config: &Config) -> Self {
+        let max = self
+            .explicit_max
+            .unwrap_or_else(|| config.max_frame_size.min(config.max_message_size));
+        Codec {
+            kind: self.kind,
+            explicit_max: self.explicit_max,
+            max: max.max(1),
+            next_index: 0,
+        }
+    }
+
+    /// The name of the framing: `"lines"`, `"length-delimited"` or `"raw"`.
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Lines => "lines",
+            Kind::LengthDelimited => "length-delimited",
+            Kind::Raw => "raw",
+        }
+    }
+
+    fn decode_line(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
+        // A line of `max` bytes may be followed by "\r\n": its '\n' is at
+        // index max + 1 at the latest. Searching no further bounds both the
+        // scan and what is buffered.
+        let window = src.len().min(self.max.saturating_add(2));
+        let start = self.next_index.min(window);
+        match src[start..window].iter().position(|&b| b == b'\n') {
+            Some(offset) => {
+                let end = start + offset;
+                self.next_index = 0;
+                let mut line = src.split_to(end + 1);
+                line.truncate(strip_cr(&line[..end]));
+                if line.len() > self.max {
+                    return Err(Error::LineTooLong { max: self.max });
+                }
+                Ok(Some(Message::Text(Utf8Bytes::try_from(line.freeze())?)))
+            }
+            None if window > self.max.saturating_add(1) || exceeds_without_cr(src, self.max) => {
+                Err(Error::LineTooLong { max: self.max })
+            }
+            None => {
+                self.next_index = window;
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
+        let Some(prefix) = src.get(..PREFIX) else {
+            return Ok(None);
+        };
+        let mut prefix = prefix;
+        let len = usize::try_from(prefix.get_u32()).unwrap_or(usize::MAX);
+        if len > self.max {
+            return Err(Error::FrameTooLong { len, max: self.max });
+        }
+        let total = PREFIX + len;
+        if src.len() < total {
+            // Make room for the rest now, so it arrives in as few reads as
+            // possible; bounded by the limit checked above.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(PREFIX);
+        Ok(Some(Message::Binary(src.split_to(len).freeze())))
+    }
+
+    fn decode_raw(&mut self, src: &mut BytesMut) -> Option<Message> {
+        if src.is_empty() {
+            return None;
+        }
+        let n = src.len().min(self.max);
+        Some(Message::Binary(src.split_to(n).freeze()))
+    }
+}
+
+/// The length of `line` without one trailing `\r`.
+fn strip_cr(line: &[u8]) -> usize {
+    match line {
+        [rest @ .., b'\r'] => rest.len(),
+        _ => line.len(),
+    }
+}
+
+/// `max + 1` bytes without a line end are only fine if the last is the `\r`
+/// of a `\r\n`; otherwise the line is already too long.
+fn exceeds_without_cr(src: &[u8], max: usize) -> bool {
+    src.len() > max && src.get(max) != Some(&b'\r')
+}
+
+impl Decoder for Codec {
+    type Item = Message;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
+        match self.kind {
+            Kind::Lines => self.decode_line(src),
+            Kind::LengthDelimited => self.decode_frame(src),
+            Kind::Raw => Ok(self.decode_raw(src)),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
+        if let Some(msg) = self.decode(src)? {
+            return Ok(Some(msg));
+        }
+        if src.is_empty() {
+            return Ok(None);
+        }
+        match self.kind {
+            // The peer ended the stream without a final line end ("printf
+            // 'a' | nc"): the rest is the last line.
+            Kind::Lines => {
+                self.next_index = 0;
+                let mut line = src.split();
+                line.truncate(strip_cr(&line));
+                Ok(Some(Message::Text(Utf8Bytes::try_from(line.freeze())?)))
+            }
+            Kind::LengthDelimited => {
+                let buffered = src.len();
+                src.clear();
+                Err(Error::Truncated { buffered })
+            }
+            Kind::Raw => Ok(self.decode_raw(src)),
+        }
+    }
+}
+
+impl Encoder<Message> for Codec {
+    type Error = Error;
+
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), Error> {
+        let payload = msg.as_bytes();
+        match self.kind {
+            Kind::Lines => {
+                dst.reserve(payload.len() + 1);
+                dst.put_slice(payload);
+                dst.put_u8(b'\n');
+            }
+            Kind::LengthDelimited => {
+                let len = u32::try_from(payload.len())
+                    .map_err(|_| Error::MessageTooLong { len: payload.len() })?;
+                dst.reserve(PREFIX + payload.len());
+                dst.put_u32(len);
+                dst.put_slice(payload);
+            }
+            Kind::Raw => dst.extend_from_slice(payload),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(codec: &mut Codec, src: &mut BytesMut) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(m) = codec.decode(src).expect("valid input") {
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn lines_accept_lf_and_crlf() {
+        let mut codec = Codec::lines();
+        let mut buf = BytesMut::from(&b"one\ntwo\r\n\r\nthr"[..]);
+        assert_eq!(
+            decode_all(&mut codec, &mut buf),
+            vec![
+                Message::text("one"),
+                Message::text("two"),
+                Message::text("")
+            ]
+        );
+        assert_eq!(&buf[..], b"thr");
+        buf.extend_from_slice(b"ee\n");
+        assert_eq!(
+            decode_all(&mut codec, &mut buf),
+            vec![Message::text("three")]
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn lines_byte_by_byte() {
+        let mut codec = Codec::lines();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in b"ab\r\ncd\n" {
+            buf.put_u8(b);
+            got.extend(decode_all(&mut codec, &mut buf));
+        }
+        assert_eq!(got, vec![Message::text("ab"), Message::text("cd")]);
+    }
+
+    #[test]
+    fn line_at_the_limit_passes_and_one_more_fails() {
+        let mut codec = Codec::lines().max_length(4);
+        let mut buf = BytesMut::from(&b"abcd\r\nabcd\n"[..]);
+        assert_eq!(decode_all(&mut codec, &mut buf).len(), 2);
+
+        // Found as soon as the fifth byte is not the '\r' of a line end.
+        let mut buf = BytesMut::from(&b"abcde"[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(Error::LineTooLong { max: 4 })
+        ));
+
+        // "abcd\r" may still be a full line; "abcd\rx" cannot.
+        let mut codec = Codec::lines().max_length(4);
+        let mut buf = BytesMut::from(&b"abcd\r"[..]);
+        assert!(matches!(codec.decode(&mut buf), Ok(None)));
+        buf.put_u8(b'x');
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(Error::LineTooLong { .. })
+        ));
+
+        let mut codec = Codec::lines().max_length(4);
+        let mut buf = BytesMut::from(&b"abcde\n"[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(Error::LineTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn long_line_fails_without_waiting_for_its_end() {
+        let mut codec = Codec::lines().max_length(8);
+        let mut buf = BytesMut::new();
+        for _ in 0..8 {
+            buf.put_u8(b'x');
+            assert!(matches!(codec.decode(&mut buf), Ok(None)));
+        }
+        buf.put_u8(b'x');
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(Error::LineTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_line_is_an_error() {
+        let mut codec = Codec::lines();
+        let mut buf = BytesMut::from(&b"ok\n\xff\xfe\n"[..]);
+        assert_eq!(
+            codec.decode(&mut buf).expect("first line"),
+            Some(Message::text("ok"))
+        );
+        assert!(matches!(codec.decode(&mut buf), Err(Error::InvalidUtf8(_))));
+    }
+
+    #[test]
+    fn last_line_without_newline_at_eof() {
+        let mut codec = Codec::lines();
+        let mut buf = BytesMut::from(&b"a\nb\r"[..]);
+        assert_eq!(
+            codec.decode_eof(&mut buf).expect("a"),
+            Some(Message::text("a"))
+        );
+        assert_eq!(
+            codec.decode_eof(&mut buf).expect("b"),
+            Some(Message::text("b"))
+        );
+        assert_eq!(codec.decode_eof(&mut buf).expect("end"), None);
+    }
+
+    #[test]
+    fn lines_are_zero_copy() {
+        let mut codec = Codec::lines();
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(b"hello\nworld\n");
+        let base = buf.as_ptr() as usize;
+        let msgs = decode_all(&mut codec, &mut buf);
+        assert_eq!(msgs[0].as_bytes().as_ptr() as usize, base);
+        assert_eq!(msgs[1].as_bytes().as_ptr() as usize, base + 6);
+    }
+
+    #[test]
+    fn length_delimited_roundtrip_and_split_frames() {
+        let mut codec = Codec::length_delimited();
+        let mut wire = BytesMut::new();
+        for m in [
+            Message::binary(vec![1u8, 2, 3]),
+            Message::binary(Vec::new()),
+            Message::text("txt"),
+        ] {
+            codec.encode(m, &mut wire).expect("encode");
+        }
+        assert_eq!(&wire[..7], &[0, 0, 0, 3, 1, 2, 3]);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in wire.iter() {
+            buf.put_u8(b);
+            got.extend(decode_all(&mut codec, &mut buf));
+        }
+        assert_eq!(
+            got,
+            vec![
+                Message::binary(vec![1u8, 2, 3]),
+                Message::binary(Vec::new()),
+                Message::binary(&b"txt"[..])
+            ]
+        );
+    }
+
+    #[test]
+    fn oversized_frame_fails_on_its_prefix() {
+        let mut codec = Codec::length_delimited().max_length(10);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 11][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(Error::FrameTooLong { len: 11, max: 10 })
+        ));
+        // A prefix of 4 GiB - 1 does not make it reserve anything.
+        let mut codec = Codec::length_delimited();
+        let mut buf = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
+        assert!(codec.decode(&mut buf).is_err());
+        assert!(buf.capacity() < 64);
+    }
+
+    #[test]
+    fn truncated_frame_at_eof() {
+        let mut codec = Codec::length_delimited();
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 5, 1][..]);
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(Error::Truncated { buffered: 5 })
+        ));
+    }
+
+    #[test]
+    fn raw_passes_chunks_and_splits_at_the_limit() {
+        let mut codec = Codec::raw().max_length(4);
+        let mut buf = BytesMut::from(&b"abcdefg"[..]);
+        assert_eq!(
+            decode_all(&mut codec, &mut buf),
+            vec![Message::binary(&b"abcd"[..]), Message::binary(&b"efg"[..])]
+        );
+        let mut out = BytesMut::new();
+        codec
+            .encode(Message::text("as is"), &mut out)
+            .expect("encode");
+        assert_eq!(&out[..], b"as is");
+    }
+
+    #[test]
+    fn config_sets_the_limit_unless_explicit() {
+        let config = Config::default().max_frame_size(100).max_message_size(50);
+        assert_eq!(Codec::lines().for_config(&config).max_len(), 50);
+        assert_eq!(
+            Codec::lines().max_length(7).for_config(&config).max_len(),
+            7
+        );
+        assert_eq!(Codec::raw().max_len(), Config::default().max_frame_size);
+    }
+}

@@ -1,0 +1,349 @@
+//! One framed TCP connection: read buffer, write buffer, idle timer.
+//!
+//! This is where the bytes meet the codec. The core's connection driver
+//! calls `poll_recv` when the component wants the next message, and
+//! `poll_ready`/`start_send` for each queued message, then `poll_flush` once
+//! per batch; everything here is shaped by that.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use switchboard_core::{
+    CloseFrame, Config, Error as CoreError, Message, Received, Result, TransportConn,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::io::{poll_read_buf, poll_write_buf};
+
+use crate::error::{Error, into_core};
+
+/// First read size, and the least room offered to a read. Allocated on the
+/// first read, so it is the read side's whole idle cost; small messages
+/// never need more.
+const READ_INITIAL: usize = 1024;
+/// Reads grow (doubling while they fill all the room offered) up to this.
+const READ_MAX: usize = 16 * 1024;
+/// A read buffer that grew past this is let go once it is empty and the
+/// socket has nothing more, so a burst does not stay resident.
+const READ_KEEP: usize = 4 * 1024;
+/// `poll_ready` flushes before encoding more once this much is buffered:
+/// one write carries many small messages, and a slow reader holds at most
+/// this (plus one message) here, the rest staying in the core's bounded
+/// queue where the slow-consumer policy sees it.
+const WRITE_BOUNDARY: usize = 8 * 1024;
+/// A write buffer that grew past this is let go after it was written out.
+const WRITE_KEEP: usize = 8 * 1024;
+/// Undecoded bytes allowed beyond the configured maximum before a codec
+/// that does not bound its own buffering is stopped (room for headers).
+const GUARD_SLACK: usize = 4 * 1024;
+
+/// A framed connection over any byte stream: the [`TransportConn`] that
+/// [`TcpTransport`](crate::TcpTransport) and [`connect`](crate::connect)
+/// build. Useful directly when wrapping another stream (TLS, Unix sockets).
+///
+/// # Buffers
+///
+/// Both buffers start empty. The read buffer takes 1 KiB on the first read
+/// and grows only while reads fill it (to 16 KiB per read, or what a frame
+/// in progress needs, which the codec bounds); the write buffer grows to
+/// what one batch encodes, flushing at 8 KiB. Either one is released when
+/// it grew past 4 KiB (read) or 8 KiB (write) and is empty again.
+///
+/// # Limits
+///
+/// The codec enforces its maximum length. As a guard for codecs that do
+/// not, more than the larger of [`Config::max_frame_size`] and
+/// [`Config::max_message_size`] plus 4 KiB of undecoded input is an
+/// [`Error::FrameTooLong`] too. [`Config::idle_timeout`] closes a connection
+/// whose peer sent nothing for that long (raw TCP has no pings).
+///
+/// # Closing
+///
+/// `poll_close` writes out what is buffered, shuts down the write side (the
+/// peer reads end of stream) and then reads and discards until the peer
+/// closes too, so that closing a socket with unread input does not reset
+/// the connection before the peer has read the last replies. The core
+/// bounds all of it with [`Config::close_timeout`].
+pub struct TcpConn<IO, C> {
+    io: IO,
+    codec: C,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    /// Room offered to the next read; adapts to the traffic.
+    read_size: usize,
+    /// The most capacity seen before a read since the buffer was last
+    /// released: a `BytesMut` cannot tell how large its allocation is once
+    /// split, so this records whether it is worth letting go.
+    read_high: usize,
+    /// Undecoded bytes above this are an error, whatever the codec.
+    guard: usize,
+    read: ReadState,
+    /// The peer ended its stream (or the socket failed): nothing more can
+    /// arrive, so closing need not wait for it.
+    peer_done: bool,
+    idle: Option<Idle>,
+    /// The write side is shut down; `poll_close` is draining input.
+    write_shut: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadState {
+    Open,
+    /// The peer ended its side; frames still buffered are delivered first.
+    Eof,
+    /// Nothing more is decoded: end of stream delivered, or an error.
+    Done,
+}
+
+/// The idle timer: one sleep, reset only when it fires before the deadline.
+/// Each read just moves `deadline`, which costs a clock read, not a timer
+/// operation.
+struct Idle {
+    timeout: Duration,
+    deadline: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+// The codec is only ever used through `&mut`, never pinned, so the
+// connection can move whatever the codec is.
+impl<IO: Unpin, C> Unpin for TcpConn<IO, C> {}
+
+impl<IO, C> TcpConn<IO, C>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
+    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+    <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    /// Frames `io` with `codec` under the limits of `config`. The codec is
+    /// used as given: for a built-in [`Codec`](crate::Codec), pass
+    /// [`codec.for_config(config)`](crate::Codec::for_config).
+    pub fn new(io: IO, codec: C, config: &Config) -> Self {
+        let max = config.max_frame_size.max(config.max_message_size);
+        TcpConn {
+            io,
+            codec,
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
+            read_size: READ_INITIAL,
+            read_high: 0,
+            guard: max.saturating_add(GUARD_SLACK),
+            read: ReadState::Open,
+            peer_done: false,
+            idle: config.idle_timeout.map(|timeout| Idle {
+                timeout,
+                deadline: Instant::now() + timeout,
+                sleep: None,
+            }),
+            write_shut: false,
+        }
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &C {
+        &self.codec
+    }
+
+    /// Reads once into the read buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() - self.read_buf.len() < self.read_size / 2 {
+            self.read_buf.reserve(self.read_size);
+        }
+        let room = self.read_buf.capacity() - self.read_buf.len();
+        self.read_high = self.read_high.max(self.read_buf.capacity());
+        let n = ready!(poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read_buf
+        ))?;
+        if n == room && self.read_size < READ_MAX {
+            self.read_size *= 2;
+        } else if n <= self.read_size / 4 && self.read_size > READ_INITIAL {
+            self.read_size /= 2;
+        }
+        if n > 0
+            && let Some(idle) = &mut self.idle
+        {
+            idle.deadline = Instant::now() + idle.timeout;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Called when the socket has nothing to read: releases a grown, empty
+    /// read buffer and checks the idle timer.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received>> {
+        if self.read_buf.is_empty() && self.read_high > READ_KEEP {
+            self.read_buf = BytesMut::new();
+            self.read_high = 0;
+        }
+        let Some(idle) = &mut self.idle else {
+            return Poll::Pending;
+        };
+        let deadline = idle.deadline;
+        let sleep = idle
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= idle.deadline {
+                tracing::info!(timeout = ?idle.timeout, "closing tcp connection: peer idle");
+                self.read = ReadState::Done;
+                return Poll::Ready(Err(CoreError::IdleTimeout));
+            }
+            // Data arrived since the timer was set: wait for the new deadline.
+            sleep.as_mut().reset(idle.deadline);
+        }
+    }
+
+    fn fail(&mut self, err: CoreError) -> Poll<Result<Received>> {
+        self.read = ReadState::Done;
+        match &err {
+            CoreError::Protocol { code, source } => {
+                tracing::info!(code = %code, reason = %source, "closing tcp connection: bad input");
+            }
+            other => tracing::debug!(error = %other, "tcp read failed"),
+        }
+        Poll::Ready(Err(err))
+    }
+
+    /// Writes the whole write buffer to the socket.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let grown = self.write_buf.capacity() > WRITE_KEEP;
+        while !self.write_buf.is_empty() {
+            let n = ready!(poll_write_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.write_buf
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+        }
+        if grown {
+            self.write_buf = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO, C> TransportConn for TcpConn<IO, C>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
+    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+    <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received>> {
+        loop {
+            // Every frame already buffered is delivered before reading again.
+            match self.read {
+                ReadState::Open => match self.codec.decode(&mut self.read_buf) {
+                    Ok(Some(msg)) => return Poll::Ready(Ok(Received::Message(msg))),
+                    Ok(None) if self.read_buf.len() > self.guard => {
+                        let len = self.read_buf.len();
+                        return self.fail(
+                            Error::FrameTooLong {
+                                len,
+                                max: self.guard - GUARD_SLACK,
+                            }
+                            .into(),
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(err) => return self.fail(into_core(err)),
+                },
+                ReadState::Eof => {
+                    return match self.codec.decode_eof(&mut self.read_buf) {
+                        Ok(Some(msg)) => Poll::Ready(Ok(Received::Message(msg))),
+                        Ok(None) => {
+                            self.read = ReadState::Done;
+                            Poll::Ready(Ok(Received::Closed(None)))
+                        }
+                        Err(err) => self.fail(into_core(err)),
+                    };
+                }
+                ReadState::Done => return Poll::Ready(Ok(Received::Closed(None))),
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    self.read = ReadState::Eof;
+                    self.peer_done = true;
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(err)) => {
+                    self.peer_done = true;
+                    return self.fail(CoreError::Io(err));
+                }
+                Poll::Pending => return self.poll_idle(cx),
+            }
+        }
+    }
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.write_buf.len() >= WRITE_BOUNDARY {
+            ready!(self.poll_write_out(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(&mut self, msg: Message) -> Result<()> {
+        self.codec
+            .encode(msg, &mut self.write_buf)
+            .map_err(into_core)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        ready!(self.poll_write_out(cx))?;
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>> {
+        if !self.write_shut {
+            ready!(self.poll_flush(cx))?;
+            ready!(Pin::new(&mut self.io).poll_shutdown(cx))?;
+            self.write_shut = true;
+            // No close frames on raw TCP: the code is for the log only.
+            tracing::debug!(code = %frame.code, reason = %frame.reason, "tcp write side shut down");
+        }
+        // Lingering close: discard input until the peer's end of stream, on
+        // errors too, so the peer reads what was written before the end.
+        self.read = ReadState::Done;
+        while !self.peer_done {
+            self.read_buf.clear();
+            self.read_buf.reserve(READ_INITIAL);
+            match ready!(poll_read_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.read_buf
+            )) {
+                Ok(0) | Err(_) => self.peer_done = true,
+                Ok(_) => {}
+            }
+        }
+        self.read_buf = BytesMut::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO, C> std::fmt::Debug for TcpConn<IO, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpConn")
+            .field("buffered_in", &self.read_buf.len())
+            .field("buffered_out", &self.write_buf.len())
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}

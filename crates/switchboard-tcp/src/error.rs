@@ -1,0 +1,157 @@
+//! The error type of switchboard-tcp: what the built-in codecs reject.
+
+use std::io;
+
+use switchboard_core::{BoxError, CloseCode};
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a built-in [`Codec`](crate::Codec) refused the bytes it was given.
+///
+/// On a connection these become a core
+/// [`Error::Protocol`](switchboard_core::Error::Protocol) with the close code
+/// named on each variant: the component's `on_error` receives it, the
+/// connection is closed (TCP has no close frames, so the code is logged) and
+/// `on_close` runs. Nothing more is read from that peer.
+///
+/// Custom codecs may return these too (or a core `Error`, or an
+/// [`io::Error`]); any other error type becomes a protocol error (1002).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A line longer than the limit arrived (close code 1009). Detected as
+    /// soon as the limit is passed without a line end, so at most the limit
+    /// (plus one read) is ever buffered.
+    #[error("line longer than the limit of {max} bytes")]
+    LineTooLong {
+        /// The limit in bytes, not counting the line end.
+        max: usize,
+    },
+
+    /// A length prefix announced a frame longer than the limit (close code
+    /// 1009). Detected from the prefix, before any of the frame is buffered.
+    #[error("frame of {len} bytes is longer than the limit of {max} bytes")]
+    FrameTooLong {
+        /// The length the peer announced.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+
+    /// A message to send does not fit the encoding (a length-delimited frame
+    /// of 4 GiB or more). Nothing of it was written.
+    #[error("message of {len} bytes is too long to encode")]
+    MessageTooLong {
+        /// The message length in bytes.
+        len: usize,
+    },
+
+    /// A line was not valid UTF-8 (close code 1007).
+    #[error("line is not valid UTF-8: {0}")]
+    InvalidUtf8(#[from] std::str::Utf8Error),
+
+    /// The peer ended the stream in the middle of a length-delimited frame
+    /// (close code 1002).
+    #[error("stream ended inside a frame ({buffered} bytes of it received)")]
+    Truncated {
+        /// Bytes of the unfinished frame (prefix included) that arrived.
+        buffered: usize,
+    },
+
+    /// Reading or writing the socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Error {
+    /// The close code this error closes a connection with, if it is a
+    /// protocol error (`None` for I/O errors).
+    pub fn close_code(&self) -> Option<CloseCode> {
+        match self {
+            Error::LineTooLong { .. }
+            | Error::FrameTooLong { .. }
+            | Error::MessageTooLong { .. } => Some(CloseCode::SIZE),
+            Error::InvalidUtf8(_) => Some(CloseCode::INVALID),
+            Error::Truncated { .. } => Some(CloseCode::PROTOCOL),
+            Error::Io(_) => None,
+        }
+    }
+}
+
+impl From<Error> for switchboard_core::Error {
+    fn from(err: Error) -> Self {
+        match err.close_code() {
+            Some(code) => switchboard_core::Error::protocol(code, err),
+            None => match err {
+                Error::Io(io) => switchboard_core::Error::Io(io),
+                other => switchboard_core::Error::protocol(CloseCode::PROTOCOL, other),
+            },
+        }
+    }
+}
+
+/// Turns any codec error into a core error, keeping the meaning of the
+/// types it knows: this crate's [`Error`], a core error, an [`io::Error`].
+/// Runs only on the error path, so the allocation of the box is no cost.
+pub(crate) fn into_core<E>(err: E) -> switchboard_core::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let boxed: BoxError = Box::new(err);
+    let boxed = match boxed.downcast::<switchboard_core::Error>() {
+        Ok(core) => return *core,
+        Err(other) => other,
+    };
+    let boxed = match boxed.downcast::<Error>() {
+        Ok(tcp) => return (*tcp).into(),
+        Err(other) => other,
+    };
+    match boxed.downcast::<io::Error>() {
+        Ok(io) => switchboard_core::Error::Io(*io),
+        Err(other) => switchboard_core::Error::Protocol {
+            code: CloseCode::PROTOCOL,
+            source: other,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("bad header")]
+    struct BadHeader;
+
+    fn code(err: switchboard_core::Error) -> Option<u16> {
+        match err {
+            switchboard_core::Error::Protocol { code, .. } => Some(code.0),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn codes_survive_conversion() {
+        assert_eq!(code(into_core(Error::LineTooLong { max: 3 })), Some(1009));
+        assert_eq!(
+            code(into_core(Error::FrameTooLong { len: 9, max: 3 })),
+            Some(1009)
+        );
+        assert_eq!(
+            code(into_core(Error::Truncated { buffered: 2 })),
+            Some(1002)
+        );
+        assert_eq!(code(into_core(BadHeader)), Some(1002));
+        let core = switchboard_core::Error::protocol(CloseCode::POLICY, "nope");
+        assert_eq!(code(into_core(core)), Some(1008));
+        assert!(matches!(
+            into_core(io::Error::from(io::ErrorKind::ConnectionReset)),
+            switchboard_core::Error::Io(_)
+        ));
+        assert!(matches!(
+            into_core(Error::Io(io::ErrorKind::BrokenPipe.into())),
+            switchboard_core::Error::Io(_)
+        ));
+    }
+}

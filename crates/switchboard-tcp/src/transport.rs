@@ -1,0 +1,173 @@
+//! The server side: a [`Transport`] that frames accepted streams.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use switchboard_core::{
+    Accepted, Config, Message, MessageComponent, Result, Transport, TransportInfo,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::codec::Codec;
+use crate::conn::TcpConn;
+
+type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
+
+/// The framed TCP transport: serves a component to peers that speak lines,
+/// length-delimited frames, raw bytes or a codec of your own.
+///
+/// There is no handshake; each accepted stream is open at once, and the
+/// component sees [`TransportInfo::kind`] `"tcp"`. Cloning is cheap (two
+/// `Arc`s), so one transport value can serve several listeners.
+///
+/// ```no_run
+/// use switchboard::tcp::TcpTransport;
+/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, Server};
+///
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl MessageComponent for Echo {
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         conn.send(msg)?;
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main] async fn main() -> Result<(), switchboard::Error> {
+/// // `nc 127.0.0.1 7000`: every line comes back.
+/// let server = Server::builder().bind("127.0.0.1:7000", TcpTransport::lines(Echo)).start().await?;
+/// # server.shutdown().await; Ok(()) }
+/// ```
+pub struct TcpTransport<C = Codec> {
+    component: Arc<dyn MessageComponent>,
+    /// Makes each connection's codec; one call per accepted stream.
+    make_codec: Arc<MakeCodec<C>>,
+}
+
+impl TcpTransport<Codec> {
+    /// Newline-delimited UTF-8 text ([`Codec::lines`]): what `nc` and
+    /// telnet speak.
+    pub fn lines(component: impl MessageComponent) -> Self {
+        Self::new(component, Codec::lines())
+    }
+
+    /// Frames with a u32 big-endian length prefix ([`Codec::length_delimited`]).
+    pub fn length_delimited(component: impl MessageComponent) -> Self {
+        Self::new(component, Codec::length_delimited())
+    }
+
+    /// Raw bytes, each chunk one message ([`Codec::raw`]).
+    pub fn raw(component: impl MessageComponent) -> Self {
+        Self::new(component, Codec::raw())
+    }
+
+    /// A built-in codec with your settings, for example
+    /// `Codec::lines().max_length(512)`. Limits not set on the codec come
+    /// from the server's [`Config`].
+    pub fn new(component: impl MessageComponent, codec: Codec) -> Self {
+        Self::from_arc(Arc::new(component), codec)
+    }
+
+    /// Like [`new`](Self::new), for a component shared with other
+    /// listeners (a WebSocket one, say), so that all peers meet in one
+    /// component.
+    pub fn from_arc(component: Arc<dyn MessageComponent>, codec: Codec) -> Self {
+        TcpTransport {
+            component,
+            make_codec: Arc::new(move |config: &Config| codec.for_config(config)),
+        }
+    }
+}
+
+impl<C> TcpTransport<C>
+where
+    C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
+    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+    <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    /// Your own codec, cloned for each connection: any tokio-util
+    /// [`Decoder`] + [`Encoder`] of [`Message`]s. See the
+    /// [crate docs](crate#your-own-codec) for a worked example.
+    ///
+    /// The codec bounds its own buffering (every codec needs a maximum
+    /// length); the connection adds a guard at [`Config::max_frame_size`]
+    /// plus 4 KiB of undecoded input. Errors the codec returns close the
+    /// connection: this crate's [`Error`](crate::Error) and core errors
+    /// keep their close codes, any other error closes with 1002.
+    pub fn with_codec(component: impl MessageComponent, codec: C) -> Self
+    where
+        C: Clone,
+    {
+        // The prototype only needs to be `Send`; the lock (taken once per
+        // accepted connection) makes the transport `Sync` anyway.
+        let prototype = Mutex::new(codec);
+        Self::with_codec_factory(component, move |_: &Config| {
+            prototype
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    /// Your own codec, made for each connection by `make` from the server's
+    /// [`Config`] (to apply its limits, say).
+    pub fn with_codec_factory<F>(component: impl MessageComponent, make: F) -> Self
+    where
+        F: Fn(&Config) -> C + Send + Sync + 'static,
+    {
+        Self::from_arc_with_factory(Arc::new(component), make)
+    }
+
+    /// Like [`with_codec_factory`](Self::with_codec_factory), for a shared component.
+    pub fn from_arc_with_factory<F>(component: Arc<dyn MessageComponent>, make: F) -> Self
+    where
+        F: Fn(&Config) -> C + Send + Sync + 'static,
+    {
+        TcpTransport {
+            component,
+            make_codec: Arc::new(make),
+        }
+    }
+}
+
+impl<C> Clone for TcpTransport<C> {
+    fn clone(&self) -> Self {
+        TcpTransport {
+            component: self.component.clone(),
+            make_codec: self.make_codec.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for TcpTransport<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpTransport").finish_non_exhaustive()
+    }
+}
+
+impl<IO, C> Transport<IO> for TcpTransport<C>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
+    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+    <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Conn = TcpConn<IO, C>;
+
+    fn accept(
+        &self,
+        io: IO,
+        _peer: SocketAddr,
+        config: &Config,
+    ) -> impl Future<Output = Result<Accepted<Self::Conn>>> + Send {
+        let conn = TcpConn::new(io, (self.make_codec)(config), config);
+        std::future::ready(Ok(Accepted::new(
+            conn,
+            TransportInfo::new("tcp"),
+            self.component.clone(),
+        )))
+    }
+}

@@ -1,0 +1,342 @@
+//! Echo over each codec on real sockets, however the bytes are split.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use switchboard::tcp::{BytesMut, Codec, Decoder, Encoder, TcpTransport};
+use switchboard::{
+    BoxError, CloseCode, CloseReason, Config, Connection, Error, Message, MessageComponent,
+    async_trait,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use support::{dial, read_n, read_to_end, recorder, serve, within};
+
+#[tokio::test]
+async fn lines_echo_text_and_strip_line_ends() {
+    let (component, mut events) = recorder(true);
+    let server = serve(TcpTransport::lines(component), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    let conn = events.opened().await;
+    assert_eq!(conn.transport().kind(), "tcp");
+
+    stream
+        .write_all("hello\r\nwörld\n\n".as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(events.message(conn.id()).await, Message::text("hello"));
+    assert_eq!(events.message(conn.id()).await, Message::text("wörld"));
+    assert_eq!(events.message(conn.id()).await, Message::text(""));
+    let expected = "hello\nwörld\n\n".as_bytes();
+    assert_eq!(read_n(&mut stream, expected.len()).await, expected);
+
+    // Binary messages go out on a lines connection as they are, plus "\n".
+    conn.send(Message::binary(vec![0u8, 1, 2])).unwrap();
+    assert_eq!(read_n(&mut stream, 4).await, [0, 1, 2, b'\n']);
+
+    drop(stream);
+    let (_, reason) = events.close_of(conn.id()).await;
+    assert_eq!(reason, CloseReason::Peer(None));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn length_delimited_echo() {
+    let (component, mut events) = recorder(true);
+    let server = serve(TcpTransport::length_delimited(component), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    let conn = events.opened().await;
+
+    let mut wire = Vec::new();
+    for payload in [&b"abc"[..], b"", &[0xff; 300][..]] {
+        wire.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        wire.extend_from_slice(payload);
+    }
+    stream.write_all(&wire).await.unwrap();
+    assert_eq!(
+        events.message(conn.id()).await,
+        Message::binary(&b"abc"[..])
+    );
+    assert_eq!(events.message(conn.id()).await, Message::binary(Vec::new()));
+    assert_eq!(
+        events.message(conn.id()).await,
+        Message::binary(vec![0xffu8; 300])
+    );
+    assert_eq!(read_n(&mut stream, wire.len()).await, wire);
+
+    // Text goes out framed the same way.
+    conn.send("hi").unwrap();
+    assert_eq!(read_n(&mut stream, 6).await, [0, 0, 0, 2, b'h', b'i']);
+    drop(stream);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn raw_echo_passes_bytes_through() {
+    let (component, mut events) = recorder(true);
+    let server = serve(TcpTransport::raw(component), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    let conn = events.opened().await;
+
+    let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let (mut rd, mut wr) = stream.split();
+    let writer = async {
+        wr.write_all(&data).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let mut echoed = Vec::new();
+    let reader = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut echoed);
+    within("raw echo", async {
+        tokio::join!(writer, reader).1.unwrap()
+    })
+    .await;
+    assert_eq!(echoed, data);
+
+    // Chunks arrive as binary messages, in order and complete.
+    let (msgs, reason) = events.close_of(conn.id()).await;
+    assert_eq!(reason, CloseReason::Peer(None));
+    assert!(msgs.iter().all(Message::is_binary));
+    let received: Vec<u8> = msgs.iter().flat_map(|m| m.as_bytes().to_vec()).collect();
+    assert_eq!(received, data);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn frames_written_byte_by_byte() {
+    // Lines.
+    let (component, mut events) = recorder(true);
+    let server = serve(TcpTransport::lines(component), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    let conn = events.opened().await;
+    for &b in b"one\r\ntwo\nthree\n" {
+        stream.write_all(&[b]).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    for want in ["one", "two", "three"] {
+        assert_eq!(events.message(conn.id()).await, Message::text(want));
+    }
+    assert_eq!(read_n(&mut stream, 14).await, b"one\ntwo\nthree\n");
+    drop(stream);
+    server.shutdown().await;
+
+    // Length-delimited.
+    let (component, mut events) = recorder(true);
+    let server = serve(TcpTransport::length_delimited(component), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    let conn = events.opened().await;
+    let wire = [0u8, 0, 0, 2, 7, 8, 0, 0, 0, 1, 9];
+    for &b in &wire {
+        stream.write_all(&[b]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        events.message(conn.id()).await,
+        Message::binary(vec![7u8, 8])
+    );
+    assert_eq!(events.message(conn.id()).await, Message::binary(vec![9u8]));
+    assert_eq!(read_n(&mut stream, wire.len()).await, wire);
+    drop(stream);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_frames_in_one_write() {
+    let (component, mut events) = recorder(true);
+    let server = serve(TcpTransport::lines(component), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    let conn = events.opened().await;
+
+    let n = 5_000;
+    let wire: String = (0..n).map(|i| format!("line {i}\n")).collect();
+    let (mut rd, mut wr) = stream.split();
+    let writer = async {
+        wr.write_all(wire.as_bytes()).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let mut echoed = Vec::new();
+    let reader = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut echoed);
+    within("bulk echo", async {
+        tokio::join!(writer, reader).1.unwrap()
+    })
+    .await;
+    assert_eq!(String::from_utf8(echoed).unwrap(), wire);
+
+    let (msgs, _) = events.close_of(conn.id()).await;
+    assert_eq!(msgs.len(), n);
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(m.as_text(), Some(format!("line {i}").as_str()));
+    }
+    assert_eq!(server.stats().messages_in, n as u64);
+    server.shutdown().await;
+}
+
+/// A fixed-header protocol: one byte of kind (0 text, 1 binary), a u16
+/// big-endian length, the payload.
+#[derive(Clone)]
+struct Typed;
+
+impl Decoder for Typed {
+    type Item = Message;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
+        let &[kind, hi, lo, ..] = &src[..] else {
+            return Ok(None);
+        };
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        if src.len() < 3 + len {
+            return Ok(None);
+        }
+        let payload = src.split_to(3 + len).split_off(3).freeze();
+        match kind {
+            0 => Ok(Some(Message::Text(
+                payload
+                    .try_into()
+                    .map_err(|e| Error::protocol(CloseCode::INVALID, e))?,
+            ))),
+            1 => Ok(Some(Message::Binary(payload))),
+            k => Err(Error::protocol(
+                CloseCode::PROTOCOL,
+                format!("unknown kind {k}"),
+            )),
+        }
+    }
+}
+
+impl Encoder<Message> for Typed {
+    type Error = Error;
+
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), Error> {
+        let len =
+            u16::try_from(msg.len()).map_err(|_| Error::protocol(CloseCode::SIZE, "too long"))?;
+        dst.extend_from_slice(&[u8::from(msg.is_binary())]);
+        dst.extend_from_slice(&len.to_be_bytes());
+        dst.extend_from_slice(msg.as_bytes());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn custom_codec_echo_and_its_errors() {
+    let (component, mut events) = recorder(true);
+    let server = serve(
+        TcpTransport::with_codec(component, Typed),
+        Config::default(),
+    )
+    .await;
+    let mut stream = dial(server.local_addr()).await;
+    let conn = events.opened().await;
+
+    let wire = b"\x00\x00\x02hi\x01\x00\x03\x01\x02\x03";
+    stream.write_all(wire).await.unwrap();
+    assert_eq!(events.message(conn.id()).await, Message::text("hi"));
+    assert_eq!(
+        events.message(conn.id()).await,
+        Message::binary(vec![1u8, 2, 3])
+    );
+    assert_eq!(read_n(&mut stream, wire.len()).await, wire);
+
+    // An error of the codec's own closes with the code it chose.
+    stream.write_all(b"\x09\x00\x00").await.unwrap();
+    assert!(read_to_end(&mut stream).await.is_empty());
+    // The server waits for the peer's end of stream before it finishes.
+    drop(stream);
+    let (seen, reason) = events.error_then_close(conn.id()).await;
+    assert_eq!(seen.code, Some(1002));
+    assert!(seen.text.contains("unknown kind 9"), "{}", seen.text);
+    assert_eq!(reason.code(), Some(CloseCode::PROTOCOL));
+    server.shutdown().await;
+}
+
+/// A client-side component that reports what it receives.
+struct Collect(mpsc::UnboundedSender<Message>);
+
+#[async_trait]
+impl MessageComponent for Collect {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        conn.send("hello from on_open")?;
+        Ok(())
+    }
+
+    async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        let _ = self.0.send(msg);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn client_connect_over_each_codec() {
+    for codec in [Codec::lines(), Codec::length_delimited()] {
+        let (component, mut events) = recorder(true);
+        let server = serve(
+            TcpTransport::new(component, codec.clone()),
+            Config::default(),
+        )
+        .await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let client = within(
+            "connect",
+            switchboard::tcp::connect(server.local_addr(), codec.clone(), Collect(tx)),
+        )
+        .await
+        .unwrap();
+        let conn = events.opened().await;
+        assert_eq!(client.connection().transport().kind(), "tcp");
+        assert_eq!(client.connection().peer_addr(), server.local_addr());
+
+        let first = within("first echo", rx.recv()).await.unwrap();
+        assert_eq!(first.as_bytes(), b"hello from on_open", "{}", codec.name());
+        client.send("second").unwrap();
+        let second = within("second echo", rx.recv()).await.unwrap();
+        assert_eq!(second.as_bytes(), b"second");
+
+        // Closing from the client: the server sees end of stream.
+        client.close();
+        assert!(matches!(
+            within("client closed", client.closed()).await,
+            CloseReason::Local(_)
+        ));
+        let (msgs, reason) = events.close_of(conn.id()).await;
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(reason, CloseReason::Peer(None));
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn client_sees_server_close() {
+    let (component, mut events) = recorder(false);
+    let server = serve(TcpTransport::lines(component), Config::default()).await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let client = switchboard::tcp::connect_with_config(
+        server.local_addr(),
+        Codec::lines(),
+        Collect(tx),
+        Config::default().idle_timeout(None),
+    )
+    .await
+    .unwrap();
+    let conn = events.opened().await;
+    conn.close();
+    assert_eq!(
+        within("client closed", client.closed()).await,
+        CloseReason::Peer(None)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_refused_is_an_io_error() {
+    // Bind then drop: nothing listens on that port any more.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let err = switchboard::tcp::connect(addr, Codec::lines(), Collect(tx))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err}");
+}
