@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The TCP transport's tests use a real `nc` (Debian's netcat-openbsd) as a peer.
+command -v nc >/dev/null || (apt-get update && apt-get install -y netcat-openbsd)
+
 echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
