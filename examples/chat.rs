@@ -41,7 +41,9 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { ws: "127.0.0.1:8080".into() };
+    let mut args = Args {
+        ws: "127.0.0.1:8080".into(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));

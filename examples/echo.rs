@@ -30,16 +30,23 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { ws: "127.0.0.1:8080".into(), max_message_size: 1 << 20 };
+    let mut args = Args {
+        ws: "127.0.0.1:8080".into(),
+        max_message_size: 1 << 20,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--ws" => args.ws = value()?,
             "--max-message-size" => {
-                args.max_message_size = value()?.parse().map_err(|e| format!("--max-message-size: {e}"))?;
+                args.max_message_size = value()?
+                    .parse()
+                    .map_err(|e| format!("--max-message-size: {e}"))?;
             }
-            "-h" | "--help" => return Err("usage: echo [--ws ADDR] [--max-message-size BYTES]".into()),
+            "-h" | "--help" => {
+                return Err("usage: echo [--ws ADDR] [--max-message-size BYTES]".into());
+            }
             other => return Err(format!("unknown flag {other}; try --help")),
         }
     }
@@ -76,8 +83,15 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .max_message_size(size)
         .max_frame_size(size)
         .queue_max_bytes(size.max(1 << 20) * 2);
-    let ws = WsTransport::builder().fallback(Echo).origins(OriginPolicy::Any).build()?;
-    let server = Server::builder().config(config).bind(args.ws, ws).start().await?;
+    let ws = WsTransport::builder()
+        .fallback(Echo)
+        .origins(OriginPolicy::Any)
+        .build()?;
+    let server = Server::builder()
+        .config(config)
+        .bind(args.ws, ws)
+        .start()
+        .await?;
     println!("echo: listening on ws://{}/", server.local_addr());
     println!("press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
