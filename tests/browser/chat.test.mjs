@@ -1,0 +1,118 @@
+// Two headless Chromium pages open the chat example; a message typed in one
+// must appear in the other exactly once, and only once (as sent) in the first.
+//
+// Run through scripts/browser-test.sh, which builds the example and sets
+// CHAT_BIN. Uses Debian's /usr/bin/chromium, never a downloaded browser.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const CHROMIUM = '/usr/bin/chromium';
+const CHAT_BIN = process.env.CHAT_BIN;
+const LIMIT_MS = 20_000;
+
+/** Starts the chat example on a free loopback port; resolves with its URL. */
+function startChat() {
+  const child = spawn(CHAT_BIN, ['--ws', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  const url = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('chat printed no URL: ' + out)), LIMIT_MS);
+    child.stdout.on('data', (chunk) => {
+      out += chunk;
+      const m = out.match(/http:\/\/127\.0\.0\.1:\d+\//);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[0]);
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`chat exited early (${code}): ${out}`)));
+  });
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  return { child, url, exited, output: () => out };
+}
+
+/** Texts of the list items of one class on a page. */
+const texts = (page, cls) => page.$$eval(`#log li.${cls}`, (lis) => lis.map((li) => li.textContent));
+
+async function say(page, text) {
+  await page.fill('#msg', text);
+  await page.press('#msg', 'Enter');
+}
+
+async function waitForText(page, cls, text) {
+  await page.waitForFunction(
+    ([cls, text]) => [...document.querySelectorAll(`#log li.${cls}`)].some((li) => li.textContent === text),
+    [cls, text],
+    { timeout: LIMIT_MS },
+  );
+}
+
+test('a message typed in one page appears in the other exactly once', async () => {
+  assert.ok(CHAT_BIN && existsSync(CHAT_BIN), `CHAT_BIN must name the built chat example (got ${CHAT_BIN})`);
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: install Debian's chromium`);
+
+  const chat = startChat();
+  const userDataDir = mkdtempSync(join(tmpdir(), 'switchboard-chromium-'));
+  let context;
+  try {
+    const url = await chat.url;
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      timeout: LIMIT_MS,
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    });
+    const alice = await context.newPage();
+    const bob = await context.newPage();
+    for (const page of [alice, bob]) {
+      page.setDefaultTimeout(LIMIT_MS);
+      await page.goto(url);
+      await page.waitForSelector('#status.open');
+    }
+
+    const hello = 'hello from alice ' + Date.now();
+    await say(alice, hello);
+    await waitForText(bob, 'them', hello);
+
+    // A second message from alice: delivery is ordered, so once it is in,
+    // any duplicate of the first would have arrived before it.
+    const marker = 'marker ' + Date.now();
+    await say(alice, marker);
+    await waitForText(bob, 'them', marker);
+    // And the other way round, so alice has seen everything bob was sent back.
+    const reply = 'reply from bob ' + Date.now();
+    await say(bob, reply);
+    await waitForText(alice, 'them', reply);
+
+    assert.deepEqual(await texts(bob, 'them'), [hello, marker], 'bob sees each of alice\'s messages once');
+    assert.deepEqual(await texts(alice, 'me'), [hello, marker], 'alice lists what she sent once');
+    assert.deepEqual(await texts(alice, 'them'), [reply], 'alice is not sent her own messages back');
+    assert.deepEqual(await texts(bob, 'me'), [reply]);
+  } finally {
+    if (context) await context.close();
+    rmSync(userDataDir, { recursive: true, force: true });
+    chat.child.kill('SIGINT');
+  }
+
+  // Ctrl-C stops the server cleanly.
+  const timer = setTimeout(() => chat.child.kill('SIGKILL'), LIMIT_MS);
+  const { code, signal } = await chat.exited;
+  clearTimeout(timer);
+  assert.equal(signal, null, 'chat ignored SIGINT');
+  assert.equal(code, 0, 'chat exit code');
+  assert.match(chat.output(), /shutting down/);
+});
