@@ -3,8 +3,13 @@
 //!
 //! ```sh
 //! cargo run --release --example chat            # open http://127.0.0.1:8080/ in two tabs
-//! cargo run --release --example chat -- --ws 127.0.0.1:9000
+//! nc 127.0.0.1 9000                              # and chat from a terminal in the same room
+//! cargo run --release --example chat -- --ws 127.0.0.1:8081 --tcp 127.0.0.1:9001
 //! ```
+//!
+//! Flags: `--ws ADDR` (default 127.0.0.1:8080) and `--tcp ADDR` (newline-
+//! delimited lines, default 127.0.0.1:9000; `--tcp off` disables it). Browser
+//! users and `nc` users share one room: one component serves both listeners.
 //!
 //! The page (`examples/chat.html`) is served at `/` on the same port as the
 //! socket (`/chat`), so both share one origin and the default origin policy
@@ -13,6 +18,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::{Page, WsTransport};
 use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server, async_trait};
 
@@ -38,18 +44,22 @@ impl MessageComponent for Chat {
 
 struct Args {
     ws: String,
+    /// `None` with `--tcp off`.
+    tcp: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         ws: "127.0.0.1:8080".into(),
+        tcp: Some("127.0.0.1:9000".into()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--ws" => args.ws = value()?,
-            "-h" | "--help" => return Err("usage: chat [--ws ADDR]".into()),
+            "--tcp" => args.tcp = Some(value()?).filter(|v| v != "off"),
+            "-h" | "--help" => return Err("usage: chat [--ws ADDR] [--tcp ADDR|off]".into()),
             other => return Err(format!("unknown flag {other}; try --help")),
         }
     }
@@ -86,9 +96,20 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .route_shared("/chat", chat.clone())
         .page("/", Page::html(include_str!("chat.html")))
         .build()?;
-    let server = Server::builder().bind(args.ws, ws).start().await?;
+    let mut builder = Server::builder().bind(args.ws, ws);
+    if let Some(tcp) = args.tcp {
+        builder = builder.bind(tcp, TcpTransport::from_arc(chat, Codec::lines()));
+    }
+    let server = builder.start().await?;
     let ws_addr = server.local_addrs()[0];
     println!("chat: open http://{ws_addr}/ in two browser tabs (socket: ws://{ws_addr}/chat)");
+    if let Some(tcp) = server.local_addrs().get(1) {
+        println!(
+            "chat: or join from a terminal: nc {} {}",
+            tcp.ip(),
+            tcp.port()
+        );
+    }
     println!("press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
     println!("chat: shutting down");

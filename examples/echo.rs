@@ -1,16 +1,20 @@
 //! Echoes every message back to its sender: text as text, binary as binary.
 //!
 //! ```sh
-//! cargo run --example echo                      # ws://127.0.0.1:8080/
+//! cargo run --example echo                      # ws://127.0.0.1:8080/ and nc 127.0.0.1 9000
 //! cargo run --example echo -- --ws 127.0.0.1:9001 --max-message-size 16777216
 //! ```
 //!
-//! Flags: `--ws ADDR` (default 127.0.0.1:8080) and `--max-message-size
-//! BYTES` (default 1 MiB; the Autobahn conformance suite needs 16 MiB). The
-//! echo serves every path and accepts any Origin. Ctrl-C stops it cleanly.
+//! Flags: `--ws ADDR` (default 127.0.0.1:8080), `--tcp ADDR` (newline-
+//! delimited lines, default 127.0.0.1:9000; `--tcp off` disables it) and
+//! `--max-message-size BYTES` (default 1 MiB; the Autobahn conformance suite
+//! needs 16 MiB). The WebSocket side serves every path and accepts any
+//! Origin. Ctrl-C stops it cleanly.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::{OriginPolicy, WsTransport};
 use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server, async_trait};
 
@@ -26,12 +30,15 @@ impl MessageComponent for Echo {
 
 struct Args {
     ws: String,
+    /// `None` with `--tcp off`.
+    tcp: Option<String>,
     max_message_size: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         ws: "127.0.0.1:8080".into(),
+        tcp: Some("127.0.0.1:9000".into()),
         max_message_size: 1 << 20,
     };
     let mut it = std::env::args().skip(1);
@@ -39,13 +46,16 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--ws" => args.ws = value()?,
+            "--tcp" => args.tcp = Some(value()?).filter(|v| v != "off"),
             "--max-message-size" => {
                 args.max_message_size = value()?
                     .parse()
                     .map_err(|e| format!("--max-message-size: {e}"))?;
             }
             "-h" | "--help" => {
-                return Err("usage: echo [--ws ADDR] [--max-message-size BYTES]".into());
+                return Err(
+                    "usage: echo [--ws ADDR] [--tcp ADDR|off] [--max-message-size BYTES]".into(),
+                );
             }
             other => return Err(format!("unknown flag {other}; try --help")),
         }
@@ -83,16 +93,25 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .max_message_size(size)
         .max_frame_size(size)
         .queue_max_bytes(size.max(1 << 20) * 2);
+    let echo: Arc<dyn MessageComponent> = Arc::new(Echo);
     let ws = WsTransport::builder()
-        .fallback(Echo)
+        .fallback_shared(echo.clone())
         .origins(OriginPolicy::Any)
         .build()?;
-    let server = Server::builder()
-        .config(config)
-        .bind(args.ws, ws)
-        .start()
-        .await?;
-    println!("echo: listening on ws://{}/", server.local_addr());
+    let mut builder = Server::builder().config(config).bind(args.ws, ws);
+    if let Some(tcp) = args.tcp {
+        builder = builder.bind(tcp, TcpTransport::from_arc(echo, Codec::lines()));
+    }
+    let server = builder.start().await?;
+    let addrs = server.local_addrs();
+    println!("echo: listening on ws://{}/", addrs[0]);
+    if let Some(tcp) = addrs.get(1) {
+        println!(
+            "echo: and on TCP lines at {tcp} (try: nc {} {})",
+            tcp.ip(),
+            tcp.port()
+        );
+    }
     println!("press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
     println!("echo: shutting down");
