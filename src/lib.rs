@@ -1,7 +1,63 @@
 //! switchboard: real-time messaging servers for WebSocket and raw TCP, on tokio.
 //!
-//! Write one type that implements [`MessageComponent`] and serve it on any
-//! transport. See the crate README and `docs/guide.md`.
+//! Write one type that implements [`MessageComponent`] (`on_open`,
+//! `on_message`, `on_close`, `on_error`) and serve it on any transport:
+//! WebSocket for browsers, framed TCP for `nc`, devices and services, or both
+//! at once with one component value.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use switchboard::tcp::TcpTransport;
+//! use switchboard::ws::WsTransport;
+//! use switchboard::{async_trait, BoxError, Connection, Hub, Message, MessageComponent, Server};
+//! use std::sync::Arc;
+//!
+//! #[derive(Default)]
+//! struct Chat {
+//!     hub: Hub,
+//! }
+//!
+//! #[async_trait]
+//! impl MessageComponent for Chat {
+//!     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+//!         self.hub.join(conn);
+//!         Ok(())
+//!     }
+//!
+//!     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+//!         self.hub.broadcast_except(msg, conn.id()).await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), BoxError> {
+//! let chat: Arc<dyn MessageComponent> = Arc::new(Chat::default());
+//! let server = Server::builder()
+//!     .bind("127.0.0.1:8080", WsTransport::shared(chat.clone()))
+//!     .bind("127.0.0.1:9000", TcpTransport::from_arc(chat, switchboard::tcp::Codec::lines()))
+//!     .start()
+//!     .await?;
+//! tokio::signal::ctrl_c().await?;
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Contracts
+//!
+//! Ordering, back-pressure and close semantics are documented on
+//! [`MessageComponent`]; limits on [`Config`]; the architecture in
+//! `docs/architecture.md`.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `ws` | yes | [`ws`]: the WebSocket transport on tokio-tungstenite |
+//! | `tcp` | yes | [`tcp`]: the framed TCP transport |
+//! | `test-util` | no | [`testing`]: run a component over in-memory connections in unit tests |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use switchboard_core::*;
 
