@@ -55,6 +55,7 @@
 //! |---|---|---|
 //! | `ws` | yes | [`ws`]: the WebSocket transport on tokio-tungstenite |
 //! | `tcp` | yes | [`tcp`]: the framed TCP transport |
+//! | `redis` | no | [`redis`]: scale-out across nodes on Redis, and pushes from any process |
 //! | `test-util` | no | [`testing`]: run a component over in-memory connections in unit tests |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -71,3 +72,9 @@ pub use switchboard_ws as ws;
 #[cfg(feature = "tcp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tcp")))]
 pub use switchboard_tcp as tcp;
+
+/// Scale-out on Redis: a broker that spans nodes, an emitter for processes
+/// without sockets (feature `redis`).
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use switchboard_redis as redis;

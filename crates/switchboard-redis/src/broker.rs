@@ -1,0 +1,273 @@
+//! [`RedisBroker`]: the core's [`Broker`] on Redis pub/sub.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use async_trait::async_trait;
+use switchboard_core::{Broker, ConnectionId, LocalBroker, LocalDelivery, Message, Topic};
+use tokio::time::timeout;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::envelope;
+use crate::error::{Error, Result};
+use crate::options::{Channels, RedisOptions};
+use crate::publisher::{Publisher, Stats};
+use crate::subscriber::Subscriber;
+
+/// A snapshot of a broker's (or an emitter's) links and counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// Both links to Redis are up: publishes go out and every room with
+    /// local members is subscribed. `false` during an outage (local
+    /// delivery goes on regardless).
+    pub connected: bool,
+    /// Rooms this node is subscribed to (or will resubscribe to once the
+    /// link is back): the rooms with local members.
+    pub rooms: usize,
+    /// Messages handed to Redis.
+    pub published: u64,
+    /// Publishes that failed (Redis down or slow); each returned an error.
+    pub publish_errors: u64,
+    /// Messages from other nodes (or emitters) delivered to local members.
+    pub received: u64,
+    /// Envelopes refused as malformed, of an unknown version, or on the
+    /// wrong channel.
+    pub invalid: u64,
+    /// Links re-established after a loss (subscription and publish links).
+    pub reconnects: u64,
+}
+
+/// The core's [`Broker`] on Redis: rooms and broadcasts reach the members
+/// of every node of the cluster.
+///
+/// # Channels
+///
+/// For a [`prefix`](RedisOptions::prefix) `p`: room `name` travels on
+/// `p:room:name`, broadcasts on `p:all`, and messages for one node on
+/// `p:node:{id}`. A node subscribes to a room's channel only while the room
+/// has local members (the hub calls [`subscribe`](Broker::subscribe) for a
+/// room's first local member and [`unsubscribe`](Broker::unsubscribe) after
+/// its last), so Redis sends a node only what its members need.
+///
+/// # Delivery
+///
+/// The hub delivers to local members itself, then calls
+/// [`publish`](Broker::publish), which wraps the message in an envelope
+/// (version, origin node id, room, except-connection id, payload kind and
+/// bytes) and publishes it. Every node subscribed to the channel delivers
+/// it to its local members through the hub's [`LocalDelivery`]; the origin
+/// node recognises its own id and drops the echo. Each client therefore
+/// receives each message exactly once while Redis is up; across nodes the
+/// guarantee is Redis pub/sub's: at most once (a node that is disconnected
+/// when a message is published never sees it). Text stays text and binary
+/// stays binary.
+///
+/// # Failures
+///
+/// - Local delivery never depends on Redis.
+/// - While Redis is down, [`publish`](Broker::publish) fails at once (or,
+///   on a link that stopped answering, within
+///   [`timeout`](RedisOptions::timeout)) with the core's
+///   [`Error::Broker`](switchboard_core::Error::Broker) wrapping this
+///   crate's [`Error`]. It never hangs.
+/// - [`subscribe`](Broker::subscribe) and [`unsubscribe`](Broker::unsubscribe)
+///   never fail because Redis is down: the change is recorded and applied
+///   when the link is back. While the link is up they return once Redis
+///   confirmed the change (at most the timeout), so a member that just
+///   joined gets every message published after `join_room` returned.
+/// - Both links reconnect by themselves, forever, with backoff between
+///   [`reconnect_min`](RedisOptions::reconnect_min) and
+///   [`reconnect_max`](RedisOptions::reconnect_max), and the subscription
+///   link resubscribes to every wanted room. A watchdog pings both links
+///   every [`ping_interval`](RedisOptions::ping_interval) and replaces one
+///   that does not answer in time.
+/// - [`status`](Self::status) tells whether the broker is connected and
+///   counts publishes, errors, receptions and reconnects.
+///
+/// A cheap `Clone` handle (an `Arc` inside): keep a clone to read the
+/// status after giving one to the hub. The background task stops when the
+/// last clone is dropped. One broker serves one hub.
+///
+/// ```no_run
+/// use switchboard::redis::{RedisBroker, RedisOptions};
+/// use switchboard::Hub;
+///
+/// # async fn run() -> Result<(), switchboard::BoxError> {
+/// let broker = RedisBroker::connect("redis://127.0.0.1:6379", RedisOptions::default()).await?;
+/// let hub = Hub::with_broker(broker.clone());
+/// hub.broadcast("hello, every node").await?;
+/// assert!(broker.status().connected);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: Arc<str>,
+    channels: Channels,
+    publisher: Arc<Publisher>,
+    subscriber: Arc<Subscriber>,
+    stats: Arc<Stats>,
+    /// Stops the background task when the last handle goes.
+    _stop: DropGuard,
+}
+
+impl RedisBroker {
+    /// Connects to the Redis server at `url` (`redis://[user:password@]host[:port][/db]`)
+    /// and starts the background task that keeps both links alive.
+    ///
+    /// Fails if the URL or the options are invalid, or if Redis cannot be
+    /// reached within [`timeout`](RedisOptions::timeout): a node should not
+    /// start silently alone. Once connected, outages are survived.
+    ///
+    /// Needs a tokio runtime.
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
+        options.validate()?;
+        let client = redis::Client::open(url).map_err(|e| Error::InvalidUrl(Box::new(e)))?;
+        let node_id: Arc<str> = options.node_id_or_random("node").into();
+        let channels = Channels::new(&options.prefix);
+        let stats = Arc::new(Stats::default());
+        let publisher = Publisher::connect(client.clone(), &options, stats.clone()).await?;
+        let subscriber = Arc::new(Subscriber::new(
+            client,
+            options.clone(),
+            channels.clone(),
+            node_id.clone(),
+            stats.clone(),
+        ));
+
+        let stop = CancellationToken::new();
+        let task = {
+            let (publisher, subscriber, stop) =
+                (publisher.clone(), subscriber.clone(), stop.clone());
+            async move {
+                tokio::join!(
+                    subscriber.run(&publisher, stop.clone()),
+                    publisher.watchdog(stop.clone()),
+                );
+            }
+        };
+        tokio::spawn(task);
+        let guard = stop.drop_guard();
+
+        let mut applied = subscriber.applied.subscribe();
+        match timeout(options.timeout * 2, applied.wait_for(|a| a.up)).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(Error::Timeout {
+                    operation: "SUBSCRIBE",
+                    after: options.timeout * 2,
+                });
+            }
+        }
+        tracing::info!(node = %node_id, "redis broker connected");
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                node_id,
+                channels,
+                publisher,
+                subscriber,
+                stats,
+                _stop: guard,
+            }),
+        })
+    }
+
+    /// This node's id in the cluster (see [`RedisOptions::node_id`]).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// Whether both links are up and the counters so far.
+    pub fn status(&self) -> Status {
+        let s = &self.inner.stats;
+        Status {
+            connected: self.inner.subscriber.is_up() && self.inner.publisher.is_up(),
+            rooms: self.inner.subscriber.rooms(),
+            published: s.published.load(Relaxed),
+            publish_errors: s.publish_errors.load(Relaxed),
+            received: s.received.load(Relaxed),
+            invalid: s.invalid.load(Relaxed),
+            reconnects: s.reconnects.load(Relaxed),
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn attach(&self, local: LocalDelivery) {
+        if self.inner.subscriber.local.set(local).is_err() {
+            tracing::warn!(
+                node = %self.inner.node_id,
+                "a RedisBroker serves one hub; this second hub receives nothing from other nodes"
+            );
+        }
+    }
+
+    async fn subscribe(&self, room: &str) -> switchboard_core::Result<()> {
+        self.inner.subscriber.want(room, true).await;
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, room: &str) -> switchboard_core::Result<()> {
+        self.inner.subscriber.want(room, false).await;
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        topic: Topic<'_>,
+        msg: Message,
+        except: Option<ConnectionId>,
+    ) -> switchboard_core::Result<()> {
+        let channel = match topic {
+            Topic::All => self.inner.channels.all().to_owned(),
+            Topic::Room(room) => self.inner.channels.room(room),
+        };
+        let payload = envelope::encode(
+            &self.inner.node_id,
+            topic,
+            except.map(ConnectionId::as_u64),
+            &msg,
+        )?;
+        self.inner.publisher.publish(&channel, &payload).await?;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("node_id", &self.inner.node_id)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// The broker for a node started with an optional Redis URL: a
+/// [`RedisBroker`] when there is one, the in-process [`LocalBroker`]
+/// (one node, no set-up) when there is none.
+///
+/// ```no_run
+/// use switchboard::redis::{broker_from_url, RedisOptions};
+/// use switchboard::Hub;
+///
+/// # async fn run() -> Result<(), switchboard::BoxError> {
+/// // e.g. from a `--redis URL` flag or the REDIS_URL environment variable
+/// let url = std::env::var("REDIS_URL").ok();
+/// let hub = Hub::with_shared_broker(broker_from_url(url.as_deref(), RedisOptions::default()).await?);
+/// # drop(hub);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn broker_from_url(url: Option<&str>, options: RedisOptions) -> Result<Arc<dyn Broker>> {
+    Ok(match url {
+        None => Arc::new(LocalBroker),
+        Some(url) => Arc::new(RedisBroker::connect(url, options).await?),
+    })
+}

@@ -1,0 +1,251 @@
+//! The envelope: what one published message looks like on a Redis channel.
+//!
+//! Binary, so payloads of either kind travel unchanged and unescaped
+//! (Redis strings are binary-safe):
+//!
+//! ```text
+//! offset  size  field
+//! 0       1     version, 1
+//! 1       1     flags: 0x01 binary payload (else UTF-8 text)
+//!                      0x02 the topic is a room (else every member)
+//!                      0x04 an except-connection id follows
+//! 2       1     origin length N, 1..=255
+//! 3       N     origin node id (UTF-8)
+//!         2+R   if room: R as u16 big-endian, then the room name (UTF-8)
+//!         8     if except: connection id, u64 big-endian
+//!         rest  the payload
+//! ```
+//!
+//! Decoding slices the received buffer: no payload is copied.
+
+use bytes::{Buf, Bytes};
+use switchboard_core::{Message, Topic, Utf8Bytes};
+
+use crate::error::{Error, Result};
+use crate::options::MAX_NODE_ID_LEN;
+
+/// The only version this crate writes and reads.
+pub(crate) const VERSION: u8 = 1;
+
+const BINARY: u8 = 0x01;
+const ROOM: u8 = 0x02;
+const EXCEPT: u8 = 0x04;
+const KNOWN: u8 = BINARY | ROOM | EXCEPT;
+
+/// Encodes one message. `origin` is at most 255 bytes (checked by
+/// [`RedisOptions::validate`](crate::RedisOptions::validate)).
+pub(crate) fn encode(
+    origin: &str,
+    topic: Topic<'_>,
+    except: Option<u64>,
+    msg: &Message,
+) -> Result<Vec<u8>> {
+    let origin_len = u8::try_from(origin.len())
+        .ok()
+        .filter(|len| *len > 0)
+        .ok_or(Error::Encode("origin must be 1 to 255 bytes"))?;
+    let mut flags = 0;
+    if msg.is_binary() {
+        flags |= BINARY;
+    }
+    let room = match topic {
+        Topic::All => None,
+        Topic::Room(room) => {
+            flags |= ROOM;
+            let len = u16::try_from(room.len()).map_err(|_| Error::Encode("room name too long"))?;
+            Some((len, room))
+        }
+    };
+    if except.is_some() {
+        flags |= EXCEPT;
+    }
+    let mut out =
+        Vec::with_capacity(3 + origin.len() + room.map_or(0, |(_, r)| 2 + r.len()) + 8 + msg.len());
+    out.extend_from_slice(&[VERSION, flags, origin_len]);
+    out.extend_from_slice(origin.as_bytes());
+    if let Some((len, room)) = room {
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(room.as_bytes());
+    }
+    if let Some(id) = except {
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+    out.extend_from_slice(msg.as_bytes());
+    Ok(out)
+}
+
+/// A decoded envelope; every field is a slice of the received buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Envelope {
+    pub(crate) origin: Bytes,
+    /// `None` for every member of the hub.
+    pub(crate) room: Option<Utf8Bytes>,
+    pub(crate) except: Option<u64>,
+    pub(crate) message: Message,
+}
+
+impl Envelope {
+    pub(crate) fn topic(&self) -> Topic<'_> {
+        match &self.room {
+            None => Topic::All,
+            Some(room) => Topic::Room(room.as_str()),
+        }
+    }
+}
+
+/// Why an envelope was refused (counted, logged, dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    Truncated,
+    Version(u8),
+    Flags(u8),
+    Origin,
+    Utf8,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Truncated => f.write_str("truncated envelope"),
+            DecodeError::Version(v) => write!(f, "unsupported envelope version {v}"),
+            DecodeError::Flags(b) => write!(f, "unknown envelope flags {b:#04x}"),
+            DecodeError::Origin => f.write_str("empty origin"),
+            DecodeError::Utf8 => f.write_str("invalid UTF-8 in a text field"),
+        }
+    }
+}
+
+pub(crate) fn decode(mut buf: Bytes) -> Result<Envelope, DecodeError> {
+    let take = |buf: &mut Bytes, n: usize| {
+        if buf.len() < n {
+            Err(DecodeError::Truncated)
+        } else {
+            Ok(buf.split_to(n))
+        }
+    };
+    if buf.len() < 3 {
+        return Err(DecodeError::Truncated);
+    }
+    let version = buf.get_u8();
+    if version != VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let flags = buf.get_u8();
+    if flags & !KNOWN != 0 {
+        return Err(DecodeError::Flags(flags));
+    }
+    let origin_len = usize::from(buf.get_u8());
+    if origin_len == 0 || origin_len > MAX_NODE_ID_LEN {
+        return Err(DecodeError::Origin);
+    }
+    let origin = take(&mut buf, origin_len)?;
+    let room = if flags & ROOM != 0 {
+        let len = take(&mut buf, 2)?.get_u16();
+        let room = take(&mut buf, usize::from(len))?;
+        Some(Utf8Bytes::try_from(room).map_err(|_| DecodeError::Utf8)?)
+    } else {
+        None
+    };
+    let except = if flags & EXCEPT != 0 {
+        Some(take(&mut buf, 8)?.get_u64())
+    } else {
+        None
+    };
+    let message = if flags & BINARY != 0 {
+        Message::Binary(buf)
+    } else {
+        Message::Text(Utf8Bytes::try_from(buf).map_err(|_| DecodeError::Utf8)?)
+    };
+    Ok(Envelope {
+        origin,
+        room,
+        except,
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(topic: Topic<'_>, except: Option<u64>, msg: Message) -> Envelope {
+        let bytes = encode("node-1", topic, except, &msg).expect("encodes");
+        decode(Bytes::from(bytes)).expect("decodes")
+    }
+
+    #[test]
+    fn text_to_a_room_with_except() {
+        let env = roundtrip(Topic::Room("lobby"), Some(42), Message::text("héllo"));
+        assert_eq!(&env.origin[..], b"node-1");
+        assert_eq!(env.topic(), Topic::Room("lobby"));
+        assert_eq!(env.except, Some(42));
+        assert_eq!(env.message, Message::text("héllo"));
+    }
+
+    #[test]
+    fn binary_to_all_is_preserved() {
+        let payload = vec![0u8, 0xff, b'\n', 0x80];
+        let env = roundtrip(Topic::All, None, Message::binary(payload.clone()));
+        assert_eq!(env.topic(), Topic::All);
+        assert_eq!(env.except, None);
+        assert_eq!(env.message, Message::binary(payload));
+    }
+
+    #[test]
+    fn empty_payloads_keep_their_kind() {
+        assert_eq!(
+            roundtrip(Topic::All, None, Message::text("")).message,
+            Message::text("")
+        );
+        assert!(
+            roundtrip(Topic::All, None, Message::binary(Vec::new()))
+                .message
+                .is_binary()
+        );
+    }
+
+    #[test]
+    fn exact_layout() {
+        let bytes =
+            encode("n", Topic::Room("r"), Some(1), &Message::binary(vec![9u8])).expect("ok");
+        assert_eq!(
+            bytes,
+            [1, 0x07, 1, b'n', 0, 1, b'r', 0, 0, 0, 0, 0, 0, 0, 1, 9]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let good = encode("n", Topic::Room("room"), Some(7), &Message::text("hi")).expect("ok");
+        // Every strict prefix that cuts a header field is refused.
+        for cut in 0..(good.len() - 2) {
+            let res = decode(Bytes::copy_from_slice(&good[..cut]));
+            assert!(res.is_err(), "prefix of {cut} bytes decoded: {res:?}");
+        }
+        let mut v2 = good.clone();
+        v2[0] = 2;
+        assert_eq!(decode(Bytes::from(v2)), Err(DecodeError::Version(2)));
+        let mut flags = good.clone();
+        flags[1] |= 0x80;
+        assert!(matches!(
+            decode(Bytes::from(flags)),
+            Err(DecodeError::Flags(_))
+        ));
+        let mut no_origin = good.clone();
+        no_origin[2] = 0;
+        assert_eq!(decode(Bytes::from(no_origin)), Err(DecodeError::Origin));
+        let bad_text = encode("n", Topic::All, None, &Message::text("x")).expect("ok");
+        let mut bad_text = bad_text;
+        let last = bad_text.len() - 1;
+        bad_text[last] = 0xff;
+        assert_eq!(decode(Bytes::from(bad_text)), Err(DecodeError::Utf8));
+    }
+
+    #[test]
+    fn refuses_oversized_fields() {
+        let long_room = "r".repeat(70_000);
+        assert!(encode("n", Topic::Room(&long_room), None, &Message::text("x")).is_err());
+        assert!(encode(&"n".repeat(256), Topic::All, None, &Message::text("x")).is_err());
+        assert!(encode("", Topic::All, None, &Message::text("x")).is_err());
+    }
+}

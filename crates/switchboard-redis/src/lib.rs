@@ -1,0 +1,172 @@
+//! Scale-out for switchboard on Redis pub/sub: several nodes behind a load
+//! balancer form one set of rooms, and any process can push to connected
+//! clients.
+//!
+//! Most users reach this crate as `switchboard::redis` (feature `redis` of
+//! the `switchboard` crate).
+//!
+//! - [`RedisBroker`] is the core's [`Broker`]: give it to a [`Hub`] and
+//!   [`Hub::publish`], [`Hub::broadcast`] and their `_except` forms reach
+//!   the members of every node. Component code does not change.
+//! - [`Emitter`] publishes into the cluster from a process without sockets
+//!   (a web application, a job), to a room, to everyone, or to one user's
+//!   connections ([`user_room`]).
+//! - [`broker_from_url`] picks the broker at start-up: Redis when a URL is
+//!   given, the in-process [`LocalBroker`](switchboard_core::LocalBroker)
+//!   (zero set-up, one node) when not.
+//! - [`Topics`] is a ready-made pub/sub component with a line protocol
+//!   (`SUB`, `UNSUB`, `PUB`), the one the `pubsub` example serves.
+//!
+//! # A node
+//!
+//! ```no_run
+//! use switchboard::redis::{RedisBroker, RedisOptions};
+//! use switchboard::ws::WsTransport;
+//! use switchboard::{async_trait, BoxError, Connection, Hub, Message, MessageComponent, Server};
+//!
+//! struct Chat {
+//!     hub: Hub,
+//! }
+//!
+//! #[async_trait]
+//! impl MessageComponent for Chat {
+//!     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+//!         self.hub.join_room("lobby", conn).await?;
+//!         Ok(())
+//!     }
+//!
+//!     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+//!         // Reaches the lobby on every node. If Redis is down, the local
+//!         // members still got it: log and carry on rather than closing.
+//!         if let Err(err) = self.hub.publish_except("lobby", msg, conn.id()).await {
+//!             tracing::warn!(%err, "not delivered to other nodes");
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), BoxError> {
+//! let broker = RedisBroker::connect("redis://127.0.0.1:6379", RedisOptions::default()).await?;
+//! let hub = Hub::with_broker(broker.clone());
+//! let ws = WsTransport::builder().route("/chat", Chat { hub }).build()?;
+//! let server = Server::builder().bind("0.0.0.0:8080", ws).start().await?;
+//! // broker.status() tells whether Redis is reachable, with counters.
+//! # server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Pushing from elsewhere
+//!
+//! Inside a node, the [`Hub`] is a cheap `Clone` handle usable from any
+//! tokio task, not only from handlers: an HTTP handler, a timer, a queue
+//! consumer. With a `RedisBroker` behind it, what it publishes reaches
+//! every node.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use switchboard::Hub;
+//!
+//! # fn run(hub: Hub) {
+//! let clock = hub.clone();
+//! tokio::spawn(async move {
+//!     let mut tick = tokio::time::interval(Duration::from_secs(60));
+//!     loop {
+//!         tick.tick().await;
+//!         // Err only means other nodes missed it (Redis down).
+//!         let _ = clock.publish("lobby", "a minute passed").await;
+//!     }
+//! });
+//! // In an axum handler: `State(hub): State<Hub>` then
+//! // `hub.publish(&switchboard::redis::user_room(&id), body).await`.
+//! # }
+//! ```
+//!
+//! A process that has no hub (a web application behind another server, a
+//! cron job) uses an [`Emitter`]:
+//!
+//! ```no_run
+//! use switchboard::redis::{Emitter, RedisOptions};
+//!
+//! # async fn run() -> Result<(), switchboard::BoxError> {
+//! let emitter = Emitter::connect("redis://127.0.0.1:6379", RedisOptions::default()).await?;
+//! emitter.publish("lobby", "deploy finished").await?;
+//! emitter.to_user("42", "your export is ready").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! To address one user on whatever node they are connected to, the
+//! component joins [`user_room(id)`](user_room) once it knows the user (in
+//! `on_open` after the handshake hook authenticated the request, or after a
+//! login message); every tab and device of that user is then a member.
+//!
+//! # How it talks to Redis, and why
+//!
+//! Each broker keeps two connections:
+//!
+//! - **publishing**: one multiplexed connection (redis-rs
+//!   `MultiplexedConnection`), shared by every publishing task;
+//! - **subscribing**: one dedicated pub/sub connection (redis-rs `PubSub`,
+//!   RESP2 or RESP3 as the URL says), owned by one background task that
+//!   delivers what arrives to the hub.
+//!
+//! Neither relies on redis-rs's `ConnectionManager` for reconnection. Its
+//! retry budget is finite (a few attempts with exponential backoff), after
+//! which a subscribe-only manager never reconnects again because no command
+//! triggers it; a response timeout does not make it drop a half-open
+//! connection; and commands issued while it reconnects wait for its backoff.
+//! Instead one task per broker supervises both links, forever:
+//!
+//! - it pings each link every [`ping_interval`](RedisOptions::ping_interval)
+//!   and replaces a link that errors or does not answer within
+//!   [`timeout`](RedisOptions::timeout) (this catches half-open TCP
+//!   connections);
+//! - it reconnects with exponential backoff from
+//!   [`reconnect_min`](RedisOptions::reconnect_min) to
+//!   [`reconnect_max`](RedisOptions::reconnect_max), with no attempt limit;
+//! - on a new subscription link it subscribes to the broadcast channel, the
+//!   node's own channel and every room that has local members.
+//!
+//! A publish takes the current link without waiting: while there is none
+//! it fails at once, otherwise within the timeout. So a handler that
+//! publishes during an outage is never held up, and local delivery (done
+//! by the hub before the broker is called) goes on.
+//!
+//! A dedicated pub/sub connection rather than RESP3 pushes on the shared
+//! connection: it works with every Redis version and fork, and a flood of
+//! incoming messages never delays outgoing publishes behind it.
+//!
+//! See `docs/scaling.md` for the topology, the delivery guarantees and the
+//! envelope format.
+//!
+//! # Layout
+//!
+//! - `options`: [`RedisOptions`] and the channel names;
+//! - `envelope`: the binary wire format of one message;
+//! - `publisher`: the publishing link and its watchdog;
+//! - `subscriber`: the subscription link, resubscription, delivery;
+//! - `broker`: [`RedisBroker`], [`Status`], [`broker_from_url`];
+//! - `emitter`: [`Emitter`], [`user_room`];
+//! - `topics`: [`Topics`], the line-protocol pub/sub component;
+//! - `error`: [`Error`].
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod broker;
+mod emitter;
+mod envelope;
+mod error;
+mod options;
+mod publisher;
+mod subscriber;
+mod topics;
+
+pub use broker::{RedisBroker, Status, broker_from_url};
+pub use emitter::{Emitter, user_room};
+pub use error::{Error, Result};
+pub use options::{MAX_NODE_ID_LEN, RedisOptions};
+pub use topics::{DEFAULT_MAX_SUBSCRIPTIONS, MAX_TOPIC_LEN, Topics};
+
+#[cfg(doc)]
+use switchboard_core::{Broker, Hub};

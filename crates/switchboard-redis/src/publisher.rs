@@ -1,0 +1,234 @@
+//! The publishing link: one multiplexed connection, replaced by a watchdog
+//! whenever it fails, so that a publish never waits for a reconnect.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError};
+use tokio::sync::Notify;
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::options::RedisOptions;
+
+/// Counters shared by the links of one broker or emitter.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) published: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) invalid: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+pub(crate) struct Publisher {
+    client: Client,
+    config: AsyncConnectionConfig,
+    timeout: Duration,
+    ping_interval: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    /// The live connection, or `None` while the watchdog reconnects. A
+    /// std mutex: it is held only to clone or replace the handle, never
+    /// across an `.await`.
+    link: Mutex<Link>,
+    /// A publish that broke the link wakes the watchdog, which then
+    /// reconnects at once instead of at its next ping.
+    broken: Notify,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Link {
+    conn: Option<MultiplexedConnection>,
+    /// Bumped at each new connection, so that a failure seen on an old
+    /// connection does not drop its replacement.
+    generation: u64,
+}
+
+impl Publisher {
+    /// Connects once; fails if Redis cannot be reached within the timeout.
+    pub(crate) async fn connect(
+        client: Client,
+        options: &RedisOptions,
+        stats: Arc<Stats>,
+    ) -> Result<Arc<Self>> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout));
+        let publisher = Publisher {
+            client,
+            config,
+            timeout: options.timeout,
+            ping_interval: options.ping_interval,
+            reconnect_min: options.reconnect_min,
+            reconnect_max: options.reconnect_max,
+            link: Mutex::default(),
+            broken: Notify::new(),
+            stats,
+        };
+        let conn = publisher.open().await?;
+        publisher.install(conn);
+        Ok(Arc::new(publisher))
+    }
+
+    /// Whether the link is up (as far as the last command or ping knows).
+    pub(crate) fn is_up(&self) -> bool {
+        self.lock().conn.is_some()
+    }
+
+    /// Asks the watchdog to check the link now (after the subscriber
+    /// reconnected, Redis is probably back).
+    pub(crate) fn nudge(&self) {
+        self.broken.notify_one();
+    }
+
+    /// `PUBLISH channel payload`: how many subscriber connections received
+    /// it. Fails at once while the link is down, and within the timeout
+    /// otherwise.
+    pub(crate) async fn publish(&self, channel: &str, payload: &[u8]) -> Result<usize> {
+        let result = self.publish_inner(channel, payload).await;
+        match &result {
+            Ok(_) => Stats::bump(&self.stats.published),
+            Err(_) => Stats::bump(&self.stats.publish_errors),
+        }
+        result
+    }
+
+    async fn publish_inner(&self, channel: &str, payload: &[u8]) -> Result<usize> {
+        let (generation, mut conn) = {
+            let link = self.lock();
+            match &link.conn {
+                Some(conn) => (link.generation, conn.clone()),
+                None => {
+                    return Err(Error::unavailable(
+                        "not connected to redis (reconnecting in the background)",
+                    ));
+                }
+            }
+        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload);
+        let publish = cmd.query_async::<usize>(&mut conn);
+        match timeout(self.timeout, publish).await {
+            Ok(Ok(receivers)) => Ok(receivers),
+            Ok(Err(err)) => {
+                if breaks_link(&err) {
+                    self.drop_link(generation, &err);
+                }
+                Err(Error::unavailable(err))
+            }
+            Err(_) => {
+                self.drop_link(generation, &"no answer to PUBLISH");
+                Err(Error::Timeout {
+                    operation: "PUBLISH",
+                    after: self.timeout,
+                })
+            }
+        }
+    }
+
+    /// Keeps the link alive for as long as `stop` is not cancelled: pings
+    /// it while it is up, reconnects with capped exponential backoff while
+    /// it is down. It never gives up.
+    pub(crate) async fn watchdog(&self, stop: CancellationToken) {
+        let mut backoff = self.reconnect_min;
+        loop {
+            let current = {
+                let link = self.lock();
+                link.conn.clone().map(|conn| (link.generation, conn))
+            };
+            match current {
+                Some((generation, mut conn)) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = self.broken.notified() => continue,
+                        _ = sleep(self.ping_interval) => {}
+                    }
+                    let cmd = redis::cmd("PING");
+                    let ping = cmd.query_async::<String>(&mut conn);
+                    match timeout(self.timeout, ping).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(err)) => self.drop_link(generation, &err),
+                        Err(_) => self.drop_link(generation, &"no answer to PING"),
+                    }
+                }
+                None => {
+                    let attempt = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        attempt = self.open() => attempt,
+                    };
+                    match attempt {
+                        Ok(conn) => {
+                            self.install(conn);
+                            Stats::bump(&self.stats.reconnects);
+                            tracing::info!("redis publish link re-established");
+                            backoff = self.reconnect_min;
+                        }
+                        Err(err) => {
+                            tracing::debug!(error = %err, ?backoff, "redis publish link: reconnect failed");
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = self.broken.notified() => {}
+                                _ = sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(self.reconnect_max);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<MultiplexedConnection> {
+        let connect = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config);
+        match timeout(self.timeout, connect).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(err)) => Err(Error::unavailable(err)),
+            Err(_) => Err(Error::Timeout {
+                operation: "CONNECT",
+                after: self.timeout,
+            }),
+        }
+    }
+
+    fn install(&self, conn: MultiplexedConnection) {
+        let mut link = self.lock();
+        link.generation += 1;
+        link.conn = Some(conn);
+    }
+
+    fn drop_link(&self, generation: u64, why: &dyn std::fmt::Display) {
+        let mut link = self.lock();
+        if link.generation == generation && link.conn.take().is_some() {
+            tracing::warn!(error = %why, "redis publish link lost; reconnecting");
+            drop(link);
+            self.broken.notify_one();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Link> {
+        // Nothing panics while holding it; a poisoned lock still guards a
+        // whole value.
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Errors after which the connection cannot be trusted: I/O (including
+/// response timeouts, which redis-rs reports as I/O errors but does not
+/// treat as fatal) and protocol corruption. A server error reply (`ERR`,
+/// `NOPERM`) leaves the connection usable.
+pub(crate) fn breaks_link(err: &RedisError) -> bool {
+    err.is_io_error() || err.is_unrecoverable_error() || err.is_timeout()
+}

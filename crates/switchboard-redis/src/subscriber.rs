@@ -1,0 +1,346 @@
+//! The subscribing link: a dedicated pub/sub connection owned by one task
+//! that reconnects and resubscribes by itself, for as long as the broker
+//! lives.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::PubSubSink;
+use redis::{Client, Msg};
+use switchboard_core::LocalDelivery;
+use tokio::sync::{Notify, watch};
+use tokio::time::{MissedTickBehavior, interval_at, sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope;
+use crate::error::{Error, Result};
+use crate::options::{Channels, RedisOptions};
+use crate::publisher::{Publisher, Stats};
+
+/// Most channels named in one `SUBSCRIBE`/`UNSUBSCRIBE` command.
+const CHUNK: usize = 512;
+
+/// What the subscriber task has put in place at Redis.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Applied {
+    /// The link is up and every room wanted at `generation` is subscribed.
+    pub(crate) up: bool,
+    pub(crate) generation: u64,
+}
+
+/// The rooms this node wants, as the hub reported them.
+#[derive(Default)]
+struct Wanted {
+    rooms: HashSet<String>,
+    /// Rooms whose wanted state changed since the task last looked, so that
+    /// a change costs O(1), not a diff of every room.
+    dirty: HashSet<String>,
+    /// Bumped at every change; the task reports the generation it applied.
+    generation: u64,
+}
+
+pub(crate) struct Subscriber {
+    client: Client,
+    options: RedisOptions,
+    channels: Channels,
+    node_id: Arc<str>,
+    node_channel: String,
+    /// Where remote messages go; set once by `Broker::attach`.
+    pub(crate) local: OnceLock<LocalDelivery>,
+    /// A std mutex: held for set operations only, never across an `.await`.
+    wanted: Mutex<Wanted>,
+    /// Wakes the task when `wanted` changed.
+    changed: Notify,
+    pub(crate) applied: watch::Sender<Applied>,
+    connected: AtomicBool,
+    stats: Arc<Stats>,
+}
+
+impl Subscriber {
+    pub(crate) fn new(
+        client: Client,
+        options: RedisOptions,
+        channels: Channels,
+        node_id: Arc<str>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Subscriber {
+            client,
+            node_channel: channels.node(&node_id),
+            options,
+            channels,
+            node_id,
+            local: OnceLock::new(),
+            wanted: Mutex::default(),
+            changed: Notify::new(),
+            applied: watch::Sender::new(Applied::default()),
+            connected: AtomicBool::new(false),
+            stats,
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.connected.load(Relaxed)
+    }
+
+    pub(crate) fn rooms(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
+    /// Records that this node wants (or no longer wants) `room`, then waits
+    /// (at most the timeout) until the task has applied it at Redis. While
+    /// the link is down it returns at once: the change is applied by the
+    /// resubscription when the link is back.
+    pub(crate) async fn want(&self, room: &str, on: bool) {
+        let generation = {
+            let mut wanted = self.lock();
+            let changed = if on {
+                wanted.rooms.insert(room.to_owned())
+            } else {
+                wanted.rooms.remove(room)
+            };
+            if changed {
+                wanted.generation += 1;
+                wanted.dirty.insert(room.to_owned());
+            }
+            wanted.generation
+        };
+        self.changed.notify_one();
+        let mut applied = self.applied.subscribe();
+        let done = applied.wait_for(|a| !a.up || a.generation >= generation);
+        if timeout(self.options.timeout, done).await.is_err() {
+            tracing::warn!(
+                room,
+                subscribe = on,
+                "redis did not confirm the subscription change in time; it is applied when the link answers"
+            );
+        }
+    }
+
+    /// The task: one session per connection, forever, with capped
+    /// exponential backoff between failed attempts.
+    pub(crate) async fn run(&self, publisher: &Publisher, stop: CancellationToken) {
+        let mut backoff = self.options.reconnect_min;
+        let mut sessions = 0u64;
+        loop {
+            let ended = tokio::select! {
+                _ = stop.cancelled() => return,
+                ended = self.session(sessions, publisher) => ended,
+            };
+            let was_up = self.connected.swap(false, Relaxed);
+            self.applied.send_modify(|a| a.up = false);
+            if was_up {
+                sessions += 1;
+                backoff = self.options.reconnect_min;
+                tracing::warn!(error = %ended, "redis subscription link lost; reconnecting");
+            } else {
+                tracing::debug!(error = %ended, ?backoff, "redis subscription link: reconnect failed");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = sleep(backoff) => {}
+            }
+            if !was_up {
+                backoff = (backoff * 2).min(self.options.reconnect_max);
+            }
+        }
+    }
+
+    /// One connection: subscribe to everything wanted, then deliver,
+    /// reconcile and ping until the link fails. Returns why it ended.
+    async fn session(&self, previous: u64, publisher: &Publisher) -> Error {
+        let t = self.options.timeout;
+        let pubsub = match timeout(t, self.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(err)) => return Error::unavailable(err),
+            Err(_) => {
+                return Error::Timeout {
+                    operation: "CONNECT",
+                    after: t,
+                };
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+
+        let (mut subscribed, generation) = {
+            let mut wanted = self.lock();
+            wanted.dirty.clear();
+            (wanted.rooms.clone(), wanted.generation)
+        };
+        let mut channels = vec![self.channels.all().to_owned(), self.node_channel.clone()];
+        channels.extend(subscribed.iter().map(|room| self.channels.room(room)));
+        if let Err(err) = self.command(&mut sink, true, channels).await {
+            return err;
+        }
+        self.connected.store(true, Relaxed);
+        self.applied.send_replace(Applied {
+            up: true,
+            generation,
+        });
+        if previous > 0 {
+            Stats::bump(&self.stats.reconnects);
+            // Redis is back: let the publish link reconnect now rather
+            // than at the end of its backoff.
+            publisher.nudge();
+            tracing::info!(
+                rooms = subscribed.len(),
+                "redis subscription link re-established; resubscribed"
+            );
+        }
+
+        let control = async {
+            let period = self.options.ping_interval;
+            let mut ping = interval_at(tokio::time::Instant::now() + period, period);
+            ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = self.changed.notified() => {
+                        if let Err(err) = self.reconcile(&mut sink, &mut subscribed).await {
+                            return err;
+                        }
+                    }
+                    _ = ping.tick() => {
+                        match timeout(t, sink.ping::<redis::Value>()).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(err)) => return Error::unavailable(err),
+                            Err(_) => return Error::Timeout { operation: "PING", after: t },
+                        }
+                    }
+                }
+            }
+        };
+        let pump = async {
+            while let Some(msg) = stream.next().await {
+                self.on_message(&msg);
+            }
+            Error::unavailable("redis closed the subscription connection")
+        };
+        tokio::select! {
+            err = control => err,
+            err = pump => err,
+        }
+    }
+
+    /// Applies the rooms whose wanted state changed.
+    async fn reconcile(
+        &self,
+        sink: &mut PubSubSink,
+        subscribed: &mut HashSet<String>,
+    ) -> Result<()> {
+        let (dirty, wanted, generation) = {
+            let mut wanted = self.lock();
+            let dirty = std::mem::take(&mut wanted.dirty);
+            let now: Vec<bool> = dirty.iter().map(|r| wanted.rooms.contains(r)).collect();
+            (dirty, now, wanted.generation)
+        };
+        let mut add = Vec::new();
+        let mut remove = Vec::new();
+        for (room, want) in dirty.into_iter().zip(wanted) {
+            match (want, subscribed.contains(&room)) {
+                (true, false) => add.push(room),
+                (false, true) => remove.push(room),
+                _ => {}
+            }
+        }
+        if !add.is_empty() {
+            let names = add.iter().map(|r| self.channels.room(r)).collect();
+            self.command(sink, true, names).await?;
+            subscribed.extend(add);
+        }
+        if !remove.is_empty() {
+            let names = remove.iter().map(|r| self.channels.room(r)).collect();
+            self.command(sink, false, names).await?;
+            for room in &remove {
+                subscribed.remove(room);
+            }
+        }
+        self.applied.send_replace(Applied {
+            up: true,
+            generation,
+        });
+        Ok(())
+    }
+
+    /// `SUBSCRIBE`/`UNSUBSCRIBE` in chunks, each confirmed within the timeout.
+    async fn command(
+        &self,
+        sink: &mut PubSubSink,
+        subscribe: bool,
+        channels: Vec<String>,
+    ) -> Result<()> {
+        let t = self.options.timeout;
+        let operation = if subscribe {
+            "SUBSCRIBE"
+        } else {
+            "UNSUBSCRIBE"
+        };
+        for chunk in channels.chunks(CHUNK) {
+            let sent = if subscribe {
+                timeout(t, sink.subscribe(chunk)).await
+            } else {
+                timeout(t, sink.unsubscribe(chunk)).await
+            };
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(Error::unavailable(err)),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        operation,
+                        after: t,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One message from Redis: check it, drop our own echo, deliver.
+    fn on_message(&self, msg: &Msg) {
+        let channel = msg.get_channel_name();
+        // The one copy of a received payload: redis-rs owns its buffer.
+        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+        let env = match envelope::decode(payload) {
+            Ok(env) => env,
+            Err(err) => {
+                Stats::bump(&self.stats.invalid);
+                tracing::debug!(channel, error = %err, "dropped an invalid envelope");
+                return;
+            }
+        };
+        if &env.origin[..] == self.node_id.as_bytes() {
+            // Our own publish: local members had it before it left.
+            return;
+        }
+        // A room or broadcast envelope must match its channel; the node
+        // channel carries either.
+        let matches = if channel == self.node_channel {
+            true
+        } else if channel == self.channels.all() {
+            env.room.is_none()
+        } else {
+            self.channels.room_of(channel).is_some()
+                && self.channels.room_of(channel) == env.room.as_deref()
+        };
+        if !matches {
+            Stats::bump(&self.stats.invalid);
+            tracing::debug!(
+                channel,
+                "dropped an envelope whose topic does not match its channel"
+            );
+            return;
+        }
+        Stats::bump(&self.stats.received);
+        if let Some(local) = self.local.get() {
+            // `except` names a connection of the origin node, which delivered
+            // locally already; connection ids mean nothing on other nodes.
+            local.deliver(env.topic(), &env.message, None);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Wanted> {
+        self.wanted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
