@@ -125,6 +125,13 @@ impl Publisher {
                 if breaks_link(&err) {
                     self.drop_link(generation, &err);
                 }
+                if err.is_timeout() {
+                    // redis-rs's own response timeout, set to the same value.
+                    return Err(Error::Timeout {
+                        operation: "PUBLISH",
+                        after: self.timeout,
+                    });
+                }
                 Err(Error::unavailable(err))
             }
             Err(_) => {
