@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 # The TCP transport's tests use a real `nc` (Debian's netcat-openbsd) as a peer.
 command -v nc >/dev/null || (apt-get update && apt-get install -y netcat-openbsd)
+# The Redis broker's tests spawn their own redis-server processes (Debian's redis-server).
+command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
 
 echo "== lint"
 cargo fmt --all -- --check
