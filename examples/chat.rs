@@ -5,11 +5,18 @@
 //! cargo run --release --example chat            # open http://127.0.0.1:8080/ in two tabs
 //! nc 127.0.0.1 9000                              # and chat from a terminal in the same room
 //! cargo run --release --example chat -- --ws 127.0.0.1:8081 --tcp 127.0.0.1:9001
+//!
+//! # two nodes, one room (each message exactly once on both), through Redis:
+//! cargo run --release --example chat --features redis -- --redis redis://127.0.0.1:6379
+//! cargo run --release --example chat --features redis -- --redis redis://127.0.0.1:6379 \
+//!     --ws 127.0.0.1:8081 --tcp 127.0.0.1:9001
 //! ```
 //!
 //! Flags: `--ws ADDR` (default 127.0.0.1:8080) and `--tcp ADDR` (newline-
 //! delimited lines, default 127.0.0.1:9000; `--tcp off` disables it). Browser
 //! users and `nc` users share one room: one component serves both listeners.
+//! `--redis URL` (feature `redis`) makes this process one node of a cluster:
+//! the room spans every chat process on that Redis (see `docs/scaling.md`).
 //!
 //! The page (`examples/chat.html`) is served at `/` on the same port as the
 //! socket (`/chat`), so both share one origin and the default origin policy
@@ -20,7 +27,9 @@ use std::sync::Arc;
 
 use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::{Page, WsTransport};
-use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server, async_trait};
+use switchboard::{
+    BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, async_trait,
+};
 
 /// The room: one component for every connection, whatever the transport.
 #[derive(Default)]
@@ -37,7 +46,11 @@ impl MessageComponent for Chat {
     }
 
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-        self.hub.broadcast_except(msg, conn.id()).await?;
+        // An error means only that other nodes missed it (Redis down): the
+        // local members got it, so log rather than close the sender.
+        if let Err(err) = self.hub.broadcast_except(msg, conn.id()).await {
+            tracing::warn!(%err, "not delivered to other nodes");
+        }
         Ok(())
     }
 }
@@ -46,12 +59,15 @@ struct Args {
     ws: String,
     /// `None` with `--tcp off`.
     tcp: Option<String>,
+    /// `--redis URL`: scale out through Redis; alone without it.
+    redis: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         ws: "127.0.0.1:8080".into(),
         tcp: Some("127.0.0.1:9000".into()),
+        redis: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,7 +75,10 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--ws" => args.ws = value()?,
             "--tcp" => args.tcp = Some(value()?).filter(|v| v != "off"),
-            "-h" | "--help" => return Err("usage: chat [--ws ADDR] [--tcp ADDR|off]".into()),
+            "--redis" => args.redis = Some(value()?),
+            "-h" | "--help" => {
+                return Err("usage: chat [--ws ADDR] [--tcp ADDR|off] [--redis URL]".into());
+            }
             other => return Err(format!("unknown flag {other}; try --help")),
         }
     }
@@ -91,7 +110,8 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), BoxError> {
     // Shared, so further listeners (another transport) join the same room.
-    let chat: Arc<dyn MessageComponent> = Arc::new(Chat::default());
+    let hub = Hub::with_shared_broker(broker(args.redis.as_deref()).await?);
+    let chat: Arc<dyn MessageComponent> = Arc::new(Chat { hub });
     let ws = WsTransport::builder()
         .route_shared("/chat", chat.clone())
         .page("/", Page::html(include_str!("chat.html")))
@@ -115,4 +135,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
     println!("chat: shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Redis when a URL is given, the in-process broker otherwise.
+#[cfg(feature = "redis")]
+async fn broker(url: Option<&str>) -> Result<Arc<dyn Broker>, BoxError> {
+    use switchboard::redis::{RedisOptions, broker_from_url};
+    Ok(broker_from_url(url, RedisOptions::default()).await?)
+}
+
+#[cfg(not(feature = "redis"))]
+async fn broker(url: Option<&str>) -> Result<Arc<dyn Broker>, BoxError> {
+    match url {
+        None => Ok(Arc::new(switchboard::LocalBroker)),
+        Some(_) => Err("--redis needs the redis feature: cargo run --example chat --features redis -- --redis URL".into()),
+    }
 }
