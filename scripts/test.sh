@@ -15,3 +15,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "== unit, integration and doc tests"
 cargo test --workspace --all-features
+
+echo "== browser test (headless chromium drives the chat example)"
+bash scripts/browser-test.sh
+
+echo "== WebSocket conformance (Autobahn|Testsuite against the echo example)"
+bash scripts/autobahn.sh

@@ -18,7 +18,7 @@ const LIMIT_MS = 20_000;
 
 /** Starts the chat example on a free loopback port; resolves with its URL. */
 function startChat() {
-  const child = spawn(CHAT_BIN, ['--ws', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(CHAT_BIN, ['--ws', '127.0.0.1:0', '--tcp', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   const url = new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('chat printed no URL: ' + out)), LIMIT_MS);
@@ -84,6 +84,12 @@ test('a message typed in one page appears in the other exactly once', async () =
       await page.waitForSelector('#status.open');
     }
 
+    // Bob speaks first: the server reads his message only after his on_open
+    // (which joins the room), so once alice has it both are in the room.
+    const first = 'bob is here ' + Date.now();
+    await say(bob, first);
+    await waitForText(alice, 'them', first);
+
     const hello = 'hello from alice ' + Date.now();
     await say(alice, hello);
     await waitForText(bob, 'them', hello);
@@ -93,15 +99,15 @@ test('a message typed in one page appears in the other exactly once', async () =
     const marker = 'marker ' + Date.now();
     await say(alice, marker);
     await waitForText(bob, 'them', marker);
-    // And the other way round, so alice has seen everything bob was sent back.
+    // And bob again, so anything the server sent alice before it is in too.
     const reply = 'reply from bob ' + Date.now();
     await say(bob, reply);
     await waitForText(alice, 'them', reply);
 
     assert.deepEqual(await texts(bob, 'them'), [hello, marker], 'bob sees each of alice\'s messages once');
     assert.deepEqual(await texts(alice, 'me'), [hello, marker], 'alice lists what she sent once');
-    assert.deepEqual(await texts(alice, 'them'), [reply], 'alice is not sent her own messages back');
-    assert.deepEqual(await texts(bob, 'me'), [reply]);
+    assert.deepEqual(await texts(alice, 'them'), [first, reply], 'alice is not sent her own messages back');
+    assert.deepEqual(await texts(bob, 'me'), [first, reply]);
   } finally {
     if (context) await context.close();
     rmSync(userDataDir, { recursive: true, force: true });

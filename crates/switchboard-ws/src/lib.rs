@@ -80,3 +80,8 @@ pub use conn::WsConnection;
 pub use error::{Error, Result};
 pub use hook::{Accept, Reject, Request};
 pub use transport::WsTransport;
+
+/// Compiles and runs the code of `docs/guide.md` as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+struct GuideDoctests;
