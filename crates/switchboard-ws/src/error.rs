@@ -53,15 +53,45 @@ pub enum Error {
     #[error("the peer closed the connection during the handshake")]
     Eof,
 
-    /// Reading the request or writing the response failed.
+    /// Reading the request or writing the response failed, or (client)
+    /// the TCP connection could not be made.
     #[error("i/o error during the handshake: {0}")]
     Io(#[from] io::Error),
+
+    /// (client) The URL is not a `ws://` URL with a host.
+    #[error("invalid WebSocket URL {0}")]
+    InvalidUrl(String),
+
+    /// (client) An extra request header has an invalid name or value.
+    #[error("invalid request header {0:?}")]
+    InvalidHeader(String),
+
+    /// (client) The server answered the upgrade with this HTTP status.
+    #[error("the server refused the upgrade with HTTP {status}")]
+    Refused {
+        /// The status the server sent (401, 403, 404, ...).
+        status: u16,
+    },
+
+    /// (client) The upgrade failed for another reason (a bad `101`, a
+    /// protocol error during the handshake).
+    #[error("WebSocket handshake failed: {0}")]
+    Handshake(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+
+    /// (client) Connecting and upgrading took longer than the handshake timeout.
+    #[error("no connection within {0:?}")]
+    Timeout(std::time::Duration),
+
+    /// An error of the core, such as an invalid [`Config`](switchboard_core::Config).
+    #[error(transparent)]
+    Core(#[from] switchboard_core::Error),
 }
 
 impl From<Error> for switchboard_core::Error {
     fn from(err: Error) -> Self {
         match err {
             Error::Io(io) => switchboard_core::Error::Handshake(Box::new(io)),
+            Error::Core(core) => core,
             Error::InvalidPath(_)
             | Error::DuplicateRoute(_)
             | Error::InvalidSubprotocol(_)

@@ -53,6 +53,7 @@
 //! - `transport`: [`WsTransport`], the core's `Transport`;
 //! - `conn`: [`WsConnection`], the core's `TransportConn` over tungstenite;
 //! - `keepalive`: pings and the idle timeout;
+//! - `client`: [`connect`], a component on the client side of a connection;
 //! - `error`: [`Error`].
 //!
 //! # Memory
@@ -64,6 +65,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod client;
 mod config;
 mod conn;
 mod error;
@@ -72,6 +74,7 @@ mod hook;
 mod keepalive;
 mod transport;
 
+pub use client::{connect, connect_with};
 pub use config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
     Page, WsTransportBuilder,

@@ -1,0 +1,114 @@
+//! The client: a component on the client side of a real connection.
+
+mod support;
+
+use std::sync::Arc;
+
+use support::{Event, LIMIT, Recorder, fast_config, start};
+use switchboard::ws::{self, WsTransport};
+use switchboard::{CloseCode, CloseReason};
+use tokio::time::timeout;
+
+#[tokio::test]
+async fn client_component_talks_to_a_server() {
+    let (server_side, mut server_events) = Recorder::named("srv");
+    let transport = WsTransport::builder()
+        .route("/chat", server_side)
+        .subprotocols(["chat.v1"])
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
+
+    let (client_side, mut client_events) = Recorder::new();
+    let url = format!("ws://{}/chat?room=1", server.local_addr());
+    let client = ws::connect_with(
+        &url,
+        &[("Sec-WebSocket-Protocol", "chat.v1")],
+        Arc::new(client_side),
+        fast_config(),
+    )
+    .await
+    .expect("connects");
+
+    match client_events.next().await {
+        Event::Open {
+            path, subprotocol, ..
+        } => {
+            assert_eq!(path.as_deref(), Some("/chat"));
+            assert_eq!(subprotocol.as_deref(), Some("chat.v1"));
+        }
+        other => panic!("expected open, got {other:?}"),
+    }
+    assert!(
+        matches!(server_events.next().await, Event::Open { subprotocol: Some(p), .. } if p == "chat.v1")
+    );
+
+    client.send("hello").expect("queued");
+    // The server answers "srv:hello"; the client's recorder echoes that back,
+    // and so on: two hops are enough to show both directions work.
+    assert!(
+        matches!(server_events.next().await, Event::Message(m) if m.as_text() == Some("hello"))
+    );
+    assert!(
+        matches!(client_events.next().await, Event::Message(m) if m.as_text() == Some("srv:hello"))
+    );
+    assert!(
+        matches!(server_events.next().await, Event::Message(m) if m.as_text() == Some("srv:hello"))
+    );
+
+    client.connection().close_with(CloseCode(4000), "done");
+    let reason = timeout(LIMIT, client.closed())
+        .await
+        .expect("closed in time");
+    assert_eq!(reason.code(), Some(CloseCode(4000)));
+    assert!(
+        matches!(server_events.closed().await, CloseReason::Peer(Some(f)) if f.code == CloseCode(4000))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_upgrade_reports_the_status() {
+    let (recorder, _events) = Recorder::new();
+    let transport = WsTransport::builder()
+        .route("/chat", recorder)
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
+    let (client_side, _client_events) = Recorder::new();
+    let url = format!("ws://{}/nope", server.local_addr());
+    let err = ws::connect(&url, client_side, fast_config())
+        .await
+        .expect_err("404");
+    assert!(matches!(err, ws::Error::Refused { status: 404 }), "{err}");
+
+    let (client_side, _) = Recorder::new();
+    let err = ws::connect("http://example.com/", client_side, fast_config())
+        .await
+        .expect_err("scheme");
+    assert!(matches!(err, ws::Error::InvalidUrl(_)), "{err}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_shutdown_reaches_the_client_component() {
+    let (recorder, _events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let (client_side, mut client_events) = Recorder::new();
+    let client = ws::connect(
+        &format!("ws://{}/", server.local_addr()),
+        client_side,
+        fast_config(),
+    )
+    .await
+    .expect("connects");
+    assert!(matches!(client_events.next().await, Event::Open { .. }));
+    server.shutdown().await;
+    let reason = timeout(LIMIT, client.closed())
+        .await
+        .expect("closed in time");
+    assert_eq!(reason.code(), Some(CloseCode::AWAY));
+    assert!(
+        matches!(client_events.closed().await, CloseReason::Peer(Some(f)) if f.code == CloseCode::AWAY)
+    );
+}
