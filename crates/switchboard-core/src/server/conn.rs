@@ -161,8 +161,11 @@ impl<T: TransportConn> Driver<T> {
     }
 
     /// Waits for the next inbound message or a close signal, writing meanwhile.
+    ///
+    /// The flush waits until nothing more is readable: the replies to every
+    /// message that arrived together then leave in one write, not one each.
     fn poll_step(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
-        let signals = match self.poll_write(cx) {
+        let signals = match self.poll_write(cx, false) {
             Ok(signals) => signals,
             Err(err) => return Poll::Ready(Step::WriteFailed(err)),
         };
@@ -172,7 +175,19 @@ impl<T: TransportConn> Driver<T> {
         if let Some(req) = signals.close {
             return Poll::Ready(Step::Close(req));
         }
-        self.io.poll_recv(cx).map(Step::Received)
+        match self.io.poll_recv(cx) {
+            Poll::Ready(received) => Poll::Ready(Step::Received(received)),
+            Poll::Pending => {
+                if self.unflushed {
+                    match self.io.poll_flush(cx) {
+                        Poll::Ready(Ok(())) => self.unflushed = false,
+                        Poll::Ready(Err(err)) => return Poll::Ready(Step::WriteFailed(err)),
+                        Poll::Pending => {}
+                    }
+                }
+                Poll::Pending
+            }
+        }
     }
 
     /// Runs a handler future to completion (or until forced), writing what it
@@ -183,8 +198,19 @@ impl<T: TransportConn> Driver<T> {
     ) -> Outcome {
         let mut fut = AssertUnwindSafe(fut).catch_unwind();
         poll_fn(|cx| {
+            // The handler first: one that completes at once (the common case)
+            // leaves its replies to `poll_step`, which flushes them together
+            // with those of the messages already readable.
+            if let Poll::Ready(res) = Pin::new(&mut fut).poll(cx) {
+                return Poll::Ready(match res {
+                    Ok(res) => Outcome::Done(res),
+                    Err(panic) => Outcome::Panicked(panic_message(&*panic)),
+                });
+            }
+            // It waits: write and flush what is queued meanwhile, so a
+            // handler that sends and then awaits does not stall replies.
             if self.broken.is_none() {
-                match self.poll_write(cx) {
+                match self.poll_write(cx, true) {
                     Ok(signals) if signals.force => return Poll::Ready(Outcome::Forced),
                     Ok(_) => {}
                     Err(err) => self.broken = Some(err),
@@ -192,25 +218,23 @@ impl<T: TransportConn> Driver<T> {
             } else if self.conn.poll_signals(cx.waker()).force {
                 return Poll::Ready(Outcome::Forced);
             }
-            Pin::new(&mut fut).poll(cx).map(|res| match res {
-                Ok(res) => Outcome::Done(res),
-                Err(panic) => Outcome::Panicked(panic_message(&*panic)),
-            })
+            Poll::Pending
         })
         .await
     }
 
-    /// Registers the waker, then writes out everything queued and flushes
-    /// once. Returns the close signals read under the same lock, so a close
-    /// requested at any moment is either seen now or wakes the task later.
-    fn poll_write(&mut self, cx: &mut TaskContext<'_>) -> Result<Signals, Error> {
+    /// Registers the waker, then writes out everything queued and, if
+    /// `flush`, flushes once. Returns the close signals read under the same
+    /// lock, so a close requested at any moment is either seen now or wakes
+    /// the task later.
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>, flush: bool) -> Result<Signals, Error> {
         loop {
             let signals = self.conn.poll_state(cx.waker(), &mut self.batch);
             if signals.force || signals.close.as_ref().is_some_and(|c| c.discard) {
                 return Ok(signals);
             }
             if self.batch.is_empty() {
-                if self.unflushed {
+                if self.unflushed && flush {
                     match self.io.poll_flush(cx) {
                         Poll::Ready(Ok(())) => self.unflushed = false,
                         Poll::Ready(Err(err)) => return Err(err),
@@ -272,7 +296,7 @@ impl<T: TransportConn> Driver<T> {
                 return Poll::Ready(());
             }
             if !req.discard && self.broken.is_none() {
-                match self.poll_write(cx) {
+                match self.poll_write(cx, true) {
                     Ok(_)
                         if self.batch.is_empty()
                             && !self.unflushed
