@@ -148,7 +148,7 @@ impl Codec {
         // scan and what is buffered.
         let window = src.len().min(self.max.saturating_add(2));
         let start = self.next_index.min(window);
-        match src[start..window].iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &src[start..window]) {
             Some(offset) => {
                 let end = start + offset;
                 self.next_index = 0;
