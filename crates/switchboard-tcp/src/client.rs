@@ -54,6 +54,30 @@ pub async fn connect<A: ToSocketAddrs>(
 
 /// [`connect`] with explicit limits: the codec's maximum length (unless
 /// set on it), queue bounds, idle and close timeouts come from `config`.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use switchboard::tcp::{connect_with_config, Codec};
+/// use switchboard::{async_trait, BoxError, Config, Connection, Message, MessageComponent};
+///
+/// struct Feed;
+///
+/// #[async_trait]
+/// impl MessageComponent for Feed {
+///     async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         println!("{} bytes", msg.len());
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main] async fn main() -> Result<(), switchboard::Error> {
+/// // A feed that sends at least every 10 s: silence for 30 s means it is gone.
+/// let config = Config::default().ping_interval(None).idle_timeout(Some(Duration::from_secs(30)));
+/// let client = connect_with_config("127.0.0.1:9000", Codec::length_delimited(), Feed, config).await?;
+/// println!("feed ended: {}", client.closed().await);
+/// # Ok(()) }
+/// ```
 pub async fn connect_with_config<A: ToSocketAddrs>(
     addr: A,
     codec: Codec,

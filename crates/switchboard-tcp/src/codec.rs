@@ -87,6 +87,17 @@ impl Codec {
     /// Binary frames with a u32 big-endian length prefix (the payload
     /// length, not counting the prefix), each one [`Message::Binary`].
     /// Outbound, text and binary messages alike are written as frames.
+    ///
+    /// ```
+    /// use switchboard::tcp::{BytesMut, Codec, Decoder};
+    /// use switchboard::Message;
+    ///
+    /// let mut codec = Codec::length_delimited().max_length(1024);
+    /// let mut buf = BytesMut::from(&b"\0\0\0\x02hi\0\0\x10\0"[..]);
+    /// assert_eq!(codec.decode(&mut buf).unwrap(), Some(Message::binary(&b"hi"[..])));
+    /// // 4096 > 1024: refused from the prefix, before the body is buffered.
+    /// assert!(codec.decode(&mut buf).is_err());
+    /// ```
     pub fn length_delimited() -> Self {
         Self::new(Kind::LengthDelimited)
     }
@@ -94,6 +105,18 @@ impl Codec {
     /// No framing: each chunk the socket delivers is one
     /// [`Message::Binary`], and each message sent is written as is. For
     /// protocols that frame themselves, where the component reassembles.
+    ///
+    /// ```
+    /// use switchboard::tcp::{BytesMut, Codec, Decoder, Encoder};
+    /// use switchboard::Message;
+    ///
+    /// let mut codec = Codec::raw();
+    /// let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+    /// assert_eq!(codec.decode(&mut buf).unwrap(), Some(Message::binary(&b"GET / HTTP/1.1\r\n"[..])));
+    /// let mut out = BytesMut::new();
+    /// codec.encode(Message::text("as is"), &mut out).unwrap();
+    /// assert_eq!(&out[..], b"as is");
+    /// ```
     pub fn raw() -> Self {
         Self::new(Kind::Raw)
     }
@@ -120,6 +143,15 @@ impl Codec {
     /// This codec with the limits of `config` applied (unless
     /// [`max_length`](Self::max_length) set one), ready for a new
     /// connection. Transports and `connect` call this for you.
+    ///
+    /// ```
+    /// use switchboard::tcp::Codec;
+    /// use switchboard::Config;
+    ///
+    /// let config = Config::default().max_frame_size(4096);
+    /// assert_eq!(Codec::lines().for_config(&config).max_len(), 4096);
+    /// assert_eq!(Codec::lines().max_length(80).for_config(&config).max_len(), 80);
+    /// ```
     #[must_use]
     pub fn for_config(&self, config: &Config) -> Self {
         let max = self

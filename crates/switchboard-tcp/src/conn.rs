@@ -123,6 +123,38 @@ where
     /// Frames `io` with `codec` under the limits of `config`. The codec is
     /// used as given: for a built-in [`Codec`](crate::Codec), pass
     /// [`codec.for_config(config)`](crate::Codec::for_config).
+    ///
+    /// Over an in-memory pipe, driven by hand as the core's driver would:
+    ///
+    /// ```
+    /// use std::future::poll_fn;
+    ///
+    /// use switchboard::tcp::{Codec, TcpConn};
+    /// use switchboard::{Config, Message, Received, TransportConn};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (mut peer, io) = tokio::io::duplex(1024);
+    /// let config = Config::default();
+    /// let mut conn = TcpConn::new(io, Codec::lines().for_config(&config), &config);
+    ///
+    /// peer.write_all(b"ping\r\n").await.unwrap();
+    /// let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
+    /// assert!(matches!(got, Received::Message(m) if m == Message::text("ping")));
+    ///
+    /// conn.start_send(Message::text("pong")).unwrap();
+    /// poll_fn(|cx| conn.poll_flush(cx)).await.unwrap();
+    /// let mut reply = [0; 5];
+    /// peer.read_exact(&mut reply).await.unwrap();
+    /// assert_eq!(&reply, b"pong\n");
+    ///
+    /// // The peer ends its side: end of stream, then the close finishes.
+    /// drop(peer);
+    /// let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
+    /// assert!(matches!(got, Received::Closed(None)));
+    /// # }
+    /// ```
     pub fn new(io: IO, codec: C, config: &Config) -> Self {
         let max = config.max_frame_size.max(config.max_message_size);
         TcpConn {

@@ -67,6 +67,13 @@ pub enum Error {
 impl Error {
     /// The close code this error closes a connection with, if it is a
     /// protocol error (`None` for I/O errors).
+    ///
+    /// ```
+    /// use switchboard::tcp::Error;
+    /// use switchboard::CloseCode;
+    ///
+    /// assert_eq!(Error::LineTooLong { max: 80 }.close_code(), Some(CloseCode::SIZE));
+    /// ```
     pub fn close_code(&self) -> Option<CloseCode> {
         match self {
             Error::LineTooLong { .. }

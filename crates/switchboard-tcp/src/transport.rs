@@ -114,6 +114,27 @@ where
 
     /// Your own codec, made for each connection by `make` from the server's
     /// [`Config`] (to apply its limits, say).
+    ///
+    /// ```
+    /// use switchboard::tcp::{Codec, TcpTransport};
+    /// use switchboard::{async_trait, BoxError, Config, Connection, Message, MessageComponent, Server};
+    ///
+    /// struct Log;
+    ///
+    /// #[async_trait]
+    /// impl MessageComponent for Log {
+    ///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+    ///         println!("{}: {} bytes", conn.peer_addr(), msg.len());
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// // Lines of at most a quarter of the configured frame size.
+    /// let transport = TcpTransport::with_codec_factory(Log, |config: &Config| {
+    ///     Codec::lines().max_length(config.max_frame_size / 4)
+    /// });
+    /// let _builder = Server::builder().bind("127.0.0.1:0", transport);
+    /// ```
     pub fn with_codec_factory<F>(component: impl MessageComponent, make: F) -> Self
     where
         F: Fn(&Config) -> C + Send + Sync + 'static,
