@@ -1,0 +1,311 @@
+//! The servers under test, each on one tokio `current_thread` runtime (one
+//! server core; pin it with `taskset`).
+//!
+//! ```text
+//! bench-server KIND [ADDR] [--max-seconds N]
+//! ```
+//!
+//! | KIND | what |
+//! |---|---|
+//! | `switchboard-ws-echo`, `switchboard-tcp-echo` | an echo component on the WebSocket / TCP lines transport, default `Config` |
+//! | `switchboard-ws-chat`, `switchboard-tcp-chat` | a `Hub` chat: every message to every other member |
+//! | `naive-ws-echo` | tokio-tungstenite, a task per connection, `send()` per message, default config |
+//! | `naive-ws-chat` | tokio-tungstenite's own chat example: a task per connection, a map of unbounded channels behind a mutex, `send()` per message |
+//! | `plain-tcp-echo` | plain tokio lines: `BufReader::lines`, a `BufWriter` flushed when no input is buffered |
+//! | `plain-tcp-chat` | plain tokio lines chat: unbounded channels, a writer task per connection flushing when its channel is empty |
+//!
+//! Prints `listening on ADDR pid PID` once bound, then serves until killed
+//! or until `--max-seconds` (default 900) have passed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use switchboard::tcp::TcpTransport;
+use switchboard::ws::WsTransport;
+use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server, async_trait};
+use switchboard_bench::args::Args;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const KINDS: &[&str] = &[
+    "switchboard-ws-echo",
+    "switchboard-ws-chat",
+    "switchboard-tcp-echo",
+    "switchboard-tcp-chat",
+    "naive-ws-echo",
+    "naive-ws-chat",
+    "plain-tcp-echo",
+    "plain-tcp-chat",
+];
+
+fn main() {
+    let args = Args::parse(std::env::args().skip(1));
+    let Some(kind) = args.positional.first().cloned() else {
+        eprintln!(
+            "usage: bench-server KIND [ADDR] [--max-seconds N]\nkinds: {}",
+            KINDS.join(", ")
+        );
+        std::process::exit(2);
+    };
+    if !KINDS.contains(&kind.as_str()) {
+        eprintln!("unknown kind {kind}; kinds: {}", KINDS.join(", "));
+        std::process::exit(2);
+    }
+    let addr = args
+        .positional
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let max = Duration::from_secs(args.get("max-seconds", 900u64));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let serve = serve(&kind, &addr);
+        match tokio::time::timeout(max, serve).await {
+            Ok(Err(err)) => {
+                eprintln!("bench-server {kind}: {err}");
+                std::process::exit(1);
+            }
+            Ok(Ok(())) => {}
+            Err(_) => eprintln!("bench-server {kind}: --max-seconds reached, exiting"),
+        }
+    });
+}
+
+fn announce(addr: SocketAddr) {
+    println!("listening on {addr} pid {}", std::process::id());
+}
+
+async fn serve(kind: &str, addr: &str) -> Result<(), BoxError> {
+    match kind {
+        "switchboard-ws-echo" => switchboard_server(addr, Kind::Ws, Arc::new(Echo)).await,
+        "switchboard-tcp-echo" => switchboard_server(addr, Kind::Tcp, Arc::new(Echo)).await,
+        "switchboard-ws-chat" => {
+            switchboard_server(addr, Kind::Ws, Arc::new(Chat::default())).await
+        }
+        "switchboard-tcp-chat" => {
+            switchboard_server(addr, Kind::Tcp, Arc::new(Chat::default())).await
+        }
+        "naive-ws-echo" => naive_ws(addr, false).await,
+        "naive-ws-chat" => naive_ws(addr, true).await,
+        "plain-tcp-echo" => plain_tcp(addr, false).await,
+        "plain-tcp-chat" => plain_tcp(addr, true).await,
+        _ => unreachable!("kinds are checked in main"),
+    }
+}
+
+// ---- switchboard -------------------------------------------------------------
+
+enum Kind {
+    Ws,
+    Tcp,
+}
+
+struct Echo;
+
+#[async_trait]
+impl MessageComponent for Echo {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        conn.send(msg)?;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Chat {
+    hub: Hub,
+}
+
+#[async_trait]
+impl MessageComponent for Chat {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        self.hub.join(conn);
+        Ok(())
+    }
+
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        self.hub.broadcast_except(msg, conn.id()).await?;
+        Ok(())
+    }
+}
+
+/// The component exactly as an application would write it, default `Config`.
+async fn switchboard_server(
+    addr: &str,
+    kind: Kind,
+    component: Arc<dyn MessageComponent>,
+) -> Result<(), BoxError> {
+    let addr = addr.to_owned();
+    let builder = Server::builder();
+    let builder = match kind {
+        Kind::Ws => builder.bind(addr, WsTransport::shared(component)),
+        Kind::Tcp => builder.bind(
+            addr,
+            TcpTransport::from_arc(component, switchboard::tcp::Codec::lines()),
+        ),
+    };
+    let server = builder.start().await?;
+    announce(server.local_addr());
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+// ---- naive tokio-tungstenite -------------------------------------------------
+
+type PeerMap = Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<WsMessage>>>>;
+
+/// tokio-tungstenite as its examples use it: a task per connection,
+/// `accept_async` with the default configuration, `send().await` per
+/// message; the chat fans out through unbounded channels in a shared map.
+async fn naive_ws(addr: &str, chat: bool) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(addr).await?;
+    announce(listener.local_addr()?);
+    let peers = PeerMap::default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors (the idle runs): wait and go on.
+                eprintln!("accept: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if chat {
+            tokio::spawn(naive_chat_conn(stream, peer, peers.clone()));
+        } else {
+            tokio::spawn(naive_echo_conn(stream));
+        }
+    }
+}
+
+async fn naive_echo_conn(stream: TcpStream) {
+    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    while let Some(Ok(msg)) = ws.next().await {
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn naive_chat_conn(stream: TcpStream, peer: SocketAddr, peers: PeerMap) {
+    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    peers.lock().unwrap().insert(peer, tx);
+    let (mut outgoing, mut incoming) = ws.split();
+    let broadcast_incoming = async {
+        while let Some(Ok(msg)) = incoming.next().await {
+            if !(msg.is_text() || msg.is_binary()) {
+                continue;
+            }
+            let peers = peers.lock().unwrap();
+            for (_, tx) in peers.iter().filter(|(addr, _)| **addr != peer) {
+                let _ = tx.send(msg.clone());
+            }
+        }
+    };
+    let receive_from_others = async {
+        while let Some(msg) = rx.recv().await {
+            if outgoing.send(msg).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = broadcast_incoming => {}
+        () = receive_from_others => {}
+    }
+    peers.lock().unwrap().remove(&peer);
+}
+
+// ---- plain tokio lines -------------------------------------------------------
+
+type LinePeers = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Arc<str>>>>>;
+
+/// Plain tokio, written with care but without a framework: lines in
+/// through a `BufReader`, out through a `BufWriter` flushed once no more
+/// input is buffered (echo) or the channel is empty (chat).
+async fn plain_tcp(addr: &str, chat: bool) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(addr).await?;
+    announce(listener.local_addr()?);
+    let peers = LinePeers::default();
+    let ids = Arc::new(AtomicU64::new(0));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                eprintln!("accept: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if chat {
+            let id = ids.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(plain_chat_conn(stream, id, peers.clone()));
+        } else {
+            tokio::spawn(plain_echo_conn(stream));
+        }
+    }
+}
+
+async fn plain_echo_conn(mut stream: TcpStream) {
+    let (r, w) = stream.split();
+    let mut lines = BufReader::new(r).lines();
+    let mut w = BufWriter::new(w);
+    while let Ok(Some(line)) = lines.next_line().await {
+        if w.write_all(line.as_bytes()).await.is_err() || w.write_all(b"\n").await.is_err() {
+            return;
+        }
+        if lines.get_ref().buffer().is_empty() && w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn plain_chat_conn(stream: TcpStream, id: u64, peers: LinePeers) {
+    let (r, w) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Arc<str>>();
+    peers.lock().unwrap().insert(id, tx);
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::new(w);
+        while let Some(line) = rx.recv().await {
+            let mut next = Some(line);
+            while let Some(line) = next {
+                if w.write_all(line.as_bytes()).await.is_err() || w.write_all(b"\n").await.is_err()
+                {
+                    return;
+                }
+                next = rx.try_recv().ok();
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line: Arc<str> = line.into();
+        let peers = peers.lock().unwrap();
+        for (_, tx) in peers.iter().filter(|(other, _)| **other != id) {
+            let _ = tx.send(line.clone());
+        }
+    }
+    peers.lock().unwrap().remove(&id);
+    writer.abort();
+}

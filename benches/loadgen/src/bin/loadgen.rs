@@ -1,0 +1,703 @@
+//! The load generator: echo, broadcast fan-out and idle connections over
+//! WebSocket (tokio-tungstenite client) or TCP lines, loopback only, every
+//! run bounded in time and count.
+//!
+//! ```text
+//! loadgen echo      --target ws://127.0.0.1:PORT/ [--conns 100] [--inflight 10] [--size 32] [--warmup 1] [--seconds 5]
+//! loadgen broadcast --target tcp://127.0.0.1:PORT [--subs 1000] [--pubs 1] [--rate 100] [--size 64] [--seconds 10] [--drain 10]
+//! loadgen idle      --target ws://127.0.0.1:PORT/ --server-pid PID [--conns 10000] [--hold 0] [--src-ip 1]
+//! loadgen summarize RESULTS_FILE
+//! ```
+//!
+//! Common flags: `--server-pid PID` (server CPU time and memory from
+//! `/proc`), `--clk-tck 100` (`getconf CLK_TCK`), and the labels copied to
+//! the `RESULT` line: `--scenario`, `--server`, `--baseline`, `--round`.
+//! One tokio `current_thread` runtime: pin the load generator to its own
+//! CPU with `taskset`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use switchboard_bench::args::Args;
+use switchboard_bench::payload;
+use switchboard_bench::procfs::{self, CpuMeter};
+use switchboard_bench::report::{self, Record};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::LocalSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Connections opened at once while setting up a run.
+const CONNECT_CONCURRENCY: usize = 128;
+/// A connection attempt that takes longer counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Client connections per source address in idle runs: below the 28,232
+/// ephemeral ports of one address (32768-60999).
+const CONNS_PER_SOURCE_IP: usize = 20_000;
+
+fn main() {
+    let args = Args::parse(std::env::args().skip(1));
+    let command = args.positional.first().cloned().unwrap_or_default();
+    if command == "summarize" {
+        let path = args
+            .positional
+            .get(1)
+            .expect("usage: loadgen summarize FILE");
+        let text = std::fs::read_to_string(path).expect("read results file");
+        print!("{}", report::summarize(&text));
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = LocalSet::new();
+    let record = match command.as_str() {
+        "echo" => local.block_on(&rt, echo(&args)),
+        "broadcast" => local.block_on(&rt, broadcast(&args)),
+        "idle" => local.block_on(&rt, idle(&args)),
+        _ => {
+            eprintln!("usage: loadgen echo|broadcast|idle|summarize ... (see the source's docs)");
+            std::process::exit(2);
+        }
+    };
+    match record {
+        Ok(mut record) => {
+            for key in ["scenario", "server", "baseline", "round"] {
+                if let Some(v) = args.str(key) {
+                    record.text(key, v);
+                }
+            }
+            println!("{}", record.line());
+        }
+        Err(err) => {
+            eprintln!("loadgen {command}: {err}");
+            std::process::exit(1);
+        }
+    }
+    // Connections still open are dropped with the runtime, without waiting.
+    drop(local);
+    rt.shutdown_background();
+}
+
+// ---- targets and connections -------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Ws,
+    Tcp,
+}
+
+#[derive(Clone, Debug)]
+struct Target {
+    proto: Proto,
+    addr: SocketAddr,
+    url: String,
+}
+
+impl Target {
+    fn from_args(args: &Args) -> io::Result<Self> {
+        let target = args.str("target").ok_or_else(|| {
+            io::Error::other("--target ws://HOST:PORT/ or tcp://HOST:PORT needed")
+        })?;
+        let (proto, rest) = if let Some(rest) = target.strip_prefix("ws://") {
+            (Proto::Ws, rest)
+        } else if let Some(rest) = target.strip_prefix("tcp://") {
+            (Proto::Tcp, rest)
+        } else {
+            return Err(io::Error::other("--target must start with ws:// or tcp://"));
+        };
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let addr: SocketAddr = hostport
+            .parse()
+            .map_err(|_| io::Error::other(format!("--target needs an IP:PORT, got {hostport}")))?;
+        if !addr.ip().is_loopback() {
+            return Err(io::Error::other("loopback targets only (127.0.0.0/8, ::1)"));
+        }
+        let url = match proto {
+            Proto::Ws if rest.contains('/') => format!("ws://{rest}"),
+            Proto::Ws => format!("ws://{rest}/"),
+            Proto::Tcp => String::new(),
+        };
+        Ok(Target { proto, addr, url })
+    }
+}
+
+enum Client {
+    Ws(Box<WebSocketStream<TcpStream>>),
+    Tcp(TcpStream),
+}
+
+/// Opens one connection (and the WebSocket handshake), bounded by
+/// [`CONNECT_TIMEOUT`]. `read_buffer` sizes tungstenite's read buffer,
+/// which it zero-fills before every read: kept small, it keeps the load
+/// generator's own cost per message down.
+async fn connect(target: &Target, src: Option<IpAddr>, read_buffer: usize) -> io::Result<Client> {
+    let attempt = async {
+        let socket = TcpSocket::new_v4()?;
+        if let Some(ip) = src {
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(target.addr).await?;
+        stream.set_nodelay(true)?;
+        match target.proto {
+            Proto::Tcp => Ok(Client::Tcp(stream)),
+            Proto::Ws => {
+                let config = WebSocketConfig::default().read_buffer_size(read_buffer);
+                let (ws, _) =
+                    tokio_tungstenite::client_async_with_config(&target.url, stream, Some(config))
+                        .await
+                        .map_err(io::Error::other)?;
+                Ok(Client::Ws(Box::new(ws)))
+            }
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Opens `n` connections, [`CONNECT_CONCURRENCY`] at a time, handing each
+/// to `run` as it is established. Returns how many failed.
+async fn open_many<F>(
+    target: &Target,
+    n: usize,
+    src: impl Fn(usize) -> Option<IpAddr>,
+    read_buffer: usize,
+    run: F,
+) -> usize
+where
+    F: Fn(usize, Client) + Clone + 'static,
+{
+    let permits = std::sync::Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let failed = Rc::new(Cell::new(0usize));
+    let first_error: Rc<RefCell<Option<String>>> = Rc::default();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let (target, failed, first_error, run) = (
+            target.clone(),
+            failed.clone(),
+            first_error.clone(),
+            run.clone(),
+        );
+        let src = src(i);
+        tasks.push(tokio::task::spawn_local(async move {
+            match connect(&target, src, read_buffer).await {
+                Ok(client) => run(i, client),
+                Err(err) => {
+                    failed.set(failed.get() + 1);
+                    first_error.borrow_mut().get_or_insert(err.to_string());
+                }
+            }
+            drop(permit);
+        }));
+        if (i + 1) % 5000 == 0 {
+            eprintln!("  {} connections opened", i + 1);
+        }
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    if let Some(err) = first_error.borrow().as_ref() {
+        eprintln!("  {} connections failed, first: {err}", failed.get());
+    }
+    failed.get()
+}
+
+fn server_meter(args: &Args) -> Option<CpuMeter> {
+    let pid = args.opt::<u32>("server-pid")?;
+    CpuMeter::start(pid, args.get("clk-tck", 100u64)).ok()
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, up to an hour, three significant figures.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+// ---- echo ----------------------------------------------------------------------
+
+/// Shared by the echo connections (one thread: `Rc` and `Cell`).
+struct EchoState {
+    measuring: Cell<bool>,
+    stop: Cell<bool>,
+    replies: Cell<u64>,
+    rtt: RefCell<Histogram<u64>>,
+}
+
+impl EchoState {
+    fn replied(&self, sent: Instant, now: Instant) {
+        if self.measuring.get() {
+            self.replies.set(self.replies.get() + 1);
+            let us = now.duration_since(sent).as_micros() as u64;
+            self.rtt.borrow_mut().saturating_record(us.max(1));
+        }
+    }
+}
+
+/// N connections, each keeping K messages of S bytes in flight: a reply
+/// sends the next message. Every reply read in one wake-up is answered in
+/// one write, as a well-behaved client would.
+async fn echo(args: &Args) -> io::Result<Record> {
+    let target = Target::from_args(args)?;
+    let conns: usize = args.get("conns", 100);
+    let inflight: usize = args.get("inflight", 10);
+    let size: usize = args.get("size", 32);
+    let warmup = Duration::from_secs_f64(args.get("warmup", 1.0));
+    let seconds: f64 = args.get("seconds", 5.0);
+    let state = Rc::new(EchoState {
+        measuring: Cell::new(false),
+        stop: Cell::new(false),
+        replies: Cell::new(0),
+        rtt: RefCell::new(histogram()),
+    });
+    let read_buffer = (size + 64).clamp(4096, 128 * 1024);
+    let text: String = "x".repeat(size);
+    let run = {
+        let state = state.clone();
+        move |_: usize, client: Client| {
+            let state = state.clone();
+            let text = text.clone();
+            tokio::task::spawn_local(async move {
+                let _ = match client {
+                    Client::Ws(ws) => echo_ws(*ws, inflight, text, state).await,
+                    Client::Tcp(tcp) => echo_tcp(tcp, inflight, text, state)
+                        .await
+                        .map_err(Into::into),
+                };
+            });
+        }
+    };
+    let failed = open_many(&target, conns, |_| None, read_buffer, run).await;
+    if failed > 0 {
+        return Err(io::Error::other(format!(
+            "{failed} of {conns} connections failed"
+        )));
+    }
+    tokio::time::sleep(warmup).await;
+    let meter = server_meter(args);
+    state.measuring.set(true);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    state.measuring.set(false);
+    state.stop.set(true);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_us = meter.and_then(|m| m.elapsed_us().ok());
+
+    let replies = state.replies.get();
+    let rtt = state.rtt.borrow();
+    let mut rec = Record::new();
+    rec.text("kind", "echo")
+        .num("conns", conns as f64)
+        .num("inflight", inflight as f64)
+        .num("size", size as f64)
+        .num("seconds", elapsed)
+        .num("msgs", replies as f64)
+        .num("msgs_per_s", replies as f64 / elapsed)
+        .num(
+            "mib_per_s",
+            replies as f64 * size as f64 / elapsed / (1024.0 * 1024.0),
+        )
+        .num("p50_ms", ms(rtt.value_at_quantile(0.50)))
+        .num("p99_ms", ms(rtt.value_at_quantile(0.99)))
+        .num("max_ms", ms(rtt.max()));
+    if let Some(cpu) = cpu_us {
+        rec.num("server_cpu_s", cpu / 1e6);
+        if replies > 0 {
+            rec.num("cpu_us_per_msg", cpu / replies as f64);
+        }
+    }
+    Ok(rec)
+}
+
+async fn echo_ws(
+    mut ws: WebSocketStream<TcpStream>,
+    inflight: usize,
+    text: String,
+    state: Rc<EchoState>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let msg = WsMessage::text(text);
+    let mut sent = VecDeque::with_capacity(inflight);
+    for _ in 0..inflight {
+        ws.feed(msg.clone()).await?;
+        sent.push_back(Instant::now());
+    }
+    ws.flush().await?;
+    while let Some(first) = ws.next().await {
+        let mut next = Some(first?);
+        let now = Instant::now();
+        let mut n = 0;
+        // Everything already readable, then one write for all the answers.
+        while let Some(reply) = next {
+            if reply.is_text() || reply.is_binary() {
+                let at = sent.pop_front().ok_or("more replies than requests")?;
+                state.replied(at, now);
+                n += 1;
+            }
+            next = match ws.next().now_or_never() {
+                Some(Some(reply)) => Some(reply?),
+                _ => None,
+            };
+        }
+        if state.stop.get() {
+            break;
+        }
+        for _ in 0..n {
+            ws.feed(msg.clone()).await?;
+            sent.push_back(Instant::now());
+        }
+        ws.flush().await?;
+    }
+    Ok(())
+}
+
+async fn echo_tcp(
+    mut tcp: TcpStream,
+    inflight: usize,
+    text: String,
+    state: Rc<EchoState>,
+) -> io::Result<()> {
+    let line = format!("{text}\n").into_bytes();
+    let mut out = line.repeat(inflight);
+    let mut sent = VecDeque::with_capacity(inflight);
+    tcp.write_all(&out).await?;
+    sent.extend(std::iter::repeat_n(Instant::now(), inflight));
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        buf.clear();
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let n = buf.iter().filter(|&&b| b == b'\n').count();
+        for _ in 0..n {
+            let at = sent
+                .pop_front()
+                .ok_or_else(|| io::Error::other("more replies than requests"))?;
+            state.replied(at, now);
+        }
+        if state.stop.get() {
+            return Ok(());
+        }
+        if n > 0 {
+            out.clear();
+            for _ in 0..n {
+                out.extend_from_slice(&line);
+            }
+            tcp.write_all(&out).await?;
+            sent.extend(std::iter::repeat_n(Instant::now(), n));
+        }
+    }
+}
+
+// ---- broadcast -----------------------------------------------------------------
+
+struct BroadcastState {
+    /// The run's clock: payloads carry microseconds since this instant.
+    epoch: Instant,
+    received: Cell<u64>,
+    /// Subscribers whose connection ended before the run did.
+    dropped: Cell<u64>,
+    latency: RefCell<Histogram<u64>>,
+}
+
+impl BroadcastState {
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn delivered(&self, payload: &[u8]) {
+        if let Some((_, _, sent)) = payload::decode(payload) {
+            let us = self.now_us().saturating_sub(sent);
+            self.latency.borrow_mut().saturating_record(us.max(1));
+            self.received.set(self.received.get() + 1);
+        }
+    }
+}
+
+/// N subscribers and P publishers on a chat server (every message to every
+/// other member). Each publisher sends R messages per second of S bytes for
+/// the run; subscribers time each delivery from the send time in the
+/// payload. Afterwards the run waits up to `--drain` seconds for the last
+/// deliveries and counts what never arrived.
+async fn broadcast(args: &Args) -> io::Result<Record> {
+    let target = Target::from_args(args)?;
+    let subs: usize = args.get("subs", 1000);
+    let pubs: usize = args.get("pubs", 1);
+    let rate: f64 = args.get("rate", 100.0);
+    let size: usize = args.get("size", 64);
+    let seconds: f64 = args.get("seconds", 10.0);
+    let drain = Duration::from_secs_f64(args.get("drain", 10.0));
+    let settle = Duration::from_secs_f64(args.get("settle", 1.0));
+    let state = Rc::new(BroadcastState {
+        epoch: Instant::now(),
+        received: Cell::new(0),
+        dropped: Cell::new(0),
+        latency: RefCell::new(histogram()),
+    });
+
+    let sub = {
+        let state = state.clone();
+        move |_: usize, client: Client| {
+            let state = state.clone();
+            tokio::task::spawn_local(async move {
+                let _ = match client {
+                    Client::Ws(ws) => subscribe_ws(*ws, &state).await,
+                    Client::Tcp(tcp) => subscribe_tcp(tcp, &state).await.map_err(Into::into),
+                };
+                state.dropped.set(state.dropped.get() + 1);
+            });
+        }
+    };
+    let failed = open_many(&target, subs, |_| None, 4096, sub).await;
+    if failed > 0 {
+        return Err(io::Error::other(format!(
+            "{failed} of {subs} subscribers failed"
+        )));
+    }
+    let publishers: Rc<RefCell<Vec<Client>>> = Rc::default();
+    let collect = {
+        let publishers = publishers.clone();
+        move |_: usize, client: Client| publishers.borrow_mut().push(client)
+    };
+    let failed = open_many(&target, pubs, |_| None, 4096, collect).await;
+    if failed > 0 {
+        return Err(io::Error::other(format!(
+            "{failed} of {pubs} publishers failed"
+        )));
+    }
+    // The server adds members in on_open, just after the handshake.
+    tokio::time::sleep(settle).await;
+
+    let meter = server_meter(args);
+    let started = Instant::now();
+    let end = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
+    let published = Rc::new(Cell::new(0u64));
+    let mut tasks = Vec::new();
+    for (p, client) in publishers.borrow_mut().drain(..).enumerate() {
+        let (state, published) = (state.clone(), published.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            let _ = publish(client, p as u32, rate, size, end, &state, &published).await;
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    let expected = published.get() * subs as u64;
+    let drain_end = Instant::now() + drain;
+    while state.received.get() < expected && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu_us = meter.and_then(|m| m.elapsed_us().ok());
+    let received = state.received.get();
+    let latency = state.latency.borrow();
+    let mut rec = Record::new();
+    rec.text("kind", "broadcast")
+        .num("subs", subs as f64)
+        .num("pubs", pubs as f64)
+        .num("rate", rate)
+        .num("size", size as f64)
+        .num("seconds", publish_s)
+        .num("published", published.get() as f64)
+        .num("expected", expected as f64)
+        .num("received", received as f64)
+        .num("missing", expected.saturating_sub(received) as f64)
+        .num("extra", received.saturating_sub(expected) as f64)
+        .num("subs_dropped", state.dropped.get() as f64)
+        .num("deliveries_per_s", received as f64 / publish_s)
+        .num("p50_ms", ms(latency.value_at_quantile(0.50)))
+        .num("p99_ms", ms(latency.value_at_quantile(0.99)))
+        .num("max_ms", ms(latency.max()));
+    if let Some(cpu) = cpu_us {
+        rec.num("server_cpu_s", cpu / 1e6);
+        if received > 0 {
+            rec.num("cpu_us_per_msg", cpu / received as f64);
+        }
+    }
+    Ok(rec)
+}
+
+async fn subscribe_ws(
+    mut ws: WebSocketStream<TcpStream>,
+    state: &BroadcastState,
+) -> Result<(), Box<dyn std::error::Error>> {
+    while let Some(msg) = ws.next().await {
+        match msg? {
+            WsMessage::Text(text) => state.delivered(text.as_bytes()),
+            WsMessage::Binary(data) => state.delivered(&data),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn subscribe_tcp(mut tcp: TcpStream, state: &BroadcastState) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(end + 1);
+            state.delivered(&line[..end]);
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+    }
+}
+
+/// Sends `rate` messages per second until `end`. Whatever the server sends
+/// to the publisher (other publishers' messages) is read and dropped.
+async fn publish(
+    client: Client,
+    publisher: u32,
+    rate: f64,
+    size: usize,
+    end: tokio::time::Instant,
+    state: &BroadcastState,
+    published: &Cell<u64>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut seq = 0u64;
+    match client {
+        Client::Ws(ws) => {
+            let (mut sink, mut stream) = ws.split();
+            let drain =
+                tokio::task::spawn_local(async move { while stream.next().await.is_some() {} });
+            loop {
+                if tick.tick().await >= end {
+                    break;
+                }
+                let text = payload::encode(publisher, seq, state.now_us(), size);
+                sink.send(WsMessage::text(text)).await?;
+                seq += 1;
+                published.set(published.get() + 1);
+            }
+            drain.abort();
+        }
+        Client::Tcp(tcp) => {
+            let (mut r, mut w) = tcp.into_split();
+            let drain = tokio::task::spawn_local(async move {
+                let mut buf = vec![0u8; 4096];
+                while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            loop {
+                if tick.tick().await >= end {
+                    break;
+                }
+                let mut line = payload::encode(publisher, seq, state.now_us(), size);
+                line.push('\n');
+                w.write_all(line.as_bytes()).await?;
+                seq += 1;
+                published.set(published.get() + 1);
+            }
+            drain.abort();
+        }
+    }
+    Ok(())
+}
+
+// ---- idle ------------------------------------------------------------------------
+
+/// Opens N connections that send nothing and measures the server's resident
+/// memory per connection (from `/proc/PID/status`) and the connections it
+/// holds (open descriptors). Source addresses go 127.0.0.`src-ip`,
+/// `src-ip + 1`, ... every 20,000 connections. With `--hold` the
+/// connections stay open that many seconds after the figures are printed,
+/// so a second process can add more; `--rss-base-kib` and `--fds-base`
+/// then make the figures cover both processes' connections.
+async fn idle(args: &Args) -> io::Result<Record> {
+    let target = Target::from_args(args)?;
+    let pid: u32 = args
+        .opt("server-pid")
+        .ok_or_else(|| io::Error::other("--server-pid needed"))?;
+    let conns: usize = args.get("conns", 10_000);
+    let hold = Duration::from_secs_f64(args.get("hold", 0.0));
+    let settle = Duration::from_secs_f64(args.get("settle", 2.0));
+    let first_ip: u8 = args.get("src-ip", 1);
+    let rss_before = match args.opt::<u64>("rss-base-kib") {
+        Some(base) => base,
+        None => procfs::rss_kib(pid)?,
+    };
+    let fds_before = match args.opt::<usize>("fds-base") {
+        Some(base) => base,
+        None => procfs::open_fds(pid)?,
+    };
+    let open = Rc::new(Cell::new(0usize));
+    let keep = {
+        let open = open.clone();
+        move |_: usize, client: Client| {
+            open.set(open.get() + 1);
+            let open = open.clone();
+            tokio::task::spawn_local(async move {
+                // Read (and so answer pings) until the server closes.
+                match client {
+                    Client::Ws(mut ws) => while let Some(Ok(_)) = ws.next().await {},
+                    Client::Tcp(mut tcp) => {
+                        let mut buf = [0u8; 512];
+                        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                    }
+                }
+                open.set(open.get() - 1);
+            });
+        }
+    };
+    let src = move |i: usize| {
+        let octet = usize::from(first_ip) + i / CONNS_PER_SOURCE_IP;
+        let octet = u8::try_from(octet).unwrap_or(u8::MAX);
+        Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)))
+    };
+    let started = Instant::now();
+    let failed = open_many(&target, conns, src, 1024, keep).await;
+    let connect_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(settle).await;
+    let rss_after = procfs::rss_kib(pid)?;
+    let fds_after = procfs::open_fds(pid)?;
+    let held = fds_after.saturating_sub(fds_before);
+    let mut rec = Record::new();
+    rec.text("kind", "idle")
+        .num("conns", conns as f64)
+        .num("failed", failed as f64)
+        .num("client_open", open.get() as f64)
+        .num("held", held as f64)
+        .num("connect_s", connect_s)
+        .num("rss_before_kib", rss_before as f64)
+        .num("rss_after_kib", rss_after as f64);
+    if held > 0 {
+        rec.num(
+            "rss_kib_per_conn",
+            rss_after.saturating_sub(rss_before) as f64 / held as f64,
+        );
+    }
+    if !hold.is_zero() {
+        // Print now: the script waits for this line before adding more.
+        let mut early = rec.clone();
+        for key in ["scenario", "server", "baseline", "round"] {
+            if let Some(v) = args.str(key) {
+                early.text(key, v);
+            }
+        }
+        println!("{}", early.line().replacen("RESULT", "HOLDING", 1));
+        tokio::time::sleep(hold).await;
+    }
+    Ok(rec)
+}
