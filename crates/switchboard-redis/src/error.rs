@@ -16,6 +16,25 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// None of them is fatal to the broker: it keeps reconnecting in the
 /// background, and the next call may succeed.
+///
+/// ```
+/// use switchboard::redis::Error as RedisError;
+///
+/// /// Whether a hub call failed only because other nodes are unreachable.
+/// fn other_nodes_missed_it(err: &switchboard::Error) -> bool {
+///     std::error::Error::source(err)
+///         .and_then(|source| source.downcast_ref::<RedisError>())
+///         .is_some_and(RedisError::is_transient)
+/// }
+///
+/// let down: switchboard::Error = RedisError::Timeout {
+///     operation: "PUBLISH",
+///     after: std::time::Duration::from_secs(1),
+/// }
+/// .into();
+/// assert!(other_nodes_missed_it(&down));
+/// assert!(!other_nodes_missed_it(&switchboard::Error::Config("x".into())));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
