@@ -22,7 +22,16 @@ use crate::keepalive::{Due, Keepalive};
 /// A WebSocket connection after the upgrade: a message stream and sink over
 /// any byte stream (`TcpStream`, a TLS stream). The core drives it; users
 /// never touch it directly.
+///
+/// One pointer wide: the state lives in one heap allocation, because the
+/// core's connection task holds the transport connection inline in several
+/// nested futures, and every byte here would be paid several times over by
+/// each idle connection.
 pub struct WsConnection<IO> {
+    inner: Box<Inner<IO>>,
+}
+
+struct Inner<IO> {
     ws: WebSocketStream<IO>,
     keepalive: Keepalive,
     /// A ping was buffered and not yet flushed.
@@ -50,13 +59,20 @@ where
 {
     pub(crate) fn new(ws: WebSocketStream<IO>, keepalive: Keepalive) -> Self {
         WsConnection {
-            ws,
-            keepalive,
-            ping_unflushed: false,
-            close: CloseState::Open,
+            inner: Box::new(Inner {
+                ws,
+                keepalive,
+                ping_unflushed: false,
+                close: CloseState::Open,
+            }),
         }
     }
+}
 
+impl<IO> Inner<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     fn ws(&mut self) -> Pin<&mut WebSocketStream<IO>> {
         Pin::new(&mut self.ws)
     }
@@ -65,6 +81,31 @@ where
 impl<IO> TransportConn for WsConnection<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received, Error>> {
+        self.inner.poll_recv(cx)
+    }
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn start_send(&mut self, msg: Message) -> Result<(), Error> {
+        self.inner.start_send(msg)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_flush(cx)
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<(), Error>> {
+        self.inner.poll_close(cx, frame)
+    }
+}
+
+impl<IO> Inner<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received, Error>> {
         loop {
@@ -237,7 +278,7 @@ fn write_error(err: tungstenite::Error) -> Error {
 impl<IO> fmt::Debug for WsConnection<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WsConnection")
-            .field("close", &self.close)
+            .field("close", &self.inner.close)
             .finish_non_exhaustive()
     }
 }
