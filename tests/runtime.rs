@@ -362,3 +362,29 @@ async fn connections_past_max_connections_are_refused_and_service_resumes() {
     drop((served, held, refused));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_ip_filter_refuses_peers_before_any_handshake() {
+    use switchboard::IpFilter;
+
+    let service = Arc::new(Service::default());
+    // Only 127.0.0.2 may connect; this test connects from 127.0.0.1.
+    let filter = IpFilter::default().allow(["127.0.0.2/32"]).unwrap();
+    let server = lines_server(service.clone(), Config::default().ip_filter(filter)).await;
+    let mut refused = LineClient::connect(server.local_addr()).await;
+    refused.send("hello").await;
+    assert_eq!(refused.recv().await, None, "refused at once");
+    assert_eq!(server.stats().connections_denied, 1);
+    assert_eq!(server.stats().connections_total, 0);
+
+    // Bound to 127.0.0.2, the same client is served.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(server.local_addr()).await.unwrap();
+    let (r, w) = stream.into_split();
+    let mut allowed = LineClient { reader: BufReader::new(r), writer: w };
+    allowed.send("hello").await;
+    assert_eq!(allowed.recv().await.as_deref(), Some("hello"));
+    drop((refused, allowed));
+    server.shutdown().await;
+}

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::limits::{IpFilter, RateLimit};
 
 /// What happens when a connection's outbound queue is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +66,10 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Most connections open at once from one IP address. Default: no limit.
     pub max_connections_per_ip: Option<usize>,
+    /// Which peer addresses may connect. Default: everyone.
+    pub ip_filter: IpFilter,
+    /// Per-connection limit on inbound messages. Default: none.
+    pub rate_limit: Option<RateLimit>,
     /// How long [`ServerHandle::shutdown`](crate::ServerHandle::shutdown)
     /// waits for connections to flush and close before it stops them.
     /// Default 10 s.
@@ -85,6 +90,8 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             max_connections: Some(65_536),
             max_connections_per_ip: None,
+            ip_filter: IpFilter::default(),
+            rate_limit: None,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -129,6 +136,10 @@ impl Config {
         max_connections_per_ip: Option<usize>,
         /// Sets [`Config::shutdown_grace`].
         shutdown_grace: Duration,
+        /// Sets [`Config::ip_filter`].
+        ip_filter: IpFilter,
+        /// Sets [`Config::rate_limit`].
+        rate_limit: Option<RateLimit>,
     }
 
     /// Checks that the limits make sense together.
@@ -155,6 +166,13 @@ impl Config {
         }
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
             return fail("idle_timeout must be longer than zero (None disables it)");
+        }
+        if let Some(limit) = &self.rate_limit
+            && (!(limit.per_second > 0.0 && limit.per_second.is_finite()) || limit.burst == 0)
+        {
+            return fail(
+                "rate_limit needs a finite per_second above zero and a burst of at least 1",
+            );
         }
         if self.max_connections == Some(0) || self.max_connections_per_ip == Some(0) {
             return fail("connection limits must be at least 1 (None means no limit)");

@@ -12,6 +12,7 @@
 //! - `message`, `close`, `error`, `config`: the vocabulary;
 //! - `transport`: the seam a transport crate implements;
 //! - `server`: listeners, limits, the per-connection driver, shutdown;
+//! - `limits`: IP filters and rate limits;
 //! - `hub`: fan-out to sets and rooms, through a [`Broker`];
 //! - `testing` (feature `test-util`): in-memory connections for unit tests.
 
@@ -24,6 +25,7 @@ mod connection;
 mod error;
 mod extensions;
 mod hub;
+mod limits;
 mod message;
 mod server;
 mod stats;
@@ -43,6 +45,7 @@ pub use connection::{Connection, ConnectionId};
 pub use error::{BoxError, Error, Result, SendError};
 pub use extensions::Extensions;
 pub use hub::{Broker, Hub, LocalBroker, LocalDelivery, Topic};
+pub use limits::{IpFilter, IpNet, IpNetParseError, RateLimit, RateLimitAction};
 pub use message::{Message, Utf8Bytes};
 pub use server::{ClientHandle, Server, ServerBuilder, ServerHandle, spawn_client};
 pub use stats::Counters;

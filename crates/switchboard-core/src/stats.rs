@@ -9,6 +9,8 @@ pub(crate) struct Stats {
     pub(crate) open: AtomicU64,
     pub(crate) opened_total: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    pub(crate) denied: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
     pub(crate) messages_in: AtomicU64,
@@ -30,6 +32,8 @@ impl Stats {
             open_connections: self.open.load(Relaxed),
             connections_total: self.opened_total.load(Relaxed),
             connections_rejected: self.rejected.load(Relaxed),
+            connections_denied: self.denied.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
             handshake_failures: self.handshake_failures.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
             messages_in: self.messages_in.load(Relaxed),
@@ -53,6 +57,11 @@ pub struct Counters {
     pub connections_total: u64,
     /// Connections refused by `max_connections` / `max_connections_per_ip`.
     pub connections_rejected: u64,
+    /// Connections refused by [`Config::ip_filter`](crate::Config::ip_filter).
+    pub connections_denied: u64,
+    /// Inbound messages over [`Config::rate_limit`](crate::Config::rate_limit)
+    /// (dropped, or the one that closed its connection).
+    pub rate_limited: u64,
     /// Handshakes that failed or timed out.
     pub handshake_failures: u64,
     /// Failed `accept` calls (survived).

@@ -518,3 +518,57 @@ async fn shutdown_stops_stragglers_after_the_grace_period() {
     assert_eq!(closed.load(Ordering::SeqCst), 1);
     assert_eq!(server.stats().open_connections, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_closes_with_1008_or_drops() {
+    use switchboard::{RateLimit, RateLimitAction};
+
+    // Close: a burst of 5, then the 6th message closes the connection.
+    let (rec, closing) = server(Config::default().rate_limit(Some(RateLimit::new(10.0, 5))));
+    let mut client = closing.connect().await;
+    for i in 0..6 {
+        assert!(client.send(format!("m{i}")).await);
+    }
+    for i in 0..5 {
+        assert_eq!(
+            recv(&mut client).await,
+            Some(Message::text(format!("m{i}")))
+        );
+    }
+    let frame = timeout(LIMIT, client.closed())
+        .await
+        .expect("closed")
+        .expect("close frame");
+    assert_eq!(
+        (frame.code, frame.reason.as_str()),
+        (CloseCode::POLICY, "rate limit exceeded")
+    );
+    rec.wait_closes(1).await;
+    assert_eq!(closing.stats().rate_limited, 1);
+    assert!(
+        rec.errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("rate limit exceeded"))
+    );
+
+    // Drop: over-limit messages vanish, the connection stays, tokens refill.
+    let limit = RateLimit::new(10.0, 5).action(RateLimitAction::Drop);
+    let (rec, dropping) = server(Config::default().rate_limit(Some(limit)));
+    let mut client = dropping.connect().await;
+    for i in 0..8 {
+        assert!(client.send(format!("m{i}")).await);
+    }
+    for i in 0..5 {
+        assert_eq!(
+            recv(&mut client).await,
+            Some(Message::text(format!("m{i}")))
+        );
+    }
+    tokio::time::advance(Duration::from_millis(250)).await; // 2.5 tokens
+    assert!(client.send("later").await);
+    assert_eq!(recv(&mut client).await, Some(Message::text("later")));
+    assert_eq!(dropping.stats().rate_limited, 3);
+    assert!(rec.close_reasons().is_empty());
+}

@@ -20,6 +20,7 @@ use crate::close::{CloseCode, CloseFrame, CloseReason};
 use crate::component::MessageComponent;
 use crate::connection::{CloseRequest, Connection, Signals};
 use crate::error::{BoxError, Error};
+use crate::limits::{RateLimit, RateLimitAction, TokenBucket};
 use crate::message::Message;
 use crate::stats::Stats;
 use crate::transport::{Received, TransportConn};
@@ -33,7 +34,12 @@ pub(crate) async fn drive<T: TransportConn>(
     let ctx = conn.context().clone();
     Stats::add(&ctx.stats.open, 1);
     Stats::add(&ctx.stats.opened_total, 1);
+    let rate = ctx
+        .config
+        .rate_limit
+        .map(|limit| (limit, TokenBucket::new(&limit)));
     let mut driver = Driver {
+        rate,
         io,
         conn: conn.clone(),
         batch: VecDeque::new(),
@@ -66,6 +72,8 @@ struct Driver<T> {
     unflushed: bool,
     /// The first write error; after it nothing more is written.
     broken: Option<Error>,
+    /// The inbound rate limit and this connection's bucket, if configured.
+    rate: Option<(RateLimit, TokenBucket)>,
 }
 
 /// What woke the read side.
@@ -110,6 +118,28 @@ impl<T: TransportConn> Driver<T> {
                     let stats = &self.conn.context().stats;
                     Stats::add(&stats.messages_in, 1);
                     Stats::add(&stats.bytes_in, msg.len() as u64);
+                    if let Some((limit, bucket)) = &mut self.rate
+                        && !bucket.take(limit)
+                    {
+                        Stats::add(&stats.rate_limited, 1);
+                        match limit.action {
+                            RateLimitAction::Drop => continue,
+                            RateLimitAction::Close => {
+                                let err = Error::protocol(CloseCode::POLICY, "rate limit exceeded");
+                                let frame = CloseFrame::from_static(
+                                    CloseCode::POLICY,
+                                    "rate limit exceeded",
+                                );
+                                let req = self.conn.begin_close(CloseRequest {
+                                    frame: frame.clone(),
+                                    reason: CloseReason::Error(frame),
+                                    discard: false,
+                                });
+                                self.report(component, err).await;
+                                return self.finish_close(req).await;
+                            }
+                        }
+                    }
                     match self.handle(component.on_message(&conn, msg)).await {
                         Outcome::Done(Ok(())) => {}
                         Outcome::Done(Err(err)) => {

@@ -30,9 +30,14 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_START;
+                if !ctx.config.ip_filter.permits(peer.ip()) {
+                    Stats::add(&ctx.stats.denied, 1);
+                    tracing::debug!(%peer, "connection refused: address not permitted by ip_filter");
+                    continue;
+                }
                 let Some(admission) = ctx.admit(peer.ip()) else {
                     Stats::add(&ctx.stats.rejected, 1);
-                    tracing::info!(%peer, "connection refused: connection limit reached");
+                    tracing::debug!(%peer, "connection refused: connection limit reached");
                     continue;
                 };
                 // Real-time traffic: never wait for Nagle's algorithm.
