@@ -131,8 +131,9 @@ run_idle_max() {
     fds0=$(find "/proc/$SRV_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)
     first="$OUT_DIR/idle-first.log"
     : > "$first"
-    loadgen idle --target "$(target_of $server)" --conns "$per" --src-ip 11 --hold 120 \
-        > "$first" 2>&1 &
+    # Started directly (not through the function) so that $! is the process itself.
+    taskset -c "$LOAD_CPUS" "$BIN/loadgen" idle --target "$(target_of $server)" --conns "$per" \
+        --src-ip 11 --hold 120 --server-pid "$SRV_PID" > "$first" 2>&1 &
     local first_pid=$!
     for _ in $(seq 1200); do
         grep -q '^HOLDING' "$first" && break
