@@ -7,30 +7,29 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use switchboard_core::{
     CloseFrame, Config, Error as CoreError, Message, Received, Result, TransportConn,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::io::{poll_read_buf, poll_write_buf};
+use tokio_util::io::poll_read_buf;
 
 use crate::error::{Error, into_core};
 
-/// First read size, and the least room offered to a read. Allocated on the
-/// first read, so it is the read side's whole idle cost; small messages
-/// never need more.
+/// First read size, and the least room offered to a read; small messages
+/// never need more. A connection with nothing buffered reads this much into
+/// the stack and allocates only when bytes arrive, so waiting costs no
+/// read buffer at all.
 const READ_INITIAL: usize = 1024;
 /// Reads grow (doubling while they fill all the room offered) up to this.
 const READ_MAX: usize = 16 * 1024;
-/// A read buffer that grew past this is let go once it is empty and the
-/// socket has nothing more, so a burst does not stay resident.
-const READ_KEEP: usize = 4 * 1024;
 /// `poll_ready` flushes before encoding more once this much is buffered:
 /// one write carries many small messages, and a slow reader holds at most
 /// this (plus one message) here, the rest staying in the core's bounded
@@ -48,11 +47,14 @@ const GUARD_SLACK: usize = 4 * 1024;
 ///
 /// # Buffers
 ///
-/// Both buffers start empty. The read buffer takes 1 KiB on the first read
-/// and grows only while reads fill it (to 16 KiB per read, or what a frame
-/// in progress needs, which the codec bounds); the write buffer grows to
-/// what one batch encodes, flushing at 8 KiB. Either one is released when
-/// it grew past 4 KiB (read) or 8 KiB (write) and is empty again.
+/// Both buffers start empty, and a connection waiting for its peer holds no
+/// read buffer: an empty one is released whenever the socket has nothing
+/// more, and the next read goes to a 1 KiB stack buffer first, so the heap
+/// is used only once bytes arrive. While busy, the read buffer starts at
+/// 1 KiB and grows only while reads fill it (to 16 KiB per read, or what a
+/// frame in progress needs, which the codec bounds); messages are split off
+/// it without copying. The write buffer grows to what one batch encodes,
+/// flushing at 8 KiB, and is released after a write when it grew past 8 KiB.
 ///
 /// # Limits
 ///
@@ -76,10 +78,6 @@ pub struct TcpConn<IO, C> {
     write_buf: BytesMut,
     /// Room offered to the next read; adapts to the traffic.
     read_size: usize,
-    /// The most capacity seen before a read since the buffer was last
-    /// released: a `BytesMut` cannot tell how large its allocation is once
-    /// split, so this records whether it is worth letting go.
-    read_high: usize,
     /// Undecoded bytes above this are an error, whatever the codec.
     guard: usize,
     read: ReadState,
@@ -163,7 +161,6 @@ where
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
             read_size: READ_INITIAL,
-            read_high: 0,
             guard: max.saturating_add(GUARD_SLACK),
             read: ReadState::Open,
             peer_done: false,
@@ -188,16 +185,42 @@ where
 
     /// Reads once into the read buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() == 0 {
+            return self.poll_fill_unbuffered(cx);
+        }
         if self.read_buf.capacity() - self.read_buf.len() < self.read_size / 2 {
             self.read_buf.reserve(self.read_size);
         }
         let room = self.read_buf.capacity() - self.read_buf.len();
-        self.read_high = self.read_high.max(self.read_buf.capacity());
         let n = ready!(poll_read_buf(
             Pin::new(&mut self.io),
             cx,
             &mut self.read_buf
         ))?;
+        self.after_read(n, room);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Reads with no buffer allocated (a connection that was idle): into the
+    /// stack first, so that waiting costs no buffer; one is allocated only
+    /// when bytes arrive.
+    fn poll_fill_unbuffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_INITIAL];
+        let mut buf = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        let read = buf.filled();
+        if !read.is_empty() {
+            self.read_buf.reserve(self.read_size.max(read.len()));
+            self.read_buf.extend_from_slice(read);
+        }
+        let n = read.len();
+        self.after_read(n, READ_INITIAL);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Adapts the read size (`n` bytes arrived where `room` were offered)
+    /// and moves the idle deadline.
+    fn after_read(&mut self, n: usize, room: usize) {
         if n == room && self.read_size < READ_MAX {
             self.read_size *= 2;
         } else if n <= self.read_size / 4 && self.read_size > READ_INITIAL {
@@ -208,15 +231,14 @@ where
         {
             idle.deadline = Instant::now() + idle.timeout;
         }
-        Poll::Ready(Ok(n))
     }
 
-    /// Called when the socket has nothing to read: releases a grown, empty
-    /// read buffer and checks the idle timer.
+    /// Called when the socket has nothing to read: releases an empty read
+    /// buffer (a waiting connection holds none; the messages split off it
+    /// keep their bytes alive on their own) and checks the idle timer.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received>> {
-        if self.read_buf.is_empty() && self.read_high > READ_KEEP {
+        if self.read_buf.is_empty() {
             self.read_buf = BytesMut::new();
-            self.read_high = 0;
         }
         let Some(idle) = &mut self.idle else {
             return Poll::Pending;
@@ -254,14 +276,12 @@ where
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let grown = self.write_buf.capacity() > WRITE_KEEP;
         while !self.write_buf.is_empty() {
-            let n = ready!(poll_write_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut self.write_buf
-            ))?;
+            // One contiguous buffer: a plain write, no vectored call.
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write_buf))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.write_buf.advance(n);
         }
         if grown {
             self.write_buf = BytesMut::new();
@@ -377,5 +397,93 @@ impl<IO, C> std::fmt::Debug for TcpConn<IO, C> {
             .field("buffered_out", &self.write_buf.len())
             .field("read", &self.read)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::Codec;
+
+    fn lines(
+        io: tokio::io::DuplexStream,
+        config: &Config,
+    ) -> TcpConn<tokio::io::DuplexStream, Codec> {
+        TcpConn::new(io, Codec::lines().for_config(config), config)
+    }
+
+    async fn recv<IO, C>(conn: &mut TcpConn<IO, C>) -> Result<Received>
+    where
+        TcpConn<IO, C>: TransportConn,
+    {
+        poll_fn(|cx| conn.poll_recv(cx)).await
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_holds_no_read_buffer() {
+        let (mut peer, io) = tokio::io::duplex(4096);
+        let mut conn = lines(io, &Config::default());
+        peer.write_all(b"a\nb\n").await.expect("write");
+        let a = recv(&mut conn).await.expect("a");
+        let b = recv(&mut conn).await.expect("b");
+        let pending = poll_fn(|cx| Poll::Ready(conn.poll_recv(cx).is_pending())).await;
+        assert!(pending);
+        assert_eq!(conn.read_buf.capacity(), 0);
+        // The messages split off the released buffer keep their bytes.
+        assert!(matches!(a, Received::Message(m) if m == Message::text("a")));
+        assert!(matches!(b, Received::Message(m) if m == Message::text("b")));
+        peer.write_all(b"c\n").await.expect("write");
+        assert!(
+            matches!(recv(&mut conn).await, Ok(Received::Message(m)) if m == Message::text("c"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_counts_from_the_last_read() {
+        let idle = Duration::from_secs(10);
+        let config = Config::default()
+            .ping_interval(None)
+            .idle_timeout(Some(idle));
+        let (mut peer, io) = tokio::io::duplex(4096);
+        let mut conn = lines(io, &config);
+        let start = Instant::now();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            peer.write_all(b"late\n").await.expect("write");
+            // Keep the pipe open past the timeout.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(peer);
+        });
+        assert!(matches!(recv(&mut conn).await, Ok(Received::Message(_))));
+        assert_eq!(start.elapsed(), Duration::from_secs(6));
+        assert!(matches!(recv(&mut conn).await, Err(CoreError::IdleTimeout)));
+        assert_eq!(start.elapsed(), Duration::from_secs(16));
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn close_flushes_shuts_down_and_waits_for_the_peer() {
+        let (mut peer, io) = tokio::io::duplex(4096);
+        let mut conn = lines(io, &Config::default());
+        conn.start_send(Message::text("bye")).expect("encode");
+        let frame = CloseFrame::new(switchboard_core::CloseCode::NORMAL, "");
+        let closing = poll_fn(|cx| Poll::Ready(conn.poll_close(cx, &frame).is_pending())).await;
+        // Written and shut down, now waiting for the peer's end of stream.
+        assert!(closing);
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut got)
+            .await
+            .expect("read");
+        assert_eq!(got, b"bye\n");
+        peer.write_all(b"ignored\n").await.expect("write");
+        drop(peer);
+        poll_fn(|cx| conn.poll_close(cx, &frame))
+            .await
+            .expect("closed");
     }
 }

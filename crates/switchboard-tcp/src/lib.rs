@@ -160,10 +160,11 @@
 //!
 //! # Buffers
 //!
-//! A connection's read buffer is allocated on its first read with 1 KiB
-//! and grows only while reads fill it (up to 16 KiB a read, or what a frame
-//! in progress needs); its write buffer starts empty and is flushed at
-//! 8 KiB. Buffers that grew are released once empty. See [`TcpConn`].
+//! A connection waiting for its peer holds no read buffer: reads go to a
+//! 1 KiB stack buffer until bytes arrive. While busy the read buffer starts
+//! at 1 KiB and grows only while reads fill it (up to 16 KiB a read, or what
+//! a frame in progress needs); the write buffer starts empty, is flushed at
+//! 8 KiB and released once written if it grew past that. See [`TcpConn`].
 //!
 //! # Layout
 //!
