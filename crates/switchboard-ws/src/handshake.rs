@@ -175,8 +175,9 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Decision {
             Response::error(405, "method not allowed").header("Allow", "GET, HEAD"),
         );
     }
+    // Another protocol's upgrade (h2c, say) is a plain request to us.
     let wants_upgrade =
-        head.header("upgrade").is_some() || head.header("sec-websocket-key").is_some();
+        head.has_token("upgrade", "websocket") || head.header("sec-websocket-key").is_some();
     if !wants_upgrade || head_only {
         return Decision::Respond(match page {
             Some(page) => Response::page(page.content_type(), page.body().clone(), head_only),
@@ -430,6 +431,10 @@ mod tests {
         assert_eq!(status(&UPGRADE.replace("/chat?room=1", "/nope")), 404);
         assert_eq!(status("GET /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"),
+            200
+        );
         assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
         assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
         assert_eq!(
