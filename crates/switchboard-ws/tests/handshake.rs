@@ -426,11 +426,15 @@ async fn data_right_after_the_request_is_not_lost() {
 }
 
 #[tokio::test]
-async fn raw_client_sees_101() {
+async fn raw_client_sees_101_and_the_component_sees_its_address() {
     let (recorder, mut events) = Recorder::new();
     let server = start(WsTransport::new(recorder), fast_config()).await;
     let mut ws = RawWs::connect(server.local_addr(), "/x?y=1").await;
-    assert!(matches!(events.next().await, Event::Open { path: Some(p), .. } if p == "/x"));
+    let ours = ws.stream.local_addr().expect("local addr");
+    // The component sees the path (query apart) and the peer's real address.
+    assert!(
+        matches!(events.next().await, Event::Open { path: Some(p), peer, .. } if p == "/x" && peer == ours)
+    );
     ws.send_frame(0x2, true, &[1, 2, 3]).await;
     let echoed = timeout(LIMIT, ws.read_frame())
         .await
