@@ -93,10 +93,8 @@ print("  behaviorClose: " + ", ".join("%s %d" % kv for kv in sorted(close.items(
 if not cases:
     print("autobahn: no cases ran")
     sys.exit(1)
-if bad:
-    print("autobahn: %d cases failed:" % len(bad))
-    for line in bad:
-        print("  " + line)
-    sys.exit(1)
-print("autobahn: all cases passed")
+for line in bad:
+    print("  failed " + line)
+print("autobahn: %d passed, %d failed" % (len(cases) - len(bad), len(bad)))
+sys.exit(1 if bad else 0)
 PY
