@@ -18,6 +18,30 @@ impl Utf8Bytes {
         Self(Bytes::from_static(s.as_bytes()))
     }
 
+    /// Wraps `bytes` that were already checked as `text`, without checking
+    /// them again: O(1) when `text` is a string over exactly the memory of
+    /// `bytes` (for example a transport's own UTF-8 type over the same
+    /// buffer), which proves they are valid UTF-8 since [`Bytes`] never
+    /// changes what it shares. Otherwise the bytes are validated as in
+    /// `TryFrom<Bytes>`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use switchboard::Utf8Bytes;
+    ///
+    /// let bytes = Bytes::from("héllo");
+    /// let text = std::str::from_utf8(&bytes).unwrap(); // checked once, here
+    /// let checked = Utf8Bytes::from_validated(bytes.clone(), text).unwrap();
+    /// assert_eq!(checked, "héllo");
+    /// ```
+    pub fn from_validated(bytes: Bytes, text: &str) -> Result<Self, std::str::Utf8Error> {
+        if bytes.as_ptr() == text.as_ptr() && bytes.len() == text.len() {
+            Ok(Self(bytes))
+        } else {
+            Self::try_from(bytes)
+        }
+    }
+
     /// The text as a `&str`.
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor of `Utf8Bytes` either takes a `str`/`String`
@@ -255,6 +279,19 @@ impl From<&[u8]> for Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_validated_checks_other_memory() {
+        let bytes = Bytes::from_static(b"\xff\xfe");
+        // A valid string elsewhere proves nothing about these bytes.
+        assert!(Utf8Bytes::from_validated(bytes, "ok").is_err());
+        let bytes = Bytes::from("same");
+        let other = String::from("same");
+        assert_eq!(
+            Utf8Bytes::from_validated(bytes, &other).expect("valid"),
+            "same"
+        );
+    }
 
     #[test]
     fn utf8_is_validated() {
