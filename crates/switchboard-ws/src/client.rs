@@ -16,6 +16,7 @@ use crate::config::{DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE};
 use crate::conn::WsConnection;
 use crate::error::{Error, Result};
 use crate::keepalive::Keepalive;
+use crate::read_ahead::ReadAhead;
 
 /// Connects to `url` (`ws://host[:port]/path?query`) and runs `component`
 /// on the connection: `on_open`, then `on_message` for each message from the
@@ -103,16 +104,19 @@ pub async fn connect_with(
         // Real-time traffic: never wait for Nagle's algorithm.
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
-        let (ws, response) =
-            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
-                .await
-                .map_err(|err| match err {
-                    tungstenite::Error::Http(response) => Error::Refused {
-                        status: response.status().as_u16(),
-                    },
-                    tungstenite::Error::Io(io) => Error::Io(io),
-                    other => Error::Handshake(Box::new(other)),
-                })?;
+        let (ws, response) = tokio_tungstenite::client_async_with_config(
+            request,
+            ReadAhead::new(stream),
+            Some(ws_config),
+        )
+        .await
+        .map_err(|err| match err {
+            tungstenite::Error::Http(response) => Error::Refused {
+                status: response.status().as_u16(),
+            },
+            tungstenite::Error::Io(io) => Error::Io(io),
+            other => Error::Handshake(Box::new(other)),
+        })?;
         Ok::<_, Error>((ws, response, peer))
     };
     let (ws, response, peer) = tokio::time::timeout(config.handshake_timeout, handshake)

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use crate::keepalive::{Due, Keepalive};
+use crate::read_ahead::ReadAhead;
 
 /// A WebSocket connection after the upgrade: a message stream and sink over
 /// any byte stream (`TcpStream`, a TLS stream). The core drives it; users
@@ -32,7 +33,9 @@ pub struct WsConnection<IO> {
 }
 
 struct Inner<IO> {
-    ws: WebSocketStream<IO>,
+    /// Under tungstenite, a read-ahead layer: large messages arrive in few
+    /// reads although tungstenite's own read buffer is small.
+    ws: WebSocketStream<ReadAhead<IO>>,
     keepalive: Keepalive,
     /// A ping was buffered and not yet flushed.
     ping_unflushed: bool,
@@ -57,7 +60,7 @@ impl<IO> WsConnection<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    pub(crate) fn new(ws: WebSocketStream<IO>, keepalive: Keepalive) -> Self {
+    pub(crate) fn new(ws: WebSocketStream<ReadAhead<IO>>, keepalive: Keepalive) -> Self {
         WsConnection {
             inner: Box::new(Inner {
                 ws,
@@ -73,7 +76,7 @@ impl<IO> Inner<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    fn ws(&mut self) -> Pin<&mut WebSocketStream<IO>> {
+    fn ws(&mut self) -> Pin<&mut WebSocketStream<ReadAhead<IO>>> {
         Pin::new(&mut self.ws)
     }
 }
@@ -146,9 +149,9 @@ where
             self.keepalive.seen();
             match msg {
                 WsMessage::Text(text) => {
-                    // tungstenite validated it; the core type checks again
-                    // (a fast pass) because it has no unchecked constructor.
-                    let text = Utf8Bytes::try_from(Bytes::from(text))
+                    // tungstenite validated it: the core type takes the same
+                    // memory without checking it again.
+                    let text = Utf8Bytes::from_validated(Bytes::from(text.clone()), text.as_str())
                         .map_err(|e| Error::protocol(CloseCode::INVALID, e))?;
                     return Poll::Ready(Ok(Received::Message(Message::Text(text))));
                 }

@@ -72,6 +72,7 @@ mod error;
 mod handshake;
 mod hook;
 mod keepalive;
+mod read_ahead;
 mod transport;
 
 pub use client::{connect, connect_with};

@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::handshake::{self, Decision, ReadError};
 use crate::hook::{Hook, Request};
 use crate::keepalive::Keepalive;
+use crate::read_ahead::ReadAhead;
 
 /// The WebSocket transport: give it to
 /// [`ServerBuilder::bind`](switchboard_core::ServerBuilder::bind).
@@ -166,6 +167,7 @@ impl WsTransport {
         io.flush().await?;
 
         let ws_config = Some(self.ws_config(config));
+        let io = ReadAhead::new(io);
         let ws = if leftover.is_empty() {
             WebSocketStream::from_raw_socket(io, Role::Server, ws_config).await
         } else {
