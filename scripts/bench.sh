@@ -30,10 +30,14 @@ while [ $# -gt 0 ]; do
 done
 
 cargo build --release -p switchboard-bench
-BIN=target/release
 OUT_DIR=target/bench
-mkdir -p "$OUT_DIR"
-RESULTS="$OUT_DIR/results-$(date +%Y%m%d-%H%M%S).txt"
+STAMP=$(date +%Y%m%d-%H%M%S)
+# A private copy of the binaries: a later build into target/ must not
+# change the servers in the middle of a comparison.
+BIN="$OUT_DIR/bin-$STAMP"
+mkdir -p "$BIN"
+cp target/release/bench-server target/release/loadgen "$BIN/"
+RESULTS="$OUT_DIR/results-$STAMP.txt"
 : > "$RESULTS"
 
 # Idle runs hold up to 20,000 connections: raise the soft limit to the hard one.

@@ -105,6 +105,10 @@ struct Target {
     proto: Proto,
     addr: SocketAddr,
     url: String,
+    /// WebSocket echo only: after tokio-tungstenite's handshake, write
+    /// prebuilt masked frames and scan the replies' frame headers, so the
+    /// load generator costs far less per message than any server.
+    raw_ws: bool,
 }
 
 impl Target {
@@ -131,12 +135,28 @@ impl Target {
             Proto::Ws => format!("ws://{rest}/"),
             Proto::Tcp => String::new(),
         };
-        Ok(Target { proto, addr, url })
+        let raw_ws = match args.str("client").unwrap_or("tungstenite") {
+            "raw" => true,
+            "tungstenite" => false,
+            other => {
+                return Err(io::Error::other(format!(
+                    "--client raw|tungstenite, not {other}"
+                )));
+            }
+        };
+        Ok(Target {
+            proto,
+            addr,
+            url,
+            raw_ws,
+        })
     }
 }
 
 enum Client {
     Ws(Box<WebSocketStream<TcpStream>>),
+    /// A WebSocket past its handshake, spoken to directly (`--client raw`).
+    WsRaw(TcpStream),
     Tcp(TcpStream),
 }
 
@@ -151,10 +171,18 @@ async fn connect(target: &Target, src: Option<IpAddr>, read_buffer: usize) -> io
             socket.set_reuseaddr(true)?;
             socket.bind(SocketAddr::new(ip, 0))?;
         }
-        let stream = socket.connect(target.addr).await?;
+        let mut stream = socket.connect(target.addr).await?;
         stream.set_nodelay(true)?;
         match target.proto {
             Proto::Tcp => Ok(Client::Tcp(stream)),
+            Proto::Ws if target.raw_ws => {
+                // The server says nothing after its 101 until spoken to, so
+                // tungstenite holds no bytes of ours when it is dropped.
+                tokio_tungstenite::client_async(&target.url, &mut stream)
+                    .await
+                    .map_err(io::Error::other)?;
+                Ok(Client::WsRaw(stream))
+            }
             Proto::Ws => {
                 let config = WebSocketConfig::default().read_buffer_size(read_buffer);
                 let (ws, _) =
@@ -278,9 +306,18 @@ async fn echo(args: &Args) -> io::Result<Record> {
             tokio::task::spawn_local(async move {
                 let _ = match client {
                     Client::Ws(ws) => echo_ws(*ws, inflight, text, state).await,
-                    Client::Tcp(tcp) => echo_tcp(tcp, inflight, text, state)
-                        .await
-                        .map_err(Into::into),
+                    Client::WsRaw(tcp) => {
+                        let frame = masked_text_frame(text.as_bytes());
+                        echo_raw(tcp, inflight, frame, FrameScanner::default(), state)
+                            .await
+                            .map_err(Into::into)
+                    }
+                    Client::Tcp(tcp) => {
+                        let line = format!("{text}\n").into_bytes();
+                        echo_raw(tcp, inflight, line, LineScanner, state)
+                            .await
+                            .map_err(Into::into)
+                    }
                 };
             });
         }
@@ -293,6 +330,7 @@ async fn echo(args: &Args) -> io::Result<Record> {
     }
     tokio::time::sleep(warmup).await;
     let meter = server_meter(args);
+    let own = CpuMeter::start(std::process::id(), args.get("clk-tck", 100u64)).ok();
     state.measuring.set(true);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
@@ -300,6 +338,7 @@ async fn echo(args: &Args) -> io::Result<Record> {
     state.stop.set(true);
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_us = meter.and_then(|m| m.elapsed_us().ok());
+    let own_us = own.and_then(|m| m.elapsed_us().ok());
 
     let replies = state.replies.get();
     let rtt = state.rtt.borrow();
@@ -323,6 +362,10 @@ async fn echo(args: &Args) -> io::Result<Record> {
         if replies > 0 {
             rec.num("cpu_us_per_msg", cpu / replies as f64);
         }
+    }
+    if let Some(own) = own_us.filter(|_| replies > 0) {
+        // The load generator's own cost: it must stay well below the server's.
+        rec.num("client_cpu_us_per_msg", own / replies as f64);
     }
     Ok(rec)
 }
@@ -368,26 +411,119 @@ async fn echo_ws(
     Ok(())
 }
 
-async fn echo_tcp(
+/// Counts complete replies in a stream of bytes.
+trait Scanner {
+    fn scan(&mut self, data: &[u8]) -> usize;
+}
+
+/// Replies are lines.
+struct LineScanner;
+
+impl Scanner for LineScanner {
+    fn scan(&mut self, data: &[u8]) -> usize {
+        data.iter().filter(|&&b| b == b'\n').count()
+    }
+}
+
+/// Replies are unmasked WebSocket frames from the server: headers are
+/// parsed, payloads skipped; a data frame counts when its last byte is in.
+#[derive(Default)]
+struct FrameScanner {
+    header: [u8; 10],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    skip: u64,
+    /// The current frame is a data frame (text, binary or continuation).
+    data: bool,
+}
+
+impl Scanner for FrameScanner {
+    fn scan(&mut self, mut bytes: &[u8]) -> usize {
+        let mut complete = 0;
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = (bytes.len() as u64).min(self.skip);
+                self.skip -= n;
+                bytes = &bytes[n as usize..];
+                if self.skip == 0 && self.data {
+                    complete += 1;
+                }
+                continue;
+            }
+            self.header[self.header_len] = bytes[0];
+            self.header_len += 1;
+            bytes = &bytes[1..];
+            if self.header_len < 2 {
+                continue;
+            }
+            let extra = match self.header[1] & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            if self.header_len < 2 + extra {
+                continue;
+            }
+            let len = match extra {
+                0 => u64::from(self.header[1] & 0x7f),
+                2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                _ => u64::from_be_bytes(self.header[2..10].try_into().unwrap()),
+            };
+            self.data = self.header[0] & 0x0f <= 2;
+            self.header_len = 0;
+            self.skip = len;
+            if len == 0 && self.data {
+                complete += 1;
+            }
+        }
+        complete
+    }
+}
+
+/// A client text frame: FIN, the length, a fixed mask key, the masked payload.
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    const KEY: [u8; 4] = [0x5a, 0x3c, 0x96, 0xe1];
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&KEY);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+    frame
+}
+
+/// Echo over a plain socket: `request` is the bytes of one message (a line,
+/// or a masked WebSocket frame), `scanner` counts replies. Every read is
+/// answered by one write carrying as many new requests as replies arrived.
+async fn echo_raw(
     mut tcp: TcpStream,
     inflight: usize,
-    text: String,
+    request: Vec<u8>,
+    mut scanner: impl Scanner,
     state: Rc<EchoState>,
 ) -> io::Result<()> {
-    let line = format!("{text}\n").into_bytes();
-    let mut out = line.repeat(inflight);
+    let mut out = request.repeat(inflight);
     let mut sent = VecDeque::with_capacity(inflight);
     tcp.write_all(&out).await?;
     sent.extend(std::iter::repeat_n(Instant::now(), inflight));
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Filled once; reads reuse it without clearing.
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
-        buf.clear();
-        if tcp.read_buf(&mut buf).await? == 0 {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
             return Ok(());
         }
         let now = Instant::now();
-        let n = buf.iter().filter(|&&b| b == b'\n').count();
-        for _ in 0..n {
+        let replies = scanner.scan(&buf[..n]);
+        for _ in 0..replies {
             let at = sent
                 .pop_front()
                 .ok_or_else(|| io::Error::other("more replies than requests"))?;
@@ -396,13 +532,13 @@ async fn echo_tcp(
         if state.stop.get() {
             return Ok(());
         }
-        if n > 0 {
+        if replies > 0 {
             out.clear();
-            for _ in 0..n {
-                out.extend_from_slice(&line);
+            for _ in 0..replies {
+                out.extend_from_slice(&request);
             }
             tcp.write_all(&out).await?;
-            sent.extend(std::iter::repeat_n(Instant::now(), n));
+            sent.extend(std::iter::repeat_n(Instant::now(), replies));
         }
     }
 }
@@ -438,7 +574,8 @@ impl BroadcastState {
 /// payload. Afterwards the run waits up to `--drain` seconds for the last
 /// deliveries and counts what never arrived.
 async fn broadcast(args: &Args) -> io::Result<Record> {
-    let target = Target::from_args(args)?;
+    let mut target = Target::from_args(args)?;
+    target.raw_ws = false;
     let subs: usize = args.get("subs", 1000);
     let pubs: usize = args.get("pubs", 1);
     let rate: f64 = args.get("rate", 100.0);
@@ -461,6 +598,7 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
                 let _ = match client {
                     Client::Ws(ws) => subscribe_ws(*ws, &state).await,
                     Client::Tcp(tcp) => subscribe_tcp(tcp, &state).await.map_err(Into::into),
+                    Client::WsRaw(_) => Err("raw WebSocket clients are for echo only".into()),
                 };
                 state.dropped.set(state.dropped.get() + 1);
             });
@@ -579,6 +717,7 @@ async fn publish(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let mut seq = 0u64;
     match client {
+        Client::WsRaw(_) => return Err("raw WebSocket clients are for echo only".into()),
         Client::Ws(ws) => {
             let (mut sink, mut stream) = ws.split();
             let drain =
@@ -652,7 +791,7 @@ async fn idle(args: &Args) -> io::Result<Record> {
                 // Read (and so answer pings) until the server closes.
                 match client {
                     Client::Ws(mut ws) => while let Some(Ok(_)) = ws.next().await {},
-                    Client::Tcp(mut tcp) => {
+                    Client::Tcp(mut tcp) | Client::WsRaw(mut tcp) => {
                         let mut buf = [0u8; 512];
                         while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
                     }
