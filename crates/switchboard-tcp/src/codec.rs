@@ -122,14 +122,11 @@ impl Codec {
     }
 
     /// Sets the maximum line, frame or chunk length in bytes (a line's end
-    /// is not counted), overriding the server's [`Config`].
-    ///
-    /// # Panics
-    ///
-    /// If `max` is 0: no message could ever arrive.
+    /// is not counted), overriding the server's [`Config`]. 0 counts as 1:
+    /// a raw chunk cannot be empty.
     #[must_use]
     pub fn max_length(mut self, max: usize) -> Self {
-        assert!(max > 0, "Codec::max_length must be at least 1");
+        let max = max.max(1);
         self.explicit_max = Some(max);
         self.max = max;
         self
