@@ -382,7 +382,10 @@ async fn the_ip_filter_refuses_peers_before_any_handshake() {
     socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     let stream = socket.connect(server.local_addr()).await.unwrap();
     let (r, w) = stream.into_split();
-    let mut allowed = LineClient { reader: BufReader::new(r), writer: w };
+    let mut allowed = LineClient {
+        reader: BufReader::new(r),
+        writer: w,
+    };
     allowed.send("hello").await;
     assert_eq!(allowed.recv().await.as_deref(), Some("hello"));
     drop((refused, allowed));
