@@ -72,16 +72,19 @@ fn loadgen(args: &[&str]) -> Record {
 
 #[test]
 fn echo_over_every_echo_server() {
-    for kind in [
-        "switchboard-ws-echo",
-        "switchboard-tcp-echo",
-        "naive-ws-echo",
-        "plain-tcp-echo",
+    for (kind, client) in [
+        ("switchboard-ws-echo", "tungstenite"),
+        ("switchboard-ws-echo", "raw"),
+        ("switchboard-tcp-echo", "tungstenite"),
+        ("naive-ws-echo", "raw"),
+        ("plain-tcp-echo", "tungstenite"),
     ] {
         let server = ServerProcess::start(kind);
         let pid = server.pid.to_string();
         let rec = loadgen(&[
             "echo",
+            "--client",
+            client,
             "--target",
             &server.target(kind),
             "--server-pid",
@@ -102,16 +105,19 @@ fn echo_over_every_echo_server() {
 
 #[test]
 fn broadcast_over_every_chat_server() {
-    for kind in [
-        "switchboard-ws-chat",
-        "switchboard-tcp-chat",
-        "naive-ws-chat",
-        "plain-tcp-chat",
+    for (kind, client) in [
+        ("switchboard-ws-chat", "tungstenite"),
+        ("switchboard-ws-chat", "raw"),
+        ("switchboard-tcp-chat", "tungstenite"),
+        ("naive-ws-chat", "raw"),
+        ("plain-tcp-chat", "tungstenite"),
     ] {
         let server = ServerProcess::start(kind);
         let pid = server.pid.to_string();
         let rec = loadgen(&[
             "broadcast",
+            "--client",
+            client,
             "--target",
             &server.target(kind),
             "--server-pid",

@@ -574,8 +574,12 @@ impl BroadcastState {
 /// payload. Afterwards the run waits up to `--drain` seconds for the last
 /// deliveries and counts what never arrived.
 async fn broadcast(args: &Args) -> io::Result<Record> {
-    let mut target = Target::from_args(args)?;
-    target.raw_ws = false;
+    let target = Target::from_args(args)?;
+    // Publishers always speak through tokio-tungstenite.
+    let pub_target = Target {
+        raw_ws: false,
+        ..target.clone()
+    };
     let subs: usize = args.get("subs", 1000);
     let pubs: usize = args.get("pubs", 1);
     let rate: f64 = args.get("rate", 100.0);
@@ -598,7 +602,7 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
                 let _ = match client {
                     Client::Ws(ws) => subscribe_ws(*ws, &state).await,
                     Client::Tcp(tcp) => subscribe_tcp(tcp, &state).await.map_err(Into::into),
-                    Client::WsRaw(_) => Err("raw WebSocket clients are for echo only".into()),
+                    Client::WsRaw(tcp) => subscribe_raw_ws(tcp, &state).await.map_err(Into::into),
                 };
                 state.dropped.set(state.dropped.get() + 1);
             });
@@ -615,7 +619,7 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
         let publishers = publishers.clone();
         move |_: usize, client: Client| publishers.borrow_mut().push(client)
     };
-    let failed = open_many(&target, pubs, |_| None, 4096, collect).await;
+    let failed = open_many(&pub_target, pubs, |_| None, 4096, collect).await;
     if failed > 0 {
         return Err(io::Error::other(format!(
             "{failed} of {pubs} publishers failed"
@@ -625,6 +629,7 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
     tokio::time::sleep(settle).await;
 
     let meter = server_meter(args);
+    let own = CpuMeter::start(std::process::id(), args.get("clk-tck", 100u64)).ok();
     let started = Instant::now();
     let end = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
     let published = Rc::new(Cell::new(0u64));
@@ -645,6 +650,7 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_us = meter.and_then(|m| m.elapsed_us().ok());
+    let own_us = own.and_then(|m| m.elapsed_us().ok());
     let received = state.received.get();
     let latency = state.latency.borrow();
     let mut rec = Record::new();
@@ -670,6 +676,9 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
             rec.num("cpu_us_per_msg", cpu / received as f64);
         }
     }
+    if let Some(own) = own_us.filter(|_| received > 0) {
+        rec.num("client_cpu_us_per_msg", own / received as f64);
+    }
     Ok(rec)
 }
 
@@ -685,6 +694,46 @@ async fn subscribe_ws(
         }
     }
     Ok(())
+}
+
+/// A subscriber reading server frames itself (`--client raw`): headers
+/// parsed, data payloads timed, control frames skipped.
+async fn subscribe_raw_ws(mut tcp: TcpStream, state: &BroadcastState) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        while let Some((header, len)) = frame_header(&buf) {
+            if buf.len() < header + len {
+                break;
+            }
+            let frame = buf.split_to(header + len);
+            if frame[0] & 0x0f <= 2 {
+                state.delivered(&frame[header..]);
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+    }
+}
+
+/// The header length and payload length of the unmasked frame at the start
+/// of `buf`, once its header is complete.
+fn frame_header(buf: &[u8]) -> Option<(usize, usize)> {
+    let len7 = usize::from(*buf.get(1)? & 0x7f);
+    match len7 {
+        126 => Some((
+            4,
+            usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+        )),
+        127 => {
+            let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            Some((10, usize::try_from(u64::from_be_bytes(bytes)).ok()?))
+        }
+        n => Some((2, n)),
+    }
 }
 
 async fn subscribe_tcp(mut tcp: TcpStream, state: &BroadcastState) -> io::Result<()> {
