@@ -1,7 +1,7 @@
 //! Fan-out: a set of connections with rooms, and the [`Broker`] seam that
 //! lets rooms span several processes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
@@ -139,6 +139,10 @@ pub(crate) struct HubShared {
     members: RwLock<HashMap<ConnectionId, Connection>>,
     rooms: RwLock<Rooms>,
     broker: Arc<dyn Broker>,
+    /// Rooms the broker is subscribed to. Subscriptions are reconciled with
+    /// the rooms that have local members one room change at a time under
+    /// this lock, so a join racing the last leave cannot end unsubscribed.
+    subscribed: tokio::sync::Mutex<HashSet<Arc<str>>>,
 }
 
 #[derive(Default)]
@@ -172,6 +176,7 @@ impl Hub {
             members: RwLock::default(),
             rooms: RwLock::default(),
             broker,
+            subscribed: tokio::sync::Mutex::default(),
         });
         shared.broker.attach(LocalDelivery(Arc::downgrade(&shared)));
         Hub { shared }
@@ -254,7 +259,7 @@ impl Hub {
             first
         };
         if first {
-            self.shared.broker.subscribe(room).await?;
+            self.shared.sync_subscription(room).await?;
         }
         Ok(())
     }
@@ -264,7 +269,7 @@ impl Hub {
     pub async fn leave_room(&self, room: &str, id: ConnectionId) -> Result<()> {
         let emptied = self.shared.leave_room_sync(room, id);
         if emptied {
-            self.shared.broker.unsubscribe(room).await?;
+            self.shared.sync_subscription(room).await?;
         }
         Ok(())
     }
@@ -331,6 +336,26 @@ impl HubShared {
         }
     }
 
+    /// Subscribes or unsubscribes the broker so that it follows whether
+    /// `room` has local members now. A failed call leaves the recorded state
+    /// unchanged, so the next change of the room tries again.
+    async fn sync_subscription(&self, room: &str) -> Result<()> {
+        let mut subscribed = self.subscribed.lock().await;
+        let wanted = read(&self.rooms).by_name.contains_key(room);
+        match (wanted, subscribed.contains(room)) {
+            (true, false) => {
+                self.broker.subscribe(room).await?;
+                subscribed.insert(Arc::from(room));
+            }
+            (false, true) => {
+                self.broker.unsubscribe(room).await?;
+                subscribed.remove(room);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Removes `id` from `room`; true when the room became empty.
     fn leave_room_sync(&self, room: &str, id: ConnectionId) -> bool {
         let mut rooms = write(&self.rooms);
@@ -384,11 +409,7 @@ impl HubShared {
                 let hub = self.clone();
                 rt.spawn(async move {
                     for room in emptied {
-                        // A room may have been re-joined meanwhile.
-                        if read(&hub.rooms).by_name.contains_key(&room) {
-                            continue;
-                        }
-                        if let Err(err) = hub.broker.unsubscribe(&room).await {
+                        if let Err(err) = hub.sync_subscription(&room).await {
                             tracing::warn!(room = %room, error = %err, "broker unsubscribe failed");
                         }
                     }

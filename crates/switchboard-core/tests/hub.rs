@@ -212,3 +212,43 @@ async fn broadcast_shares_one_payload() {
         assert_eq!(got.as_bytes().as_ptr(), ptr, "payload was copied");
     }
 }
+
+/// Subscribes at once, unsubscribes slowly; records the broker's final state.
+#[derive(Clone, Default)]
+struct SlowUnsubscribe(Arc<Mutex<std::collections::HashSet<String>>>, Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl Broker for SlowUnsubscribe {
+    async fn subscribe(&self, room: &str) -> switchboard::Result<()> {
+        self.0.lock().unwrap().insert(room.to_owned());
+        Ok(())
+    }
+    async fn unsubscribe(&self, room: &str) -> switchboard::Result<()> {
+        self.1.notify_one();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.0.lock().unwrap().remove(room);
+        Ok(())
+    }
+    async fn publish(&self, _: Topic<'_>, _: Message, _: Option<ConnectionId>) -> switchboard::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_join_racing_the_last_leave_stays_subscribed() {
+    let broker = SlowUnsubscribe::default();
+    let hub = Hub::with_broker(broker.clone());
+    let server = TestServer::new(Rooms { hub: hub.clone() });
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    cmd(&mut a, "join red").await;
+    // The last member leaves; while the broker is still unsubscribing, a
+    // new member joins the (locally empty) room.
+    assert!(a.send("leave red").await);
+    timeout(LIMIT, broker.1.notified()).await.expect("unsubscribe started");
+    assert!(b.send("join red").await);
+    expect(&mut a, "ok").await;
+    expect(&mut b, "ok").await;
+    assert_eq!(hub.room_len("red"), 1);
+    assert!(broker.0.lock().unwrap().contains("red"), "room has a member but the broker unsubscribed");
+}
