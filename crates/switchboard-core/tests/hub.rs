@@ -215,7 +215,10 @@ async fn broadcast_shares_one_payload() {
 
 /// Subscribes at once, unsubscribes slowly; records the broker's final state.
 #[derive(Clone, Default)]
-struct SlowUnsubscribe(Arc<Mutex<std::collections::HashSet<String>>>, Arc<tokio::sync::Notify>);
+struct SlowUnsubscribe(
+    Arc<Mutex<std::collections::HashSet<String>>>,
+    Arc<tokio::sync::Notify>,
+);
 
 #[async_trait]
 impl Broker for SlowUnsubscribe {
@@ -229,7 +232,12 @@ impl Broker for SlowUnsubscribe {
         self.0.lock().unwrap().remove(room);
         Ok(())
     }
-    async fn publish(&self, _: Topic<'_>, _: Message, _: Option<ConnectionId>) -> switchboard::Result<()> {
+    async fn publish(
+        &self,
+        _: Topic<'_>,
+        _: Message,
+        _: Option<ConnectionId>,
+    ) -> switchboard::Result<()> {
         Ok(())
     }
 }
@@ -245,10 +253,15 @@ async fn a_join_racing_the_last_leave_stays_subscribed() {
     // The last member leaves; while the broker is still unsubscribing, a
     // new member joins the (locally empty) room.
     assert!(a.send("leave red").await);
-    timeout(LIMIT, broker.1.notified()).await.expect("unsubscribe started");
+    timeout(LIMIT, broker.1.notified())
+        .await
+        .expect("unsubscribe started");
     assert!(b.send("join red").await);
     expect(&mut a, "ok").await;
     expect(&mut b, "ok").await;
     assert_eq!(hub.room_len("red"), 1);
-    assert!(broker.0.lock().unwrap().contains("red"), "room has a member but the broker unsubscribed");
+    assert!(
+        broker.0.lock().unwrap().contains("red"),
+        "room has a member but the broker unsubscribed"
+    );
 }
