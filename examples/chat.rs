@@ -7,8 +7,8 @@
 //! cargo run --release --example chat -- --ws 127.0.0.1:8081 --tcp 127.0.0.1:9001
 //!
 //! # two nodes, one room (each message exactly once on both), through Redis:
-//! cargo run --release --example chat --features redis -- --redis redis://127.0.0.1:6379
-//! cargo run --release --example chat --features redis -- --redis redis://127.0.0.1:6379 \
+//! cargo run --release --example chat -- --redis redis://127.0.0.1:6379
+//! cargo run --release --example chat -- --redis redis://127.0.0.1:6379 \
 //!     --ws 127.0.0.1:8081 --tcp 127.0.0.1:9001
 //! ```
 //!
@@ -148,6 +148,6 @@ async fn broker(url: Option<&str>) -> Result<Arc<dyn Broker>, BoxError> {
 async fn broker(url: Option<&str>) -> Result<Arc<dyn Broker>, BoxError> {
     match url {
         None => Ok(Arc::new(switchboard::LocalBroker)),
-        Some(_) => Err("--redis needs the redis feature: cargo run --example chat --features redis -- --redis URL".into()),
+        Some(_) => Err("--redis needs the `redis` feature, which is on by default: build without --no-default-features".into()),
     }
 }

@@ -2,12 +2,12 @@
 //! (`nc`) alike, alone or as one node of a cluster on Redis.
 //!
 //! ```sh
-//! cargo run --example pubsub --features redis                  # one node
+//! cargo run --example pubsub                  # one node
 //! nc 127.0.0.1 9090                                            # then type the commands below
 //!
 //! # a cluster: run two nodes on one Redis; a topic spans both
-//! cargo run --example pubsub --features redis -- --redis redis://127.0.0.1:6379
-//! cargo run --example pubsub --features redis -- --redis redis://127.0.0.1:6379 \
+//! cargo run --example pubsub -- --redis redis://127.0.0.1:6379
+//! cargo run --example pubsub -- --redis redis://127.0.0.1:6379 \
 //!     --ws 127.0.0.1:8091 --tcp 127.0.0.1:9091
 //! ```
 //!

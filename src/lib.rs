@@ -55,7 +55,7 @@
 //! |---|---|---|
 //! | `ws` | yes | [`ws`]: the WebSocket transport on tokio-tungstenite |
 //! | `tcp` | yes | [`tcp`]: the framed TCP transport |
-//! | `redis` | no | [`redis`]: scale-out across nodes on Redis, and pushes from any process |
+//! | `redis` | yes | [`redis`]: scale-out across nodes on Redis, and pushes from any process |
 //! | `test-util` | no | [`testing`]: run a component over in-memory connections in unit tests |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
