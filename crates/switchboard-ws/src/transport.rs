@@ -26,8 +26,10 @@ use crate::read_ahead::ReadAhead;
 /// plain `GET` of a socket route), checks the `Origin` (403), validates the
 /// upgrade (400, 426), selects a subprotocol and runs the handshake hook.
 /// Limits come from the server's [`Config`]: message and frame size (close
-/// 1009), pings every `ping_interval`, a close after `idle_timeout` of
-/// silence; invalid UTF-8 closes with 1007 and protocol errors with 1002.
+/// 1009), a ping whenever the peer has been silent for `ping_interval`
+/// (any message, ping or pong counts as traffic), a close (1001) after
+/// `idle_timeout` of silence; invalid UTF-8 closes with 1007 and protocol
+/// errors with 1002.
 ///
 /// Cheap to clone (an `Arc` inside). Generic over the byte stream, so a TLS
 /// layer can hand it a `TlsStream`.
