@@ -4,10 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The TCP transport's tests use a real `nc` (Debian's netcat-openbsd) as a peer.
-command -v nc >/dev/null || (apt-get update && apt-get install -y netcat-openbsd)
-# The Redis broker's tests spawn their own redis-server processes (Debian's redis-server).
-command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+# System packages the tests need, installed once in one apt run:
+# - netcat-openbsd: the TCP transport's tests use a real `nc -N` as a peer;
+# - redis-server: the Redis broker's tests spawn their own servers;
+# - chromium: the browser test drives the chat page headless.
+need=()
+dpkg -s netcat-openbsd >/dev/null 2>&1 || need+=(netcat-openbsd)
+command -v redis-server >/dev/null || need+=(redis-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
+fi
 
 echo "== lint"
 cargo fmt --all -- --check
