@@ -76,33 +76,39 @@ async fn serve<T: Transport<TcpStream>>(
     ctx: Arc<Context>,
     admission: Admission,
 ) {
-    let handshake = tokio::time::timeout(
-        ctx.config.handshake_timeout,
-        transport.accept(stream, peer, &ctx.config),
-    );
-    let result = tokio::select! {
-        () = ctx.stopping.cancelled() => return,
-        res = handshake => res,
+    // Everything of the handshake phase is dropped before the connection
+    // runs, and the handshake itself (its buffers, its timer) lives in an
+    // allocation of its own, freed when it ends: an idle connection's task
+    // keeps only what the connection needs.
+    let connection = {
+        let handshake = Box::pin(tokio::time::timeout(
+            ctx.config.handshake_timeout,
+            transport.accept(stream, peer, &ctx.config),
+        ));
+        let result = tokio::select! {
+            () = ctx.stopping.cancelled() => return,
+            res = handshake => res,
+        };
+        match result {
+            Ok(Ok(Accepted {
+                conn,
+                info,
+                component,
+                extensions,
+            })) => ctx.run_connection(conn, peer, info, extensions, component),
+            Ok(Err(err)) => {
+                Stats::add(&ctx.stats.handshake_failures, 1);
+                tracing::debug!(error = %err, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                Stats::add(&ctx.stats.handshake_failures, 1);
+                tracing::debug!(timeout = ?ctx.config.handshake_timeout, "handshake timed out");
+                return;
+            }
+        }
     };
-    match result {
-        Ok(Ok(Accepted {
-            conn,
-            info,
-            component,
-            extensions,
-        })) => {
-            ctx.run_connection(conn, peer, info, extensions, component)
-                .await;
-        }
-        Ok(Err(err)) => {
-            Stats::add(&ctx.stats.handshake_failures, 1);
-            tracing::debug!(error = %err, "handshake failed");
-        }
-        Err(_) => {
-            Stats::add(&ctx.stats.handshake_failures, 1);
-            tracing::debug!(timeout = ?ctx.config.handshake_timeout, "handshake timed out");
-        }
-    }
+    connection.await;
     drop(admission);
 }
 

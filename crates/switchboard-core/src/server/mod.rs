@@ -67,16 +67,21 @@ impl Context {
     }
 
     /// Runs an established connection to its end: `on_open` to `on_close`.
-    pub(crate) async fn run_connection<C: TransportConn>(
+    ///
+    /// Not an `async fn`, nor is [`drive`](Self::drive): each `async fn`
+    /// layer would keep its own copy of its arguments (the transport
+    /// connection, the request info) for the connection's whole life, and
+    /// idle connections pay for every byte of their task.
+    pub(crate) fn run_connection<C: TransportConn>(
         self: &Arc<Self>,
         io: C,
         peer: SocketAddr,
         info: TransportInfo,
         extensions: Extensions,
         component: Arc<dyn MessageComponent>,
-    ) -> CloseReason {
+    ) -> impl Future<Output = CloseReason> + Send + use<C> {
         let conn = self.open(peer, info, extensions);
-        Self::drive(io, conn, component).await
+        Self::drive(io, conn, component)
     }
 
     /// Creates and registers the handle of an established connection.
@@ -96,13 +101,13 @@ impl Context {
     }
 
     /// Drives an opened connection from `on_open` to `on_close`.
-    pub(crate) async fn drive<C: TransportConn>(
+    pub(crate) fn drive<C: TransportConn>(
         io: C,
         conn: Connection,
         component: Arc<dyn MessageComponent>,
-    ) -> CloseReason {
+    ) -> impl Future<Output = CloseReason> + Send + use<C> {
         let span = tracing::info_span!("conn", id = conn.id().as_u64(), peer = %conn.peer_addr(), transport = conn.transport().kind());
-        conn::drive(io, conn, component).instrument(span).await
+        conn::drive(io, conn, component).instrument(span)
     }
 
     pub(crate) fn unregister(&self, conn: &Connection) {
