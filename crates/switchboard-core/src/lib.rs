@@ -13,6 +13,7 @@
 //! - `transport`: the seam a transport crate implements;
 //! - `server`: listeners, limits, the per-connection driver, shutdown;
 //! - `limits`: IP filters and rate limits;
+//! - `reconnect`: clients that reconnect with backoff ([`spawn_reconnecting`]);
 //! - `hub`: fan-out to sets and rooms, through a [`Broker`];
 //! - `testing` (feature `test-util`): in-memory connections for unit tests.
 
@@ -27,6 +28,7 @@ mod extensions;
 mod hub;
 mod limits;
 mod message;
+mod reconnect;
 mod server;
 mod stats;
 pub mod transport;
@@ -47,6 +49,9 @@ pub use extensions::Extensions;
 pub use hub::{Broker, Hub, LocalBroker, LocalDelivery, Topic};
 pub use limits::{IpFilter, IpNet, IpNetParseError, RateLimit, RateLimitAction};
 pub use message::{Message, Utf8Bytes};
+pub use reconnect::{
+    Dialed, Reconnect, ReconnectEnd, ReconnectPolicy, Reconnecting, spawn_reconnecting,
+};
 pub use server::{ClientHandle, Server, ServerBuilder, ServerHandle, spawn_client};
 pub use stats::Counters;
 pub use transport::{Accepted, Headers, Received, Transport, TransportConn, TransportInfo};

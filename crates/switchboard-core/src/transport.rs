@@ -52,6 +52,30 @@ pub trait TransportConn: Send + Unpin + 'static {
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>>;
 }
 
+/// A boxed connection is a connection, so that a client can choose its
+/// stream at run time (`ws://` or `wss://`, say) behind one type.
+impl<T: TransportConn + ?Sized> TransportConn for Box<T> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received>> {
+        (**self).poll_recv(cx)
+    }
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        (**self).poll_ready(cx)
+    }
+
+    fn start_send(&mut self, msg: Message) -> Result<()> {
+        (**self).start_send(msg)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        (**self).poll_flush(cx)
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>> {
+        (**self).poll_close(cx, frame)
+    }
+}
+
 /// What a transport hands to the core for each accepted connection.
 pub struct Accepted<C> {
     /// The established connection.

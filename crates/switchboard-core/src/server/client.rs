@@ -29,10 +29,23 @@ pub fn spawn_client<C: TransportConn>(
     component: Arc<dyn MessageComponent>,
     config: Config,
 ) -> Result<ClientHandle> {
+    spawn_client_with(io, peer, info, Extensions::default(), component, config)
+}
+
+/// [`spawn_client`] with extensions for the connection (the reconnecting
+/// client marks each connection with its [`Reconnect`](crate::Reconnect)).
+pub(crate) fn spawn_client_with<C: TransportConn>(
+    io: C,
+    peer: SocketAddr,
+    info: TransportInfo,
+    extensions: Extensions,
+    component: Arc<dyn MessageComponent>,
+    config: Config,
+) -> Result<ClientHandle> {
     config.validate()?;
     let ctx = Context::new(config);
     let (tx, rx) = watch::channel(None);
-    let conn = ctx.open(peer, info, Extensions::default());
+    let conn = ctx.open(peer, info, extensions);
     let task_conn = conn.clone();
     ctx.spawn(async move {
         let reason = Context::drive(io, task_conn, component).await;

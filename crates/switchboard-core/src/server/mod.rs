@@ -4,6 +4,7 @@ mod client;
 mod conn;
 mod listener;
 
+pub(crate) use client::spawn_client_with;
 pub use client::{ClientHandle, spawn_client};
 
 use std::collections::HashMap;
