@@ -10,6 +10,9 @@
 //! cargo run --release --example chat -- --redis redis://127.0.0.1:6379
 //! cargo run --release --example chat -- --redis redis://127.0.0.1:6379 \
 //!     --ws 127.0.0.1:8081 --tcp 127.0.0.1:9001
+//!
+//! # https/wss and TLS lines (feature `tls`, on by default):
+//! cargo run --release --example chat -- --tls-cert cert.pem --tls-key key.pem
 //! ```
 //!
 //! Flags: `--ws ADDR` (default 127.0.0.1:8080) and `--tcp ADDR` (newline-
@@ -17,6 +20,8 @@
 //! users and `nc` users share one room: one component serves both listeners.
 //! `--redis URL` (feature `redis`) makes this process one node of a cluster:
 //! the room spans every chat process on that Redis (see `docs/scaling.md`).
+//! `--tls-cert FILE --tls-key FILE` (PEM) serve both listeners over TLS:
+//! https/wss for browsers, TLS lines for `examples/client.rs`.
 //!
 //! The page (`examples/chat.html`) is served at `/` on the same port as the
 //! socket (`/chat`), so both share one origin and the default origin policy
@@ -25,10 +30,13 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use tokio::net::TcpStream;
+
 use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::{Page, WsTransport};
 use switchboard::{
-    BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, async_trait,
+    BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, ServerBuilder, Transport,
+    async_trait,
 };
 
 /// The room: one component for every connection, whatever the transport.
@@ -61,6 +69,9 @@ struct Args {
     tcp: Option<String>,
     /// `--redis URL`: scale out through Redis; alone without it.
     redis: Option<String>,
+    /// `--tls-cert FILE` and `--tls-key FILE`: serve over TLS.
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -68,6 +79,8 @@ fn parse_args() -> Result<Args, String> {
         ws: "127.0.0.1:8080".into(),
         tcp: Some("127.0.0.1:9000".into()),
         redis: None,
+        tls_cert: None,
+        tls_key: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,8 +89,10 @@ fn parse_args() -> Result<Args, String> {
             "--ws" => args.ws = value()?,
             "--tcp" => args.tcp = Some(value()?).filter(|v| v != "off"),
             "--redis" => args.redis = Some(value()?),
+            "--tls-cert" => args.tls_cert = Some(value()?),
+            "--tls-key" => args.tls_key = Some(value()?),
             "-h" | "--help" => {
-                return Err("usage: chat [--ws ADDR] [--tcp ADDR|off] [--redis URL]".into());
+                return Err("usage: chat [--ws ADDR] [--tcp ADDR|off] [--redis URL] [--tls-cert FILE --tls-key FILE]".into());
             }
             other => return Err(format!("unknown flag {other}; try --help")),
         }
@@ -116,14 +131,23 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .route_shared("/chat", chat.clone())
         .page("/", Page::html(include_str!("chat.html")))
         .build()?;
-    let mut builder = Server::builder().bind(args.ws, ws);
+    let tls = server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let mut builder = bind(Server::builder(), args.ws, ws, tls.as_ref());
     if let Some(tcp) = args.tcp {
-        builder = builder.bind(tcp, TcpTransport::from_arc(chat, Codec::lines()));
+        let lines = TcpTransport::from_arc(chat, Codec::lines());
+        builder = bind(builder, tcp, lines, tls.as_ref());
     }
     let server = builder.start().await?;
     let ws_addr = server.local_addrs()[0];
-    println!("chat: open http://{ws_addr}/ in two browser tabs (socket: ws://{ws_addr}/chat)");
-    if let Some(tcp) = server.local_addrs().get(1) {
+    let (http, ws) = if tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    println!("chat: open {http}://{ws_addr}/ in two browser tabs (socket: {ws}://{ws_addr}/chat)");
+    if let (Some(tcp), Some(_)) = (server.local_addrs().get(1), &tls) {
+        println!("chat: or from a terminal: cargo run --example client -- tls://{tcp} --ca CERT");
+    } else if let Some(tcp) = server.local_addrs().get(1) {
         println!(
             "chat: or join from a terminal: nc {} {}",
             tcp.ip(),
@@ -149,5 +173,54 @@ async fn broker(url: Option<&str>) -> Result<Arc<dyn Broker>, BoxError> {
     match url {
         None => Ok(Arc::new(switchboard::LocalBroker)),
         Some(_) => Err("--redis needs the `redis` feature, which is on by default: build without --no-default-features".into()),
+    }
+}
+
+#[cfg(feature = "tls")]
+type Tls = switchboard::tls::ServerTls;
+#[cfg(not(feature = "tls"))]
+type Tls = std::convert::Infallible;
+
+/// The certificate and key of `--tls-cert` and `--tls-key`, if given.
+#[cfg(feature = "tls")]
+fn server_tls(cert: Option<&str>, key: Option<&str>) -> Result<Option<Tls>, BoxError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(Tls::from_pem_files(cert, key)?)),
+        (None, None) => Ok(None),
+        _ => Err("--tls-cert and --tls-key go together".into()),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn server_tls(cert: Option<&str>, key: Option<&str>) -> Result<Option<Tls>, BoxError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        _ => Err("--tls-cert needs the `tls` feature, which is on by default".into()),
+    }
+}
+
+/// Binds `transport` on `addr`, inside TLS when a certificate was given.
+#[cfg(feature = "tls")]
+fn bind<T>(builder: ServerBuilder, addr: String, transport: T, tls: Option<&Tls>) -> ServerBuilder
+where
+    T: Transport<TcpStream> + Transport<switchboard::tls::ServerTlsStream<TcpStream>>,
+{
+    match tls {
+        Some(tls) => builder.bind(
+            addr,
+            switchboard::tls::TlsTransport::new(tls.clone(), transport),
+        ),
+        None => builder.bind(addr, transport),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn bind<T>(builder: ServerBuilder, addr: String, transport: T, tls: Option<&Tls>) -> ServerBuilder
+where
+    T: Transport<TcpStream>,
+{
+    match tls {
+        Some(never) => match *never {},
+        None => builder.bind(addr, transport),
     }
 }

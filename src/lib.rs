@@ -56,6 +56,7 @@
 //! | `ws` | yes | [`ws`]: the WebSocket transport on tokio-tungstenite |
 //! | `tcp` | yes | [`tcp`]: the framed TCP transport |
 //! | `redis` | yes | [`redis`]: scale-out across nodes on Redis, and pushes from any process |
+//! | `tls` | yes | [`tls`]: TLS on rustls (*ring*) around any transport (`wss://`, TLS over TCP), and TLS clients |
 //! | `test-util` | no | [`testing`]: run a component over in-memory connections in unit tests |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -78,3 +79,10 @@ pub use switchboard_tcp as tcp;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use switchboard_redis as redis;
+
+/// TLS on rustls: [`TlsTransport`](tls::TlsTransport) wraps any transport
+/// (`wss://`, TLS over TCP); [`TlsConnector`](tls::TlsConnector) for
+/// clients (feature `tls`).
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use switchboard_tls as tls;

@@ -1,9 +1,11 @@
-//! The client side: run a component over an outgoing framed TCP connection.
+//! The client side: run a component over an outgoing framed TCP connection,
+//! optionally reconnecting, optionally over TLS (feature `tls`).
 
 use std::sync::Arc;
 
 use switchboard_core::{
-    ClientHandle, Config, Message, MessageComponent, Result, TransportInfo, spawn_client,
+    BoxError, ClientHandle, Config, Dialed, Message, MessageComponent, ReconnectPolicy,
+    Reconnecting, Result, TransportConn, TransportInfo, spawn_client, spawn_reconnecting,
 };
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, Encoder};
@@ -117,4 +119,237 @@ where
         Arc::new(component),
         config,
     )
+}
+
+type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
+
+/// A framed TCP client's settings: address, codec, limits, TLS. Connect
+/// once ([`connect`](Self::connect)) or keep a connection up
+/// ([`reconnecting`](Self::reconnecting)).
+///
+/// The default [`Config`] has no idle timeout (raw TCP has no pings; see
+/// [`connect`](crate::connect)). [`Config::handshake_timeout`] bounds the
+/// TCP connect and the TLS handshake together.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use switchboard::tcp::{Client, Codec};
+/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, ReconnectPolicy};
+///
+/// struct Print;
+///
+/// #[async_trait]
+/// impl MessageComponent for Print {
+///     async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         println!("{}", msg.as_text().unwrap_or("<binary>"));
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), BoxError> {
+/// let policy = ReconnectPolicy::default().max(Duration::from_secs(5));
+/// let client = Client::new("127.0.0.1:9000", Codec::lines()).reconnecting(Print, policy)?;
+/// if let Some(conn) = client.connected().await {
+///     conn.send("hello")?;
+/// }
+/// client.stop();
+/// # Ok(())
+/// # }
+/// ```
+pub struct Client<C = Codec> {
+    addr: String,
+    make_codec: Arc<MakeCodec<C>>,
+    config: Config,
+    #[cfg(feature = "tls")]
+    tls: Option<switchboard_tls::TlsConnector>,
+    server_name: Option<String>,
+}
+
+impl Client<Codec> {
+    /// A client for `addr` (`host:port`) with a built-in codec; limits not
+    /// set on the codec come from the [`config`](Self::config).
+    pub fn new(addr: impl Into<String>, codec: Codec) -> Self {
+        Self::with_codec_factory(addr, move |config: &Config| codec.for_config(config))
+    }
+}
+
+impl<C> Client<C>
+where
+    C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
+    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+    <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    /// A client with your own codec, cloned for each connection.
+    pub fn with_codec(addr: impl Into<String>, codec: C) -> Self
+    where
+        C: Clone,
+    {
+        let prototype = std::sync::Mutex::new(codec);
+        Self::with_codec_factory(addr, move |_: &Config| {
+            prototype
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    /// A client whose codec `make` builds for each connection from the
+    /// [`Config`].
+    pub fn with_codec_factory<F>(addr: impl Into<String>, make: F) -> Self
+    where
+        F: Fn(&Config) -> C + Send + Sync + 'static,
+    {
+        Client {
+            addr: addr.into(),
+            make_codec: Arc::new(make),
+            config: Config::default().idle_timeout(None),
+            #[cfg(feature = "tls")]
+            tls: None,
+            server_name: None,
+        }
+    }
+
+    /// Sets the limits, idle and close timeouts of the connections.
+    #[must_use]
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Speaks TLS over the connection, checking the server's certificate
+    /// with `connector` against the host of the address (or
+    /// [`server_name`](Self::server_name)).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    #[must_use]
+    pub fn tls(mut self, connector: switchboard_tls::TlsConnector) -> Self {
+        self.tls = Some(connector);
+        self
+    }
+
+    /// The name the server's TLS certificate must hold, when it is not the
+    /// host of the address (connecting by IP to a server with a DNS name).
+    #[must_use]
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// Connects once and runs `component` on the connection, with the same
+    /// lifecycle as on a server.
+    pub async fn connect(&self, component: impl MessageComponent) -> Result<ClientHandle> {
+        self.connect_shared(Arc::new(component)).await
+    }
+
+    /// Like [`connect`](Self::connect), for a shared component.
+    pub async fn connect_shared(
+        &self,
+        component: Arc<dyn MessageComponent>,
+    ) -> Result<ClientHandle> {
+        self.config.validate()?;
+        let dialed = tokio::time::timeout(self.config.handshake_timeout, self.dial())
+            .await
+            .map_err(|_| {
+                switchboard_core::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection to {} within {:?}",
+                        self.addr, self.config.handshake_timeout
+                    ),
+                ))
+            })??;
+        let Dialed { conn, peer, info } = dialed;
+        spawn_client(conn, peer, info, component, self.config.clone())
+    }
+
+    /// Keeps a connection up: connects in the background, and after a
+    /// connection ends connects again under `policy` (exponential backoff
+    /// with jitter and a cap). Each connection runs `component` from
+    /// `on_open` to `on_close` and carries a
+    /// [`Reconnect`](switchboard_core::Reconnect) in its extensions. Stop
+    /// it with [`Reconnecting::stop`].
+    pub fn reconnecting(
+        &self,
+        component: impl MessageComponent,
+        policy: ReconnectPolicy,
+    ) -> Result<Reconnecting> {
+        self.reconnecting_shared(Arc::new(component), policy)
+    }
+
+    /// Like [`reconnecting`](Self::reconnecting), for a shared component.
+    pub fn reconnecting_shared(
+        &self,
+        component: Arc<dyn MessageComponent>,
+        policy: ReconnectPolicy,
+    ) -> Result<Reconnecting> {
+        let client = Arc::new(self.clone());
+        let connect = move || {
+            let client = client.clone();
+            async move { client.dial().await.map_err(BoxError::from) }
+        };
+        spawn_reconnecting(connect, component, self.config.clone(), policy)
+    }
+
+    /// Connects (and runs the TLS handshake, if set).
+    async fn dial(&self) -> Result<Dialed<Box<dyn TransportConn>>> {
+        let stream = TcpStream::connect(self.addr.as_str()).await?;
+        // Real-time traffic: never wait for Nagle's algorithm.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "set_nodelay failed");
+        }
+        let peer = stream.peer_addr()?;
+        let codec = (self.make_codec)(&self.config);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let name = self
+                .server_name
+                .clone()
+                .unwrap_or_else(|| host_of(&self.addr).to_owned());
+            let stream = tls.connect(&name, stream).await?;
+            let conn = TcpConn::new(stream, codec, &self.config);
+            return Ok(Dialed::new(Box::new(conn), peer, TransportInfo::new("tcp")));
+        }
+        let conn = TcpConn::new(stream, codec, &self.config);
+        Ok(Dialed::new(Box::new(conn), peer, TransportInfo::new("tcp")))
+    }
+}
+
+/// The host part of `host:port` (`[::1]:9000` gives `::1`).
+#[cfg(feature = "tls")]
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+impl<C> Clone for Client<C> {
+    fn clone(&self) -> Self {
+        Client {
+            addr: self.addr.clone(),
+            make_codec: self.make_codec.clone(),
+            config: self.config.clone(),
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
+            server_name: self.server_name.clone(),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for Client<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    #[test]
+    fn host_of_addresses() {
+        assert_eq!(super::host_of("127.0.0.1:9000"), "127.0.0.1");
+        assert_eq!(super::host_of("[::1]:9000"), "::1");
+        assert_eq!(super::host_of("example.com:443"), "example.com");
+    }
 }

@@ -157,6 +157,8 @@
 //!
 //! [`connect`] runs a component on an outgoing connection with the same
 //! codecs and the same lifecycle ([`connect_with_codec`] for your own).
+//! [`Client`] adds reconnecting with backoff and, with the `tls` feature,
+//! TLS over TCP.
 //!
 //! # Buffers
 //!
@@ -171,7 +173,7 @@
 //! - `codec`: the built-in framings, pure byte handling;
 //! - `conn`: [`TcpConn`], buffers, limits, idle timer and close;
 //! - `transport`: [`TcpTransport`], the server side;
-//! - `client`: [`connect`] and friends;
+//! - `client`: [`connect`] and friends, [`Client`];
 //! - `error`: [`Error`].
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -185,7 +187,7 @@ mod transport;
 pub use bytes::BytesMut;
 pub use tokio_util::codec::{Decoder, Encoder};
 
-pub use client::{connect, connect_with_codec, connect_with_config};
+pub use client::{Client, connect, connect_with_codec, connect_with_config};
 pub use codec::Codec;
 pub use conn::TcpConn;
 pub use error::{Error, Result};

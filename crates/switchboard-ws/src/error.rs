@@ -58,7 +58,8 @@ pub enum Error {
     #[error("i/o error during the handshake: {0}")]
     Io(#[from] io::Error),
 
-    /// (client) The URL is not a `ws://` URL with a host.
+    /// (client) The URL is not a `ws://` (or, with the `tls` feature,
+    /// `wss://`) URL with a host.
     #[error("invalid WebSocket URL {0}")]
     InvalidUrl(String),
 
@@ -81,6 +82,14 @@ pub enum Error {
     /// (client) Connecting and upgrading took longer than the handshake timeout.
     #[error("no connection within {0:?}")]
     Timeout(std::time::Duration),
+
+    /// (client, feature `tls`) The TLS handshake of a `wss://` URL failed
+    /// (the server's certificate was rejected, say), or the root
+    /// certificates could not be loaded.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    #[error(transparent)]
+    Tls(#[from] switchboard_tls::Error),
 
     /// An error of the core, such as an invalid [`Config`](switchboard_core::Config).
     #[error(transparent)]

@@ -53,7 +53,8 @@
 //! - `transport`: [`WsTransport`], the core's `Transport`;
 //! - `conn`: [`WsConnection`], the core's `TransportConn` over tungstenite;
 //! - `keepalive`: pings and the idle timeout;
-//! - `client`: [`connect`], a component on the client side of a connection;
+//! - `client`: [`connect`] and [`Client`], a component on the client side
+//!   of a connection, reconnecting and over TLS (`wss://`, feature `tls`);
 //! - `error`: [`Error`].
 //!
 //! # Memory
@@ -75,7 +76,7 @@ mod keepalive;
 mod read_ahead;
 mod transport;
 
-pub use client::{connect, connect_with};
+pub use client::{Client, connect, connect_with};
 pub use config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
     Page, WsTransportBuilder,
