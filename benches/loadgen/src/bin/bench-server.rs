@@ -15,7 +15,9 @@
 //! | `plain-tcp-chat` | plain tokio lines chat: unbounded channels, a writer task per connection flushing when its channel is empty |
 //!
 //! Prints `listening on ADDR pid PID` once bound, then serves until killed
-//! or until `--max-seconds` (default 900) have passed.
+//! or until `--max-seconds` (default 900) have passed. `--ws-read-buffer N`
+//! sets the switchboard WebSocket transport's `read_buffer_size` (default
+//! 1 KiB), to see its trade-off between idle memory and large messages.
 
 #![allow(clippy::unwrap_used)]
 
@@ -65,12 +67,13 @@ fn main() {
         .cloned()
         .unwrap_or_else(|| "127.0.0.1:0".into());
     let max = Duration::from_secs(args.get("max-seconds", 900u64));
+    let read_buffer: Option<usize> = args.opt("ws-read-buffer");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
-        let serve = serve(&kind, &addr);
+        let serve = serve(&kind, &addr, read_buffer);
         match tokio::time::timeout(max, serve).await {
             Ok(Err(err)) => {
                 eprintln!("bench-server {kind}: {err}");
@@ -86,12 +89,14 @@ fn announce(addr: SocketAddr) {
     println!("listening on {addr} pid {}", std::process::id());
 }
 
-async fn serve(kind: &str, addr: &str) -> Result<(), BoxError> {
+async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(), BoxError> {
     match kind {
-        "switchboard-ws-echo" => switchboard_server(addr, Kind::Ws, Arc::new(Echo)).await,
+        "switchboard-ws-echo" => {
+            switchboard_server(addr, Kind::Ws(read_buffer), Arc::new(Echo)).await
+        }
         "switchboard-tcp-echo" => switchboard_server(addr, Kind::Tcp, Arc::new(Echo)).await,
         "switchboard-ws-chat" => {
-            switchboard_server(addr, Kind::Ws, Arc::new(Chat::default())).await
+            switchboard_server(addr, Kind::Ws(read_buffer), Arc::new(Chat::default())).await
         }
         "switchboard-tcp-chat" => {
             switchboard_server(addr, Kind::Tcp, Arc::new(Chat::default())).await
@@ -107,7 +112,8 @@ async fn serve(kind: &str, addr: &str) -> Result<(), BoxError> {
 // ---- switchboard -------------------------------------------------------------
 
 enum Kind {
-    Ws,
+    /// With the read buffer size, if not the default.
+    Ws(Option<usize>),
     Tcp,
 }
 
@@ -148,7 +154,14 @@ async fn switchboard_server(
     let addr = addr.to_owned();
     let builder = Server::builder();
     let builder = match kind {
-        Kind::Ws => builder.bind(addr, WsTransport::shared(component)),
+        Kind::Ws(None) => builder.bind(addr, WsTransport::shared(component)),
+        Kind::Ws(Some(size)) => builder.bind(
+            addr,
+            WsTransport::builder()
+                .fallback_shared(component)
+                .read_buffer_size(size)
+                .build()?,
+        ),
         Kind::Tcp => builder.bind(
             addr,
             TcpTransport::from_arc(component, switchboard::tcp::Codec::lines()),
