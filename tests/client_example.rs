@@ -13,7 +13,8 @@ use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// `target/<profile>/examples/<name>`, built by `cargo test` with the tests.
+/// `target/<profile>/examples/<name>`, built by a plain `cargo test` with
+/// the tests.
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().join("examples");
@@ -46,7 +47,10 @@ async fn start_chat(extra: &[&str]) -> Chat {
                 .next_line()
                 .await
                 .unwrap()
-                .expect("chat prints its addresses");
+                .expect(
+                    "the chat example exited early (`cargo test --test client_example` \
+                     alone does not rebuild the examples; a plain `cargo test` does)",
+                );
             // "(socket: ws://127.0.0.1:PORT/chat)" or wss://
             if let Some(rest) = line.split("socket: ").nth(1) {
                 let url = rest.trim_end_matches(')');
