@@ -43,14 +43,10 @@ async fn start_chat(extra: &[&str]) -> Chat {
     let (mut ws, mut tcp) = (None, None);
     timeout(LIMIT, async {
         while ws.is_none() || tcp.is_none() {
-            let line = out
-                .next_line()
-                .await
-                .unwrap()
-                .expect(
-                    "the chat example exited early (`cargo test --test client_example` \
+            let line = out.next_line().await.unwrap().expect(
+                "the chat example exited early (`cargo test --test client_example` \
                      alone does not rebuild the examples; a plain `cargo test` does)",
-                );
+            );
             // "(socket: ws://127.0.0.1:PORT/chat)" or wss://
             if let Some(rest) = line.split("socket: ").nth(1) {
                 let url = rest.trim_end_matches(')');
