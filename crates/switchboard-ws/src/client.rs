@@ -50,7 +50,7 @@ use crate::read_ahead::ReadAhead;
 /// }
 ///
 /// # async fn run() -> Result<(), BoxError> {
-/// let client = ws::connect("ws://127.0.0.1:8080/chat", Printer, Config::default()).await?;
+/// let client = ws::connect("ws://127.0.0.1:8080/chat", Printer).await?;
 /// client.send("hello")?;
 /// client.close();
 /// let reason = client.closed().await;
@@ -58,7 +58,12 @@ use crate::read_ahead::ReadAhead;
 /// # Ok(())
 /// # }
 /// ```
-pub async fn connect(
+pub async fn connect(url: &str, component: impl MessageComponent) -> Result<ClientHandle> {
+    connect_with_config(url, component, Config::default()).await
+}
+
+/// Like [`connect`], with client-side limits and keepalive from `config`.
+pub async fn connect_with_config(
     url: &str,
     component: impl MessageComponent,
     config: Config,

@@ -59,10 +59,12 @@
 //!
 //! # Memory
 //!
-//! An idle connection holds its read buffer ([`WsTransportBuilder::read_buffer_size`],
-//! 1 KiB by default, zero-filled before every read, so keep it small), the
+//! An idle connection holds tungstenite's read buffer
+//! ([`WsTransportBuilder::read_buffer_size`], 128 bytes by default), the
 //! request's path, query and headers (minus the handshake-only ones) and a
-//! timer. The write buffer grows only while there is something to send.
+//! timer. The socket is read through a buffer that exists only while data
+//! flows (4 KiB, up to 64 KiB per read for large messages), and the write
+//! buffer grows only while there is something to send.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -76,7 +78,7 @@ mod keepalive;
 mod read_ahead;
 mod transport;
 
-pub use client::{Client, connect, connect_with};
+pub use client::{Client, connect, connect_with, connect_with_config};
 pub use config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
     Page, WsTransportBuilder,

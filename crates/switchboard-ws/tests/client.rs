@@ -77,13 +77,13 @@ async fn refused_upgrade_reports_the_status() {
     let server = start(transport, fast_config()).await;
     let (client_side, _client_events) = Recorder::new();
     let url = format!("ws://{}/nope", server.local_addr());
-    let err = ws::connect(&url, client_side, fast_config())
+    let err = ws::connect_with_config(&url, client_side, fast_config())
         .await
         .expect_err("404");
     assert!(matches!(err, ws::Error::Refused { status: 404 }), "{err}");
 
     let (client_side, _) = Recorder::new();
-    let err = ws::connect("http://example.com/", client_side, fast_config())
+    let err = ws::connect_with_config("http://example.com/", client_side, fast_config())
         .await
         .expect_err("scheme");
     assert!(matches!(err, ws::Error::InvalidUrl(_)), "{err}");
@@ -95,7 +95,7 @@ async fn server_shutdown_reaches_the_client_component() {
     let (recorder, _events) = Recorder::new();
     let server = start(WsTransport::new(recorder), fast_config()).await;
     let (client_side, mut client_events) = Recorder::new();
-    let client = ws::connect(
+    let client = ws::connect_with_config(
         &format!("ws://{}/", server.local_addr()),
         client_side,
         fast_config(),
