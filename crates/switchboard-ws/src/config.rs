@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::hook::{Accept, Hook, Reject, Request};
 use crate::transport::{Shared, WsTransport};
 
-/// Default [`WsTransportBuilder::read_buffer_size`]: 1 KiB.
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
+/// Default [`WsTransportBuilder::read_buffer_size`]: 128 bytes.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 128;
 /// Default [`WsTransportBuilder::write_buffer_size`]: 16 KiB.
 pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 16 * 1024;
 /// Default [`WsTransportBuilder::max_request_head`]: 8 KiB.
@@ -259,10 +259,14 @@ impl WsTransportBuilder {
         self
     }
 
-    /// Capacity of each connection's read buffer, in bytes. It is allocated
-    /// with the connection and zero-filled before each read, so it is both
-    /// the idle memory of a connection and a cost on every wake-up; it is not
-    /// a limit (larger frames are read in several steps). Default 1 KiB.
+    /// Capacity of tungstenite's read buffer, in bytes. tungstenite
+    /// allocates it with the connection and zero-fills it before each read,
+    /// so it is idle memory of every connection; it is not a limit (larger
+    /// frames are read in several steps). The socket itself is read through
+    /// a buffer of the transport's own that exists only while data flows
+    /// (4 KiB, 64 KiB while reads fill it), and tungstenite's reads are
+    /// served from it, so a small size costs no system calls. Default 128
+    /// bytes.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.read_buffer_size = bytes;
         self

@@ -1,29 +1,31 @@
-//! Read-ahead under tungstenite, for large messages on a small read buffer.
+//! Read-ahead under tungstenite: the connection's read buffer, held only
+//! while data flows.
 //!
-//! tungstenite reads at most `read_buffer_size` bytes per read call, and
-//! that buffer is allocated (and zero-filled) for the whole life of the
-//! connection, so it is kept small (1 KiB) for idle memory. A 64 KiB
-//! message would then take 64 read system calls. [`ReadAhead`] passes small
-//! traffic straight through, and once a read fills all the room tungstenite
-//! offered (more is probably waiting), reads up to [`AHEAD`] bytes at once
-//! into a buffer of its own and serves tungstenite's next reads from it. The
-//! buffer exists only while data flows: it is let go as soon as it is empty
-//! and the socket has nothing more, so an idle connection holds none.
+//! tungstenite allocates its read buffer with the connection, zero-fills it
+//! before every read, and reads at most that much per call, so its size is
+//! both the idle memory of every connection and a limit on how much one
+//! system call brings in (a 64 KiB message in 1 KiB reads takes 64 of them).
+//! [`ReadAhead`] takes that job: the socket is read into a buffer of its own
+//! ([`SMALL`], or [`AHEAD`] once a read fills it), tungstenite's small reads
+//! are served from it, and it is let go as soon as it is empty and the
+//! socket has nothing more. tungstenite's own buffer can then be tiny
+//! (`DEFAULT_READ_BUFFER_SIZE`), and an idle connection holds no read buffer
+//! beyond it. A caller that offers at least [`SMALL`] bytes of room (a
+//! large `read_buffer_size`) is read into directly.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Most bytes read ahead in one system call.
+/// The buffer of a burst of small messages.
+pub(crate) const SMALL: usize = 4 * 1024;
+/// The buffer once a read filled the small one: most bytes per system call.
 pub(crate) const AHEAD: usize = 64 * 1024;
-/// A direct read must fill at least this much room to switch to reading
-/// ahead: tungstenite sometimes offers only the few bytes left in its
-/// buffer, and filling those says nothing about what is waiting.
-const TRIGGER: usize = 512;
 
-/// A byte stream with adaptive read-ahead; writes pass through.
+/// A byte stream with a read buffer that exists only while data flows;
+/// writes pass through.
 #[derive(Debug)]
 pub(crate) struct ReadAhead<IO> {
     io: IO,
@@ -32,8 +34,9 @@ pub(crate) struct ReadAhead<IO> {
     /// `buf[start..end]` is read and not yet handed out.
     start: usize,
     end: usize,
-    /// The last direct read filled the caller's buffer: read ahead next.
-    ahead: bool,
+    /// The size of the next buffer: [`AHEAD`] after a read filled a buffer,
+    /// [`SMALL`] after one that did not.
+    size: usize,
 }
 
 impl<IO> ReadAhead<IO> {
@@ -43,7 +46,7 @@ impl<IO> ReadAhead<IO> {
             buf: Vec::new(),
             start: 0,
             end: 0,
-            ahead: false,
+            size: SMALL,
         }
     }
 
@@ -75,16 +78,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
         if this.take_buffered(dst) {
             return Poll::Ready(Ok(()));
         }
-        let wanted = dst.remaining();
-        if !this.ahead || wanted >= AHEAD {
-            let before = dst.filled().len();
-            ready!(Pin::new(&mut this.io).poll_read(cx, dst))?;
-            let n = dst.filled().len() - before;
-            this.ahead = n == wanted && n >= TRIGGER;
-            return Poll::Ready(Ok(()));
+        if dst.remaining() >= SMALL && this.buf.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, dst);
         }
-        if this.buf.is_empty() {
-            this.buf = vec![0; AHEAD];
+        if this.buf.len() != this.size {
+            this.buf = vec![0; this.size];
         }
         this.start = 0;
         this.end = 0;
@@ -93,13 +91,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
             Poll::Ready(Ok(())) => {
                 let n = ahead.filled().len();
                 this.end = n;
-                // A read that brought no more than the caller asked for:
-                // the burst is over, back to direct reads.
-                if n <= wanted {
-                    this.ahead = false;
-                }
+                this.size = if n == this.buf.len() { AHEAD } else { SMALL };
                 this.take_buffered(dst);
-                if this.start == this.end {
+                if n == 0 {
                     this.release();
                 }
                 Poll::Ready(Ok(()))
@@ -111,7 +105,6 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
             Poll::Pending => {
                 // Nothing more for now: an idle connection keeps no buffer.
                 this.release();
-                this.ahead = false;
                 Poll::Pending
             }
         }
@@ -191,7 +184,7 @@ mod tests {
             tokio::time::timeout(std::time::Duration::from_millis(20), rx.read(&mut chunk)).await;
         assert!(pending.is_err());
         assert!(rx.buf.is_empty());
-        assert!(!rx.ahead);
+        assert_eq!(rx.size, SMALL);
         tx.write_all(b"hi").await.unwrap();
         assert_eq!(rx.read(&mut chunk).await.unwrap(), 2);
         assert_eq!(&chunk[..2], b"hi");
