@@ -808,8 +808,9 @@ async fn publish(
 
 /// Opens N connections that send nothing and measures the server's resident
 /// memory per connection (from `/proc/PID/status`) and the connections it
-/// holds (open descriptors). Source addresses go 127.0.0.`src-ip`,
-/// `src-ip + 1`, ... every 20,000 connections. With `--hold` the
+/// holds (open descriptors). With `--src-ip N`, or past 20,000 connections,
+/// source addresses go 127.0.0.N, N + 1, ... every 20,000 connections (one
+/// address has 28,232 ephemeral ports); otherwise the kernel picks them. With `--hold` the
 /// connections stay open that many seconds after the figures are printed,
 /// so a second process can add more; `--rss-base-kib` and `--fds-base`
 /// then make the figures cover both processes' connections.
@@ -821,7 +822,11 @@ async fn idle(args: &Args) -> io::Result<Record> {
     let conns: usize = args.get("conns", 10_000);
     let hold = Duration::from_secs_f64(args.get("hold", 0.0));
     let settle = Duration::from_secs_f64(args.get("settle", 2.0));
-    let first_ip: u8 = args.get("src-ip", 1);
+    // Explicit source addresses only when asked for or needed: binding each
+    // socket to a port first is slow once thousands of ports are taken.
+    let first_ip: Option<u8> = args
+        .opt("src-ip")
+        .or((conns > CONNS_PER_SOURCE_IP).then_some(1));
     let rss_before = match args.opt::<u64>("rss-base-kib") {
         Some(base) => base,
         None => procfs::rss_kib(pid)?,
@@ -850,7 +855,7 @@ async fn idle(args: &Args) -> io::Result<Record> {
         }
     };
     let src = move |i: usize| {
-        let octet = usize::from(first_ip) + i / CONNS_PER_SOURCE_IP;
+        let octet = usize::from(first_ip?) + i / CONNS_PER_SOURCE_IP;
         let octet = u8::try_from(octet).unwrap_or(u8::MAX);
         Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)))
     };
