@@ -25,6 +25,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== unit, integration and doc tests"
 cargo test --workspace --all-features
 
+echo "== fuzzing (cargo-fuzz, 30 s per target; docs/reliability.md)"
+FUZZ_SECONDS=30 bash scripts/fuzz.sh
+
 echo "== browser test (headless chromium drives the chat example)"
 bash scripts/browser-test.sh
 

@@ -1,0 +1,83 @@
+//! The WebSocket handshake (reading the request head, judging it, the hook,
+//! answering) over an in-memory pipe, on arbitrary request bytes.
+//!
+//! Input: a write-size byte, then the request bytes, after which the peer
+//! ends its stream. The handshake must end (no hang) with an upgrade and a
+//! `101`, a well-formed HTTP answer (`200` for the page, 4xx otherwise), or
+//! nothing at all when the head never completed.
+#![no_main]
+
+#[path = "common.rs"]
+mod common;
+
+use common::{Echo, HANG, check_http_response, peer, read_all, runtime, write_chunked};
+use libfuzzer_sys::fuzz_target;
+use switchboard_core::{Config, Transport};
+use switchboard_ws::{Accept, Page, Reject, Request, WsTransport};
+use tokio::io::DuplexStream;
+use tokio::time::timeout;
+
+async fn hook(req: Request) -> Result<Accept, Reject> {
+    match req.query_param("token") {
+        Some("deny") => Err(Reject::forbidden().reason("denied")),
+        _ => Ok(Accept::new()),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let [size, request @ ..] = data else {
+        return;
+    };
+    let chunk = usize::from(*size) + 1;
+    runtime().block_on(async {
+        let transport = WsTransport::builder()
+            .route("/chat", Echo::default())
+            .page("/", Page::html("<p>hi</p>"))
+            .subprotocols(["chat.v2", "chat.v1"])
+            .max_request_head(1024)
+            .on_handshake(hook)
+            .build()
+            .expect("valid transport");
+        let config = Config::default();
+        let (client_io, server_io) = tokio::io::duplex(16 * 1024);
+        let (r, w) = tokio::io::split(client_io);
+        let reader = tokio::spawn(read_all(r));
+        let writer = tokio::spawn({
+            let request = request.to_vec();
+            async move { write_chunked(w, &request, chunk).await }
+        });
+        let result = timeout(
+            HANG,
+            Transport::<DuplexStream>::accept(&transport, server_io, peer(), &config),
+        )
+        .await
+        .expect("the handshake ends");
+        let upgraded = match result {
+            Ok(accepted) => {
+                assert_eq!(accepted.info.kind(), "ws");
+                assert_eq!(accepted.info.path(), Some("/chat"));
+                true
+            }
+            Err(_) => false,
+        };
+        timeout(HANG, writer)
+            .await
+            .expect("writer ends")
+            .expect("writer");
+        let out = timeout(HANG, reader)
+            .await
+            .expect("reader ends")
+            .expect("reader");
+        if upgraded {
+            let (status, _) = check_http_response(&out);
+            assert_eq!(status, 101);
+            assert!(out.windows(22).any(|w| w == b"Sec-WebSocket-Accept: "));
+        } else if !out.is_empty() {
+            let (status, _) = check_http_response(&out);
+            assert!(
+                status == 200 || (400..500).contains(&status),
+                "unexpected status {status}"
+            );
+        }
+    });
+});
