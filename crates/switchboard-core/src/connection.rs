@@ -319,6 +319,13 @@ impl Connection {
         self.inner.release(1, len);
     }
 
+    /// `msgs` messages of `bytes` in all left the queue for the transport.
+    pub(crate) fn dequeued_many(&self, msgs: usize, bytes: usize) {
+        if msgs > 0 {
+            self.inner.release(msgs, bytes);
+        }
+    }
+
     /// The connection ended: refuse sends, drop the queue, leave hubs.
     pub(crate) fn finish(&self) {
         let hubs = {

@@ -342,19 +342,33 @@ impl<T: TransportConn> Driver<T> {
                 let Some(msg) = self.batch.pop_front() else {
                     break Ok(true);
                 };
-                let len = msg.len();
-                self.conn.dequeued(len);
                 count += 1;
-                bytes += len as u64;
+                bytes += msg.len() as u64;
                 self.unflushed = true;
                 if let Err(err) = self.io.start_send(msg) {
                     break Err(err);
                 }
             };
+            // Released once per batch, before anything awaits: the bound
+            // still covers every message not yet given to the transport.
+            self.conn.dequeued_many(count as usize, bytes as usize);
             Stats::add(&stats.messages_out, count);
             Stats::add(&stats.bytes_out, bytes);
             match result {
-                // The batch is written; look for more before flushing once.
+                // The batch is written. Nothing queued meanwhile (the count
+                // covers the queue): no need to take the lock again, since a
+                // send or close from now on wakes the task, whose waker is
+                // registered. Otherwise look for more before flushing once.
+                Ok(true) if self.conn.queued_messages() == 0 => {
+                    if self.unflushed && flush {
+                        match self.io.poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.unflushed = false,
+                            Poll::Ready(Err(err)) => return Err(err),
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Ok(signals);
+                }
                 Ok(true) => continue,
                 // The transport is full. Flushing is what frees it (for
                 // buffering sinks poll_ready already did; this is cheap).
