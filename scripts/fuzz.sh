@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-30}"
 targets="${FUZZ_TARGETS:-tcp_codec tcp_connection ws_handshake ws_connection}"
 
+# libfuzzer-sys builds libFuzzer's C++ sources (Debian's g++).
+command -v c++ >/dev/null || (apt-get update && apt-get install -y g++)
 # cargo-fuzz installs from crates.io (a few minutes the first time).
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo-fuzz passes nightly flags (-Zsanitizer=address); the stable
