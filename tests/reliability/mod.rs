@@ -441,8 +441,10 @@ struct Member {
 pub struct Service {
     hub: Hub,
     members: Mutex<HashMap<ConnectionId, Arc<Member>>>,
-    /// Accepted counts of connections that ended, by peer address.
-    finished: Mutex<HashMap<SocketAddr, u64>>,
+    /// Accepted counts of connections that ended, by transport and peer
+    /// address (a WebSocket and a TCP client may share a local port: they
+    /// connect to different server ports).
+    finished: Mutex<HashMap<(&'static str, SocketAddr), u64>>,
     pub opens: AtomicU64,
     closes: Mutex<Closes>,
     /// Codes of the protocol errors `on_error` saw.
@@ -484,11 +486,13 @@ impl Service {
         }
     }
 
-    /// What `send` accepted for each connection, live or ended, by peer.
-    pub fn accepted(&self) -> HashMap<SocketAddr, u64> {
+    /// What `send` accepted for each connection, live or ended, by
+    /// transport and peer.
+    pub fn accepted(&self) -> HashMap<(&'static str, SocketAddr), u64> {
         let mut all = self.finished.lock().unwrap().clone();
         for m in self.members.lock().unwrap().values() {
-            all.insert(m.conn.peer_addr(), m.accepted.load(Ordering::Relaxed));
+            let key = (m.conn.transport().kind(), m.conn.peer_addr());
+            all.insert(key, m.accepted.load(Ordering::Relaxed));
         }
         all
     }
@@ -545,7 +549,7 @@ impl MessageComponent for Service {
                 self.finished
                     .lock()
                     .unwrap()
-                    .insert(conn.peer_addr(), accepted);
+                    .insert((conn.transport().kind(), conn.peer_addr()), accepted);
             }
         }
         let mut closes = self.closes.lock().unwrap();
@@ -751,8 +755,8 @@ pub async fn child_main(heap: fn() -> usize) {
                 if let Some(task) = flood.take() {
                     task.await.unwrap();
                 }
-                for (peer, n) in service.accepted() {
-                    println!("ACCEPTED {peer} {n}");
+                for ((kind, peer), n) in service.accepted() {
+                    println!("ACCEPTED {kind} {peer} {n}");
                 }
                 println!("STATS {}", stats_line(&server, &service));
                 println!("SHUTDOWN ms={}", took.as_millis());
@@ -914,11 +918,13 @@ impl ChildServer {
                     .unwrap()
                     .expect("shutdown report");
                 if let Some((_, rest)) = line.split_once("ACCEPTED ") {
-                    let (peer, n) = rest.split_once(' ').unwrap();
-                    accepted.insert(
-                        peer.parse::<SocketAddr>().unwrap(),
-                        n.parse::<u64>().unwrap(),
+                    let mut parts = rest.split_whitespace();
+                    let (kind, peer, n) = (
+                        parts.next().unwrap().to_owned(),
+                        parts.next().unwrap().parse::<SocketAddr>().unwrap(),
+                        parts.next().unwrap().parse::<u64>().unwrap(),
                     );
+                    accepted.insert((kind, peer), n);
                 } else if let Some((_, rest)) = line.split_once("STATS ") {
                     stats = Some(Stats::parse(rest));
                 } else if let Some((_, rest)) = line.split_once("SHUTDOWN ms=") {
@@ -942,7 +948,8 @@ impl ChildServer {
 /// What a child reported when it shut down.
 #[derive(Debug)]
 pub struct Shutdown {
-    pub accepted: HashMap<SocketAddr, u64>,
+    /// By transport kind (`"ws"`, `"tcp"`) and peer address.
+    pub accepted: HashMap<(String, SocketAddr), u64>,
     pub stats: Stats,
     pub in_child: Duration,
     pub until_exit: Duration,
