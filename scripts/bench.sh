@@ -2,7 +2,7 @@
 # The performance comparison of docs/performance.md: switchboard against the
 # baselines (naive tokio-tungstenite, plain tokio lines) in the same run.
 #
-#   scripts/bench.sh                      # every scenario, 3 rounds (about 20 minutes)
+#   scripts/bench.sh                      # every scenario, 3 rounds (15-30 minutes)
 #   scripts/bench.sh --rounds 5           # more rounds, steadier medians
 #   scripts/bench.sh --only ws-echo       # scenarios whose name starts with this
 #   scripts/bench.sh --quick              # 1 round, short runs: a check that all works
