@@ -9,21 +9,20 @@ use switchboard_core::{
     ClientHandle, Config, Dialed, MessageComponent, ReconnectPolicy, Reconnecting, TransportConn,
     TransportInfo, spawn_client, spawn_reconnecting,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{
-    self,
-    http::{HeaderName, HeaderValue},
-};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 
-use crate::config::{DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE};
-use crate::conn::WsConnection;
+use crate::config::{
+    DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE,
+};
+use crate::conn::{Settings, WsConnection};
 use crate::error::{Error, Result};
+use crate::frame::Role;
 use crate::keepalive::Keepalive;
-use crate::read_ahead::ReadAhead;
 
 /// Connects to `url` (`ws://host[:port]/path?query`, or `wss://` with the
 /// `tls` feature, checked against the platform's root certificates) and
@@ -370,38 +369,195 @@ impl Target {
 /// connection and the subprotocol the server chose.
 async fn upgrade<IO>(
     request: Request,
-    stream: IO,
+    mut stream: IO,
     config: &Config,
 ) -> Result<(WsConnection<IO>, Option<String>)>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(DEFAULT_READ_BUFFER_SIZE)
-        .write_buffer_size(DEFAULT_WRITE_BUFFER_SIZE)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_frame_size));
-    let (ws, response) = tokio_tungstenite::client_async_with_config(
-        request,
-        ReadAhead::new(stream),
-        Some(ws_config),
-    )
-    .await
-    .map_err(|err| match err {
-        tungstenite::Error::Http(response) => Error::Refused {
-            status: response.status().as_u16(),
-        },
-        tungstenite::Error::Io(io) => Error::Io(io),
-        other => Error::Handshake(Box::new(other)),
-    })?;
-    let protocol = response
-        .headers()
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    stream.write_all(&request_head(&request)).await?;
+    stream.flush().await?;
+    let mut buf = Vec::new();
+    let (protocol, used) = loop {
+        let len = buf.len();
+        if len >= DEFAULT_MAX_REQUEST_HEAD {
+            return Err(handshake_error("response head too large"));
+        }
+        buf.resize(len + 1024.min(DEFAULT_MAX_REQUEST_HEAD - len), 0);
+        let n = stream.read(&mut buf[len..]).await?;
+        buf.truncate(len + n);
+        if n == 0 {
+            return Err(Error::Eof);
+        }
+        if let Some(done) = check_response(&request, &buf)? {
+            break done;
+        }
+    };
+    let settings = Settings {
+        role: Role::Client,
+        max_frame: config.max_frame_size,
+        max_message: config.max_message_size,
+        read_size: DEFAULT_READ_BUFFER_SIZE,
+        write_buffer: DEFAULT_WRITE_BUFFER_SIZE,
+    };
     let conn = WsConnection::new(
-        ws,
+        stream,
+        settings,
         Keepalive::new(config.ping_interval, config.idle_timeout),
+        &buf[used..],
     );
     Ok((conn, protocol))
+}
+
+/// The request line and headers of the upgrade request.
+fn request_head(request: &Request) -> Vec<u8> {
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in request.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+fn handshake_error(reason: &'static str) -> Error {
+    Error::Handshake(reason.into())
+}
+
+/// Judges the server's answer once its head is complete: `Ok(None)` while
+/// it is not, else the chosen subprotocol and the length of the head.
+fn check_response(request: &Request, buf: &[u8]) -> Result<Option<(Option<String>, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let used = match response.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(err) => return Err(Error::Handshake(Box::new(err))),
+    };
+    let status = response.code.unwrap_or(0);
+    if status != 101 {
+        return Err(Error::Refused { status });
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        return Err(handshake_error(
+            "the 101 response has no 'Upgrade: websocket'",
+        ));
+    }
+    if !header("connection").is_some_and(|v| {
+        v.split(',')
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    }) {
+        return Err(handshake_error(
+            "the 101 response has no 'Connection: upgrade'",
+        ));
+    }
+    let key = request
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()));
+    if key.as_deref() != header("sec-websocket-accept") {
+        return Err(handshake_error(
+            "wrong Sec-WebSocket-Accept in the 101 response",
+        ));
+    }
+    let protocol = match header("sec-websocket-protocol") {
+        None => None,
+        Some(chosen) => {
+            let offered = request
+                .headers()
+                .get_all("sec-websocket-protocol")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|p| p.trim() == chosen);
+            if !offered {
+                return Err(handshake_error(
+                    "the server chose a subprotocol that was not offered",
+                ));
+            }
+            Some(chosen.to_owned())
+        }
+    };
+    Ok(Some((protocol, used)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(protocols: Option<&str>) -> Request {
+        let mut request = "ws://127.0.0.1:9/chat?room=1"
+            .into_client_request()
+            .unwrap();
+        if let Some(p) = protocols {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_str(p).unwrap());
+        }
+        request
+    }
+
+    fn response(request: &Request, extra: &str) -> String {
+        let key = request.headers()["sec-websocket-key"].as_bytes();
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
+            derive_accept_key(key)
+        )
+    }
+
+    #[test]
+    fn the_request_head_carries_the_target_and_headers() {
+        let request = request(None);
+        let head = String::from_utf8(request_head(&request)).unwrap();
+        assert!(head.starts_with("GET /chat?room=1 HTTP/1.1\r\n"));
+        assert!(head.contains("host: 127.0.0.1:9\r\n"));
+        assert!(head.contains("upgrade: websocket\r\n"));
+        assert!(head.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_valid_101_is_accepted_and_what_follows_is_left_over() {
+        let request = request(Some("chat, superchat"));
+        let head = response(&request, "Sec-WebSocket-Protocol: superchat\r\n");
+        let mut bytes = head.clone().into_bytes();
+        bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+        for cut in 0..head.len() {
+            assert!(check_response(&request, &bytes[..cut]).unwrap().is_none());
+        }
+        let (protocol, used) = check_response(&request, &bytes).unwrap().unwrap();
+        assert_eq!(protocol.as_deref(), Some("superchat"));
+        assert_eq!(&bytes[used..], &[0x81, 0x02, b'h', b'i']);
+    }
+
+    #[test]
+    fn bad_answers_are_refused() {
+        let request = request(Some("chat"));
+        let refused = check_response(&request, b"HTTP/1.1 403 Forbidden\r\n\r\n");
+        assert!(matches!(refused, Err(Error::Refused { status: 403 })));
+        let wrong_key = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                         Connection: Upgrade\r\nSec-WebSocket-Accept: AAAA\r\n\r\n";
+        let err = check_response(&request, wrong_key.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("Sec-WebSocket-Accept"), "{err}");
+        let unoffered = response(&request, "Sec-WebSocket-Protocol: other\r\n");
+        let err = check_response(&request, unoffered.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("not offered"), "{err}");
+        let no_upgrade = response(&request, "").replace("Upgrade: websocket\r\n", "");
+        assert!(check_response(&request, no_upgrade.as_bytes()).is_err());
+        assert!(check_response(&request, b"garbage\r\n\r\n").is_err());
+    }
 }

@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::hook::{Accept, Hook, Reject, Request};
 use crate::transport::{Shared, WsTransport};
 
-/// Default [`WsTransportBuilder::read_buffer_size`]: 128 bytes.
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 128;
+/// Default [`WsTransportBuilder::read_buffer_size`]: 4 KiB.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
 /// Default [`WsTransportBuilder::write_buffer_size`]: 16 KiB.
 pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 16 * 1024;
 /// Default [`WsTransportBuilder::max_request_head`]: 8 KiB.
@@ -259,14 +259,14 @@ impl WsTransportBuilder {
         self
     }
 
-    /// Capacity of tungstenite's read buffer, in bytes. tungstenite
-    /// allocates it with the connection and zero-fills it before each read,
-    /// so it is idle memory of every connection; it is not a limit (larger
-    /// frames are read in several steps). The socket itself is read through
-    /// a buffer of the transport's own that exists only while data flows
-    /// (4 KiB, 64 KiB while reads fill it), and tungstenite's reads are
-    /// served from it, so a small size costs no system calls. Default 128
-    /// bytes.
+    /// Room for the first read when data arrives on a connection, in
+    /// bytes. The read buffer exists only while data flows (an idle
+    /// connection holds none) and is never zero-filled; after a read that
+    /// filled it the next one gets 64 KiB of room, and a frame's whole
+    /// length is reserved once its header is read, so large messages
+    /// arrive in as few reads as the socket allows. It is not a limit:
+    /// message and frame sizes are limited by the server's `Config`.
+    /// Default 4 KiB.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.read_buffer_size = bytes;
         self

@@ -1,24 +1,44 @@
-//! One established WebSocket connection, as the core's driver sees it.
+//! One established WebSocket connection, as the core's driver sees it:
+//! RFC 6455 frames over the byte stream, after the handshake.
+//!
+//! The socket is read into a buffer that exists only while data flows, with
+//! no zero-filling, as much as is available per read (a whole 64 KiB
+//! message in one system call); frames are cut out of it without copying,
+//! unmasked in place and handed to the core as `Bytes`. Outbound frames are
+//! coalesced into one buffer, except large payloads, which are written from
+//! their own memory with vectored writes. An idle connection holds neither
+//! buffer.
 
 use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use futures_util::{Sink, Stream};
+use bytes::{Buf, Bytes, BytesMut};
 use switchboard_core::{CloseCode, CloseFrame, Error, Message, Received, TransportConn, Utf8Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{
-    CloseCode as WsCloseCode, Data, OpCode,
-};
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_util::io::poll_read_buf;
 
+use crate::frame::{
+    self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Output, Role,
+};
 use crate::keepalive::{Due, Keepalive};
-use crate::read_ahead::ReadAhead;
+
+/// Reads bring in at least this much room once a read filled the buffer
+/// (a burst or a large message).
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Sizes and limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    pub(crate) role: Role,
+    pub(crate) max_frame: usize,
+    pub(crate) max_message: usize,
+    /// Room for the first read of a burst.
+    pub(crate) read_size: usize,
+    /// Pending outbound bytes that make `poll_ready` write first.
+    pub(crate) write_buffer: usize,
+}
 
 /// A WebSocket connection after the upgrade: a message stream and sink over
 /// any byte stream (`TcpStream`, a TLS stream). The core drives it; users
@@ -33,51 +53,95 @@ pub struct WsConnection<IO> {
 }
 
 struct Inner<IO> {
-    /// Under tungstenite, a read-ahead layer: large messages arrive in few
-    /// reads although tungstenite's own read buffer is small.
-    ws: WebSocketStream<ReadAhead<IO>>,
+    io: IO,
+    settings: Settings,
+    /// Read and not yet parsed; no allocation while idle.
+    rbuf: BytesMut,
+    /// Room to ask for on the next read: `read_size`, or [`READ_AHEAD`]
+    /// after a read that filled the buffer.
+    next_read: usize,
+    /// A fragmented message being received.
+    fragments: Option<Fragments>,
+    out: Output,
+    /// The payload of the latest ping not yet answered: only the latest is
+    /// answered when pings arrive faster than the peer reads (RFC 6455,
+    /// 5.5.3), so a ping flood holds at most one pong.
+    pong: Option<Bytes>,
+    /// A ping or pong was queued by the read side and not yet flushed.
+    control_unflushed: bool,
     keepalive: Keepalive,
-    /// A ping was buffered and not yet flushed.
-    ping_unflushed: bool,
     close: CloseState,
+}
+
+/// A fragmented message so far.
+struct Fragments {
+    opcode: u8,
+    data: BytesMut,
+    /// For text: the prefix known to be valid UTF-8.
+    checked: usize,
+}
+
+impl Fragments {
+    /// Fails as soon as the text so far cannot be UTF-8; an incomplete
+    /// character at the end waits for the next fragment unless `fin`.
+    fn check(&mut self, fin: bool) -> Result<(), Error> {
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => {
+                self.checked = self.data.len();
+                Ok(())
+            }
+            Err(e) if e.error_len().is_none() && !fin => {
+                self.checked += e.valid_up_to();
+                Ok(())
+            }
+            Err(e) => Err(Error::protocol(CloseCode::INVALID, e)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CloseState {
     Open,
-    /// The peer's close frame arrived; tungstenite answers it by itself.
+    /// The peer's close frame arrived; ours answers it.
     PeerClosed,
     /// The stream ended (EOF or error): nothing more can be exchanged.
     Ended,
-    /// Our close frame is queued; flushing it.
+    /// Our close frame is queued; flushing it, then reading the peer's.
     Flushing,
+    /// Our answer to the peer's close is queued; flushing it.
+    Answering,
     /// Our close frame is out; waiting for the peer's reply or EOF.
     Draining,
     Done,
+}
+
+/// One frame as read: fin bit, opcode, unmasked payload.
+struct Frame {
+    fin: bool,
+    opcode: u8,
+    payload: BytesMut,
 }
 
 impl<IO> WsConnection<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    pub(crate) fn new(ws: WebSocketStream<ReadAhead<IO>>, keepalive: Keepalive) -> Self {
+    /// `leftover`: bytes read after the handshake's HTTP head.
+    pub(crate) fn new(io: IO, settings: Settings, keepalive: Keepalive, leftover: &[u8]) -> Self {
         WsConnection {
             inner: Box::new(Inner {
-                ws,
+                io,
+                settings,
+                rbuf: BytesMut::from(leftover),
+                next_read: settings.read_size,
+                fragments: None,
+                out: Output::default(),
+                pong: None,
+                control_unflushed: false,
                 keepalive,
-                ping_unflushed: false,
                 close: CloseState::Open,
             }),
         }
-    }
-}
-
-impl<IO> Inner<IO>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    fn ws(&mut self) -> Pin<&mut WebSocketStream<ReadAhead<IO>>> {
-        Pin::new(&mut self.ws)
     }
 }
 
@@ -111,176 +175,292 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received, Error>> {
-        loop {
-            if let Poll::Ready(due) = self.keepalive.poll(cx) {
-                match due {
-                    Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
-                    Due::Ping => {
-                        self.ws()
-                            .start_send(WsMessage::Ping(Bytes::new()))
-                            .map_err(write_error)?;
-                        self.ping_unflushed = true;
-                    }
+        if let Poll::Ready(due) = self.keepalive.poll(cx) {
+            match due {
+                Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
+                Due::Ping => {
+                    self.out.frame(self.settings.role, OP_PING, Bytes::new());
+                    self.control_unflushed = true;
                 }
             }
-            if self.ping_unflushed {
-                match self.ws().poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.ping_unflushed = false,
-                    Poll::Ready(Err(err)) => return Poll::Ready(Err(write_error(err))),
+        }
+        loop {
+            self.queue_pong();
+            if self.control_unflushed {
+                match self.poll_write_out(cx) {
+                    Poll::Ready(Ok(())) => self.control_unflushed = false,
+                    Poll::Ready(Err(err)) => {
+                        self.close = CloseState::Ended;
+                        return Poll::Ready(Err(err));
+                    }
                     Poll::Pending => {}
                 }
             }
-            let msg = match ready!(self.ws().poll_next(cx)) {
-                None => {
+            let frame = match self.poll_frame(cx) {
+                Poll::Pending => {
+                    // Nothing more for now: an idle connection keeps no buffers.
+                    if self.rbuf.is_empty() {
+                        self.rbuf = BytesMut::new();
+                        self.next_read = self.settings.read_size;
+                    }
+                    self.out.release();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(Some(frame))) => frame,
+                // The peer went away, with or without finishing a frame.
+                Poll::Ready(Ok(None)) => {
                     self.close = CloseState::Ended;
                     return Poll::Ready(Ok(Received::Closed(None)));
                 }
-                Some(Ok(msg)) => msg,
-                Some(Err(err)) => {
-                    let result = read_error(err);
-                    // After a protocol error the socket still takes our close
-                    // frame; after EOF or an I/O error nothing can be sent.
-                    if !matches!(result, Err(Error::Protocol { .. })) {
+                Poll::Ready(Err(err)) => {
+                    // After a protocol error the socket still takes our
+                    // close frame; after an I/O error nothing can be sent.
+                    if !matches!(err, Error::Protocol { .. }) {
                         self.close = CloseState::Ended;
                     }
-                    return Poll::Ready(result);
+                    return Poll::Ready(Err(err));
                 }
             };
             self.keepalive.seen();
-            match msg {
-                WsMessage::Text(text) => {
-                    // tungstenite validated it: the core type takes the same
-                    // memory without checking it again.
-                    let text = Utf8Bytes::from_validated(Bytes::from(text.clone()), text.as_str())
-                        .map_err(|e| Error::protocol(CloseCode::INVALID, e))?;
-                    return Poll::Ready(Ok(Received::Message(Message::Text(text))));
-                }
-                WsMessage::Binary(data) => {
-                    return Poll::Ready(Ok(Received::Message(Message::Binary(data))));
-                }
-                WsMessage::Close(frame) => {
-                    self.close = CloseState::PeerClosed;
-                    let frame =
-                        frame.map(|f| CloseFrame::new(CloseCode(f.code.into()), f.reason.as_str()));
-                    return Poll::Ready(Ok(Received::Closed(frame)));
-                }
-                // Pongs are answered by tungstenite; both only count as traffic.
-                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+            if let Some(received) = self.on_frame(frame)? {
+                return Poll::Ready(Ok(received));
             }
         }
     }
 
+    /// What a frame means: a message, the peer's close, or nothing yet
+    /// (a fragment, a ping, a pong).
+    fn on_frame(&mut self, frame: Frame) -> Result<Option<Received>, Error> {
+        let Frame {
+            fin,
+            opcode,
+            payload,
+        } = frame;
+        match opcode {
+            OP_TEXT | OP_BINARY => {
+                if self.fragments.is_some() {
+                    return Err(protocol("a new message before the last one ended"));
+                }
+                if fin {
+                    return message(opcode, payload.freeze()).map(Some);
+                }
+                let mut fragments = Fragments {
+                    opcode,
+                    data: payload,
+                    checked: 0,
+                };
+                if opcode == OP_TEXT {
+                    fragments.check(false)?;
+                }
+                self.fragments = Some(fragments);
+                Ok(None)
+            }
+            OP_CONTINUATION => {
+                let Some(fragments) = self.fragments.as_mut() else {
+                    return Err(protocol("a continuation frame without a message"));
+                };
+                fragments.data.extend_from_slice(&payload);
+                if fragments.opcode == OP_TEXT {
+                    fragments.check(fin)?;
+                }
+                match self.fragments.take() {
+                    Some(fragments) if fin => {
+                        message(fragments.opcode, fragments.data.freeze()).map(Some)
+                    }
+                    other => {
+                        self.fragments = other;
+                        Ok(None)
+                    }
+                }
+            }
+            OP_CLOSE => {
+                // Set first: even an invalid close frame ended the peer's
+                // side, so ours (1002 or 1007 then) is an answer and the
+                // connection does not wait for another close.
+                self.close = CloseState::PeerClosed;
+                let frame = frame::parse_close(&payload)?;
+                Ok(Some(Received::Closed(frame)))
+            }
+            OP_PING => {
+                self.pong = Some(payload.freeze());
+                Ok(None)
+            }
+            // A pong only counts as traffic. `parse_header` lets no other
+            // opcode through.
+            _ => {
+                debug_assert_eq!(opcode, OP_PONG);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The next complete frame: `Ok(None)` at the end of the stream.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, Error>> {
+        let s = self.settings;
+        loop {
+            if let Some(header) = frame::parse_header(&self.rbuf, s.role, s.max_frame)? {
+                if !header.is_control() {
+                    let so_far = self.fragments.as_ref().map_or(0, |f| f.data.len());
+                    if so_far + header.payload_len > s.max_message {
+                        return Poll::Ready(Err(Error::protocol(
+                            CloseCode::SIZE,
+                            format!(
+                                "message of {} bytes or more exceeds the limit of {}",
+                                so_far + header.payload_len,
+                                s.max_message
+                            ),
+                        )));
+                    }
+                }
+                let total = header.header_len + header.payload_len;
+                if self.rbuf.len() >= total {
+                    // After a large frame, read the next header first: a
+                    // large read-ahead would end inside the next large frame
+                    // and its start would be copied to make room.
+                    if total > READ_AHEAD / 4 {
+                        self.next_read = s.read_size;
+                    }
+                    let mut payload = self.rbuf.split_to(total);
+                    payload.advance(header.header_len);
+                    if let Some(key) = header.mask {
+                        frame::apply_mask(&mut payload, key);
+                    }
+                    return Poll::Ready(Ok(Some(Frame {
+                        fin: header.fin,
+                        opcode: header.opcode,
+                        payload,
+                    })));
+                }
+                // Room for the whole frame (its size is within the limits),
+                // so that it arrives in as few reads as the socket allows.
+                self.rbuf.reserve(total - self.rbuf.len());
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < self.next_read / 2 {
+                self.rbuf.reserve(self.next_read);
+            }
+            let room = self.rbuf.capacity() - self.rbuf.len();
+            let n = match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)) {
+                Ok(n) => n,
+                Err(err) => return Poll::Ready(Err(Error::Io(err))),
+            };
+            if n == 0 {
+                return Poll::Ready(Ok(None));
+            }
+            self.next_read = if n == room { READ_AHEAD } else { s.read_size };
+        }
+    }
+
+    /// Queues the answer to the latest ping when the output has room.
+    fn queue_pong(&mut self) {
+        if self.out.len() < self.settings.write_buffer
+            && let Some(payload) = self.pong.take()
+        {
+            self.out.frame(self.settings.role, OP_PONG, payload);
+            self.control_unflushed = true;
+        }
+    }
+
+    /// Writes everything pending and flushes the stream.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        ready!(self.out.poll_write_all(&mut self.io, cx)).map_err(Error::Io)?;
+        ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(Error::Io)?;
+        Poll::Ready(Ok(()))
+    }
+
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.ws().poll_ready(cx).map_err(write_error)
+        if self.out.len() >= self.settings.write_buffer {
+            ready!(self.out.poll_write_all(&mut self.io, cx)).map_err(Error::Io)?;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn start_send(&mut self, msg: Message) -> Result<(), Error> {
-        let frame = match msg {
-            // Already valid UTF-8: framed directly, so it is not validated again.
-            Message::Text(text) => {
-                Frame::message(text.into_bytes(), OpCode::Data(Data::Text), true)
-            }
-            Message::Binary(data) => Frame::message(data, OpCode::Data(Data::Binary), true),
+        if !matches!(self.close, CloseState::Open | CloseState::PeerClosed) {
+            return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
+        }
+        let (opcode, payload) = match msg {
+            // Already valid UTF-8: framed as it is.
+            Message::Text(text) => (OP_TEXT, text.into_bytes()),
+            Message::Binary(data) => (OP_BINARY, data),
         };
-        self.ws()
-            .start_send(WsMessage::Frame(frame))
-            .map_err(write_error)
+        self.out.frame(self.settings.role, opcode, payload);
+        Ok(())
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        ready!(self.ws().poll_flush(cx)).map_err(write_error)?;
-        self.ping_unflushed = false;
+        self.queue_pong();
+        ready!(self.poll_write_out(cx))?;
+        self.control_unflushed = false;
         Poll::Ready(Ok(()))
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<(), Error>> {
         loop {
             match self.close {
-                CloseState::Open => {
-                    ready!(self.ws().poll_ready(cx)).map_err(write_error)?;
-                    let frame = WsCloseFrame {
-                        code: wire_code(frame.code),
-                        reason: wire_reason(&frame.reason),
+                CloseState::Open | CloseState::PeerClosed => {
+                    let answering = self.close == CloseState::PeerClosed;
+                    self.queue_pong();
+                    self.out
+                        .frame(self.settings.role, OP_CLOSE, frame::close_payload(frame));
+                    self.close = if answering {
+                        CloseState::Answering
+                    } else {
+                        CloseState::Flushing
                     };
-                    self.ws()
-                        .start_send(WsMessage::Close(Some(frame)))
-                        .map_err(write_error)?;
-                    self.close = CloseState::Flushing;
                 }
-                CloseState::PeerClosed | CloseState::Flushing => {
-                    let peer_closed = self.close == CloseState::PeerClosed;
-                    // After the peer's close this writes tungstenite's reply.
-                    ready!(self.ws().poll_flush(cx)).map_err(write_error)?;
-                    self.close = if peer_closed {
+                CloseState::Flushing | CloseState::Answering => {
+                    let answering = self.close == CloseState::Answering;
+                    if let Err(err) = ready!(self.poll_write_out(cx)) {
+                        self.close = CloseState::Done;
+                        return Poll::Ready(Err(err));
+                    }
+                    self.close = if answering {
                         CloseState::Done
                     } else {
                         CloseState::Draining
                     };
                 }
-                CloseState::Draining => match ready!(self.ws().poll_next(cx)) {
+                CloseState::Draining => match ready!(self.poll_frame(cx)) {
                     // The peer's reply, the end of the stream or an error:
                     // either way the closing handshake is over.
-                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
-                        self.close = CloseState::Done
-                    }
+                    Ok(Some(Frame {
+                        opcode: OP_CLOSE, ..
+                    }))
+                    | Ok(None)
+                    | Err(_) => self.close = CloseState::Done,
                     // Messages the peer sent before it saw our close.
-                    Some(Ok(_)) => {}
+                    Ok(Some(_)) => {}
                 },
-                CloseState::Ended | CloseState::Done => return Poll::Ready(Ok(())),
+                CloseState::Ended | CloseState::Done => {
+                    self.rbuf = BytesMut::new();
+                    self.fragments = None;
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
     }
 }
 
-/// A code that may go on the wire: 1005, 1006 and 1015 are reserved for
-/// reporting, and codes below 1000 do not exist.
-fn wire_code(code: CloseCode) -> WsCloseCode {
-    match code.0 {
-        1005 | 1006 | 1015 | 0..=999 | 5000.. => WsCloseCode::Normal,
-        n => WsCloseCode::from(n),
-    }
+fn protocol(reason: &'static str) -> Error {
+    Error::protocol(CloseCode::PROTOCOL, reason)
 }
 
-/// Close reasons are limited to 123 bytes (125 minus the code).
-fn wire_reason(reason: &Utf8Bytes) -> tungstenite::Utf8Bytes {
-    let s = reason.as_str();
-    let mut end = s.len().min(123);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    tungstenite::Utf8Bytes::from(&s[..end])
-}
-
-/// Maps a read error to what the core expects: a clean end for a peer that
-/// simply went away, and 1009 / 1007 / 1002 for limits and violations.
-fn read_error(err: tungstenite::Error) -> Result<Received, Error> {
-    use tungstenite::error::ProtocolError;
-    match err {
-        tungstenite::Error::ConnectionClosed
-        | tungstenite::Error::AlreadyClosed
-        | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            Ok(Received::Closed(None))
-        }
-        tungstenite::Error::Io(err) => Err(Error::Io(err)),
-        tungstenite::Error::Capacity(err) => Err(Error::protocol(CloseCode::SIZE, err)),
-        err @ tungstenite::Error::Utf8(_) => Err(Error::protocol(CloseCode::INVALID, err)),
-        err => Err(Error::protocol(CloseCode::PROTOCOL, err)),
-    }
-}
-
-fn write_error(err: tungstenite::Error) -> Error {
-    match err {
-        tungstenite::Error::Io(err) => Error::Io(err),
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            Error::Io(io::ErrorKind::BrokenPipe.into())
-        }
-        err => Error::Io(io::Error::other(err)),
-    }
+/// A complete message; text must be UTF-8 (1007 otherwise).
+fn message(opcode: u8, payload: Bytes) -> Result<Received, Error> {
+    let msg = if opcode == OP_TEXT {
+        Message::Text(
+            Utf8Bytes::try_from(payload).map_err(|e| Error::protocol(CloseCode::INVALID, e))?,
+        )
+    } else {
+        Message::Binary(payload)
+    };
+    Ok(Received::Message(msg))
 }
 
 impl<IO> fmt::Debug for WsConnection<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WsConnection")
+            .field("role", &self.inner.settings.role)
             .field("close", &self.inner.close)
             .finish_non_exhaustive()
     }
@@ -289,18 +469,85 @@ impl<IO> fmt::Debug for WsConnection<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
+    use std::future::poll_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn reserved_codes_are_not_sent() {
-        assert_eq!(u16::from(wire_code(CloseCode::ABNORMAL)), 1000);
-        assert_eq!(u16::from(wire_code(CloseCode::SIZE)), 1009);
-        assert_eq!(u16::from(wire_code(CloseCode(4001))), 4001);
+    fn settings(role: Role) -> Settings {
+        Settings {
+            role,
+            max_frame: 1 << 20,
+            max_message: 1 << 20,
+            read_size: 4096,
+            write_buffer: 16 * 1024,
+        }
     }
 
-    #[test]
-    fn long_reasons_are_cut_on_a_char_boundary() {
-        let long = Utf8Bytes::from("é".repeat(100));
-        let cut = wire_reason(&long);
-        assert_eq!(cut.len(), 122);
+    fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [0xA1, 0xB2, 0xC3, 0xD4];
+        let mut out = BytesMut::new();
+        out.put_u8(0x80 | opcode);
+        match payload.len() {
+            n if n < 126 => out.put_u8(0x80 | n as u8),
+            n if n < 65_536 => {
+                out.put_u8(0x80 | 126);
+                out.put_u16(n as u16);
+            }
+            n => {
+                out.put_u8(0x80 | 127);
+                out.put_u64(n as u64);
+            }
+        }
+        out.put_slice(&key);
+        let start = out.len();
+        out.put_slice(payload);
+        frame::apply_mask(&mut out[start..], key);
+        out.to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_connection_between_bursts_holds_no_buffers() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let keepalive = Keepalive::new(None, None);
+        let mut conn = WsConnection::new(io, settings(Role::Server), keepalive, b"");
+        let big = vec![b'x'; 100_000];
+        peer.write_all(&masked_frame(OP_TEXT, b"hi")).await.unwrap();
+        peer.write_all(&masked_frame(OP_BINARY, &big))
+            .await
+            .unwrap();
+
+        for expected in [Message::text("hi"), Message::binary(big.clone())] {
+            let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
+            assert!(matches!(got, Received::Message(m) if m == expected));
+            conn.start_send(expected).unwrap();
+        }
+        poll_fn(|cx| conn.poll_flush(cx)).await.unwrap();
+        // Nothing more to read: the buffers go.
+        let waker = std::task::Waker::noop();
+        let pending = conn.poll_recv(&mut Context::from_waker(waker));
+        assert!(pending.is_pending());
+        assert_eq!(conn.inner.rbuf.capacity(), 0);
+        assert_eq!(conn.inner.out.len(), 0);
+
+        // What was written is the two messages, unmasked, in order.
+        let mut echoed = vec![0u8; 4 + 10 + big.len()];
+        peer.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed[..4], &[0x81, 2, b'h', b'i']);
+        assert_eq!(&echoed[4..6], &[0x82, 127]);
+        assert_eq!(&echoed[6..14], &(big.len() as u64).to_be_bytes());
+        assert_eq!(&echoed[14..], &big[..]);
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_handshake_are_the_first_frames() {
+        let (_peer, io) = tokio::io::duplex(1024);
+        let mut leftover = masked_frame(OP_TEXT, b"one");
+        leftover.extend_from_slice(&masked_frame(OP_TEXT, b"two"));
+        let keepalive = Keepalive::new(None, None);
+        let mut conn = WsConnection::new(io, settings(Role::Server), keepalive, &leftover);
+        for text in ["one", "two"] {
+            let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
+            assert!(matches!(got, Received::Message(m) if m.as_text() == Some(text)));
+        }
     }
 }

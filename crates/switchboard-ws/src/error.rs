@@ -49,7 +49,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// The peer closed the connection before it finished its request.
+    /// The peer closed the connection before it finished its request (or,
+    /// client, before the server finished its response).
     #[error("the peer closed the connection during the handshake")]
     Eof,
 

@@ -1,10 +1,10 @@
-//! The WebSocket transport of switchboard (RFC 6455), on tokio-tungstenite.
+//! The WebSocket transport of switchboard (RFC 6455).
 //!
 //! [`WsTransport`] turns accepted byte streams into connections for the
 //! core: it answers the HTTP request itself (routing by path, static pages,
 //! origin checks, subprotocols, an async handshake hook for authentication)
-//! and then hands tungstenite's frame layer to the core's connection driver,
-//! adding pings and an idle timeout. All limits come from the core
+//! and then hands the connection, framed by this crate, to the core's
+//! connection driver, adding pings and an idle timeout. All limits come from the core
 //! [`Config`](switchboard_core::Config); transport settings (buffers, routes,
 //! pages, origins, hook) live on the [`WsTransportBuilder`].
 //!
@@ -51,20 +51,39 @@
 //! - `hook`: what the handshake hook sees and returns ([`Request`],
 //!   [`Accept`], [`Reject`]);
 //! - `transport`: [`WsTransport`], the core's `Transport`;
-//! - `conn`: [`WsConnection`], the core's `TransportConn` over tungstenite;
+//! - `frame`: RFC 6455 frame headers, masking, close payloads and the
+//!   outbound buffer (pure functions over bytes);
+//! - `conn`: [`WsConnection`], the core's `TransportConn`: frames over the
+//!   byte stream, fragments, UTF-8, control frames, the closing handshake;
 //! - `keepalive`: pings and the idle timeout;
 //! - `client`: [`connect`] and [`Client`], a component on the client side
 //!   of a connection, reconnecting and over TLS (`wss://`, feature `tls`);
 //! - `error`: [`Error`].
 //!
+//! # Framing
+//!
+//! tungstenite (through tokio-tungstenite) builds the client's request and
+//! the accept key; the frames of an established connection are this
+//! crate's own. tungstenite's frame layer reads at most its read buffer's
+//! size per call into a buffer it allocates with the connection and
+//! zero-fills before every read, so one buffer size cannot serve both an
+//! idle connection (a small buffer) and a large message (few, large reads).
+//! Here the socket is read into a buffer that exists only while data
+//! flows, is never zero-filled, and receives a frame's whole length in as
+//! few reads as the socket allows; frames are cut out of it without
+//! copying and unmasked in place; large outbound payloads are written from
+//! their own memory. The rules are RFC 6455's, checked by the Autobahn
+//! test suite (`scripts/autobahn.sh`) and the `ws_connection` fuzz target.
+//!
 //! # Memory
 //!
-//! An idle connection holds tungstenite's read buffer
-//! ([`WsTransportBuilder::read_buffer_size`], 128 bytes by default), the
-//! request's path, query and headers (minus the handshake-only ones) and a
-//! timer. The socket is read through a buffer that exists only while data
-//! flows (4 KiB, up to 64 KiB per read for large messages), and the write
-//! buffer grows only while there is something to send.
+//! An idle connection holds no read or write buffer: only the request's
+//! path, query and headers (minus the handshake-only ones), a timer and
+//! the connection's state. The read buffer exists while data flows
+//! ([`WsTransportBuilder::read_buffer_size`], 4 KiB by default, for the
+//! first read; 64 KiB of room after a read that filled it; a frame's whole
+//! length once its header is read), and the write buffer while there is
+//! something to send.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -72,10 +91,10 @@ mod client;
 mod config;
 mod conn;
 mod error;
+mod frame;
 mod handshake;
 mod hook;
 mod keepalive;
-mod read_ahead;
 mod transport;
 
 pub use client::{Client, connect, connect_with, connect_with_config};

@@ -7,16 +7,14 @@ use std::sync::Arc;
 
 use switchboard_core::{Accepted, Config, MessageComponent, Transport};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::config::{OriginPolicy, Page, WsTransportBuilder};
-use crate::conn::WsConnection;
+use crate::conn::{Settings, WsConnection};
 use crate::error::Error;
+use crate::frame::Role;
 use crate::handshake::{self, Decision, ReadError};
 use crate::hook::{Hook, Request};
 use crate::keepalive::Keepalive;
-use crate::read_ahead::ReadAhead;
 
 /// The WebSocket transport: give it to
 /// [`ServerBuilder::bind`](switchboard_core::ServerBuilder::bind).
@@ -106,12 +104,14 @@ impl WsTransport {
         &self.shared
     }
 
-    fn ws_config(&self, config: &Config) -> WebSocketConfig {
-        WebSocketConfig::default()
-            .read_buffer_size(self.shared.read_buffer_size)
-            .write_buffer_size(self.shared.write_buffer_size)
-            .max_message_size(Some(config.max_message_size))
-            .max_frame_size(Some(config.max_frame_size))
+    fn settings(&self, config: &Config) -> Settings {
+        Settings {
+            role: Role::Server,
+            max_frame: config.max_frame_size,
+            max_message: config.max_message_size,
+            read_size: self.shared.read_buffer_size,
+            write_buffer: self.shared.write_buffer_size,
+        }
     }
 
     async fn handshake<IO>(
@@ -168,16 +168,11 @@ impl WsTransport {
         .await?;
         io.flush().await?;
 
-        let ws_config = Some(self.ws_config(config));
-        let io = ReadAhead::new(io);
-        let ws = if leftover.is_empty() {
-            WebSocketStream::from_raw_socket(io, Role::Server, ws_config).await
-        } else {
-            WebSocketStream::from_partially_read(io, leftover, Role::Server, ws_config).await
-        };
         let conn = WsConnection::new(
-            ws,
+            io,
+            self.settings(config),
             Keepalive::new(config.ping_interval, config.idle_timeout),
+            &leftover,
         );
         let mut accepted = Accepted::new(conn, info, upgrade.component);
         accepted.extensions = extensions;

@@ -319,3 +319,96 @@ async fn shutdown_closes_with_1001() {
         .expect("no panic");
     assert_eq!(events.closed().await, CloseReason::Shutdown);
 }
+
+#[tokio::test]
+async fn utf8_split_across_fragments_is_whole_and_invalid_text_fails_before_the_end() {
+    let (recorder, mut events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let addr = server.local_addr();
+
+    // "é" is 0xC3 0xA9: one byte in each fragment.
+    let mut ws = RawWs::connect(addr, "/").await;
+    ws.send_frame(0x1, false, b"caf\xC3").await;
+    ws.send_frame(0x0, true, b"\xA9").await;
+    let echo = timeout(LIMIT, ws.read_frame())
+        .await
+        .expect("in time")
+        .expect("echo");
+    assert_eq!((echo.opcode, &echo.payload[..]), (0x1, "café".as_bytes()));
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    assert!(matches!(events.next().await, Event::Message(m) if m.as_text() == Some("café")));
+
+    // Invalid in the first fragment: closed with 1007 although the
+    // message never ends.
+    let mut ws = RawWs::connect(addr, "/").await;
+    ws.send_frame(0x1, false, b"ok \xFF").await;
+    let close = timeout(LIMIT, ws.read_until_close())
+        .await
+        .expect("in time")
+        .expect("close frame");
+    assert_eq!(close.close_code(), Some(1007));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_latest_of_many_pings_is_answered() {
+    let (recorder, _events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let mut ws = RawWs::connect(server.local_addr(), "/").await;
+    for i in 0..1000u32 {
+        ws.send_frame(0x9, true, &i.to_be_bytes()).await;
+    }
+    ws.send_frame(0x1, true, b"after the pings").await;
+    // Pongs come back for some of the pings, in order, and the last one
+    // answers the last ping; then the echo.
+    let mut last = None;
+    loop {
+        let frame = timeout(LIMIT, ws.read_frame())
+            .await
+            .expect("in time")
+            .expect("frame");
+        match frame.opcode {
+            0xA => {
+                let n = u32::from_be_bytes(frame.payload[..4].try_into().unwrap());
+                assert!(last.is_none_or(|l| n > l), "pongs out of order");
+                last = Some(n);
+            }
+            0x1 => {
+                assert_eq!(&frame.payload[..], b"after the pings");
+                break;
+            }
+            other => panic!("unexpected opcode {other}"),
+        }
+    }
+    // The echo may overtake the last pong by one batch: read on until it.
+    while last != Some(999) {
+        let frame = timeout(LIMIT, ws.read_frame())
+            .await
+            .expect("in time")
+            .expect("pong of the last ping");
+        assert_eq!(frame.opcode, 0xA);
+        last = Some(u32::from_be_bytes(frame.payload[..4].try_into().unwrap()));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn large_and_small_messages_keep_their_order_both_ways() {
+    let (recorder, _events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let mut ws = client(server.local_addr()).await;
+    let sizes = [10usize, 70_000, 3, 5_000, 200_000, 1, 4_096, 4_097, 65_536];
+    let messages: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (i + j) as u8).collect())
+        .collect();
+    for msg in &messages {
+        ws.feed(WsMessage::binary(msg.clone())).await.expect("send");
+    }
+    ws.flush().await.expect("flush");
+    for msg in messages {
+        assert_eq!(next(&mut ws).await, Some(WsMessage::binary(msg)));
+    }
+    server.shutdown().await;
+}

@@ -1,0 +1,491 @@
+//! RFC 6455 framing: frame headers, masking, close payloads and the
+//! outbound buffer. Pure functions over bytes, tested without sockets.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use switchboard_core::{CloseCode, CloseFrame, Error};
+use tokio::io::AsyncWrite;
+
+pub(crate) const OP_CONTINUATION: u8 = 0x0;
+pub(crate) const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xA;
+
+/// The largest control frame payload (RFC 6455, 5.5).
+pub(crate) const MAX_CONTROL: usize = 125;
+
+/// Payloads up to this size are copied next to their header; larger ones
+/// are written from their own memory (vectored writes), never copied.
+const COPY_MAX: usize = 4 * 1024;
+
+/// At most this many slices per vectored write.
+const MAX_SLICES: usize = 64;
+
+/// Which end of the connection this is: a server expects masked frames and
+/// sends unmasked ones, a client the other way round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Server,
+    Client,
+}
+
+/// A parsed frame header.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) fin: bool,
+    pub(crate) opcode: u8,
+    pub(crate) mask: Option<[u8; 4]>,
+    /// Header bytes, payload length.
+    pub(crate) header_len: usize,
+    pub(crate) payload_len: usize,
+}
+
+impl Header {
+    pub(crate) fn is_control(&self) -> bool {
+        self.opcode & 0x8 != 0
+    }
+}
+
+fn protocol(reason: &'static str) -> Error {
+    Error::protocol(CloseCode::PROTOCOL, reason)
+}
+
+/// Parses the frame header at the start of `buf`: `Ok(None)` if more bytes
+/// are needed. Rejects what RFC 6455 forbids without an extension
+/// (reserved bits, reserved opcodes, fragmented or long control frames,
+/// wrong masking for `role`) with 1002, and a payload longer than
+/// `max_payload` with 1009, before any of the payload is buffered.
+pub(crate) fn parse_header(
+    buf: &[u8],
+    role: Role,
+    max_payload: usize,
+) -> Result<Option<Header>, Error> {
+    let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(protocol("reserved bits set without an extension"));
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = b0 & 0x0F;
+    match opcode {
+        OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
+        OP_CLOSE | OP_PING | OP_PONG => {
+            if !fin {
+                return Err(protocol("fragmented control frame"));
+            }
+            if usize::from(b1 & 0x7F) > MAX_CONTROL {
+                return Err(protocol("control frame payload over 125 bytes"));
+            }
+        }
+        _ => return Err(protocol("reserved opcode")),
+    }
+    let masked = b1 & 0x80 != 0;
+    match (role, masked) {
+        (Role::Server, false) => return Err(protocol("unmasked frame from a client")),
+        (Role::Client, true) => return Err(protocol("masked frame from a server")),
+        _ => {}
+    }
+    let (len, mut header_len) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let len = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                if len >> 63 != 0 {
+                    return Err(protocol("payload length with the high bit set"));
+                }
+                (len, 10)
+            }
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    let payload_len = match usize::try_from(len) {
+        Ok(n) if n <= max_payload => n,
+        _ => {
+            return Err(Error::protocol(
+                CloseCode::SIZE,
+                format!("frame of {len} bytes exceeds the limit of {max_payload}"),
+            ));
+        }
+    };
+    let mask = if masked {
+        let Some(b) = buf.get(header_len..header_len + 4) else {
+            return Ok(None);
+        };
+        header_len += 4;
+        Some([b[0], b[1], b[2], b[3]])
+    } else {
+        None
+    };
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask,
+        header_len,
+        payload_len,
+    }))
+}
+
+/// Applies (or removes: the same operation) a masking key to `buf`, whose
+/// first byte is at offset 0 of the payload.
+pub(crate) fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]) ^ wide;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    // The remainder starts at a multiple of 8, so the key starts over.
+    for (byte, k) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {
+        *byte ^= k;
+    }
+}
+
+/// Writes a frame header for a payload of `len` bytes.
+fn put_header(out: &mut BytesMut, opcode: u8, len: usize, mask: Option<[u8; 4]>) {
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    out.put_u8(0x80 | opcode);
+    if len < 126 {
+        out.put_u8(mask_bit | len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.put_u8(mask_bit | 126);
+        out.put_u16(len);
+    } else {
+        out.put_u8(mask_bit | 127);
+        out.put_u64(len as u64);
+    }
+    if let Some(key) = mask {
+        out.put_slice(&key);
+    }
+}
+
+/// The close frame's payload as the peer sent it: `None` for an empty one.
+/// A one-byte payload, a code that may not be sent, or a reason that is not
+/// UTF-8 is an error (1002, 1002, 1007).
+pub(crate) fn parse_close(payload: &[u8]) -> Result<Option<CloseFrame>, Error> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(protocol("close frame with a one-byte payload")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999) {
+                return Err(protocol("close code that may not be sent"));
+            }
+            let reason =
+                std::str::from_utf8(reason).map_err(|e| Error::protocol(CloseCode::INVALID, e))?;
+            Ok(Some(CloseFrame::new(CloseCode(code), reason)))
+        }
+    }
+}
+
+/// A close frame's payload for `frame`: a code that may go on the wire
+/// (1005, 1006, 1015 and codes outside 1000-4999 become 1000) and the
+/// reason cut to 123 bytes on a character boundary.
+pub(crate) fn close_payload(frame: &CloseFrame) -> Bytes {
+    let code = match frame.code.0 {
+        1005 | 1006 | 1015 | 0..=999 | 5000.. => 1000,
+        n => n,
+    };
+    let reason = frame.reason.as_str();
+    let mut end = reason.len().min(MAX_CONTROL - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = BytesMut::with_capacity(2 + end);
+    payload.put_u16(code);
+    payload.put_slice(&reason.as_bytes()[..end]);
+    payload.freeze()
+}
+
+/// A masking key for a client frame: unpredictable to the peer, as RFC
+/// 6455 asks, from std's randomly keyed SipHash over a counter.
+fn mask_key() -> [u8; 4] {
+    thread_local! {
+        static STATE: (std::collections::hash_map::RandomState, std::cell::Cell<u64>) =
+            (std::collections::hash_map::RandomState::new(), std::cell::Cell::new(0));
+    }
+    STATE.with(|(keys, counter)| {
+        let n = counter.get().wrapping_add(1);
+        counter.set(n);
+        let mut hasher = keys.build_hasher();
+        hasher.write_u64(n);
+        let [a, b, c, d, ..] = hasher.finish().to_ne_bytes();
+        [a, b, c, d]
+    })
+}
+
+/// Outbound bytes not yet written: frames in order, small ones coalesced
+/// into one buffer, large payloads kept in their own memory and written
+/// with vectored writes. Holds no allocation once written out and
+/// [released](Self::release).
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    /// Ready to write, in order, before `tail`.
+    segments: VecDeque<Bytes>,
+    /// Headers and small payloads being coalesced.
+    tail: BytesMut,
+    /// Bytes in `segments` and `tail`.
+    len: usize,
+}
+
+impl Output {
+    /// Bytes not yet written.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends one complete frame (masked for `role` Client).
+    pub(crate) fn frame(&mut self, role: Role, opcode: u8, payload: Bytes) {
+        let len = payload.len();
+        let mask = (role == Role::Client).then(mask_key);
+        let before = self.tail.len();
+        if mask.is_some() || len <= COPY_MAX {
+            self.tail.reserve(14 + len);
+            put_header(&mut self.tail, opcode, len, mask);
+            let start = self.tail.len();
+            self.tail.put_slice(&payload);
+            if let Some(key) = mask {
+                apply_mask(&mut self.tail[start..], key);
+            }
+            self.len += self.tail.len() - before;
+        } else {
+            put_header(&mut self.tail, opcode, len, None);
+            self.len += self.tail.len() - before + len;
+            self.segments.push_back(self.tail.split().freeze());
+            self.segments.push_back(payload);
+        }
+    }
+
+    /// Writes until everything is out.
+    pub(crate) fn poll_write_all<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.len > 0 {
+            let n = if self.segments.is_empty() {
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.tail))?
+            } else if io.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut count = 0;
+                for (slice, seg) in slices.iter_mut().zip(&self.segments) {
+                    *slice = IoSlice::new(seg);
+                    count += 1;
+                }
+                if count < MAX_SLICES && !self.tail.is_empty() {
+                    slices[count] = IoSlice::new(&self.tail);
+                    count += 1;
+                }
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?
+            } else {
+                let first = self.segments.front().map_or(&[][..], |s| &s[..]);
+                ready!(Pin::new(&mut *io).poll_write(cx, first))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            match self.segments.front_mut() {
+                Some(seg) if seg.len() <= n => {
+                    n -= seg.len();
+                    self.segments.pop_front();
+                }
+                Some(seg) => {
+                    seg.advance(n);
+                    return;
+                }
+                None => {
+                    self.tail.advance(n);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Lets go of the buffers' memory when nothing is pending.
+    pub(crate) fn release(&mut self) {
+        if self.len == 0 {
+            self.tail = BytesMut::new();
+            self.segments = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(opcode: u8, fin: bool, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        put_header(&mut out, opcode, payload.len(), Some(key));
+        if !fin {
+            out[0] &= 0x7F;
+        }
+        let start = out.len();
+        out.put_slice(payload);
+        apply_mask(&mut out[start..], key);
+        out.to_vec()
+    }
+
+    #[test]
+    fn headers_round_trip_at_each_length_format() {
+        for len in [0usize, 1, 125, 126, 65_535, 65_536, 1 << 20] {
+            let mut out = BytesMut::new();
+            put_header(&mut out, OP_BINARY, len, Some([1, 2, 3, 4]));
+            let h = parse_header(&out, Role::Server, usize::MAX)
+                .unwrap()
+                .unwrap();
+            assert_eq!(h.payload_len, len);
+            assert_eq!(h.header_len, out.len());
+            assert_eq!(h.mask, Some([1, 2, 3, 4]));
+            assert!(h.fin);
+            // Every prefix is incomplete, not an error.
+            for cut in 0..out.len() {
+                assert_eq!(
+                    parse_header(&out[..cut], Role::Server, usize::MAX).unwrap(),
+                    None
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn masking_matches_the_byte_by_byte_definition() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len as u8).collect();
+            let mut fast = data.clone();
+            apply_mask(&mut fast, key);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            assert_eq!(fast, slow, "length {len}");
+        }
+    }
+
+    #[test]
+    fn forbidden_headers_are_rejected_with_their_codes() {
+        let code = |bytes: &[u8], role| match parse_header(bytes, role, 1000) {
+            Err(Error::Protocol { code, .. }) => code,
+            other => panic!("{bytes:?}: {other:?}"),
+        };
+        assert_eq!(
+            code(&[0xC1, 0x80, 0, 0, 0, 0], Role::Server),
+            CloseCode::PROTOCOL
+        ); // rsv1
+        assert_eq!(
+            code(&[0x83, 0x80, 0, 0, 0, 0], Role::Server),
+            CloseCode::PROTOCOL
+        ); // opcode 3
+        assert_eq!(
+            code(&[0x09, 0x80, 0, 0, 0, 0], Role::Server),
+            CloseCode::PROTOCOL
+        ); // !fin ping
+        assert_eq!(
+            code(&[0x89, 0xFE, 0, 126], Role::Server),
+            CloseCode::PROTOCOL
+        ); // long ping
+        assert_eq!(code(&[0x81, 0x01, b'a'], Role::Server), CloseCode::PROTOCOL); // unmasked
+        assert_eq!(
+            code(&[0x81, 0x81, 0, 0, 0, 0], Role::Client),
+            CloseCode::PROTOCOL
+        ); // masked
+        assert_eq!(
+            code(&[0x82, 0xFE, 0x03, 0xE9], Role::Server),
+            CloseCode::SIZE
+        ); // 1001 > 1000
+        let huge = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(code(&huge, Role::Server), CloseCode::PROTOCOL);
+    }
+
+    #[test]
+    fn close_payloads() {
+        assert!(parse_close(&[]).unwrap().is_none());
+        assert!(parse_close(&[3]).is_err());
+        let ok = parse_close(&[0x03, 0xE8, b'o', b'k']).unwrap().unwrap();
+        assert_eq!((ok.code, ok.reason.as_str()), (CloseCode::NORMAL, "ok"));
+        for bad in [0u16, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000] {
+            assert!(parse_close(&bad.to_be_bytes()).is_err(), "{bad}");
+        }
+        let invalid_utf8 = parse_close(&[0x03, 0xE8, 0xFF]);
+        assert!(
+            matches!(invalid_utf8, Err(Error::Protocol { code, .. }) if code == CloseCode::INVALID)
+        );
+        let long = CloseFrame::new(CloseCode(4000), "é".repeat(100));
+        let payload = close_payload(&long);
+        assert_eq!(payload.len(), 2 + 122);
+        assert_eq!(&payload[..2], &4000u16.to_be_bytes());
+        let reserved = close_payload(&CloseFrame::new(CloseCode::ABNORMAL, ""));
+        assert_eq!(&reserved[..], &1000u16.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn output_keeps_frame_order_across_copied_and_vectored_payloads() {
+        let big = Bytes::from(vec![7u8; 100_000]);
+        let mut out = Output::default();
+        out.frame(Role::Server, OP_TEXT, Bytes::from_static(b"a"));
+        out.frame(Role::Server, OP_BINARY, big.clone());
+        out.frame(Role::Server, OP_TEXT, Bytes::from_static(b"b"));
+        let (mut tx, mut rx) = tokio::io::duplex(8 * 1024);
+        let total = out.len();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut got)
+                .await
+                .unwrap();
+            got
+        });
+        std::future::poll_fn(|cx| out.poll_write_all(&mut tx, cx))
+            .await
+            .unwrap();
+        drop(tx);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), total);
+        let mut expected = vec![0x81, 1, b'a', 0x82, 127];
+        expected.extend_from_slice(&100_000u64.to_be_bytes());
+        expected.extend_from_slice(&big);
+        expected.extend_from_slice(&[0x81, 1, b'b']);
+        assert_eq!(got, expected);
+        out.release();
+        assert_eq!(out.tail.capacity(), 0);
+    }
+
+    #[test]
+    fn client_frames_are_masked_and_unmask_to_the_payload() {
+        let mut out = Output::default();
+        out.frame(Role::Client, OP_TEXT, Bytes::from_static(b"hello"));
+        let bytes = out.tail.clone();
+        let h = parse_header(&bytes, Role::Server, 1000).unwrap().unwrap();
+        let key = h.mask.unwrap();
+        let mut payload = bytes[h.header_len..].to_vec();
+        apply_mask(&mut payload, key);
+        assert_eq!(payload, b"hello");
+        // A fragment as the tests of the connection build it.
+        let frag = masked(OP_TEXT, false, b"x", [9, 9, 9, 9]);
+        assert!(!parse_header(&frag, Role::Server, 10).unwrap().unwrap().fin);
+    }
+}
