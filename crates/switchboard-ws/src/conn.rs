@@ -203,7 +203,6 @@ where
                         self.rbuf = BytesMut::new();
                         self.next_read = self.settings.read_size;
                     }
-                    self.out.release();
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(Some(frame))) => frame,
@@ -360,10 +359,12 @@ where
         }
     }
 
-    /// Writes everything pending and flushes the stream.
+    /// Writes everything pending and flushes the stream; the write buffer
+    /// goes with it until there is something to send again.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         ready!(self.out.poll_write_all(&mut self.io, cx)).map_err(Error::Io)?;
         ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(Error::Io)?;
+        self.out.release();
         Poll::Ready(Ok(()))
     }
 
@@ -528,6 +529,7 @@ mod tests {
         assert!(pending.is_pending());
         assert_eq!(conn.inner.rbuf.capacity(), 0);
         assert_eq!(conn.inner.out.len(), 0);
+        assert!(!conn.inner.out.holds_memory());
 
         // What was written is the two messages, unmasked, in order.
         let mut echoed = vec![0u8; 4 + 10 + big.len()];

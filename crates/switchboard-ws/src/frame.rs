@@ -324,6 +324,12 @@ impl Output {
         }
     }
 
+    /// True if the buffers hold an allocation.
+    #[cfg(test)]
+    pub(crate) fn holds_memory(&self) -> bool {
+        self.tail.capacity() > 0 || self.segments.capacity() > 0
+    }
+
     /// Lets go of the buffers' memory when nothing is pending.
     pub(crate) fn release(&mut self) {
         if self.len == 0 {
