@@ -272,9 +272,11 @@ impl WsTransportBuilder {
         self
     }
 
-    /// Outbound frames are buffered until this many bytes are pending
-    /// before a socket write; every batch is flushed at its end anyway.
-    /// Default 16 KiB.
+    /// Small outbound frames are copied into a write buffer until this many
+    /// bytes are pending before a socket write; payloads over 4 KiB are
+    /// written from their own memory (vectored writes), up to 256 KiB per
+    /// write. Every batch is flushed at its end anyway, and the buffer is
+    /// let go once it is written. Default 16 KiB.
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
         self.write_buffer_size = bytes;
         self

@@ -28,6 +28,12 @@ use crate::keepalive::{Due, Keepalive};
 /// (a burst or a large message).
 const READ_AHEAD: usize = 64 * 1024;
 
+/// Pending outbound bytes, large payloads included, that make `poll_ready`
+/// write first. Large payloads cost no memory here (they are the queued
+/// messages' own), and each write wakes the peer, so a batch of them goes
+/// out in few large writes.
+const MAX_PENDING: usize = 256 * 1024;
+
 /// Sizes and limits of one connection.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Settings {
@@ -36,7 +42,8 @@ pub(crate) struct Settings {
     pub(crate) max_message: usize,
     /// Room for the first read of a burst.
     pub(crate) read_size: usize,
-    /// Pending outbound bytes that make `poll_ready` write first.
+    /// Outbound bytes copied into the write buffer that make `poll_ready`
+    /// write first.
     pub(crate) write_buffer: usize,
 }
 
@@ -369,7 +376,7 @@ where
     }
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.out.len() >= self.settings.write_buffer {
+        if self.out.copied() >= self.settings.write_buffer || self.out.len() >= MAX_PENDING {
             ready!(self.out.poll_write_all(&mut self.io, cx)).map_err(Error::Io)?;
         }
         Poll::Ready(Ok(()))

@@ -249,6 +249,12 @@ impl Output {
         self.len
     }
 
+    /// Bytes copied into the buffer (the rest are payloads referenced in
+    /// their own memory): what this buffer costs beyond the messages.
+    pub(crate) fn copied(&self) -> usize {
+        self.tail.len()
+    }
+
     /// Appends one complete frame (masked for `role` Client).
     pub(crate) fn frame(&mut self, role: Role, opcode: u8, payload: Bytes) {
         let len = payload.len();
