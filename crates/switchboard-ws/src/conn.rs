@@ -269,14 +269,9 @@ where
                 if fragments.opcode == OP_TEXT {
                     fragments.check(fin)?;
                 }
-                match self.fragments.take() {
-                    Some(fragments) if fin => {
-                        message(fragments.opcode, fragments.data.freeze()).map(Some)
-                    }
-                    other => {
-                        self.fragments = other;
-                        Ok(None)
-                    }
+                match self.fragments.take_if(|_| fin) {
+                    Some(done) => message(done.opcode, done.data.freeze()).map(Some),
+                    None => Ok(None),
                 }
             }
             OP_CLOSE => {
