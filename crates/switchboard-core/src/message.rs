@@ -305,6 +305,25 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_anywhere_is_still_validated() {
+        // Every length around the word sizes of the ASCII fast path, a
+        // non-ASCII byte at every position: invalid UTF-8 is refused and
+        // valid UTF-8 accepted.
+        for len in 0..80 {
+            let ascii = vec![b'a'; len];
+            assert!(Utf8Bytes::try_from(ascii.clone()).is_ok(), "{len}");
+            for at in 0..len {
+                let mut bytes = ascii.clone();
+                bytes[at] = 0xff;
+                assert!(Utf8Bytes::try_from(bytes.clone()).is_err(), "{len} {at}");
+                bytes[at] = 0xc3;
+                bytes.insert(at + 1, 0xa9); // é
+                assert!(Utf8Bytes::try_from(bytes).is_ok(), "{len} {at}");
+            }
+        }
+    }
+
+    #[test]
     fn clone_shares_payload() {
         let m = Message::binary(vec![7u8; 1024]);
         let c = m.clone();

@@ -151,7 +151,7 @@ impl<T: TransportConn> Driver<T> {
             // Only the handler's (boxed) future is kept across the await
             // below, not the step or the message.
             let step = poll_fn(|cx| self.poll_step(cx)).await;
-            let handler = match self.next_message(step) {
+            let handler = match self.next(step) {
                 Next::Message(msg) => {
                     self.received.0 += 1;
                     self.received.1 += msg.len() as u64;
@@ -193,7 +193,18 @@ impl<T: TransportConn> Driver<T> {
         }
     }
 
-    /// The message of a step, or how the connection ends (its close begun).
+    /// The message of a step, or how the connection ends (its close begun);
+    /// the common case inline, the rest in `next_message`. (A plain
+    /// function, so its locals take no room in the connection's future.)
+    #[inline(always)]
+    fn next(&self, step: Step) -> Next {
+        match step {
+            Step::Received(Ok(Received::Message(msg))) => Next::Message(msg),
+            step => self.next_message(step),
+        }
+    }
+
+    #[inline(never)]
     fn next_message(&self, step: Step) -> Next {
         match step {
             Step::Received(Ok(Received::Message(msg))) => Next::Message(msg),
