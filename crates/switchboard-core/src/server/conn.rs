@@ -40,6 +40,7 @@ pub(crate) async fn drive<T: TransportConn>(
         .rate_limit
         .map(|limit| (limit, TokenBucket::new(&limit)));
     let mut driver = Driver {
+        read_ahead: io.read_ahead_of_writes(),
         rate,
         io,
         conn: conn.clone(),
@@ -80,6 +81,8 @@ struct Driver<T> {
     /// counters: they are added once per batch, before its replies are
     /// flushed and whenever a handler waits.
     received: (u64, u64),
+    /// The transport's [`TransportConn::read_ahead_of_writes`].
+    read_ahead: bool,
 }
 
 /// What woke the read side.
@@ -299,12 +302,15 @@ impl<T: TransportConn> Driver<T> {
     }
 
     /// Whether the queue (or a signal) has to be looked at before the next
-    /// message is read: a batch is still waiting for the transport, a close
-    /// or force was requested, or the queue holds a quarter of its bounds.
-    /// Otherwise the queue is taken when the input runs out.
+    /// message is read: always unless the transport reads ahead of writes
+    /// ([`TransportConn::read_ahead_of_writes`]); then only when a batch is
+    /// still waiting for the transport, a close or force was requested, or
+    /// the queue holds a quarter of its bounds. Otherwise the queue is taken
+    /// when the input runs out.
     fn must_write_first(&self) -> bool {
         let config = &self.conn.context().config;
-        !self.batch.is_empty()
+        !self.read_ahead
+            || !self.batch.is_empty()
             || self.conn.has_signals()
             || self.conn.queued_messages() >= config.queue_max_messages.div_ceil(4)
             || self.conn.queued_bytes() >= config.queue_max_bytes.div_ceil(4)
