@@ -230,6 +230,7 @@ impl Connection {
     }
 
     /// Messages waiting in the outbound queue.
+    #[inline]
     pub fn queued_messages(&self) -> usize {
         self.inner.queued_msgs.load(Ordering::Acquire)
     }
@@ -306,17 +307,20 @@ impl Connection {
     /// The driver is about to poll a handler: until its next
     /// [`poll_state`](Self::poll_state) or [`poll_signals`](Self::poll_signals),
     /// sends to this connection do not wake it.
+    #[inline]
     pub(crate) fn set_awake(&self) {
         self.inner.awake.store(true, Ordering::Relaxed);
     }
 
     /// Whether a close or shutdown's force was requested (without the lock;
     /// `poll_state` gives the details).
+    #[inline]
     pub(crate) fn has_signals(&self) -> bool {
         self.inner.closing.load(Ordering::Acquire) || self.inner.forced.load(Ordering::Acquire)
     }
 
     /// Payload bytes waiting in the outbound queue.
+    #[inline]
     pub(crate) fn queued_bytes(&self) -> usize {
         self.inner.queued_bytes.load(Ordering::Acquire)
     }
@@ -389,6 +393,7 @@ pub(crate) struct Signals {
 }
 
 impl Inner {
+    #[inline]
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // Critical sections are panic-free pointer moves, so a poisoned lock
         // still guards consistent data.
