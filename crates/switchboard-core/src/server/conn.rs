@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, CatchUnwind};
 
 use crate::close::{CloseCode, CloseFrame, CloseReason};
 use crate::component::MessageComponent;
@@ -112,6 +112,9 @@ enum Next {
     End(End),
 }
 
+/// A handler's future, with its panics caught.
+type Handler<'a> = CatchUnwind<AssertUnwindSafe<BoxFuture<'a, Result<(), BoxError>>>>;
+
 /// How a handler run ended.
 enum Outcome {
     Done(Result<(), BoxError>),
@@ -184,7 +187,8 @@ impl<T: TransportConn> Driver<T> {
                 }
                 Next::End(end) => return end,
             };
-            match self.handle(handler).await {
+            let mut handler = AssertUnwindSafe(handler).catch_unwind();
+            match poll_fn(|cx| self.poll_handler(&mut handler, cx)).await {
                 Outcome::Done(Ok(())) => {}
                 Outcome::Done(Err(err)) => self.report(component, Error::Handler(err)).await,
                 Outcome::Panicked(msg) => return End::Panicked(msg),
@@ -358,39 +362,39 @@ impl<T: TransportConn> Driver<T> {
 
     /// Runs a handler future to completion (or until forced), writing what it
     /// queues as it goes. Panics are caught here.
-    async fn handle<'a>(
-        &mut self,
-        fut: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>,
-    ) -> Outcome {
+    async fn handle<'a>(&mut self, fut: BoxFuture<'a, Result<(), BoxError>>) -> Outcome {
         let mut fut = AssertUnwindSafe(fut).catch_unwind();
-        poll_fn(|cx| {
-            // The handler first: one that completes at once (the common case)
-            // leaves its replies to `poll_step`, which flushes them together
-            // with those of the messages already readable. Its sends need not
-            // wake this task: `poll_step` or the `poll_write` below takes the
-            // lock and looks at the queue before the task sleeps.
-            self.conn.set_awake();
-            if let Poll::Ready(res) = Pin::new(&mut fut).poll(cx) {
-                return Poll::Ready(match res {
-                    Ok(res) => Outcome::Done(res),
-                    Err(panic) => Outcome::Panicked(panic_message(&*panic)),
-                });
+        poll_fn(|cx| self.poll_handler(&mut fut, cx)).await
+    }
+
+    /// One poll of [`handle`](Self::handle); the message loop calls it
+    /// directly, without a future of its own per message.
+    fn poll_handler(&mut self, fut: &mut Handler<'_>, cx: &mut TaskContext<'_>) -> Poll<Outcome> {
+        // The handler first: one that completes at once (the common case)
+        // leaves its replies to `poll_step`, which flushes them together
+        // with those of the messages already readable. Its sends need not
+        // wake this task: `poll_step` or the `poll_write` below takes the
+        // lock and looks at the queue before the task sleeps.
+        self.conn.set_awake();
+        if let Poll::Ready(res) = Pin::new(&mut *fut).poll(cx) {
+            return Poll::Ready(match res {
+                Ok(res) => Outcome::Done(res),
+                Err(panic) => Outcome::Panicked(panic_message(&*panic)),
+            });
+        }
+        // It waits: write and flush what is queued meanwhile, so a
+        // handler that sends and then awaits does not stall replies.
+        self.count_received();
+        if self.broken.is_none() {
+            match self.poll_write(cx, true) {
+                Ok(signals) if signals.force => return Poll::Ready(Outcome::Forced),
+                Ok(_) => {}
+                Err(err) => self.broken = Some(err),
             }
-            // It waits: write and flush what is queued meanwhile, so a
-            // handler that sends and then awaits does not stall replies.
-            self.count_received();
-            if self.broken.is_none() {
-                match self.poll_write(cx, true) {
-                    Ok(signals) if signals.force => return Poll::Ready(Outcome::Forced),
-                    Ok(_) => {}
-                    Err(err) => self.broken = Some(err),
-                }
-            } else if self.conn.poll_signals(cx.waker()).force {
-                return Poll::Ready(Outcome::Forced);
-            }
-            Poll::Pending
-        })
-        .await
+        } else if self.conn.poll_signals(cx.waker()).force {
+            return Poll::Ready(Outcome::Forced);
+        }
+        Poll::Pending
     }
 
     /// Registers the waker, then writes out everything queued and, if
