@@ -40,7 +40,16 @@ pub(crate) async fn drive<T: TransportConn>(
         .rate_limit
         .map(|limit| (limit, TokenBucket::new(&limit)));
     let mut driver = Driver {
-        read_ahead: io.read_ahead_of_writes(),
+        // Reading ahead of writes, the queue is taken once it holds a
+        // quarter of its bounds; otherwise before every read (a bound of 0).
+        drain_at: if io.read_ahead_of_writes() {
+            (
+                ctx.config.queue_max_messages.div_ceil(4),
+                ctx.config.queue_max_bytes.div_ceil(4),
+            )
+        } else {
+            (0, 0)
+        },
         rate,
         io,
         conn: conn.clone(),
@@ -81,8 +90,10 @@ struct Driver<T> {
     /// counters: they are added once per batch, before its replies are
     /// flushed and whenever a handler waits.
     received: (u64, u64),
-    /// The transport's [`TransportConn::read_ahead_of_writes`].
-    read_ahead: bool,
+    /// Queued messages and bytes at which the queue is taken before the
+    /// next read: a quarter of the bounds when the transport reads ahead of
+    /// writes ([`TransportConn::read_ahead_of_writes`]), else 0 (always).
+    drain_at: (usize, usize),
 }
 
 /// What woke the read side.
@@ -312,12 +323,10 @@ impl<T: TransportConn> Driver<T> {
     /// the queue holds a quarter of its bounds. Otherwise the queue is taken
     /// when the input runs out.
     fn must_write_first(&self) -> bool {
-        let config = &self.conn.context().config;
-        !self.read_ahead
-            || !self.batch.is_empty()
+        !self.batch.is_empty()
             || self.conn.has_signals()
-            || self.conn.queued_messages() >= config.queue_max_messages.div_ceil(4)
-            || self.conn.queued_bytes() >= config.queue_max_bytes.div_ceil(4)
+            || self.conn.queued_messages() >= self.drain_at.0
+            || self.conn.queued_bytes() >= self.drain_at.1
     }
 
     /// Nothing more is readable (the transport registered the waker): count
