@@ -171,6 +171,7 @@ impl Codec {
         }
     }
 
+    #[inline]
     fn decode_line(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
         // A line of `max` bytes may be followed by "\r\n": its '\n' is at
         // index max + 1 at the latest. Searching no further bounds both the
@@ -245,6 +246,7 @@ impl Decoder for Codec {
     type Item = Message;
     type Error = Error;
 
+    #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
         match self.kind {
             Kind::Lines => self.decode_line(src),
