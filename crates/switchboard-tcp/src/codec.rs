@@ -284,6 +284,7 @@ impl Decoder for Codec {
 impl Encoder<Message> for Codec {
     type Error = Error;
 
+    #[inline]
     fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), Error> {
         let payload = msg.as_bytes();
         match self.kind {
