@@ -113,6 +113,7 @@ impl From<&str> for Utf8Bytes {
 
 impl TryFrom<Bytes> for Utf8Bytes {
     type Error = std::str::Utf8Error;
+    #[inline]
     fn try_from(bytes: Bytes) -> Result<Self, Self::Error> {
         // Most text on the wire is ASCII, which a word-at-a-time scan
         // checks in a fraction of the full validation's time.
