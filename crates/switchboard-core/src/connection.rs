@@ -63,6 +63,16 @@ struct Inner {
     /// Set (under `state`) once a close was requested; read by the driver
     /// on every poll without taking the lock.
     closing: AtomicBool,
+    /// Set (under `state`) when shutdown forces the connection; read by the
+    /// driver without taking the lock, like `closing`.
+    forced: AtomicBool,
+    /// The driver is running and will take the lock (in `poll_state` or
+    /// `poll_signals`) before it next sleeps, so `send` need not wake it.
+    /// Set by the driver, without the lock, before it polls a handler;
+    /// cleared under the lock by `poll_state`/`poll_signals`. A `send` that
+    /// reads it set (under the lock) therefore queued its message before
+    /// that next look at the queue.
+    awake: AtomicBool,
     state: Mutex<State>,
     extensions: Mutex<Extensions>,
 }
@@ -110,6 +120,8 @@ impl Connection {
                 queued_msgs: AtomicUsize::new(0),
                 queued_bytes: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
+                forced: AtomicBool::new(false),
+                awake: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
                 extensions: Mutex::new(extensions),
             }),
@@ -183,6 +195,12 @@ impl Connection {
         inner.queued_msgs.fetch_add(1, Ordering::AcqRel);
         inner.queued_bytes.fetch_add(len, Ordering::AcqRel);
         state.queue.push_back(msg);
+        // The driver is awake (typically running this very handler): it
+        // looks at the queue before it sleeps, so no wake-up is needed, and
+        // its waker stays registered.
+        if inner.awake.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let waker = state.waker.take();
         drop(state);
         wake(waker);
@@ -212,6 +230,7 @@ impl Connection {
     }
 
     /// Messages waiting in the outbound queue.
+    #[inline]
     pub fn queued_messages(&self) -> usize {
         self.inner.queued_msgs.load(Ordering::Acquire)
     }
@@ -279,15 +298,38 @@ impl Connection {
         let waker = {
             let mut state = self.inner.lock_state();
             state.force = true;
+            self.inner.forced.store(true, Ordering::Release);
             state.waker.take()
         };
         wake(waker);
+    }
+
+    /// The driver is about to poll a handler: until its next
+    /// [`poll_state`](Self::poll_state) or [`poll_signals`](Self::poll_signals),
+    /// sends to this connection do not wake it.
+    #[inline]
+    pub(crate) fn set_awake(&self) {
+        self.inner.awake.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a close or shutdown's force was requested (without the lock;
+    /// `poll_state` gives the details).
+    #[inline]
+    pub(crate) fn has_signals(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire) || self.inner.forced.load(Ordering::Acquire)
+    }
+
+    /// Payload bytes waiting in the outbound queue.
+    #[inline]
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.inner.queued_bytes.load(Ordering::Acquire)
     }
 
     /// Registers the task's waker, reads the close signals and, when `batch`
     /// is empty, moves the whole queue into it (one lock per batch).
     pub(crate) fn poll_state(&self, waker: &Waker, batch: &mut VecDeque<Message>) -> Signals {
         let mut state = self.inner.lock_state();
+        self.inner.awake.store(false, Ordering::Relaxed);
         match &state.waker {
             Some(w) if w.will_wake(waker) => {}
             _ => state.waker = Some(waker.clone()),
@@ -304,6 +346,7 @@ impl Connection {
     /// Like [`poll_state`](Self::poll_state), leaving the queue alone.
     pub(crate) fn poll_signals(&self, waker: &Waker) -> Signals {
         let mut state = self.inner.lock_state();
+        self.inner.awake.store(false, Ordering::Relaxed);
         match &state.waker {
             Some(w) if w.will_wake(waker) => {}
             _ => state.waker = Some(waker.clone()),
@@ -350,6 +393,7 @@ pub(crate) struct Signals {
 }
 
 impl Inner {
+    #[inline]
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // Critical sections are panic-free pointer moves, so a poisoned lock
         // still guards consistent data.

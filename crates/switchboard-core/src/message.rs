@@ -113,8 +113,13 @@ impl From<&str> for Utf8Bytes {
 
 impl TryFrom<Bytes> for Utf8Bytes {
     type Error = std::str::Utf8Error;
+    #[inline]
     fn try_from(bytes: Bytes) -> Result<Self, Self::Error> {
-        std::str::from_utf8(&bytes)?;
+        // Most text on the wire is ASCII, which a word-at-a-time scan
+        // checks in a fraction of the full validation's time.
+        if !bytes.is_ascii() {
+            std::str::from_utf8(&bytes)?;
+        }
         Ok(Self(bytes))
     }
 }
@@ -298,6 +303,25 @@ mod tests {
         assert!(Utf8Bytes::try_from(Bytes::from_static(b"\xff\xfe")).is_err());
         let ok = Utf8Bytes::try_from(Bytes::from_static("héllo".as_bytes())).expect("valid");
         assert_eq!(ok.as_str(), "héllo");
+    }
+
+    #[test]
+    fn non_ascii_anywhere_is_still_validated() {
+        // Every length around the word sizes of the ASCII fast path, a
+        // non-ASCII byte at every position: invalid UTF-8 is refused and
+        // valid UTF-8 accepted.
+        for len in 0..80 {
+            let ascii = vec![b'a'; len];
+            assert!(Utf8Bytes::try_from(ascii.clone()).is_ok(), "{len}");
+            for at in 0..len {
+                let mut bytes = ascii.clone();
+                bytes[at] = 0xff;
+                assert!(Utf8Bytes::try_from(bytes.clone()).is_err(), "{len} {at}");
+                bytes[at] = 0xc3;
+                bytes.insert(at + 1, 0xa9); // é
+                assert!(Utf8Bytes::try_from(bytes).is_ok(), "{len} {at}");
+            }
+        }
     }
 
     #[test]

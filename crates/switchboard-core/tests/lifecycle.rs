@@ -572,3 +572,127 @@ async fn rate_limit_closes_with_1008_or_drops() {
     assert_eq!(dropping.stats().rate_limited, 3);
     assert!(rec.close_reasons().is_empty());
 }
+
+/// Hands each message's connection to a helper thread that sends on it, and
+/// waits (spinning inside the handler's poll, or awaiting) until it has.
+struct Relay {
+    to_helper: Mutex<std::sync::mpsc::Sender<(Connection, String)>>,
+    sent: Arc<AtomicUsize>,
+    release: Notify,
+}
+
+impl Relay {
+    /// The component and its helper thread, which sends "from helper N" on
+    /// the connection for each message N and then counts it in `sent`.
+    fn start() -> Arc<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<(Connection, String)>();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        std::thread::spawn(move || {
+            for (conn, text) in rx {
+                conn.send(format!("from helper {text}")).unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Arc::new(Relay {
+            to_helper: Mutex::new(tx),
+            sent,
+            release: Notify::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl MessageComponent for Relay {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        let text = msg.as_text().ok_or("text only")?.to_owned();
+        let before = self.sent.load(Ordering::SeqCst);
+        let wait = text.starts_with("wait");
+        self.to_helper.lock().unwrap().send((conn.clone(), text))?;
+        if wait {
+            // Awaits: the driver writes what the helper queued meanwhile.
+            self.release.notified().await;
+            conn.send("released")?;
+        } else {
+            // Spins inside this poll, so the helper's send lands while the
+            // driver is polling the handler (and skips waking it); returns
+            // without sending anything itself.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while self.sent.load(Ordering::SeqCst) == before && std::time::Instant::now() < deadline
+            {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_from_another_thread_during_a_handler_is_delivered_without_more_input() {
+    let relay = Relay::start();
+    let server = TestServer::from_arc(relay.clone(), Config::default());
+    let mut client = server.connect().await;
+    for i in 0..200 {
+        assert!(client.send(i.to_string()).await);
+        // Nothing else arrives to wake the connection: the reply has to
+        // leave because the driver looked at the queue before sleeping.
+        assert_eq!(
+            recv(&mut client).await,
+            Some(Message::text(format!("from helper {i}")))
+        );
+    }
+    assert_eq!(relay.sent.load(Ordering::SeqCst), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_from_another_thread_while_a_handler_waits_is_delivered_at_once() {
+    let relay = Relay::start();
+    let server = TestServer::from_arc(relay.clone(), Config::default());
+    let mut client = server.connect().await;
+    for i in 0..20 {
+        assert!(client.send(format!("wait {i}")).await);
+        assert_eq!(
+            recv(&mut client).await,
+            Some(Message::text(format!("from helper wait {i}")))
+        );
+        // Counted while its handler is still running.
+        assert_eq!(server.stats().messages_in, i + 1);
+        relay.release.notify_one();
+        assert_eq!(recv(&mut client).await, Some(Message::text("released")));
+    }
+}
+
+struct Twice;
+
+#[async_trait]
+impl MessageComponent for Twice {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        conn.send(msg.clone())?;
+        conn.send(msg)?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn pipelined_input_with_a_small_queue_bound_gets_every_reply_in_order() {
+    // 12 messages wait together; the replies of those read before the queue
+    // is written out must stay within its bound of 8.
+    let config = Config::default().queue_max_messages(8);
+    let server = TestServer::from_arc(Arc::new(Twice), config);
+    let mut client = server.connect().await;
+    for i in 0..12 {
+        assert!(client.send(format!("m{i}")).await);
+    }
+    for i in 0..12 {
+        for _ in 0..2 {
+            assert_eq!(
+                recv(&mut client).await,
+                Some(Message::text(format!("m{i}")))
+            );
+        }
+    }
+    let stats = server.stats();
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
+    assert_eq!((stats.messages_in, stats.messages_out), (12, 24));
+    assert_eq!(stats.bytes_in, 10 * 2 + 2 * 3);
+}

@@ -171,6 +171,7 @@ impl Codec {
         }
     }
 
+    #[inline]
     fn decode_line(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
         // A line of `max` bytes may be followed by "\r\n": its '\n' is at
         // index max + 1 at the latest. Searching no further bounds both the
@@ -245,6 +246,7 @@ impl Decoder for Codec {
     type Item = Message;
     type Error = Error;
 
+    #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
         match self.kind {
             Kind::Lines => self.decode_line(src),
@@ -282,6 +284,7 @@ impl Decoder for Codec {
 impl Encoder<Message> for Codec {
     type Error = Error;
 
+    #[inline]
     fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), Error> {
         let payload = msg.as_bytes();
         match self.kind {

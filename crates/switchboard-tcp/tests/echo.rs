@@ -340,3 +340,88 @@ async fn connect_refused_is_an_io_error() {
         .unwrap_err();
     assert!(matches!(err, Error::Io(_)), "{err}");
 }
+
+/// Sends each line back twice.
+struct Twice;
+
+#[async_trait]
+impl MessageComponent for Twice {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        conn.send(msg.clone())?;
+        conn.send(msg)?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn pipelined_lines_with_a_small_queue_bound_get_every_reply_in_order() {
+    // The driver reads on while replies wait in the queue, but takes the
+    // queue once it holds a quarter of its bound: 200 lines in one write,
+    // two replies each, never refused by a queue of 8.
+    let config = Config::default().queue_max_messages(8);
+    let server = serve(TcpTransport::lines(Twice), config).await;
+    let mut stream = dial(server.local_addr()).await;
+    let input: String = (0..200).map(|i| format!("m{i}\n")).collect();
+    stream.write_all(input.as_bytes()).await.unwrap();
+    let expected: String = (0..200).map(|i| format!("m{i}\nm{i}\n")).collect();
+    let got = read_n(&mut stream, expected.len()).await;
+    assert_eq!(String::from_utf8(got).unwrap(), expected);
+    let stats = server.stats();
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
+    assert_eq!((stats.messages_in, stats.messages_out), (200, 400));
+    drop(stream);
+    server.shutdown().await;
+}
+
+/// Hands each line's connection to a helper thread that sends on it while
+/// the handler still runs (spinning inside its poll until the send is done).
+struct Relay {
+    to_helper: std::sync::Mutex<std::sync::mpsc::Sender<(Connection, String)>>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl MessageComponent for Relay {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        use std::sync::atomic::Ordering;
+        let before = self.sent.load(Ordering::SeqCst);
+        let text = msg.as_text().ok_or("text only")?.to_owned();
+        self.to_helper.lock().unwrap().send((conn.clone(), text))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.sent.load(Ordering::SeqCst) == before && std::time::Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_from_another_thread_during_a_handler_leaves_without_more_input() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (tx, rx) = std::sync::mpsc::channel::<(Connection, String)>();
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        for (conn, text) in rx {
+            conn.send(format!("helper {text}")).unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let relay = Relay {
+        to_helper: std::sync::Mutex::new(tx),
+        sent: sent.clone(),
+    };
+    let server = serve(TcpTransport::lines(relay), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    for i in 0..200 {
+        stream.write_all(format!("{i}\n").as_bytes()).await.unwrap();
+        // Nothing else arrives: the reply leaves because the driver looked
+        // at the queue before it slept, although the send did not wake it.
+        let expected = format!("helper {i}\n");
+        let got = read_n(&mut stream, expected.len()).await;
+        assert_eq!(String::from_utf8(got).unwrap(), expected);
+    }
+    assert_eq!(sent.load(Ordering::SeqCst), 200);
+    drop(stream);
+    server.shutdown().await;
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, CatchUnwind};
 
 use crate::close::{CloseCode, CloseFrame, CloseReason};
 use crate::component::MessageComponent;
@@ -40,12 +40,23 @@ pub(crate) async fn drive<T: TransportConn>(
         .rate_limit
         .map(|limit| (limit, TokenBucket::new(&limit)));
     let mut driver = Driver {
+        // Reading ahead of writes, the queue is taken once it holds a
+        // quarter of its bounds; otherwise before every read (a bound of 0).
+        drain_at: if io.read_ahead_of_writes() {
+            (
+                ctx.config.queue_max_messages.div_ceil(4),
+                ctx.config.queue_max_bytes.div_ceil(4),
+            )
+        } else {
+            (0, 0)
+        },
         rate,
         io,
         conn: conn.clone(),
         batch: VecDeque::new(),
         unflushed: false,
         broken: None,
+        received: (0, 0),
     };
 
     let reason = driver.run(&*component).await;
@@ -75,6 +86,14 @@ struct Driver<T> {
     broken: Option<Error>,
     /// The inbound rate limit and this connection's bucket, if configured.
     rate: Option<(RateLimit, TokenBucket)>,
+    /// Messages and bytes received and not yet added to the server's
+    /// counters: they are added once per batch, before its replies are
+    /// flushed and whenever a handler waits.
+    received: (u64, u64),
+    /// Queued messages and bytes at which the queue is taken before the
+    /// next read: a quarter of the bounds when the transport reads ahead of
+    /// writes ([`TransportConn::read_ahead_of_writes`]), else 0 (always).
+    drain_at: (usize, usize),
 }
 
 /// What woke the read side.
@@ -104,6 +123,9 @@ enum Next {
     End(End),
 }
 
+/// A handler's future, with its panics caught.
+type Handler<'a> = CatchUnwind<AssertUnwindSafe<BoxFuture<'a, Result<(), BoxError>>>>;
+
 /// How a handler run ended.
 enum Outcome {
     Done(Result<(), BoxError>),
@@ -120,6 +142,7 @@ impl<T: TransportConn> Driver<T> {
     /// connection's task holds only the loop's small state.
     async fn run(&mut self, component: &dyn MessageComponent) -> CloseReason {
         let end = self.serve(component).await;
+        self.count_received();
         self.end(component, end).await
     }
 
@@ -145,14 +168,14 @@ impl<T: TransportConn> Driver<T> {
             // Only the handler's (boxed) future is kept across the await
             // below, not the step or the message.
             let step = poll_fn(|cx| self.poll_step(cx)).await;
-            let handler = match self.next_message(step) {
+            let handler = match self.next(step) {
                 Next::Message(msg) => {
-                    let stats = &self.conn.context().stats;
-                    Stats::add(&stats.messages_in, 1);
-                    Stats::add(&stats.bytes_in, msg.len() as u64);
+                    self.received.0 += 1;
+                    self.received.1 += msg.len() as u64;
                     if let Some((limit, bucket)) = &mut self.rate
                         && !bucket.take(limit)
                     {
+                        let stats = &self.conn.context().stats;
                         Stats::add(&stats.rate_limited, 1);
                         match limit.action {
                             RateLimitAction::Drop => continue,
@@ -175,7 +198,8 @@ impl<T: TransportConn> Driver<T> {
                 }
                 Next::End(end) => return end,
             };
-            match self.handle(handler).await {
+            let mut handler = AssertUnwindSafe(handler).catch_unwind();
+            match poll_fn(|cx| self.poll_handler(&mut handler, cx)).await {
                 Outcome::Done(Ok(())) => {}
                 Outcome::Done(Err(err)) => self.report(component, Error::Handler(err)).await,
                 Outcome::Panicked(msg) => return End::Panicked(msg),
@@ -187,7 +211,18 @@ impl<T: TransportConn> Driver<T> {
         }
     }
 
-    /// The message of a step, or how the connection ends (its close begun).
+    /// The message of a step, or how the connection ends (its close begun);
+    /// the common case inline, the rest in `next_message`. (A plain
+    /// function, so its locals take no room in the connection's future.)
+    #[inline(always)]
+    fn next(&self, step: Step) -> Next {
+        match step {
+            Step::Received(Ok(Received::Message(msg))) => Next::Message(msg),
+            step => self.next_message(step),
+        }
+    }
+
+    #[inline(never)]
     fn next_message(&self, step: Step) -> Next {
         match step {
             Step::Received(Ok(Received::Message(msg))) => Next::Message(msg),
@@ -252,7 +287,16 @@ impl<T: TransportConn> Driver<T> {
     ///
     /// The flush waits until nothing more is readable: the replies to every
     /// message that arrived together then leave in one write, not one each.
+    /// While input is readable, the queue is left to fill (up to a quarter of
+    /// its bounds) and taken once, when the input runs out: one lock and one
+    /// pass over the transport per batch rather than per message.
     fn poll_step(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
+        if !self.must_write_first() {
+            if let Poll::Ready(received) = self.io.poll_recv(cx) {
+                return Poll::Ready(Step::Received(received));
+            }
+            return self.poll_idle(cx);
+        }
         let signals = match self.poll_write(cx, false) {
             Ok(signals) => signals,
             Err(err) => return Poll::Ready(Step::WriteFailed(err)),
@@ -266,49 +310,100 @@ impl<T: TransportConn> Driver<T> {
         match self.io.poll_recv(cx) {
             Poll::Ready(received) => Poll::Ready(Step::Received(received)),
             Poll::Pending => {
-                if self.unflushed {
-                    match self.io.poll_flush(cx) {
-                        Poll::Ready(Ok(())) => self.unflushed = false,
-                        Poll::Ready(Err(err)) => return Poll::Ready(Step::WriteFailed(err)),
-                        Poll::Pending => {}
-                    }
-                }
-                Poll::Pending
+                self.count_received();
+                self.poll_flush_idle(cx)
             }
+        }
+    }
+
+    /// Whether the queue (or a signal) has to be looked at before the next
+    /// message is read: always unless the transport reads ahead of writes
+    /// ([`TransportConn::read_ahead_of_writes`]); then only when a batch is
+    /// still waiting for the transport, a close or force was requested, or
+    /// the queue holds a quarter of its bounds. Otherwise the queue is taken
+    /// when the input runs out.
+    fn must_write_first(&self) -> bool {
+        !self.batch.is_empty()
+            || self.conn.has_signals()
+            || self.conn.queued_messages() >= self.drain_at.0
+            || self.conn.queued_bytes() >= self.drain_at.1
+    }
+
+    /// Nothing more is readable (the transport registered the waker): count
+    /// what arrived, write out the queue, look at the signals and flush.
+    fn poll_idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
+        self.count_received();
+        let signals = match self.poll_write(cx, false) {
+            Ok(signals) => signals,
+            Err(err) => return Poll::Ready(Step::WriteFailed(err)),
+        };
+        if signals.force {
+            return Poll::Ready(Step::Forced);
+        }
+        if let Some(req) = signals.close {
+            return Poll::Ready(Step::Close(req));
+        }
+        self.poll_flush_idle(cx)
+    }
+
+    /// Flushes what was written since the last flush; always `Pending`
+    /// unless the flush fails.
+    fn poll_flush_idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
+        if self.unflushed {
+            match self.io.poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(err)) => return Poll::Ready(Step::WriteFailed(err)),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Adds the messages received since the last call to the counters.
+    fn count_received(&mut self) {
+        let (msgs, bytes) = std::mem::take(&mut self.received);
+        if msgs > 0 {
+            let stats = &self.conn.context().stats;
+            Stats::add(&stats.messages_in, msgs);
+            Stats::add(&stats.bytes_in, bytes);
         }
     }
 
     /// Runs a handler future to completion (or until forced), writing what it
     /// queues as it goes. Panics are caught here.
-    async fn handle<'a>(
-        &mut self,
-        fut: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>,
-    ) -> Outcome {
+    async fn handle<'a>(&mut self, fut: BoxFuture<'a, Result<(), BoxError>>) -> Outcome {
         let mut fut = AssertUnwindSafe(fut).catch_unwind();
-        poll_fn(|cx| {
-            // The handler first: one that completes at once (the common case)
-            // leaves its replies to `poll_step`, which flushes them together
-            // with those of the messages already readable.
-            if let Poll::Ready(res) = Pin::new(&mut fut).poll(cx) {
-                return Poll::Ready(match res {
-                    Ok(res) => Outcome::Done(res),
-                    Err(panic) => Outcome::Panicked(panic_message(&*panic)),
-                });
+        poll_fn(|cx| self.poll_handler(&mut fut, cx)).await
+    }
+
+    /// One poll of [`handle`](Self::handle); the message loop calls it
+    /// directly, without a future of its own per message.
+    fn poll_handler(&mut self, fut: &mut Handler<'_>, cx: &mut TaskContext<'_>) -> Poll<Outcome> {
+        // The handler first: one that completes at once (the common case)
+        // leaves its replies to `poll_step`, which flushes them together
+        // with those of the messages already readable. Its sends need not
+        // wake this task: `poll_step` or the `poll_write` below takes the
+        // lock and looks at the queue before the task sleeps.
+        self.conn.set_awake();
+        if let Poll::Ready(res) = Pin::new(&mut *fut).poll(cx) {
+            return Poll::Ready(match res {
+                Ok(res) => Outcome::Done(res),
+                Err(panic) => Outcome::Panicked(panic_message(&*panic)),
+            });
+        }
+        // It waits: write and flush what is queued meanwhile, so a
+        // handler that sends and then awaits does not stall replies.
+        self.count_received();
+        if self.broken.is_none() {
+            match self.poll_write(cx, true) {
+                Ok(signals) if signals.force => return Poll::Ready(Outcome::Forced),
+                Ok(_) => {}
+                Err(err) => self.broken = Some(err),
             }
-            // It waits: write and flush what is queued meanwhile, so a
-            // handler that sends and then awaits does not stall replies.
-            if self.broken.is_none() {
-                match self.poll_write(cx, true) {
-                    Ok(signals) if signals.force => return Poll::Ready(Outcome::Forced),
-                    Ok(_) => {}
-                    Err(err) => self.broken = Some(err),
-                }
-            } else if self.conn.poll_signals(cx.waker()).force {
-                return Poll::Ready(Outcome::Forced);
-            }
-            Poll::Pending
-        })
-        .await
+        } else if self.conn.poll_signals(cx.waker()).force {
+            return Poll::Ready(Outcome::Forced);
+        }
+        Poll::Pending
     }
 
     /// Registers the waker, then writes out everything queued and, if
@@ -333,15 +428,24 @@ impl<T: TransportConn> Driver<T> {
             }
             let stats = &self.conn.context().stats;
             let (mut count, mut bytes) = (0u64, 0u64);
+            // The transport is asked for room only for a message that waits:
+            // after the batch's last one it may not write (a peer that read
+            // it would then find the queue counters not yet released).
             let result = loop {
-                match self.io.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(err)) => break Err(err),
-                    Poll::Pending => break Ok(false),
-                }
                 let Some(msg) = self.batch.pop_front() else {
                     break Ok(true);
                 };
+                match self.io.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(err)) => {
+                        self.batch.push_front(msg);
+                        break Err(err);
+                    }
+                    Poll::Pending => {
+                        self.batch.push_front(msg);
+                        break Ok(false);
+                    }
+                }
                 count += 1;
                 bytes += msg.len() as u64;
                 self.unflushed = true;
