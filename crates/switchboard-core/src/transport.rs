@@ -50,20 +50,6 @@ pub trait TransportConn: Send + Unpin + 'static {
     /// just end the stream). Called repeatedly with the same frame until it
     /// returns `Ready`; the driver bounds it with `Config::close_timeout`.
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>>;
-
-    /// Whether the driver may read on while replies wait in the queue,
-    /// handing them all to `start_send` in one pass once nothing more is
-    /// readable (or the queue reaches a quarter of its bounds) rather than
-    /// after each message: fewer passes over the queue per batch of input.
-    ///
-    /// The default is `false`: a transport whose read buffer is reused in
-    /// place only once the messages split off it are dropped (an echo's
-    /// replies share their bytes) would otherwise allocate a new buffer for
-    /// each read. Say `true` when received messages hold no buffer the next
-    /// read needs.
-    fn read_ahead_of_writes(&self) -> bool {
-        false
-    }
 }
 
 /// A boxed connection is a connection, so that a client can choose its
@@ -87,10 +73,6 @@ impl<T: TransportConn + ?Sized> TransportConn for Box<T> {
 
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>> {
         (**self).poll_close(cx, frame)
-    }
-
-    fn read_ahead_of_writes(&self) -> bool {
-        (**self).read_ahead_of_writes()
     }
 }
 

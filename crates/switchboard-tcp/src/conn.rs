@@ -388,13 +388,6 @@ where
         self.read_buf = BytesMut::new();
         Poll::Ready(Ok(()))
     }
-
-    /// Messages split off the read buffer do not stand in the way of the
-    /// next read: it goes to the room left after them (or to a new buffer,
-    /// as it would after an idle wait anyway).
-    fn read_ahead_of_writes(&self) -> bool {
-        true
-    }
 }
 
 impl<IO, C> std::fmt::Debug for TcpConn<IO, C> {

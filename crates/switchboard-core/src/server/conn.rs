@@ -40,16 +40,10 @@ pub(crate) async fn drive<T: TransportConn>(
         .rate_limit
         .map(|limit| (limit, TokenBucket::new(&limit)));
     let mut driver = Driver {
-        // Reading ahead of writes, the queue is taken once it holds a
-        // quarter of its bounds; otherwise before every read (a bound of 0).
-        drain_at: if io.read_ahead_of_writes() {
-            (
-                ctx.config.queue_max_messages.div_ceil(4),
-                ctx.config.queue_max_bytes.div_ceil(4),
-            )
-        } else {
-            (0, 0)
-        },
+        drain_at: (
+            ctx.config.queue_max_messages.div_ceil(4),
+            ctx.config.queue_max_bytes.div_ceil(4),
+        ),
         rate,
         io,
         conn: conn.clone(),
@@ -91,8 +85,8 @@ struct Driver<T> {
     /// flushed and whenever a handler waits.
     received: (u64, u64),
     /// Queued messages and bytes at which the queue is taken before the
-    /// next read: a quarter of the bounds when the transport reads ahead of
-    /// writes ([`TransportConn::read_ahead_of_writes`]), else 0 (always).
+    /// next read (a quarter of the bounds): below them, replies wait while
+    /// more input is readable.
     drain_at: (usize, usize),
 }
 
@@ -317,11 +311,9 @@ impl<T: TransportConn> Driver<T> {
     }
 
     /// Whether the queue (or a signal) has to be looked at before the next
-    /// message is read: always unless the transport reads ahead of writes
-    /// ([`TransportConn::read_ahead_of_writes`]); then only when a batch is
-    /// still waiting for the transport, a close or force was requested, or
-    /// the queue holds a quarter of its bounds. Otherwise the queue is taken
-    /// when the input runs out.
+    /// message is read: when a batch is still waiting for the transport, a
+    /// close or force was requested, or the queue holds a quarter of its
+    /// bounds. Otherwise the queue is taken when the input runs out.
     fn must_write_first(&self) -> bool {
         !self.batch.is_empty()
             || self.conn.has_signals()
