@@ -227,7 +227,6 @@ where
                     return Poll::Ready(Err(err));
                 }
             };
-            self.keepalive.seen();
             if let Some(received) = self.on_frame(frame)? {
                 return Poll::Ready(Ok(received));
             }
@@ -286,8 +285,8 @@ where
                 self.pong = Some(payload.freeze());
                 Ok(None)
             }
-            // A pong only counts as traffic. `parse_header` lets no other
-            // opcode through.
+            // A pong needs no answer (its bytes counted as traffic when
+            // read). `parse_header` lets no other opcode through.
             _ => {
                 debug_assert_eq!(opcode, OP_PONG);
                 Ok(None)
@@ -347,6 +346,9 @@ where
             if n == 0 {
                 return Poll::Ready(Ok(None));
             }
+            // Any bytes from the peer are traffic (one clock read per read,
+            // not per frame).
+            self.keepalive.seen();
             self.next_read = if n == room { READ_AHEAD } else { s.read_size };
         }
     }
