@@ -380,7 +380,13 @@ where
     }
 
     fn start_send(&mut self, msg: Message) -> Result<(), Error> {
-        if !matches!(self.close, CloseState::Open | CloseState::PeerClosed) {
+        // No data after our close frame. After the peer's end of stream
+        // the write half may still be open: what was queued goes out (or
+        // fails there with the stream's own error).
+        if matches!(
+            self.close,
+            CloseState::Flushing | CloseState::Answering | CloseState::Draining | CloseState::Done
+        ) {
             return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
         }
         let (opcode, payload) = match msg {

@@ -412,3 +412,20 @@ async fn large_and_small_messages_keep_their_order_both_ways() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn replies_reach_a_peer_that_half_closed_after_its_message() {
+    let (recorder, _events) = Recorder::new();
+    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let mut ws = RawWs::connect(server.local_addr(), "/").await;
+    ws.send_frame(0x1, true, b"last words").await;
+    // The end of our stream, without a close frame; our read half stays open.
+    use tokio::io::AsyncWriteExt;
+    ws.stream.shutdown().await.expect("shutdown");
+    let echo = timeout(LIMIT, ws.read_frame())
+        .await
+        .expect("in time")
+        .expect("the echo");
+    assert_eq!((echo.opcode, &echo.payload[..]), (0x1, &b"last words"[..]));
+    server.shutdown().await;
+}
