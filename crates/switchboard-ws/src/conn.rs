@@ -551,6 +551,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_smallest_read_size_still_reads_whole_frames() {
+        let (mut peer, io) = tokio::io::duplex(1024);
+        let keepalive = Keepalive::new(None, None);
+        let tiny = Settings {
+            read_size: 1,
+            ..settings(Role::Server)
+        };
+        let mut conn = WsConnection::new(io, tiny, keepalive, b"");
+        peer.write_all(&masked_frame(OP_TEXT, b"one"))
+            .await
+            .unwrap();
+        peer.write_all(&masked_frame(OP_BINARY, &[7; 300]))
+            .await
+            .unwrap();
+        let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
+        assert!(matches!(got, Received::Message(m) if m.as_text() == Some("one")));
+        let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
+        assert!(matches!(got, Received::Message(m) if m.as_bytes() == [7; 300]));
+    }
+
+    #[tokio::test]
     async fn bytes_after_the_handshake_are_the_first_frames() {
         let (_peer, io) = tokio::io::duplex(1024);
         let mut leftover = masked_frame(OP_TEXT, b"one");
