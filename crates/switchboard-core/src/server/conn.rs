@@ -291,15 +291,8 @@ impl<T: TransportConn> Driver<T> {
             }
             return self.poll_idle(cx);
         }
-        let signals = match self.poll_write(cx, false) {
-            Ok(signals) => signals,
-            Err(err) => return Poll::Ready(Step::WriteFailed(err)),
-        };
-        if signals.force {
-            return Poll::Ready(Step::Forced);
-        }
-        if let Some(req) = signals.close {
-            return Poll::Ready(Step::Close(req));
+        if let Some(step) = self.write_queue(cx) {
+            return Poll::Ready(step);
         }
         match self.io.poll_recv(cx) {
             Poll::Ready(received) => Poll::Ready(Step::Received(received)),
@@ -307,6 +300,16 @@ impl<T: TransportConn> Driver<T> {
                 self.count_received();
                 self.poll_flush_idle(cx)
             }
+        }
+    }
+
+    /// Writes out the queue (without flushing) and reads the signals: the
+    /// step they call for, if any.
+    fn write_queue(&mut self, cx: &mut TaskContext<'_>) -> Option<Step> {
+        match self.poll_write(cx, false) {
+            Err(err) => Some(Step::WriteFailed(err)),
+            Ok(signals) if signals.force => Some(Step::Forced),
+            Ok(signals) => signals.close.map(Step::Close),
         }
     }
 
@@ -325,15 +328,8 @@ impl<T: TransportConn> Driver<T> {
     /// what arrived, write out the queue, look at the signals and flush.
     fn poll_idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
         self.count_received();
-        let signals = match self.poll_write(cx, false) {
-            Ok(signals) => signals,
-            Err(err) => return Poll::Ready(Step::WriteFailed(err)),
-        };
-        if signals.force {
-            return Poll::Ready(Step::Forced);
-        }
-        if let Some(req) = signals.close {
-            return Poll::Ready(Step::Close(req));
+        if let Some(step) = self.write_queue(cx) {
+            return Poll::Ready(step);
         }
         self.poll_flush_idle(cx)
     }
