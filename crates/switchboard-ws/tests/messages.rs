@@ -50,6 +50,16 @@ fn close_code(msg: Option<WsMessage>) -> Option<u16> {
     }
 }
 
+/// The code of the server's close frame on a raw connection, waiting at
+/// most `LIMIT` for it.
+async fn raw_close_code(ws: &mut RawWs) -> Option<u16> {
+    timeout(LIMIT, ws.read_until_close())
+        .await
+        .expect("in time")
+        .expect("close frame")
+        .close_code()
+}
+
 #[tokio::test]
 async fn echoes_text_as_text_and_binary_as_binary() {
     let (recorder, mut events) = Recorder::new();
@@ -135,11 +145,7 @@ async fn oversized_fragmented_message_is_closed_with_1009() {
     // Two frames under the frame limit whose sum is over the message limit.
     ws.send_frame(0x2, false, &[1u8; 600]).await;
     ws.send_frame(0x0, true, &[1u8; 600]).await;
-    let close = timeout(LIMIT, ws.read_until_close())
-        .await
-        .expect("in time")
-        .expect("close frame");
-    assert_eq!(close.close_code(), Some(1009));
+    assert_eq!(raw_close_code(&mut ws).await, Some(1009));
     assert!(matches!(events.closed().await, CloseReason::Error(f) if f.code == CloseCode::SIZE));
     server.shutdown().await;
 }
@@ -150,11 +156,7 @@ async fn invalid_utf8_is_closed_with_1007() {
     let server = start(WsTransport::new(recorder), fast_config()).await;
     let mut ws = RawWs::connect(server.local_addr(), "/").await;
     ws.send_frame(0x1, true, b"ok \xff\xfe not utf-8").await;
-    let close = timeout(LIMIT, ws.read_until_close())
-        .await
-        .expect("in time")
-        .expect("close frame");
-    assert_eq!(close.close_code(), Some(1007));
+    assert_eq!(raw_close_code(&mut ws).await, Some(1007));
     assert!(matches!(events.next().await, Event::Open { .. }));
     assert!(matches!(events.next().await, Event::Error(e) if e.contains("1007")));
     assert!(matches!(events.closed().await, CloseReason::Error(f) if f.code == CloseCode::INVALID));
@@ -170,11 +172,7 @@ async fn protocol_errors_are_closed_with_1002() {
     // An unknown opcode.
     let mut ws = RawWs::connect(addr, "/").await;
     ws.send_frame(0x3, true, b"?").await;
-    let close = timeout(LIMIT, ws.read_until_close())
-        .await
-        .expect("in time")
-        .expect("close frame");
-    assert_eq!(close.close_code(), Some(1002));
+    assert_eq!(raw_close_code(&mut ws).await, Some(1002));
     assert!(
         matches!(events.closed().await, CloseReason::Error(f) if f.code == CloseCode::PROTOCOL)
     );
@@ -186,11 +184,7 @@ async fn protocol_errors_are_closed_with_1002() {
         .write_all(&[0x81, 0x02, b'h', b'i'])
         .await
         .expect("write");
-    let close = timeout(LIMIT, ws.read_until_close())
-        .await
-        .expect("in time")
-        .expect("close frame");
-    assert_eq!(close.close_code(), Some(1002));
+    assert_eq!(raw_close_code(&mut ws).await, Some(1002));
     server.shutdown().await;
 }
 
@@ -342,11 +336,7 @@ async fn utf8_split_across_fragments_is_whole_and_invalid_text_fails_before_the_
     // message never ends.
     let mut ws = RawWs::connect(addr, "/").await;
     ws.send_frame(0x1, false, b"ok \xFF").await;
-    let close = timeout(LIMIT, ws.read_until_close())
-        .await
-        .expect("in time")
-        .expect("close frame");
-    assert_eq!(close.close_code(), Some(1007));
+    assert_eq!(raw_close_code(&mut ws).await, Some(1007));
     server.shutdown().await;
 }
 
