@@ -44,7 +44,8 @@ pub enum Error {
     #[error("handler error: {0}")]
     Handler(#[source] BoxError),
 
-    /// A handler panicked; the payload's message, if it had one.
+    /// A handler panicked (or the transport, in a custom codec); the
+    /// payload's message, if it had one.
     #[error("handler panicked: {0}")]
     Panic(String),
 

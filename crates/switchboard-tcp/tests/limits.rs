@@ -171,6 +171,55 @@ async fn undecoded_input_is_bounded_for_any_codec() {
     server.shutdown().await;
 }
 
+/// The lines codec, except that a line "boom" makes decoding panic.
+#[derive(Clone)]
+struct Fragile(switchboard::tcp::Codec);
+
+impl Decoder for Fragile {
+    type Item = Message;
+    type Error = switchboard::tcp::Error;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Self::Error> {
+        let msg = self.0.decode(src)?;
+        assert!(msg != Some(Message::text("boom")), "codec panic");
+        Ok(msg)
+    }
+}
+
+impl Encoder<Message> for Fragile {
+    type Error = switchboard::tcp::Error;
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        self.0.encode(msg, dst)
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_codec_closes_only_its_connection_after_its_replies() {
+    let (component, mut events) = recorder(true);
+    let transport = TcpTransport::with_codec(component, Fragile(switchboard::tcp::Codec::lines()));
+    let server = serve(transport, Config::default()).await;
+    let mut good = dial(server.local_addr()).await;
+    let good_conn = events.opened().await;
+    let mut bad = dial(server.local_addr()).await;
+    let bad_conn = events.opened().await;
+
+    bad.write_all(b"one\ntwo\nboom\nnever\n").await.unwrap();
+    assert_eq!(events.message(bad_conn.id()).await, Message::text("one"));
+    assert_eq!(events.message(bad_conn.id()).await, Message::text("two"));
+    // The replies to what came before the panic are written, then the
+    // server ends the stream.
+    assert_eq!(read_to_end(&mut bad).await, b"one\ntwo\n");
+    drop(bad);
+    let (seen, reason) = events.error_then_close(bad_conn.id()).await;
+    assert!(seen.text.contains("codec panic"), "{seen:?}");
+    assert_eq!(reason, CloseReason::Panic);
+    assert_eq!(server.stats().panics, 1);
+
+    roundtrip(&mut good, "still here").await;
+    assert!(!good_conn.is_closed());
+    drop(good);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn half_close_delivers_everything_then_closes() {
     let (component, mut events) = recorder(true);

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, CatchUnwind};
+use futures_util::future::BoxFuture;
 
 use crate::close::{CloseCode, CloseFrame, CloseReason};
 use crate::component::MessageComponent;
 use crate::connection::{CloseRequest, Connection, Signals};
-use crate::error::{BoxError, Error};
+use crate::error::Error;
 use crate::limits::{RateLimit, RateLimitAction, TokenBucket};
 use crate::message::Message;
 use crate::stats::Stats;
@@ -103,7 +103,7 @@ enum End {
     /// Report the error (if any) to `on_error`, then close with the
     /// request (already begun).
     Close(CloseRequest, Option<Error>),
-    /// A handler panicked.
+    /// A handler (or the transport) panicked in the message loop.
     Panicked(String),
     /// Writing failed: the connection is gone.
     WriteFailed(Error),
@@ -117,13 +117,11 @@ enum Next {
     End(End),
 }
 
-/// A handler's future, with its panics caught.
-type Handler<'a> = CatchUnwind<AssertUnwindSafe<BoxFuture<'a, Result<(), BoxError>>>>;
-
 /// How a handler run ended.
-enum Outcome {
-    Done(Result<(), BoxError>),
-    Panicked(String),
+enum Outcome<T> {
+    /// The handler's output.
+    Done(T),
+    /// Shutdown's grace period ended while it waited.
     Forced,
 }
 
@@ -134,8 +132,18 @@ impl<T: TransportConn> Driver<T> {
     /// The loop and the close are separate futures, and the close (with its
     /// timer and `on_error` call) is boxed when it starts: an idle
     /// connection's task holds only the loop's small state.
+    ///
+    /// Panics in the loop (from `on_open`, `on_message` or the transport)
+    /// are caught once around it, not around each handler call, which
+    /// would cost every message: a panic ends the loop, its future is
+    /// dropped, and the close path reports it. Handlers are polled between
+    /// the driver's own updates, never during one, so the driver is whole
+    /// for the close.
     async fn run(&mut self, component: &dyn MessageComponent) -> CloseReason {
-        let end = self.serve(component).await;
+        let end = match AssertUnwindSafe(self.serve(component)).catch_unwind().await {
+            Ok(end) => end,
+            Err(panic) => End::Panicked(panic_message(&*panic)),
+        };
         self.count_received();
         self.end(component, end).await
     }
@@ -154,7 +162,6 @@ impl<T: TransportConn> Driver<T> {
                 ));
                 return End::Close(req, Some(Error::Handler(err)));
             }
-            Outcome::Panicked(msg) => return End::Panicked(msg),
             Outcome::Forced => return End::Shutdown,
         }
 
@@ -162,7 +169,7 @@ impl<T: TransportConn> Driver<T> {
             // Only the handler's (boxed) future is kept across the await
             // below, not the step or the message.
             let step = poll_fn(|cx| self.poll_step(cx)).await;
-            let handler = match self.next(step) {
+            let mut handler = match self.next(step) {
                 Next::Message(msg) => {
                     self.received.0 += 1;
                     self.received.1 += msg.len() as u64;
@@ -192,11 +199,9 @@ impl<T: TransportConn> Driver<T> {
                 }
                 Next::End(end) => return end,
             };
-            let mut handler = AssertUnwindSafe(handler).catch_unwind();
             match poll_fn(|cx| self.poll_handler(&mut handler, cx)).await {
                 Outcome::Done(Ok(())) => {}
                 Outcome::Done(Err(err)) => self.report(component, Error::Handler(err)).await,
-                Outcome::Panicked(msg) => return End::Panicked(msg),
                 Outcome::Forced => return End::Shutdown,
             }
             if let Some(err) = self.broken.take() {
@@ -358,26 +363,26 @@ impl<T: TransportConn> Driver<T> {
     }
 
     /// Runs a handler future to completion (or until forced), writing what it
-    /// queues as it goes. Panics are caught here.
-    async fn handle<'a>(&mut self, fut: BoxFuture<'a, Result<(), BoxError>>) -> Outcome {
-        let mut fut = AssertUnwindSafe(fut).catch_unwind();
+    /// queues as it goes.
+    async fn handle<F: Future + Unpin>(&mut self, mut fut: F) -> Outcome<F::Output> {
         poll_fn(|cx| self.poll_handler(&mut fut, cx)).await
     }
 
     /// One poll of [`handle`](Self::handle); the message loop calls it
     /// directly, without a future of its own per message.
-    fn poll_handler(&mut self, fut: &mut Handler<'_>, cx: &mut TaskContext<'_>) -> Poll<Outcome> {
+    fn poll_handler<F: Future + Unpin>(
+        &mut self,
+        fut: &mut F,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Outcome<F::Output>> {
         // The handler first: one that completes at once (the common case)
         // leaves its replies to `poll_step`, which flushes them together
         // with those of the messages already readable. Its sends need not
         // wake this task: `poll_step` or the `poll_write` below takes the
         // lock and looks at the queue before the task sleeps.
         self.conn.set_awake();
-        if let Poll::Ready(res) = Pin::new(&mut *fut).poll(cx) {
-            return Poll::Ready(match res {
-                Ok(res) => Outcome::Done(res),
-                Err(panic) => Outcome::Panicked(panic_message(&*panic)),
-            });
+        if let Poll::Ready(out) = Pin::new(&mut *fut).poll(cx) {
+            return Poll::Ready(Outcome::Done(out));
         }
         // It waits: write and flush what is queued meanwhile, so a
         // handler that sends and then awaits does not stall replies.
@@ -547,7 +552,8 @@ impl<T: TransportConn> Driver<T> {
         })
     }
 
-    /// Runs `on_error`; a panic in it is logged and otherwise ignored.
+    /// Runs `on_error`; a panic in it is logged and otherwise ignored
+    /// (caught here, since the close path runs outside the loop's catch).
     fn report<'a>(
         &'a mut self,
         component: &'a dyn MessageComponent,
@@ -555,14 +561,10 @@ impl<T: TransportConn> Driver<T> {
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let conn = self.conn.clone();
-            match self
-                .handle(Box::pin(async move {
-                    component.on_error(&conn, err).await;
-                    Ok(())
-                }))
-                .await
-            {
-                Outcome::Panicked(msg) => {
+            let on_error = AssertUnwindSafe(component.on_error(&conn, err)).catch_unwind();
+            match self.handle(on_error).await {
+                Outcome::Done(Err(panic)) => {
+                    let msg = panic_message(&*panic);
                     Stats::add(&self.conn.context().stats.panics, 1);
                     tracing::error!(panic = %msg, "on_error panicked");
                     self.conn.begin_close(request(
@@ -571,7 +573,7 @@ impl<T: TransportConn> Driver<T> {
                         CloseReason::Panic,
                     ));
                 }
-                Outcome::Done(_) | Outcome::Forced => {}
+                Outcome::Done(Ok(())) | Outcome::Forced => {}
             }
         })
     }
@@ -628,7 +630,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::error::Result;
+    use crate::error::{BoxError, Result};
     use crate::server::Context;
     use crate::transport::TransportInfo;
 
