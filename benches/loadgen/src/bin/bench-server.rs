@@ -104,6 +104,24 @@ fn announce(addr: SocketAddr) {
     println!("listening on {addr} pid {}", std::process::id());
 }
 
+/// The next connection, with `TCP_NODELAY` set, for the servers written
+/// without switchboard. Accept errors (out of file descriptors in the idle
+/// runs) are printed and retried after a pause.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(err) => {
+                eprintln!("accept: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(), BoxError> {
     match kind {
         "switchboard-ws-echo" => {
@@ -203,16 +221,7 @@ async fn naive_ws(addr: &str, chat: bool) -> Result<(), BoxError> {
     announce(listener.local_addr()?);
     let peers = PeerMap::default();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors (the idle runs): wait and go on.
-                eprintln!("accept: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, peer) = accept(&listener).await;
         if chat {
             tokio::spawn(naive_chat_conn(stream, peer, peers.clone()));
         } else {
@@ -277,15 +286,7 @@ async fn plain_tcp(addr: &str, chat: bool) -> Result<(), BoxError> {
     let peers = LinePeers::default();
     let ids = Arc::new(AtomicU64::new(0));
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                eprintln!("accept: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, _) = accept(&listener).await;
         if chat {
             let id = ids.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(plain_chat_conn(stream, id, peers.clone()));
@@ -382,15 +383,7 @@ async fn floor_tcp(addr: &str, handler: Option<Arc<dyn FloorHandler>>) -> Result
     announce(listener.local_addr()?);
     let config = switchboard::Config::default();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                eprintln!("accept: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, _) = accept(&listener).await;
         let codec = switchboard::tcp::Codec::lines().for_config(&config);
         let conn = switchboard::tcp::TcpConn::new(stream, codec, &config);
         tokio::spawn(floor_conn(conn, handler.clone()));
