@@ -134,11 +134,11 @@ impl<T: TransportConn> Driver<T> {
     /// connection's task holds only the loop's small state.
     ///
     /// Panics in the loop (from `on_open`, `on_message` or the transport)
-    /// are caught once around it, not around each handler call, which
-    /// would cost every message: a panic ends the loop, its future is
-    /// dropped, and the close path reports it. Handlers are polled between
-    /// the driver's own updates, never during one, so the driver is whole
-    /// for the close.
+    /// are caught once around it, so that a panicking codec is handled like
+    /// a panicking handler: the loop ends, its future is dropped, and the
+    /// close path reports the panic. Handlers and the transport are called
+    /// between the driver's own updates, never during one, so the driver's
+    /// state is whole for the close.
     async fn run(&mut self, component: &dyn MessageComponent) -> CloseReason {
         let end = match AssertUnwindSafe(self.serve(component)).catch_unwind().await {
             Ok(end) => end,
