@@ -90,12 +90,29 @@ struct Driver<T> {
     drain_at: (usize, usize),
 }
 
-/// What woke the read side.
+/// What ended the wait for the next message, if not a message.
 enum Step {
-    Received(Result<Received, Error>),
+    /// The peer closed: its close frame, or `None` for a plain end of stream.
+    PeerClosed(Option<CloseFrame>),
+    /// Reading failed, or the peer broke the protocol.
+    ReadFailed(Error),
+    /// A close was requested (by the application, a limit or shutdown).
     Close(CloseRequest),
+    /// Shutdown's grace period is over.
     Forced,
+    /// Writing failed.
     WriteFailed(Error),
+}
+
+impl Step {
+    /// A read as the next message, or as the step that ends the wait.
+    fn read(received: Result<Received, Error>) -> Result<Message, Step> {
+        match received {
+            Ok(Received::Message(msg)) => Ok(msg),
+            Ok(Received::Closed(frame)) => Err(Step::PeerClosed(frame)),
+            Err(err) => Err(Step::ReadFailed(err)),
+        }
+    }
 }
 
 /// How the message loop ended: what closing has to do.
@@ -109,12 +126,6 @@ enum End {
     WriteFailed(Error),
     /// Shutdown's grace period is over: stop now.
     Shutdown,
-}
-
-/// A step read as the next message, or as the end of the loop.
-enum Next {
-    Message(Message),
-    End(End),
 }
 
 /// How a handler run ended.
@@ -167,38 +178,34 @@ impl<T: TransportConn> Driver<T> {
 
         loop {
             // Only the handler's (boxed) future is kept across the await
-            // below, not the step or the message.
-            let step = poll_fn(|cx| self.poll_step(cx)).await;
-            let mut handler = match self.next(step) {
-                Next::Message(msg) => {
-                    self.received.0 += 1;
-                    self.received.1 += msg.len() as u64;
-                    if let Some((limit, bucket)) = &mut self.rate
-                        && !bucket.take(limit)
-                    {
-                        let stats = &self.conn.context().stats;
-                        Stats::add(&stats.rate_limited, 1);
-                        match limit.action {
-                            RateLimitAction::Drop => continue,
-                            RateLimitAction::Close => {
-                                let err = Error::protocol(CloseCode::POLICY, "rate limit exceeded");
-                                let frame = CloseFrame::from_static(
-                                    CloseCode::POLICY,
-                                    "rate limit exceeded",
-                                );
-                                let req = self.conn.begin_close(CloseRequest {
-                                    frame: frame.clone(),
-                                    reason: CloseReason::Error(frame),
-                                    discard: false,
-                                });
-                                return End::Close(req, Some(err));
-                            }
-                        }
-                    }
-                    component.on_message(&conn, msg)
-                }
-                Next::End(end) => return end,
+            // below, not the message.
+            let msg = match poll_fn(|cx| self.poll_step(cx)).await {
+                Ok(msg) => msg,
+                Err(step) => return self.end_of(step),
             };
+            self.received.0 += 1;
+            self.received.1 += msg.len() as u64;
+            if let Some((limit, bucket)) = &mut self.rate
+                && !bucket.take(limit)
+            {
+                let stats = &self.conn.context().stats;
+                Stats::add(&stats.rate_limited, 1);
+                match limit.action {
+                    RateLimitAction::Drop => continue,
+                    RateLimitAction::Close => {
+                        let err = Error::protocol(CloseCode::POLICY, "rate limit exceeded");
+                        let frame =
+                            CloseFrame::from_static(CloseCode::POLICY, "rate limit exceeded");
+                        let req = self.conn.begin_close(CloseRequest {
+                            frame: frame.clone(),
+                            reason: CloseReason::Error(frame),
+                            discard: false,
+                        });
+                        return End::Close(req, Some(err));
+                    }
+                }
+            }
+            let mut handler = component.on_message(&conn, msg);
             match poll_fn(|cx| self.poll_handler(&mut handler, cx)).await {
                 Outcome::Done(Ok(())) => {}
                 Outcome::Done(Err(err)) => self.report(component, Error::Handler(err)).await,
@@ -210,22 +217,12 @@ impl<T: TransportConn> Driver<T> {
         }
     }
 
-    /// The message of a step, or how the connection ends (its close begun);
-    /// the common case inline, the rest in `next_message`. (A plain
-    /// function, so its locals take no room in the connection's future.)
-    #[inline(always)]
-    fn next(&self, step: Step) -> Next {
-        match step {
-            Step::Received(Ok(Received::Message(msg))) => Next::Message(msg),
-            step => self.next_message(step),
-        }
-    }
-
+    /// How the connection ends after `step` (its close begun). Out of
+    /// line, so its locals take no room in the connection's future.
     #[inline(never)]
-    fn next_message(&self, step: Step) -> Next {
+    fn end_of(&self, step: Step) -> End {
         match step {
-            Step::Received(Ok(Received::Message(msg))) => Next::Message(msg),
-            Step::Received(Ok(Received::Closed(frame))) => {
+            Step::PeerClosed(frame) => {
                 let reply = frame
                     .clone()
                     .unwrap_or_else(|| CloseFrame::from_static(CloseCode::NORMAL, ""));
@@ -234,9 +231,9 @@ impl<T: TransportConn> Driver<T> {
                     reason: CloseReason::Peer(frame),
                     discard: false,
                 });
-                Next::End(End::Close(req, None))
+                End::Close(req, None)
             }
-            Step::Received(Err(err)) => {
+            Step::ReadFailed(err) => {
                 let req = match &err {
                     Error::IdleTimeout => {
                         request(CloseCode::AWAY, "idle timeout", CloseReason::IdleTimeout)
@@ -252,11 +249,11 @@ impl<T: TransportConn> Driver<T> {
                     _ => abnormal(),
                 };
                 let req = self.conn.begin_close(req);
-                Next::End(End::Close(req, Some(err)))
+                End::Close(req, Some(err))
             }
-            Step::Close(req) => Next::End(End::Close(req, None)),
-            Step::Forced => Next::End(End::Shutdown),
-            Step::WriteFailed(err) => Next::End(End::WriteFailed(err)),
+            Step::Close(req) => End::Close(req, None),
+            Step::Forced => End::Shutdown,
+            Step::WriteFailed(err) => End::WriteFailed(err),
         }
     }
 
@@ -289,18 +286,18 @@ impl<T: TransportConn> Driver<T> {
     /// While input is readable, the queue is left to fill (up to a quarter of
     /// its bounds) and taken once, when the input runs out: one lock and one
     /// pass over the transport per batch rather than per message.
-    fn poll_step(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
+    fn poll_step(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Message, Step>> {
         if !self.must_write_first() {
             if let Poll::Ready(received) = self.io.poll_recv(cx) {
-                return Poll::Ready(Step::Received(received));
+                return Poll::Ready(Step::read(received));
             }
             return self.poll_idle(cx);
         }
         if let Some(step) = self.write_queue(cx) {
-            return Poll::Ready(step);
+            return Poll::Ready(Err(step));
         }
         match self.io.poll_recv(cx) {
-            Poll::Ready(received) => Poll::Ready(Step::Received(received)),
+            Poll::Ready(received) => Poll::Ready(Step::read(received)),
             Poll::Pending => {
                 self.count_received();
                 self.poll_flush_idle(cx)
@@ -331,21 +328,21 @@ impl<T: TransportConn> Driver<T> {
 
     /// Nothing more is readable (the transport registered the waker): count
     /// what arrived, write out the queue, look at the signals and flush.
-    fn poll_idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
+    fn poll_idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Message, Step>> {
         self.count_received();
         if let Some(step) = self.write_queue(cx) {
-            return Poll::Ready(step);
+            return Poll::Ready(Err(step));
         }
         self.poll_flush_idle(cx)
     }
 
     /// Flushes what was written since the last flush; always `Pending`
     /// unless the flush fails.
-    fn poll_flush_idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
+    fn poll_flush_idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Message, Step>> {
         if self.unflushed {
             match self.io.poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(err)) => return Poll::Ready(Step::WriteFailed(err)),
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(Step::WriteFailed(err))),
                 Poll::Pending => {}
             }
         }
