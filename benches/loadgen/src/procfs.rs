@@ -6,21 +6,39 @@
 use std::fs;
 use std::io;
 
-/// A process's user + system CPU time, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
+/// A process's CPU time, in clock ticks or microseconds: in user space
+/// (the program's own code) and in the kernel on its behalf (system calls,
+/// the network stack).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuTime<T> {
+    /// utime: running the process's own code.
+    pub user: T,
+    /// stime: in the kernel on the process's behalf.
+    pub system: T,
+}
+
+impl CpuTime<f64> {
+    /// User and system time together.
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+}
+
+/// A process's CPU time, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> io::Result<CpuTime<u64>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_cpu_ticks(&stat).ok_or_else(|| io::Error::other("unexpected /proc/PID/stat format"))
 }
 
-/// utime (field 14) + stime (field 15) of a `/proc/PID/stat` line. The
+/// utime (field 14) and stime (field 15) of a `/proc/PID/stat` line. The
 /// command name (field 2) may hold spaces, so fields are counted after its
 /// closing parenthesis, where field 3 starts.
-pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+pub fn parse_cpu_ticks(stat: &str) -> Option<CpuTime<u64>> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    let user = fields.next()?.parse().ok()?;
+    let system = fields.next()?.parse().ok()?;
+    Some(CpuTime { user, system })
 }
 
 /// A process's resident set size in KiB (`VmRSS` of `/proc/PID/status`).
@@ -43,7 +61,7 @@ pub fn open_fds(pid: u32) -> io::Result<usize> {
 pub struct CpuMeter {
     pid: u32,
     ticks_per_s: u64,
-    start: u64,
+    start: CpuTime<u64>,
 }
 
 impl CpuMeter {
@@ -57,9 +75,14 @@ impl CpuMeter {
     }
 
     /// CPU microseconds used since `start`.
-    pub fn elapsed_us(&self) -> io::Result<f64> {
+    pub fn elapsed_us(&self) -> io::Result<CpuTime<f64>> {
         let now = cpu_ticks(self.pid)?;
-        Ok((now - self.start) as f64 * 1e6 / self.ticks_per_s as f64)
+        let us =
+            |now: u64, start: u64| now.saturating_sub(start) as f64 * 1e6 / self.ticks_per_s as f64;
+        Ok(CpuTime {
+            user: us(now.user, self.start.user),
+            system: us(now.system, self.start.system),
+        })
     }
 }
 
@@ -70,7 +93,13 @@ mod tests {
     #[test]
     fn stat_with_spaces_in_the_name() {
         let stat = "1234 (bench server) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(
+            parse_cpu_ticks(stat),
+            Some(CpuTime {
+                user: 250,
+                system: 75
+            })
+        );
     }
 
     #[test]

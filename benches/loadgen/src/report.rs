@@ -97,6 +97,7 @@ const COLUMNS: &[(&str, &str, bool, usize)] = &[
     ("max_ms", "max ms", false, 1),
     ("missing", "missing", false, 0),
     ("cpu_us_per_msg", "server CPU µs/msg", false, 2),
+    ("user_us_per_msg", "of it user space µs/msg", false, 3),
     ("rss_kib_per_conn", "RSS KiB/conn", false, 2),
     ("held", "conns held", true, 0),
 ];
@@ -107,6 +108,7 @@ const RATIOS: &[&str] = &[
     "mib_per_s",
     "p99_ms",
     "cpu_us_per_msg",
+    "user_us_per_msg",
     "rss_kib_per_conn",
 ];
 

@@ -103,6 +103,10 @@ fn echo_over_every_echo_server() {
         ]);
         assert!(rec.number("msgs").unwrap() > 0.0, "{kind}: {}", rec.line());
         assert!(rec.number("p99_ms").is_some());
+        // The server's CPU time from /proc, with its user-space part.
+        let cpu = rec.number("cpu_us_per_msg").unwrap();
+        let user = rec.number("user_us_per_msg").unwrap();
+        assert!((0.0..=cpu).contains(&user), "{kind}: {}", rec.line());
     }
 }
 

@@ -29,7 +29,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use switchboard_bench::args::Args;
 use switchboard_bench::payload;
-use switchboard_bench::procfs::{self, CpuMeter};
+use switchboard_bench::procfs::{self, CpuMeter, CpuTime};
 use switchboard_bench::report::{self, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -246,6 +246,29 @@ where
     failed.get()
 }
 
+/// The server's CPU time in all and per message (with the user-space part
+/// apart: the kernel's share of a message is about the same for every
+/// server, so the user-space figure is where frameworks differ), and the
+/// load generator's own per message.
+fn record_cpu(
+    rec: &mut Record,
+    server: Option<CpuTime<f64>>,
+    own: Option<CpuTime<f64>>,
+    msgs: u64,
+) {
+    if let Some(cpu) = server {
+        rec.num("server_cpu_s", cpu.total() / 1e6);
+        if msgs > 0 {
+            rec.num("cpu_us_per_msg", cpu.total() / msgs as f64);
+            rec.num("user_us_per_msg", cpu.user / msgs as f64);
+        }
+    }
+    if let Some(own) = own.filter(|_| msgs > 0) {
+        // The load generator's own cost: it must stay well below the server's.
+        rec.num("client_cpu_us_per_msg", own.total() / msgs as f64);
+    }
+}
+
 fn server_meter(args: &Args) -> Option<CpuMeter> {
     let pid = args.opt::<u32>("server-pid")?;
     CpuMeter::start(pid, args.get("clk-tck", 100u64)).ok()
@@ -357,16 +380,7 @@ async fn echo(args: &Args) -> io::Result<Record> {
         .num("p50_ms", ms(rtt.value_at_quantile(0.50)))
         .num("p99_ms", ms(rtt.value_at_quantile(0.99)))
         .num("max_ms", ms(rtt.max()));
-    if let Some(cpu) = cpu_us {
-        rec.num("server_cpu_s", cpu / 1e6);
-        if replies > 0 {
-            rec.num("cpu_us_per_msg", cpu / replies as f64);
-        }
-    }
-    if let Some(own) = own_us.filter(|_| replies > 0) {
-        // The load generator's own cost: it must stay well below the server's.
-        rec.num("client_cpu_us_per_msg", own / replies as f64);
-    }
+    record_cpu(&mut rec, cpu_us, own_us, replies);
     Ok(rec)
 }
 
@@ -670,15 +684,7 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
         .num("p50_ms", ms(latency.value_at_quantile(0.50)))
         .num("p99_ms", ms(latency.value_at_quantile(0.99)))
         .num("max_ms", ms(latency.max()));
-    if let Some(cpu) = cpu_us {
-        rec.num("server_cpu_s", cpu / 1e6);
-        if received > 0 {
-            rec.num("cpu_us_per_msg", cpu / received as f64);
-        }
-    }
-    if let Some(own) = own_us.filter(|_| received > 0) {
-        rec.num("client_cpu_us_per_msg", own / received as f64);
-    }
+    record_cpu(&mut rec, cpu_us, own_us, received);
     Ok(rec)
 }
 
