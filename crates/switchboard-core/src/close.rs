@@ -109,7 +109,7 @@ pub enum CloseReason {
     /// reset). The frame is what was sent to the peer; 1006 when nothing
     /// could be sent.
     Error(CloseFrame),
-    /// A handler panicked; the peer got 1011.
+    /// A handler or a custom codec panicked; the peer got 1011.
     Panic,
     /// The outbound queue overflowed under the `Close` slow-consumer policy;
     /// the peer got 1008.

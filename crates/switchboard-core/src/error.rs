@@ -44,9 +44,9 @@ pub enum Error {
     #[error("handler error: {0}")]
     Handler(#[source] BoxError),
 
-    /// A handler panicked (or the transport, in a custom codec); the
-    /// payload's message, if it had one.
-    #[error("handler panicked: {0}")]
+    /// A handler or the transport (a custom codec) panicked; the payload's
+    /// message, if it had one.
+    #[error("handler or codec panicked: {0}")]
     Panic(String),
 
     /// The outbound queue of the connection overflowed.

@@ -318,7 +318,7 @@ async fn on_close_runs_exactly_once_on_every_path() {
     assert!(
         errors
             .iter()
-            .any(|e| e.contains("handler panicked: handler panic")),
+            .any(|e| e.contains("handler or codec panicked: handler panic")),
         "{errors:?}"
     );
     assert!(
