@@ -11,7 +11,8 @@
 # round runs every server of a scenario, in alternating order from round to
 # round, each on a fresh process. The table shows medians, ratios to the
 # baseline, and the server's CPU time per message from /proc/PID/stat
-# (utime + stime), the figure that stays stable on a busy machine.
+# (utime + stime), the figure that stays stable on a busy machine, with its
+# user-space part (utime) apart.
 # WebSocket echo clients and broadcast subscribers use `--client raw`: the
 # handshake through tokio-tungstenite, then prebuilt frames and a header
 # scan, so that the load generator costs less per message than the servers.
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
         --quick) QUICK=1; ROUNDS=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
