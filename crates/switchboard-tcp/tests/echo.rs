@@ -425,3 +425,55 @@ async fn a_send_from_another_thread_during_a_handler_leaves_without_more_input()
     drop(stream);
     server.shutdown().await;
 }
+
+/// Echoes, except `fail` and `wait-fail`, which return an error (the
+/// second after waiting once); `on_error` records errors without closing.
+struct FailsSome {
+    errors: mpsc::UnboundedSender<String>,
+}
+
+#[async_trait]
+impl MessageComponent for FailsSome {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        match msg.as_text() {
+            Some("fail") => Err("failed at once".into()),
+            Some("wait-fail") => {
+                tokio::task::yield_now().await;
+                Err("failed after waiting".into())
+            }
+            _ => Ok(conn.send(msg)?),
+        }
+    }
+
+    async fn on_error(&self, _conn: &Connection, err: Error) {
+        let _ = self.errors.send(err.to_string());
+    }
+}
+
+#[tokio::test]
+async fn a_handler_error_is_reported_and_the_connection_goes_on() {
+    let (errors, mut seen) = mpsc::unbounded_channel();
+    let server = serve(TcpTransport::lines(FailsSome { errors }), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    // In one write: the errors come between messages read together.
+    stream
+        .write_all(b"a\nfail\nb\nwait-fail\nc\nfail\n")
+        .await
+        .unwrap();
+    let got = read_n(&mut stream, 6).await;
+    assert_eq!(got, b"a\nb\nc\n");
+    // And after them, on the same connection.
+    stream.write_all(b"d\n").await.unwrap();
+    assert_eq!(read_n(&mut stream, 2).await, b"d\n");
+    let mut reported = Vec::new();
+    while reported.len() < 3 {
+        reported.push(within("on_error", seen.recv()).await.unwrap());
+    }
+    assert!(reported[0].contains("failed at once"), "{reported:?}");
+    assert!(reported[1].contains("failed after waiting"), "{reported:?}");
+    assert!(reported[2].contains("failed at once"), "{reported:?}");
+    let stats = server.stats();
+    assert_eq!((stats.messages_in, stats.messages_out), (7, 4), "{stats:?}");
+    drop(stream);
+    server.shutdown().await;
+}

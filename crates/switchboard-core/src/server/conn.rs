@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use crate::close::{CloseCode, CloseFrame, CloseReason};
 use crate::component::MessageComponent;
 use crate::connection::{CloseRequest, Connection, Signals};
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::limits::{RateLimit, RateLimitAction, TokenBucket};
 use crate::message::Message;
 use crate::stats::Stats;
@@ -128,6 +128,14 @@ enum End {
     Shutdown,
 }
 
+/// Where the message loop stopped.
+enum Flow {
+    /// A handler returned an error, to report before going on.
+    Failed(BoxError),
+    /// The connection ends.
+    End(End),
+}
+
 /// How a handler run ended.
 enum Outcome<T> {
     /// The handler's output.
@@ -176,12 +184,49 @@ impl<T: TransportConn> Driver<T> {
             Outcome::Forced => return End::Shutdown,
         }
 
+        // The running handler's (boxed) future: the only thing kept
+        // across a wait besides the driver itself.
+        let mut handler = None;
         loop {
-            // Only the handler's (boxed) future is kept across the await
-            // below, not the message.
-            let msg = match poll_fn(|cx| self.poll_step(cx)).await {
+            let flow = poll_fn(|cx| self.poll_messages(component, &conn, &mut handler, cx));
+            let err = match flow.await {
+                Flow::Failed(err) => err,
+                Flow::End(end) => return end,
+            };
+            self.report(component, Error::Handler(err)).await;
+            if let Some(err) = self.broken.take() {
+                return End::WriteFailed(err);
+            }
+        }
+    }
+
+    /// The message loop: reads a message, runs its handler, reads the
+    /// next, until a handler fails or something ends the connection. One
+    /// poll function rather than awaits, so that a message goes from the
+    /// transport to its handler without passing through the loop's state.
+    fn poll_messages<'a>(
+        &mut self,
+        component: &'a dyn MessageComponent,
+        conn: &'a Connection,
+        handler: &mut Option<BoxFuture<'a, Result<(), BoxError>>>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Flow> {
+        loop {
+            if let Some(fut) = handler {
+                let out = ready!(self.poll_handler(fut, cx));
+                *handler = None;
+                match out {
+                    Outcome::Done(Ok(())) => {}
+                    Outcome::Done(Err(err)) => return Poll::Ready(Flow::Failed(err)),
+                    Outcome::Forced => return Poll::Ready(Flow::End(End::Shutdown)),
+                }
+                if let Some(err) = self.broken.take() {
+                    return Poll::Ready(Flow::End(End::WriteFailed(err)));
+                }
+            }
+            let msg = match ready!(self.poll_step(cx)) {
                 Ok(msg) => msg,
-                Err(step) => return self.end_of(step),
+                Err(step) => return Poll::Ready(Flow::End(self.end_of(step))),
             };
             self.received.0 += 1;
             self.received.1 += msg.len() as u64;
@@ -201,19 +246,11 @@ impl<T: TransportConn> Driver<T> {
                             reason: CloseReason::Error(frame),
                             discard: false,
                         });
-                        return End::Close(req, Some(err));
+                        return Poll::Ready(Flow::End(End::Close(req, Some(err))));
                     }
                 }
             }
-            let mut handler = component.on_message(&conn, msg);
-            match poll_fn(|cx| self.poll_handler(&mut handler, cx)).await {
-                Outcome::Done(Ok(())) => {}
-                Outcome::Done(Err(err)) => self.report(component, Error::Handler(err)).await,
-                Outcome::Forced => return End::Shutdown,
-            }
-            if let Some(err) = self.broken.take() {
-                return End::WriteFailed(err);
-            }
+            *handler = Some(component.on_message(conn, msg));
         }
     }
 
