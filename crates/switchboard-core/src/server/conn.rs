@@ -404,6 +404,10 @@ impl<T: TransportConn> Driver<T> {
 
     /// One poll of [`handle`](Self::handle); the message loop calls it
     /// directly, without a future of its own per message.
+    ///
+    /// Inline, so that the handler's output is matched where its poll
+    /// wrote it rather than copied out first.
+    #[inline(always)]
     fn poll_handler<F: Future + Unpin>(
         &mut self,
         fut: &mut F,
@@ -418,19 +422,28 @@ impl<T: TransportConn> Driver<T> {
         if let Poll::Ready(out) = Pin::new(&mut *fut).poll(cx) {
             return Poll::Ready(Outcome::Done(out));
         }
-        // It waits: write and flush what is queued meanwhile, so a
-        // handler that sends and then awaits does not stall replies.
-        self.count_received();
-        if self.broken.is_none() {
-            match self.poll_write(cx, true) {
-                Ok(signals) if signals.force => return Poll::Ready(Outcome::Forced),
-                Ok(_) => {}
-                Err(err) => self.broken = Some(err),
-            }
-        } else if self.conn.poll_signals(cx.waker()).force {
+        if self.poll_handler_waits(cx) {
             return Poll::Ready(Outcome::Forced);
         }
         Poll::Pending
+    }
+
+    /// The handler waits: writes and flushes what is queued meanwhile, so
+    /// a handler that sends and then awaits does not stall replies.
+    /// Returns whether shutdown forces the connection.
+    fn poll_handler_waits(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        self.count_received();
+        if self.broken.is_none() {
+            match self.poll_write(cx, true) {
+                Ok(signals) => signals.force,
+                Err(err) => {
+                    self.broken = Some(err);
+                    false
+                }
+            }
+        } else {
+            self.conn.poll_signals(cx.waker()).force
+        }
     }
 
     /// Registers the waker, then writes out everything queued and, if
