@@ -58,6 +58,8 @@ struct Inner {
     /// Messages and payload bytes accepted by `send` and not yet handed to
     /// the transport. Counted until the writer passes a message on, not
     /// until it moves the queue into its batch, so the bound covers both.
+    /// Changed only under `state`'s lock (plain loads and stores, no
+    /// read-modify-write), read without it.
     queued_msgs: AtomicUsize,
     queued_bytes: AtomicUsize,
     /// Set (under `state`) once a close was requested; read by the driver
@@ -175,7 +177,7 @@ impl Connection {
                     // Free the backlog now: the peer is not reading it.
                     let backlog = std::mem::take(&mut state.queue);
                     let bytes = backlog.iter().map(Message::len).sum();
-                    inner.release(backlog.len(), bytes);
+                    inner.release_locked(&mut state, backlog.len(), bytes);
                     Stats::add(&stats.dropped, backlog.len() as u64 + 1);
                     let waker = inner.request_close(
                         &mut state,
@@ -192,8 +194,8 @@ impl Connection {
             }
             return Err(SendError::Full(msg));
         }
-        inner.queued_msgs.fetch_add(1, Ordering::AcqRel);
-        inner.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        inner.queued_msgs.store(msgs + 1, Ordering::Release);
+        inner.queued_bytes.store(bytes + len, Ordering::Release);
         state.queue.push_back(msg);
         // The driver is awake (typically running this very handler): it
         // looks at the queue before it sleeps, so no wake-up is needed, and
@@ -357,15 +359,11 @@ impl Connection {
         }
     }
 
-    /// A message left the queue for the transport.
-    pub(crate) fn dequeued(&self, len: usize) {
-        self.inner.release(1, len);
-    }
-
     /// `msgs` messages of `bytes` in all left the queue for the transport.
-    pub(crate) fn dequeued_many(&self, msgs: usize, bytes: usize) {
+    pub(crate) fn dequeued(&self, msgs: usize, bytes: usize) {
         if msgs > 0 {
-            self.inner.release(msgs, bytes);
+            let mut state = self.inner.lock_state();
+            self.inner.release_locked(&mut state, msgs, bytes);
         }
     }
 
@@ -375,8 +373,8 @@ impl Connection {
             let mut state = self.inner.lock_state();
             state.finished = true;
             let queue = std::mem::take(&mut state.queue);
-            self.inner
-                .release(queue.len(), queue.iter().map(Message::len).sum());
+            let bytes = queue.iter().map(Message::len).sum();
+            self.inner.release_locked(&mut state, queue.len(), bytes);
             state.waker = None;
             std::mem::take(&mut state.hubs)
         };
@@ -400,9 +398,15 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn release(&self, msgs: usize, bytes: usize) {
-        self.queued_msgs.fetch_sub(msgs, Ordering::AcqRel);
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    /// Takes `msgs` messages of `bytes` off the counts; the guard shows
+    /// the lock is held, so a plain load and store cannot lose an update.
+    fn release_locked(&self, _: &mut State, msgs: usize, bytes: usize) {
+        let (queued, queued_bytes) = (&self.queued_msgs, &self.queued_bytes);
+        queued.store(queued.load(Ordering::Relaxed) - msgs, Ordering::Release);
+        queued_bytes.store(
+            queued_bytes.load(Ordering::Relaxed) - bytes,
+            Ordering::Release,
+        );
     }
 
     fn close(&self, req: CloseRequest) -> CloseRequest {

@@ -495,7 +495,7 @@ impl<T: TransportConn> Driver<T> {
             };
             // Released once per batch, before anything awaits: the bound
             // still covers every message not yet given to the transport.
-            self.conn.dequeued_many(count as usize, bytes as usize);
+            self.conn.dequeued(count as usize, bytes as usize);
             Stats::add(&stats.messages_out, count);
             Stats::add(&stats.bytes_out, bytes);
             match result {
@@ -627,9 +627,9 @@ impl<T: TransportConn> Driver<T> {
 
     /// Drops the local batch, keeping the queue counters honest.
     fn discard_batch(&mut self) {
-        for msg in self.batch.drain(..) {
-            self.conn.dequeued(msg.len());
-        }
+        let msgs = self.batch.len();
+        let bytes = self.batch.drain(..).map(|msg| msg.len()).sum();
+        self.conn.dequeued(msgs, bytes);
     }
 }
 
