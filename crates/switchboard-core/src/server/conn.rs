@@ -416,7 +416,7 @@ impl<T: TransportConn> Driver<T> {
         // The handler first: one that completes at once (the common case)
         // leaves its replies to `poll_step`, which flushes them together
         // with those of the messages already readable. Its sends need not
-        // wake this task: `poll_step` or the `poll_write` below takes the
+        // wake this task: `poll_step` or `poll_handler_waits` takes the
         // lock and looks at the queue before the task sleeps.
         self.conn.set_awake();
         if let Poll::Ready(out) = Pin::new(&mut *fut).poll(cx) {
