@@ -16,6 +16,7 @@
 //! | `floor-tcp-transport` | switchboard's lines `TcpConn` alone, driven by a bare loop: replies to a local queue, written when no input is left |
 //! | `floor-tcp-boxed` | the same loop, each message through a `dyn` handler whose `#[async_trait]` future is boxed, the reply returned to the local queue |
 //! | `floor-tcp-locked` | the same, the handler pushing its reply into a queue behind a `Mutex` (what a handle that other tasks can send through needs at least) |
+//! | `floor-tcp-unboxed` | the same handler, written as a native `async fn` and called through a generic parameter: no `dyn` call, no box |
 //!
 //! The `floor-*` kinds are not servers anyone would write: they measure what
 //! the layers under a component cost, one at a time, against the plain
@@ -61,6 +62,7 @@ const KINDS: &[&str] = &[
     "floor-tcp-transport",
     "floor-tcp-boxed",
     "floor-tcp-locked",
+    "floor-tcp-unboxed",
 ];
 
 fn main() {
@@ -138,9 +140,14 @@ async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(),
         "naive-ws-chat" => naive_ws(addr, true).await,
         "plain-tcp-echo" => plain_tcp(addr, false).await,
         "plain-tcp-chat" => plain_tcp(addr, true).await,
-        "floor-tcp-transport" => floor_tcp(addr, None).await,
-        "floor-tcp-boxed" => floor_tcp(addr, Some(Arc::new(Returns))).await,
-        "floor-tcp-locked" => floor_tcp(addr, Some(Arc::new(Pushes))).await,
+        "floor-tcp-transport" => floor_tcp(addr, None::<Arc<Pushes>>).await,
+        "floor-tcp-boxed" => {
+            floor_tcp(addr, Some(Arc::new(Returns) as Arc<dyn BoxedHandler>)).await
+        }
+        "floor-tcp-locked" => {
+            floor_tcp(addr, Some(Arc::new(Pushes) as Arc<dyn BoxedHandler>)).await
+        }
+        "floor-tcp-unboxed" => floor_tcp(addr, Some(Arc::new(Pushes))).await,
         _ => unreachable!("kinds are checked in main"),
     }
 }
@@ -349,16 +356,37 @@ type Outbox = Mutex<VecDeque<Message>>;
 /// A component reduced to the shape of `MessageComponent::on_message`: one
 /// dynamic call and one boxed future per message.
 #[async_trait]
-trait FloorHandler: Send + Sync {
+trait BoxedHandler: Send + Sync {
     /// Handles one message: the reply is returned, or pushed to `outbox`.
     async fn on_message(&self, outbox: &Outbox, msg: Message) -> Option<Message>;
+}
+
+/// The same shape as a native `async fn` in a trait: called through a
+/// generic parameter, its future is not boxed and can be inlined.
+trait FloorHandler: Send + Sync {
+    /// Handles one message: the reply is returned, or pushed to `outbox`.
+    fn on_message<'a>(
+        &'a self,
+        outbox: &'a Outbox,
+        msg: Message,
+    ) -> impl Future<Output = Option<Message>> + Send + 'a;
+}
+
+impl FloorHandler for dyn BoxedHandler {
+    fn on_message<'a>(
+        &'a self,
+        outbox: &'a Outbox,
+        msg: Message,
+    ) -> impl Future<Output = Option<Message>> + Send + 'a {
+        BoxedHandler::on_message(self, outbox, msg)
+    }
 }
 
 /// Returns the reply: no lock anywhere.
 struct Returns;
 
 #[async_trait]
-impl FloorHandler for Returns {
+impl BoxedHandler for Returns {
     async fn on_message(&self, _: &Outbox, msg: Message) -> Option<Message> {
         Some(msg)
     }
@@ -368,6 +396,13 @@ impl FloorHandler for Returns {
 struct Pushes;
 
 #[async_trait]
+impl BoxedHandler for Pushes {
+    async fn on_message(&self, outbox: &Outbox, msg: Message) -> Option<Message> {
+        outbox.lock().unwrap().push_back(msg);
+        None
+    }
+}
+
 impl FloorHandler for Pushes {
     async fn on_message(&self, outbox: &Outbox, msg: Message) -> Option<Message> {
         outbox.lock().unwrap().push_back(msg);
@@ -378,7 +413,10 @@ impl FloorHandler for Pushes {
 /// switchboard's `TcpConn` with the lines codec and default limits, driven
 /// by a bare loop (no core): every message read goes (through `handler`, if
 /// any) to a queue that is written out and flushed when no input is left.
-async fn floor_tcp(addr: &str, handler: Option<Arc<dyn FloorHandler>>) -> Result<(), BoxError> {
+async fn floor_tcp<H>(addr: &str, handler: Option<Arc<H>>) -> Result<(), BoxError>
+where
+    H: FloorHandler + ?Sized + Send + Sync + 'static,
+{
     let listener = TcpListener::bind(addr).await?;
     announce(listener.local_addr()?);
     let config = switchboard::Config::default();
@@ -390,7 +428,11 @@ async fn floor_tcp(addr: &str, handler: Option<Arc<dyn FloorHandler>>) -> Result
     }
 }
 
-async fn floor_conn<T: TransportConn>(mut conn: T, handler: Option<Arc<dyn FloorHandler>>) {
+async fn floor_conn<T, H>(mut conn: T, handler: Option<Arc<H>>)
+where
+    T: TransportConn,
+    H: FloorHandler + ?Sized,
+{
     let outbox = Outbox::default();
     let mut replies = VecDeque::new();
     let mut unflushed = false;
