@@ -81,6 +81,7 @@ fn echo_over_every_echo_server() {
         ("floor-tcp-transport", "tungstenite"),
         ("floor-tcp-boxed", "tungstenite"),
         ("floor-tcp-locked", "tungstenite"),
+        ("floor-tcp-unboxed", "tungstenite"),
     ] {
         let server = ServerProcess::start(kind);
         let pid = server.pid.to_string();
