@@ -392,21 +392,26 @@ impl BoxedHandler for Returns {
     }
 }
 
-/// Pushes the reply into the locked queue.
+/// Pushes the reply into the locked queue, boxed or not.
 struct Pushes;
 
-#[async_trait]
-impl BoxedHandler for Pushes {
-    async fn on_message(&self, outbox: &Outbox, msg: Message) -> Option<Message> {
+impl Pushes {
+    fn push(outbox: &Outbox, msg: Message) -> Option<Message> {
         outbox.lock().unwrap().push_back(msg);
         None
     }
 }
 
+#[async_trait]
+impl BoxedHandler for Pushes {
+    async fn on_message(&self, outbox: &Outbox, msg: Message) -> Option<Message> {
+        Pushes::push(outbox, msg)
+    }
+}
+
 impl FloorHandler for Pushes {
     async fn on_message(&self, outbox: &Outbox, msg: Message) -> Option<Message> {
-        outbox.lock().unwrap().push_back(msg);
-        None
+        Pushes::push(outbox, msg)
     }
 }
 
@@ -415,7 +420,7 @@ impl FloorHandler for Pushes {
 /// any) to a queue that is written out and flushed when no input is left.
 async fn floor_tcp<H>(addr: &str, handler: Option<Arc<H>>) -> Result<(), BoxError>
 where
-    H: FloorHandler + ?Sized + Send + Sync + 'static,
+    H: FloorHandler + ?Sized + 'static,
 {
     let listener = TcpListener::bind(addr).await?;
     announce(listener.local_addr()?);
