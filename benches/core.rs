@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use switchboard::testing::TestServer;
-use switchboard::{BoxError, Config, Connection, Hub, Message, MessageComponent, async_trait};
+use switchboard::{BoxError, Config, Connection, Hub, Message, MessageComponent};
 
 struct Members(Hub);
 
-#[async_trait]
 impl MessageComponent for Members {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.0.join(conn);

@@ -36,7 +36,6 @@ use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::{Page, WsTransport};
 use switchboard::{
     BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, ServerBuilder, Transport,
-    async_trait,
 };
 
 /// The room: one component for every connection, whatever the transport.
@@ -45,7 +44,6 @@ struct Chat {
     hub: Hub,
 }
 
-#[async_trait]
 impl MessageComponent for Chat {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.hub.join(conn);
@@ -126,7 +124,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), BoxError> {
     // Shared, so further listeners (another transport) join the same room.
     let hub = Hub::with_shared_broker(broker(args.redis.as_deref()).await?);
-    let chat: Arc<dyn MessageComponent> = Arc::new(Chat { hub });
+    let chat = Arc::new(Chat { hub });
     let ws = WsTransport::builder()
         .route_shared("/chat", chat.clone())
         .page("/", Page::html(include_str!("chat.html")))

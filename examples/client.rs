@@ -25,14 +25,13 @@ use switchboard::tls::TlsConnector;
 use switchboard::ws;
 use switchboard::{
     BoxError, ClientHandle, CloseReason, Connection, Message, MessageComponent, Reconnect,
-    ReconnectPolicy, Reconnecting, async_trait,
+    ReconnectPolicy, Reconnecting,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Prints what arrives, and when the connection opens and closes.
 struct Print;
 
-#[async_trait]
 impl MessageComponent for Print {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         let again = conn

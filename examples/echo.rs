@@ -16,11 +16,10 @@ use std::sync::Arc;
 
 use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::{OriginPolicy, WsTransport};
-use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server, async_trait};
+use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server};
 
 struct Echo;
 
-#[async_trait]
 impl MessageComponent for Echo {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         conn.send(msg)?;
@@ -93,7 +92,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .max_message_size(size)
         .max_frame_size(size)
         .queue_max_bytes(size.max(1 << 20) * 2);
-    let echo: Arc<dyn MessageComponent> = Arc::new(Echo);
+    let echo = Arc::new(Echo);
     let ws = WsTransport::builder()
         .fallback_shared(echo.clone())
         .origins(OriginPolicy::Any)

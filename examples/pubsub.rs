@@ -37,7 +37,7 @@ use std::sync::Arc;
 use switchboard::redis::{RedisOptions, Topics, broker_from_url};
 use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::WsTransport;
-use switchboard::{BoxError, Hub, MessageComponent, Server};
+use switchboard::{BoxError, Hub, Server};
 
 struct Args {
     ws: String,
@@ -92,7 +92,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), BoxError> {
     let broker = broker_from_url(args.redis.as_deref(), RedisOptions::default()).await?;
-    let topics: Arc<dyn MessageComponent> = Arc::new(Topics::new(Hub::with_shared_broker(broker)));
+    let topics = Arc::new(Topics::new(Hub::with_shared_broker(broker)));
     let ws = WsTransport::builder()
         .fallback_shared(topics.clone())
         .build()?;

@@ -10,7 +10,7 @@
 //! ```no_run
 //! use switchboard::tcp::TcpTransport;
 //! use switchboard::ws::WsTransport;
-//! use switchboard::{async_trait, BoxError, Connection, Hub, Message, MessageComponent, Server};
+//! use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server};
 //! use std::sync::Arc;
 //!
 //! #[derive(Default)]
@@ -18,7 +18,6 @@
 //!     hub: Hub,
 //! }
 //!
-//! #[async_trait]
 //! impl MessageComponent for Chat {
 //!     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
 //!         self.hub.join(conn);
@@ -32,7 +31,7 @@
 //! }
 //!
 //! # #[tokio::main] async fn main() -> Result<(), BoxError> {
-//! let chat: Arc<dyn MessageComponent> = Arc::new(Chat::default());
+//! let chat = Arc::new(Chat::default());
 //! let server = Server::builder()
 //!     .bind("127.0.0.1:8080", WsTransport::shared(chat.clone()))
 //!     .bind("127.0.0.1:9000", TcpTransport::from_arc(chat, switchboard::tcp::Codec::lines()))

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use switchboard::tcp::TcpTransport;
-use switchboard::{BoxError, Connection, Message, MessageComponent, Server, async_trait};
+use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -24,7 +24,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 struct Echo;
 
-#[async_trait]
 impl MessageComponent for Echo {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         conn.send(msg)?;

@@ -11,7 +11,6 @@ use std::time::Duration;
 use support::{LIMIT, LineClient, lines_server};
 use switchboard::{
     BoxError, CloseReason, Config, Connection, ConnectionId, Hub, Message, MessageComponent,
-    async_trait,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -49,7 +48,6 @@ impl Service {
     }
 }
 
-#[async_trait]
 impl MessageComponent for Service {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.hub.join(conn);

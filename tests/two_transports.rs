@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use support::{LIMIT, LineClient};
 use switchboard::tcp::TcpTransport;
 use switchboard::ws::WsTransport;
-use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server, async_trait};
+use switchboard::{BoxError, Connection, DynComponent, Hub, Message, MessageComponent, Server};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite;
 
@@ -19,7 +19,6 @@ struct Room {
     hub: Hub,
 }
 
-#[async_trait]
 impl MessageComponent for Room {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.hub.join(conn);
@@ -54,7 +53,7 @@ async fn next_text(ws: &mut Ws) -> String {
 
 #[tokio::test]
 async fn tcp_and_websocket_clients_share_one_room() {
-    let room: Arc<dyn MessageComponent> = Arc::new(Room::default());
+    let room: Arc<dyn DynComponent> = Arc::new(Room::default());
     let server = Server::builder()
         .bind("127.0.0.1:0", WsTransport::shared(room.clone()))
         .bind(

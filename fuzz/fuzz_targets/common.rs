@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_core::{BoxError, CloseReason, Connection, Message, MessageComponent, async_trait};
+use switchboard_core::{BoxError, CloseReason, Connection, Message, MessageComponent};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Virtual time allowed for one input: far beyond every timeout in play,
@@ -47,7 +47,6 @@ impl Echo {
     }
 }
 
-#[async_trait]
 impl MessageComponent for Echo {
     async fn on_open(&self, _conn: &Connection) -> Result<(), BoxError> {
         self.seen().opens += 1;

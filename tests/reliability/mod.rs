@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::WsTransport;
 use switchboard::{
-    BoxError, CloseReason, Config, Connection, ConnectionId, Hub, IpFilter, Message,
+    BoxError, CloseReason, Config, Connection, ConnectionId, DynComponent, Hub, IpFilter, Message,
     MessageComponent, RateLimit, RateLimitAction, Server, ServerHandle, SlowConsumerPolicy,
-    async_trait,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpSocket, TcpStream};
@@ -498,7 +497,6 @@ impl Service {
     }
 }
 
-#[async_trait]
 impl MessageComponent for Service {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.hub.join(conn);
@@ -657,7 +655,7 @@ impl std::fmt::Display for Addrs {
 /// A server with one component on three listeners on 127.0.0.1:0:
 /// WebSocket (every path), TCP lines and TCP length-delimited frames.
 pub async fn start_server(service: Arc<Service>, config: Config) -> (ServerHandle, Addrs) {
-    let component: Arc<dyn MessageComponent> = service;
+    let component: Arc<dyn DynComponent> = service;
     let server = Server::builder()
         .config(config)
         .bind("127.0.0.1:0", WsTransport::shared(component.clone()))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard::tcp::{Codec, TcpTransport};
-use switchboard::{Config, MessageComponent, Server, ServerHandle};
+use switchboard::{Config, DynComponent, Server, ServerHandle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 pub const LIMIT: Duration = Duration::from_secs(20);
 
 /// Serves `component` on TCP lines at 127.0.0.1:0.
-pub async fn lines_server(component: Arc<dyn MessageComponent>, config: Config) -> ServerHandle {
+pub async fn lines_server(component: Arc<dyn DynComponent>, config: Config) -> ServerHandle {
     Server::builder()
         .config(config)
         .bind(

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use switchboard::tcp::Codec;
 use switchboard::testing::TestServer;
-use switchboard::{BoxError, Config, Connection, Hub, Message, MessageComponent, async_trait};
+use switchboard::{BoxError, Config, Connection, Hub, Message, MessageComponent};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Decoding a read buffer holding 64 messages, and encoding 64 messages.
@@ -74,7 +74,6 @@ fn codecs(c: &mut Criterion) {
 
 struct Members(Hub);
 
-#[async_trait]
 impl MessageComponent for Members {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.0.join(conn);

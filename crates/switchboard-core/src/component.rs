@@ -1,6 +1,8 @@
 //! The trait a user implements: one value serves every connection.
 
-use async_trait::async_trait;
+use std::future::Future;
+
+use futures_util::future::BoxFuture;
 
 use crate::close::{CloseCode, CloseReason};
 use crate::connection::Connection;
@@ -11,8 +13,14 @@ use crate::message::Message;
 /// Ratchet component object does. Shared state (a [`Hub`](crate::Hub), a map
 /// behind a lock) lives inside it; methods take `&self`.
 ///
-/// Only [`on_message`](Self::on_message) is required. The trait is
-/// object-safe; servers hold components as `Arc<dyn MessageComponent>`.
+/// Only [`on_message`](Self::on_message) is required. The handlers are
+/// written as plain `async fn`s; each returns a future that borrows the
+/// component and the connection, and must be `Send` (connections run on
+/// the multi-threaded runtime). Servers call them directly, with no box
+/// and no dynamic call per message. Where components of different types
+/// must be held together (routes, a list of handlers), use
+/// `Arc<dyn DynComponent>`: every component is a [`DynComponent`], and
+/// that object is a component again.
 ///
 /// # Ordering
 ///
@@ -40,11 +48,10 @@ use crate::message::Message;
 /// connection closes with 1011 and every other connection carries on.
 ///
 /// ```
-/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent};
+/// use switchboard::{BoxError, Connection, DynComponent, Message, MessageComponent};
 ///
 /// struct Echo;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Echo {
 ///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         conn.send(msg)?;
@@ -52,31 +59,181 @@ use crate::message::Message;
 ///     }
 /// }
 ///
-/// let _object: std::sync::Arc<dyn MessageComponent> = std::sync::Arc::new(Echo);
+/// let _object: std::sync::Arc<dyn DynComponent> = std::sync::Arc::new(Echo);
 /// ```
-#[async_trait]
+///
+/// A handler whose future is not `Send`, because it holds a
+/// `std::sync::MutexGuard` (or an `Rc`) across an `.await`, is refused at
+/// the `impl`; take what you need out of the guard first, or use
+/// `tokio::sync::Mutex`:
+///
+/// ```compile_fail
+/// use std::sync::Mutex;
+/// use switchboard::{BoxError, Connection, Hub, Message, MessageComponent};
+///
+/// struct Log {
+///     lines: Mutex<Vec<String>>,
+///     hub: Hub,
+/// }
+///
+/// impl MessageComponent for Log {
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         let mut lines = self.lines.lock().unwrap();
+///         lines.push(format!("{msg:?}"));
+///         self.hub.broadcast_except(msg, conn.id()).await?; // the guard is still held
+///         Ok(())
+///     }
+/// }
+/// ```
 pub trait MessageComponent: Send + Sync + 'static {
     /// A connection opened. Return an error to reject it: it is closed (1008)
     /// and `on_close` still runs with [`CloseReason::Rejected`].
-    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+    fn on_open<'a>(
+        &'a self,
+        conn: &'a Connection,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'a {
         let _ = conn;
-        Ok(())
+        std::future::ready(Ok(()))
     }
 
     /// A message arrived.
-    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError>;
+    fn on_message<'a>(
+        &'a self,
+        conn: &'a Connection,
+        msg: Message,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'a;
 
     /// The connection ended; runs exactly once per opened connection. Sending
     /// on `conn` fails from here on, but other connections can be told.
-    async fn on_close(&self, conn: &Connection, reason: CloseReason) {
+    fn on_close<'a>(
+        &'a self,
+        conn: &'a Connection,
+        reason: CloseReason,
+    ) -> impl Future<Output = ()> + Send + 'a {
         let _ = (conn, reason);
+        std::future::ready(())
     }
 
     /// A transport or protocol error, an error returned by a handler, or a
     /// caught panic. The default logs it with `tracing` and closes the
     /// connection with 1011 (a no-op when it is already closing).
-    async fn on_error(&self, conn: &Connection, err: Error) {
+    fn on_error<'a>(
+        &'a self,
+        conn: &'a Connection,
+        err: Error,
+    ) -> impl Future<Output = ()> + Send + 'a {
         tracing::warn!(conn = %conn.id(), peer = %conn.peer_addr(), error = %err, "connection error");
         conn.close_with(CloseCode::ERROR, "internal error");
+        std::future::ready(())
+    }
+}
+
+/// A [`MessageComponent`] as a trait object: each handler's future boxed.
+///
+/// Implemented for every component, and `dyn DynComponent` is itself a
+/// `MessageComponent`, so `Arc<dyn DynComponent>` goes wherever a
+/// component does. It is what holds components of different types
+/// together, as WebSocket routes do; each message then costs one
+/// allocation and one dynamic call more than a component served directly.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchboard::{BoxError, Connection, DynComponent, Message, MessageComponent};
+///
+/// struct Echo;
+/// struct Quiet;
+///
+/// impl MessageComponent for Echo {
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         conn.send(msg)?;
+///         Ok(())
+///     }
+/// }
+///
+/// impl MessageComponent for Quiet {
+///     async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+///         Ok(())
+///     }
+/// }
+///
+/// let by_name: Vec<(&str, Arc<dyn DynComponent>)> =
+///     vec![("echo", Arc::new(Echo)), ("quiet", Arc::new(Quiet))];
+/// # let _ = by_name;
+/// ```
+pub trait DynComponent: Send + Sync + 'static {
+    /// [`MessageComponent::on_open`], boxed.
+    fn on_open_boxed<'a>(&'a self, conn: &'a Connection) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// [`MessageComponent::on_message`], boxed.
+    fn on_message_boxed<'a>(
+        &'a self,
+        conn: &'a Connection,
+        msg: Message,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// [`MessageComponent::on_close`], boxed.
+    fn on_close_boxed<'a>(&'a self, conn: &'a Connection, reason: CloseReason)
+    -> BoxFuture<'a, ()>;
+
+    /// [`MessageComponent::on_error`], boxed.
+    fn on_error_boxed<'a>(&'a self, conn: &'a Connection, err: Error) -> BoxFuture<'a, ()>;
+}
+
+impl<T: MessageComponent> DynComponent for T {
+    fn on_open_boxed<'a>(&'a self, conn: &'a Connection) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(self.on_open(conn))
+    }
+
+    fn on_message_boxed<'a>(
+        &'a self,
+        conn: &'a Connection,
+        msg: Message,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(self.on_message(conn, msg))
+    }
+
+    fn on_close_boxed<'a>(
+        &'a self,
+        conn: &'a Connection,
+        reason: CloseReason,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(self.on_close(conn, reason))
+    }
+
+    fn on_error_boxed<'a>(&'a self, conn: &'a Connection, err: Error) -> BoxFuture<'a, ()> {
+        Box::pin(self.on_error(conn, err))
+    }
+}
+
+impl MessageComponent for dyn DynComponent {
+    fn on_open<'a>(
+        &'a self,
+        conn: &'a Connection,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'a {
+        self.on_open_boxed(conn)
+    }
+
+    fn on_message<'a>(
+        &'a self,
+        conn: &'a Connection,
+        msg: Message,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'a {
+        self.on_message_boxed(conn, msg)
+    }
+
+    fn on_close<'a>(
+        &'a self,
+        conn: &'a Connection,
+        reason: CloseReason,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        self.on_close_boxed(conn, reason)
+    }
+
+    fn on_error<'a>(
+        &'a self,
+        conn: &'a Connection,
+        err: Error,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        self.on_error_boxed(conn, err)
     }
 }

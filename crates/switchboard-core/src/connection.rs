@@ -155,8 +155,14 @@ impl Connection {
     /// [`Config::queue_max_bytes`](crate::Config::queue_max_bytes); under the
     /// default slow-consumer policy the connection then closes with 1008.
     /// Either way the message is handed back in the error.
+    #[inline]
     pub fn send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
-        let msg = msg.into();
+        self.send_message(msg.into())
+    }
+
+    /// The body of [`send`](Self::send), once for every argument type.
+    #[inline]
+    fn send_message(&self, msg: Message) -> Result<(), SendError> {
         let inner = &*self.inner;
         let config = &inner.ctx.config;
         let len = msg.len();

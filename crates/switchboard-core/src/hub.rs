@@ -110,14 +110,13 @@ impl fmt::Debug for LocalDelivery {
 /// policy and does not hold up the others.
 ///
 /// ```
-/// use switchboard::{async_trait, BoxError, Connection, Hub, Message, MessageComponent};
+/// use switchboard::{BoxError, Connection, Hub, Message, MessageComponent};
 ///
 /// #[derive(Default)]
 /// struct Chat {
 ///     hub: Hub,
 /// }
 ///
-/// #[async_trait]
 /// impl MessageComponent for Chat {
 ///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
 ///         self.hub.join(conn);

@@ -37,11 +37,13 @@ pub mod transport;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
+/// For implementing [`Broker`], whose methods are `async-trait` methods (a hub
+/// holds its broker as an `Arc<dyn Broker>`).
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
 pub use close::{CloseCode, CloseFrame, CloseReason};
-pub use component::MessageComponent;
+pub use component::{DynComponent, MessageComponent};
 pub use config::{Config, SlowConsumerPolicy};
 pub use connection::{Connection, ConnectionId};
 pub use error::{BoxError, Error, Result, SendError};

@@ -161,11 +161,10 @@ impl<C> Dialed<C> {
 /// extensions: which connection this is and how to stop reconnecting.
 ///
 /// ```
-/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, Reconnect};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, Reconnect};
 ///
 /// struct Feed;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Feed {
 ///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
 ///         if conn.extension::<Reconnect>().is_some_and(|r| r.is_reconnect()) {
@@ -253,9 +252,9 @@ struct State {
 /// [`Reconnecting::connected`]). Must be called within a tokio runtime.
 /// Transport crates wrap this: `ws::Client::reconnecting`,
 /// `tcp::Client::reconnecting`.
-pub fn spawn_reconnecting<F, Fut, C>(
+pub fn spawn_reconnecting<F, Fut, C, K>(
     mut connect: F,
-    component: Arc<dyn MessageComponent>,
+    component: Arc<K>,
     config: Config,
     policy: ReconnectPolicy,
 ) -> Result<Reconnecting>
@@ -263,6 +262,7 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = std::result::Result<Dialed<C>, BoxError>> + Send + 'static,
     C: TransportConn,
+    K: MessageComponent + ?Sized,
 {
     config.validate()?;
     let stop = CancellationToken::new();
@@ -279,9 +279,9 @@ where
     Ok(Reconnecting { state: rx, stop })
 }
 
-async fn run<F, Fut, C>(
+async fn run<F, Fut, C, K>(
     connect: &mut F,
-    component: Arc<dyn MessageComponent>,
+    component: Arc<K>,
     config: Config,
     policy: ReconnectPolicy,
     stop: &CancellationToken,
@@ -291,6 +291,7 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = std::result::Result<Dialed<C>, BoxError>> + Send + 'static,
     C: TransportConn,
+    K: MessageComponent + ?Sized,
 {
     let mut connections = 0u64;
     let mut failures = 0u32;

@@ -6,11 +6,10 @@
 //!
 //! ```
 //! use switchboard::testing::TestServer;
-//! use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent};
+//! use switchboard::{BoxError, Connection, Message, MessageComponent};
 //!
 //! struct Upper;
 //!
-//! #[async_trait]
 //! impl MessageComponent for Upper {
 //!     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 //!         let text = msg.as_text().ok_or("text only")?;
@@ -41,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
 use crate::close::{CloseCode, CloseFrame};
-use crate::component::MessageComponent;
+use crate::component::{DynComponent, MessageComponent};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::extensions::Extensions;
@@ -63,7 +62,7 @@ enum Frame {
 /// A component served over in-memory connections.
 pub struct TestServer {
     ctx: Arc<Context>,
-    component: Arc<dyn MessageComponent>,
+    component: Arc<dyn DynComponent>,
 }
 
 impl TestServer {
@@ -77,7 +76,7 @@ impl TestServer {
     /// # Panics
     ///
     /// If `config` is invalid ([`Config::validate`]): this is test code.
-    pub fn from_arc(component: Arc<dyn MessageComponent>, config: Config) -> Self {
+    pub fn from_arc(component: Arc<dyn DynComponent>, config: Config) -> Self {
         if let Err(err) = config.validate() {
             panic!("TestServer: {err}");
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::close::CloseFrame;
-use crate::component::MessageComponent;
+use crate::component::{DynComponent, MessageComponent};
 use crate::config::Config;
 use crate::error::Result;
 use crate::extensions::Extensions;
@@ -77,22 +77,22 @@ impl<T: TransportConn + ?Sized> TransportConn for Box<T> {
 }
 
 /// What a transport hands to the core for each accepted connection.
-pub struct Accepted<C> {
+pub struct Accepted<C, K: ?Sized = dyn DynComponent> {
     /// The established connection.
     pub conn: C,
     /// What the component can learn about the connection.
     pub info: TransportInfo,
-    /// The component that serves this connection (a transport may route,
-    /// for example by WebSocket request path).
-    pub component: Arc<dyn MessageComponent>,
+    /// The component that serves this connection. A transport that routes
+    /// (by WebSocket request path, say) hands over an `Arc<dyn DynComponent>`.
+    pub component: Arc<K>,
     /// Typed state for the connection's [`extensions`](crate::Connection::extensions),
     /// for example the user an authentication hook identified.
     pub extensions: Extensions,
 }
 
-impl<C> Accepted<C> {
+impl<C, K: ?Sized> Accepted<C, K> {
     /// An accepted connection with no extensions.
-    pub fn new(conn: C, info: TransportInfo, component: Arc<dyn MessageComponent>) -> Self {
+    pub fn new(conn: C, info: TransportInfo, component: Arc<K>) -> Self {
         Accepted {
             conn,
             info,
@@ -110,6 +110,10 @@ impl<C> Accepted<C> {
 pub trait Transport<IO>: Send + Sync + 'static {
     /// The connection type this transport produces.
     type Conn: TransportConn;
+    /// The component it hands its connections to: the component's own type
+    /// for a transport that serves one (its handlers are then called
+    /// directly), [`DynComponent`] for one that chooses among several.
+    type Component: MessageComponent + ?Sized;
 
     /// Performs the handshake (if any) on a freshly accepted stream.
     fn accept(
@@ -117,7 +121,7 @@ pub trait Transport<IO>: Send + Sync + 'static {
         io: IO,
         peer: SocketAddr,
         config: &Config,
-    ) -> impl Future<Output = Result<Accepted<Self::Conn>>> + Send;
+    ) -> impl Future<Output = Result<Accepted<Self::Conn, Self::Component>>> + Send;
 }
 
 /// Request headers, kept compactly (names lower-cased).

@@ -63,7 +63,6 @@ struct Rooms {
     hub: Hub,
 }
 
-#[async_trait]
 impl MessageComponent for Rooms {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.hub.join(conn);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use switchboard::testing::{TestClient, TestServer};
 use switchboard::{
     BoxError, CloseCode, CloseReason, Config, Connection, ConnectionId, Error, Hub, Message,
-    MessageComponent, SlowConsumerPolicy, async_trait,
+    MessageComponent, SlowConsumerPolicy,
 };
 use tokio::sync::Notify;
 use tokio::time::timeout;
@@ -59,7 +59,6 @@ impl Recorder {
     }
 }
 
-#[async_trait]
 impl MessageComponent for Recorder {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         *self.opens.lock().unwrap().entry(conn.id()).or_default() += 1;
@@ -482,7 +481,6 @@ async fn shutdown_delivers_everything_queued_before_it() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_stops_stragglers_after_the_grace_period() {
     struct Stuck;
-    #[async_trait]
     impl MessageComponent for Stuck {
         async fn on_message(&self, _conn: &Connection, _msg: Message) -> Result<(), BoxError> {
             std::future::pending::<()>().await;
@@ -491,7 +489,6 @@ async fn shutdown_stops_stragglers_after_the_grace_period() {
     }
     let closed = Arc::new(AtomicUsize::new(0));
     struct Counting(Stuck, Arc<AtomicUsize>);
-    #[async_trait]
     impl MessageComponent for Counting {
         async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
             self.0.on_message(conn, msg).await
@@ -602,7 +599,6 @@ impl Relay {
     }
 }
 
-#[async_trait]
 impl MessageComponent for Relay {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         let text = msg.as_text().ok_or("text only")?.to_owned();
@@ -664,7 +660,6 @@ async fn a_send_from_another_thread_while_a_handler_waits_is_delivered_at_once()
 
 struct Twice;
 
-#[async_trait]
 impl MessageComponent for Twice {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         conn.send(msg.clone())?;

@@ -22,13 +22,12 @@
 //! ```no_run
 //! use switchboard::redis::{RedisBroker, RedisOptions};
 //! use switchboard::ws::WsTransport;
-//! use switchboard::{async_trait, BoxError, Connection, Hub, Message, MessageComponent, Server};
+//! use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server};
 //!
 //! struct Chat {
 //!     hub: Hub,
 //! }
 //!
-//! #[async_trait]
 //! impl MessageComponent for Chat {
 //!     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
 //!         self.hub.join_room("lobby", conn).await?;

@@ -1,7 +1,5 @@
 //! [`Topics`]: a ready-made component for named-topic pub/sub over a small
 //! line protocol, on any transport and across nodes.
-
-use async_trait::async_trait;
 use switchboard_core::{BoxError, Connection, Hub, Message, MessageComponent};
 
 /// Longest topic name, in bytes.
@@ -46,7 +44,7 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 100;
 /// use switchboard::{Hub, MessageComponent, Server};
 ///
 /// # async fn run() -> Result<(), switchboard::BoxError> {
-/// let topics: Arc<dyn MessageComponent> = Arc::new(Topics::new(Hub::new()));
+/// let topics = Arc::new(Topics::new(Hub::new()));
 /// let ws = WsTransport::builder().fallback_shared(topics.clone()).build()?;
 /// let tcp = TcpTransport::from_arc(topics, switchboard::tcp::Codec::lines());
 /// let server = Server::builder()
@@ -120,7 +118,6 @@ impl Topics {
     }
 }
 
-#[async_trait]
 impl MessageComponent for Topics {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         let Some(line) = msg.as_text() else {

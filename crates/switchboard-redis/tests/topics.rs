@@ -11,11 +11,11 @@ use support::{Client, Node, RedisServer, within};
 use switchboard::redis::{Emitter, RedisBroker, RedisOptions, Topics};
 use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::WsTransport;
-use switchboard::{Hub, MessageComponent, Server, ServerHandle};
+use switchboard::{DynComponent, Hub, Server, ServerHandle};
 
 /// A single node on the in-process broker: (server, ws addr, tcp addr).
 async fn local_node(topics: Topics) -> (ServerHandle, SocketAddr, SocketAddr) {
-    let topics: Arc<dyn MessageComponent> = Arc::new(topics);
+    let topics: Arc<dyn DynComponent> = Arc::new(topics);
     let ws = WsTransport::builder()
         .fallback_shared(topics.clone())
         .build()

@@ -27,11 +27,10 @@ use crate::conn::TcpConn;
 ///
 /// ```no_run
 /// use switchboard::tcp::{connect, Codec};
-/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent};
 ///
 /// struct Print;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Print {
 ///     async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         println!("server says: {}", msg.as_text().unwrap_or("<binary>"));
@@ -61,11 +60,10 @@ pub async fn connect<A: ToSocketAddrs>(
 /// use std::time::Duration;
 ///
 /// use switchboard::tcp::{connect_with_config, Codec};
-/// use switchboard::{async_trait, BoxError, Config, Connection, Message, MessageComponent};
+/// use switchboard::{BoxError, Config, Connection, Message, MessageComponent};
 ///
 /// struct Feed;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Feed {
 ///     async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         println!("{} bytes", msg.len());
@@ -135,11 +133,10 @@ type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
 /// use std::time::Duration;
 ///
 /// use switchboard::tcp::{Client, Codec};
-/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, ReconnectPolicy};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, ReconnectPolicy};
 ///
 /// struct Print;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Print {
 ///     async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         println!("{}", msg.as_text().unwrap_or("<binary>"));
@@ -245,7 +242,7 @@ where
     /// Like [`connect`](Self::connect), for a shared component.
     pub async fn connect_shared(
         &self,
-        component: Arc<dyn MessageComponent>,
+        component: Arc<impl MessageComponent + ?Sized>,
     ) -> Result<ClientHandle> {
         self.config.validate()?;
         let dialed = tokio::time::timeout(self.config.handshake_timeout, self.dial())
@@ -280,7 +277,7 @@ where
     /// Like [`reconnecting`](Self::reconnecting), for a shared component.
     pub fn reconnecting_shared(
         &self,
-        component: Arc<dyn MessageComponent>,
+        component: Arc<impl MessageComponent + ?Sized>,
         policy: ReconnectPolicy,
     ) -> Result<Reconnecting> {
         let client = Arc::new(self.clone());

@@ -20,11 +20,10 @@
 //!
 //! ```no_run
 //! use switchboard::tcp::TcpTransport;
-//! use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, Server};
+//! use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
 //!
 //! struct Shout;
 //!
-//! #[async_trait]
 //! impl MessageComponent for Shout {
 //!     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 //!         conn.send(msg.as_text().unwrap_or_default().to_uppercase())?;
@@ -73,7 +72,7 @@
 //! ```
 //! use switchboard::tcp::{BytesMut, Decoder, Encoder, TcpTransport};
 //! use switchboard::{
-//!     async_trait, BoxError, CloseCode, Connection, Error, Message, MessageComponent, Server, Utf8Bytes,
+//!     BoxError, CloseCode, Connection, Error, Message, MessageComponent, Server, Utf8Bytes,
 //! };
 //!
 //! const HEADER: usize = 3;
@@ -137,7 +136,6 @@
 //! // On a server: each connection gets a clone of the codec.
 //! struct Echo;
 //!
-//! #[async_trait]
 //! impl MessageComponent for Echo {
 //!     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 //!         conn.send(msg)?;

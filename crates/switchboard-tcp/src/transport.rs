@@ -22,13 +22,16 @@ type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
 /// component sees [`TransportInfo::kind`] `"tcp"`. Cloning is cheap (two
 /// `Arc`s), so one transport value can serve several listeners.
 ///
+/// `K` is the component's type, so its handlers are called directly; an
+/// `Arc<dyn DynComponent>` (see [`DynComponent`](switchboard_core::DynComponent))
+/// works too, at the cost of a boxed future per call. `C` is the codec.
+///
 /// ```no_run
 /// use switchboard::tcp::TcpTransport;
-/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, Server};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
 ///
 /// struct Echo;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Echo {
 ///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         conn.send(msg)?;
@@ -41,40 +44,42 @@ type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
 /// let server = Server::builder().bind("127.0.0.1:7000", TcpTransport::lines(Echo)).start().await?;
 /// # server.shutdown().await; Ok(()) }
 /// ```
-pub struct TcpTransport<C = Codec> {
-    component: Arc<dyn MessageComponent>,
+pub struct TcpTransport<K: ?Sized, C = Codec> {
+    component: Arc<K>,
     /// Makes each connection's codec; one call per accepted stream.
     make_codec: Arc<MakeCodec<C>>,
 }
 
-impl TcpTransport<Codec> {
+impl<K: MessageComponent> TcpTransport<K> {
     /// Newline-delimited UTF-8 text ([`Codec::lines`]): what `nc` and
     /// telnet speak.
-    pub fn lines(component: impl MessageComponent) -> Self {
+    pub fn lines(component: K) -> Self {
         Self::new(component, Codec::lines())
     }
 
     /// Frames with a u32 big-endian length prefix ([`Codec::length_delimited`]).
-    pub fn length_delimited(component: impl MessageComponent) -> Self {
+    pub fn length_delimited(component: K) -> Self {
         Self::new(component, Codec::length_delimited())
     }
 
     /// Raw bytes, each chunk one message ([`Codec::raw`]).
-    pub fn raw(component: impl MessageComponent) -> Self {
+    pub fn raw(component: K) -> Self {
         Self::new(component, Codec::raw())
     }
 
     /// A built-in codec with your settings, for example
     /// `Codec::lines().max_length(512)`. Limits not set on the codec come
     /// from the server's [`Config`].
-    pub fn new(component: impl MessageComponent, codec: Codec) -> Self {
+    pub fn new(component: K, codec: Codec) -> Self {
         Self::from_arc(Arc::new(component), codec)
     }
+}
 
+impl<K: MessageComponent + ?Sized> TcpTransport<K> {
     /// Like [`new`](Self::new), for a component shared with other
     /// listeners (a WebSocket one, say), so that all peers meet in one
     /// component.
-    pub fn from_arc(component: Arc<dyn MessageComponent>, codec: Codec) -> Self {
+    pub fn from_arc(component: Arc<K>, codec: Codec) -> Self {
         TcpTransport {
             component,
             make_codec: Arc::new(move |config: &Config| codec.for_config(config)),
@@ -82,8 +87,9 @@ impl TcpTransport<Codec> {
     }
 }
 
-impl<C> TcpTransport<C>
+impl<K, C> TcpTransport<K, C>
 where
+    K: MessageComponent + ?Sized,
     C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
     <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
     <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
@@ -97,9 +103,10 @@ where
     /// plus 4 KiB of undecoded input. Errors the codec returns close the
     /// connection: this crate's [`Error`](crate::Error) and core errors
     /// keep their close codes, any other error closes with 1002.
-    pub fn with_codec(component: impl MessageComponent, codec: C) -> Self
+    pub fn with_codec(component: K, codec: C) -> Self
     where
         C: Clone,
+        K: Sized,
     {
         // The prototype only needs to be `Send`; the lock (taken once per
         // accepted connection) makes the transport `Sync` anyway.
@@ -117,11 +124,10 @@ where
     ///
     /// ```
     /// use switchboard::tcp::{Codec, TcpTransport};
-    /// use switchboard::{async_trait, BoxError, Config, Connection, Message, MessageComponent, Server};
+    /// use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server};
     ///
     /// struct Log;
     ///
-    /// #[async_trait]
     /// impl MessageComponent for Log {
     ///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
     ///         println!("{}: {} bytes", conn.peer_addr(), msg.len());
@@ -135,15 +141,16 @@ where
     /// });
     /// let _builder = Server::builder().bind("127.0.0.1:0", transport);
     /// ```
-    pub fn with_codec_factory<F>(component: impl MessageComponent, make: F) -> Self
+    pub fn with_codec_factory<F>(component: K, make: F) -> Self
     where
+        K: Sized,
         F: Fn(&Config) -> C + Send + Sync + 'static,
     {
         Self::from_arc_with_factory(Arc::new(component), make)
     }
 
     /// Like [`with_codec_factory`](Self::with_codec_factory), for a shared component.
-    pub fn from_arc_with_factory<F>(component: Arc<dyn MessageComponent>, make: F) -> Self
+    pub fn from_arc_with_factory<F>(component: Arc<K>, make: F) -> Self
     where
         F: Fn(&Config) -> C + Send + Sync + 'static,
     {
@@ -154,7 +161,7 @@ where
     }
 }
 
-impl<C> Clone for TcpTransport<C> {
+impl<K: ?Sized, C> Clone for TcpTransport<K, C> {
     fn clone(&self) -> Self {
         TcpTransport {
             component: self.component.clone(),
@@ -163,27 +170,29 @@ impl<C> Clone for TcpTransport<C> {
     }
 }
 
-impl<C> fmt::Debug for TcpTransport<C> {
+impl<K: ?Sized, C> fmt::Debug for TcpTransport<K, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpTransport").finish_non_exhaustive()
     }
 }
 
-impl<IO, C> Transport<IO> for TcpTransport<C>
+impl<IO, K, C> Transport<IO> for TcpTransport<K, C>
 where
+    K: MessageComponent + ?Sized,
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
     <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
     <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
 {
     type Conn = TcpConn<IO, C>;
+    type Component = K;
 
     fn accept(
         &self,
         io: IO,
         _peer: SocketAddr,
         config: &Config,
-    ) -> impl Future<Output = Result<Accepted<Self::Conn>>> + Send {
+    ) -> impl Future<Output = Result<Accepted<Self::Conn, K>>> + Send {
         let conn = TcpConn::new(io, (self.make_codec)(config), config);
         std::future::ready(Ok(Accepted::new(
             conn,

@@ -6,7 +6,6 @@ mod support;
 use switchboard::tcp::{BytesMut, Codec, Decoder, Encoder, TcpTransport};
 use switchboard::{
     BoxError, CloseCode, CloseReason, Config, Connection, Error, Message, MessageComponent,
-    async_trait,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -253,7 +252,6 @@ async fn custom_codec_echo_and_its_errors() {
 /// A client-side component that reports what it receives.
 struct Collect(mpsc::UnboundedSender<Message>);
 
-#[async_trait]
 impl MessageComponent for Collect {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         conn.send("hello from on_open")?;
@@ -344,7 +342,6 @@ async fn connect_refused_is_an_io_error() {
 /// Sends each line back twice.
 struct Twice;
 
-#[async_trait]
 impl MessageComponent for Twice {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         conn.send(msg.clone())?;
@@ -380,7 +377,6 @@ struct Relay {
     sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-#[async_trait]
 impl MessageComponent for Relay {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         use std::sync::atomic::Ordering;
@@ -432,7 +428,6 @@ struct FailsSome {
     errors: mpsc::UnboundedSender<String>,
 }
 
-#[async_trait]
 impl MessageComponent for FailsSome {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         match msg.as_text() {

@@ -258,7 +258,6 @@ async fn replies_queued_at_half_close_are_flushed() {
     // of stream is already waiting in the socket when they are queued.
     struct Later(mpsc::UnboundedSender<CloseReason>);
 
-    #[switchboard::async_trait]
     impl switchboard::MessageComponent for Later {
         async fn on_message(
             &self,

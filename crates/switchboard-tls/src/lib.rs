@@ -17,12 +17,11 @@
 //! use switchboard::tcp::TcpTransport;
 //! use switchboard::tls::{ServerTls, TlsTransport};
 //! use switchboard::ws::WsTransport;
-//! use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, Server};
+//! use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
 //! use std::sync::Arc;
 //!
 //! struct Echo;
 //!
-//! #[async_trait]
 //! impl MessageComponent for Echo {
 //!     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 //!         conn.send(msg)?;

@@ -100,11 +100,10 @@ impl fmt::Debug for ServerTls {
 /// ```no_run
 /// use switchboard::tls::{ServerTls, TlsTransport};
 /// use switchboard::ws::WsTransport;
-/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, Server};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
 ///
 /// struct Echo;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Echo {
 ///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         conn.send(msg)?;
@@ -146,13 +145,14 @@ where
     T: Transport<TlsStream<IO>>,
 {
     type Conn = T::Conn;
+    type Component = T::Component;
 
     async fn accept(
         &self,
         io: IO,
         peer: SocketAddr,
         config: &Config,
-    ) -> switchboard_core::Result<Accepted<Self::Conn>> {
+    ) -> switchboard_core::Result<Accepted<Self::Conn, Self::Component>> {
         let stream = self.tls.accept(io).await?;
         self.inner.accept(stream, peer, config).await
     }

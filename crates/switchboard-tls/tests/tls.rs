@@ -9,9 +9,7 @@ use std::time::Duration;
 use switchboard::tcp::{self, Codec, TcpTransport};
 use switchboard::tls::{Error, ServerTls, TlsConnector, TlsTransport};
 use switchboard::ws::{self, WsTransport};
-use switchboard::{
-    BoxError, Config, Connection, Message, MessageComponent, Server, ServerHandle, async_trait,
-};
+use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -21,7 +19,6 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 struct Echo;
 
-#[async_trait]
 impl MessageComponent for Echo {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         conn.send(msg)?;
@@ -32,7 +29,6 @@ impl MessageComponent for Echo {
 /// Forwards every message it receives.
 struct Collect(mpsc::UnboundedSender<Message>);
 
-#[async_trait]
 impl MessageComponent for Collect {
     async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
         let _ = self.0.send(msg);

@@ -36,11 +36,10 @@ use crate::keepalive::Keepalive;
 ///
 /// ```no_run
 /// use switchboard::ws;
-/// use switchboard::{async_trait, BoxError, Config, Connection, Message, MessageComponent};
+/// use switchboard::{BoxError, Config, Connection, Message, MessageComponent};
 ///
 /// struct Printer;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Printer {
 ///     async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         println!("{msg:?}");
@@ -76,7 +75,7 @@ pub async fn connect_with_config(
 pub async fn connect_with(
     url: &str,
     headers: &[(&str, &str)],
-    component: Arc<dyn MessageComponent>,
+    component: Arc<impl MessageComponent + ?Sized>,
     config: Config,
 ) -> Result<ClientHandle> {
     let mut client = Client::new(url).config(config);
@@ -94,11 +93,10 @@ pub async fn connect_with(
 /// use std::time::Duration;
 ///
 /// use switchboard::ws::Client;
-/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, Reconnect, ReconnectPolicy};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, Reconnect, ReconnectPolicy};
 ///
 /// struct Ticker;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Ticker {
 ///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
 ///         let again = conn.extension::<Reconnect>().is_some_and(|r| r.is_reconnect());
@@ -177,7 +175,7 @@ impl Client {
     /// Like [`connect`](Self::connect), for a shared component.
     pub async fn connect_shared(
         &self,
-        component: Arc<dyn MessageComponent>,
+        component: Arc<impl MessageComponent + ?Sized>,
     ) -> Result<ClientHandle> {
         let target = self.target()?;
         let config = self.config.clone();
@@ -209,7 +207,7 @@ impl Client {
     /// Like [`reconnecting`](Self::reconnecting), for a shared component.
     pub fn reconnecting_shared(
         &self,
-        component: Arc<dyn MessageComponent>,
+        component: Arc<impl MessageComponent + ?Sized>,
         policy: ReconnectPolicy,
     ) -> Result<Reconnecting> {
         self.config.validate()?;

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_core::MessageComponent;
+use switchboard_core::{DynComponent, MessageComponent};
 
 use crate::error::{Error, Result};
 use crate::hook::{Accept, Hook, Reject, Request};
@@ -112,11 +112,10 @@ impl Page {
 ///
 /// ```
 /// use switchboard::ws::{OriginPolicy, Page, WsTransport};
-/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent};
 ///
 /// struct Echo;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Echo {
 ///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         conn.send(msg)?;
@@ -135,8 +134,8 @@ impl Page {
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct WsTransportBuilder {
-    routes: Vec<(String, Arc<dyn MessageComponent>)>,
-    fallback: Option<Arc<dyn MessageComponent>>,
+    routes: Vec<(String, Arc<dyn DynComponent>)>,
+    fallback: Option<Arc<dyn DynComponent>>,
     pages: Vec<(String, Page)>,
     origins: OriginPolicy,
     subprotocols: Vec<String>,
@@ -174,7 +173,7 @@ impl WsTransportBuilder {
     pub fn route_shared(
         mut self,
         path: impl Into<String>,
-        component: Arc<dyn MessageComponent>,
+        component: Arc<dyn DynComponent>,
     ) -> Self {
         self.routes.push((path.into(), component));
         self
@@ -186,7 +185,7 @@ impl WsTransportBuilder {
     }
 
     /// Like [`fallback`](Self::fallback) with a shared component.
-    pub fn fallback_shared(mut self, component: Arc<dyn MessageComponent>) -> Self {
+    pub fn fallback_shared(mut self, component: Arc<dyn DynComponent>) -> Self {
         self.fallback = Some(component);
         self
     }
@@ -228,9 +227,8 @@ impl WsTransportBuilder {
     ///
     /// ```
     /// use switchboard::ws::{Accept, Reject, WsTransport};
-    /// # use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent};
+    /// # use switchboard::{BoxError, Connection, Message, MessageComponent};
     /// # struct Chat;
-    /// # #[async_trait]
     /// # impl MessageComponent for Chat {
     /// #     async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> { Ok(()) }
     /// # }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_core::{Headers, MessageComponent, TransportInfo};
+use switchboard_core::{DynComponent, Headers, TransportInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -153,7 +153,7 @@ pub(crate) enum Decision {
 }
 
 pub(crate) struct Upgrade {
-    pub(crate) component: Arc<dyn MessageComponent>,
+    pub(crate) component: Arc<dyn DynComponent>,
     pub(crate) accept_key: String,
     pub(crate) info: TransportInfo,
 }
@@ -363,11 +363,10 @@ fn reason_phrase(status: u16) -> &'static str {
 mod tests {
     use super::*;
     use crate::WsTransport;
-    use switchboard_core::{BoxError, Connection, Message, async_trait};
+    use switchboard_core::{BoxError, Connection, Message, MessageComponent};
 
     struct Nop;
 
-    #[async_trait]
     impl MessageComponent for Nop {
         async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
             Ok(())

@@ -12,14 +12,13 @@
 //!
 //! ```no_run
 //! use switchboard::ws::{Page, WsTransport};
-//! use switchboard::{async_trait, BoxError, Connection, Hub, Message, MessageComponent, Server};
+//! use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server};
 //!
 //! #[derive(Default)]
 //! struct Chat {
 //!     hub: Hub,
 //! }
 //!
-//! #[async_trait]
 //! impl MessageComponent for Chat {
 //!     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
 //!         self.hub.join(conn);

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use switchboard_core::{Accepted, Config, MessageComponent, Transport};
+use switchboard_core::{Accepted, Config, DynComponent, MessageComponent, Transport};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{OriginPolicy, Page, WsTransportBuilder};
@@ -30,15 +30,17 @@ use crate::keepalive::Keepalive;
 /// errors with 1002.
 ///
 /// Cheap to clone (an `Arc` inside). Generic over the byte stream, so a TLS
-/// layer can hand it a `TlsStream`.
+/// layer can hand it a `TlsStream`. Routes may serve components of
+/// different types, so it holds each as an `Arc<dyn DynComponent>`
+/// ([`DynComponent`]): every handler call is one boxed future, next to
+/// which the WebSocket framing costs far more.
 ///
 /// ```no_run
 /// use switchboard::ws::WsTransport;
-/// use switchboard::{async_trait, BoxError, Connection, Message, MessageComponent, Server};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
 ///
 /// struct Echo;
 ///
-/// #[async_trait]
 /// impl MessageComponent for Echo {
 ///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         conn.send(msg)?;
@@ -61,8 +63,8 @@ pub struct WsTransport {
 
 /// The built configuration, shared by every handshake.
 pub(crate) struct Shared {
-    pub(crate) routes: HashMap<Box<str>, Arc<dyn MessageComponent>>,
-    pub(crate) fallback: Option<Arc<dyn MessageComponent>>,
+    pub(crate) routes: HashMap<Box<str>, Arc<dyn DynComponent>>,
+    pub(crate) fallback: Option<Arc<dyn DynComponent>>,
     pub(crate) pages: HashMap<Box<str>, Page>,
     pub(crate) origins: OriginPolicy,
     pub(crate) subprotocols: Box<[Box<str>]>,
@@ -79,7 +81,7 @@ impl WsTransport {
     }
 
     /// Serves a shared component on every path, with the default settings.
-    pub fn shared(component: Arc<dyn MessageComponent>) -> Self {
+    pub fn shared(component: Arc<dyn DynComponent>) -> Self {
         let builder = WsTransportBuilder::default().fallback_shared(component);
         match builder.build() {
             Ok(transport) => transport,
@@ -185,6 +187,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     type Conn = WsConnection<IO>;
+    type Component = dyn DynComponent;
 
     async fn accept(
         &self,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use switchboard::ws::{Client, WsTransport};
 use switchboard::{
     BoxError, CloseReason, Connection, Message, MessageComponent, Reconnect, ReconnectEnd,
-    ReconnectPolicy, Server, ServerHandle, async_trait,
+    ReconnectPolicy, Server, ServerHandle,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -18,7 +18,6 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 struct Echo;
 
-#[async_trait]
 impl MessageComponent for Echo {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         conn.send(msg)?;
@@ -38,7 +37,6 @@ enum Event {
 
 struct Recorder(mpsc::UnboundedSender<Event>);
 
-#[async_trait]
 impl MessageComponent for Recorder {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         let _ = self.0.send(Event::Open {

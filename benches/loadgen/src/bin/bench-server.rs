@@ -162,7 +162,6 @@ enum Kind {
 
 struct Echo;
 
-#[async_trait]
 impl MessageComponent for Echo {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         conn.send(msg)?;
@@ -175,7 +174,6 @@ struct Chat {
     hub: Hub,
 }
 
-#[async_trait]
 impl MessageComponent for Chat {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.hub.join(conn);
@@ -189,10 +187,10 @@ impl MessageComponent for Chat {
 }
 
 /// The component exactly as an application would write it, default `Config`.
-async fn switchboard_server(
+async fn switchboard_server<K: MessageComponent>(
     addr: &str,
     kind: Kind,
-    component: Arc<dyn MessageComponent>,
+    component: Arc<K>,
 ) -> Result<(), BoxError> {
     let addr = addr.to_owned();
     let builder = Server::builder();

@@ -22,11 +22,11 @@ use crate::transport::{TransportConn, TransportInfo};
 /// their `connect` functions on this.
 ///
 /// Returns once the connection task is spawned; `on_open` may still be running.
-pub fn spawn_client<C: TransportConn>(
+pub fn spawn_client<C: TransportConn, K: MessageComponent + ?Sized>(
     io: C,
     peer: SocketAddr,
     info: TransportInfo,
-    component: Arc<dyn MessageComponent>,
+    component: Arc<K>,
     config: Config,
 ) -> Result<ClientHandle> {
     spawn_client_with(io, peer, info, Extensions::default(), component, config)
@@ -34,12 +34,12 @@ pub fn spawn_client<C: TransportConn>(
 
 /// [`spawn_client`] with extensions for the connection (the reconnecting
 /// client marks each connection with its [`Reconnect`](crate::Reconnect)).
-pub(crate) fn spawn_client_with<C: TransportConn>(
+pub(crate) fn spawn_client_with<C: TransportConn, K: MessageComponent + ?Sized>(
     io: C,
     peer: SocketAddr,
     info: TransportInfo,
     extensions: Extensions,
-    component: Arc<dyn MessageComponent>,
+    component: Arc<K>,
     config: Config,
 ) -> Result<ClientHandle> {
     config.validate()?;

@@ -27,10 +27,10 @@ use crate::stats::Stats;
 use crate::transport::{Received, TransportConn};
 
 /// Runs one established connection from `on_open` to `on_close`.
-pub(crate) async fn drive<T: TransportConn>(
+pub(crate) async fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
     io: T,
     conn: Connection,
-    component: Arc<dyn MessageComponent>,
+    component: Arc<K>,
 ) -> CloseReason {
     let ctx = conn.context().clone();
     Stats::add(&ctx.stats.open, 1);
@@ -158,7 +158,7 @@ impl<T: TransportConn> Driver<T> {
     /// close path reports the panic. Handlers and the transport are called
     /// between the driver's own updates, never during one, so the driver's
     /// state is whole for the close.
-    async fn run(&mut self, component: &dyn MessageComponent) -> CloseReason {
+    async fn run<K: MessageComponent + ?Sized>(&mut self, component: &K) -> CloseReason {
         let end = match AssertUnwindSafe(self.serve(component)).catch_unwind().await {
             Ok(end) => end,
             Err(panic) => End::Panicked(panic_message(&*panic)),
@@ -169,7 +169,7 @@ impl<T: TransportConn> Driver<T> {
 
     /// Runs `on_open` and then one `on_message` per inbound message until
     /// something ends the connection.
-    async fn serve(&mut self, component: &dyn MessageComponent) -> End {
+    async fn serve<K: MessageComponent + ?Sized>(&mut self, component: &K) -> End {
         let conn = self.conn.clone();
         match self.handle(component.on_open(&conn)).await {
             Outcome::Done(Ok(())) => {}
@@ -184,11 +184,12 @@ impl<T: TransportConn> Driver<T> {
             Outcome::Forced => return End::Shutdown,
         }
 
-        // The running handler's (boxed) future: the only thing kept
-        // across a wait besides the driver itself.
-        let mut handler = None;
+        // The running handler's future, held in place here: the only thing
+        // kept across a wait besides the driver itself.
+        let call = |msg| component.on_message(&conn, msg);
+        let mut handler = std::pin::pin!(None);
         loop {
-            let flow = poll_fn(|cx| self.poll_messages(component, &conn, &mut handler, cx));
+            let flow = poll_fn(|cx| self.poll_messages(&call, handler.as_mut(), cx));
             let err = match flow.await {
                 Flow::Failed(err) => err,
                 Flow::End(end) => return end,
@@ -204,17 +205,20 @@ impl<T: TransportConn> Driver<T> {
     /// next, until a handler fails or something ends the connection. One
     /// poll function rather than awaits, so that a message goes from the
     /// transport to its handler without passing through the loop's state.
-    fn poll_messages<'a>(
+    fn poll_messages<F, C>(
         &mut self,
-        component: &'a dyn MessageComponent,
-        conn: &'a Connection,
-        handler: &mut Option<BoxFuture<'a, Result<(), BoxError>>>,
+        call: &C,
+        mut handler: Pin<&mut Option<F>>,
         cx: &mut TaskContext<'_>,
-    ) -> Poll<Flow> {
+    ) -> Poll<Flow>
+    where
+        F: Future<Output = Result<(), BoxError>>,
+        C: Fn(Message) -> F,
+    {
         loop {
-            if let Some(fut) = handler {
+            if let Some(fut) = handler.as_mut().as_pin_mut() {
                 let out = ready!(self.poll_handler(fut, cx));
-                *handler = None;
+                handler.set(None);
                 match out {
                     Outcome::Done(Ok(())) => {}
                     Outcome::Done(Err(err)) => return Poll::Ready(Flow::Failed(err)),
@@ -250,7 +254,7 @@ impl<T: TransportConn> Driver<T> {
                     }
                 }
             }
-            *handler = Some(component.on_message(conn, msg));
+            handler.set(Some(call(msg)));
         }
     }
 
@@ -296,9 +300,9 @@ impl<T: TransportConn> Driver<T> {
 
     /// Carries out the end: reports the error (if any) to `on_error`, then
     /// flushes and closes.
-    fn end<'a>(
+    fn end<'a, K: MessageComponent + ?Sized>(
         &'a mut self,
-        component: &'a dyn MessageComponent,
+        component: &'a K,
         end: End,
     ) -> BoxFuture<'a, CloseReason> {
         Box::pin(async move {
@@ -398,8 +402,9 @@ impl<T: TransportConn> Driver<T> {
 
     /// Runs a handler future to completion (or until forced), writing what it
     /// queues as it goes.
-    async fn handle<F: Future + Unpin>(&mut self, mut fut: F) -> Outcome<F::Output> {
-        poll_fn(|cx| self.poll_handler(&mut fut, cx)).await
+    async fn handle<F: Future>(&mut self, fut: F) -> Outcome<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        poll_fn(|cx| self.poll_handler(fut.as_mut(), cx)).await
     }
 
     /// One poll of [`handle`](Self::handle); the message loop calls it
@@ -408,9 +413,9 @@ impl<T: TransportConn> Driver<T> {
     /// Inline, so that the handler's output is matched where its poll
     /// wrote it rather than copied out first.
     #[inline(always)]
-    fn poll_handler<F: Future + Unpin>(
+    fn poll_handler<F: Future>(
         &mut self,
-        fut: &mut F,
+        fut: Pin<&mut F>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Outcome<F::Output>> {
         // The handler first: one that completes at once (the common case)
@@ -419,7 +424,7 @@ impl<T: TransportConn> Driver<T> {
         // wake this task: `poll_step` or `poll_handler_waits` takes the
         // lock and looks at the queue before the task sleeps.
         self.conn.set_awake();
-        if let Poll::Ready(out) = Pin::new(&mut *fut).poll(cx) {
+        if let Poll::Ready(out) = fut.poll(cx) {
             return Poll::Ready(Outcome::Done(out));
         }
         if self.poll_handler_waits(cx) {
@@ -570,9 +575,9 @@ impl<T: TransportConn> Driver<T> {
         })
     }
 
-    fn panicked<'a>(
+    fn panicked<'a, K: MessageComponent + ?Sized>(
         &'a mut self,
-        component: &'a dyn MessageComponent,
+        component: &'a K,
         msg: String,
     ) -> BoxFuture<'a, CloseReason> {
         Box::pin(async move {
@@ -587,9 +592,9 @@ impl<T: TransportConn> Driver<T> {
         })
     }
 
-    fn write_failed<'a>(
+    fn write_failed<'a, K: MessageComponent + ?Sized>(
         &'a mut self,
-        component: &'a dyn MessageComponent,
+        component: &'a K,
         err: Error,
     ) -> BoxFuture<'a, CloseReason> {
         Box::pin(async move {
@@ -601,9 +606,9 @@ impl<T: TransportConn> Driver<T> {
 
     /// Runs `on_error`; a panic in it is logged and otherwise ignored
     /// (caught here, since the close path runs outside the loop's catch).
-    fn report<'a>(
+    fn report<'a, K: MessageComponent + ?Sized>(
         &'a mut self,
-        component: &'a dyn MessageComponent,
+        component: &'a K,
         err: Error,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
@@ -704,7 +709,6 @@ mod tests {
 
     struct Quiet;
 
-    #[async_trait::async_trait]
     impl MessageComponent for Quiet {
         async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
             Ok(())

@@ -73,14 +73,14 @@ impl Context {
     /// layer would keep its own copy of its arguments (the transport
     /// connection, the request info) for the connection's whole life, and
     /// idle connections pay for every byte of their task.
-    pub(crate) fn run_connection<C: TransportConn>(
+    pub(crate) fn run_connection<C: TransportConn, K: MessageComponent + ?Sized>(
         self: &Arc<Self>,
         io: C,
         peer: SocketAddr,
         info: TransportInfo,
         extensions: Extensions,
-        component: Arc<dyn MessageComponent>,
-    ) -> impl Future<Output = CloseReason> + Send + use<C> {
+        component: Arc<K>,
+    ) -> impl Future<Output = CloseReason> + Send + use<C, K> {
         let conn = self.open(peer, info, extensions);
         Self::drive(io, conn, component)
     }
@@ -102,11 +102,11 @@ impl Context {
     }
 
     /// Drives an opened connection from `on_open` to `on_close`.
-    pub(crate) fn drive<C: TransportConn>(
+    pub(crate) fn drive<C: TransportConn, K: MessageComponent + ?Sized>(
         io: C,
         conn: Connection,
-        component: Arc<dyn MessageComponent>,
-    ) -> impl Future<Output = CloseReason> + Send + use<C> {
+        component: Arc<K>,
+    ) -> impl Future<Output = CloseReason> + Send + use<C, K> {
         let span = tracing::info_span!("conn", id = conn.id().as_u64(), peer = %conn.peer_addr(), transport = conn.transport().kind());
         conn::drive(io, conn, component).instrument(span)
     }

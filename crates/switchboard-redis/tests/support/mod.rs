@@ -15,7 +15,7 @@ use switchboard::redis::{RedisBroker, RedisOptions, user_room};
 use switchboard::tcp::{Codec, TcpTransport};
 use switchboard::ws::WsTransport;
 use switchboard::{
-    BoxError, Connection, Hub, Message, MessageComponent, Server, ServerHandle, async_trait,
+    BoxError, Connection, DynComponent, Hub, Message, MessageComponent, Server, ServerHandle,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -239,7 +239,6 @@ pub struct RoomChat {
     pub hub: Hub,
 }
 
-#[async_trait]
 impl MessageComponent for RoomChat {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.hub.join(conn);
@@ -299,11 +298,7 @@ impl Node {
     }
 
     /// A node serving `component` (which should use `hub`).
-    pub async fn serve(
-        hub: Hub,
-        broker: RedisBroker,
-        component: Arc<dyn MessageComponent>,
-    ) -> Node {
+    pub async fn serve(hub: Hub, broker: RedisBroker, component: Arc<dyn DynComponent>) -> Node {
         let ws = WsTransport::builder()
             .fallback_shared(component.clone())
             .build()

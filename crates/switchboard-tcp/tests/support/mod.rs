@@ -9,7 +9,7 @@ use std::time::Duration;
 use switchboard::tcp::TcpTransport;
 use switchboard::{
     BoxError, CloseCode, CloseReason, Config, Connection, ConnectionId, Error, Message,
-    MessageComponent, Server, ServerHandle, async_trait,
+    MessageComponent, Server, ServerHandle,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -57,7 +57,6 @@ pub fn recorder(echo: bool) -> (Recorder, Events) {
     (Recorder { tx, echo }, Events { rx })
 }
 
-#[async_trait]
 impl MessageComponent for Recorder {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         let _ = self.tx.send(Event::Open(conn.clone()));
@@ -161,9 +160,9 @@ impl Events {
 }
 
 /// Starts a server on 127.0.0.1:0 with `transport`.
-pub async fn serve<C>(transport: TcpTransport<C>, config: Config) -> ServerHandle
+pub async fn serve<K: ?Sized, C>(transport: TcpTransport<K, C>, config: Config) -> ServerHandle
 where
-    TcpTransport<C>: switchboard::Transport<TcpStream>,
+    TcpTransport<K, C>: switchboard::Transport<TcpStream>,
 {
     within(
         "server start",

@@ -8,7 +8,6 @@ use std::time::Duration;
 use switchboard::ws::WsTransport;
 use switchboard::{
     BoxError, CloseReason, Config, Connection, Message, MessageComponent, Server, ServerHandle,
-    async_trait,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -63,7 +62,6 @@ impl Recorder {
     }
 }
 
-#[async_trait]
 impl MessageComponent for Recorder {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         let info = conn.transport();
