@@ -15,9 +15,12 @@ use crate::message::Message;
 ///
 /// Only [`on_message`](Self::on_message) is required. The handlers are
 /// written as plain `async fn`s; each returns a future that borrows the
-/// component and the connection, and must be `Send` (connections run on
-/// the multi-threaded runtime). Servers call them directly, with no box
-/// and no dynamic call per message. Where components of different types
+/// component and the connection, and must be `Send` (connection tasks are
+/// spawned with `tokio::spawn`). Servers call them directly, with no box
+/// and no dynamic call per message: the running `on_message` future is
+/// held inside the connection's task, so what it keeps across an `.await`
+/// counts towards every connection's memory (box a large one yourself:
+/// `Box::pin(work).await`). Where components of different types
 /// must be held together (routes, a list of handlers), use
 /// `Arc<dyn DynComponent>`: every component is a [`DynComponent`], and
 /// that object is a component again.
