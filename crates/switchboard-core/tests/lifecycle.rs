@@ -691,3 +691,73 @@ async fn pipelined_input_with_a_small_queue_bound_gets_every_reply_in_order() {
     assert_eq!((stats.messages_in, stats.messages_out), (12, 24));
     assert_eq!(stats.bytes_in, 10 * 2 + 2 * 3);
 }
+
+/// Handlers written as plain functions that return a future can panic when
+/// called, before any future exists. `on_error` and `on_close` run outside
+/// the message loop's guard, so each call is guarded on its own.
+#[derive(Default)]
+struct PanicsWhenCalled {
+    closes: AtomicUsize,
+    notify: Notify,
+}
+
+impl MessageComponent for PanicsWhenCalled {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        if msg.as_text() == Some("fail") {
+            return Err("refused".into());
+        }
+        conn.send(msg)?;
+        Ok(())
+    }
+
+    fn on_error<'a>(
+        &'a self,
+        _: &'a Connection,
+        err: Error,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        if matches!(err, Error::Handler(_)) {
+            panic!("on_error panicked when called");
+        }
+        std::future::ready(())
+    }
+
+    fn on_close<'a>(
+        &'a self,
+        _: &'a Connection,
+        reason: CloseReason,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        self.closes.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        if reason == CloseReason::Panic {
+            panic!("on_close panicked when called");
+        }
+        std::future::ready(())
+    }
+}
+
+#[tokio::test]
+async fn handlers_that_panic_when_called_are_caught_like_any_other() {
+    let component = Arc::new(PanicsWhenCalled::default());
+    let server = TestServer::from_arc(component.clone(), Config::default());
+    let mut bystander = server.connect().await;
+    let mut client = server.connect().await;
+    let closed = component.notify.notified();
+    assert!(client.send("fail").await);
+    assert_eq!(
+        timeout(LIMIT, client.closed())
+            .await
+            .expect("closed")
+            .map(|f| f.code),
+        Some(CloseCode::ERROR)
+    );
+    timeout(LIMIT, closed).await.expect("on_close ran");
+    assert_eq!(component.closes.load(Ordering::SeqCst), 1);
+    // Both panics were caught and counted; the server serves on.
+    assert!(bystander.send("still here").await);
+    assert_eq!(
+        recv(&mut bystander).await,
+        Some(Message::text("still here"))
+    );
+    assert_eq!(server.stats().panics, 2);
+    assert_eq!(server.stats().open_connections, 1);
+}

@@ -56,7 +56,10 @@ pub(crate) async fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
     let reason = driver.run(&*component).await;
     driver.discard_batch();
     tracing::debug!(%reason, "connection closed");
-    let on_close = AssertUnwindSafe(component.on_close(&conn, reason.clone())).catch_unwind();
+    // The call inside the guarded future: a handler written as a plain
+    // `fn` returning a future can panic before any future exists.
+    let on_close =
+        AssertUnwindSafe(async { component.on_close(&conn, reason.clone()).await }).catch_unwind();
     if let Err(panic) = on_close.await {
         Stats::add(&ctx.stats.panics, 1);
         tracing::error!(conn = %conn.id(), panic = %panic_message(&*panic), "on_close panicked");
@@ -617,7 +620,9 @@ impl<T: TransportConn> Driver<T> {
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let conn = self.conn.clone();
-            let on_error = AssertUnwindSafe(component.on_error(&conn, err)).catch_unwind();
+            // Called inside the guard, as `on_close` is in `drive`.
+            let on_error =
+                AssertUnwindSafe(async { component.on_error(&conn, err).await }).catch_unwind();
             match self.handle(on_error).await {
                 Outcome::Done(Err(panic)) => {
                     let msg = panic_message(&*panic);
