@@ -43,6 +43,9 @@ pub struct Config {
     /// length-delimited frame). Default 1 MiB.
     pub max_frame_size: usize,
     /// Most messages waiting in one connection's outbound queue. Default 1024.
+    /// (A handler's reply to its own connection is counted without the
+    /// queue's lock: racing a send from another task, it can take the queue
+    /// one message past either bound.)
     pub queue_max_messages: usize,
     /// Most payload bytes waiting in one connection's outbound queue.
     /// Default 1 MiB.

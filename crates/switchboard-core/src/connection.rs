@@ -1,5 +1,6 @@
 //! The `Connection` handle and its bounded outbound queue.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -62,6 +63,12 @@ struct Inner {
     /// read-modify-write), read without it.
     queued_msgs: AtomicUsize,
     queued_bytes: AtomicUsize,
+    /// Messages and bytes sent by the connection's own handler without the
+    /// lock ([`OwnSends`]) and not yet handed to the transport. Written
+    /// only on the thread of the driver's current poll, by the driver and
+    /// by those sends, as plain loads and stores; read anywhere.
+    own_msgs: AtomicUsize,
+    own_bytes: AtomicUsize,
     /// Set (under `state`) once a close was requested; read by the driver
     /// on every poll without taking the lock.
     closing: AtomicBool,
@@ -121,6 +128,8 @@ impl Connection {
                 ctx,
                 queued_msgs: AtomicUsize::new(0),
                 queued_bytes: AtomicUsize::new(0),
+                own_msgs: AtomicUsize::new(0),
+                own_bytes: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
                 forced: AtomicBool::new(false),
                 awake: AtomicBool::new(false),
@@ -163,6 +172,14 @@ impl Connection {
     /// The body of [`send`](Self::send), once for every argument type.
     #[inline]
     fn send_message(&self, msg: Message) -> Result<(), SendError> {
+        match self.inner.send_own(msg) {
+            Ok(()) => Ok(()),
+            Err(msg) => self.send_shared(msg),
+        }
+    }
+
+    /// Queues `msg` in the shared queue, under its lock.
+    fn send_shared(&self, msg: Message) -> Result<(), SendError> {
         let inner = &*self.inner;
         let config = &inner.ctx.config;
         let len = msg.len();
@@ -172,9 +189,13 @@ impl Connection {
         }
         let msgs = inner.queued_msgs.load(Ordering::Acquire);
         let bytes = inner.queued_bytes.load(Ordering::Acquire);
+        let all_msgs = msgs + inner.own_msgs.load(Ordering::Acquire);
+        let all_bytes = bytes + inner.own_bytes.load(Ordering::Acquire);
         // A single message larger than the byte bound still goes through an
         // empty queue; otherwise it could never be sent at all.
-        if msgs >= config.queue_max_messages || (msgs > 0 && bytes + len > config.queue_max_bytes) {
+        if all_msgs >= config.queue_max_messages
+            || (all_msgs > 0 && all_bytes + len > config.queue_max_bytes)
+        {
             let stats = &inner.ctx.stats;
             match config.slow_consumer {
                 SlowConsumerPolicy::Drop => Stats::add(&stats.dropped, 1),
@@ -240,7 +261,7 @@ impl Connection {
     /// Messages waiting in the outbound queue.
     #[inline]
     pub fn queued_messages(&self) -> usize {
-        self.inner.queued_msgs.load(Ordering::Acquire)
+        self.inner.queued_msgs.load(Ordering::Acquire) + self.inner.own_msgs.load(Ordering::Acquire)
     }
 
     /// Typed per-connection state. Do not hold the guard across an `.await`
@@ -331,6 +352,7 @@ impl Connection {
     #[inline]
     pub(crate) fn queued_bytes(&self) -> usize {
         self.inner.queued_bytes.load(Ordering::Acquire)
+            + self.inner.own_bytes.load(Ordering::Acquire)
     }
 
     /// Registers the task's waker, reads the close signals and, when `batch`
@@ -366,10 +388,41 @@ impl Connection {
     }
 
     /// `msgs` messages of `bytes` in all left the queue for the transport.
+    ///
+    /// A batch holds either messages taken from the shared queue or the
+    /// handler's own sends (made only while nothing shared waits), so the
+    /// counts it came from are known: own ones are released without the
+    /// lock.
     pub(crate) fn dequeued(&self, msgs: usize, bytes: usize) {
-        if msgs > 0 {
-            let mut state = self.inner.lock_state();
-            self.inner.release_locked(&mut state, msgs, bytes);
+        let inner = &*self.inner;
+        let own = inner.own_msgs.load(Ordering::Relaxed);
+        if own > 0 {
+            debug_assert!(msgs <= own, "a batch of own sends holds only those");
+            let own_bytes = inner.own_bytes.load(Ordering::Relaxed);
+            inner.own_msgs.store(own - msgs, Ordering::Release);
+            inner.own_bytes.store(own_bytes - bytes, Ordering::Release);
+        } else if msgs > 0 {
+            let mut state = inner.lock_state();
+            inner.release_locked(&mut state, msgs, bytes);
+        }
+    }
+
+    /// The driver is about to poll one of this connection's handlers: until
+    /// the guard is finished, the handler's first send to this connection
+    /// goes to a slot of this thread, without the lock, and
+    /// [`OwnSends::finish`] appends it to the driver's batch.
+    #[inline]
+    pub(crate) fn own_sends(&self) -> OwnSends<'_> {
+        let me = Arc::as_ptr(&self.inner) as usize;
+        // Taken only when free: a handler polled inside another's poll (not
+        // something the server does) sends through the lock.
+        let active = OWN_CONN.get() == NO_CONN && OWN_SLOT.try_with(|_| ()).is_ok();
+        if active {
+            OWN_CONN.set(me);
+        }
+        OwnSends {
+            inner: &self.inner,
+            active,
         }
     }
 
@@ -397,6 +450,37 @@ pub(crate) struct Signals {
 }
 
 impl Inner {
+    /// Puts `msg` in this thread's slot when this connection's driver is
+    /// polling its handler here and the slot is unused (a handler replying
+    /// to its own connection, the common case), nothing sent by another
+    /// task waits before it, and the bounds leave room. Otherwise hands
+    /// `msg` back for the shared queue, which applies the slow-consumer
+    /// policy when the bound is reached.
+    #[inline]
+    fn send_own(&self, msg: Message) -> Result<(), Message> {
+        let me = self as *const Inner as usize;
+        if OWN_CONN.get() != me
+            || self.closing.load(Ordering::Acquire)
+            || self.queued_msgs.load(Ordering::Acquire) != 0
+        {
+            return Err(msg);
+        }
+        let config = &self.ctx.config;
+        let len = msg.len();
+        let msgs = self.own_msgs.load(Ordering::Relaxed);
+        let bytes = self.own_bytes.load(Ordering::Relaxed);
+        if msgs >= config.queue_max_messages || (msgs > 0 && bytes + len > config.queue_max_bytes) {
+            return Err(msg);
+        }
+        self.own_msgs.store(msgs + 1, Ordering::Release);
+        self.own_bytes.store(bytes + len, Ordering::Release);
+        OWN_CONN.set(USED);
+        // `own_sends` found the slot alive, and it lives until the thread
+        // ends: this cannot fail.
+        OWN_SLOT.with(|slot| slot.set(Some(msg)));
+        Ok(())
+    }
+
     #[inline]
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // Critical sections are panic-free pointer moves, so a poisoned lock
@@ -431,6 +515,81 @@ impl Inner {
         }
         state.waker.take()
     }
+}
+
+/// [`OWN_CONN`] when no handler is being polled on the thread.
+const NO_CONN: usize = 0;
+/// [`OWN_CONN`] once [`OWN_SLOT`] holds the polled handler's first send.
+/// No connection has this address.
+const USED: usize = 1;
+
+thread_local! {
+    /// The address of the connection whose handler this thread's driver is
+    /// polling, [`NO_CONN`] or [`USED`]. Compared, never dereferenced.
+    static OWN_CONN: Cell<usize> = const { Cell::new(NO_CONN) };
+    /// That handler's first send to its own connection: no lock, no
+    /// wake-up.
+    static OWN_SLOT: Cell<Option<Message>> = const { Cell::new(None) };
+}
+
+/// This thread's slot, lent to one handler poll by
+/// [`Connection::own_sends`].
+pub(crate) struct OwnSends<'a> {
+    inner: &'a Arc<Inner>,
+    active: bool,
+}
+
+impl OwnSends<'_> {
+    /// The handler's poll is over: its send in the slot, if any, joins the
+    /// end of `batch`, after the older messages there.
+    #[inline]
+    pub(crate) fn finish(self, batch: &mut VecDeque<Message>) {
+        if self.active
+            && OWN_CONN.replace(NO_CONN) == USED
+            && let Ok(Some(msg)) = OWN_SLOT.try_with(Cell::take)
+        {
+            batch.push_back(msg);
+        }
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for OwnSends<'_> {
+    /// Not finished: the handler panicked.
+    fn drop(&mut self) {
+        if self.active {
+            unwind_own(self.inner);
+        }
+    }
+}
+
+/// The send in the slot goes to the front of the shared queue, so the
+/// close after the panic still writes it before anything sent later.
+#[cold]
+fn unwind_own(inner: &Inner) {
+    if OWN_CONN.replace(NO_CONN) != USED {
+        return;
+    }
+    let Ok(Some(msg)) = OWN_SLOT.try_with(Cell::take) else {
+        return;
+    };
+    let len = msg.len();
+    let mut state = inner.lock_state();
+    let (own, own_bytes) = (
+        inner.own_msgs.load(Ordering::Relaxed),
+        inner.own_bytes.load(Ordering::Relaxed),
+    );
+    inner.own_msgs.store(own - 1, Ordering::Release);
+    inner.own_bytes.store(own_bytes - len, Ordering::Release);
+    let (queued, queued_bytes) = (
+        inner.queued_msgs.load(Ordering::Relaxed),
+        inner.queued_bytes.load(Ordering::Relaxed),
+    );
+    inner.queued_msgs.store(queued + 1, Ordering::Release);
+    inner
+        .queued_bytes
+        .store(queued_bytes + len, Ordering::Release);
+    state.queue.push_front(msg);
 }
 
 fn wake(waker: Option<Waker>) {

@@ -472,3 +472,76 @@ async fn a_handler_error_is_reported_and_the_connection_goes_on() {
     drop(stream);
     server.shutdown().await;
 }
+
+/// Replies in ways that test the order of a handler's own sends, which
+/// leave without the queue's lock, against everything else:
+/// - `spawned X`: a spawned task sends `early X` and is awaited, then the
+///   handler replies `late X`;
+/// - `count`: replies `x`, then how many messages its queue holds;
+/// - `panic`: replies `last words`, then panics;
+/// - anything else is echoed.
+struct Ordered;
+
+impl MessageComponent for Ordered {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        let text = msg.as_text().ok_or("text only")?;
+        if let Some(n) = text.strip_prefix("spawned ") {
+            let (other, early) = (conn.clone(), format!("early {n}"));
+            tokio::spawn(async move { other.send(early) }).await??;
+            conn.send(format!("late {n}"))?;
+        } else if text == "count" {
+            conn.send("x")?;
+            conn.send(format!("queued {}", conn.queued_messages()))?;
+        } else if text == "panic" {
+            conn.send("last words")?;
+            panic!("after replying");
+        } else {
+            conn.send(msg)?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_from_another_task_before_a_handlers_reply_leaves_first() {
+    let server = serve(TcpTransport::lines(Ordered), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    let input: String = (0..100).map(|i| format!("spawned {i}\n")).collect();
+    stream.write_all(input.as_bytes()).await.unwrap();
+    let expected: String = (0..100).map(|i| format!("early {i}\nlate {i}\n")).collect();
+    let got = read_n(&mut stream, expected.len()).await;
+    assert_eq!(String::from_utf8(got).unwrap(), expected);
+    let stats = server.stats();
+    assert_eq!((stats.messages_in, stats.messages_out), (100, 200));
+    drop(stream);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_handlers_own_reply_counts_in_its_queue() {
+    let server = serve(TcpTransport::lines(Ordered), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    stream.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_n(&mut stream, 11).await, b"x\nqueued 1\n");
+    drop(stream);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reply_sent_before_a_panic_is_written_before_the_close() {
+    // One thread: the connection after the panic is served by the same
+    // thread, and gets only its own replies.
+    let server = serve(TcpTransport::lines(Ordered), Config::default()).await;
+    let mut stream = dial(server.local_addr()).await;
+    stream.write_all(b"a\npanic\nb\n").await.unwrap();
+    assert_eq!(read_to_end(&mut stream).await, b"a\nlast words\n");
+    drop(stream);
+    let mut next = dial(server.local_addr()).await;
+    next.write_all(b"c\n").await.unwrap();
+    assert_eq!(read_n(&mut next, 2).await, b"c\n");
+    next.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_n(&mut next, 11).await, b"x\nqueued 1\n");
+    assert_eq!(server.stats().panics, 1);
+    drop(next);
+    server.shutdown().await;
+}

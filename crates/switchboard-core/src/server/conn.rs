@@ -368,8 +368,7 @@ impl<T: TransportConn> Driver<T> {
     /// close or force was requested, or the queue holds a quarter of its
     /// bounds. Otherwise the queue is taken when the input runs out.
     fn must_write_first(&self) -> bool {
-        !self.batch.is_empty()
-            || self.conn.has_signals()
+        self.conn.has_signals()
             || self.conn.queued_messages() >= self.drain_at.0
             || self.conn.queued_bytes() >= self.drain_at.1
     }
@@ -431,7 +430,10 @@ impl<T: TransportConn> Driver<T> {
         // wake this task: `poll_step` or `poll_handler_waits` takes the
         // lock and looks at the queue before the task sleeps.
         self.conn.set_awake();
-        if let Poll::Ready(out) = fut.poll(cx) {
+        let own = self.conn.own_sends();
+        let polled = fut.poll(cx);
+        own.finish(&mut self.batch);
+        if let Poll::Ready(out) = polled {
             return Poll::Ready(Outcome::Done(out));
         }
         if self.poll_handler_waits(cx) {
