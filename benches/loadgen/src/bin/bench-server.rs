@@ -20,7 +20,7 @@
 //!
 //! The `floor-*` kinds are not servers anyone would write: they measure what
 //! the layers under a component cost, one at a time, against the plain
-//! baseline (docs/performance.md, "Not met yet").
+//! baseline (docs/performance.md, "TCP echo against the plain server").
 //!
 //! Prints `listening on ADDR pid PID` once bound, then serves until killed
 //! or until `--max-seconds` (default 900) have passed. `--ws-read-buffer N`
