@@ -535,7 +535,7 @@ thread_local! {
 /// This thread's slot, lent to one handler poll by
 /// [`Connection::own_sends`].
 pub(crate) struct OwnSends<'a> {
-    inner: &'a Arc<Inner>,
+    inner: &'a Inner,
     active: bool,
 }
 
