@@ -364,9 +364,10 @@ impl<T: TransportConn> Driver<T> {
     }
 
     /// Whether the queue (or a signal) has to be looked at before the next
-    /// message is read: when a batch is still waiting for the transport, a
-    /// close or force was requested, or the queue holds a quarter of its
-    /// bounds. Otherwise the queue is taken when the input runs out.
+    /// message is read: when a close or force was requested, or what waits
+    /// for the transport (the shared queue, and the batch with the
+    /// handler's own replies in it) reaches a quarter of the bounds.
+    /// Otherwise everything is written when the input runs out.
     fn must_write_first(&self) -> bool {
         self.conn.has_signals()
             || self.conn.queued_messages() >= self.drain_at.0
