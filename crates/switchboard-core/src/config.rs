@@ -42,12 +42,12 @@ pub struct Config {
     /// Largest single frame or line in bytes (WebSocket frame, TCP line or
     /// length-delimited frame). Default 1 MiB.
     pub max_frame_size: usize,
-    /// Most messages waiting in one connection's outbound queue. Default 1024.
-    /// (A handler's reply to its own connection is counted without the
-    /// queue's lock: racing a send from another task, it can take the queue
-    /// one message past either bound.)
+    /// Most messages waiting in one connection's outbound queue, from
+    /// [`Connection::send`](crate::Connection::send) until they are handed
+    /// to the transport. Default 1024.
     pub queue_max_messages: usize,
-    /// Most payload bytes waiting in one connection's outbound queue.
+    /// Most payload bytes waiting in one connection's outbound queue (a
+    /// single larger message still goes through an empty queue).
     /// Default 1 MiB.
     pub queue_max_bytes: usize,
     /// What to do when the outbound queue is full. Default [`SlowConsumerPolicy::Close`].

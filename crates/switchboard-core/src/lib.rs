@@ -8,10 +8,11 @@
 //! # Layout
 //!
 //! - `component`: the trait a user implements, with the lifecycle contract;
-//! - `connection`: the cheap handle and its bounded outbound queue;
+//! - `connection`: the cheap handle a component sends and closes through;
+//! - `outbox`: each connection's bounded outbound queue and close signals;
 //! - `message`, `close`, `error`, `config`: the vocabulary;
 //! - `transport`: the seam a transport crate implements;
-//! - `server`: listeners, limits, the per-connection driver, shutdown;
+//! - `server`: listeners, limits, the per-connection driver (`server/driver.rs`), shutdown;
 //! - `limits`: IP filters and rate limits;
 //! - `reconnect`: clients that reconnect with backoff ([`spawn_reconnecting`]);
 //! - `hub`: fan-out to sets and rooms, through a [`Broker`];
@@ -28,6 +29,7 @@ mod extensions;
 mod hub;
 mod limits;
 mod message;
+mod outbox;
 mod reconnect;
 mod server;
 mod stats;

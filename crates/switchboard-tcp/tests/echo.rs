@@ -473,8 +473,8 @@ async fn a_handler_error_is_reported_and_the_connection_goes_on() {
     server.shutdown().await;
 }
 
-/// Replies in ways that test the order of a handler's own sends, which
-/// leave without the queue's lock, against everything else:
+/// Replies in ways that test the order and count of a handler's own sends
+/// (which do not wake the driver running it) against everything else:
 /// - `spawned X`: a spawned task sends `early X` and is awaited, then the
 ///   handler replies `late X`;
 /// - `count`: replies `x`, then how many messages its queue holds;
@@ -530,7 +530,7 @@ async fn a_handlers_own_reply_counts_in_its_queue() {
 #[tokio::test]
 async fn a_reply_sent_before_a_panic_is_written_before_the_close() {
     // One thread: the connection after the panic is served by the same
-    // thread, and gets only its own replies.
+    // thread, and gets only its own replies and counts.
     let server = serve(TcpTransport::lines(Ordered), Config::default()).await;
     let mut stream = dial(server.local_addr()).await;
     stream.write_all(b"a\npanic\nb\n").await.unwrap();

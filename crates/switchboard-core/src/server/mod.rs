@@ -1,7 +1,7 @@
 //! The server runtime: listeners, limits, the connection registry and shutdown.
 
 mod client;
-mod conn;
+mod driver;
 mod listener;
 
 pub(crate) use client::spawn_client_with;
@@ -23,9 +23,10 @@ use tracing::Instrument;
 use crate::close::{CloseCode, CloseFrame, CloseReason};
 use crate::component::MessageComponent;
 use crate::config::Config;
-use crate::connection::{CloseRequest, Connection, ConnectionId};
+use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
 use crate::extensions::Extensions;
+use crate::outbox::CloseRequest;
 use crate::stats::{Counters, Stats};
 use crate::transport::{Transport, TransportConn, TransportInfo};
 
@@ -108,7 +109,7 @@ impl Context {
         component: Arc<K>,
     ) -> impl Future<Output = CloseReason> + Send + use<C, K> {
         let span = tracing::info_span!("conn", id = conn.id().as_u64(), peer = %conn.peer_addr(), transport = conn.transport().kind());
-        conn::drive(io, conn, component).instrument(span)
+        driver::drive(io, conn, component).instrument(span)
     }
 
     pub(crate) fn unregister(&self, conn: &Connection) {
@@ -171,7 +172,7 @@ impl Context {
             "shutdown grace period over: stopping connections"
         );
         for conn in &stragglers {
-            conn.force();
+            conn.outbox().force();
         }
         let bound = self.config.close_timeout;
         if tokio::time::timeout(bound, self.tracker.wait())

@@ -1,0 +1,576 @@
+//! The connection driver: one task per connection runs both directions,
+//! from `on_open` to `on_close`.
+//!
+//! The message loop ([`Driver::serve`]) reads one message, runs
+//! `on_message` to completion and only then reads the next: that is the
+//! inbound back-pressure. Outbound, the driver takes everything queued in
+//! the connection's [`Outbox`](crate::outbox::Outbox) in one batch, hands it
+//! to the transport and flushes once per batch:
+//! - when nothing more is readable, so that the replies to every message
+//!   that arrived together leave in one write;
+//! - before reading more when the outbox asks for attention (a close,
+//!   shutdown, or a queue past a quarter of its bounds);
+//! - whenever a handler waits, so that a handler that sends and then
+//!   awaits something does not stall its own replies.
+//!
+//! Then the close path ([`Driver::close`]): `on_error` when there is an
+//! error to report, what was queued flushed (unless the peer is gone or
+//! not reading), and the transport's close, bounded by `close_timeout`.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use crate::close::{CloseCode, CloseFrame, CloseReason};
+use crate::component::MessageComponent;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::limits::{RateLimit, RateLimitAction, TokenBucket};
+use crate::message::Message;
+use crate::outbox::{CloseRequest, Signal};
+use crate::stats::Stats;
+use crate::transport::{Received, TransportConn};
+
+/// Runs one established connection from `on_open` to `on_close`.
+pub(crate) async fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
+    io: T,
+    conn: Connection,
+    component: Arc<K>,
+) -> CloseReason {
+    let ctx = conn.context().clone();
+    Stats::add(&ctx.stats.open, 1);
+    Stats::add(&ctx.stats.opened_total, 1);
+    let mut driver = Driver {
+        rate: ctx
+            .config
+            .rate_limit
+            .map(|limit| (limit, TokenBucket::new(&limit))),
+        io,
+        conn: conn.clone(),
+        batch: VecDeque::new(),
+        unflushed: false,
+        broken: None,
+        received: (0, 0),
+    };
+
+    // A panic in `on_open`, `on_message` or the transport ends the loop
+    // like a handler error: its future is dropped and the close path
+    // reports the panic. Handlers and the transport are called between
+    // the driver's own updates, never during one, so its state is whole.
+    let end = match AssertUnwindSafe(driver.serve(&*component))
+        .catch_unwind()
+        .await
+    {
+        Ok(end) => end,
+        Err(panic) => {
+            Stats::add(&ctx.stats.panics, 1);
+            End::close(
+                CloseRequest::new(CloseCode::ERROR, "internal error", CloseReason::Panic),
+                Some(Error::Panic(panic_message(&*panic))),
+            )
+        }
+    };
+    driver.count_received();
+    let reason = driver.close(&*component, end).await;
+    driver.discard_batch();
+    tracing::debug!(%reason, "connection closed");
+
+    // The call inside the guarded future: a handler written as a plain
+    // `fn` returning a future can panic before any future exists.
+    let on_close =
+        AssertUnwindSafe(async { component.on_close(&conn, reason.clone()).await }).catch_unwind();
+    if let Err(panic) = on_close.await {
+        Stats::add(&ctx.stats.panics, 1);
+        tracing::error!(conn = %conn.id(), panic = %panic_message(&*panic), "on_close panicked");
+    }
+    conn.finish();
+    ctx.unregister(&conn);
+    ctx.stats
+        .open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    reason
+}
+
+struct Driver<T> {
+    io: T,
+    conn: Connection,
+    /// Messages taken from the outbox, not yet handed to the transport.
+    batch: VecDeque<Message>,
+    /// Something was handed to the transport since the last flush.
+    unflushed: bool,
+    /// The first write error. Nothing more is written after it, and the
+    /// connection ends once the running handler returns.
+    broken: Option<Error>,
+    /// The inbound rate limit and this connection's bucket, if configured.
+    rate: Option<(RateLimit, TokenBucket)>,
+    /// Messages and bytes received and not yet added to the server's
+    /// counters: they are added once per batch of input.
+    received: (u64, u64),
+}
+
+/// How the message loop ended. Boxed where large: it is returned through
+/// every poll of the loop, and a connection ends only once.
+enum End {
+    /// Close with this request (unless an earlier one is in force), after
+    /// reporting the error, if any, to `on_error`.
+    Close(Box<(CloseRequest, Option<Error>)>),
+    /// Shutdown's grace period is over: stop now.
+    Forced,
+}
+
+impl End {
+    fn close(req: CloseRequest, err: Option<Error>) -> Self {
+        End::Close(Box::new((req, err)))
+    }
+}
+
+/// What became of the batch handed to the transport.
+enum Written {
+    /// All of it; nothing more waits in the outbox.
+    All,
+    /// All of it, and more was queued meanwhile.
+    MoreQueued,
+    /// The transport is full; the rest of the batch waits.
+    TransportFull,
+}
+
+impl<T: TransportConn> Driver<T> {
+    /// Runs `on_open` and then one `on_message` per inbound message until
+    /// something ends the connection.
+    async fn serve<K: MessageComponent + ?Sized>(&mut self, component: &K) -> End {
+        let conn = self.conn.clone();
+        // Boxed: held inline, `on_open`'s future would size every
+        // connection's task, idle ones included, for its whole life.
+        match self.run(Box::pin(component.on_open(&conn))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                let req = CloseRequest::new(CloseCode::POLICY, "rejected", CloseReason::Rejected);
+                return End::close(req, Some(Error::Handler(err)));
+            }
+            Err(end) => return end,
+        }
+        loop {
+            if let Some(err) = self.broken.take() {
+                return End::close(abnormal(), Some(err));
+            }
+            let msg = match poll_fn(|cx| self.poll_next(cx)).await {
+                Ok(msg) => msg,
+                Err(end) => return end,
+            };
+            match self.admit() {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(end) => return end,
+            }
+            match self.run(component.on_message(&conn, msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => self.report(component, Error::Handler(err)).await,
+                Err(end) => return end,
+            }
+        }
+    }
+
+    /// The next inbound message, or what ends the connection instead.
+    ///
+    /// While input is readable, replies wait in the outbox (unless it asks
+    /// for attention) and are written and flushed once, when the input
+    /// runs out: one look at the queue and one write per batch of input
+    /// rather than per message.
+    fn poll_next(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Message, End>> {
+        if self.conn.outbox().needs_attention()
+            && let Some(end) = self.write(cx, false)
+        {
+            return Poll::Ready(Err(end));
+        }
+        match self.io.poll_recv(cx) {
+            Poll::Ready(Ok(Received::Message(msg))) => {
+                self.received.0 += 1;
+                self.received.1 += msg.len() as u64;
+                Poll::Ready(Ok(msg))
+            }
+            Poll::Ready(Ok(Received::Closed(frame))) => Poll::Ready(Err(peer_closed(frame))),
+            Poll::Ready(Err(err)) => Poll::Ready(Err(read_failed(err))),
+            Poll::Pending => {
+                self.count_received();
+                match self.write(cx, true) {
+                    Some(end) => Poll::Ready(Err(end)),
+                    None => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    /// Runs a handler's future to completion, writing out and flushing
+    /// what is queued whenever it waits; `Err(End::Forced)` if shutdown's
+    /// grace period ends first.
+    async fn run<F: Future>(&mut self, fut: F) -> Result<F::Output, End> {
+        let mut fut = std::pin::pin!(fut);
+        poll_fn(|cx| {
+            // The handler first: one that completes at once (the common
+            // case) leaves its replies to `poll_next`, which writes them
+            // with those of the other messages already readable.
+            self.conn.outbox().set_running();
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            self.count_received();
+            // After a write error only the signals are read (registering
+            // the waker, for shutdown's force).
+            let signal = match self.broken {
+                None => match self.poll_write(cx, true) {
+                    Ok(signal) => signal,
+                    Err(err) => {
+                        self.broken = Some(err);
+                        self.conn.outbox().signal(cx.waker())
+                    }
+                },
+                Some(_) => self.conn.outbox().signal(cx.waker()),
+            };
+            match signal {
+                Some(Signal::Force) => Poll::Ready(Err(End::Forced)),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Writes out the queue, flushing once if `flush`, and turns a signal
+    /// or a write error into the end of the connection.
+    fn write(&mut self, cx: &mut TaskContext<'_>, flush: bool) -> Option<End> {
+        match self.poll_write(cx, flush) {
+            Ok(None) => None,
+            Ok(Some(Signal::Force)) => Some(End::Forced),
+            Ok(Some(Signal::Close(req))) => Some(End::close(req, None)),
+            Err(err) => Some(End::close(abnormal(), Some(err))),
+        }
+    }
+
+    /// Registers the task's waker, hands everything queued to the
+    /// transport and, if `flush` (or the transport is full), flushes once.
+    /// Returns the signal read with the queue, so that a close or force
+    /// requested at any moment is either seen now or wakes the task later.
+    fn poll_write(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        mut flush: bool,
+    ) -> Result<Option<Signal>, Error> {
+        let signal = loop {
+            let signal = self.conn.outbox().take(cx.waker(), &mut self.batch);
+            match &signal {
+                Some(Signal::Force) => return Ok(signal),
+                Some(Signal::Close(req)) if req.discard => return Ok(signal),
+                _ => {}
+            }
+            if self.batch.is_empty() {
+                break signal;
+            }
+            match self.write_batch(cx)? {
+                Written::MoreQueued => continue,
+                Written::All => break signal,
+                // Flushing is what frees a full transport.
+                Written::TransportFull => {
+                    flush = true;
+                    break signal;
+                }
+            }
+        };
+        if flush && self.unflushed {
+            match self.io.poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(err)) => return Err(err),
+                Poll::Pending => {}
+            }
+        }
+        Ok(signal)
+    }
+
+    /// Hands the batch to the transport until it is empty or the transport
+    /// is full, then releases what was handed over from the outbox's bounds.
+    fn write_batch(&mut self, cx: &mut TaskContext<'_>) -> Result<Written, Error> {
+        let (mut count, mut bytes) = (0, 0);
+        let result = loop {
+            // Room is asked for only for a message that waits: a transport
+            // that wrote after the batch's last message would let the peer
+            // read it before the bounds are released.
+            let Some(msg) = self.batch.pop_front() else {
+                break Ok(None);
+            };
+            match self.io.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => {
+                    self.batch.push_front(msg);
+                    break Err(err);
+                }
+                Poll::Pending => {
+                    self.batch.push_front(msg);
+                    break Ok(Some(Written::TransportFull));
+                }
+            }
+            count += 1;
+            bytes += msg.len();
+            self.unflushed = true;
+            if let Err(err) = self.io.start_send(msg) {
+                break Err(err);
+            }
+        };
+        let more_queued = self.conn.outbox().release(count, bytes);
+        let stats = &self.conn.context().stats;
+        Stats::add(&stats.messages_out, count as u64);
+        Stats::add(&stats.bytes_out, bytes as u64);
+        match result? {
+            Some(full) => Ok(full),
+            None if more_queued => Ok(Written::MoreQueued),
+            None => Ok(Written::All),
+        }
+    }
+
+    /// Applies the inbound rate limit to the message just read: whether to
+    /// handle it, or the end of the connection.
+    fn admit(&mut self) -> Result<bool, End> {
+        let Some((limit, bucket)) = &mut self.rate else {
+            return Ok(true);
+        };
+        if bucket.take(limit) {
+            return Ok(true);
+        }
+        Stats::add(&self.conn.context().stats.rate_limited, 1);
+        match limit.action {
+            RateLimitAction::Drop => Ok(false),
+            RateLimitAction::Close => {
+                let frame = CloseFrame::from_static(CloseCode::POLICY, "rate limit exceeded");
+                let req = CloseRequest {
+                    frame: frame.clone(),
+                    reason: CloseReason::Error(frame),
+                    discard: false,
+                };
+                let err = Error::protocol(CloseCode::POLICY, "rate limit exceeded");
+                Err(End::close(req, Some(err)))
+            }
+        }
+    }
+
+    /// Adds the messages received since the last call to the counters.
+    fn count_received(&mut self) {
+        let (msgs, bytes) = std::mem::take(&mut self.received);
+        if msgs > 0 {
+            let stats = &self.conn.context().stats;
+            Stats::add(&stats.messages_in, msgs);
+            Stats::add(&stats.bytes_in, bytes);
+        }
+    }
+
+    /// Runs `on_error`. A panic in it is logged and closes the connection
+    /// (the close path runs outside the loop's catch, so it is caught here).
+    /// Boxed, like the close path: a rare path whose state would otherwise
+    /// be held in every connection's task.
+    fn report<'a, K: MessageComponent + ?Sized>(
+        &'a mut self,
+        component: &'a K,
+        err: Error,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let conn = self.conn.clone();
+            // Called inside the guard, as `on_close` is in `drive`.
+            let on_error =
+                AssertUnwindSafe(async { component.on_error(&conn, err).await }).catch_unwind();
+            if let Ok(Err(panic)) = self.run(on_error).await {
+                Stats::add(&conn.context().stats.panics, 1);
+                tracing::error!(panic = %panic_message(&*panic), "on_error panicked");
+                conn.begin_close(CloseRequest::new(
+                    CloseCode::ERROR,
+                    "internal error",
+                    CloseReason::Panic,
+                ));
+            }
+        })
+    }
+
+    /// Carries out the end: begins the close (an earlier request wins),
+    /// reports the error (if any) to `on_error`, flushes what was queued
+    /// (unless discarding) and closes the transport, bounded by
+    /// `close_timeout` and by shutdown's force. Returns why the connection
+    /// ended.
+    fn close<'a, K: MessageComponent + ?Sized>(
+        &'a mut self,
+        component: &'a K,
+        end: End,
+    ) -> BoxFuture<'a, CloseReason> {
+        Box::pin(async move {
+            let (req, err) = match end {
+                End::Forced => return CloseReason::Shutdown,
+                End::Close(closing) => {
+                    let (req, err) = *closing;
+                    (self.conn.begin_close(req), err)
+                }
+            };
+            if let Some(err) = err {
+                self.report(component, err).await;
+            }
+            // The connection is gone: no close frame can be sent.
+            if matches!(req.reason, CloseReason::Error(ref f) if f.code == CloseCode::ABNORMAL) {
+                return req.reason;
+            }
+            let timeout = self.conn.context().config.close_timeout;
+            let closing = poll_fn(|cx| {
+                if let Some(Signal::Force) = self.conn.outbox().signal(cx.waker()) {
+                    return Poll::Ready(());
+                }
+                if req.discard || self.broken.is_some() {
+                    self.discard_batch();
+                } else {
+                    match self.poll_write(cx, true) {
+                        Ok(_) if self.batch.is_empty() && !self.unflushed => {}
+                        Ok(_) => return Poll::Pending,
+                        Err(err) => {
+                            tracing::debug!(error = %err, "flush before close failed");
+                            self.broken = Some(err);
+                        }
+                    }
+                }
+                if let Err(err) = ready!(self.io.poll_close(cx, &req.frame)) {
+                    tracing::debug!(error = %err, "close failed");
+                }
+                Poll::Ready(())
+            });
+            if tokio::time::timeout(timeout, closing).await.is_err() {
+                tracing::debug!(?timeout, "close timed out");
+            }
+            req.reason
+        })
+    }
+
+    /// Drops the batch, releasing it from the outbox's bounds.
+    fn discard_batch(&mut self) {
+        if !self.batch.is_empty() {
+            let bytes = self.batch.iter().map(Message::len).sum();
+            self.conn.outbox().release(self.batch.len(), bytes);
+            self.batch.clear();
+        }
+    }
+}
+
+fn peer_closed(frame: Option<CloseFrame>) -> End {
+    let reply = frame
+        .clone()
+        .unwrap_or_else(|| CloseFrame::from_static(CloseCode::NORMAL, ""));
+    let req = CloseRequest {
+        frame: reply,
+        reason: CloseReason::Peer(frame),
+        discard: false,
+    };
+    End::close(req, None)
+}
+
+fn read_failed(err: Error) -> End {
+    let req = match &err {
+        Error::IdleTimeout => {
+            CloseRequest::new(CloseCode::AWAY, "idle timeout", CloseReason::IdleTimeout)
+        }
+        Error::Protocol { code, source } => {
+            let frame = CloseFrame::new(*code, truncate_reason(&source.to_string()));
+            CloseRequest {
+                frame: frame.clone(),
+                reason: CloseReason::Error(frame),
+                discard: false,
+            }
+        }
+        _ => abnormal(),
+    };
+    End::close(req, Some(err))
+}
+
+/// The connection is gone (reset, broken pipe): no close frame can be sent.
+fn abnormal() -> CloseRequest {
+    let frame = CloseFrame::from_static(CloseCode::ABNORMAL, "");
+    CloseRequest {
+        frame: frame.clone(),
+        reason: CloseReason::Error(frame),
+        discard: true,
+    }
+}
+
+/// WebSocket close reasons are limited to 123 bytes.
+fn truncate_reason(s: &str) -> String {
+    let mut end = s.len().min(123);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::task::{Context as TaskContext, Poll};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::error::{BoxError, Result};
+    use crate::server::Context;
+    use crate::transport::TransportInfo;
+
+    /// A transport connection one pointer wide, like the WebSocket one.
+    struct Tiny(#[allow(dead_code)] Box<u64>);
+
+    impl TransportConn for Tiny {
+        fn poll_recv(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<Received>> {
+            Poll::Pending
+        }
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(&mut self, _: Message) -> Result<()> {
+            Ok(())
+        }
+        fn poll_flush(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(&mut self, _: &mut TaskContext<'_>, _: &CloseFrame) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Quiet;
+
+    impl MessageComponent for Quiet {
+        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    /// Every idle connection pays for its task: the driver's future keeps
+    /// only the message loop's state inline (the close path and `on_open`
+    /// are boxed when they start), for a component served directly (its
+    /// `on_message` future held inline) and as a `DynComponent` (a box).
+    #[test]
+    fn the_connection_future_stays_small() {
+        let ctx = Context::new(Config::default());
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let open = || ctx.open(peer, TransportInfo::new("test"), Default::default());
+        let direct = drive(Tiny(Box::new(0)), open(), Arc::new(Quiet));
+        let size = std::mem::size_of_val(&direct);
+        assert!(size <= 600, "the connection future is {size} bytes");
+        let object: Arc<dyn crate::DynComponent> = Arc::new(Quiet);
+        let boxed = drive(Tiny(Box::new(0)), open(), object);
+        let size = std::mem::size_of_val(&boxed);
+        assert!(
+            size <= 600,
+            "the connection future is {size} bytes with a DynComponent"
+        );
+    }
+}
