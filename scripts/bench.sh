@@ -108,8 +108,11 @@ start_server() {
     if [ "$kind" != "$1" ]; then
         binary="$BIN/bench-server-before"
     fi
+    # Emptied here, not only by the background redirection below, which
+    # may come after the first look for the line of the previous server.
+    : > "$SRV_LOG"
     taskset -c "$SERVER_CPUS" "${NICE[@]}" "$binary" "$kind" 127.0.0.1:0 --max-seconds 600 \
-        > "$SRV_LOG" 2>&1 &
+        >> "$SRV_LOG" 2>&1 &
     SRV_PID=$!
     for _ in $(seq 100); do
         if grep -q '^listening on' "$SRV_LOG"; then
