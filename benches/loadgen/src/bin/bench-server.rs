@@ -17,7 +17,7 @@
 //! Prints `listening on ADDR pid PID` once bound, then serves until killed
 //! or until `--max-seconds` (default 900) have passed. `--ws-read-buffer N`
 //! sets the switchboard WebSocket transport's `read_buffer_size` (default
-//! 1 KiB), to see its trade-off between idle memory and large messages.
+//! 4 KiB), to see its trade-off between idle memory and large messages.
 
 #![allow(clippy::unwrap_used)]
 
