@@ -412,7 +412,8 @@ fn before_after(results: &Results) -> String {
     )
 }
 
-/// `after` against `before` in percent, with whether that is better.
+/// `after` against `before` in percent, with whether that is better from
+/// 1 % on (less is within any run's spread).
 fn change(before: f64, after: f64, higher_is_better: bool) -> String {
     if before == 0.0 {
         return "–".to_owned();
@@ -421,6 +422,9 @@ fn change(before: f64, after: f64, higher_is_better: bool) -> String {
     let text = format!("{pct:+.1} %");
     if text == "+0.0 %" || text == "-0.0 %" {
         return "0.0 %".to_owned();
+    }
+    if pct.abs() < 1.0 {
+        return text;
     }
     let better = (pct > 0.0) == higher_is_better;
     format!("{text} ({})", if better { "better" } else { "worse" })
@@ -583,7 +587,7 @@ RESULT scenario=e server=slow baseline=slow msgs_per_s=90
                 "| tcp-echo-32B | msgs/s vs plain-tcp-echo | 0.893x | 0.964x | +8.0 % (better) |",
                 "| ws-bcast-1k | server CPU µs/delivery | 3.20 | 2.80 | -12.5 % (better) |",
                 "| ws-bcast-1k | p99 ms | 3.40 | 3.20 | -5.9 % (better) |",
-                "| ws-idle-10k | RSS KiB/conn | 2.54 | 2.56 | +0.8 % (worse) |",
+                "| ws-idle-10k | RSS KiB/conn | 2.54 | 2.56 | +0.8 % |",
             ],
             "{summary}"
         );
@@ -611,5 +615,7 @@ RESULT scenario=e server=slow baseline=slow msgs_per_s=90
         assert_eq!(ratio_words(1.0, 1.002, &CPU_PER_MSG), "the same CPU");
         assert_eq!(ratio_words(1.0, 0.0, &CPU_PER_MSG), "–");
         assert_eq!(change(2.0, 2.0, true), "0.0 %");
+        assert_eq!(change(2.0, 2.1, false), "+5.0 % (worse)");
+        assert_eq!(change(200.0, 199.0, true), "-0.5 %");
     }
 }
