@@ -6,41 +6,72 @@
 #   scripts/bench.sh --rounds 5           # more rounds, steadier medians
 #   scripts/bench.sh --only ws-echo       # scenarios whose name starts with this
 #   scripts/bench.sh --quick              # 1 round, short runs: a check that all works
+#   scripts/bench.sh --before DIR         # also DIR/bench-server's switchboard servers
+#
+# --before DIR: DIR holds a bench-server built from another commit (say,
+# `git worktree add /tmp/old main && cd /tmp/old && cargo build --release
+# -p switchboard-bench && cp target/release/bench-server DIR/`). Every
+# scenario then also runs that binary's switchboard-* servers, labelled
+# NAME@before, in the same rounds and alternating order as the others and
+# driven by this build's load generator (a loadgen in DIR is not used), and
+# the summary adds a before / after table. Options combine:
+# --before DIR --only tcp-echo --rounds 5.
 #
 # The server runs on CPU 0 and the load generator on CPU 1 (taskset); each
 # round runs every server of a scenario, in alternating order from round to
-# round, each on a fresh process. The table shows medians, ratios to the
-# baseline, and the server's CPU time per message from /proc/PID/stat
-# (utime + stime), the figure that stays stable on a busy machine, with its
-# user-space part (utime) apart.
+# round, each on a fresh process. The summary starts with a headline table
+# (switchboard against each baseline), then the medians of every figure per
+# scenario, ratios to the baseline, and the server's CPU time per message
+# from /proc/PID/stat (utime + stime), the figure that stays stable on a
+# busy machine, with its user-space part (utime) apart.
 # WebSocket echo clients and broadcast subscribers use `--client raw`: the
 # handshake through tokio-tungstenite, then prebuilt frames and a header
 # scan, so that the load generator costs less per message than the servers.
+# Binaries and results go to target/bench/ (under $CARGO_TARGET_DIR if set).
 # Loopback only; every run is bounded in time and count.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 ROUNDS=3
 ONLY=""
 QUICK=0
+BEFORE=""
+need_value() {
+    if [ $# -lt 2 ] || [ -z "$2" ]; then
+        echo "$1 needs a value (try --help)" >&2
+        exit 2
+    fi
+}
 while [ $# -gt 0 ]; do
     case "$1" in
-        --rounds) ROUNDS="$2"; shift 2 ;;
-        --only) ONLY="$2"; shift 2 ;;
+        --rounds) need_value "$@"; ROUNDS="$2"; shift 2 ;;
+        --only) need_value "$@"; ONLY="$2"; shift 2 ;;
         --quick) QUICK=1; ROUNDS=1; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --before) need_value "$@"; BEFORE="$2"; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
+if [ -n "$BEFORE" ]; then
+    if [ ! -x "$BEFORE/bench-server" ]; then
+        echo "--before $BEFORE: no executable $BEFORE/bench-server there" >&2
+        exit 2
+    fi
+    BEFORE=$(cd "$BEFORE" && pwd)
+fi
+cd "$(dirname "$0")/.."
 
 cargo build --release -p switchboard-bench
-OUT_DIR=target/bench
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+OUT_DIR="$TARGET_DIR/bench"
 STAMP=$(date +%Y%m%d-%H%M%S)
-# A private copy of the binaries: a later build into target/ must not
-# change the servers in the middle of a comparison.
+# A private copy of the binaries: a later build into the target directory
+# (or into DIR) must not change the servers in the middle of a comparison.
 BIN="$OUT_DIR/bin-$STAMP"
 mkdir -p "$BIN"
-cp target/release/bench-server target/release/loadgen "$BIN/"
+cp "$TARGET_DIR/release/bench-server" "$TARGET_DIR/release/loadgen" "$BIN/"
+if [ -n "$BEFORE" ]; then
+    cp "$BEFORE/bench-server" "$BIN/bench-server-before"
+fi
 RESULTS="$OUT_DIR/results-$STAMP.txt"
 : > "$RESULTS"
 
@@ -71,10 +102,17 @@ SRV_PID=""
 SRV_ADDR=""
 SRV_LOG="$OUT_DIR/server.log"
 
+# NAME runs this build's bench-server, NAME@before the one of --before DIR.
 start_server() {
-    local kind="$1"
-    taskset -c "$SERVER_CPUS" "${NICE[@]}" "$BIN/bench-server" "$kind" 127.0.0.1:0 --max-seconds 600 \
-        > "$SRV_LOG" 2>&1 &
+    local kind="${1%@before}" binary="$BIN/bench-server"
+    if [ "$kind" != "$1" ]; then
+        binary="$BIN/bench-server-before"
+    fi
+    # Emptied here, not only by the background redirection below, which
+    # may come after the first look for the line of the previous server.
+    : > "$SRV_LOG"
+    taskset -c "$SERVER_CPUS" "${NICE[@]}" "$binary" "$kind" 127.0.0.1:0 --max-seconds 600 \
+        >> "$SRV_LOG" 2>&1 &
     SRV_PID=$!
     for _ in $(seq 100); do
         if grep -q '^listening on' "$SRV_LOG"; then
@@ -83,7 +121,7 @@ start_server() {
         fi
         sleep 0.05
     done
-    echo "bench-server $kind did not start:" >&2
+    echo "bench-server $1 did not start:" >&2
     cat "$SRV_LOG" >&2
     exit 1
 }
@@ -109,13 +147,11 @@ loadgen() {
 }
 
 # scenario name | baseline | servers (framework first) | loadgen arguments
-# (tcp-echo-32B also runs the floor-* servers of bench-server: the TCP
-# transport alone, then with a component-shaped handler; see
-# docs/performance.md, "Not met yet")
+# (with --before, each switchboard-* server is followed by its NAME@before)
 SCENARIOS=(
     "ws-echo-32B|naive-ws-echo|switchboard-ws-echo naive-ws-echo|echo --client raw --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
     "ws-echo-64KiB|naive-ws-echo|switchboard-ws-echo naive-ws-echo|echo --client raw --conns 10 --inflight 10 --size 65536 --seconds $ECHO_S"
-    "tcp-echo-32B|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo floor-tcp-transport floor-tcp-boxed floor-tcp-locked floor-tcp-unboxed|echo --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
+    "tcp-echo-32B|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|echo --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
     "ws-bcast-1k|naive-ws-chat|switchboard-ws-chat naive-ws-chat|broadcast --client raw --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
     "ws-bcast-10k|naive-ws-chat|switchboard-ws-chat naive-ws-chat|broadcast --client raw --subs 10000 --pubs 1 --rate 5 --size 64 --seconds $BCAST_S --settle 2"
     "tcp-bcast-1k|plain-tcp-chat|switchboard-tcp-chat plain-tcp-chat|broadcast --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
@@ -139,8 +175,7 @@ run_one() {
 # file-descriptor limit: two load generator processes (each has the same
 # limit), the second adding connections until the server runs out.
 run_idle_max() {
-    local round="$1" per=$((IDLE_N))
-    local server=switchboard-ws-echo
+    local round="$1" server="$2" per=$((IDLE_N))
     start_server "$server"
     echo "== round $round: ws-idle-max on $server" >&2
     local rss0 fds0 first
@@ -159,34 +194,50 @@ run_idle_max() {
     done
     loadgen idle --target "$(target_of $server)" --conns "$per" --src-ip 21 \
         --rss-base-kib "$rss0" --fds-base "$fds0" \
-        --scenario ws-idle-max --server "$server" --baseline "$server" --round "$round" \
+        --scenario ws-idle-max --server "$server" --baseline switchboard-ws-echo --round "$round" \
         | tee -a "$RESULTS" || true
     kill "$first_pid" 2>/dev/null || true
     wait "$first_pid" 2>/dev/null || true
     stop_server
 }
 
+# The servers of round ROUND, in its order: with --before, NAME@before
+# right after each switchboard-* NAME; odd rounds as listed (framework
+# first), even rounds reversed.
+servers_of_round() {
+    local round="$1" out=() name i
+    for name in $2; do
+        out+=("$name")
+        if [ -n "$BEFORE" ] && [[ "$name" == switchboard-* ]]; then
+            out+=("$name@before")
+        fi
+    done
+    if [ $((round % 2)) -eq 0 ]; then
+        for ((i = ${#out[@]} - 1; i >= 0; i--)); do echo "${out[i]}"; done
+    else
+        for name in "${out[@]}"; do echo "$name"; done
+    fi
+}
+
 for round in $(seq "$ROUNDS"); do
     for entry in "${SCENARIOS[@]}"; do
         IFS='|' read -r scenario baseline servers args <<< "$entry"
         case "$scenario" in "$ONLY"*) ;; *) continue ;; esac
-        read -r -a list <<< "$servers"
-        # Alternate the order: odd rounds as listed (framework first), even
-        # rounds reversed.
-        if [ $((round % 2)) -eq 0 ]; then
-            for ((i = 0, j = ${#list[@]} - 1; i < j; i++, j--)); do
-                t=${list[i]}; list[i]=${list[j]}; list[j]=$t
-            done
-        fi
-        for server in "${list[@]}"; do
+        for server in $(servers_of_round "$round" "$servers"); do
             run_one "$scenario" "$baseline" "$server" "$round" "$args"
         done
     done
-    case "ws-idle-max" in "$ONLY"*) run_idle_max "$round" ;; esac
+    case "ws-idle-max" in "$ONLY"*)
+        for server in $(servers_of_round "$round" switchboard-ws-echo); do
+            run_idle_max "$round" "$server"
+        done
+        ;;
+    esac
 done
 
 echo
 echo "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo);" \
     "server on CPU $SERVER_CPUS, load generator on CPU $LOAD_CPUS, ${NICE[*]:-default priority};" \
     "$ROUNDS round(s); load average $(cut -d' ' -f1-3 /proc/loadavg); raw results in $RESULTS"
+echo "this build: $(git describe --always --dirty 2>/dev/null || echo unknown)${BEFORE:+; @before: $BEFORE/bench-server}"
 "$BIN/loadgen" summarize "$RESULTS"

@@ -78,10 +78,6 @@ fn echo_over_every_echo_server() {
         ("switchboard-tcp-echo", "tungstenite"),
         ("naive-ws-echo", "raw"),
         ("plain-tcp-echo", "tungstenite"),
-        ("floor-tcp-transport", "tungstenite"),
-        ("floor-tcp-boxed", "tungstenite"),
-        ("floor-tcp-locked", "tungstenite"),
-        ("floor-tcp-unboxed", "tungstenite"),
     ] {
         let server = ServerProcess::start(kind);
         let pid = server.pid.to_string();

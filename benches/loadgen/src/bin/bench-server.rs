@@ -13,37 +13,24 @@
 //! | `naive-ws-chat` | tokio-tungstenite's own chat example: a task per connection, a map of unbounded channels behind a mutex, `send()` per message |
 //! | `plain-tcp-echo` | plain tokio lines: `BufReader::lines`, a `BufWriter` flushed when no input is buffered |
 //! | `plain-tcp-chat` | plain tokio lines chat: unbounded channels, a writer task per connection flushing when its channel is empty |
-//! | `floor-tcp-transport` | switchboard's lines `TcpConn` alone, driven by a bare loop: replies to a local queue, written when no input is left |
-//! | `floor-tcp-boxed` | the same loop, each message through a `dyn` handler whose `#[async_trait]` future is boxed, the reply returned to the local queue |
-//! | `floor-tcp-locked` | the same, the handler pushing its reply into a queue behind a `Mutex` (what a handle that other tasks can send through needs at least) |
-//! | `floor-tcp-unboxed` | the same handler, written as a native `async fn` and called through a generic parameter: no `dyn` call, no box |
-//!
-//! The `floor-*` kinds are not servers anyone would write: they measure what
-//! the layers under a component cost, one at a time, against the plain
-//! baseline (docs/performance.md, "TCP echo against the plain server").
 //!
 //! Prints `listening on ADDR pid PID` once bound, then serves until killed
 //! or until `--max-seconds` (default 900) have passed. `--ws-read-buffer N`
 //! sets the switchboard WebSocket transport's `read_buffer_size` (default
-//! 1 KiB), to see its trade-off between idle memory and large messages.
+//! 4 KiB), to see its trade-off between idle memory and large messages.
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use switchboard::tcp::TcpTransport;
 use switchboard::ws::WsTransport;
-use switchboard::{
-    BoxError, Connection, Hub, Message, MessageComponent, Received, Server, TransportConn,
-    async_trait,
-};
+use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server};
 use switchboard_bench::args::Args;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,10 +46,6 @@ const KINDS: &[&str] = &[
     "naive-ws-chat",
     "plain-tcp-echo",
     "plain-tcp-chat",
-    "floor-tcp-transport",
-    "floor-tcp-boxed",
-    "floor-tcp-locked",
-    "floor-tcp-unboxed",
 ];
 
 fn main() {
@@ -140,14 +123,6 @@ async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(),
         "naive-ws-chat" => naive_ws(addr, true).await,
         "plain-tcp-echo" => plain_tcp(addr, false).await,
         "plain-tcp-chat" => plain_tcp(addr, true).await,
-        "floor-tcp-transport" => floor_tcp(addr, None::<Arc<Pushes>>).await,
-        "floor-tcp-boxed" => {
-            floor_tcp(addr, Some(Arc::new(Returns) as Arc<dyn BoxedHandler>)).await
-        }
-        "floor-tcp-locked" => {
-            floor_tcp(addr, Some(Arc::new(Pushes) as Arc<dyn BoxedHandler>)).await
-        }
-        "floor-tcp-unboxed" => floor_tcp(addr, Some(Arc::new(Pushes))).await,
         _ => unreachable!("kinds are checked in main"),
     }
 }
@@ -345,129 +320,4 @@ async fn plain_chat_conn(stream: TcpStream, id: u64, peers: LinePeers) {
     }
     peers.lock().unwrap().remove(&id);
     writer.abort();
-}
-
-// ---- floors: the layers under a component, one at a time ----------------------
-
-type Outbox = Mutex<VecDeque<Message>>;
-
-/// A component reduced to the shape of `MessageComponent::on_message`: one
-/// dynamic call and one boxed future per message.
-#[async_trait]
-trait BoxedHandler: Send + Sync {
-    /// Handles one message: the reply is returned, or pushed to `outbox`.
-    async fn on_message(&self, outbox: &Outbox, msg: Message) -> Option<Message>;
-}
-
-/// The same shape as a native `async fn` in a trait: called through a
-/// generic parameter, its future is not boxed and can be inlined.
-trait FloorHandler: Send + Sync {
-    /// Handles one message: the reply is returned, or pushed to `outbox`.
-    fn on_message<'a>(
-        &'a self,
-        outbox: &'a Outbox,
-        msg: Message,
-    ) -> impl Future<Output = Option<Message>> + Send + 'a;
-}
-
-impl FloorHandler for dyn BoxedHandler {
-    fn on_message<'a>(
-        &'a self,
-        outbox: &'a Outbox,
-        msg: Message,
-    ) -> impl Future<Output = Option<Message>> + Send + 'a {
-        BoxedHandler::on_message(self, outbox, msg)
-    }
-}
-
-/// Returns the reply: no lock anywhere.
-struct Returns;
-
-#[async_trait]
-impl BoxedHandler for Returns {
-    async fn on_message(&self, _: &Outbox, msg: Message) -> Option<Message> {
-        Some(msg)
-    }
-}
-
-/// Pushes the reply into the locked queue, boxed or not.
-struct Pushes;
-
-impl Pushes {
-    fn push(outbox: &Outbox, msg: Message) -> Option<Message> {
-        outbox.lock().unwrap().push_back(msg);
-        None
-    }
-}
-
-#[async_trait]
-impl BoxedHandler for Pushes {
-    async fn on_message(&self, outbox: &Outbox, msg: Message) -> Option<Message> {
-        Pushes::push(outbox, msg)
-    }
-}
-
-impl FloorHandler for Pushes {
-    async fn on_message(&self, outbox: &Outbox, msg: Message) -> Option<Message> {
-        Pushes::push(outbox, msg)
-    }
-}
-
-/// switchboard's `TcpConn` with the lines codec and default limits, driven
-/// by a bare loop (no core): every message read goes (through `handler`, if
-/// any) to a queue that is written out and flushed when no input is left.
-async fn floor_tcp<H>(addr: &str, handler: Option<Arc<H>>) -> Result<(), BoxError>
-where
-    H: FloorHandler + ?Sized + 'static,
-{
-    let listener = TcpListener::bind(addr).await?;
-    announce(listener.local_addr()?);
-    let config = switchboard::Config::default();
-    loop {
-        let (stream, _) = accept(&listener).await;
-        let codec = switchboard::tcp::Codec::lines().for_config(&config);
-        let conn = switchboard::tcp::TcpConn::new(stream, codec, &config);
-        tokio::spawn(floor_conn(conn, handler.clone()));
-    }
-}
-
-async fn floor_conn<T, H>(mut conn: T, handler: Option<Arc<H>>)
-where
-    T: TransportConn,
-    H: FloorHandler + ?Sized,
-{
-    let outbox = Outbox::default();
-    let mut replies = VecDeque::new();
-    let mut unflushed = false;
-    loop {
-        let received = poll_fn(|cx| {
-            if let Poll::Ready(received) = conn.poll_recv(cx) {
-                return Poll::Ready(received);
-            }
-            replies.extend(outbox.lock().unwrap().drain(..));
-            for reply in replies.drain(..) {
-                if let Err(err) = conn.start_send(reply) {
-                    return Poll::Ready(Err(err));
-                }
-                unflushed = true;
-            }
-            if unflushed {
-                match conn.poll_flush(cx) {
-                    Poll::Ready(Ok(())) => unflushed = false,
-                    Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                    Poll::Pending => {}
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        let Ok(Received::Message(msg)) = received else {
-            return;
-        };
-        let reply = match &handler {
-            Some(handler) => handler.on_message(&outbox, msg).await,
-            None => Some(msg),
-        };
-        replies.extend(reply);
-    }
 }

@@ -12,6 +12,9 @@
 //! Common flags: `--server-pid PID` (server CPU time and memory from
 //! `/proc`), `--clk-tck 100` (`getconf CLK_TCK`), and the labels copied to
 //! the `RESULT` line: `--scenario`, `--server`, `--baseline`, `--round`.
+//! `summarize` reads those lines and prints markdown: the headline table,
+//! a before / after table when servers labelled `NAME@before` ran, and
+//! each scenario's medians (see `switchboard_bench::report`).
 //! One tokio `current_thread` runtime: pin the load generator to its own
 //! CPU with `taskset`.
 
