@@ -22,7 +22,7 @@ use crate::config::{
 use crate::conn::{Settings, WsConnection};
 use crate::error::{Error, Result};
 use crate::frame::Role;
-use crate::keepalive::Keepalive;
+use switchboard_core::transport::io::Keepalive;
 
 /// Connects to `url` (`ws://host[:port]/path?query`, or `wss://` with the
 /// `tls` feature, checked against the platform's root certificates) and

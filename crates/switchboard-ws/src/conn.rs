@@ -22,7 +22,7 @@ use tokio_util::io::poll_read_buf;
 use crate::frame::{
     self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Output, Role,
 };
-use crate::keepalive::{Due, Keepalive};
+use switchboard_core::transport::io::{Due, Keepalive};
 
 /// Reads bring in at least this much room once a read filled the buffer
 /// (a burst or a large message).

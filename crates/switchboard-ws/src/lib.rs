@@ -54,7 +54,7 @@
 //!   outbound buffer (pure functions over bytes);
 //! - `conn`: [`WsConnection`], the core's `TransportConn`: frames over the
 //!   byte stream, fragments, UTF-8, control frames, the closing handshake;
-//! - `keepalive`: pings and the idle timeout;
+//! - pings and the idle timeout are the core's `transport::io::Keepalive`;
 //! - `client`: [`connect`] and [`Client`], a component on the client side
 //!   of a connection, reconnecting and over TLS (`wss://`, feature `tls`);
 //! - `error`: [`Error`].
@@ -93,7 +93,6 @@ mod error;
 mod frame;
 mod handshake;
 mod hook;
-mod keepalive;
 mod transport;
 
 pub use client::{Client, connect, connect_with, connect_with_config};

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::frame::Role;
 use crate::handshake::{self, Decision, ReadError};
 use crate::hook::{Hook, Request};
-use crate::keepalive::Keepalive;
+use switchboard_core::transport::io::Keepalive;
 
 /// The WebSocket transport: give it to
 /// [`ServerBuilder::bind`](switchboard_core::ServerBuilder::bind).
