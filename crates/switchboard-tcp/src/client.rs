@@ -11,7 +11,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::codec::Codec;
-use crate::conn::TcpConn;
+use crate::tcp_connection::TcpConn;
 
 /// Connects to `addr` and runs `component` on the connection, framed by
 /// `codec`, with the same lifecycle as on a server: `on_open`, ordered

@@ -169,7 +169,7 @@
 //! # Layout
 //!
 //! - `codec`: the built-in framings, pure byte handling;
-//! - `conn`: [`TcpConn`], buffers, limits, idle timer and close;
+//! - `tcp_connection`: [`TcpConn`], buffers, limits, idle timer and close;
 //! - `transport`: [`TcpTransport`], the server side;
 //! - `client`: [`connect`] and friends, [`Client`];
 //! - `error`: [`Error`].
@@ -178,8 +178,8 @@
 
 mod client;
 mod codec;
-mod conn;
 mod error;
+mod tcp_connection;
 mod transport;
 
 pub use bytes::BytesMut;
@@ -187,8 +187,8 @@ pub use tokio_util::codec::{Decoder, Encoder};
 
 pub use client::{Client, connect, connect_with_codec, connect_with_config};
 pub use codec::Codec;
-pub use conn::TcpConn;
 pub use error::{Error, Result};
+pub use tcp_connection::TcpConn;
 pub use transport::TcpTransport;
 
 #[cfg(doc)]

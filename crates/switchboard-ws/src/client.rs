@@ -19,9 +19,9 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use crate::config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE,
 };
-use crate::conn::{Settings, WsConnection};
 use crate::error::{Error, Result};
 use crate::frame::Role;
+use crate::ws_connection::{Settings, WsConnection};
 use switchboard_core::transport::io::Keepalive;
 
 /// Connects to `url` (`ws://host[:port]/path?query`, or `wss://` with the

@@ -52,8 +52,9 @@
 //! - `transport`: [`WsTransport`], the core's `Transport`;
 //! - `frame`: RFC 6455 frame headers, masking, close payloads and the
 //!   outbound buffer (pure functions over bytes);
-//! - `conn`: [`WsConnection`], the core's `TransportConn`: frames over the
-//!   byte stream, fragments, UTF-8, control frames, the closing handshake;
+//! - `ws_connection`: [`WsConnection`], the core's `TransportConn`: frames
+//!   over the byte stream, fragments, UTF-8, control frames, the closing
+//!   handshake;
 //! - pings and the idle timeout are the core's `transport::io::Keepalive`;
 //! - `client`: [`connect`] and [`Client`], a component on the client side
 //!   of a connection, reconnecting and over TLS (`wss://`, feature `tls`);
@@ -88,22 +89,22 @@
 
 mod client;
 mod config;
-mod conn;
 mod error;
 mod frame;
 mod handshake;
 mod hook;
 mod transport;
+mod ws_connection;
 
 pub use client::{Client, connect, connect_with, connect_with_config};
 pub use config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
     Page, WsTransportBuilder,
 };
-pub use conn::WsConnection;
 pub use error::{Error, Result};
 pub use hook::{Accept, Reject, Request};
 pub use transport::WsTransport;
+pub use ws_connection::WsConnection;
 
 /// Compiles and runs the code of `docs/guide.md` as doc tests.
 #[cfg(doctest)]

@@ -9,11 +9,11 @@ use switchboard_core::{Accepted, Config, DynComponent, MessageComponent, Transpo
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{OriginPolicy, Page, WsTransportBuilder};
-use crate::conn::{Settings, WsConnection};
 use crate::error::Error;
 use crate::frame::Role;
 use crate::handshake::{self, Decision, ReadError};
 use crate::hook::{Hook, Request};
+use crate::ws_connection::{Settings, WsConnection};
 use switchboard_core::transport::io::Keepalive;
 
 /// The WebSocket transport: give it to
