@@ -248,8 +248,7 @@ where
     }
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        ready!(self.out.poll_ready(&mut self.io, cx))?;
-        Poll::Ready(Ok(()))
+        self.out.poll_ready(&mut self.io, cx).map_err(Into::into)
     }
 
     fn start_send(&mut self, msg: Message) -> Result<()> {
@@ -266,8 +265,7 @@ where
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        ready!(self.out.poll_flush(&mut self.io, cx))?;
-        Poll::Ready(Ok(()))
+        self.out.poll_flush(&mut self.io, cx).map_err(Into::into)
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>> {

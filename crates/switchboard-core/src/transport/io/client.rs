@@ -1,7 +1,6 @@
 //! How a client reaches its server: the address, the connect timeout and
 //! the socket options, the same for every transport over TCP.
 
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -75,13 +74,12 @@ impl HostPort {
 /// # async fn run() -> std::io::Result<()> {
 /// let options = ClientOptions::new(&Config::default());
 /// let addr = HostPort::parse("127.0.0.1:7000")?;
-/// let (stream, peer) = options
-///     .timeout(async {
-///         let (stream, peer) = options.connect((addr.host(), addr.port())).await?;
-///         // A TLS or protocol handshake on `stream` goes here, under the same timeout.
-///         Ok::<_, std::io::Error>((stream, peer))
-///     })
-///     .await?;
+/// let dial = async {
+///     let (stream, peer) = options.connect((addr.host(), addr.port())).await?;
+///     // TLS or a protocol handshake on `stream`, under the same timeout.
+///     Ok::<_, std::io::Error>((stream, peer))
+/// };
+/// let (stream, peer) = options.timeout(dial).await?;
 /// # drop((stream, peer)); Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug)]
@@ -134,16 +132,9 @@ impl ClientOptions {
 /// [`connect_timeout`](ClientOptions::connect_timeout). Converts into an
 /// [`io::Error`] of kind [`TimedOut`](io::ErrorKind::TimedOut), and so into
 /// [`Error::Io`](crate::Error::Io).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no connection within {0:?}")]
 pub struct ConnectTimeout(pub Duration);
-
-impl fmt::Display for ConnectTimeout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "no connection within {:?}", self.0)
-    }
-}
-
-impl std::error::Error for ConnectTimeout {}
 
 impl From<ConnectTimeout> for io::Error {
     fn from(err: ConnectTimeout) -> Self {

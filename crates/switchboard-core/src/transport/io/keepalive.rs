@@ -27,19 +27,6 @@ pub enum Due {
 /// read, no timer operation) and [`poll`](Self::poll) when the socket has
 /// nothing more to read. The timer is created on the first `poll`, so a
 /// connection can be built outside a runtime.
-///
-/// ```
-/// use std::time::Duration;
-///
-/// use switchboard_core::transport::io::{Due, Keepalive};
-///
-/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-/// # async fn main() {
-/// let mut keepalive = Keepalive::new(None, Some(Duration::from_secs(30)));
-/// let due = std::future::poll_fn(|cx| keepalive.poll(cx)).await;
-/// assert_eq!(due, Due::Idle);
-/// # }
-/// ```
 #[derive(Debug)]
 pub struct Keepalive {
     ping_interval: Option<Duration>,

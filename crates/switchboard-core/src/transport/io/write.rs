@@ -56,7 +56,7 @@ const MIN_ALLOC: usize = 1024;
 /// assert!(!out.is_allocated());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriteBuffer {
     /// Being coalesced; written after `queued`.
     buf: BytesMut,
@@ -64,9 +64,9 @@ pub struct WriteBuffer {
     /// there are none.
     queued: Option<Box<Queued>>,
     /// Copied bytes that make `poll_ready` write first.
-    limit: usize,
+    limit: u32,
     /// The largest coalescing buffer kept once written out.
-    keep: usize,
+    keep: u32,
 }
 
 #[derive(Debug, Default)]
@@ -81,11 +81,12 @@ impl WriteBuffer {
     /// [`poll_ready`](Self::poll_ready) writes before taking more; `keep`:
     /// the largest allocation kept once everything was written (0: none).
     pub fn new(limit: usize, keep: usize) -> Self {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         WriteBuffer {
             buf: BytesMut::new(),
             queued: None,
-            limit,
-            keep,
+            limit: clamp(limit),
+            keep: clamp(keep),
         }
     }
 
@@ -99,8 +100,8 @@ impl WriteBuffer {
         self.len() == 0
     }
 
-    /// Bytes copied into the coalescing buffer and not yet written: what
-    /// this buffer costs beyond the messages' own memory.
+    /// Bytes in the coalescing buffer, not yet written: what `poll_ready`
+    /// holds against the limit.
     pub fn copied(&self) -> usize {
         self.buf.len()
     }
@@ -161,7 +162,7 @@ impl WriteBuffer {
     where
         IO: AsyncWrite + Unpin + ?Sized,
     {
-        if self.buf.len() >= self.limit || self.len() >= MAX_PENDING {
+        if self.buf.len() >= self.limit as usize || self.len() >= MAX_PENDING {
             ready!(self.poll_write(io, cx))?;
         }
         Poll::Ready(Ok(()))
@@ -182,7 +183,7 @@ impl WriteBuffer {
     where
         IO: AsyncWrite + Unpin + ?Sized,
     {
-        let grown = self.buf.capacity() > self.keep;
+        let grown = self.buf.capacity() > self.keep as usize;
         loop {
             let n = match &self.queued {
                 None if self.buf.is_empty() => break,
@@ -209,7 +210,9 @@ impl WriteBuffer {
             }
             self.advance(n);
         }
-        if grown {
+        // With no room left the buffer may still share the memory of the
+        // bytes split off it: let go of that too.
+        if grown || self.buf.capacity() == 0 {
             self.buf = BytesMut::new();
         }
         Poll::Ready(Ok(()))
