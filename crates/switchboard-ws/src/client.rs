@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use switchboard_core::transport::io::{ClientOptions, HostPort, Keepalive};
 use switchboard_core::{
     ClientHandle, Config, Dialed, MessageComponent, ReconnectPolicy, Reconnecting, TransportConn,
     TransportInfo, spawn_client, spawn_reconnecting,
@@ -22,7 +23,6 @@ use crate::config::{
 use crate::error::{Error, Result};
 use crate::frame::Role;
 use crate::ws_connection::{Settings, WsConnection};
-use switchboard_core::transport::io::{ClientOptions, HostPort, Keepalive};
 
 /// Connects to `url` (`ws://host[:port]/path?query`, or `wss://` with the
 /// `tls` feature, checked against the platform's root certificates) and

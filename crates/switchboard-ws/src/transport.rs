@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use switchboard_core::transport::io::Keepalive;
 use switchboard_core::{Accepted, Config, DynComponent, MessageComponent, Transport};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -14,7 +15,6 @@ use crate::frame::Role;
 use crate::handshake::{self, Decision, ReadError};
 use crate::hook::{Hook, Request};
 use crate::ws_connection::{Settings, WsConnection};
-use switchboard_core::transport::io::Keepalive;
 
 /// The WebSocket transport: give it to
 /// [`ServerBuilder::bind`](switchboard_core::ServerBuilder::bind).

@@ -41,12 +41,13 @@ pub struct Keepalive {
 
 impl Keepalive {
     /// A timer that pings after `ping_interval` of silence and reports the
-    /// peer idle after `idle_timeout` of silence; `None` turns either off.
+    /// peer idle after `idle_timeout` of silence; `None` (or zero, which
+    /// would fire without end) turns either off.
     pub fn new(ping_interval: Option<Duration>, idle_timeout: Option<Duration>) -> Self {
         let now = Instant::now();
         Keepalive {
-            ping_interval,
-            idle_timeout,
+            ping_interval: ping_interval.filter(|d| !d.is_zero()),
+            idle_timeout: idle_timeout.filter(|d| !d.is_zero()),
             last_seen: now,
             last_ping: now,
             timer: None,
@@ -146,11 +147,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn off_never_fires_and_holds_no_timer() {
-        let mut off = Keepalive::new(None, None);
         let waker = std::task::Waker::noop();
-        assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
-        assert!(off.timer.is_none());
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
+        for mut off in [
+            Keepalive::new(None, None),
+            Keepalive::new(Some(Duration::ZERO), Some(Duration::ZERO)),
+        ] {
+            assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
+            assert!(off.timer.is_none());
+            tokio::time::advance(Duration::from_secs(3600)).await;
+            assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
+        }
     }
 }
