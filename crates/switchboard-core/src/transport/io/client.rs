@@ -66,22 +66,6 @@ impl HostPort {
 /// How a client connects, the same for every transport's client: the
 /// timeout for connecting and the handshakes after it, and the socket's
 /// options.
-///
-/// ```no_run
-/// use switchboard_core::Config;
-/// use switchboard_core::transport::io::{ClientOptions, HostPort};
-///
-/// # async fn run() -> std::io::Result<()> {
-/// let options = ClientOptions::new(&Config::default());
-/// let addr = HostPort::parse("127.0.0.1:7000")?;
-/// let dial = async {
-///     let (stream, peer) = options.connect((addr.host(), addr.port())).await?;
-///     // TLS or a protocol handshake on `stream`, under the same timeout.
-///     Ok::<_, std::io::Error>((stream, peer))
-/// };
-/// let (stream, peer) = options.timeout(dial).await?;
-/// # drop((stream, peer)); Ok(()) }
-/// ```
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct ClientOptions {

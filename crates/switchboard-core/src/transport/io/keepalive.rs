@@ -76,13 +76,16 @@ impl Keepalive {
     /// Ready when a ping is due or the peer is idle; registers the waker
     /// otherwise. Never ready when both settings are off.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
-        loop {
+        if self.timer.is_none() {
             let Some(deadline) = self.next_deadline() else {
                 return Poll::Pending;
             };
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        }
+        loop {
+            let Some(timer) = self.timer.as_mut() else {
+                return Poll::Pending;
+            };
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
