@@ -99,7 +99,7 @@ impl ReadBuffer {
         };
         let max = READ_MAX.max(self.initial as usize);
         if n == room && size < max {
-            self.size = u32::try_from((size * 2).min(max)).unwrap_or(u32::MAX);
+            self.size = u32::try_from(size.saturating_mul(2).min(max)).unwrap_or(u32::MAX);
         } else if n <= size / 4 && self.size > self.initial {
             self.size = (self.size / 2).max(self.initial);
         }
