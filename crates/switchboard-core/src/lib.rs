@@ -10,7 +10,9 @@
 //! - `component`: the trait a user implements, with the lifecycle contract;
 //! - `connection`: the cheap handle and its bounded outbound queue;
 //! - `message`, `close`, `error`, `config`: the vocabulary;
-//! - `transport`: the seam a transport crate implements;
+//! - `transport`: the seam a transport crate implements, and `transport::io`,
+//!   the read and write buffers, keepalive timer and client connects that
+//!   the WebSocket and TCP transports share;
 //! - `server`: listeners, limits, the per-connection driver, shutdown;
 //! - `limits`: IP filters and rate limits;
 //! - `reconnect`: clients that reconnect with backoff ([`spawn_reconnecting`]);
