@@ -11,7 +11,9 @@
 //! - `connection`: the cheap handle a component sends and closes through;
 //! - `outbox`: each connection's bounded outbound queue and close signals;
 //! - `message`, `close`, `error`, `config`: the vocabulary;
-//! - `transport`: the seam a transport crate implements;
+//! - `transport`: the seam a transport crate implements, and `transport::io`,
+//!   the read and write buffers, keepalive timer and client connects that
+//!   the WebSocket and TCP transports share;
 //! - `server`: listeners, limits, the per-connection driver (`server/driver.rs`), shutdown;
 //! - `limits`: IP filters and rate limits;
 //! - `reconnect`: clients that reconnect with backoff ([`spawn_reconnecting`]);

@@ -3,7 +3,12 @@
 //! A [`Transport`] turns an accepted byte stream into a [`TransportConn`]: a
 //! message stream and sink with a close operation. The core owns everything
 //! else: the accept loop, limits, the connection lifecycle, queues and
-//! shutdown. A new transport (QUIC, Unix sockets) is a crate, not a fork.
+//! shutdown. A new transport (QUIC, Unix sockets) is a crate, not a fork;
+//! one over a byte stream builds on [`io`]: read and write buffers, the
+//! keepalive timer and client connects, shared by the WebSocket and TCP
+//! transports.
+
+pub mod io;
 
 use std::future::Future;
 use std::net::SocketAddr;

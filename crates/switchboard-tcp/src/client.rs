@@ -3,15 +3,16 @@
 
 use std::sync::Arc;
 
+use switchboard_core::transport::io::{ClientOptions, HostPort};
 use switchboard_core::{
     BoxError, ClientHandle, Config, Dialed, Message, MessageComponent, ReconnectPolicy,
     Reconnecting, Result, TransportConn, TransportInfo, spawn_client, spawn_reconnecting,
 };
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::ToSocketAddrs;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::codec::Codec;
-use crate::conn::TcpConn;
+use crate::tcp_connection::TcpConn;
 
 /// Connects to `addr` and runs `component` on the connection, framed by
 /// `codec`, with the same lifecycle as on a server: `on_open`, ordered
@@ -23,7 +24,7 @@ use crate::conn::TcpConn;
 ///
 /// Returns once connected; `on_open` may still be running. Fails with
 /// [`Error::Io`](switchboard_core::Error::Io) when the connection cannot be
-/// made.
+/// made within [`Config::handshake_timeout`].
 ///
 /// ```no_run
 /// use switchboard::tcp::{connect, Codec};
@@ -103,12 +104,8 @@ where
     <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
 {
     config.validate()?;
-    let stream = TcpStream::connect(addr).await?;
-    // Real-time traffic: never wait for Nagle's algorithm.
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(error = %err, "set_nodelay failed");
-    }
-    let peer = stream.peer_addr()?;
+    let options = ClientOptions::new(&config);
+    let (stream, peer) = options.timeout(options.connect(addr)).await?;
     let conn = TcpConn::new(stream, codec, &config);
     spawn_client(
         conn,
@@ -245,18 +242,8 @@ where
         component: Arc<impl MessageComponent + ?Sized>,
     ) -> Result<ClientHandle> {
         self.config.validate()?;
-        let dialed = tokio::time::timeout(self.config.handshake_timeout, self.dial())
-            .await
-            .map_err(|_| {
-                switchboard_core::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no connection to {} within {:?}",
-                        self.addr, self.config.handshake_timeout
-                    ),
-                ))
-            })??;
-        let Dialed { conn, peer, info } = dialed;
+        let options = ClientOptions::new(&self.config);
+        let Dialed { conn, peer, info } = options.timeout(self.dial()).await?;
         spawn_client(conn, peer, info, component, self.config.clone())
     }
 
@@ -290,33 +277,20 @@ where
 
     /// Connects (and runs the TLS handshake, if set).
     async fn dial(&self) -> Result<Dialed<Box<dyn TransportConn>>> {
-        let stream = TcpStream::connect(self.addr.as_str()).await?;
-        // Real-time traffic: never wait for Nagle's algorithm.
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "set_nodelay failed");
-        }
-        let peer = stream.peer_addr()?;
+        let addr = HostPort::parse(&self.addr)?;
+        let options = ClientOptions::new(&self.config);
+        let (stream, peer) = options.connect((addr.host(), addr.port())).await?;
         let codec = (self.make_codec)(&self.config);
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
-            let name = self
-                .server_name
-                .clone()
-                .unwrap_or_else(|| host_of(&self.addr).to_owned());
-            let stream = tls.connect(&name, stream).await?;
+            let name = self.server_name.as_deref().unwrap_or(addr.host());
+            let stream = tls.connect(name, stream).await?;
             let conn = TcpConn::new(stream, codec, &self.config);
             return Ok(Dialed::new(Box::new(conn), peer, TransportInfo::new("tcp")));
         }
         let conn = TcpConn::new(stream, codec, &self.config);
         Ok(Dialed::new(Box::new(conn), peer, TransportInfo::new("tcp")))
     }
-}
-
-/// The host part of `host:port` (`[::1]:9000` gives `::1`).
-#[cfg(feature = "tls")]
-fn host_of(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 impl<C> Clone for Client<C> {
@@ -338,15 +312,5 @@ impl<C> std::fmt::Debug for Client<C> {
             .field("addr", &self.addr)
             .field("config", &self.config)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(all(test, feature = "tls"))]
-mod tests {
-    #[test]
-    fn host_of_addresses() {
-        assert_eq!(super::host_of("127.0.0.1:9000"), "127.0.0.1");
-        assert_eq!(super::host_of("[::1]:9000"), "::1");
-        assert_eq!(super::host_of("example.com:443"), "example.com");
     }
 }

@@ -4,6 +4,7 @@
 //! [`Decoder`] and [`Encoder`] like any other.
 
 use bytes::{Buf, BufMut, BytesMut};
+use switchboard_core::transport::io::WriteBuffer;
 use switchboard_core::{Config, Message, Utf8Bytes};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -281,6 +282,26 @@ impl Decoder for Codec {
     }
 }
 
+impl Codec {
+    /// Encodes `msg` into a connection's write buffer: the framing is
+    /// copied, and so is a small payload; a large one is written from its
+    /// own memory.
+    #[inline]
+    pub(crate) fn encode_to(&self, msg: Message, out: &mut WriteBuffer) -> Result<(), Error> {
+        let payload = msg.into_bytes();
+        match self.kind {
+            Kind::Lines => out.frame(&[], payload, b"\n"),
+            Kind::LengthDelimited => {
+                let len = u32::try_from(payload.len())
+                    .map_err(|_| Error::MessageTooLong { len: payload.len() })?;
+                out.frame(&len.to_be_bytes(), payload, &[]);
+            }
+            Kind::Raw => out.frame(&[], payload, &[]),
+        }
+        Ok(())
+    }
+}
+
 impl Encoder<Message> for Codec {
     type Error = Error;
 
@@ -500,6 +521,30 @@ mod tests {
             .encode(Message::text("as is"), &mut out)
             .expect("encode");
         assert_eq!(&out[..], b"as is");
+    }
+
+    #[test]
+    fn writing_to_a_connection_matches_the_encoder_without_copying_large_payloads() {
+        let big = bytes::Bytes::from(vec![b'x'; 10_000]);
+        for mut codec in [Codec::lines(), Codec::length_delimited(), Codec::raw()] {
+            let mut expected = BytesMut::new();
+            let mut out = WriteBuffer::new(usize::MAX, 0);
+            for msg in [
+                Message::text("hi"),
+                Message::binary(big.clone()),
+                Message::text(""),
+            ] {
+                codec.encode(msg.clone(), &mut expected).expect("encode");
+                codec.encode_to(msg, &mut out).expect("encode_to");
+            }
+            assert_eq!(out.len(), expected.len(), "{}", codec.name());
+            // Framing and the small payloads only.
+            assert!(out.copied() < 16, "{}: {}", codec.name(), out.copied());
+            let mut written = Vec::new();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(out.poll_write(&mut written, &mut cx).is_ready());
+            assert_eq!(written, expected, "{}", codec.name());
+        }
     }
 
     #[test]

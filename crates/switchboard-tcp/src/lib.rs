@@ -160,16 +160,22 @@
 //!
 //! # Buffers
 //!
-//! A connection waiting for its peer holds no read buffer: reads go to a
-//! 1 KiB stack buffer until bytes arrive. While busy the read buffer starts
-//! at 1 KiB and grows only while reads fill it (up to 16 KiB a read, or what
-//! a frame in progress needs); the write buffer starts empty, is flushed at
+//! The buffers and the idle timer are the core's I/O layer
+//! (`switchboard_core::transport::io`), shared with the WebSocket
+//! transport. A connection waiting for its peer holds no read buffer: reads
+//! go to a 1 KiB stack buffer until bytes arrive. While busy the read
+//! buffer starts at 1 KiB and grows only while reads fill it (up to 64 KiB
+//! a read, or what a frame in progress needs). The built-in codecs copy
+//! small payloads into the write buffer and write larger ones (over 4 KiB)
+//! from their own memory; the write buffer starts empty, is written out at
 //! 8 KiB and released once written if it grew past that. See [`TcpConn`].
 //!
 //! # Layout
 //!
 //! - `codec`: the built-in framings, pure byte handling;
-//! - `conn`: [`TcpConn`], buffers, limits, idle timer and close;
+//! - `tcp_connection`: [`TcpConn`], the core's I/O layer with a codec:
+//!   limits, the undecoded-input guard, end of stream and the lingering
+//!   close;
 //! - `transport`: [`TcpTransport`], the server side;
 //! - `client`: [`connect`] and friends, [`Client`];
 //! - `error`: [`Error`].
@@ -178,8 +184,8 @@
 
 mod client;
 mod codec;
-mod conn;
 mod error;
+mod tcp_connection;
 mod transport;
 
 pub use bytes::BytesMut;
@@ -187,8 +193,8 @@ pub use tokio_util::codec::{Decoder, Encoder};
 
 pub use client::{Client, connect, connect_with_codec, connect_with_config};
 pub use codec::Codec;
-pub use conn::TcpConn;
 pub use error::{Error, Result};
+pub use tcp_connection::TcpConn;
 pub use transport::TcpTransport;
 
 #[cfg(doc)]

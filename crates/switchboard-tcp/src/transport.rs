@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::codec::Codec;
-use crate::conn::TcpConn;
+use crate::tcp_connection::TcpConn;
 
 type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
 

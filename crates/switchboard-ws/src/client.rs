@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use switchboard_core::transport::io::{ClientOptions, HostPort, Keepalive};
 use switchboard_core::{
     ClientHandle, Config, Dialed, MessageComponent, ReconnectPolicy, Reconnecting, TransportConn,
     TransportInfo, spawn_client, spawn_reconnecting,
@@ -19,10 +20,9 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use crate::config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE,
 };
-use crate::conn::{Settings, WsConnection};
 use crate::error::{Error, Result};
 use crate::frame::Role;
-use crate::keepalive::Keepalive;
+use crate::ws_connection::{Settings, WsConnection};
 
 /// Connects to `url` (`ws://host[:port]/path?query`, or `wss://` with the
 /// `tls` feature, checked against the platform's root certificates) and
@@ -179,7 +179,8 @@ impl Client {
     ) -> Result<ClientHandle> {
         let target = self.target()?;
         let config = self.config.clone();
-        let (conn, peer, info) = bounded(&config, target.dial(&config)).await?;
+        let options = ClientOptions::new(&config);
+        let (conn, peer, info) = options.timeout(target.dial(&config)).await?;
         Ok(match conn {
             Either::Plain(conn) => spawn_client(conn, peer, info, component, config)?,
             #[cfg(feature = "tls")]
@@ -252,11 +253,6 @@ impl Client {
         let host = uri
             .host()
             .ok_or_else(|| Error::InvalidUrl(format!("{url}: no host")))?;
-        // `[::1]` in a URL is `::1` to the resolver.
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let mut info = TransportInfo::new("ws").with_path(uri.path());
         if let Some(query) = uri.query() {
@@ -279,8 +275,7 @@ impl Client {
         };
         Ok(Target {
             client: self.clone(),
-            host,
-            port,
+            addr: HostPort::new(host, port),
             info,
             tls,
         })
@@ -307,8 +302,7 @@ impl Client {
 /// A checked client, ready to dial as often as needed.
 struct Target {
     client: Client,
-    host: String,
-    port: u16,
+    addr: HostPort,
     info: TransportInfo,
     #[cfg(feature = "tls")]
     tls: Option<switchboard_tls::TlsConnector>,
@@ -327,19 +321,11 @@ enum Either {
     Tls(TlsConn),
 }
 
-async fn bounded<T>(config: &Config, fut: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(config.handshake_timeout, fut)
-        .await
-        .map_err(|_| Error::Timeout(config.handshake_timeout))?
-}
-
 impl Target {
     /// Connects, runs the TLS handshake if `wss://`, and upgrades.
     async fn dial(&self, config: &Config) -> Result<(Either, SocketAddr, TransportInfo)> {
-        let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
-        // Real-time traffic: never wait for Nagle's algorithm.
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
+        let addr = (self.addr.host(), self.addr.port());
+        let (stream, peer) = ClientOptions::new(config).connect(addr).await?;
         let request = self.client.request()?;
         let (conn, protocol) = match &self.tls {
             None => {
@@ -348,7 +334,7 @@ impl Target {
             }
             #[cfg(feature = "tls")]
             Some(tls) => {
-                let stream = tls.connect(&self.host, stream).await?;
+                let stream = tls.connect(self.addr.host(), stream).await?;
                 let (conn, protocol) = upgrade(request, stream, config).await?;
                 (Either::Tls(conn), protocol)
             }

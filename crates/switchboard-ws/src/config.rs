@@ -259,8 +259,8 @@ impl WsTransportBuilder {
 
     /// Room for the first read when data arrives on a connection, in
     /// bytes. The read buffer exists only while data flows (an idle
-    /// connection holds none) and is never zero-filled; after a read that
-    /// filled it the next one gets 64 KiB of room, and a frame's whole
+    /// connection holds none) and is never zero-filled; the room doubles,
+    /// up to 64 KiB, while reads fill it, and a frame's whole
     /// length is reserved once its header is read, so large messages
     /// arrive in as few reads as the socket allows. It is not a limit:
     /// message and frame sizes are limited by the server's `Config`.

@@ -97,6 +97,12 @@ pub enum Error {
     Core(#[from] switchboard_core::Error),
 }
 
+impl From<switchboard_core::transport::io::ConnectTimeout> for Error {
+    fn from(timeout: switchboard_core::transport::io::ConnectTimeout) -> Self {
+        Error::Timeout(timeout.0)
+    }
+}
+
 impl From<Error> for switchboard_core::Error {
     fn from(err: Error) -> Self {
         match err {

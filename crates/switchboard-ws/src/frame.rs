@@ -1,15 +1,14 @@
-//! RFC 6455 framing: frame headers, masking, close payloads and the
-//! outbound buffer. Pure functions over bytes, tested without sockets.
+//! RFC 6455 framing: frame headers, masking, close payloads, and the
+//! encoder that appends frames to a connection's
+//! [`WriteBuffer`]. Pure functions over bytes, tested without sockets.
 
-use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
-use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use switchboard_core::transport::io::WriteBuffer;
 use switchboard_core::{CloseCode, CloseFrame, Error};
-use tokio::io::AsyncWrite;
 
 pub(crate) const OP_CONTINUATION: u8 = 0x0;
 pub(crate) const OP_TEXT: u8 = 0x1;
@@ -20,13 +19,6 @@ pub(crate) const OP_PONG: u8 = 0xA;
 
 /// The largest control frame payload (RFC 6455, 5.5).
 pub(crate) const MAX_CONTROL: usize = 125;
-
-/// Payloads up to this size are copied next to their header; larger ones
-/// are written from their own memory (vectored writes), never copied.
-const COPY_MAX: usize = 4 * 1024;
-
-/// At most this many slices per vectored write.
-const MAX_SLICES: usize = 64;
 
 /// Which end of the connection this is: a server expects masked frames and
 /// sends unmasked ones, a client the other way round.
@@ -156,21 +148,51 @@ pub(crate) fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
     }
 }
 
-/// Writes a frame header for a payload of `len` bytes.
-fn put_header(out: &mut BytesMut, opcode: u8, len: usize, mask: Option<[u8; 4]>) {
+/// The header of a final frame with a payload of `len` bytes, and its
+/// length (2 to 14 bytes).
+fn header(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14], usize) {
+    let mut head = [0u8; 14];
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    out.put_u8(0x80 | opcode);
-    if len < 126 {
-        out.put_u8(mask_bit | len as u8);
+    head[0] = 0x80 | opcode;
+    let mut n = if len < 126 {
+        head[1] = mask_bit | len as u8;
+        2
     } else if let Ok(len) = u16::try_from(len) {
-        out.put_u8(mask_bit | 126);
-        out.put_u16(len);
+        head[1] = mask_bit | 126;
+        head[2..4].copy_from_slice(&len.to_be_bytes());
+        4
     } else {
-        out.put_u8(mask_bit | 127);
-        out.put_u64(len as u64);
-    }
+        head[1] = mask_bit | 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
     if let Some(key) = mask {
-        out.put_slice(&key);
+        head[n..n + 4].copy_from_slice(&key);
+        n += 4;
+    }
+    (head, n)
+}
+
+/// Appends one complete frame to `out`. A server's payload goes as it is
+/// (a large one written from its own memory); a client's is masked, so
+/// copied.
+pub(crate) fn encode(out: &mut WriteBuffer, role: Role, opcode: u8, payload: Bytes) {
+    let len = payload.len();
+    match role {
+        Role::Server => {
+            let (head, n) = header(opcode, len, None);
+            out.frame(&head[..n], payload, &[]);
+        }
+        Role::Client => {
+            let key = mask_key();
+            let (head, n) = header(opcode, len, Some(key));
+            let buf = out.buf_mut();
+            buf.reserve(n + len);
+            buf.put_slice(&head[..n]);
+            let start = buf.len();
+            buf.put_slice(&payload);
+            apply_mask(&mut buf[start..], key);
+        }
     }
 }
 
@@ -213,136 +235,14 @@ pub(crate) fn close_payload(frame: &CloseFrame) -> Bytes {
 }
 
 /// A masking key for a client frame: unpredictable to the peer, as RFC
-/// 6455 asks, from std's randomly keyed SipHash over a counter.
+/// 6455 asks, from std's randomly keyed SipHash over a process-wide
+/// counter (keys never repeat within a process).
 fn mask_key() -> [u8; 4] {
-    thread_local! {
-        static STATE: (std::collections::hash_map::RandomState, std::cell::Cell<u64>) =
-            (std::collections::hash_map::RandomState::new(), std::cell::Cell::new(0));
-    }
-    STATE.with(|(keys, counter)| {
-        let n = counter.get().wrapping_add(1);
-        counter.set(n);
-        let mut hasher = keys.build_hasher();
-        hasher.write_u64(n);
-        let [a, b, c, d, ..] = hasher.finish().to_ne_bytes();
-        [a, b, c, d]
-    })
-}
-
-/// Outbound bytes not yet written: frames in order, small ones coalesced
-/// into one buffer, large payloads kept in their own memory and written
-/// with vectored writes. Holds no allocation once written out and
-/// [released](Self::release).
-#[derive(Debug, Default)]
-pub(crate) struct Output {
-    /// Ready to write, in order, before `tail`.
-    segments: VecDeque<Bytes>,
-    /// Headers and small payloads being coalesced.
-    tail: BytesMut,
-    /// Bytes in `segments` and `tail`.
-    len: usize,
-}
-
-impl Output {
-    /// Bytes not yet written.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Bytes copied into the buffer (the rest are payloads referenced in
-    /// their own memory): what this buffer costs beyond the messages.
-    pub(crate) fn copied(&self) -> usize {
-        self.tail.len()
-    }
-
-    /// Appends one complete frame (masked for `role` Client).
-    pub(crate) fn frame(&mut self, role: Role, opcode: u8, payload: Bytes) {
-        let len = payload.len();
-        let mask = (role == Role::Client).then(mask_key);
-        let before = self.tail.len();
-        if mask.is_some() || len <= COPY_MAX {
-            self.tail.reserve(14 + len);
-            put_header(&mut self.tail, opcode, len, mask);
-            let start = self.tail.len();
-            self.tail.put_slice(&payload);
-            if let Some(key) = mask {
-                apply_mask(&mut self.tail[start..], key);
-            }
-            self.len += self.tail.len() - before;
-        } else {
-            put_header(&mut self.tail, opcode, len, None);
-            self.len += self.tail.len() - before + len;
-            self.segments.push_back(self.tail.split().freeze());
-            self.segments.push_back(payload);
-        }
-    }
-
-    /// Writes until everything is out.
-    pub(crate) fn poll_write_all<IO: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut IO,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while self.len > 0 {
-            let n = if self.segments.is_empty() {
-                ready!(Pin::new(&mut *io).poll_write(cx, &self.tail))?
-            } else if io.is_write_vectored() {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let mut count = 0;
-                for (slice, seg) in slices.iter_mut().zip(&self.segments) {
-                    *slice = IoSlice::new(seg);
-                    count += 1;
-                }
-                if count < MAX_SLICES && !self.tail.is_empty() {
-                    slices[count] = IoSlice::new(&self.tail);
-                    count += 1;
-                }
-                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?
-            } else {
-                let first = self.segments.front().map_or(&[][..], |s| &s[..]);
-                ready!(Pin::new(&mut *io).poll_write(cx, first))?
-            };
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.advance(n);
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        self.len -= n;
-        while n > 0 {
-            match self.segments.front_mut() {
-                Some(seg) if seg.len() <= n => {
-                    n -= seg.len();
-                    self.segments.pop_front();
-                }
-                Some(seg) => {
-                    seg.advance(n);
-                    return;
-                }
-                None => {
-                    self.tail.advance(n);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// True if the buffers hold an allocation.
-    #[cfg(test)]
-    pub(crate) fn holds_memory(&self) -> bool {
-        self.tail.capacity() > 0 || self.segments.capacity() > 0
-    }
-
-    /// Lets go of the buffers' memory when nothing is pending.
-    pub(crate) fn release(&mut self) {
-        if self.len == 0 {
-            self.tail = BytesMut::new();
-            self.segments = VecDeque::new();
-        }
-    }
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let [a, b, c, d, ..] = KEYS.get_or_init(RandomState::new).hash_one(n).to_ne_bytes();
+    [a, b, c, d]
 }
 
 #[cfg(test)]
@@ -350,23 +250,30 @@ mod tests {
     use super::*;
 
     fn masked(opcode: u8, fin: bool, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        put_header(&mut out, opcode, payload.len(), Some(key));
+        let (head, n) = header(opcode, payload.len(), Some(key));
+        let mut out = head[..n].to_vec();
         if !fin {
             out[0] &= 0x7F;
         }
-        let start = out.len();
-        out.put_slice(payload);
-        apply_mask(&mut out[start..], key);
-        out.to_vec()
+        out.extend_from_slice(payload);
+        apply_mask(&mut out[n..], key);
+        out
+    }
+
+    /// What `out` writes to a socket.
+    fn written(out: &mut WriteBuffer) -> Vec<u8> {
+        let mut sink = Vec::new();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(out.poll_write(&mut sink, &mut cx).is_ready());
+        sink
     }
 
     #[test]
     fn headers_round_trip_at_each_length_format() {
         for len in [0usize, 1, 125, 126, 65_535, 65_536, 1 << 20] {
-            let mut out = BytesMut::new();
-            put_header(&mut out, OP_BINARY, len, Some([1, 2, 3, 4]));
-            let h = parse_header(&out, Role::Server, usize::MAX)
+            let (head, n) = header(OP_BINARY, len, Some([1, 2, 3, 4]));
+            let out = &head[..n];
+            let h = parse_header(out, Role::Server, usize::MAX)
                 .unwrap()
                 .unwrap();
             assert_eq!(h.payload_len, len);
@@ -455,47 +362,44 @@ mod tests {
         assert_eq!(&reserved[..], &1000u16.to_be_bytes());
     }
 
-    #[tokio::test]
-    async fn output_keeps_frame_order_across_copied_and_vectored_payloads() {
+    #[test]
+    fn server_frames_keep_their_order_and_large_payloads_their_memory() {
         let big = Bytes::from(vec![7u8; 100_000]);
-        let mut out = Output::default();
-        out.frame(Role::Server, OP_TEXT, Bytes::from_static(b"a"));
-        out.frame(Role::Server, OP_BINARY, big.clone());
-        out.frame(Role::Server, OP_TEXT, Bytes::from_static(b"b"));
-        let (mut tx, mut rx) = tokio::io::duplex(8 * 1024);
-        let total = out.len();
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut got)
-                .await
-                .unwrap();
-            got
-        });
-        std::future::poll_fn(|cx| out.poll_write_all(&mut tx, cx))
-            .await
-            .unwrap();
-        drop(tx);
-        let got = reader.await.unwrap();
-        assert_eq!(got.len(), total);
+        let mut out = WriteBuffer::new(16 * 1024, 0);
+        encode(&mut out, Role::Server, OP_TEXT, Bytes::from_static(b"a"));
+        encode(&mut out, Role::Server, OP_BINARY, big.clone());
+        encode(&mut out, Role::Server, OP_TEXT, Bytes::from_static(b"b"));
+        // Headers and small payloads copied, the large payload not.
+        assert_eq!(out.len(), 3 + 10 + big.len() + 3);
+        assert_eq!(out.copied(), 3);
         let mut expected = vec![0x81, 1, b'a', 0x82, 127];
         expected.extend_from_slice(&100_000u64.to_be_bytes());
         expected.extend_from_slice(&big);
         expected.extend_from_slice(&[0x81, 1, b'b']);
-        assert_eq!(got, expected);
-        out.release();
-        assert_eq!(out.tail.capacity(), 0);
+        assert_eq!(written(&mut out), expected);
     }
 
     #[test]
     fn client_frames_are_masked_and_unmask_to_the_payload() {
-        let mut out = Output::default();
-        out.frame(Role::Client, OP_TEXT, Bytes::from_static(b"hello"));
-        let bytes = out.tail.clone();
-        let h = parse_header(&bytes, Role::Server, 1000).unwrap().unwrap();
-        let key = h.mask.unwrap();
-        let mut payload = bytes[h.header_len..].to_vec();
-        apply_mask(&mut payload, key);
-        assert_eq!(payload, b"hello");
+        let mut keys = std::collections::HashSet::new();
+        for _ in 0..2 {
+            let mut out = WriteBuffer::new(16 * 1024, 0);
+            encode(
+                &mut out,
+                Role::Client,
+                OP_TEXT,
+                Bytes::from_static(b"hello"),
+            );
+            let bytes = written(&mut out);
+            let h = parse_header(&bytes, Role::Server, 1000).unwrap().unwrap();
+            let key = h.mask.unwrap();
+            keys.insert(key);
+            let mut payload = bytes[h.header_len..].to_vec();
+            apply_mask(&mut payload, key);
+            assert_eq!(payload, b"hello");
+        }
+        // Every frame has a key of its own.
+        assert_eq!(keys.len(), 2);
         // A fragment as the tests of the connection build it.
         let frag = masked(OP_TEXT, false, b"x", [9, 9, 9, 9]);
         assert!(!parse_header(&frag, Role::Server, 10).unwrap().unwrap().fin);

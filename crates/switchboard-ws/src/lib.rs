@@ -51,10 +51,11 @@
 //!   [`Accept`], [`Reject`]);
 //! - `transport`: [`WsTransport`], the core's `Transport`;
 //! - `frame`: RFC 6455 frame headers, masking, close payloads and the
-//!   outbound buffer (pure functions over bytes);
-//! - `conn`: [`WsConnection`], the core's `TransportConn`: frames over the
-//!   byte stream, fragments, UTF-8, control frames, the closing handshake;
-//! - `keepalive`: pings and the idle timeout;
+//!   frame encoder (pure functions over bytes);
+//! - `ws_connection`: [`WsConnection`], the core's `TransportConn`: the
+//!   core's I/O layer (`switchboard_core::transport::io`: read and write
+//!   buffers, the keepalive timer) with fragments, UTF-8, control frames
+//!   and the closing handshake over it;
 //! - `client`: [`connect`] and [`Client`], a component on the client side
 //!   of a connection, reconnecting and over TLS (`wss://`, feature `tls`);
 //! - `error`: [`Error`].
@@ -67,11 +68,11 @@
 //! size per call into a buffer it allocates with the connection and
 //! zero-fills before every read, so one buffer size cannot serve both an
 //! idle connection (a small buffer) and a large message (few, large reads).
-//! Here the socket is read into a buffer that exists only while data
-//! flows, is never zero-filled, and receives a frame's whole length in as
-//! few reads as the socket allows; frames are cut out of it without
-//! copying and unmasked in place; large outbound payloads are written from
-//! their own memory. The rules are RFC 6455's, checked by the Autobahn
+//! Here the socket is read into the core's `ReadBuffer`, which exists only
+//! while data flows, is never zero-filled, and receives a frame's whole
+//! length in as few reads as the socket allows; frames are cut out of it
+//! without copying and unmasked in place; large outbound payloads are
+//! written from their own memory. The rules are RFC 6455's, checked by the Autobahn
 //! test suite (`scripts/autobahn.sh`) and the `ws_connection` fuzz target.
 //!
 //! # Memory
@@ -80,31 +81,30 @@
 //! path, query and headers (minus the handshake-only ones), a timer and
 //! the connection's state. The read buffer exists while data flows
 //! ([`WsTransportBuilder::read_buffer_size`], 4 KiB by default, for the
-//! first read; 64 KiB of room after a read that filled it; a frame's whole
-//! length once its header is read), and the write buffer while there is
-//! something to send.
+//! first read, which goes to the stack until bytes arrive; doubling, up to
+//! 64 KiB, while reads fill it; a frame's whole length once its header is
+//! read), and the write buffer while there is something to send.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod config;
-mod conn;
 mod error;
 mod frame;
 mod handshake;
 mod hook;
-mod keepalive;
 mod transport;
+mod ws_connection;
 
 pub use client::{Client, connect, connect_with, connect_with_config};
 pub use config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
     Page, WsTransportBuilder,
 };
-pub use conn::WsConnection;
 pub use error::{Error, Result};
 pub use hook::{Accept, Reject, Request};
 pub use transport::WsTransport;
+pub use ws_connection::WsConnection;
 
 /// Compiles and runs the code of `docs/guide.md` as doc tests.
 #[cfg(doctest)]

@@ -5,16 +5,16 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use switchboard_core::transport::io::Keepalive;
 use switchboard_core::{Accepted, Config, DynComponent, MessageComponent, Transport};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{OriginPolicy, Page, WsTransportBuilder};
-use crate::conn::{Settings, WsConnection};
 use crate::error::Error;
 use crate::frame::Role;
 use crate::handshake::{self, Decision, ReadError};
 use crate::hook::{Hook, Request};
-use crate::keepalive::Keepalive;
+use crate::ws_connection::{Settings, WsConnection};
 
 /// The WebSocket transport: give it to
 /// [`ServerBuilder::bind`](switchboard_core::ServerBuilder::bind).

@@ -1,38 +1,25 @@
 //! One established WebSocket connection, as the core's driver sees it:
-//! RFC 6455 frames over the byte stream, after the handshake.
+//! the core's I/O layer (`switchboard_core::transport::io`) and RFC 6455's
+//! state machine over it, after the handshake.
 //!
-//! The socket is read into a buffer that exists only while data flows, with
-//! no zero-filling, as much as is available per read (a whole 64 KiB
-//! message in one system call); frames are cut out of it without copying,
-//! unmasked in place and handed to the core as `Bytes`. Outbound frames are
-//! coalesced into one buffer, except large payloads, which are written from
-//! their own memory with vectored writes. An idle connection holds neither
-//! buffer.
+//! The socket is read into the layer's [`ReadBuffer`], which exists only
+//! while data flows; once a frame's header is read, room for the whole
+//! frame is reserved, so that a large message arrives in as few reads as
+//! the socket allows. Frames are cut out of it without copying, unmasked in
+//! place and handed to the core as `Bytes`. Outbound frames go to the
+//! layer's [`WriteBuffer`], which lets go of its memory once written: an
+//! idle connection holds neither buffer.
 
 use std::fmt;
 use std::io;
-use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
+use switchboard_core::transport::io::{Due, Keepalive, ReadBuffer, WriteBuffer};
 use switchboard_core::{CloseCode, CloseFrame, Error, Message, Received, TransportConn, Utf8Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::io::poll_read_buf;
 
-use crate::frame::{
-    self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Output, Role,
-};
-use crate::keepalive::{Due, Keepalive};
-
-/// Reads bring in at least this much room once a read filled the buffer
-/// (a burst or a large message).
-const READ_AHEAD: usize = 64 * 1024;
-
-/// Pending outbound bytes, large payloads included, that make `poll_ready`
-/// write first. Large payloads cost no memory here (they are the queued
-/// messages' own), and each write wakes the peer, so a batch of them goes
-/// out in few large writes.
-const MAX_PENDING: usize = 256 * 1024;
+use crate::frame::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Role};
 
 /// Sizes and limits of one connection.
 #[derive(Clone, Copy, Debug)]
@@ -43,7 +30,7 @@ pub(crate) struct Settings {
     /// Room for the first read of a burst.
     pub(crate) read_size: usize,
     /// Outbound bytes copied into the write buffer that make `poll_ready`
-    /// write first.
+    /// write first; pongs wait while this much is pending.
     pub(crate) write_buffer: usize,
 }
 
@@ -62,14 +49,11 @@ pub struct WsConnection<IO> {
 struct Inner<IO> {
     io: IO,
     settings: Settings,
-    /// Read and not yet parsed; no allocation while idle.
-    rbuf: BytesMut,
-    /// Room to ask for on the next read: `read_size`, or [`READ_AHEAD`]
-    /// after a read that filled the buffer.
-    next_read: usize,
+    /// Read and not yet parsed.
+    read: ReadBuffer,
     /// A fragmented message being received.
     fragments: Option<Fragments>,
-    out: Output,
+    out: WriteBuffer,
     /// The payload of the latest ping not yet answered: only the latest is
     /// answered when pings arrive faster than the peer reads (RFC 6455,
     /// 5.5.3), so a ping flood holds at most one pong.
@@ -139,10 +123,11 @@ where
             inner: Box::new(Inner {
                 io,
                 settings,
-                rbuf: BytesMut::from(leftover),
-                next_read: settings.read_size,
+                read: ReadBuffer::with_bytes(settings.read_size, leftover),
                 fragments: None,
-                out: Output::default(),
+                // Nothing kept once written: an idle connection holds no
+                // write buffer.
+                out: WriteBuffer::new(settings.write_buffer, 0),
                 pong: None,
                 control_unflushed: false,
                 keepalive,
@@ -182,15 +167,6 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received, Error>> {
-        if let Poll::Ready(due) = self.keepalive.poll(cx) {
-            match due {
-                Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
-                Due::Ping => {
-                    self.out.frame(self.settings.role, OP_PING, Bytes::new());
-                    self.control_unflushed = true;
-                }
-            }
-        }
         loop {
             self.queue_pong();
             if self.control_unflushed {
@@ -204,14 +180,15 @@ where
                 }
             }
             let frame = match self.poll_frame(cx) {
-                Poll::Pending => {
-                    // Nothing more for now: an idle connection keeps no buffers.
-                    if self.rbuf.is_empty() {
-                        self.rbuf = BytesMut::new();
-                        self.next_read = self.settings.read_size;
+                // Nothing more to read: the keepalive timer's turn.
+                Poll::Pending => match ready!(self.keepalive.poll(cx)) {
+                    Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
+                    Due::Ping => {
+                        frame::encode(&mut self.out, self.settings.role, OP_PING, Bytes::new());
+                        self.control_unflushed = true;
+                        continue;
                     }
-                    return Poll::Pending;
-                }
+                },
                 Poll::Ready(Ok(Some(frame))) => frame,
                 // The peer went away, with or without finishing a frame.
                 Poll::Ready(Ok(None)) => {
@@ -298,7 +275,7 @@ where
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, Error>> {
         let s = self.settings;
         loop {
-            if let Some(header) = frame::parse_header(&self.rbuf, s.role, s.max_frame)? {
+            if let Some(header) = frame::parse_header(&self.read, s.role, s.max_frame)? {
                 if !header.is_control() {
                     let so_far = self.fragments.as_ref().map_or(0, |f| f.data.len());
                     if so_far + header.payload_len > s.max_message {
@@ -313,14 +290,8 @@ where
                     }
                 }
                 let total = header.header_len + header.payload_len;
-                if self.rbuf.len() >= total {
-                    // After a large frame, read the next header first: a
-                    // large read-ahead would end inside the next large frame
-                    // and its start would be copied to make room.
-                    if total > READ_AHEAD / 4 {
-                        self.next_read = s.read_size;
-                    }
-                    let mut payload = self.rbuf.split_to(total);
+                if self.read.len() >= total {
+                    let mut payload = self.read.split_to(total);
                     payload.advance(header.header_len);
                     if let Some(key) = header.mask {
                         frame::apply_mask(&mut payload, key);
@@ -333,23 +304,16 @@ where
                 }
                 // Room for the whole frame (its size is within the limits),
                 // so that it arrives in as few reads as the socket allows.
-                self.rbuf.reserve(total - self.rbuf.len());
+                let len = self.read.len();
+                self.read.reserve(total - len);
             }
-            if self.rbuf.capacity() - self.rbuf.len() < self.next_read / 2 {
-                self.rbuf.reserve(self.next_read);
-            }
-            let room = self.rbuf.capacity() - self.rbuf.len();
-            let n = match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)) {
-                Ok(n) => n,
+            match ready!(self.read.poll_read(&mut self.io, cx)) {
+                Ok(0) => return Poll::Ready(Ok(None)),
+                // Any bytes from the peer are traffic (one clock read per
+                // read, not per frame).
+                Ok(_) => self.keepalive.seen(),
                 Err(err) => return Poll::Ready(Err(Error::Io(err))),
-            };
-            if n == 0 {
-                return Poll::Ready(Ok(None));
             }
-            // Any bytes from the peer are traffic (one clock read per read,
-            // not per frame).
-            self.keepalive.seen();
-            self.next_read = if n == room { READ_AHEAD } else { s.read_size };
         }
     }
 
@@ -358,25 +322,18 @@ where
         if self.out.len() < self.settings.write_buffer
             && let Some(payload) = self.pong.take()
         {
-            self.out.frame(self.settings.role, OP_PONG, payload);
+            frame::encode(&mut self.out, self.settings.role, OP_PONG, payload);
             self.control_unflushed = true;
         }
     }
 
-    /// Writes everything pending and flushes the stream; the write buffer
-    /// goes with it until there is something to send again.
+    /// Writes everything pending and flushes the stream.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        ready!(self.out.poll_write_all(&mut self.io, cx)).map_err(Error::Io)?;
-        ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(Error::Io)?;
-        self.out.release();
-        Poll::Ready(Ok(()))
+        self.out.poll_flush(&mut self.io, cx).map_err(Error::Io)
     }
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.out.copied() >= self.settings.write_buffer || self.out.len() >= MAX_PENDING {
-            ready!(self.out.poll_write_all(&mut self.io, cx)).map_err(Error::Io)?;
-        }
-        Poll::Ready(Ok(()))
+        self.out.poll_ready(&mut self.io, cx).map_err(Error::Io)
     }
 
     fn start_send(&mut self, msg: Message) -> Result<(), Error> {
@@ -394,7 +351,7 @@ where
             Message::Text(text) => (OP_TEXT, text.into_bytes()),
             Message::Binary(data) => (OP_BINARY, data),
         };
-        self.out.frame(self.settings.role, opcode, payload);
+        frame::encode(&mut self.out, self.settings.role, opcode, payload);
         Ok(())
     }
 
@@ -411,8 +368,8 @@ where
                 CloseState::Open | CloseState::PeerClosed => {
                     let answering = self.close == CloseState::PeerClosed;
                     self.queue_pong();
-                    self.out
-                        .frame(self.settings.role, OP_CLOSE, frame::close_payload(frame));
+                    let payload = frame::close_payload(frame);
+                    frame::encode(&mut self.out, self.settings.role, OP_CLOSE, payload);
                     self.close = if answering {
                         CloseState::Answering
                     } else {
@@ -443,7 +400,7 @@ where
                     Ok(Some(_)) => {}
                 },
                 CloseState::Ended | CloseState::Done => {
-                    self.rbuf = BytesMut::new();
+                    self.read.release();
                     self.fragments = None;
                     return Poll::Ready(Ok(()));
                 }
@@ -482,6 +439,7 @@ mod tests {
     use super::*;
     use bytes::BufMut;
     use std::future::poll_fn;
+    use std::pin::Pin;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn settings(role: Role) -> Settings {
@@ -537,9 +495,9 @@ mod tests {
         let waker = std::task::Waker::noop();
         let pending = conn.poll_recv(&mut Context::from_waker(waker));
         assert!(pending.is_pending());
-        assert_eq!(conn.inner.rbuf.capacity(), 0);
+        assert_eq!(conn.inner.read.capacity(), 0);
         assert_eq!(conn.inner.out.len(), 0);
-        assert!(!conn.inner.out.holds_memory());
+        assert!(!conn.inner.out.is_allocated());
 
         // What was written is the two messages, unmasked, in order.
         let mut echoed = vec![0u8; 4 + 10 + big.len()];

@@ -1,41 +1,35 @@
-//! One framed TCP connection: read buffer, write buffer, idle timer.
+//! One framed TCP connection: the core's I/O layer
+//! (`switchboard_core::transport::io`) and a codec.
 //!
 //! This is where the bytes meet the codec. The core's connection driver
 //! calls `poll_recv` when the component wants the next message, and
 //! `poll_ready`/`start_send` for each queued message, then `poll_flush` once
 //! per batch; everything here is shaped by that.
 
-use std::future::Future;
-use std::io;
-use std::mem::MaybeUninit;
+use std::any::Any;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use switchboard_core::transport::io::{Due, Keepalive, ReadBuffer, WriteBuffer};
 use switchboard_core::{
     CloseFrame, Config, Error as CoreError, Message, Received, Result, TransportConn,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::io::poll_read_buf;
 
+use crate::codec::Codec;
 use crate::error::{Error, into_core};
 
-/// First read size, and the least room offered to a read; small messages
-/// never need more. A connection with nothing buffered reads this much into
-/// the stack and allocates only when bytes arrive, so waiting costs no
-/// read buffer at all.
+/// First read size of a burst; small messages never need more.
 const READ_INITIAL: usize = 1024;
-/// Reads grow (doubling while they fill all the room offered) up to this.
-const READ_MAX: usize = 16 * 1024;
-/// `poll_ready` flushes before encoding more once this much is buffered:
-/// one write carries many small messages, and a slow reader holds at most
-/// this (plus one message) here, the rest staying in the core's bounded
-/// queue where the slow-consumer policy sees it.
+/// `poll_ready` writes before encoding more once this much is copied into
+/// the write buffer: one write carries many small messages, and a slow
+/// reader holds at most this (plus one message, and large payloads up to
+/// 256 KiB in their own memory) here, the rest staying in the core's
+/// bounded queue where the slow-consumer policy sees it.
 const WRITE_BOUNDARY: usize = 8 * 1024;
-/// A write buffer that grew past this is let go after it was written out.
+/// A write buffer of up to this much is kept once written out: one
+/// allocation fewer per batch of small messages.
 const WRITE_KEEP: usize = 8 * 1024;
 /// Undecoded bytes allowed beyond the configured maximum before a codec
 /// that does not bound its own buffering is stopped (room for headers).
@@ -47,14 +41,18 @@ const GUARD_SLACK: usize = 4 * 1024;
 ///
 /// # Buffers
 ///
-/// Both buffers start empty, and a connection waiting for its peer holds no
-/// read buffer: an empty one is released whenever the socket has nothing
-/// more, and the next read goes to a 1 KiB stack buffer first, so the heap
-/// is used only once bytes arrive. While busy, the read buffer starts at
-/// 1 KiB and grows only while reads fill it (to 16 KiB per read, or what a
-/// frame in progress needs, which the codec bounds); messages are split off
-/// it without copying. The write buffer grows to what one batch encodes,
-/// flushing at 8 KiB, and is released after a write when it grew past 8 KiB.
+/// The core's [`ReadBuffer`] and [`WriteBuffer`]. A connection waiting for
+/// its peer holds no read buffer: an empty one is released whenever the
+/// socket has nothing more, and the next read goes to a 1 KiB stack buffer
+/// first, so the heap is used only once bytes arrive. While busy, reads
+/// start at 1 KiB and grow only while they fill the room offered (to
+/// 64 KiB per read, or what a frame in progress needs, which the codec
+/// bounds); messages are split off the buffer without copying. Outbound,
+/// the built-in [`Codec`] copies small payloads next to their framing and
+/// writes larger ones (over 4 KiB) from their own memory; your own codec
+/// encodes into the write buffer's `BytesMut`. The write buffer is written
+/// out at 8 KiB and at the end of each batch, and kept for the next batch
+/// if it did not grow past 8 KiB.
 ///
 /// # Limits
 ///
@@ -74,17 +72,16 @@ const GUARD_SLACK: usize = 4 * 1024;
 pub struct TcpConn<IO, C> {
     io: IO,
     codec: C,
-    read_buf: BytesMut,
-    write_buf: BytesMut,
-    /// Room offered to the next read; adapts to the traffic.
-    read_size: usize,
+    read: ReadBuffer,
+    out: WriteBuffer,
+    /// The idle timeout; no pings.
+    keepalive: Keepalive,
     /// Undecoded bytes above this are an error, whatever the codec.
     guard: usize,
-    read: ReadState,
+    state: ReadState,
     /// The peer ended its stream (or the socket failed): nothing more can
     /// arrive, so closing need not wait for it.
     peer_done: bool,
-    idle: Option<Idle>,
     /// The write side is shut down; `poll_close` is draining input.
     write_shut: bool,
 }
@@ -96,15 +93,6 @@ enum ReadState {
     Eof,
     /// Nothing more is decoded: end of stream delivered, or an error.
     Done,
-}
-
-/// The idle timer: one sleep, reset only when it fires before the deadline.
-/// Each read just moves `deadline`, which costs a clock read, not a timer
-/// operation.
-struct Idle {
-    timeout: Duration,
-    deadline: Instant,
-    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 // The codec is only ever used through `&mut`, never pinned, so the
@@ -158,17 +146,12 @@ where
         TcpConn {
             io,
             codec,
-            read_buf: BytesMut::new(),
-            write_buf: BytesMut::new(),
-            read_size: READ_INITIAL,
+            read: ReadBuffer::new(READ_INITIAL),
+            out: WriteBuffer::new(WRITE_BOUNDARY, WRITE_KEEP),
+            keepalive: Keepalive::new(None, config.idle_timeout),
             guard: max.saturating_add(GUARD_SLACK),
-            read: ReadState::Open,
+            state: ReadState::Open,
             peer_done: false,
-            idle: config.idle_timeout.map(|timeout| Idle {
-                timeout,
-                deadline: Instant::now() + timeout,
-                sleep: None,
-            }),
             write_shut: false,
         }
     }
@@ -183,86 +166,24 @@ where
         &self.codec
     }
 
-    /// Reads once into the read buffer; `Ok(0)` is the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() == 0 {
-            return self.poll_fill_unbuffered(cx);
-        }
-        if self.read_buf.capacity() - self.read_buf.len() < self.read_size / 2 {
-            self.read_buf.reserve(self.read_size);
-        }
-        let room = self.read_buf.capacity() - self.read_buf.len();
-        let n = ready!(poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read_buf
-        ))?;
-        self.after_read(n, room);
-        Poll::Ready(Ok(n))
-    }
-
-    /// Reads with no buffer allocated (a connection that was idle): into the
-    /// stack first, so that waiting costs no buffer; one is allocated only
-    /// when bytes arrive.
-    fn poll_fill_unbuffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_INITIAL];
-        let mut buf = ReadBuf::uninit(&mut scratch);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-        let read = buf.filled();
-        if !read.is_empty() {
-            self.read_buf.reserve(self.read_size.max(read.len()));
-            self.read_buf.extend_from_slice(read);
-        }
-        let n = read.len();
-        self.after_read(n, READ_INITIAL);
-        Poll::Ready(Ok(n))
-    }
-
-    /// Adapts the read size (`n` bytes arrived where `room` were offered)
-    /// and moves the idle deadline.
-    fn after_read(&mut self, n: usize, room: usize) {
-        if n == room && self.read_size < READ_MAX {
-            self.read_size *= 2;
-        } else if n <= self.read_size / 4 && self.read_size > READ_INITIAL {
-            self.read_size /= 2;
-        }
-        if n > 0
-            && let Some(idle) = &mut self.idle
-        {
-            idle.deadline = Instant::now() + idle.timeout;
-        }
-    }
-
-    /// Called when the socket has nothing to read: releases an empty read
-    /// buffer (a waiting connection holds none; the messages split off it
-    /// keep their bytes alive on their own) and checks the idle timer.
+    /// Called when the socket has nothing to read (the read buffer let go
+    /// of its memory if empty): checks the idle timer.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received>> {
-        if self.read_buf.is_empty() {
-            self.read_buf = BytesMut::new();
-        }
-        let Some(idle) = &mut self.idle else {
-            return Poll::Pending;
-        };
-        let deadline = idle.deadline;
-        let sleep = idle
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         loop {
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+            match ready!(self.keepalive.poll(cx)) {
+                Due::Idle => {
+                    tracing::info!("closing tcp connection: peer idle");
+                    self.state = ReadState::Done;
+                    return Poll::Ready(Err(CoreError::IdleTimeout));
+                }
+                // None configured: raw TCP has no pings.
+                Due::Ping => {}
             }
-            if Instant::now() >= idle.deadline {
-                tracing::info!(timeout = ?idle.timeout, "closing tcp connection: peer idle");
-                self.read = ReadState::Done;
-                return Poll::Ready(Err(CoreError::IdleTimeout));
-            }
-            // Data arrived since the timer was set: wait for the new deadline.
-            sleep.as_mut().reset(idle.deadline);
         }
     }
 
     fn fail(&mut self, err: CoreError) -> Poll<Result<Received>> {
-        self.read = ReadState::Done;
+        self.state = ReadState::Done;
         match &err {
             CoreError::Protocol { code, source } => {
                 tracing::info!(code = %code, reason = %source, "closing tcp connection: bad input");
@@ -270,23 +191,6 @@ where
             other => tracing::debug!(error = %other, "tcp read failed"),
         }
         Poll::Ready(Err(err))
-    }
-
-    /// Writes the whole write buffer to the socket.
-    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let grown = self.write_buf.capacity() > WRITE_KEEP;
-        while !self.write_buf.is_empty() {
-            // One contiguous buffer: a plain write, no vectored call.
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write_buf))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.write_buf.advance(n);
-        }
-        if grown {
-            self.write_buf = BytesMut::new();
-        }
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -300,11 +204,11 @@ where
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received>> {
         loop {
             // Every frame already buffered is delivered before reading again.
-            match self.read {
-                ReadState::Open => match self.codec.decode(&mut self.read_buf) {
+            match self.state {
+                ReadState::Open => match self.codec.decode(&mut self.read) {
                     Ok(Some(msg)) => return Poll::Ready(Ok(Received::Message(msg))),
-                    Ok(None) if self.read_buf.len() > self.guard => {
-                        let len = self.read_buf.len();
+                    Ok(None) if self.read.len() > self.guard => {
+                        let len = self.read.len();
                         return self.fail(
                             Error::FrameTooLong {
                                 len,
@@ -317,10 +221,10 @@ where
                     Err(err) => return self.fail(into_core(err)),
                 },
                 ReadState::Eof => {
-                    return match self.codec.decode_eof(&mut self.read_buf) {
+                    return match self.codec.decode_eof(&mut self.read) {
                         Ok(Some(msg)) => Poll::Ready(Ok(Received::Message(msg))),
                         Ok(None) => {
-                            self.read = ReadState::Done;
+                            self.state = ReadState::Done;
                             Poll::Ready(Ok(Received::Closed(None)))
                         }
                         Err(err) => self.fail(into_core(err)),
@@ -328,12 +232,12 @@ where
                 }
                 ReadState::Done => return Poll::Ready(Ok(Received::Closed(None))),
             }
-            match self.poll_fill(cx) {
+            match self.read.poll_read(&mut self.io, cx) {
                 Poll::Ready(Ok(0)) => {
-                    self.read = ReadState::Eof;
+                    self.state = ReadState::Eof;
                     self.peer_done = true;
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => self.keepalive.seen(),
                 Poll::Ready(Err(err)) => {
                     self.peer_done = true;
                     return self.fail(CoreError::Io(err));
@@ -344,22 +248,24 @@ where
     }
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.write_buf.len() >= WRITE_BOUNDARY {
-            ready!(self.poll_write_out(cx))?;
-        }
-        Poll::Ready(Ok(()))
+        self.out.poll_ready(&mut self.io, cx).map_err(Into::into)
     }
 
     fn start_send(&mut self, msg: Message) -> Result<()> {
+        // The built-in codec puts a large payload in as its own `Bytes`
+        // instead of copying it; any other codec encodes into a `BytesMut`.
+        // The type check is resolved at compile time.
+        let codec: &mut dyn Any = &mut self.codec;
+        if let Some(codec) = codec.downcast_mut::<Codec>() {
+            return codec.encode_to(msg, &mut self.out).map_err(Into::into);
+        }
         self.codec
-            .encode(msg, &mut self.write_buf)
+            .encode(msg, self.out.buf_mut())
             .map_err(into_core)
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        ready!(self.poll_write_out(cx))?;
-        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-        Poll::Ready(Ok(()))
+        self.out.poll_flush(&mut self.io, cx).map_err(Into::into)
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>> {
@@ -372,20 +278,15 @@ where
         }
         // Lingering close: discard input until the peer's end of stream, on
         // errors too, so the peer reads what was written before the end.
-        self.read = ReadState::Done;
+        self.state = ReadState::Done;
         while !self.peer_done {
-            self.read_buf.clear();
-            self.read_buf.reserve(READ_INITIAL);
-            match ready!(poll_read_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut self.read_buf
-            )) {
+            self.read.clear();
+            match ready!(self.read.poll_read(&mut self.io, cx)) {
                 Ok(0) | Err(_) => self.peer_done = true,
                 Ok(_) => {}
             }
         }
-        self.read_buf = BytesMut::new();
+        self.read.release();
         Poll::Ready(Ok(()))
     }
 }
@@ -393,9 +294,9 @@ where
 impl<IO, C> std::fmt::Debug for TcpConn<IO, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpConn")
-            .field("buffered_in", &self.read_buf.len())
-            .field("buffered_out", &self.write_buf.len())
-            .field("read", &self.read)
+            .field("buffered_in", &self.read.len())
+            .field("buffered_out", &self.out.len())
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
@@ -403,6 +304,7 @@ impl<IO, C> std::fmt::Debug for TcpConn<IO, C> {
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
+    use std::time::Duration;
 
     use tokio::io::AsyncWriteExt;
     use tokio::time::Instant;
@@ -433,7 +335,7 @@ mod tests {
         let b = recv(&mut conn).await.expect("b");
         let pending = poll_fn(|cx| Poll::Ready(conn.poll_recv(cx).is_pending())).await;
         assert!(pending);
-        assert_eq!(conn.read_buf.capacity(), 0);
+        assert_eq!(conn.read.capacity(), 0);
         // The messages split off the released buffer keep their bytes.
         assert!(matches!(a, Received::Message(m) if m == Message::text("a")));
         assert!(matches!(b, Received::Message(m) if m == Message::text("b")));

@@ -11,46 +11,53 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-/// What the timer asks the connection to do.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Due {
-    /// Send a ping.
+/// What the [`Keepalive`] timer asks the connection to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Send a ping (only with a ping interval).
     Ping,
     /// The peer was silent past the idle timeout.
     Idle,
 }
 
+/// A connection's idle timeout and, for protocols that have them, pings
+/// after an interval of silence, on one timer.
+///
+/// Call [`seen`](Self::seen) after each read that brought bytes (one clock
+/// read, no timer operation) and [`poll`](Self::poll) when the socket has
+/// nothing more to read. The timer is created on the first `poll`, so a
+/// connection can be built outside a runtime.
 #[derive(Debug)]
-pub(crate) struct Keepalive {
+pub struct Keepalive {
     ping_interval: Option<Duration>,
     idle_timeout: Option<Duration>,
-    /// Last inbound traffic (message, ping, pong), or the open.
+    /// Last inbound traffic, or the open.
     last_seen: Instant,
     /// Last ping sent (pings wait for an interval of silence since either).
     last_ping: Instant,
-    /// `None` when both settings are off.
+    /// Created on the first poll; never while both settings are off.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Keepalive {
-    pub(crate) fn new(ping_interval: Option<Duration>, idle_timeout: Option<Duration>) -> Self {
+    /// A timer that pings after `ping_interval` of silence and reports the
+    /// peer idle after `idle_timeout` of silence; `None` (or zero, which
+    /// would fire without end) turns either off.
+    pub fn new(ping_interval: Option<Duration>, idle_timeout: Option<Duration>) -> Self {
         let now = Instant::now();
-        let mut keepalive = Keepalive {
-            ping_interval,
-            idle_timeout,
+        Keepalive {
+            ping_interval: ping_interval.filter(|d| !d.is_zero()),
+            idle_timeout: idle_timeout.filter(|d| !d.is_zero()),
             last_seen: now,
             last_ping: now,
             timer: None,
-        };
-        if let Some(deadline) = keepalive.next_deadline() {
-            keepalive.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
         }
-        keepalive
     }
 
     /// The peer sent something.
-    pub(crate) fn seen(&mut self) {
-        if self.timer.is_some() {
+    #[inline]
+    pub fn seen(&mut self) {
+        if self.ping_interval.is_some() || self.idle_timeout.is_some() {
             self.last_seen = Instant::now();
         }
     }
@@ -67,8 +74,14 @@ impl Keepalive {
     }
 
     /// Ready when a ping is due or the peer is idle; registers the waker
-    /// otherwise.
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
+    /// otherwise. Never ready when both settings are off.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
+        if self.timer.is_none() {
+            let Some(deadline) = self.next_deadline() else {
+                return Poll::Pending;
+            };
+            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        }
         loop {
             let Some(timer) = self.timer.as_mut() else {
                 return Poll::Pending;
@@ -86,8 +99,8 @@ impl Keepalive {
             if ping_due {
                 self.last_ping = now;
             }
-            if let (Some(deadline), Some(timer)) = (self.next_deadline(), self.timer.as_mut()) {
-                timer.as_mut().reset(deadline);
+            if let (Some(next), Some(timer)) = (self.next_deadline(), self.timer.as_mut()) {
+                timer.as_mut().reset(next);
             }
             if ping_due {
                 return Poll::Ready(Due::Ping);
@@ -125,12 +138,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn idle_only() {
+    async fn idle_only_counts_from_the_last_traffic() {
         let mut k = Keepalive::new(None, Some(Duration::from_secs(3)));
-        assert_eq!(next(&mut k).await, (Due::Idle, Duration::from_secs(3)));
-        let mut off = Keepalive::new(None, None);
-        assert!(off.timer.is_none());
         let waker = std::task::Waker::noop();
-        assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
+        assert!(k.poll(&mut Context::from_waker(waker)).is_pending());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        k.seen();
+        // Armed at 3 s, then 2 s more after the traffic at 2 s.
+        assert_eq!(next(&mut k).await, (Due::Idle, Duration::from_secs(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn off_never_fires_and_holds_no_timer() {
+        let waker = std::task::Waker::noop();
+        for mut off in [
+            Keepalive::new(None, None),
+            Keepalive::new(Some(Duration::ZERO), Some(Duration::ZERO)),
+        ] {
+            assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
+            assert!(off.timer.is_none());
+            tokio::time::advance(Duration::from_secs(3600)).await;
+            assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
+        }
     }
 }

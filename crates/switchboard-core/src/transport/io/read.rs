@@ -1,0 +1,273 @@
+//! Where a connection's input goes: a buffer that exists only while data
+//! flows.
+
+use std::fmt;
+use std::io;
+use std::mem::MaybeUninit;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::BytesMut;
+use tokio::io::AsyncRead;
+use tokio_util::io::poll_read_buf;
+
+/// The most a read with nothing allocated takes, on the stack.
+const SCRATCH: usize = 4 * 1024;
+/// Reads grow up to this (or the initial size, if larger).
+const READ_MAX: usize = 64 * 1024;
+
+/// A connection's read buffer, for a codec to cut messages out of.
+///
+/// The policy, the same for every transport:
+///
+/// - **Nothing allocated while idle.** With no buffer (a connection
+///   waiting for its peer, or one whose every byte was handed out), a read
+///   goes to the stack, at most the initial size (and 4 KiB), and a buffer
+///   is allocated only once bytes arrive, which are copied in. Waiting thus
+///   costs no memory, and after a large message the next read brings the
+///   next header first instead of reading far into the message after it.
+/// - **Released when the socket has nothing more.** A read that finds
+///   nothing lets go of an empty buffer; messages split off it keep their
+///   own bytes alive.
+/// - **Straight into the buffer while data flows**, never zero-filled, into
+///   the room left after what is buffered, topped up to the read size when
+///   less than half of it is left. A codec that knows a frame's length
+///   [reserves](BytesMut::reserve) for all of it, and the next reads fill
+///   that room: a large message arrives in as few reads as the socket
+///   allows.
+/// - **The read size adapts**: it doubles (up to 64 KiB) while reads fill
+///   the room offered, halves when a read brings a quarter of it or less,
+///   and starts over at the initial size after the connection went idle.
+///
+/// Messages are cut out with [`BytesMut::split_to`] through `DerefMut`,
+/// without copying.
+pub struct ReadBuffer {
+    buf: BytesMut,
+    /// Room offered to the next read.
+    size: u32,
+    /// The first read of a burst, and the least the size shrinks to.
+    initial: u32,
+}
+
+impl ReadBuffer {
+    /// An empty buffer whose bursts start with reads of `initial` bytes
+    /// (at least 1).
+    pub fn new(initial: usize) -> Self {
+        let initial = u32::try_from(initial.max(1)).unwrap_or(u32::MAX);
+        ReadBuffer {
+            buf: BytesMut::new(),
+            size: initial,
+            initial,
+        }
+    }
+
+    /// A buffer that starts with `bytes`: what a handshake read past its
+    /// end.
+    pub fn with_bytes(initial: usize, bytes: &[u8]) -> Self {
+        ReadBuffer {
+            buf: BytesMut::from(bytes),
+            ..Self::new(initial)
+        }
+    }
+
+    /// Reads once: `Ok(0)` is the end of the stream. `Pending` when the
+    /// socket has nothing more, after letting go of an empty buffer.
+    pub fn poll_read<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<io::Result<usize>>
+    where
+        IO: AsyncRead + Unpin + ?Sized,
+    {
+        let size = self.size as usize;
+        let polled = if self.buf.capacity() == 0 {
+            self.poll_read_scratch(io, cx, size.min(SCRATCH))
+        } else {
+            if self.buf.capacity() - self.buf.len() < size / 2 {
+                self.buf.reserve(size);
+            }
+            let room = self.buf.capacity() - self.buf.len();
+            poll_read_buf(Pin::new(io), cx, &mut self.buf).map_ok(|n| (n, room))
+        };
+        let (n, room) = match polled {
+            Poll::Pending => {
+                if self.buf.is_empty() {
+                    self.release();
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+            Poll::Ready(Ok(read)) => read,
+        };
+        let max = READ_MAX.max(self.initial as usize);
+        if n == room && size < max {
+            self.size = u32::try_from(size.saturating_mul(2).min(max)).unwrap_or(u32::MAX);
+        } else if n <= size / 4 && self.size > self.initial {
+            self.size = (self.size / 2).max(self.initial);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Reads into the stack; allocates only if bytes arrived.
+    fn poll_read_scratch<IO>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        room: usize,
+    ) -> Poll<io::Result<(usize, usize)>>
+    where
+        IO: AsyncRead + Unpin + ?Sized,
+    {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
+        let mut read = tokio::io::ReadBuf::uninit(&mut scratch[..room]);
+        ready!(Pin::new(io).poll_read(cx, &mut read))?;
+        let bytes = read.filled();
+        if !bytes.is_empty() {
+            self.buf.reserve((self.size as usize).max(bytes.len()));
+            self.buf.extend_from_slice(bytes);
+        }
+        Poll::Ready(Ok((bytes.len(), room)))
+    }
+
+    /// Lets go of the buffer and what it holds (a closed connection), and
+    /// starts the next burst at the initial read size.
+    pub fn release(&mut self) {
+        self.buf = BytesMut::new();
+        self.size = self.initial;
+    }
+}
+
+impl Deref for ReadBuffer {
+    type Target = BytesMut;
+
+    fn deref(&self) -> &BytesMut {
+        &self.buf
+    }
+}
+
+impl DerefMut for ReadBuffer {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+}
+
+impl fmt::Debug for ReadBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadBuffer")
+            .field("buffered", &self.buf.len())
+            .field("capacity", &self.buf.capacity())
+            .field("read_size", &self.size)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use bytes::Buf;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn poll_once(
+        buf: &mut ReadBuffer,
+        io: &mut tokio::io::DuplexStream,
+    ) -> Poll<io::Result<usize>> {
+        buf.poll_read(io, &mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn waiting_holds_no_buffer_and_bytes_allocate_one() {
+        let (mut peer, mut io) = tokio::io::duplex(1 << 16);
+        let mut buf = ReadBuffer::new(1024);
+        assert!(poll_once(&mut buf, &mut io).is_pending());
+        assert_eq!(buf.capacity(), 0);
+
+        peer.write_all(b"hello").await.unwrap();
+        let n = poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
+        assert!(buf.capacity() >= 1024);
+
+        // Handed out, then nothing more to read: the buffer goes, and the
+        // message keeps its bytes.
+        let msg = buf.split_to(5).freeze();
+        assert!(poll_once(&mut buf, &mut io).is_pending());
+        assert_eq!(buf.capacity(), 0);
+        assert_eq!(&msg[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_partial_message_keeps_its_buffer_while_waiting() {
+        let (mut peer, mut io) = tokio::io::duplex(1 << 16);
+        let mut buf = ReadBuffer::new(1024);
+        peer.write_all(b"hel").await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert!(poll_once(&mut buf, &mut io).is_pending());
+        assert_eq!(&buf[..], b"hel");
+        peer.write_all(b"lo").await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn reads_grow_while_they_fill_the_room_and_restart_after_idle() {
+        let (mut peer, mut io) = tokio::io::duplex(1 << 20);
+        let mut buf = ReadBuffer::new(1024);
+        peer.write_all(&vec![7u8; 200_000]).await.unwrap();
+        let mut sizes = Vec::new();
+        for _ in 0..8 {
+            let n = poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+            sizes.push(n);
+            buf.advance(n);
+        }
+        // Each read fills the room offered, which grows: 1 KiB on the
+        // stack first, then more each time (a read that took everything
+        // leaves no room, so the next one goes through the stack again).
+        assert_eq!(&sizes[..3], &[1024, 2048, 4096], "{sizes:?}");
+        assert!(sizes.iter().any(|&n| n > 16 * 1024), "{sizes:?}");
+        // Drained: the next burst starts small again.
+        let mut total: usize = sizes.iter().sum();
+        while total < 200_000 {
+            let n = poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+            buf.advance(n);
+            total += n;
+        }
+        assert!(poll_once(&mut buf, &mut io).is_pending());
+        peer.write_all(&[1u8; 4096]).await.unwrap();
+        let n = poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert_eq!(n, 1024);
+    }
+
+    #[tokio::test]
+    async fn a_reserved_frame_arrives_in_one_read() {
+        let (mut peer, mut io) = tokio::io::duplex(1 << 20);
+        let mut buf = ReadBuffer::new(16);
+        peer.write_all(&vec![3u8; 100_000]).await.unwrap();
+        let first = poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert_eq!(first, 16);
+        // A codec that read a header announcing 100,000 bytes.
+        let len = buf.len();
+        buf.reserve(100_000 - len);
+        let rest = poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert_eq!(first + rest, 100_000);
+    }
+
+    #[tokio::test]
+    async fn bytes_given_at_the_start_come_first() {
+        let (_peer, mut io) = tokio::io::duplex(64);
+        let mut buf = ReadBuffer::with_bytes(1024, b"left over");
+        assert_eq!(&buf[..], b"left over");
+        // Nothing to read: what is buffered stays.
+        assert!(poll_once(&mut buf, &mut io).is_pending());
+        assert_eq!(&buf[..], b"left over");
+        assert!(ReadBuffer::with_bytes(1024, b"").capacity() == 0);
+    }
+
+    #[tokio::test]
+    async fn end_of_stream_reads_zero() {
+        let (peer, mut io) = tokio::io::duplex(64);
+        drop(peer);
+        let mut buf = ReadBuffer::new(1024);
+        assert_eq!(poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap(), 0);
+        assert_eq!(buf.capacity(), 0);
+    }
+}

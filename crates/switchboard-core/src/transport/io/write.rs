@@ -1,0 +1,439 @@
+//! Outbound bytes: small ones coalesced, large payloads written from their
+//! own memory.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+
+/// Payloads up to this size are copied next to their framing; larger ones
+/// are written from their own memory, never copied.
+const COPY_MAX: usize = 4 * 1024;
+/// At most this many slices per vectored write.
+const MAX_SLICES: usize = 64;
+/// Pending bytes, large payloads included, that make
+/// [`poll_ready`](WriteBuffer::poll_ready) write first. Large payloads cost
+/// no memory here (they are the messages' own), and each write wakes the
+/// peer, so a batch of them goes out in few large writes.
+const MAX_PENDING: usize = 256 * 1024;
+/// The least a coalescing buffer with no room allocates, so that a batch
+/// of small messages is one allocation rather than a doubling series.
+const MIN_ALLOC: usize = 1024;
+
+/// A connection's outbound bytes, in order: framing and small payloads
+/// coalesced into one buffer, large payloads (over 4 KiB) kept in their own
+/// memory and written with vectored writes.
+///
+/// Encoders append through [`frame`](Self::frame) (framing bytes around a
+/// payload that is not copied when large) or [`buf_mut`](Self::buf_mut) (a
+/// `BytesMut`, for tokio-util encoders). The driver's calls map onto it:
+/// `poll_ready` is [`poll_ready`](Self::poll_ready), `poll_flush` is
+/// [`poll_flush`](Self::poll_flush). With no large payload pending, a write
+/// is one plain `poll_write` of the coalesced bytes.
+///
+/// After everything was written, the coalescing buffer's memory is let go
+/// unless it is at most `keep` bytes: with `keep` 0 an idle connection
+/// holds no write buffer at all; a small `keep` saves an allocation per
+/// batch for connections that keep exchanging small messages.
+///
+/// ```
+/// use std::future::poll_fn;
+///
+/// use bytes::Bytes;
+/// use switchboard_core::transport::io::WriteBuffer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let mut out = WriteBuffer::new(16 * 1024, 0);
+/// // A line: the payload, then its end.
+/// out.frame(b"", Bytes::from_static(b"hello"), b"\n");
+/// let mut sink: Vec<u8> = Vec::new();
+/// poll_fn(|cx| out.poll_flush(&mut sink, cx)).await?;
+/// assert_eq!(sink, b"hello\n");
+/// assert!(!out.is_allocated());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct WriteBuffer {
+    /// Being coalesced; written after `queued`.
+    buf: BytesMut,
+    /// Large payloads and what was coalesced before each; `None` when
+    /// there are none.
+    queued: Option<Box<Queued>>,
+    /// Copied bytes that make `poll_ready` write first.
+    limit: u32,
+    /// The largest coalescing buffer kept once written out.
+    keep: u32,
+}
+
+#[derive(Debug, Default)]
+struct Queued {
+    segments: VecDeque<Bytes>,
+    /// Bytes in `segments`.
+    len: usize,
+}
+
+impl WriteBuffer {
+    /// An empty buffer (no allocation). `limit`: copied bytes at which
+    /// [`poll_ready`](Self::poll_ready) writes before taking more; `keep`:
+    /// the largest allocation kept once everything was written (0: none).
+    pub fn new(limit: usize, keep: usize) -> Self {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        WriteBuffer {
+            buf: BytesMut::new(),
+            queued: None,
+            limit: clamp(limit),
+            keep: clamp(keep),
+        }
+    }
+
+    /// Bytes not yet written.
+    pub fn len(&self) -> usize {
+        self.queued.as_ref().map_or(0, |q| q.len) + self.buf.len()
+    }
+
+    /// Whether everything was written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes in the coalescing buffer, not yet written: what `poll_ready`
+    /// holds against the limit.
+    pub fn copied(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the buffer holds memory of its own.
+    pub fn is_allocated(&self) -> bool {
+        self.buf.capacity() > 0 || self.queued.is_some()
+    }
+
+    /// Appends `head`, `payload` and `tail`: a payload of up to 4 KiB is
+    /// copied with its framing, a larger one is written from its own
+    /// memory.
+    #[inline]
+    pub fn frame(&mut self, head: &[u8], payload: Bytes, tail: &[u8]) {
+        if payload.len() <= COPY_MAX {
+            self.room(head.len() + payload.len() + tail.len());
+            self.buf.extend_from_slice(head);
+            self.buf.extend_from_slice(&payload);
+            self.buf.extend_from_slice(tail);
+            return;
+        }
+        self.room(head.len());
+        self.buf.extend_from_slice(head);
+        let queued = self.queued.get_or_insert_with(Box::default);
+        if !self.buf.is_empty() {
+            let before = self.buf.split().freeze();
+            queued.len += before.len();
+            queued.segments.push_back(before);
+        }
+        queued.len += payload.len();
+        queued.segments.push_back(payload);
+        if !tail.is_empty() {
+            self.room(tail.len());
+            self.buf.extend_from_slice(tail);
+        }
+    }
+
+    /// The coalescing buffer, for an encoder that writes into a `BytesMut`
+    /// (a tokio-util `Encoder`): what it appends is written in order.
+    #[inline]
+    pub fn buf_mut(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(MIN_ALLOC);
+        }
+        &mut self.buf
+    }
+
+    #[inline]
+    fn room(&mut self, n: usize) {
+        if self.buf.capacity() - self.buf.len() < n {
+            self.buf.reserve(n.max(MIN_ALLOC));
+        }
+    }
+
+    /// Ready to take one more message: writes first once the copied bytes
+    /// reach the limit, or everything pending 256 KiB.
+    pub fn poll_ready<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        IO: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.buf.len() >= self.limit as usize || self.len() >= MAX_PENDING {
+            ready!(self.poll_write(io, cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything and flushes the stream.
+    pub fn poll_flush<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        IO: AsyncWrite + Unpin + ?Sized,
+    {
+        ready!(self.poll_write(io, cx))?;
+        Pin::new(io).poll_flush(cx)
+    }
+
+    /// Writes everything, without flushing; then lets go of the memory
+    /// (see [`WriteBuffer`]).
+    pub fn poll_write<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        IO: AsyncWrite + Unpin + ?Sized,
+    {
+        let grown = self.buf.capacity() > self.keep as usize;
+        loop {
+            let n = match &self.queued {
+                None if self.buf.is_empty() => break,
+                // The common case: one contiguous buffer, one plain write.
+                None => ready!(Pin::new(&mut *io).poll_write(cx, &self.buf))?,
+                Some(queued) if io.is_write_vectored() => {
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                    let mut count = 0;
+                    let tail = Some(&self.buf[..]).filter(|b| !b.is_empty());
+                    let all = queued.segments.iter().map(|s| &s[..]).chain(tail);
+                    for (slice, bytes) in slices.iter_mut().zip(all) {
+                        *slice = IoSlice::new(bytes);
+                        count += 1;
+                    }
+                    ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?
+                }
+                Some(queued) => {
+                    let first = queued.segments.front().map_or(&[][..], |s| &s[..]);
+                    ready!(Pin::new(&mut *io).poll_write(cx, first))?
+                }
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        // With no room left the buffer may still share the memory of the
+        // bytes split off it: let go of that too.
+        if grown || self.buf.capacity() == 0 {
+            self.buf = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        if let Some(queued) = &mut self.queued {
+            let mut from_queue = n.min(queued.len);
+            queued.len -= from_queue;
+            n -= from_queue;
+            while from_queue > 0 {
+                let Some(seg) = queued.segments.front_mut() else {
+                    break;
+                };
+                if seg.len() <= from_queue {
+                    from_queue -= seg.len();
+                    queued.segments.pop_front();
+                } else {
+                    seg.advance(from_queue);
+                    from_queue = 0;
+                }
+            }
+            if queued.len == 0 {
+                self.queued = None;
+            }
+        }
+        self.buf.advance(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::task::Waker;
+
+    use super::*;
+
+    /// A stream that records each write it is given.
+    #[derive(Default)]
+    struct Recording {
+        data: Vec<u8>,
+        /// (vectored, slices, bytes) per write.
+        writes: Vec<(bool, usize, usize)>,
+        /// Takes at most this much per write.
+        max: Option<usize>,
+    }
+
+    impl AsyncWrite for Recording {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.max.unwrap_or(usize::MAX));
+            self.data.extend_from_slice(&buf[..n]);
+            self.writes.push((false, 1, n));
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.max.unwrap_or(usize::MAX);
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(left);
+                self.data.extend_from_slice(&buf[..take]);
+                left -= take;
+                n += take;
+            }
+            self.writes.push((true, bufs.len(), n));
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn flush(out: &mut WriteBuffer, io: &mut Recording) {
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(out.poll_flush(io, &mut cx), Poll::Ready(Ok(()))));
+    }
+
+    #[test]
+    fn small_frames_are_coalesced_into_one_plain_write() {
+        let mut out = WriteBuffer::new(16 * 1024, 0);
+        for word in ["one", "two", "three"] {
+            out.frame(b">", Bytes::from(word), b"\n");
+        }
+        assert_eq!(out.copied(), out.len());
+        let mut io = Recording::default();
+        flush(&mut out, &mut io);
+        assert_eq!(io.data, b">one\n>two\n>three\n");
+        assert_eq!(io.writes, vec![(false, 1, 17)]);
+        assert!(out.is_empty());
+        assert!(!out.is_allocated());
+    }
+
+    #[test]
+    fn a_large_payload_is_written_from_its_own_bytes() {
+        let big = Bytes::from(vec![7u8; 100_000]);
+        let mut out = WriteBuffer::new(16 * 1024, 0);
+        out.frame(b"", Bytes::from_static(b"a"), b"\n");
+        out.frame(b"<", big.clone(), b">");
+        out.frame(b"", Bytes::from_static(b"b"), b"\n");
+        // Only the framing and the small payloads were copied; those
+        // before the large payload went out of the coalescing buffer.
+        assert_eq!(out.copied(), 3);
+        assert_eq!(out.len(), 2 + 1 + 100_000 + 1 + 2);
+        let segments = &out.queued.as_ref().unwrap().segments;
+        assert_eq!(segments[1].as_ptr(), big.as_ptr());
+
+        let mut io = Recording::default();
+        flush(&mut out, &mut io);
+        let mut expected = b"a\n<".to_vec();
+        expected.extend_from_slice(&big);
+        expected.extend_from_slice(b">b\n");
+        assert_eq!(io.data, expected);
+        // One vectored write: the copied bytes before, the payload, the
+        // copied bytes after.
+        assert_eq!(io.writes, vec![(true, 3, expected.len())]);
+        assert!(!out.is_allocated());
+    }
+
+    #[test]
+    fn short_writes_keep_the_order() {
+        let mut out = WriteBuffer::new(16 * 1024, 0);
+        let mut expected = Vec::new();
+        for i in 0..20u8 {
+            let payload = Bytes::from(vec![i; if i % 3 == 0 { 5000 } else { 10 }]);
+            out.frame(&[0xF0, i], payload.clone(), &[0x0F]);
+            expected.extend_from_slice(&[0xF0, i]);
+            expected.extend_from_slice(&payload);
+            expected.push(0x0F);
+        }
+        let mut io = Recording {
+            max: Some(999),
+            ..Recording::default()
+        };
+        flush(&mut out, &mut io);
+        assert_eq!(io.data, expected);
+        assert!(io.writes.iter().all(|&(_, _, n)| n <= 999));
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_vectored_writes_gets_one_segment_at_a_time() {
+        let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
+        let big = Bytes::from(vec![1u8; 10_000]);
+        let mut out = WriteBuffer::new(16 * 1024, 0);
+        out.frame(b"head", big.clone(), b"tail");
+        poll_fn(|cx| out.poll_flush(&mut tx, cx)).await.unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 4 + 10_000 + 4);
+        assert_eq!(&got[..4], b"head");
+        assert_eq!(&got[10_004..], b"tail");
+    }
+
+    #[test]
+    fn encoders_append_to_the_coalescing_buffer() {
+        let mut out = WriteBuffer::new(16 * 1024, 0);
+        out.buf_mut().extend_from_slice(b"x=");
+        out.frame(b"", Bytes::from(vec![b'y'; 5000]), b"");
+        out.buf_mut().extend_from_slice(b";");
+        let mut io = Recording::default();
+        flush(&mut out, &mut io);
+        assert_eq!(io.data.len(), 2 + 5000 + 1);
+        assert!(io.data.starts_with(b"x=y") && io.data.ends_with(b"y;"));
+    }
+
+    #[test]
+    fn poll_ready_writes_at_the_copied_limit_or_at_256_kib_pending() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut io = Recording::default();
+        let mut out = WriteBuffer::new(100, 0);
+        out.frame(b"", Bytes::from(vec![0u8; 99]), b"");
+        assert!(out.poll_ready(&mut io, &mut cx).is_ready());
+        assert!(io.writes.is_empty());
+        out.frame(b"", Bytes::from_static(b"!"), b"");
+        assert!(out.poll_ready(&mut io, &mut cx).is_ready());
+        assert_eq!(io.writes.len(), 1);
+
+        // Large payloads are not copied: only their total counts.
+        let mut io = Recording::default();
+        let payload = Bytes::from(vec![5u8; 64 * 1024]);
+        for _ in 0..3 {
+            out.frame(b"h", payload.clone(), b"");
+            assert!(out.poll_ready(&mut io, &mut cx).is_ready());
+        }
+        assert!(io.writes.is_empty());
+        out.frame(b"h", payload.clone(), b"");
+        assert!(out.poll_ready(&mut io, &mut cx).is_ready());
+        assert_eq!(io.writes.len(), 1);
+        assert_eq!(io.data.len(), 4 * (1 + 64 * 1024));
+    }
+
+    #[test]
+    fn a_small_buffer_is_kept_up_to_keep() {
+        let mut io = Recording::default();
+        let mut out = WriteBuffer::new(16 * 1024, 8 * 1024);
+        out.frame(b"", Bytes::from_static(b"small"), b"\n");
+        flush(&mut out, &mut io);
+        assert!(out.is_allocated());
+        for _ in 0..10 {
+            out.buf_mut().extend_from_slice(&[0u8; 1000]);
+        }
+        flush(&mut out, &mut io);
+        assert!(!out.is_allocated());
+    }
+}
