@@ -19,6 +19,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod client;
 mod close;
 mod component;
 mod config;
@@ -42,6 +43,7 @@ pub mod testing;
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
+pub use client::{ClientHandle, spawn_client};
 pub use close::{CloseCode, CloseFrame, CloseReason};
 pub use component::{DynComponent, MessageComponent};
 pub use config::{Config, SlowConsumerPolicy};
@@ -54,6 +56,6 @@ pub use message::{Message, Utf8Bytes};
 pub use reconnect::{
     Dialed, Reconnect, ReconnectEnd, ReconnectPolicy, Reconnecting, spawn_reconnecting,
 };
-pub use server::{ClientHandle, Server, ServerBuilder, ServerHandle, spawn_client};
+pub use server::{Server, ServerBuilder, ServerHandle};
 pub use stats::Counters;
 pub use transport::{Accepted, Headers, Received, Transport, TransportConn, TransportInfo};

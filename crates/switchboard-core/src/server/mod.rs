@@ -1,11 +1,7 @@
 //! The server runtime: listeners, limits, the connection registry and shutdown.
 
-mod client;
 mod conn;
 mod listener;
-
-pub(crate) use client::spawn_client_with;
-pub use client::{ClientHandle, spawn_client};
 
 use std::collections::HashMap;
 use std::fmt;
