@@ -33,9 +33,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use switchboard::tcp::{Codec, TcpTransport};
+use switchboard::transport::Transport;
 use switchboard::ws::{Page, WsTransport};
 use switchboard::{
-    BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, ServerBuilder, Transport,
+    BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, ServerBuilder,
 };
 
 /// The room: one component for every connection, whatever the transport.

@@ -60,23 +60,45 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub use switchboard_core::*;
+// The core's root names, listed rather than globbed: the core keeps two
+// transport items at its root for the transport crates, and a glob would
+// put them on this crate's front page.
+pub use switchboard_core::{
+    BoxError, Broker, Bytes, ClientHandle, CloseCode, CloseFrame, CloseReason, Config, Connection,
+    ConnectionId, Counters, DynComponent, Error, Extensions, Headers, Hub, IpFilter, IpNet,
+    IpNetParseError, LocalBroker, LocalDelivery, Message, MessageComponent, RateLimit,
+    RateLimitAction, Reconnect, ReconnectEnd, ReconnectPolicy, Reconnecting, Result, SendError,
+    Server, ServerBuilder, ServerHandle, SlowConsumerPolicy, Topic, TransportInfo, Utf8Bytes,
+    async_trait, transport,
+};
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use switchboard_core::testing;
+
+// Kept at the root for code written against it (a doc example of
+// `tcp::TcpConn`); documented under `transport` only.
+#[doc(hidden)]
+pub use switchboard_core::{Received, TransportConn};
 
 /// The WebSocket transport (feature `ws`, on by default).
 #[cfg(feature = "ws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
+#[doc(inline)]
 pub use switchboard_ws as ws;
 
 /// The framed TCP transport: lines, length-delimited frames, raw bytes or
 /// your own codec (feature `tcp`).
 #[cfg(feature = "tcp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tcp")))]
+#[doc(inline)]
 pub use switchboard_tcp as tcp;
 
 /// Scale-out on Redis: a broker that spans nodes, an emitter for processes
 /// without sockets (feature `redis`).
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
 pub use switchboard_redis as redis;
 
 /// TLS on rustls: [`TlsTransport`](tls::TlsTransport) wraps any transport
@@ -84,4 +106,5 @@ pub use switchboard_redis as redis;
 /// clients (feature `tls`).
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+#[doc(inline)]
 pub use switchboard_tls as tls;

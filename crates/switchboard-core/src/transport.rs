@@ -4,6 +4,14 @@
 //! message stream and sink with a close operation. The core owns everything
 //! else: the accept loop, limits, the connection lifecycle, queues and
 //! shutdown. A new transport (QUIC, Unix sockets) is a crate, not a fork.
+//!
+//! Clients use the same seam from the other side: a transport crate dials,
+//! runs its handshake and hands the connection to [`spawn_client`] (one
+//! connection) or to [`spawn_reconnecting`] through a connect function that
+//! returns [`Dialed`] connections.
+//!
+//! [`TransportInfo`] and [`Headers`], which components read, are also at
+//! the crate root.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +24,9 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::extensions::Extensions;
 use crate::message::Message;
+
+pub use crate::client::spawn_client;
+pub use crate::reconnect::{Dialed, spawn_reconnecting};
 
 /// What the transport read from the peer.
 #[derive(Debug)]

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use switchboard_core::transport::{Dialed, TransportConn, spawn_client, spawn_reconnecting};
 use switchboard_core::{
-    BoxError, ClientHandle, Config, Dialed, Message, MessageComponent, ReconnectPolicy,
-    Reconnecting, Result, TransportConn, TransportInfo, spawn_client, spawn_reconnecting,
+    BoxError, ClientHandle, Config, Message, MessageComponent, ReconnectPolicy, Reconnecting,
+    Result, TransportInfo,
 };
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, Encoder};

@@ -4,9 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use switchboard_core::{
-    Accepted, Config, Message, MessageComponent, Result, Transport, TransportInfo,
-};
+use switchboard_core::transport::{Accepted, Transport};
+use switchboard_core::{Config, Message, MessageComponent, Result, TransportInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 

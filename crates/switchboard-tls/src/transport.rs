@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use switchboard_core::{Accepted, Config, Transport};
+use switchboard_core::Config;
+use switchboard_core::transport::{Accepted, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, ServerConfig};

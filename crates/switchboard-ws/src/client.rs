@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use switchboard_core::transport::{Dialed, TransportConn, spawn_client, spawn_reconnecting};
 use switchboard_core::{
-    ClientHandle, Config, Dialed, MessageComponent, ReconnectPolicy, Reconnecting, TransportConn,
-    TransportInfo, spawn_client, spawn_reconnecting,
+    ClientHandle, Config, MessageComponent, ReconnectPolicy, Reconnecting, TransportInfo,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -5,7 +5,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use switchboard_core::{Accepted, Config, DynComponent, MessageComponent, Transport};
+use switchboard_core::transport::{Accepted, Transport};
+use switchboard_core::{Config, DynComponent, MessageComponent};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{OriginPolicy, Page, WsTransportBuilder};

@@ -39,11 +39,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use switchboard::tcp::TcpTransport;
+use switchboard::transport::{Received, TransportConn};
 use switchboard::ws::WsTransport;
-use switchboard::{
-    BoxError, Connection, Hub, Message, MessageComponent, Received, Server, TransportConn,
-    async_trait,
-};
+use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server, async_trait};
 use switchboard_bench::args::Args;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
