@@ -33,8 +33,8 @@
 //! # #[tokio::main] async fn main() -> Result<(), BoxError> {
 //! let chat = Arc::new(Chat::default());
 //! let server = Server::builder()
-//!     .bind("127.0.0.1:8080", WsTransport::shared(chat.clone()))
-//!     .bind("127.0.0.1:9000", TcpTransport::from_arc(chat, switchboard::tcp::Codec::lines()))
+//!     .bind("127.0.0.1:8080", WsTransport::new(chat.clone()))
+//!     .bind("127.0.0.1:9000", TcpTransport::lines(chat))
 //!     .start()
 //!     .await?;
 //! tokio::signal::ctrl_c().await?;
@@ -65,11 +65,11 @@
 // put them on this crate's front page.
 pub use switchboard_core::{
     BoxError, Broker, Bytes, ClientHandle, CloseCode, CloseFrame, CloseReason, Config, Connection,
-    ConnectionId, Counters, DynComponent, Error, Extensions, Headers, Hub, IpFilter, IpNet,
-    IpNetParseError, LocalBroker, LocalDelivery, Message, MessageComponent, RateLimit,
-    RateLimitAction, Reconnect, ReconnectEnd, ReconnectPolicy, Reconnecting, Result, SendError,
-    Server, ServerBuilder, ServerHandle, SlowConsumerPolicy, Topic, TransportInfo, Utf8Bytes,
-    async_trait, transport,
+    ConnectionId, Counters, DynComponent, Error, Extensions, Headers, Hub, IntoBroker,
+    IntoComponent, IpFilter, IpNet, IpNetParseError, LocalBroker, LocalDelivery, Message,
+    MessageComponent, RateLimit, RateLimitAction, Reconnect, ReconnectEnd, ReconnectPolicy,
+    Reconnecting, Result, SendError, Server, ServerBuilder, ServerHandle, SlowConsumerPolicy,
+    Topic, TransportInfo, Utf8Bytes, async_trait, transport,
 };
 
 #[cfg(feature = "test-util")]

@@ -54,12 +54,12 @@ pub use bytes::Bytes;
 
 pub use client::ClientHandle;
 pub use close::{CloseCode, CloseFrame, CloseReason};
-pub use component::{DynComponent, MessageComponent};
+pub use component::{DynComponent, IntoComponent, MessageComponent};
 pub use config::{Config, SlowConsumerPolicy};
 pub use connection::{Connection, ConnectionId};
 pub use error::{BoxError, Error, Result, SendError};
 pub use extensions::Extensions;
-pub use hub::{Broker, Hub, LocalBroker, LocalDelivery, Topic};
+pub use hub::{Broker, Hub, IntoBroker, LocalBroker, LocalDelivery, Topic};
 pub use limits::{IpFilter, IpNet, IpNetParseError, RateLimit, RateLimitAction};
 pub use message::{Message, Utf8Bytes};
 pub use reconnect::{Reconnect, ReconnectEnd, ReconnectPolicy, Reconnecting};

@@ -260,7 +260,7 @@ impl fmt::Debug for RedisBroker {
 /// # async fn run() -> Result<(), switchboard::BoxError> {
 /// // e.g. from a `--redis URL` flag or the REDIS_URL environment variable
 /// let url = std::env::var("REDIS_URL").ok();
-/// let hub = Hub::with_shared_broker(broker_from_url(url.as_deref(), RedisOptions::default()).await?);
+/// let hub = Hub::with_broker(broker_from_url(url.as_deref(), RedisOptions::default()).await?);
 /// # drop(hub);
 /// # Ok(())
 /// # }

@@ -222,6 +222,6 @@ async fn no_url_means_the_local_broker() {
     let broker = switchboard::redis::broker_from_url(None, RedisOptions::default())
         .await
         .unwrap();
-    let hub = switchboard::Hub::with_shared_broker(broker);
+    let hub = switchboard::Hub::with_broker(broker);
     assert_eq!(hub.broadcast("nobody here").await.unwrap(), 0);
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use switchboard_core::transport::{Dialed, TransportConn, spawn_client, spawn_reconnecting};
 use switchboard_core::{
-    BoxError, ClientHandle, Config, Message, MessageComponent, ReconnectPolicy, Reconnecting,
-    Result, TransportInfo,
+    BoxError, ClientHandle, Config, IntoComponent, Message, MessageComponent, ReconnectPolicy,
+    Reconnecting, Result, TransportInfo,
 };
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, Encoder};
@@ -46,10 +46,10 @@ use crate::conn::TcpConn;
 /// client.closed().await;
 /// # Ok(()) }
 /// ```
-pub async fn connect<A: ToSocketAddrs>(
+pub async fn connect<A: ToSocketAddrs, K: MessageComponent + ?Sized>(
     addr: A,
     codec: Codec,
-    component: impl MessageComponent,
+    component: impl IntoComponent<K>,
 ) -> Result<ClientHandle> {
     connect_with_config(addr, codec, component, Config::default().idle_timeout(None)).await
 }
@@ -79,10 +79,10 @@ pub async fn connect<A: ToSocketAddrs>(
 /// println!("feed ended: {}", client.closed().await);
 /// # Ok(()) }
 /// ```
-pub async fn connect_with_config<A: ToSocketAddrs>(
+pub async fn connect_with_config<A: ToSocketAddrs, K: MessageComponent + ?Sized>(
     addr: A,
     codec: Codec,
-    component: impl MessageComponent,
+    component: impl IntoComponent<K>,
     config: Config,
 ) -> Result<ClientHandle> {
     let codec = codec.for_config(&config);
@@ -91,14 +91,15 @@ pub async fn connect_with_config<A: ToSocketAddrs>(
 
 /// [`connect_with_config`] with your own codec, used as given (see
 /// [`TcpTransport::with_codec`](crate::TcpTransport::with_codec)).
-pub async fn connect_with_codec<A, C>(
+pub async fn connect_with_codec<A, C, K>(
     addr: A,
     codec: C,
-    component: impl MessageComponent,
+    component: impl IntoComponent<K>,
     config: Config,
 ) -> Result<ClientHandle>
 where
     A: ToSocketAddrs,
+    K: MessageComponent + ?Sized,
     C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
     <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
     <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
@@ -115,7 +116,7 @@ where
         conn,
         peer,
         TransportInfo::new("tcp"),
-        Arc::new(component),
+        component.into_arc(),
         config,
     )
 }
@@ -234,17 +235,14 @@ where
         self
     }
 
-    /// Connects once and runs `component` on the connection, with the same
-    /// lifecycle as on a server.
-    pub async fn connect(&self, component: impl MessageComponent) -> Result<ClientHandle> {
-        self.connect_shared(Arc::new(component)).await
-    }
-
-    /// Like [`connect`](Self::connect), for a shared component.
-    pub async fn connect_shared(
+    /// Connects once and runs `component` (a value, or an `Arc` shared with
+    /// other connections: [`IntoComponent`]) on the connection, with the
+    /// same lifecycle as on a server.
+    pub async fn connect<K: MessageComponent + ?Sized>(
         &self,
-        component: Arc<impl MessageComponent + ?Sized>,
+        component: impl IntoComponent<K>,
     ) -> Result<ClientHandle> {
+        let component = component.into_arc();
         self.config.validate()?;
         let dialed = tokio::time::timeout(self.config.handshake_timeout, self.dial())
             .await
@@ -267,20 +265,12 @@ where
     /// `on_open` to `on_close` and carries a
     /// [`Reconnect`](switchboard_core::Reconnect) in its extensions. Stop
     /// it with [`Reconnecting::stop`].
-    pub fn reconnecting(
+    pub fn reconnecting<K: MessageComponent + ?Sized>(
         &self,
-        component: impl MessageComponent,
+        component: impl IntoComponent<K>,
         policy: ReconnectPolicy,
     ) -> Result<Reconnecting> {
-        self.reconnecting_shared(Arc::new(component), policy)
-    }
-
-    /// Like [`reconnecting`](Self::reconnecting), for a shared component.
-    pub fn reconnecting_shared(
-        &self,
-        component: Arc<impl MessageComponent + ?Sized>,
-        policy: ReconnectPolicy,
-    ) -> Result<Reconnecting> {
+        let component = component.into_arc();
         let client = Arc::new(self.clone());
         let connect = move || {
             let client = client.clone();
