@@ -259,7 +259,7 @@ impl ServerBuilder {
                 let listener = TcpListener::bind(&addr)
                     .await
                     .map_err(|source| Error::Bind {
-                        addr: format!("{addr:?}"),
+                        addr: shown(&addr),
                         source,
                     })?;
                 start_listener(listener, transport, ctx)
@@ -310,6 +310,16 @@ impl ServerBuilder {
                 shutdown_once: tokio::sync::OnceCell::new(),
             }),
         })
+    }
+}
+
+/// An address as the user wrote it: `Debug` is the one format every
+/// `ToSocketAddrs` type has, and it puts a string in quotes.
+fn shown(addr: &impl fmt::Debug) -> String {
+    let debug = format!("{addr:?}");
+    match debug.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(unquoted) => unquoted.to_owned(),
+        None => debug,
     }
 }
 
