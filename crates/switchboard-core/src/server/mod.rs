@@ -216,6 +216,32 @@ type BindFn = Box<
 >;
 
 /// Entry point: `Server::builder()`.
+///
+/// ```
+/// use switchboard::tcp::TcpTransport;
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
+///
+/// struct Echo;
+///
+/// impl MessageComponent for Echo {
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         conn.send(msg)?;
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// // Port 0: the system picks a free port.
+/// let server = Server::builder()
+///     .bind("127.0.0.1:0", TcpTransport::lines(Echo))
+///     .start()
+///     .await?;
+/// println!("try: nc {} {}", server.local_addr().ip(), server.local_addr().port());
+/// server.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Server(());
 
@@ -234,6 +260,42 @@ impl Server {
 /// Each listener has its own transport; transports carry the component(s)
 /// they serve, so one component can serve WebSocket browsers and raw TCP
 /// peers at once.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use switchboard::tcp::TcpTransport;
+/// use switchboard::ws::WsTransport;
+/// use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server};
+///
+/// # struct Echo;
+/// # impl MessageComponent for Echo {
+/// #     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+/// #         conn.send(msg)?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), BoxError> {
+/// let config = Config::default()
+///     .max_message_size(64 * 1024)
+///     .idle_timeout(Some(Duration::from_secs(60)))
+///     .max_connections(Some(10_000));
+/// let echo = Arc::new(Echo);
+/// let server = Server::builder()
+///     .config(config)
+///     .bind("0.0.0.0:8080", WsTransport::new(echo.clone()))
+///     .bind("0.0.0.0:7000", TcpTransport::lines(echo))
+///     // Fails, with nothing left listening, if an address cannot be bound:
+///     // "cannot listen on 0.0.0.0:8080: Address already in use ..."
+///     .start()
+///     .await?;
+/// tokio::signal::ctrl_c().await?;
+/// server.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a builder does nothing until `start` is awaited"]
 pub struct ServerBuilder {
     config: Config,
@@ -344,6 +406,45 @@ impl fmt::Debug for ServerBuilder {
 
 /// A running server. Cheap to clone. Dropping every handle does not stop
 /// the server; call [`shutdown`](Self::shutdown).
+///
+/// ```
+/// use switchboard::tcp::TcpTransport;
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+/// use tokio::net::TcpStream;
+///
+/// # struct Echo;
+/// # impl MessageComponent for Echo {
+/// #     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+/// #         conn.send(msg)?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let server = Server::builder()
+///     .bind("127.0.0.1:0", TcpTransport::lines(Echo))
+///     .start()
+///     .await?;
+///
+/// let mut peer = BufReader::new(TcpStream::connect(server.local_addr()).await?);
+/// peer.get_mut().write_all(b"hello\n").await?;
+/// let mut line = String::new();
+/// peer.read_line(&mut line).await?;
+/// assert_eq!(line, "hello\n");
+/// assert_eq!(server.stats().connections_total, 1);
+///
+/// // Shutdown closes each connection after what was queued for it and
+/// // waits, up to `Config::close_timeout`, for the peer to hang up.
+/// let hang_up = async move {
+///     let mut rest = String::new();
+///     peer.read_line(&mut rest).await // 0 bytes: the end of the stream
+/// };
+/// let ((), read) = tokio::join!(server.shutdown(), hang_up);
+/// assert_eq!(read?, 0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct ServerHandle {
     inner: Arc<HandleInner>,
