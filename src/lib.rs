@@ -42,17 +42,29 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every function that takes a component takes it as a value, as an `Arc`
+//! shared with other listeners (as here), or as an `Arc<dyn DynComponent>`:
+//! see [`IntoComponent`].
+//!
 //! # Contracts
 //!
 //! Ordering, back-pressure and close semantics are documented on
 //! [`MessageComponent`]; limits on [`Config`]; the architecture in
 //! `docs/architecture.md`.
 //!
+//! # Where things are
+//!
+//! The crate root holds what an application uses: the component trait,
+//! [`Connection`], [`Message`], [`Server`], [`Hub`], limits and errors.
+//! Each transport is a module ([`ws`], [`tcp`], [`tls`]; scale-out in
+//! [`redis`]). [`transport`] is for writing a transport of your own: the
+//! [`Transport`](transport::Transport) trait and the client plumbing.
+//!
 //! # Feature flags
 //!
 //! | feature | default | what |
 //! |---|---|---|
-//! | `ws` | yes | [`ws`]: the WebSocket transport on tokio-tungstenite |
+//! | `ws` | yes | [`ws`]: the WebSocket transport, with its own RFC 6455 framing, and a WebSocket client |
 //! | `tcp` | yes | [`tcp`]: the framed TCP transport |
 //! | `redis` | yes | [`redis`]: scale-out across nodes on Redis, and pushes from any process |
 //! | `tls` | yes | [`tls`]: TLS on rustls (*ring*) around any transport (`wss://`, TLS over TCP), and TLS clients |
