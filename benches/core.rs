@@ -39,7 +39,7 @@ fn hub_broadcast(c: &mut Criterion) {
         let config = Config::default()
             .queue_max_messages(1 << 16)
             .queue_max_bytes(1 << 30);
-        let server = TestServer::from_arc(Arc::new(Members(hub.clone())), config);
+        let server = TestServer::with_config(Arc::new(Members(hub.clone())), config);
         rt.block_on(async {
             for _ in 0..n {
                 let mut client = server.connect().await;

@@ -32,10 +32,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use switchboard::tcp::{Codec, TcpTransport};
+use switchboard::tcp::TcpTransport;
+use switchboard::transport::Transport;
 use switchboard::ws::{Page, WsTransport};
 use switchboard::{
-    BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, ServerBuilder, Transport,
+    BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, ServerBuilder,
 };
 
 /// The room: one component for every connection, whatever the transport.
@@ -123,16 +124,16 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), BoxError> {
     // Shared, so further listeners (another transport) join the same room.
-    let hub = Hub::with_shared_broker(broker(args.redis.as_deref()).await?);
+    let hub = Hub::with_broker(broker(args.redis.as_deref()).await?);
     let chat = Arc::new(Chat { hub });
     let ws = WsTransport::builder()
-        .route_shared("/chat", chat.clone())
+        .route("/chat", chat.clone())
         .page("/", Page::html(include_str!("chat.html")))
         .build()?;
     let tls = server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let mut builder = bind(Server::builder(), args.ws, ws, tls.as_ref());
     if let Some(tcp) = args.tcp {
-        let lines = TcpTransport::from_arc(chat, Codec::lines());
+        let lines = TcpTransport::lines(chat);
         builder = bind(builder, tcp, lines, tls.as_ref());
     }
     let server = builder.start().await?;

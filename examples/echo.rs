@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use switchboard::tcp::{Codec, TcpTransport};
+use switchboard::tcp::TcpTransport;
 use switchboard::ws::{OriginPolicy, WsTransport};
 use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server};
 
@@ -94,12 +94,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .queue_max_bytes(size.max(1 << 20) * 2);
     let echo = Arc::new(Echo);
     let ws = WsTransport::builder()
-        .fallback_shared(echo.clone())
+        .fallback(echo.clone())
         .origins(OriginPolicy::Any)
         .build()?;
     let mut builder = Server::builder().config(config).bind(args.ws, ws);
     if let Some(tcp) = args.tcp {
-        builder = builder.bind(tcp, TcpTransport::from_arc(echo, Codec::lines()));
+        builder = builder.bind(tcp, TcpTransport::lines(echo));
     }
     let server = builder.start().await?;
     let addrs = server.local_addrs();

@@ -35,7 +35,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use switchboard::redis::{RedisOptions, Topics, broker_from_url};
-use switchboard::tcp::{Codec, TcpTransport};
+use switchboard::tcp::TcpTransport;
 use switchboard::ws::WsTransport;
 use switchboard::{BoxError, Hub, Server};
 
@@ -92,13 +92,11 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), BoxError> {
     let broker = broker_from_url(args.redis.as_deref(), RedisOptions::default()).await?;
-    let topics = Arc::new(Topics::new(Hub::with_shared_broker(broker)));
-    let ws = WsTransport::builder()
-        .fallback_shared(topics.clone())
-        .build()?;
+    let topics = Arc::new(Topics::new(Hub::with_broker(broker)));
+    let ws = WsTransport::builder().fallback(topics.clone()).build()?;
     let server = Server::builder()
         .bind(args.ws, ws)
-        .bind(args.tcp, TcpTransport::from_arc(topics, Codec::lines()))
+        .bind(args.tcp, TcpTransport::lines(topics))
         .start()
         .await?;
     let (ws, tcp) = (server.local_addrs()[0], server.local_addrs()[1]);

@@ -33,8 +33,8 @@
 //! # #[tokio::main] async fn main() -> Result<(), BoxError> {
 //! let chat = Arc::new(Chat::default());
 //! let server = Server::builder()
-//!     .bind("127.0.0.1:8080", WsTransport::shared(chat.clone()))
-//!     .bind("127.0.0.1:9000", TcpTransport::from_arc(chat, switchboard::tcp::Codec::lines()))
+//!     .bind("127.0.0.1:8080", WsTransport::new(chat.clone()))
+//!     .bind("127.0.0.1:9000", TcpTransport::lines(chat))
 //!     .start()
 //!     .await?;
 //! tokio::signal::ctrl_c().await?;
@@ -42,17 +42,29 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every function that takes a component takes it as a value, as an `Arc`
+//! shared with other listeners (as here), or as an `Arc<dyn DynComponent>`:
+//! see [`IntoComponent`].
+//!
 //! # Contracts
 //!
 //! Ordering, back-pressure and close semantics are documented on
 //! [`MessageComponent`]; limits on [`Config`]; the architecture in
 //! `docs/architecture.md`.
 //!
+//! # Where things are
+//!
+//! The crate root holds what an application uses: the component trait,
+//! [`Connection`], [`Message`], [`Server`], [`Hub`], limits and errors.
+//! Each transport is a module ([`ws`], [`tcp`], [`tls`]; scale-out in
+//! [`redis`]). [`transport`] is for writing a transport of your own: the
+//! [`Transport`](transport::Transport) trait and the client plumbing.
+//!
 //! # Feature flags
 //!
 //! | feature | default | what |
 //! |---|---|---|
-//! | `ws` | yes | [`ws`]: the WebSocket transport on tokio-tungstenite |
+//! | `ws` | yes | [`ws`]: the WebSocket transport, with its own RFC 6455 framing, and a WebSocket client |
 //! | `tcp` | yes | [`tcp`]: the framed TCP transport |
 //! | `redis` | yes | [`redis`]: scale-out across nodes on Redis, and pushes from any process |
 //! | `tls` | yes | [`tls`]: TLS on rustls (*ring*) around any transport (`wss://`, TLS over TCP), and TLS clients |
@@ -65,18 +77,21 @@ pub use switchboard_core::*;
 /// The WebSocket transport (feature `ws`, on by default).
 #[cfg(feature = "ws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
+#[doc(inline)]
 pub use switchboard_ws as ws;
 
 /// The framed TCP transport: lines, length-delimited frames, raw bytes or
 /// your own codec (feature `tcp`).
 #[cfg(feature = "tcp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tcp")))]
+#[doc(inline)]
 pub use switchboard_tcp as tcp;
 
 /// Scale-out on Redis: a broker that spans nodes, an emitter for processes
 /// without sockets (feature `redis`).
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
 pub use switchboard_redis as redis;
 
 /// TLS on rustls: [`TlsTransport`](tls::TlsTransport) wraps any transport
@@ -84,4 +99,5 @@ pub use switchboard_redis as redis;
 /// clients (feature `tls`).
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+#[doc(inline)]
 pub use switchboard_tls as tls;

@@ -389,3 +389,49 @@ async fn the_ip_filter_refuses_peers_before_any_handshake() {
     drop((refused, allowed));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_bind_names_the_address_as_written() {
+    use switchboard::Server;
+    use switchboard::tcp::TcpTransport;
+
+    // A port that is taken: another listener holds it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+
+    let as_text = addr.to_string();
+    let err = Server::builder()
+        .bind(as_text.clone(), TcpTransport::lines(Service::default()))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, switchboard::Error::Bind { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("cannot listen on {as_text}: ")),
+        "{message}"
+    );
+
+    let err = Server::builder()
+        .bind(addr, TcpTransport::lines(Service::default()))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot listen on {addr}: ")),
+        "{err}"
+    );
+
+    // No port: the address cannot be resolved, and is shown as typed.
+    let err = Server::builder()
+        .bind("127.0.0.1", TcpTransport::lines(Service::default()))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("cannot listen on 127.0.0.1: "),
+        "{err}"
+    );
+    drop(taken);
+}

@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use support::{LIMIT, LineClient};
 use switchboard::tcp::TcpTransport;
 use switchboard::ws::WsTransport;
-use switchboard::{BoxError, Connection, DynComponent, Hub, Message, MessageComponent, Server};
+use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite;
 
@@ -53,13 +53,12 @@ async fn next_text(ws: &mut Ws) -> String {
 
 #[tokio::test]
 async fn tcp_and_websocket_clients_share_one_room() {
-    let room: Arc<dyn DynComponent> = Arc::new(Room::default());
+    // An `Arc<Room>`: the TCP listener calls `Room` directly, the
+    // WebSocket one through `DynComponent`, and both reach the same room.
+    let room = Arc::new(Room::default());
     let server = Server::builder()
-        .bind("127.0.0.1:0", WsTransport::shared(room.clone()))
-        .bind(
-            "127.0.0.1:0",
-            TcpTransport::from_arc(room, switchboard::tcp::Codec::lines()),
-        )
+        .bind("127.0.0.1:0", WsTransport::new(room.clone()))
+        .bind("127.0.0.1:0", TcpTransport::lines(room))
         .start()
         .await
         .unwrap();

@@ -16,7 +16,8 @@ use common::{
     Echo, HANG, check_http_response, parse_server_frames, peer, read_all, runtime, write_chunked,
 };
 use libfuzzer_sys::fuzz_target;
-use switchboard_core::{Config, Message, Transport, spawn_client};
+use switchboard_core::transport::{Transport, spawn_client};
+use switchboard_core::{Config, Message};
 use switchboard_ws::WsTransport;
 use tokio::io::DuplexStream;
 use tokio::time::timeout;

@@ -12,7 +12,8 @@ mod common;
 
 use common::{Echo, HANG, check_http_response, peer, read_all, runtime, write_chunked};
 use libfuzzer_sys::fuzz_target;
-use switchboard_core::{Config, Transport};
+use switchboard_core::Config;
+use switchboard_core::transport::Transport;
 use switchboard_ws::{Accept, Page, Reject, Request, WsTransport};
 use tokio::io::DuplexStream;
 use tokio::time::timeout;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchboard::tcp::{Codec, TcpTransport};
+use switchboard::tcp::TcpTransport;
 use switchboard::ws::WsTransport;
 use switchboard::{
     BoxError, CloseReason, Config, Connection, ConnectionId, DynComponent, Hub, IpFilter, Message,
@@ -658,15 +658,9 @@ pub async fn start_server(service: Arc<Service>, config: Config) -> (ServerHandl
     let component: Arc<dyn DynComponent> = service;
     let server = Server::builder()
         .config(config)
-        .bind("127.0.0.1:0", WsTransport::shared(component.clone()))
-        .bind(
-            "127.0.0.1:0",
-            TcpTransport::from_arc(component.clone(), Codec::lines()),
-        )
-        .bind(
-            "127.0.0.1:0",
-            TcpTransport::from_arc(component, Codec::length_delimited()),
-        )
+        .bind("127.0.0.1:0", WsTransport::new(component.clone()))
+        .bind("127.0.0.1:0", TcpTransport::lines(component.clone()))
+        .bind("127.0.0.1:0", TcpTransport::length_delimited(component))
         .start()
         .await
         .expect("server starts");

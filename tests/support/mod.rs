@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard::tcp::{Codec, TcpTransport};
+use switchboard::tcp::TcpTransport;
 use switchboard::{Config, DynComponent, Server, ServerHandle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -18,10 +18,7 @@ pub const LIMIT: Duration = Duration::from_secs(20);
 pub async fn lines_server(component: Arc<dyn DynComponent>, config: Config) -> ServerHandle {
     Server::builder()
         .config(config)
-        .bind(
-            "127.0.0.1:0",
-            TcpTransport::from_arc(component, Codec::lines()),
-        )
+        .bind("127.0.0.1:0", TcpTransport::lines(component))
         .start()
         .await
         .expect("server starts")

@@ -98,7 +98,7 @@ fn send_queue(c: &mut Criterion) {
         .build()
         .unwrap();
     let hub = Hub::new();
-    let server = TestServer::from_arc(Arc::new(Members(hub.clone())), big_queues());
+    let server = TestServer::with_config(Arc::new(Members(hub.clone())), big_queues());
     let mut client = rt.block_on(server.connect());
     let conn = rt.block_on(async {
         while hub.is_empty() {
@@ -149,7 +149,7 @@ fn hub_broadcast_10k(c: &mut Criterion) {
         .unwrap();
     let n = 10_000usize;
     let hub = Hub::new();
-    let server = TestServer::from_arc(Arc::new(Members(hub.clone())), big_queues());
+    let server = TestServer::with_config(Arc::new(Members(hub.clone())), big_queues());
     rt.block_on(async {
         for _ in 0..n {
             let mut client = server.connect().await;

@@ -92,6 +92,36 @@ impl fmt::Display for CloseFrame {
 /// Errors that led to a close were first passed to `on_error`; this value
 /// only says which path ended the connection and which close frame (if any)
 /// went to, or came from, the peer.
+///
+/// ```
+/// use switchboard::{BoxError, CloseCode, CloseFrame, CloseReason, Connection, Message, MessageComponent};
+///
+/// struct Presence;
+///
+/// impl MessageComponent for Presence {
+///     async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+///         Ok(())
+///     }
+///
+///     async fn on_close(&self, conn: &Connection, reason: CloseReason) {
+///         match &reason {
+///             // The user closed the tab, or the client said goodbye.
+///             CloseReason::Peer(_) | CloseReason::Local(_) => {}
+///             // Gone quiet or too slow: worth a line in the log.
+///             CloseReason::IdleTimeout | CloseReason::SlowConsumer => {
+///                 eprintln!("{}: {reason}", conn.peer_addr());
+///             }
+///             // The enum grows: match the rest.
+///             _ => eprintln!("{}: {reason} (code {:?})", conn.peer_addr(), reason.code()),
+///         }
+///     }
+/// }
+///
+/// let bye = CloseReason::Peer(Some(CloseFrame::new(CloseCode::NORMAL, "bye")));
+/// assert_eq!(bye.to_string(), "closed by peer: 1000 (bye)");
+/// assert_eq!(CloseReason::Shutdown.code(), Some(CloseCode::AWAY));
+/// assert_eq!(CloseReason::Peer(None).code(), None);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {

@@ -1,6 +1,7 @@
 //! The trait a user implements: one value serves every connection.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
@@ -238,5 +239,127 @@ impl MessageComponent for dyn DynComponent {
         err: Error,
     ) -> impl Future<Output = ()> + Send + 'a {
         self.on_error_boxed(conn, err)
+    }
+}
+
+/// A component, or a shared handle to one: what every function that serves
+/// a component takes (`WsTransport::new` and its routes, the `TcpTransport`
+/// constructors, the clients' `connect` and `reconnecting`,
+/// `TestServer::new`).
+///
+/// Three kinds of value qualify:
+///
+/// - the component itself, a `K`;
+/// - an `Arc<K>`, when one component value serves several listeners or
+///   clients (WebSocket and TCP peers meeting in one chat) or stays
+///   reachable from other code;
+/// - an `Arc<dyn DynComponent>`, a component chosen at run time.
+///
+/// `K` is inferred from the argument, so callers never name this trait. It
+/// is sealed: these three implementations are all there is. A plain
+/// `impl Into<Arc<K>>` would not do, because an `Arc<Chat>` converts into
+/// both `Arc<Chat>` and `Arc<Arc<Chat>>` (so `K` could not be inferred),
+/// and a component value does not convert into `Arc<dyn DynComponent>`.
+///
+/// ```no_run
+/// use std::sync::Arc;
+///
+/// use switchboard::tcp::TcpTransport;
+/// use switchboard::ws::WsTransport;
+/// use switchboard::{BoxError, Connection, DynComponent, Hub, Message, MessageComponent, Server};
+///
+/// #[derive(Default)]
+/// struct Chat {
+///     hub: Hub,
+/// }
+///
+/// impl MessageComponent for Chat {
+///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+///         self.hub.join(conn);
+///         Ok(())
+///     }
+///
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         self.hub.broadcast_except(msg, conn.id()).await?;
+///         Ok(())
+///     }
+/// }
+///
+/// struct Echo;
+///
+/// impl MessageComponent for Echo {
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         conn.send(msg)?;
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), BoxError> {
+/// // One chat for WebSocket and TCP peers: share it through an `Arc`.
+/// let chat = Arc::new(Chat::default());
+/// // A component picked at run time.
+/// let echo: Arc<dyn DynComponent> = Arc::new(Echo);
+/// let ws = WsTransport::builder()
+///     .route("/chat", chat.clone())
+///     .route("/echo", echo)
+///     .build()?;
+/// let server = Server::builder()
+///     .bind("127.0.0.1:8080", ws)
+///     .bind("127.0.0.1:7000", TcpTransport::lines(chat))
+///     .bind("127.0.0.1:7001", TcpTransport::lines(Echo))
+///     .start()
+///     .await?;
+/// # let _ = server;
+/// # Ok(())
+/// # }
+/// ```
+pub trait IntoComponent<K: ?Sized>: Send + sealed::Sealed<K> {
+    /// The component behind an `Arc`; a plain value is moved into a new one.
+    fn into_arc(self) -> Arc<K>;
+
+    /// The component as a trait object, for holders of components of
+    /// several types (WebSocket routes).
+    fn into_dyn(self) -> Arc<dyn DynComponent>;
+}
+
+mod sealed {
+    /// Keeps [`IntoComponent`](super::IntoComponent) to the implementations
+    /// in this module.
+    pub trait Sealed<K: ?Sized> {}
+}
+
+impl<K: MessageComponent> sealed::Sealed<K> for K {}
+
+impl<K: MessageComponent> IntoComponent<K> for K {
+    fn into_arc(self) -> Arc<K> {
+        Arc::new(self)
+    }
+
+    fn into_dyn(self) -> Arc<dyn DynComponent> {
+        Arc::new(self)
+    }
+}
+
+impl<K: MessageComponent> sealed::Sealed<K> for Arc<K> {}
+
+impl<K: MessageComponent> IntoComponent<K> for Arc<K> {
+    fn into_arc(self) -> Arc<K> {
+        self
+    }
+
+    fn into_dyn(self) -> Arc<dyn DynComponent> {
+        self
+    }
+}
+
+impl sealed::Sealed<dyn DynComponent> for Arc<dyn DynComponent> {}
+
+impl IntoComponent<dyn DynComponent> for Arc<dyn DynComponent> {
+    fn into_arc(self) -> Arc<dyn DynComponent> {
+        self
+    }
+
+    fn into_dyn(self) -> Arc<dyn DynComponent> {
+        self
     }
 }

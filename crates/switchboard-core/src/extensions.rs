@@ -6,6 +6,40 @@ use std::fmt;
 
 /// A map from type to value, one value per type, like `http::Extensions`.
 /// Empty until first used, so it costs one pointer per idle connection.
+///
+/// Each connection has one ([`Connection::extensions`](crate::Connection::extensions)):
+/// the WebSocket handshake hook fills it (`Accept::new().with(user)`), a
+/// handler may add to it, and every later handler reads it. Define a type
+/// of your own for each value, so that two libraries cannot collide.
+///
+/// ```
+/// use switchboard::{BoxError, Connection, Extensions, Message, MessageComponent};
+///
+/// #[derive(Clone, Debug, PartialEq)]
+/// struct User(String);
+///
+/// struct Greeter;
+///
+/// impl MessageComponent for Greeter {
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         if let Some(name) = msg.as_text().and_then(|t| t.strip_prefix("i am ")) {
+///             conn.extensions().insert(User(name.to_owned()));
+///         }
+///         match conn.extension::<User>() {
+///             Some(User(name)) => conn.send(format!("hello, {name}"))?,
+///             None => conn.send("who are you?")?,
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let mut map = Extensions::default();
+/// assert!(map.insert(User("ann".into())).is_none());
+/// // One value per type: inserting again hands back the old one.
+/// assert_eq!(map.insert(User("bob".into())), Some(User("ann".into())));
+/// assert_eq!(map.get::<User>(), Some(&User("bob".into())));
+/// assert!(!map.contains::<u32>());
+/// ```
 #[derive(Default)]
 pub struct Extensions {
     /// Boxed so that an empty map is one pointer (a `HashMap` is 48 bytes)

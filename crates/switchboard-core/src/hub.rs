@@ -60,6 +60,59 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<()>;
 }
 
+/// A broker, or a shared handle to one: what [`Hub::with_broker`] takes.
+///
+/// A broker value `B`, an `Arc<B>` shared with other hubs, or an
+/// `Arc<dyn Broker>` (a broker chosen at start-up, as
+/// `switchboard::redis::broker_from_url` returns). Sealed, like
+/// [`IntoComponent`](crate::IntoComponent) and for the same reason.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchboard::{Broker, Hub, LocalBroker};
+///
+/// let one = Hub::with_broker(LocalBroker);
+/// let shared = Arc::new(LocalBroker);
+/// let two = Hub::with_broker(shared.clone());
+/// let picked: Arc<dyn Broker> = shared;
+/// let three = Hub::with_broker(picked);
+/// # let _ = (one, two, three);
+/// ```
+pub trait IntoBroker: Send + sealed::Sealed {
+    /// The broker as the hub holds it.
+    fn into_broker(self) -> Arc<dyn Broker>;
+}
+
+mod sealed {
+    /// Keeps [`IntoBroker`](super::IntoBroker) to the implementations in
+    /// this module.
+    pub trait Sealed {}
+}
+
+impl<B: Broker> sealed::Sealed for B {}
+
+impl<B: Broker> IntoBroker for B {
+    fn into_broker(self) -> Arc<dyn Broker> {
+        Arc::new(self)
+    }
+}
+
+impl<B: Broker> sealed::Sealed for Arc<B> {}
+
+impl<B: Broker> IntoBroker for Arc<B> {
+    fn into_broker(self) -> Arc<dyn Broker> {
+        self
+    }
+}
+
+impl sealed::Sealed for Arc<dyn Broker> {}
+
+impl IntoBroker for Arc<dyn Broker> {
+    fn into_broker(self) -> Arc<dyn Broker> {
+        self
+    }
+}
+
 /// The in-process broker: one node, nothing to forward. The default.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LocalBroker;
@@ -164,13 +217,11 @@ impl Hub {
         Hub::with_broker(LocalBroker)
     }
 
-    /// A hub whose rooms and broadcasts also travel through `broker`.
-    pub fn with_broker(broker: impl Broker) -> Self {
-        Hub::with_shared_broker(Arc::new(broker))
-    }
-
-    /// Like [`with_broker`](Self::with_broker), for a broker behind an `Arc`.
-    pub fn with_shared_broker(broker: Arc<dyn Broker>) -> Self {
+    /// A hub whose rooms and broadcasts also travel through `broker`: a
+    /// broker value, an `Arc` of one shared with other hubs, or an
+    /// `Arc<dyn Broker>` chosen at start-up (see [`IntoBroker`]).
+    pub fn with_broker(broker: impl IntoBroker) -> Self {
+        let broker = broker.into_broker();
         let shared = Arc::new(HubShared {
             members: RwLock::default(),
             rooms: RwLock::default(),

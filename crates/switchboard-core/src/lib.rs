@@ -5,23 +5,30 @@
 //! Most users depend on the `switchboard` facade crate, which re-exports all
 //! of this together with the transports.
 //!
+//! The crate root holds what an application uses: a component, a server or
+//! client, limits, fan-out. What a transport crate needs (the
+//! [`Transport`](transport::Transport) trait, client plumbing) is in
+//! [`transport`].
+//!
 //! # Layout
 //!
 //! - `component`: the trait a user implements, with the lifecycle contract;
 //! - `connection`: the cheap handle a component sends and closes through;
 //! - `outbox`: each connection's bounded outbound queue and close signals;
 //! - `message`, `close`, `error`, `config`: the vocabulary;
-//! - `transport`: the seam a transport crate implements, and `transport::io`,
-//!   the read and write buffers, keepalive timer and client connects that
-//!   the WebSocket and TCP transports share;
+//! - [`transport`]: the seam a transport crate implements, and
+//!   `transport::io`, the read and write buffers, keepalive timer and
+//!   client connects that the WebSocket and TCP transports share;
 //! - `server`: listeners, limits, the per-connection driver (`server/driver.rs`), shutdown;
+//! - `client`: a component on the client side of a connection ([`ClientHandle`]);
 //! - `limits`: IP filters and rate limits;
-//! - `reconnect`: clients that reconnect with backoff ([`spawn_reconnecting`]);
+//! - `reconnect`: clients that reconnect with backoff ([`Reconnecting`]);
 //! - `hub`: fan-out to sets and rooms, through a [`Broker`];
-//! - `testing` (feature `test-util`): in-memory connections for unit tests.
+//! - [`testing`] (feature `test-util`): in-memory connections for unit tests.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod client;
 mod close;
 mod component;
 mod config;
@@ -41,23 +48,25 @@ pub mod transport;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
+// What an application uses. The `switchboard` facade re-exports these by
+// name, so a name added here is added there too.
+
 /// For implementing [`Broker`], whose methods are `async-trait` methods (a hub
 /// holds its broker as an `Arc<dyn Broker>`).
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
+pub use client::ClientHandle;
 pub use close::{CloseCode, CloseFrame, CloseReason};
-pub use component::{DynComponent, MessageComponent};
+pub use component::{DynComponent, IntoComponent, MessageComponent};
 pub use config::{Config, SlowConsumerPolicy};
 pub use connection::{Connection, ConnectionId};
 pub use error::{BoxError, Error, Result, SendError};
 pub use extensions::Extensions;
-pub use hub::{Broker, Hub, LocalBroker, LocalDelivery, Topic};
+pub use hub::{Broker, Hub, IntoBroker, LocalBroker, LocalDelivery, Topic};
 pub use limits::{IpFilter, IpNet, IpNetParseError, RateLimit, RateLimitAction};
 pub use message::{Message, Utf8Bytes};
-pub use reconnect::{
-    Dialed, Reconnect, ReconnectEnd, ReconnectPolicy, Reconnecting, spawn_reconnecting,
-};
-pub use server::{ClientHandle, Server, ServerBuilder, ServerHandle, spawn_client};
+pub use reconnect::{Reconnect, ReconnectEnd, ReconnectPolicy, Reconnecting};
+pub use server::{Server, ServerBuilder, ServerHandle};
 pub use stats::Counters;
-pub use transport::{Accepted, Headers, Received, Transport, TransportConn, TransportInfo};
+pub use transport::{Headers, TransportInfo};

@@ -16,12 +16,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{ClientHandle, spawn_client_with};
 use crate::component::MessageComponent;
 use crate::config::Config;
 use crate::error::{BoxError, Result, SendError};
 use crate::extensions::Extensions;
 use crate::message::Message;
-use crate::server::{ClientHandle, spawn_client_with};
 use crate::transport::{TransportConn, TransportInfo};
 
 /// When to try again after a connection ended or an attempt failed:

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
 use crate::close::{CloseCode, CloseFrame};
-use crate::component::{DynComponent, MessageComponent};
+use crate::component::{DynComponent, IntoComponent};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::extensions::Extensions;
@@ -66,29 +66,26 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Serves `component` with the default [`Config`].
-    pub fn new(component: impl MessageComponent) -> Self {
-        Self::from_arc(Arc::new(component), Config::default())
+    /// Serves `component` with the default [`Config`]: a component value,
+    /// or an `Arc` of one the test keeps to look inside
+    /// ([`IntoComponent`]).
+    pub fn new<K: ?Sized>(component: impl IntoComponent<K>) -> Self {
+        Self::with_config(component, Config::default())
     }
 
-    /// Serves a shared component with `config`.
+    /// Serves `component` with `config`.
     ///
     /// # Panics
     ///
     /// If `config` is invalid ([`Config::validate`]): this is test code.
-    pub fn from_arc(component: Arc<dyn DynComponent>, config: Config) -> Self {
+    pub fn with_config<K: ?Sized>(component: impl IntoComponent<K>, config: Config) -> Self {
         if let Err(err) = config.validate() {
             panic!("TestServer: {err}");
         }
         TestServer {
             ctx: Context::new(config),
-            component,
+            component: component.into_dyn(),
         }
-    }
-
-    /// Serves `component` with `config`.
-    pub fn with_config(component: impl MessageComponent, config: Config) -> Self {
-        Self::from_arc(Arc::new(component), config)
     }
 
     /// Connects a new client; returns once the connection task started

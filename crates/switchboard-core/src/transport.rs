@@ -7,6 +7,14 @@
 //! one over a byte stream builds on [`io`]: read and write buffers, the
 //! keepalive timer and client connects, shared by the WebSocket and TCP
 //! transports.
+//!
+//! Clients use the same seam from the other side: a transport crate dials,
+//! runs its handshake and hands the connection to [`spawn_client`] (one
+//! connection) or to [`spawn_reconnecting`] through a connect function that
+//! returns [`Dialed`] connections.
+//!
+//! [`TransportInfo`] and [`Headers`], which components read, are also at
+//! the crate root.
 
 pub mod io;
 
@@ -21,6 +29,9 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::extensions::Extensions;
 use crate::message::Message;
+
+pub use crate::client::spawn_client;
+pub use crate::reconnect::{Dialed, spawn_reconnecting};
 
 /// What the transport read from the peer.
 #[derive(Debug)]
@@ -176,10 +187,50 @@ impl Headers {
     }
 }
 
-/// What a component can learn about how a connection arrived.
+/// What a component can learn about how a connection arrived, from
+/// [`Connection::transport`](crate::Connection::transport).
 ///
 /// For WebSocket: the request path, query, headers and the negotiated
 /// subprotocol. Raw TCP fills in only the kind.
+///
+/// ```
+/// use switchboard::testing::TestServer;
+/// use switchboard::{BoxError, Connection, Headers, Message, MessageComponent, TransportInfo};
+///
+/// struct Rooms;
+///
+/// impl MessageComponent for Rooms {
+///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+///         let info = conn.transport();
+///         // `ws://host/rooms?name=news`; TCP peers have no query.
+///         let room = info.query_param("name").unwrap_or("lobby");
+///         let agent = info.headers().get("user-agent").unwrap_or("unknown");
+///         conn.send(format!("{} peer in {room}, using {agent}", info.kind()))?;
+///         Ok(())
+///     }
+///
+///     async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // What a WebSocket request presents, built by hand for a unit test.
+/// let info = TransportInfo::new("ws")
+///     .with_path("/rooms")
+///     .with_query("name=news")
+///     .with_headers(Headers::new([("User-Agent", "curl/8"), ("Cookie", "theme=dark")]));
+/// assert_eq!(info.cookie("theme"), Some("dark"));
+///
+/// let server = TestServer::new(Rooms);
+/// let mut client = server.connect_with(info).await;
+/// assert_eq!(
+///     client.recv().await,
+///     Some(Message::text("ws peer in news, using curl/8"))
+/// );
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct TransportInfo {
     kind: &'static str,

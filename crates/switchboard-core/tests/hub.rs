@@ -212,6 +212,36 @@ async fn broadcast_shares_one_payload() {
     }
 }
 
+#[tokio::test]
+async fn a_broker_shared_through_an_arc_carries_every_hubs_traffic() {
+    let broker = Arc::new(RecordingBroker::default());
+    let first = Hub::with_broker(broker.clone());
+    let picked: Arc<dyn Broker> = broker.clone();
+    let second = Hub::with_broker(picked);
+    assert_eq!(first.broadcast("one").await.unwrap(), 0);
+    assert_eq!(second.broadcast("two").await.unwrap(), 0);
+    assert_eq!(
+        *broker.calls.lock().unwrap(),
+        ["pub All one", "pub All two"]
+    );
+    // The broker was attached to each hub in turn: it now delivers to the second.
+    let server = TestServer::new(Rooms {
+        hub: second.clone(),
+    });
+    let mut client = server.connect().await;
+    timeout(LIMIT, async {
+        while second.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("joined");
+    let local = broker.local.lock().unwrap().clone().unwrap();
+    assert_eq!(local.deliver(Topic::All, &Message::text("remote"), None), 1);
+    expect(&mut client, "remote").await;
+    assert!(first.is_empty());
+}
+
 /// Subscribes at once, unsubscribes slowly; records the broker's final state.
 #[derive(Clone, Default)]
 struct SlowUnsubscribe(

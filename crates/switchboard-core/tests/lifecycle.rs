@@ -129,7 +129,7 @@ impl MessageComponent for Recorder {
 
 fn server(config: Config) -> (Arc<Recorder>, TestServer) {
     let rec = Arc::new(Recorder::default());
-    let server = TestServer::from_arc(rec.clone(), config);
+    let server = TestServer::with_config(rec.clone(), config);
     (rec, server)
 }
 
@@ -626,7 +626,7 @@ impl MessageComponent for Relay {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_from_another_thread_during_a_handler_is_delivered_without_more_input() {
     let relay = Relay::start();
-    let server = TestServer::from_arc(relay.clone(), Config::default());
+    let server = TestServer::with_config(relay.clone(), Config::default());
     let mut client = server.connect().await;
     for i in 0..200 {
         assert!(client.send(i.to_string()).await);
@@ -643,7 +643,7 @@ async fn a_send_from_another_thread_during_a_handler_is_delivered_without_more_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_from_another_thread_while_a_handler_waits_is_delivered_at_once() {
     let relay = Relay::start();
-    let server = TestServer::from_arc(relay.clone(), Config::default());
+    let server = TestServer::with_config(relay.clone(), Config::default());
     let mut client = server.connect().await;
     for i in 0..20 {
         assert!(client.send(format!("wait {i}")).await);
@@ -673,7 +673,7 @@ async fn pipelined_input_with_a_small_queue_bound_gets_every_reply_in_order() {
     // 12 messages wait together; the replies of those read before the queue
     // is written out must stay within its bound of 8.
     let config = Config::default().queue_max_messages(8);
-    let server = TestServer::from_arc(Arc::new(Twice), config);
+    let server = TestServer::with_config(Arc::new(Twice), config);
     let mut client = server.connect().await;
     for i in 0..12 {
         assert!(client.send(format!("m{i}")).await);
@@ -738,7 +738,7 @@ impl MessageComponent for PanicsWhenCalled {
 #[tokio::test]
 async fn handlers_that_panic_when_called_are_caught_like_any_other() {
     let component = Arc::new(PanicsWhenCalled::default());
-    let server = TestServer::from_arc(component.clone(), Config::default());
+    let server = TestServer::with_config(component.clone(), Config::default());
     let mut bystander = server.connect().await;
     let mut client = server.connect().await;
     let closed = component.notify.notified();

@@ -128,11 +128,13 @@ impl RedisBroker {
     /// Needs a tokio runtime.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
         options.validate()?;
-        let client = redis::Client::open(url).map_err(|e| Error::InvalidUrl(Box::new(e)))?;
+        let client = redis::Client::open(url).map_err(|e| Error::invalid_url(url, e))?;
         let node_id: Arc<str> = options.node_id_or_random("node").into();
         let channels = Channels::new(&options.prefix);
         let stats = Arc::new(Stats::default());
-        let publisher = Publisher::connect(client.clone(), &options, stats.clone()).await?;
+        let publisher = Publisher::connect(client.clone(), &options, stats.clone())
+            .await
+            .map_err(|err| err.connecting_to(url))?;
         let subscriber = Arc::new(Subscriber::new(
             client,
             options.clone(),
@@ -162,7 +164,8 @@ impl RedisBroker {
                 return Err(Error::Timeout {
                     operation: "SUBSCRIBE",
                     after: options.timeout * 2,
-                });
+                }
+                .connecting_to(url));
             }
         }
         tracing::info!(node = %node_id, "redis broker connected");
@@ -260,7 +263,7 @@ impl fmt::Debug for RedisBroker {
 /// # async fn run() -> Result<(), switchboard::BoxError> {
 /// // e.g. from a `--redis URL` flag or the REDIS_URL environment variable
 /// let url = std::env::var("REDIS_URL").ok();
-/// let hub = Hub::with_shared_broker(broker_from_url(url.as_deref(), RedisOptions::default()).await?);
+/// let hub = Hub::with_broker(broker_from_url(url.as_deref(), RedisOptions::default()).await?);
 /// # drop(hub);
 /// # Ok(())
 /// # }

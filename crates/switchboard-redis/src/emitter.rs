@@ -78,9 +78,11 @@ impl Emitter {
     /// [`prefix`](RedisOptions::prefix). Needs a tokio runtime.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
         options.validate()?;
-        let client = redis::Client::open(url).map_err(|e| Error::InvalidUrl(Box::new(e)))?;
+        let client = redis::Client::open(url).map_err(|e| Error::invalid_url(url, e))?;
         let stats = Arc::new(Stats::default());
-        let publisher = Publisher::connect(client, &options, stats.clone()).await?;
+        let publisher = Publisher::connect(client, &options, stats.clone())
+            .await
+            .map_err(|err| err.connecting_to(url))?;
         let stop = CancellationToken::new();
         {
             let (publisher, stop) = (publisher.clone(), stop.clone());

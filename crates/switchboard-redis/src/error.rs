@@ -41,8 +41,27 @@ pub enum Error {
     /// The URL could not be understood (`redis://host:port/db`,
     /// `redis+unix:///path`; `rediss://` needs a TLS build of the `redis`
     /// crate). Fix the configuration.
-    #[error("invalid redis url: {0}")]
-    InvalidUrl(#[source] BoxError),
+    #[error("invalid redis url {url}: {source}")]
+    InvalidUrl {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// What the `redis` crate said.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Connecting at start-up ([`RedisBroker::connect`](crate::RedisBroker::connect),
+    /// [`Emitter::connect`](crate::Emitter::connect)) failed: Redis was
+    /// unreachable ([`Unavailable`](Self::Unavailable)) or did not answer
+    /// in time ([`Timeout`](Self::Timeout)).
+    #[error("cannot connect to redis at {url}: {source}")]
+    Connect {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
 
     /// An option is out of range (an empty prefix, a zero timeout, a node
     /// id longer than 255 bytes). Fix the configuration.
@@ -77,16 +96,96 @@ impl Error {
         Error::Unavailable(source.into())
     }
 
+    pub(crate) fn invalid_url(url: &str, source: impl Into<BoxError>) -> Self {
+        Error::InvalidUrl {
+            url: redacted(url),
+            source: source.into(),
+        }
+    }
+
+    /// `self`, raised while connecting to `url` at start-up.
+    pub(crate) fn connecting_to(self, url: &str) -> Self {
+        Error::Connect {
+            url: redacted(url),
+            source: Box::new(self),
+        }
+    }
+
     /// Whether this error is about reaching Redis (down, slow, link lost)
     /// rather than about the configuration or the message: retrying later
     /// may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Timeout { .. })
+        match self {
+            Error::Unavailable(_) | Error::Timeout { .. } => true,
+            Error::Connect { source, .. } => source.is_transient(),
+            _ => false,
+        }
     }
+}
+
+/// `url` fit for an error message that ends up in a log: the password of
+/// `redis://user:password@host` and the `pass` parameter of
+/// `redis+unix:///path?pass=...` replaced by `***`.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<&str> = query
+                .split('&')
+                .map(|pair| {
+                    if pair.starts_with("pass=") {
+                        "pass=***"
+                    } else {
+                        pair
+                    }
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 impl From<Error> for switchboard_core::Error {
     fn from(err: Error) -> Self {
         switchboard_core::Error::Broker(Box::new(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_do_not_reach_messages() {
+        assert_eq!(
+            redacted("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redacted("redis://ann:s3cret@cache.internal:6379/2"),
+            "redis://ann:***@cache.internal:6379/2"
+        );
+        assert_eq!(
+            redacted("redis://:s3cret@cache.internal"),
+            "redis://:***@cache.internal"
+        );
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(redacted("not a url"), "not a url");
     }
 }

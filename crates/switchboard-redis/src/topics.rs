@@ -45,8 +45,8 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 100;
 ///
 /// # async fn run() -> Result<(), switchboard::BoxError> {
 /// let topics = Arc::new(Topics::new(Hub::new()));
-/// let ws = WsTransport::builder().fallback_shared(topics.clone()).build()?;
-/// let tcp = TcpTransport::from_arc(topics, switchboard::tcp::Codec::lines());
+/// let ws = WsTransport::builder().fallback(topics.clone()).build()?;
+/// let tcp = TcpTransport::lines(topics);
 /// let server = Server::builder()
 ///     .bind("127.0.0.1:8090", ws)
 ///     .bind("127.0.0.1:9090", tcp)

@@ -207,12 +207,39 @@ async fn connect_fails_clearly_without_redis() {
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
-    assert!(err.to_string().contains("redis"), "{err}");
+    assert!(
+        matches!(err, switchboard::redis::Error::Connect { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot connect to redis at {url}: ")),
+        "{err}"
+    );
+    // The password stays out of the message.
+    let with_password = format!("redis://app:s3cret@127.0.0.1:{port}/");
+    let err = Emitter::connect(&with_password, RedisOptions::default())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "cannot connect to redis at redis://app:***@127.0.0.1:{port}/: "
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("s3cret"), "{message}");
     let err = Emitter::connect("http://nope", RedisOptions::default())
         .await
         .unwrap_err();
     assert!(
-        matches!(err, switchboard::redis::Error::InvalidUrl(_)),
+        matches!(err, switchboard::redis::Error::InvalidUrl { .. }),
+        "{err}"
+    );
+    assert!(!err.is_transient(), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("invalid redis url http://nope: "),
         "{err}"
     );
 }
@@ -222,6 +249,6 @@ async fn no_url_means_the_local_broker() {
     let broker = switchboard::redis::broker_from_url(None, RedisOptions::default())
         .await
         .unwrap();
-    let hub = switchboard::Hub::with_shared_broker(broker);
+    let hub = switchboard::Hub::with_broker(broker);
     assert_eq!(hub.broadcast("nobody here").await.unwrap(), 0);
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use support::{Client, Node, RedisServer, within};
 use switchboard::redis::{Emitter, RedisBroker, RedisOptions, Topics};
-use switchboard::tcp::{Codec, TcpTransport};
+use switchboard::tcp::TcpTransport;
 use switchboard::ws::WsTransport;
 use switchboard::{DynComponent, Hub, Server, ServerHandle};
 
@@ -17,15 +17,12 @@ use switchboard::{DynComponent, Hub, Server, ServerHandle};
 async fn local_node(topics: Topics) -> (ServerHandle, SocketAddr, SocketAddr) {
     let topics: Arc<dyn DynComponent> = Arc::new(topics);
     let ws = WsTransport::builder()
-        .fallback_shared(topics.clone())
+        .fallback(topics.clone())
         .build()
         .unwrap();
     let server = Server::builder()
         .bind("127.0.0.1:0", ws)
-        .bind(
-            "127.0.0.1:0",
-            TcpTransport::from_arc(topics, Codec::lines()),
-        )
+        .bind("127.0.0.1:0", TcpTransport::lines(topics))
         .start()
         .await
         .unwrap();

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use switchboard_core::transport::io::{ClientOptions, HostPort};
+use switchboard_core::transport::{Dialed, TransportConn, spawn_client, spawn_reconnecting};
 use switchboard_core::{
-    BoxError, ClientHandle, Config, Dialed, Message, MessageComponent, ReconnectPolicy,
-    Reconnecting, Result, TransportConn, TransportInfo, spawn_client, spawn_reconnecting,
+    BoxError, ClientHandle, Config, IntoComponent, Message, MessageComponent, ReconnectPolicy,
+    Reconnecting, Result, TransportInfo,
 };
 use tokio::net::ToSocketAddrs;
 use tokio_util::codec::{Decoder, Encoder};
@@ -46,10 +47,10 @@ use crate::tcp_connection::TcpConn;
 /// client.closed().await;
 /// # Ok(()) }
 /// ```
-pub async fn connect<A: ToSocketAddrs>(
+pub async fn connect<A: ToSocketAddrs, K: MessageComponent + ?Sized>(
     addr: A,
     codec: Codec,
-    component: impl MessageComponent,
+    component: impl IntoComponent<K>,
 ) -> Result<ClientHandle> {
     connect_with_config(addr, codec, component, Config::default().idle_timeout(None)).await
 }
@@ -79,10 +80,10 @@ pub async fn connect<A: ToSocketAddrs>(
 /// println!("feed ended: {}", client.closed().await);
 /// # Ok(()) }
 /// ```
-pub async fn connect_with_config<A: ToSocketAddrs>(
+pub async fn connect_with_config<A: ToSocketAddrs, K: MessageComponent + ?Sized>(
     addr: A,
     codec: Codec,
-    component: impl MessageComponent,
+    component: impl IntoComponent<K>,
     config: Config,
 ) -> Result<ClientHandle> {
     let codec = codec.for_config(&config);
@@ -91,14 +92,15 @@ pub async fn connect_with_config<A: ToSocketAddrs>(
 
 /// [`connect_with_config`] with your own codec, used as given (see
 /// [`TcpTransport::with_codec`](crate::TcpTransport::with_codec)).
-pub async fn connect_with_codec<A, C>(
+pub async fn connect_with_codec<A, C, K>(
     addr: A,
     codec: C,
-    component: impl MessageComponent,
+    component: impl IntoComponent<K>,
     config: Config,
 ) -> Result<ClientHandle>
 where
     A: ToSocketAddrs,
+    K: MessageComponent + ?Sized,
     C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
     <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
     <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
@@ -111,7 +113,7 @@ where
         conn,
         peer,
         TransportInfo::new("tcp"),
-        Arc::new(component),
+        component.into_arc(),
         config,
     )
 }
@@ -230,17 +232,14 @@ where
         self
     }
 
-    /// Connects once and runs `component` on the connection, with the same
-    /// lifecycle as on a server.
-    pub async fn connect(&self, component: impl MessageComponent) -> Result<ClientHandle> {
-        self.connect_shared(Arc::new(component)).await
-    }
-
-    /// Like [`connect`](Self::connect), for a shared component.
-    pub async fn connect_shared(
+    /// Connects once and runs `component` (a value, or an `Arc` shared with
+    /// other connections: [`IntoComponent`]) on the connection, with the
+    /// same lifecycle as on a server.
+    pub async fn connect<K: MessageComponent + ?Sized>(
         &self,
-        component: Arc<impl MessageComponent + ?Sized>,
+        component: impl IntoComponent<K>,
     ) -> Result<ClientHandle> {
+        let component = component.into_arc();
         self.config.validate()?;
         let options = ClientOptions::new(&self.config);
         let Dialed { conn, peer, info } = options.timeout(self.dial()).await?;
@@ -253,20 +252,12 @@ where
     /// `on_open` to `on_close` and carries a
     /// [`Reconnect`](switchboard_core::Reconnect) in its extensions. Stop
     /// it with [`Reconnecting::stop`].
-    pub fn reconnecting(
+    pub fn reconnecting<K: MessageComponent + ?Sized>(
         &self,
-        component: impl MessageComponent,
+        component: impl IntoComponent<K>,
         policy: ReconnectPolicy,
     ) -> Result<Reconnecting> {
-        self.reconnecting_shared(Arc::new(component), policy)
-    }
-
-    /// Like [`reconnecting`](Self::reconnecting), for a shared component.
-    pub fn reconnecting_shared(
-        &self,
-        component: Arc<impl MessageComponent + ?Sized>,
-        policy: ReconnectPolicy,
-    ) -> Result<Reconnecting> {
+        let component = component.into_arc();
         let client = Arc::new(self.clone());
         let connect = move || {
             let client = client.clone();

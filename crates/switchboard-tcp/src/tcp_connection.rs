@@ -11,9 +11,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use switchboard_core::transport::io::{Due, Keepalive, ReadBuffer, WriteBuffer};
-use switchboard_core::{
-    CloseFrame, Config, Error as CoreError, Message, Received, Result, TransportConn,
-};
+use switchboard_core::transport::{Received, TransportConn};
+use switchboard_core::{CloseFrame, Config, Error as CoreError, Message, Result};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -116,7 +115,8 @@ where
     /// use std::future::poll_fn;
     ///
     /// use switchboard::tcp::{Codec, TcpConn};
-    /// use switchboard::{Config, Message, Received, TransportConn};
+    /// use switchboard::transport::{Received, TransportConn};
+    /// use switchboard::{Config, Message};
     /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
     ///
     /// # #[tokio::main(flavor = "current_thread")]

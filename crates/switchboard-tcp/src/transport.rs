@@ -4,9 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use switchboard_core::{
-    Accepted, Config, Message, MessageComponent, Result, Transport, TransportInfo,
-};
+use switchboard_core::transport::{Accepted, Transport};
+use switchboard_core::{Config, IntoComponent, Message, MessageComponent, Result, TransportInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -25,6 +24,8 @@ type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
 /// `K` is the component's type, so its handlers are called directly; an
 /// `Arc<dyn DynComponent>` (see [`DynComponent`](switchboard_core::DynComponent))
 /// works too, at the cost of a boxed future per call. `C` is the codec.
+/// Every constructor takes the component as a value or as an `Arc` shared
+/// with other listeners ([`IntoComponent`]).
 ///
 /// ```no_run
 /// use switchboard::tcp::TcpTransport;
@@ -50,38 +51,29 @@ pub struct TcpTransport<K: ?Sized, C = Codec> {
     make_codec: Arc<MakeCodec<C>>,
 }
 
-impl<K: MessageComponent> TcpTransport<K> {
+impl<K: MessageComponent + ?Sized> TcpTransport<K> {
     /// Newline-delimited UTF-8 text ([`Codec::lines`]): what `nc` and
     /// telnet speak.
-    pub fn lines(component: K) -> Self {
+    pub fn lines(component: impl IntoComponent<K>) -> Self {
         Self::new(component, Codec::lines())
     }
 
     /// Frames with a u32 big-endian length prefix ([`Codec::length_delimited`]).
-    pub fn length_delimited(component: K) -> Self {
+    pub fn length_delimited(component: impl IntoComponent<K>) -> Self {
         Self::new(component, Codec::length_delimited())
     }
 
     /// Raw bytes, each chunk one message ([`Codec::raw`]).
-    pub fn raw(component: K) -> Self {
+    pub fn raw(component: impl IntoComponent<K>) -> Self {
         Self::new(component, Codec::raw())
     }
 
     /// A built-in codec with your settings, for example
     /// `Codec::lines().max_length(512)`. Limits not set on the codec come
     /// from the server's [`Config`].
-    pub fn new(component: K, codec: Codec) -> Self {
-        Self::from_arc(Arc::new(component), codec)
-    }
-}
-
-impl<K: MessageComponent + ?Sized> TcpTransport<K> {
-    /// Like [`new`](Self::new), for a component shared with other
-    /// listeners (a WebSocket one, say), so that all peers meet in one
-    /// component.
-    pub fn from_arc(component: Arc<K>, codec: Codec) -> Self {
+    pub fn new(component: impl IntoComponent<K>, codec: Codec) -> Self {
         TcpTransport {
-            component,
+            component: component.into_arc(),
             make_codec: Arc::new(move |config: &Config| codec.for_config(config)),
         }
     }
@@ -103,10 +95,9 @@ where
     /// plus 4 KiB of undecoded input. Errors the codec returns close the
     /// connection: this crate's [`Error`](crate::Error) and core errors
     /// keep their close codes, any other error closes with 1002.
-    pub fn with_codec(component: K, codec: C) -> Self
+    pub fn with_codec(component: impl IntoComponent<K>, codec: C) -> Self
     where
         C: Clone,
-        K: Sized,
     {
         // The prototype only needs to be `Send`; the lock (taken once per
         // accepted connection) makes the transport `Sync` anyway.
@@ -141,21 +132,12 @@ where
     /// });
     /// let _builder = Server::builder().bind("127.0.0.1:0", transport);
     /// ```
-    pub fn with_codec_factory<F>(component: K, make: F) -> Self
-    where
-        K: Sized,
-        F: Fn(&Config) -> C + Send + Sync + 'static,
-    {
-        Self::from_arc_with_factory(Arc::new(component), make)
-    }
-
-    /// Like [`with_codec_factory`](Self::with_codec_factory), for a shared component.
-    pub fn from_arc_with_factory<F>(component: Arc<K>, make: F) -> Self
+    pub fn with_codec_factory<F>(component: impl IntoComponent<K>, make: F) -> Self
     where
         F: Fn(&Config) -> C + Send + Sync + 'static,
     {
         TcpTransport {
-            component,
+            component: component.into_arc(),
             make_codec: Arc::new(make),
         }
     }
@@ -199,5 +181,35 @@ where
             TransportInfo::new("tcp"),
             self.component.clone(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_core::{BoxError, Connection, DynComponent};
+
+    use super::*;
+
+    struct Quiet;
+
+    impl MessageComponent for Quiet {
+        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn constructors_take_a_value_an_arc_or_a_trait_object() {
+        let _value: TcpTransport<Quiet> = TcpTransport::lines(Quiet);
+        let shared = Arc::new(Quiet);
+        let typed = TcpTransport::raw(shared.clone());
+        let object: Arc<dyn DynComponent> = shared.clone();
+        let dynamic = TcpTransport::with_codec_factory(object, |_: &Config| Codec::lines());
+        // Both hold the component given, not a copy or a wrapper.
+        assert!(Arc::ptr_eq(&typed.component, &shared));
+        assert_eq!(
+            Arc::as_ptr(&dynamic.component).cast::<()>(),
+            Arc::as_ptr(&shared).cast::<()>()
+        );
     }
 }

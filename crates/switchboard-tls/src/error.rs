@@ -37,8 +37,23 @@ pub enum Error {
         detail: String,
     },
 
-    /// rustls refused the configuration: a key that does not match the
-    /// certificate or is of an unsupported type, an unusable root certificate.
+    /// The certificate chain and the private key do not make a usable pair:
+    /// the key does not belong to the certificate, or rustls cannot use
+    /// one of them (an unsupported key type, a malformed certificate).
+    /// Names both origins: the files, or `"PEM data"` for buffers.
+    #[error("cannot use the private key from {key} with the certificate from {cert}: {source}")]
+    KeyPair {
+        /// Where the certificate chain came from.
+        cert: String,
+        /// Where the private key came from.
+        key: String,
+        /// What rustls said.
+        #[source]
+        source: tokio_rustls::rustls::Error,
+    },
+
+    /// rustls refused the rest of the configuration: an unusable root
+    /// certificate, no usable protocol version.
     #[error("invalid TLS configuration: {0}")]
     Config(#[source] tokio_rustls::rustls::Error),
 

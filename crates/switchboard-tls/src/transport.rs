@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use switchboard_core::{Accepted, Config, Transport};
+use switchboard_core::Config;
+use switchboard_core::transport::{Accepted, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, ServerConfig};
@@ -34,32 +35,54 @@ pub struct ServerTls {
 impl ServerTls {
     /// Reads a PEM certificate chain (leaf first) and a PEM private key
     /// (PKCS#8, PKCS#1 or SEC1). Fails with the file's path for a missing
-    /// or unreadable file, a file without a certificate or key, or a key
-    /// that does not match the certificate.
+    /// or unreadable file or a file without a certificate or key, and with
+    /// both paths for a key that does not match the certificate
+    /// ([`Error::KeyPair`]).
+    ///
+    /// ```no_run
+    /// use switchboard::tls::ServerTls;
+    ///
+    /// match ServerTls::from_pem_files("cert.pem", "old-key.pem") {
+    ///     Ok(_) => {}
+    ///     // "cannot use the private key from old-key.pem with the
+    ///     // certificate from cert.pem: ..."
+    ///     Err(err) => eprintln!("{err}"),
+    /// }
+    /// ```
     pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
-        let (cert, key) = (cert.as_ref(), key.as_ref());
-        let certs = pem::certificates(&pem::read_file(cert)?, &cert.display().to_string())?;
-        let key = pem::private_key(&pem::read_file(key)?, &key.display().to_string())?;
-        Self::from_der(certs, key)
+        let (cert_path, key_path) = (cert.as_ref(), key.as_ref());
+        let (cert, key) = (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        );
+        let certs = pem::certificates(&pem::read_file(cert_path)?, &cert)?;
+        let private_key = pem::private_key(&pem::read_file(key_path)?, &key)?;
+        Self::from_der(certs, private_key, &cert, &key)
     }
 
     /// Like [`from_pem_files`](Self::from_pem_files), from PEM text in memory.
     pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Self> {
         let certs = pem::certificates(cert, "certificate PEM data")?;
-        let key = pem::private_key(key, "private key PEM data")?;
-        Self::from_der(certs, key)
+        let private_key = pem::private_key(key, "private key PEM data")?;
+        Self::from_der(certs, private_key, "PEM data", "PEM data")
     }
 
     fn from_der(
         certs: Vec<rustls_pki_types::CertificateDer<'static>>,
-        key: rustls_pki_types::PrivateKeyDer<'static>,
+        private_key: rustls_pki_types::PrivateKeyDer<'static>,
+        cert_origin: &str,
+        key_origin: &str,
     ) -> Result<Self> {
         let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(Error::Config)?
             .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(Error::Config)?;
+            .with_single_cert(certs, private_key)
+            .map_err(|source| Error::KeyPair {
+                cert: cert_origin.to_owned(),
+                key: key_origin.to_owned(),
+                source,
+            })?;
         Ok(Self::from_rustls(Arc::new(config)))
     }
 

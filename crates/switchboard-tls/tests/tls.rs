@@ -197,7 +197,24 @@ fn bad_certificate_and_key_files_are_clear_errors() {
     // A key that does not belong to the certificate.
     let other_key = temp_file("other-key.pem", &other.key_pem);
     let err = ServerTls::from_pem_files(&cert_file, &other_key).unwrap_err();
-    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(matches!(err, Error::KeyPair { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot use the private key from {} with the certificate from {}: {}",
+            other_key.display(),
+            cert_file.display(),
+            std::error::Error::source(&err).unwrap()
+        )
+    );
+    // The same pair from memory.
+    let err = ServerTls::from_pem(cert.cert_pem.as_bytes(), other.key_pem.as_bytes()).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "cannot use the private key from PEM data with the certificate from PEM data: "
+        ),
+        "{err}"
+    );
 
     let err = TlsConnector::with_ca_file(&garbage).unwrap_err();
     assert!(matches!(err, Error::Pem { .. }), "{err}");

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use switchboard_core::transport::io::{ClientOptions, HostPort, Keepalive};
+use switchboard_core::transport::{Dialed, TransportConn, spawn_client, spawn_reconnecting};
 use switchboard_core::{
-    ClientHandle, Config, Dialed, MessageComponent, ReconnectPolicy, Reconnecting, TransportConn,
-    TransportInfo, spawn_client, spawn_reconnecting,
+    ClientHandle, Config, IntoComponent, MessageComponent, ReconnectPolicy, Reconnecting,
+    TransportInfo,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -56,33 +57,35 @@ use crate::ws_connection::{Settings, WsConnection};
 /// # Ok(())
 /// # }
 /// ```
-pub async fn connect(url: &str, component: impl MessageComponent) -> Result<ClientHandle> {
+pub async fn connect<K: MessageComponent + ?Sized>(
+    url: &str,
+    component: impl IntoComponent<K>,
+) -> Result<ClientHandle> {
     connect_with_config(url, component, Config::default()).await
 }
 
 /// Like [`connect`], with client-side limits and keepalive from `config`.
-pub async fn connect_with_config(
+pub async fn connect_with_config<K: MessageComponent + ?Sized>(
     url: &str,
-    component: impl MessageComponent,
+    component: impl IntoComponent<K>,
     config: Config,
 ) -> Result<ClientHandle> {
-    connect_with(url, &[], Arc::new(component), config).await
+    connect_with(url, &[], component, config).await
 }
 
 /// Like [`connect`], with extra request headers (for example
-/// `Sec-WebSocket-Protocol`, `Cookie` or `Authorization`) and a shared
-/// component.
-pub async fn connect_with(
+/// `Sec-WebSocket-Protocol`, `Cookie` or `Authorization`).
+pub async fn connect_with<K: MessageComponent + ?Sized>(
     url: &str,
     headers: &[(&str, &str)],
-    component: Arc<impl MessageComponent + ?Sized>,
+    component: impl IntoComponent<K>,
     config: Config,
 ) -> Result<ClientHandle> {
     let mut client = Client::new(url).config(config);
     for (name, value) in headers {
         client = client.header(*name, *value);
     }
-    client.connect_shared(component).await
+    client.connect(component).await
 }
 
 /// A WebSocket client's settings: URL, headers, limits, TLS. Connect once
@@ -167,16 +170,14 @@ impl Client {
         self
     }
 
-    /// Connects once and runs `component` on the connection; see [`connect`].
-    pub async fn connect(&self, component: impl MessageComponent) -> Result<ClientHandle> {
-        self.connect_shared(Arc::new(component)).await
-    }
-
-    /// Like [`connect`](Self::connect), for a shared component.
-    pub async fn connect_shared(
+    /// Connects once and runs `component` (a value, or an `Arc` shared with
+    /// other connections: [`IntoComponent`]) on the connection; see
+    /// [`connect`].
+    pub async fn connect<K: MessageComponent + ?Sized>(
         &self,
-        component: Arc<impl MessageComponent + ?Sized>,
+        component: impl IntoComponent<K>,
     ) -> Result<ClientHandle> {
+        let component = component.into_arc();
         let target = self.target()?;
         let config = self.config.clone();
         let options = ClientOptions::new(&config);
@@ -197,20 +198,12 @@ impl Client {
     ///
     /// Fails at once only for what no retry can fix: an invalid URL,
     /// header or config, or no root certificates for `wss://`.
-    pub fn reconnecting(
+    pub fn reconnecting<K: MessageComponent + ?Sized>(
         &self,
-        component: impl MessageComponent,
+        component: impl IntoComponent<K>,
         policy: ReconnectPolicy,
     ) -> Result<Reconnecting> {
-        self.reconnecting_shared(Arc::new(component), policy)
-    }
-
-    /// Like [`reconnecting`](Self::reconnecting), for a shared component.
-    pub fn reconnecting_shared(
-        &self,
-        component: Arc<impl MessageComponent + ?Sized>,
-        policy: ReconnectPolicy,
-    ) -> Result<Reconnecting> {
+        let component = component.into_arc();
         self.config.validate()?;
         let target = Arc::new(self.target()?);
         let config = self.config.clone();

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_core::{DynComponent, MessageComponent};
+use switchboard_core::{DynComponent, IntoComponent};
 
 use crate::error::{Error, Result};
 use crate::hook::{Accept, Hook, Reject, Request};
@@ -164,29 +164,23 @@ impl Default for WsTransportBuilder {
 impl WsTransportBuilder {
     /// Serves `component` to WebSocket requests for exactly `path` (no
     /// query, no trailing-slash folding). Unknown paths get 404.
-    pub fn route(self, path: impl Into<String>, component: impl MessageComponent) -> Self {
-        self.route_shared(path, Arc::new(component))
-    }
-
-    /// Like [`route`](Self::route) with a component that is shared, for
-    /// example with another listener of the same server.
-    pub fn route_shared(
+    ///
+    /// `component` is a component value, an `Arc` of one shared with other
+    /// routes or listeners, or an `Arc<dyn DynComponent>`
+    /// ([`IntoComponent`]); routes may serve components of different types.
+    pub fn route<K: ?Sized>(
         mut self,
         path: impl Into<String>,
-        component: Arc<dyn DynComponent>,
+        component: impl IntoComponent<K>,
     ) -> Self {
-        self.routes.push((path.into(), component));
+        self.routes.push((path.into(), component.into_dyn()));
         self
     }
 
-    /// Serves `component` on every path that has no route of its own.
-    pub fn fallback(self, component: impl MessageComponent) -> Self {
-        self.fallback_shared(Arc::new(component))
-    }
-
-    /// Like [`fallback`](Self::fallback) with a shared component.
-    pub fn fallback_shared(mut self, component: Arc<dyn DynComponent>) -> Self {
-        self.fallback = Some(component);
+    /// Serves `component` on every path that has no route of its own; it
+    /// is taken as in [`route`](Self::route).
+    pub fn fallback<K: ?Sized>(mut self, component: impl IntoComponent<K>) -> Self {
+        self.fallback = Some(component.into_dyn());
         self
     }
 
@@ -402,6 +396,41 @@ pub(crate) fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_core::{BoxError, Connection, Message, MessageComponent};
+
+    struct Quiet;
+
+    impl MessageComponent for Quiet {
+        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    fn addr(component: &Arc<dyn DynComponent>) -> *const () {
+        Arc::as_ptr(component).cast()
+    }
+
+    #[test]
+    fn routes_take_a_value_an_arc_or_a_trait_object() {
+        let shared = Arc::new(Quiet);
+        let object: Arc<dyn DynComponent> = Arc::new(Quiet);
+        let transport = WsTransport::builder()
+            .route("/value", Quiet)
+            .route("/arc", shared.clone())
+            .route("/object", object.clone())
+            .fallback(shared.clone())
+            .build()
+            .unwrap();
+        let config = transport.shared_config();
+        assert_eq!(config.routes.len(), 3);
+        // Shared handles are kept as given: the same component, not a copy
+        // or a wrapper.
+        let shared_addr = Arc::as_ptr(&shared).cast::<()>();
+        assert_eq!(addr(&config.routes["/arc"]), shared_addr);
+        assert_eq!(addr(config.fallback.as_ref().unwrap()), shared_addr);
+        assert_eq!(addr(&config.routes["/object"]), addr(&object));
+        assert_eq!(Arc::strong_count(&shared), 3);
+    }
 
     #[test]
     fn same_host_origin() {

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use switchboard_core::transport::io::Keepalive;
-use switchboard_core::{Accepted, Config, DynComponent, MessageComponent, Transport};
+use switchboard_core::transport::{Accepted, Transport};
+use switchboard_core::{Config, DynComponent, IntoComponent};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{OriginPolicy, Page, WsTransportBuilder};
@@ -75,14 +76,11 @@ pub(crate) struct Shared {
 }
 
 impl WsTransport {
-    /// Serves `component` on every path, with the default settings.
-    pub fn new(component: impl MessageComponent) -> Self {
-        Self::shared(Arc::new(component))
-    }
-
-    /// Serves a shared component on every path, with the default settings.
-    pub fn shared(component: Arc<dyn DynComponent>) -> Self {
-        let builder = WsTransportBuilder::default().fallback_shared(component);
+    /// Serves `component` on every path, with the default settings: a
+    /// component value, an `Arc` of one shared with other listeners, or an
+    /// `Arc<dyn DynComponent>` ([`IntoComponent`]).
+    pub fn new<K: ?Sized>(component: impl IntoComponent<K>) -> Self {
+        let builder = WsTransportBuilder::default().fallback(component);
         match builder.build() {
             Ok(transport) => transport,
             // A fallback and the defaults always make a valid configuration.

@@ -16,7 +16,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use switchboard_core::transport::io::{Due, Keepalive, ReadBuffer, WriteBuffer};
-use switchboard_core::{CloseCode, CloseFrame, Error, Message, Received, TransportConn, Utf8Bytes};
+use switchboard_core::transport::{Received, TransportConn};
+use switchboard_core::{CloseCode, CloseFrame, Error, Message, Utf8Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::frame::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Role};

@@ -170,18 +170,15 @@ async fn switchboard_server<K: MessageComponent>(
     let addr = addr.to_owned();
     let builder = Server::builder();
     let builder = match kind {
-        Kind::Ws(None) => builder.bind(addr, WsTransport::shared(component)),
+        Kind::Ws(None) => builder.bind(addr, WsTransport::new(component)),
         Kind::Ws(Some(size)) => builder.bind(
             addr,
             WsTransport::builder()
-                .fallback_shared(component)
+                .fallback(component)
                 .read_buffer_size(size)
                 .build()?,
         ),
-        Kind::Tcp => builder.bind(
-            addr,
-            TcpTransport::from_arc(component, switchboard::tcp::Codec::lines()),
-        ),
+        Kind::Tcp => builder.bind(addr, TcpTransport::lines(component)),
     };
     let server = builder.start().await?;
     announce(server.local_addr());

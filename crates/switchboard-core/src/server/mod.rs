@@ -1,11 +1,7 @@
 //! The server runtime: listeners, limits, the connection registry and shutdown.
 
-mod client;
 mod driver;
 mod listener;
-
-pub(crate) use client::spawn_client_with;
-pub use client::{ClientHandle, spawn_client};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -221,6 +217,32 @@ type BindFn = Box<
 >;
 
 /// Entry point: `Server::builder()`.
+///
+/// ```
+/// use switchboard::tcp::TcpTransport;
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
+///
+/// struct Echo;
+///
+/// impl MessageComponent for Echo {
+///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+///         conn.send(msg)?;
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// // Port 0: the system picks a free port.
+/// let server = Server::builder()
+///     .bind("127.0.0.1:0", TcpTransport::lines(Echo))
+///     .start()
+///     .await?;
+/// println!("try: nc {} {}", server.local_addr().ip(), server.local_addr().port());
+/// server.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Server(());
 
@@ -239,6 +261,42 @@ impl Server {
 /// Each listener has its own transport; transports carry the component(s)
 /// they serve, so one component can serve WebSocket browsers and raw TCP
 /// peers at once.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use switchboard::tcp::TcpTransport;
+/// use switchboard::ws::WsTransport;
+/// use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server};
+///
+/// # struct Echo;
+/// # impl MessageComponent for Echo {
+/// #     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+/// #         conn.send(msg)?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), BoxError> {
+/// let config = Config::default()
+///     .max_message_size(64 * 1024)
+///     .idle_timeout(Some(Duration::from_secs(60)))
+///     .max_connections(Some(10_000));
+/// let echo = Arc::new(Echo);
+/// let server = Server::builder()
+///     .config(config)
+///     .bind("0.0.0.0:8080", WsTransport::new(echo.clone()))
+///     .bind("0.0.0.0:7000", TcpTransport::lines(echo))
+///     // Fails, with nothing left listening, if an address cannot be bound:
+///     // "cannot listen on 0.0.0.0:8080: Address already in use ..."
+///     .start()
+///     .await?;
+/// tokio::signal::ctrl_c().await?;
+/// server.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a builder does nothing until `start` is awaited"]
 pub struct ServerBuilder {
     config: Config,
@@ -264,7 +322,7 @@ impl ServerBuilder {
                 let listener = TcpListener::bind(&addr)
                     .await
                     .map_err(|source| Error::Bind {
-                        addr: format!("{addr:?}"),
+                        addr: shown(&addr),
                         source,
                     })?;
                 start_listener(listener, transport, ctx)
@@ -318,6 +376,16 @@ impl ServerBuilder {
     }
 }
 
+/// An address as the user wrote it: `Debug` is the one format every
+/// `ToSocketAddrs` type has, and it puts a string in quotes.
+fn shown(addr: &impl fmt::Debug) -> String {
+    let debug = format!("{addr:?}");
+    match debug.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(unquoted) => unquoted.to_owned(),
+        None => debug,
+    }
+}
+
 fn start_listener<T: Transport<TcpStream>>(
     listener: TcpListener,
     transport: T,
@@ -339,6 +407,45 @@ impl fmt::Debug for ServerBuilder {
 
 /// A running server. Cheap to clone. Dropping every handle does not stop
 /// the server; call [`shutdown`](Self::shutdown).
+///
+/// ```
+/// use switchboard::tcp::TcpTransport;
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+/// use tokio::net::TcpStream;
+///
+/// # struct Echo;
+/// # impl MessageComponent for Echo {
+/// #     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+/// #         conn.send(msg)?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let server = Server::builder()
+///     .bind("127.0.0.1:0", TcpTransport::lines(Echo))
+///     .start()
+///     .await?;
+///
+/// let mut peer = BufReader::new(TcpStream::connect(server.local_addr()).await?);
+/// peer.get_mut().write_all(b"hello\n").await?;
+/// let mut line = String::new();
+/// peer.read_line(&mut line).await?;
+/// assert_eq!(line, "hello\n");
+/// assert_eq!(server.stats().connections_total, 1);
+///
+/// // Shutdown closes each connection after what was queued for it and
+/// // waits, up to `Config::close_timeout`, for the peer to hang up.
+/// let hang_up = async move {
+///     let mut rest = String::new();
+///     peer.read_line(&mut rest).await // 0 bytes: the end of the stream
+/// };
+/// let ((), read) = tokio::join!(server.shutdown(), hang_up);
+/// assert_eq!(read?, 0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct ServerHandle {
     inner: Arc<HandleInner>,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use switchboard::redis::{RedisBroker, RedisOptions, user_room};
-use switchboard::tcp::{Codec, TcpTransport};
+use switchboard::tcp::TcpTransport;
 use switchboard::ws::WsTransport;
 use switchboard::{
     BoxError, Connection, DynComponent, Hub, Message, MessageComponent, Server, ServerHandle,
@@ -300,10 +300,10 @@ impl Node {
     /// A node serving `component` (which should use `hub`).
     pub async fn serve(hub: Hub, broker: RedisBroker, component: Arc<dyn DynComponent>) -> Node {
         let ws = WsTransport::builder()
-            .fallback_shared(component.clone())
+            .fallback(component.clone())
             .build()
             .unwrap();
-        let tcp = TcpTransport::from_arc(component, Codec::lines());
+        let tcp = TcpTransport::lines(component);
         let server = Server::builder()
             .bind("127.0.0.1:0", ws)
             .bind("127.0.0.1:0", tcp)

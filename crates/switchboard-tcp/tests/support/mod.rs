@@ -162,7 +162,7 @@ impl Events {
 /// Starts a server on 127.0.0.1:0 with `transport`.
 pub async fn serve<K: ?Sized, C>(transport: TcpTransport<K, C>, config: Config) -> ServerHandle
 where
-    TcpTransport<K, C>: switchboard::Transport<TcpStream>,
+    TcpTransport<K, C>: switchboard::transport::Transport<TcpStream>,
 {
     within(
         "server start",

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::Context;
 use crate::close::CloseReason;
 use crate::component::MessageComponent;
 use crate::config::Config;
@@ -13,6 +12,7 @@ use crate::connection::Connection;
 use crate::error::Result;
 use crate::extensions::Extensions;
 use crate::message::Message;
+use crate::server::Context;
 use crate::stats::Counters;
 use crate::transport::{TransportConn, TransportInfo};
 
