@@ -311,9 +311,13 @@ mod tests {
         }
     }
 
-    fn counting_waker() -> (Arc<Count>, Waker) {
+    /// A driver gone to sleep on `outbox`: its wake count, waker and batch.
+    fn asleep(outbox: &Outbox) -> (Arc<Count>, Waker, VecDeque<Message>) {
         let count = Arc::new(Count(0.into()));
-        (count.clone(), Waker::from(count))
+        let waker = Waker::from(count.clone());
+        let mut batch = VecDeque::new();
+        outbox.take(&waker, &mut batch);
+        (count, waker, batch)
     }
 
     fn outbox(messages: usize, bytes: usize, policy: SlowConsumerPolicy) -> Outbox {
@@ -346,11 +350,9 @@ mod tests {
             outbox.push(Message::binary(vec![0; 1])),
             Err(Refused::Dropped(_))
         ));
-        let (_, waker) = counting_waker();
-        let mut batch = VecDeque::new();
-        outbox.take(&waker, &mut batch);
+        let (_, _, batch) = asleep(&outbox);
+        assert_eq!(batch.len(), 1);
         assert!(!outbox.release(1, 64));
-        batch.clear();
         outbox.push(Message::binary(vec![0; 6])).expect("room");
         outbox
             .push(Message::binary(vec![0; 4]))
@@ -366,9 +368,7 @@ mod tests {
         let outbox = outbox(2, 1 << 20, SlowConsumerPolicy::Drop);
         outbox.push(Message::text("a")).expect("room");
         outbox.push(Message::text("b")).expect("room");
-        let (_, waker) = counting_waker();
-        let mut batch = VecDeque::new();
-        assert!(outbox.take(&waker, &mut batch).is_none());
+        let (_, _, batch) = asleep(&outbox);
         assert_eq!(batch.len(), 2);
         // Still in the driver's hands: the bound covers it.
         assert!(matches!(
@@ -382,9 +382,7 @@ mod tests {
     #[test]
     fn a_slow_consumer_loses_its_backlog_and_closes_once() {
         let outbox = outbox(2, 1 << 20, SlowConsumerPolicy::Close);
-        let (wakes, waker) = counting_waker();
-        let mut batch = VecDeque::new();
-        outbox.take(&waker, &mut batch);
+        let (wakes, waker, mut batch) = asleep(&outbox);
         outbox.push(Message::text("a")).expect("room");
         outbox.push(Message::text("b")).expect("room");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one wake per sleep");
@@ -414,9 +412,7 @@ mod tests {
     #[test]
     fn a_running_driver_is_not_woken_and_a_sleeping_one_is() {
         let outbox = outbox(100, 1 << 20, SlowConsumerPolicy::Close);
-        let (wakes, waker) = counting_waker();
-        let mut batch = VecDeque::new();
-        outbox.take(&waker, &mut batch);
+        let (wakes, waker, mut batch) = asleep(&outbox);
         outbox.set_running();
         outbox.push(Message::text("reply")).expect("room");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
@@ -434,9 +430,7 @@ mod tests {
         assert!(!outbox.needs_attention());
         outbox.push(Message::text("2")).expect("room");
         assert!(outbox.needs_attention());
-        let (_, waker) = counting_waker();
-        let mut batch = VecDeque::new();
-        outbox.take(&waker, &mut batch);
+        let (_, waker, _) = asleep(&outbox);
         // Taken but not released: still past the quarter.
         assert!(outbox.needs_attention());
         outbox.release(2, 2);
