@@ -16,6 +16,10 @@
 //! Then the close path ([`Driver::close`]): `on_error` when there is an
 //! error to report, what was queued flushed (unless the peer is gone or
 //! not reading), and the transport's close, bounded by `close_timeout`.
+//!
+//! Every connection's task, idle or not, holds the loop's state for its
+//! whole life, so the paths that run once or rarely (`on_open`, `on_error`,
+//! the close) are boxed futures, allocated only when they start.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -144,8 +148,7 @@ impl<T: TransportConn> Driver<T> {
     /// something ends the connection.
     async fn serve<K: MessageComponent + ?Sized>(&mut self, component: &K) -> End {
         let conn = self.conn.clone();
-        // Boxed: held inline, `on_open`'s future would size every
-        // connection's task, idle ones included, for its whole life.
+        // Boxed: a rare path (see the module docs).
         match self.run(Box::pin(component.on_open(&conn))).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
@@ -366,8 +369,6 @@ impl<T: TransportConn> Driver<T> {
 
     /// Runs `on_error`. A panic in it is logged and closes the connection
     /// (the close path runs outside the loop's catch, so it is caught here).
-    /// Boxed, like the close path: a rare path whose state would otherwise
-    /// be held in every connection's task.
     fn report<'a, K: MessageComponent + ?Sized>(
         &'a mut self,
         component: &'a K,
