@@ -67,10 +67,7 @@ impl Keepalive {
             .ping_interval
             .map(|i| self.last_seen.max(self.last_ping) + i);
         let idle = self.idle_timeout.map(|t| self.last_seen + t);
-        match (ping, idle) {
-            (Some(p), Some(i)) => Some(p.min(i)),
-            (p, i) => p.or(i),
-        }
+        ping.into_iter().chain(idle).min()
     }
 
     /// Ready when a ping is due or the peer is idle; registers the waker
@@ -82,13 +79,9 @@ impl Keepalive {
             };
             self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
         }
-        loop {
-            let Some(timer) = self.timer.as_mut() else {
-                return Poll::Pending;
-            };
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+        while let Some(timer) = self.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
             let now = Instant::now();
             if self.idle_timeout.is_some_and(|t| now >= self.last_seen + t) {
                 return Poll::Ready(Due::Idle);
@@ -106,6 +99,7 @@ impl Keepalive {
                 return Poll::Ready(Due::Ping);
             }
         }
+        Poll::Pending
     }
 }
 

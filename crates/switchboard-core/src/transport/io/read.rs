@@ -6,10 +6,10 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 /// The most a read with nothing allocated takes, on the stack.
@@ -79,7 +79,18 @@ impl ReadBuffer {
     {
         let size = self.size as usize;
         let polled = if self.buf.capacity() == 0 {
-            self.poll_read_scratch(io, cx, size.min(SCRATCH))
+            // To the stack; a buffer is allocated only if bytes arrived.
+            let room = size.min(SCRATCH);
+            let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
+            let mut read = ReadBuf::uninit(&mut scratch[..room]);
+            Pin::new(io).poll_read(cx, &mut read).map_ok(|()| {
+                let bytes = read.filled();
+                if !bytes.is_empty() {
+                    self.buf.reserve(size.max(bytes.len()));
+                    self.buf.extend_from_slice(bytes);
+                }
+                (bytes.len(), room)
+            })
         } else {
             if self.buf.capacity() - self.buf.len() < size / 2 {
                 self.buf.reserve(size);
@@ -94,8 +105,7 @@ impl ReadBuffer {
                 }
                 return Poll::Pending;
             }
-            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-            Poll::Ready(Ok(read)) => read,
+            Poll::Ready(read) => read?,
         };
         let max = READ_MAX.max(self.initial as usize);
         if n == room && size < max {
@@ -104,27 +114,6 @@ impl ReadBuffer {
             self.size = (self.size / 2).max(self.initial);
         }
         Poll::Ready(Ok(n))
-    }
-
-    /// Reads into the stack; allocates only if bytes arrived.
-    fn poll_read_scratch<IO>(
-        &mut self,
-        io: &mut IO,
-        cx: &mut Context<'_>,
-        room: usize,
-    ) -> Poll<io::Result<(usize, usize)>>
-    where
-        IO: AsyncRead + Unpin + ?Sized,
-    {
-        let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
-        let mut read = tokio::io::ReadBuf::uninit(&mut scratch[..room]);
-        ready!(Pin::new(io).poll_read(cx, &mut read))?;
-        let bytes = read.filled();
-        if !bytes.is_empty() {
-            self.buf.reserve((self.size as usize).max(bytes.len()));
-            self.buf.extend_from_slice(bytes);
-        }
-        Poll::Ready(Ok((bytes.len(), room)))
     }
 
     /// Lets go of the buffer and what it holds (a closed connection), and

@@ -29,10 +29,8 @@ const MIN_ALLOC: usize = 1024;
 ///
 /// Encoders append through [`frame`](Self::frame) (framing bytes around a
 /// payload that is not copied when large) or [`buf_mut`](Self::buf_mut) (a
-/// `BytesMut`, for tokio-util encoders). The driver's calls map onto it:
-/// `poll_ready` is [`poll_ready`](Self::poll_ready), `poll_flush` is
-/// [`poll_flush`](Self::poll_flush). With no large payload pending, a write
-/// is one plain `poll_write` of the coalesced bytes.
+/// `BytesMut`, for tokio-util encoders). With no large payload pending, a
+/// write is one plain `poll_write` of the coalesced bytes.
 ///
 /// After everything was written, the coalescing buffer's memory is let go
 /// unless it is at most `keep` bytes: with `keep` 0 an idle connection
@@ -71,9 +69,17 @@ pub struct WriteBuffer {
 
 #[derive(Debug, Default)]
 struct Queued {
+    /// Never empty ones.
     segments: VecDeque<Bytes>,
     /// Bytes in `segments`.
     len: usize,
+}
+
+impl Queued {
+    fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.len();
+        self.segments.push_back(bytes);
+    }
 }
 
 impl WriteBuffer {
@@ -117,25 +123,30 @@ impl WriteBuffer {
     #[inline]
     pub fn frame(&mut self, head: &[u8], payload: Bytes, tail: &[u8]) {
         if payload.len() <= COPY_MAX {
-            self.room(head.len() + payload.len() + tail.len());
-            self.buf.extend_from_slice(head);
-            self.buf.extend_from_slice(&payload);
-            self.buf.extend_from_slice(tail);
+            self.copy([head, &payload, tail]);
             return;
         }
-        self.room(head.len());
-        self.buf.extend_from_slice(head);
+        self.copy([head]);
         let queued = self.queued.get_or_insert_with(Box::default);
         if !self.buf.is_empty() {
-            let before = self.buf.split().freeze();
-            queued.len += before.len();
-            queued.segments.push_back(before);
+            queued.push(self.buf.split().freeze());
         }
-        queued.len += payload.len();
-        queued.segments.push_back(payload);
-        if !tail.is_empty() {
-            self.room(tail.len());
-            self.buf.extend_from_slice(tail);
+        queued.push(payload);
+        self.copy([tail]);
+    }
+
+    /// Copies `parts` into the coalescing buffer; an empty part costs no
+    /// call.
+    #[inline]
+    fn copy<const N: usize>(&mut self, parts: [&[u8]; N]) {
+        let n = parts.iter().map(|part| part.len()).sum::<usize>();
+        if self.buf.capacity() - self.buf.len() < n {
+            self.buf.reserve(n.max(MIN_ALLOC));
+        }
+        for part in parts {
+            if !part.is_empty() {
+                self.buf.extend_from_slice(part);
+            }
         }
     }
 
@@ -147,13 +158,6 @@ impl WriteBuffer {
             self.buf.reserve(MIN_ALLOC);
         }
         &mut self.buf
-    }
-
-    #[inline]
-    fn room(&mut self, n: usize) {
-        if self.buf.capacity() - self.buf.len() < n {
-            self.buf.reserve(n.max(MIN_ALLOC));
-        }
     }
 
     /// Ready to take one more message: writes first once the copied bytes
@@ -189,7 +193,8 @@ impl WriteBuffer {
                 None if self.buf.is_empty() => break,
                 // The common case: one contiguous buffer, one plain write.
                 None => ready!(Pin::new(&mut *io).poll_write(cx, &self.buf))?,
-                Some(queued) if io.is_write_vectored() => {
+                // A stream without vectored writes takes the first slice.
+                Some(queued) => {
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                     let mut count = 0;
                     let tail = Some(&self.buf[..]).filter(|b| !b.is_empty());
@@ -199,10 +204,6 @@ impl WriteBuffer {
                         count += 1;
                     }
                     ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?
-                }
-                Some(queued) => {
-                    let first = queued.segments.front().map_or(&[][..], |s| &s[..]);
-                    ready!(Pin::new(&mut *io).poll_write(cx, first))?
                 }
             };
             if n == 0 {
@@ -220,22 +221,18 @@ impl WriteBuffer {
 
     fn advance(&mut self, mut n: usize) {
         if let Some(queued) = &mut self.queued {
-            let mut from_queue = n.min(queued.len);
-            queued.len -= from_queue;
-            n -= from_queue;
-            while from_queue > 0 {
-                let Some(seg) = queued.segments.front_mut() else {
-                    break;
-                };
-                if seg.len() <= from_queue {
-                    from_queue -= seg.len();
+            while n > 0
+                && let Some(seg) = queued.segments.front_mut()
+            {
+                let take = n.min(seg.len());
+                seg.advance(take);
+                queued.len -= take;
+                n -= take;
+                if seg.is_empty() {
                     queued.segments.pop_front();
-                } else {
-                    seg.advance(from_queue);
-                    from_queue = 0;
                 }
             }
-            if queued.len == 0 {
+            if queued.segments.is_empty() {
                 self.queued = None;
             }
         }
@@ -246,6 +243,7 @@ impl WriteBuffer {
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
+    use std::ops::Deref;
     use std::task::Waker;
 
     use super::*;
@@ -260,16 +258,27 @@ mod tests {
         max: Option<usize>,
     }
 
-    impl AsyncWrite for Recording {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
+    impl Recording {
+        /// Takes what fits of `bufs`, as one write.
+        fn take<B: Deref<Target = [u8]>>(
+            &mut self,
+            vectored: bool,
+            bufs: &[B],
         ) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(self.max.unwrap_or(usize::MAX));
-            self.data.extend_from_slice(&buf[..n]);
-            self.writes.push((false, 1, n));
+            let start = self.data.len();
+            for buf in bufs {
+                let left = self.max.unwrap_or(usize::MAX) - (self.data.len() - start);
+                self.data.extend_from_slice(&buf[..buf.len().min(left)]);
+            }
+            let n = self.data.len() - start;
+            self.writes.push((vectored, bufs.len(), n));
             Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Recording {
+        fn is_write_vectored(&self) -> bool {
+            true
         }
 
         fn poll_write_vectored(
@@ -277,20 +286,15 @@ mod tests {
             _: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
-            let mut left = self.max.unwrap_or(usize::MAX);
-            let mut n = 0;
-            for buf in bufs {
-                let take = buf.len().min(left);
-                self.data.extend_from_slice(&buf[..take]);
-                left -= take;
-                n += take;
-            }
-            self.writes.push((true, bufs.len(), n));
-            Poll::Ready(Ok(n))
+            self.take(true, bufs)
         }
 
-        fn is_write_vectored(&self) -> bool {
-            true
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.take(false, &[buf])
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -380,9 +384,7 @@ mod tests {
         tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut got)
             .await
             .unwrap();
-        assert_eq!(got.len(), 4 + 10_000 + 4);
-        assert_eq!(&got[..4], b"head");
-        assert_eq!(&got[10_004..], b"tail");
+        assert_eq!(got, [&b"head"[..], &big, b"tail"].concat());
     }
 
     #[test]
