@@ -165,7 +165,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiting_holds_no_buffer_and_bytes_allocate_one() {
+    async fn a_buffer_exists_only_while_bytes_wait() {
         let (mut peer, mut io) = tokio::io::duplex(1 << 16);
         let mut buf = ReadBuffer::new(1024);
         assert!(poll_once(&mut buf, &mut io).is_pending());
@@ -182,19 +182,20 @@ mod tests {
         assert!(poll_once(&mut buf, &mut io).is_pending());
         assert_eq!(buf.capacity(), 0);
         assert_eq!(&msg[..], b"hello");
-    }
 
-    #[tokio::test]
-    async fn a_partial_message_keeps_its_buffer_while_waiting() {
-        let (mut peer, mut io) = tokio::io::duplex(1 << 16);
-        let mut buf = ReadBuffer::new(1024);
+        // Part of a message keeps its buffer while waiting for the rest.
         peer.write_all(b"hel").await.unwrap();
         poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
         assert!(poll_once(&mut buf, &mut io).is_pending());
-        assert_eq!(&buf[..], b"hel");
         peer.write_all(b"lo").await.unwrap();
         poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
         assert_eq!(&buf[..], b"hello");
+
+        // Released, then the end of the stream: zero, and nothing allocated.
+        buf.release();
+        drop(peer);
+        assert_eq!(poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap(), 0);
+        assert_eq!(buf.capacity(), 0);
     }
 
     #[tokio::test]
@@ -249,14 +250,5 @@ mod tests {
         assert!(poll_once(&mut buf, &mut io).is_pending());
         assert_eq!(&buf[..], b"left over");
         assert!(ReadBuffer::with_bytes(1024, b"").capacity() == 0);
-    }
-
-    #[tokio::test]
-    async fn end_of_stream_reads_zero() {
-        let (peer, mut io) = tokio::io::duplex(64);
-        drop(peer);
-        let mut buf = ReadBuffer::new(1024);
-        assert_eq!(poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap(), 0);
-        assert_eq!(buf.capacity(), 0);
     }
 }
