@@ -13,13 +13,9 @@ use crate::error::Error;
 /// Size of the length prefix of a length-delimited frame.
 const PREFIX: usize = 4;
 
-/// A built-in framing of messages on a byte stream.
-///
-/// | constructor | inbound | outbound |
-/// |---|---|---|
-/// | [`lines`](Self::lines) | one [`Message::Text`] per line, `\n` or `\r\n` ended, UTF-8 checked | payload + `\n` |
-/// | [`length_delimited`](Self::length_delimited) | one [`Message::Binary`] per frame: u32 big-endian length, then the payload | the same |
-/// | [`raw`](Self::raw) | one [`Message::Binary`] per chunk as it arrived | the payload as is |
+/// A built-in framing of messages on a byte stream:
+/// [`lines`](Self::lines), [`length_delimited`](Self::length_delimited) or
+/// [`raw`](Self::raw) (the crate docs compare them).
 ///
 /// Every codec has a maximum length ([`max_length`](Self::max_length)); on a
 /// server it defaults to the smaller of [`Config::max_frame_size`] and
@@ -156,10 +152,9 @@ impl Codec {
             .explicit_max
             .unwrap_or_else(|| config.max_frame_size.min(config.max_message_size));
         Codec {
-            kind: self.kind,
-            explicit_max: self.explicit_max,
             max: max.max(1),
             next_index: 0,
+            ..self.clone()
         }
     }
 
@@ -183,14 +178,11 @@ impl Codec {
             Some(offset) => {
                 let end = start + offset;
                 self.next_index = 0;
-                let mut line = src.split_to(end + 1);
-                line.truncate(strip_cr(&line[..end]));
-                if line.len() > self.max {
-                    return Err(Error::LineTooLong { max: self.max });
-                }
-                Ok(Some(Message::Text(Utf8Bytes::try_from(line.freeze())?)))
+                self.line(src.split_to(end + 1), end).map(Some)
             }
-            None if window > self.max.saturating_add(1) || exceeds_without_cr(src, self.max) => {
+            // More than `max` bytes without a line end are too many, unless
+            // the last of `max + 1` is the '\r' of a "\r\n".
+            None if src.len() > self.max && (window > self.max + 1 || src[self.max] != b'\r') => {
                 Err(Error::LineTooLong { max: self.max })
             }
             None => {
@@ -200,12 +192,26 @@ impl Codec {
         }
     }
 
+    /// The first `end` bytes of `line`, without a trailing '\r', as a text
+    /// message within the limit.
+    #[inline]
+    fn line(&self, mut line: BytesMut, end: usize) -> Result<Message, Error> {
+        let end = match line[..end] {
+            [.., b'\r'] => end - 1,
+            _ => end,
+        };
+        line.truncate(end);
+        if line.len() > self.max {
+            return Err(Error::LineTooLong { max: self.max });
+        }
+        Ok(Message::Text(Utf8Bytes::try_from(line.freeze())?))
+    }
+
     fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
-        let Some(prefix) = src.get(..PREFIX) else {
+        let Some(&prefix) = src.first_chunk::<PREFIX>() else {
             return Ok(None);
         };
-        let mut prefix = prefix;
-        let len = usize::try_from(prefix.get_u32()).unwrap_or(usize::MAX);
+        let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
         if len > self.max {
             return Err(Error::FrameTooLong { len, max: self.max });
         }
@@ -227,20 +233,6 @@ impl Codec {
         let n = src.len().min(self.max);
         Some(Message::Binary(src.split_to(n).freeze()))
     }
-}
-
-/// The length of `line` without one trailing `\r`.
-fn strip_cr(line: &[u8]) -> usize {
-    match line {
-        [rest @ .., b'\r'] => rest.len(),
-        _ => line.len(),
-    }
-}
-
-/// `max + 1` bytes without a line end are only fine if the last is the `\r`
-/// of a `\r\n`; otherwise the line is already too long.
-fn exceeds_without_cr(src: &[u8], max: usize) -> bool {
-    src.len() > max && src.get(max) != Some(&b'\r')
 }
 
 impl Decoder for Codec {
@@ -268,16 +260,16 @@ impl Decoder for Codec {
             // 'a' | nc"): the rest is the last line.
             Kind::Lines => {
                 self.next_index = 0;
-                let mut line = src.split();
-                line.truncate(strip_cr(&line));
-                Ok(Some(Message::Text(Utf8Bytes::try_from(line.freeze())?)))
+                let end = src.len();
+                self.line(src.split(), end).map(Some)
             }
             Kind::LengthDelimited => {
                 let buffered = src.len();
                 src.clear();
                 Err(Error::Truncated { buffered })
             }
-            Kind::Raw => Ok(self.decode_raw(src)),
+            // `decode` made a chunk of whatever was buffered.
+            Kind::Raw => Ok(None),
         }
     }
 }
@@ -331,117 +323,90 @@ impl Encoder<Message> for Codec {
 mod tests {
     use super::*;
 
-    fn decode_all(codec: &mut Codec, src: &mut BytesMut) -> Vec<Message> {
-        let mut out = Vec::new();
-        while let Some(m) = codec.decode(src).expect("valid input") {
-            out.push(m);
+    /// What `codec` makes of `input`, then of the end of the stream: "[a]"
+    /// for a message a, "|" where the stream ends, "! error" for the error
+    /// that stopped it.
+    fn decoded(mut codec: Codec, input: &[u8]) -> String {
+        let mut buf = BytesMut::from(input);
+        let mut out = String::new();
+        for eof in [false, true] {
+            if eof {
+                out.push('|');
+            }
+            loop {
+                let next = match eof {
+                    false => codec.decode(&mut buf),
+                    true => codec.decode_eof(&mut buf),
+                };
+                match next {
+                    Ok(Some(msg)) => {
+                        out += &format!("[{}]", String::from_utf8_lossy(msg.as_bytes()))
+                    }
+                    Ok(None) => break,
+                    Err(err) => return format!("{out}! {err}"),
+                }
+            }
         }
         out
     }
 
     #[test]
-    fn lines_accept_lf_and_crlf() {
-        let mut codec = Codec::lines();
-        let mut buf = BytesMut::from(&b"one\ntwo\r\n\r\nthr"[..]);
-        assert_eq!(
-            decode_all(&mut codec, &mut buf),
-            vec![
-                Message::text("one"),
-                Message::text("two"),
-                Message::text("")
-            ]
-        );
-        assert_eq!(&buf[..], b"thr");
-        buf.extend_from_slice(b"ee\n");
-        assert_eq!(
-            decode_all(&mut codec, &mut buf),
-            vec![Message::text("three")]
-        );
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn lines_byte_by_byte() {
-        let mut codec = Codec::lines();
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        for &b in b"ab\r\ncd\n" {
-            buf.put_u8(b);
-            got.extend(decode_all(&mut codec, &mut buf));
+    fn decoding_each_framing_and_its_errors() {
+        let lines = Codec::lines().max_length(4);
+        let too_long = "! line longer than the limit of 4 bytes";
+        let cases: &[(&Codec, &[u8], &str)] = &[
+            // Line ends are stripped; an unfinished last line is delivered
+            // at the end of the stream.
+            (&lines, b"one\ntwo\r\n\r\nend", "[one][two][]|[end]"),
+            // A line of the limit passes, and "abcd\r" may still be one;
+            // one byte more fails, without waiting for the line end.
+            (&lines, b"abcd\r\nabcd\nabcd\r", "[abcd][abcd]|[abcd]"),
+            (&lines, b"abcde", too_long),
+            (&lines, b"abcd\rx", too_long),
+            (&lines, b"abcde\n", too_long),
+            (
+                &Codec::lines(),
+                b"ok\n\xff\xfe\n",
+                "[ok]! line is not valid UTF-8: invalid utf-8 sequence of 1 bytes from index 0",
+            ),
+            // Refused from the prefix, before the body is buffered.
+            (
+                &Codec::length_delimited().max_length(10),
+                &[0, 0, 0, 11],
+                "! frame of 11 bytes is longer than the limit of 10 bytes",
+            ),
+            (
+                &Codec::length_delimited(),
+                &[0, 0, 0, 2, b'h', b'i', 0, 0, 0, 5, 1],
+                "[hi]|! stream ended inside a frame (5 bytes of it received)",
+            ),
+            // Raw chunks are split at the limit.
+            (&Codec::raw().max_length(4), b"abcdefg", "[abcd][efg]|"),
+        ];
+        for &(codec, input, expected) in cases {
+            assert_eq!(decoded(codec.clone(), input), expected, "{input:?}");
         }
-        assert_eq!(got, vec![Message::text("ab"), Message::text("cd")]);
     }
 
     #[test]
-    fn line_at_the_limit_passes_and_one_more_fails() {
-        let mut codec = Codec::lines().max_length(4);
-        let mut buf = BytesMut::from(&b"abcd\r\nabcd\n"[..]);
-        assert_eq!(decode_all(&mut codec, &mut buf).len(), 2);
-
-        // Found as soon as the fifth byte is not the '\r' of a line end.
-        let mut buf = BytesMut::from(&b"abcde"[..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(Error::LineTooLong { max: 4 })
-        ));
-
-        // "abcd\r" may still be a full line; "abcd\rx" cannot.
-        let mut codec = Codec::lines().max_length(4);
-        let mut buf = BytesMut::from(&b"abcd\r"[..]);
-        assert!(matches!(codec.decode(&mut buf), Ok(None)));
-        buf.put_u8(b'x');
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(Error::LineTooLong { .. })
-        ));
-
-        let mut codec = Codec::lines().max_length(4);
-        let mut buf = BytesMut::from(&b"abcde\n"[..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(Error::LineTooLong { .. })
-        ));
-    }
-
-    #[test]
-    fn long_line_fails_without_waiting_for_its_end() {
+    fn limits_are_found_before_more_is_buffered() {
         let mut codec = Codec::lines().max_length(8);
         let mut buf = BytesMut::new();
-        for _ in 0..8 {
+        for n in 1..=9 {
             buf.put_u8(b'x');
-            assert!(matches!(codec.decode(&mut buf), Ok(None)));
+            let got = codec.decode(&mut buf);
+            assert!(
+                matches!(
+                    (n, got),
+                    (..=8, Ok(None)) | (9, Err(Error::LineTooLong { max: 8 }))
+                ),
+                "after {n} bytes"
+            );
         }
-        buf.put_u8(b'x');
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(Error::LineTooLong { .. })
-        ));
-    }
-
-    #[test]
-    fn invalid_utf8_line_is_an_error() {
-        let mut codec = Codec::lines();
-        let mut buf = BytesMut::from(&b"ok\n\xff\xfe\n"[..]);
-        assert_eq!(
-            codec.decode(&mut buf).expect("first line"),
-            Some(Message::text("ok"))
-        );
-        assert!(matches!(codec.decode(&mut buf), Err(Error::InvalidUtf8(_))));
-    }
-
-    #[test]
-    fn last_line_without_newline_at_eof() {
-        let mut codec = Codec::lines();
-        let mut buf = BytesMut::from(&b"a\nb\r"[..]);
-        assert_eq!(
-            codec.decode_eof(&mut buf).expect("a"),
-            Some(Message::text("a"))
-        );
-        assert_eq!(
-            codec.decode_eof(&mut buf).expect("b"),
-            Some(Message::text("b"))
-        );
-        assert_eq!(codec.decode_eof(&mut buf).expect("end"), None);
+        // A prefix of 4 GiB - 1 does not make a frame reserve anything.
+        let mut buf = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
+        assert!(Codec::length_delimited().decode(&mut buf).is_err());
+        assert!(buf.capacity() < 64);
     }
 
     #[test]
@@ -450,77 +415,10 @@ mod tests {
         let mut buf = BytesMut::with_capacity(64);
         buf.extend_from_slice(b"hello\nworld\n");
         let base = buf.as_ptr() as usize;
-        let msgs = decode_all(&mut codec, &mut buf);
-        assert_eq!(msgs[0].as_bytes().as_ptr() as usize, base);
-        assert_eq!(msgs[1].as_bytes().as_ptr() as usize, base + 6);
-    }
-
-    #[test]
-    fn length_delimited_roundtrip_and_split_frames() {
-        let mut codec = Codec::length_delimited();
-        let mut wire = BytesMut::new();
-        for m in [
-            Message::binary(vec![1u8, 2, 3]),
-            Message::binary(Vec::new()),
-            Message::text("txt"),
-        ] {
-            codec.encode(m, &mut wire).expect("encode");
-        }
-        assert_eq!(&wire[..7], &[0, 0, 0, 3, 1, 2, 3]);
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        for &b in wire.iter() {
-            buf.put_u8(b);
-            got.extend(decode_all(&mut codec, &mut buf));
-        }
-        assert_eq!(
-            got,
-            vec![
-                Message::binary(vec![1u8, 2, 3]),
-                Message::binary(Vec::new()),
-                Message::binary(&b"txt"[..])
-            ]
-        );
-    }
-
-    #[test]
-    fn oversized_frame_fails_on_its_prefix() {
-        let mut codec = Codec::length_delimited().max_length(10);
-        let mut buf = BytesMut::from(&[0u8, 0, 0, 11][..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(Error::FrameTooLong { len: 11, max: 10 })
-        ));
-        // A prefix of 4 GiB - 1 does not make it reserve anything.
-        let mut codec = Codec::length_delimited();
-        let mut buf = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
-        assert!(codec.decode(&mut buf).is_err());
-        assert!(buf.capacity() < 64);
-    }
-
-    #[test]
-    fn truncated_frame_at_eof() {
-        let mut codec = Codec::length_delimited();
-        let mut buf = BytesMut::from(&[0u8, 0, 0, 5, 1][..]);
-        assert!(matches!(
-            codec.decode_eof(&mut buf),
-            Err(Error::Truncated { buffered: 5 })
-        ));
-    }
-
-    #[test]
-    fn raw_passes_chunks_and_splits_at_the_limit() {
-        let mut codec = Codec::raw().max_length(4);
-        let mut buf = BytesMut::from(&b"abcdefg"[..]);
-        assert_eq!(
-            decode_all(&mut codec, &mut buf),
-            vec![Message::binary(&b"abcd"[..]), Message::binary(&b"efg"[..])]
-        );
-        let mut out = BytesMut::new();
-        codec
-            .encode(Message::text("as is"), &mut out)
-            .expect("encode");
-        assert_eq!(&out[..], b"as is");
+        let a = codec.decode(&mut buf).unwrap().unwrap();
+        let b = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(a.as_bytes().as_ptr() as usize, base);
+        assert_eq!(b.as_bytes().as_ptr() as usize, base + 6);
     }
 
     #[test]
