@@ -72,10 +72,7 @@ impl<K: MessageComponent + ?Sized> TcpTransport<K> {
     /// `Codec::lines().max_length(512)`. Limits not set on the codec come
     /// from the server's [`Config`].
     pub fn new(component: impl IntoComponent<K>, codec: Codec) -> Self {
-        TcpTransport {
-            component: component.into_arc(),
-            make_codec: Arc::new(move |config: &Config| codec.for_config(config)),
-        }
+        Self::with_codec_factory(component, move |config: &Config| codec.for_config(config))
     }
 }
 
@@ -87,14 +84,10 @@ where
     <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
 {
     /// Your own codec, cloned for each connection: any tokio-util
-    /// [`Decoder`] + [`Encoder`] of [`Message`]s. See the
-    /// [crate docs](crate#your-own-codec) for a worked example.
-    ///
-    /// The codec bounds its own buffering (every codec needs a maximum
-    /// length); the connection adds a guard at [`Config::max_frame_size`]
-    /// plus 4 KiB of undecoded input. Errors the codec returns close the
-    /// connection: this crate's [`Error`](crate::Error) and core errors
-    /// keep their close codes, any other error closes with 1002.
+    /// [`Decoder`] + [`Encoder`] of [`Message`]s. The
+    /// [crate docs](crate#your-own-codec) have a worked example and say
+    /// what the codec's errors do; [`TcpConn`](crate::TcpConn#limits), how
+    /// a codec that does not bound its buffering is stopped.
     pub fn with_codec(component: impl IntoComponent<K>, codec: C) -> Self
     where
         C: Clone,
