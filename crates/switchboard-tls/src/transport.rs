@@ -18,15 +18,8 @@ use crate::pem;
 use crate::provider;
 
 /// A server's certificate chain and private key, ready to accept TLS
-/// connections. Cheap to clone (an `Arc` inside).
-///
-/// ```no_run
-/// use switchboard::tls::ServerTls;
-///
-/// # fn run() -> Result<(), switchboard::tls::Error> {
-/// let tls = ServerTls::from_pem_files("cert.pem", "key.pem")?;
-/// # let _ = tls; Ok(()) }
-/// ```
+/// connections: [`from_pem_files`](Self::from_pem_files) reads them. Cheap
+/// to clone (an `Arc` inside).
 #[derive(Clone)]
 pub struct ServerTls {
     acceptor: TlsAcceptor,
@@ -111,39 +104,15 @@ impl fmt::Debug for ServerTls {
 
 /// TLS around any transport: `TlsTransport::new(tls, WsTransport::new(c))`
 /// serves `wss://`, `TlsTransport::new(tls, TcpTransport::lines(c))` serves
-/// lines over TLS. One piece of code for both.
+/// lines over TLS (the crate docs have both on one server).
 ///
 /// The handshake runs inside [`Transport::accept`], so the server's
 /// [`Config::handshake_timeout`] bounds the TLS handshake and the inner
 /// transport's handshake together. A failed TLS handshake (a plain-text
-/// client, garbage, a client that rejects the certificate) is logged and
-/// counted in `handshake_failures` like any failed handshake; the server
-/// goes on serving everyone else.
-///
-/// ```no_run
-/// use switchboard::tls::{ServerTls, TlsTransport};
-/// use switchboard::ws::WsTransport;
-/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
-///
-/// struct Echo;
-///
-/// impl MessageComponent for Echo {
-///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-///         conn.send(msg)?;
-///         Ok(())
-///     }
-/// }
-///
-/// # async fn run() -> Result<(), BoxError> {
-/// let tls = ServerTls::from_pem_files("cert.pem", "key.pem")?;
-/// let server = Server::builder()
-///     .bind("127.0.0.1:8443", TlsTransport::new(tls, WsTransport::new(Echo)))
-///     .start()
-///     .await?;
-/// println!("wss://{}/", server.local_addr());
-/// # Ok(())
-/// # }
-/// ```
+/// client, garbage, a client that rejects the certificate) never reaches a
+/// component: it is logged (debug level) and counted in
+/// `handshake_failures` like any failed handshake, and the server goes on
+/// serving everyone else.
 #[derive(Clone, Debug)]
 pub struct TlsTransport<T> {
     tls: ServerTls,
