@@ -319,6 +319,15 @@ mod tests {
         assert_eq!(io.writes, vec![(false, 1, 17)]);
         assert!(out.is_empty());
         assert!(!out.is_allocated());
+
+        // With a `keep`, a buffer up to that size stays for the next batch.
+        let mut out = WriteBuffer::new(16 * 1024, 8 * 1024);
+        out.frame(b"", Bytes::from_static(b"small"), b"\n");
+        flush(&mut out, &mut io);
+        assert!(out.is_allocated());
+        out.buf_mut().extend_from_slice(&[0u8; 10_000]);
+        flush(&mut out, &mut io);
+        assert!(!out.is_allocated());
     }
 
     #[test]
@@ -348,8 +357,8 @@ mod tests {
         assert!(!out.is_allocated());
     }
 
-    #[test]
-    fn short_writes_keep_the_order() {
+    #[tokio::test]
+    async fn short_writes_and_writes_of_one_slice_keep_the_order() {
         let mut out = WriteBuffer::new(16 * 1024, 0);
         let mut expected = Vec::new();
         for i in 0..20u8 {
@@ -366,13 +375,10 @@ mod tests {
         flush(&mut out, &mut io);
         assert_eq!(io.data, expected);
         assert!(io.writes.iter().all(|&(_, _, n)| n <= 999));
-    }
 
-    #[tokio::test]
-    async fn a_stream_without_vectored_writes_gets_one_segment_at_a_time() {
+        // A stream without vectored writes takes the first slice each time.
         let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
         let big = Bytes::from(vec![1u8; 10_000]);
-        let mut out = WriteBuffer::new(16 * 1024, 0);
         out.frame(b"head", big.clone(), b"tail");
         poll_fn(|cx| out.poll_flush(&mut tx, cx)).await.unwrap();
         drop(tx);
@@ -407,19 +413,5 @@ mod tests {
         assert!(out.poll_ready(&mut io, &mut cx).is_ready());
         assert_eq!(io.writes.len(), 1);
         assert_eq!(io.data.len(), 4 * (1 + 64 * 1024));
-    }
-
-    #[test]
-    fn a_small_buffer_is_kept_up_to_keep() {
-        let mut io = Recording::default();
-        let mut out = WriteBuffer::new(16 * 1024, 8 * 1024);
-        out.frame(b"", Bytes::from_static(b"small"), b"\n");
-        flush(&mut out, &mut io);
-        assert!(out.is_allocated());
-        for _ in 0..10 {
-            out.buf_mut().extend_from_slice(&[0u8; 1000]);
-        }
-        flush(&mut out, &mut io);
-        assert!(!out.is_allocated());
     }
 }
