@@ -25,26 +25,8 @@ type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
 /// `Arc<dyn DynComponent>` (see [`DynComponent`](switchboard_core::DynComponent))
 /// works too, at the cost of a boxed future per call. `C` is the codec.
 /// Every constructor takes the component as a value or as an `Arc` shared
-/// with other listeners ([`IntoComponent`]).
-///
-/// ```no_run
-/// use switchboard::tcp::TcpTransport;
-/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
-///
-/// struct Echo;
-///
-/// impl MessageComponent for Echo {
-///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-///         conn.send(msg)?;
-///         Ok(())
-///     }
-/// }
-///
-/// # #[tokio::main] async fn main() -> Result<(), switchboard::Error> {
-/// // `nc 127.0.0.1 7000`: every line comes back.
-/// let server = Server::builder().bind("127.0.0.1:7000", TcpTransport::lines(Echo)).start().await?;
-/// # server.shutdown().await; Ok(()) }
-/// ```
+/// with other listeners ([`IntoComponent`]). The [crate docs](crate) start a
+/// server with it.
 pub struct TcpTransport<K: ?Sized, C = Codec> {
     component: Arc<K>,
     /// Makes each connection's codec; one call per accepted stream.
