@@ -1,7 +1,4 @@
 //! The built-in framings: lines, length-delimited frames and raw bytes.
-//!
-//! Pure byte handling, testable without a socket: [`Codec`] is a tokio-util
-//! [`Decoder`] and [`Encoder`] like any other.
 
 use bytes::{Buf, BufMut, BytesMut};
 use switchboard_core::transport::io::WriteBuffer;
@@ -37,10 +34,19 @@ const PREFIX: usize = 4;
 /// let mut buf = BytesMut::from(&b"hello\r\nwor"[..]);
 /// assert_eq!(codec.decode(&mut buf).unwrap(), Some(Message::text("hello")));
 /// assert_eq!(codec.decode(&mut buf).unwrap(), None); // waits for the rest
-///
 /// let mut out = BytesMut::new();
 /// codec.encode(Message::text("hi"), &mut out).unwrap();
 /// assert_eq!(&out[..], b"hi\n");
+///
+/// let mut codec = Codec::length_delimited().max_length(1024);
+/// let mut buf = BytesMut::from(&b"\0\0\0\x02hi\0\0\x10\0"[..]);
+/// assert_eq!(codec.decode(&mut buf).unwrap(), Some(Message::binary(&b"hi"[..])));
+/// // 4096 > 1024: refused from the prefix, before the body is buffered.
+/// assert!(codec.decode(&mut buf).is_err());
+///
+/// let mut out = BytesMut::new();
+/// Codec::raw().encode(Message::text("as is"), &mut out).unwrap();
+/// assert_eq!(&out[..], b"as is");
 /// ```
 #[derive(Clone, Debug)]
 pub struct Codec {
@@ -84,17 +90,6 @@ impl Codec {
     /// Binary frames with a u32 big-endian length prefix (the payload
     /// length, not counting the prefix), each one [`Message::Binary`].
     /// Outbound, text and binary messages alike are written as frames.
-    ///
-    /// ```
-    /// use switchboard::tcp::{BytesMut, Codec, Decoder};
-    /// use switchboard::Message;
-    ///
-    /// let mut codec = Codec::length_delimited().max_length(1024);
-    /// let mut buf = BytesMut::from(&b"\0\0\0\x02hi\0\0\x10\0"[..]);
-    /// assert_eq!(codec.decode(&mut buf).unwrap(), Some(Message::binary(&b"hi"[..])));
-    /// // 4096 > 1024: refused from the prefix, before the body is buffered.
-    /// assert!(codec.decode(&mut buf).is_err());
-    /// ```
     pub fn length_delimited() -> Self {
         Self::new(Kind::LengthDelimited)
     }
@@ -102,18 +97,6 @@ impl Codec {
     /// No framing: each chunk the socket delivers is one
     /// [`Message::Binary`], and each message sent is written as is. For
     /// protocols that frame themselves, where the component reassembles.
-    ///
-    /// ```
-    /// use switchboard::tcp::{BytesMut, Codec, Decoder, Encoder};
-    /// use switchboard::Message;
-    ///
-    /// let mut codec = Codec::raw();
-    /// let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
-    /// assert_eq!(codec.decode(&mut buf).unwrap(), Some(Message::binary(&b"GET / HTTP/1.1\r\n"[..])));
-    /// let mut out = BytesMut::new();
-    /// codec.encode(Message::text("as is"), &mut out).unwrap();
-    /// assert_eq!(&out[..], b"as is");
-    /// ```
     pub fn raw() -> Self {
         Self::new(Kind::Raw)
     }
@@ -142,9 +125,11 @@ impl Codec {
     /// use switchboard::tcp::Codec;
     /// use switchboard::Config;
     ///
-    /// let config = Config::default().max_frame_size(4096);
-    /// assert_eq!(Codec::lines().for_config(&config).max_len(), 4096);
+    /// let config = Config::default().max_frame_size(4096).max_message_size(2048);
+    /// assert_eq!(Codec::lines().for_config(&config).max_len(), 2048);
     /// assert_eq!(Codec::lines().max_length(80).for_config(&config).max_len(), 80);
+    /// // On its own: 1 MiB.
+    /// assert_eq!(Codec::raw().max_len(), 1 << 20);
     /// ```
     #[must_use]
     pub fn for_config(&self, config: &Config) -> Self {
@@ -433,16 +418,5 @@ mod tests {
             assert!(out.poll_write(&mut written, &mut cx).is_ready());
             assert_eq!(written, expected, "{}", codec.name());
         }
-    }
-
-    #[test]
-    fn config_sets_the_limit_unless_explicit() {
-        let config = Config::default().max_frame_size(100).max_message_size(50);
-        assert_eq!(Codec::lines().for_config(&config).max_len(), 50);
-        assert_eq!(
-            Codec::lines().max_length(7).for_config(&config).max_len(),
-            7
-        );
-        assert_eq!(Codec::raw().max_len(), Config::default().max_frame_size);
     }
 }
