@@ -43,14 +43,11 @@ impl ServerTls {
     /// }
     /// ```
     pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
-        let (cert_path, key_path) = (cert.as_ref(), key.as_ref());
-        let (cert, key) = (
-            cert_path.display().to_string(),
-            key_path.display().to_string(),
-        );
-        let certs = pem::certificates(&pem::read_file(cert_path)?, &cert)?;
-        let private_key = pem::private_key(&pem::read_file(key_path)?, &key)?;
-        Self::from_der(certs, private_key, &cert, &key)
+        let (cert, key) = (cert.as_ref(), key.as_ref());
+        let (cert_origin, key_origin) = (cert.display().to_string(), key.display().to_string());
+        let certs = pem::certificates(&pem::read_file(cert)?, &cert_origin)?;
+        let private_key = pem::private_key(&pem::read_file(key)?, &key_origin)?;
+        Self::from_der(certs, private_key, &cert_origin, &key_origin)
     }
 
     /// Like [`from_pem_files`](Self::from_pem_files), from PEM text in memory.
