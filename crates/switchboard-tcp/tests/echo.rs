@@ -5,8 +5,8 @@ mod support;
 
 use switchboard::tcp::{BytesMut, Codec, Decoder, Encoder, TcpTransport};
 use switchboard::{
-    BoxError, CloseCode, CloseReason, Config, Connection, Error, Message, MessageComponent,
-    ServerHandle,
+    BoxError, CloseCode, CloseReason, Config, Connection, Counters, Error, Message,
+    MessageComponent, ServerHandle,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -124,25 +124,6 @@ async fn frames_written_byte_by_byte() {
         drop(stream);
         server.shutdown().await;
     }
-}
-
-#[tokio::test]
-async fn many_frames_in_one_write() {
-    let (server, mut events) = echo_server(TcpTransport::lines, Config::default()).await;
-    let (mut stream, conn) = peer(&server, &mut events).await;
-
-    let n = 5_000;
-    let wire: String = (0..n).map(|i| format!("line {i}\n")).collect();
-    let echoed = write_all_then_read_to_end(&mut stream, wire.as_bytes()).await;
-    assert_eq!(String::from_utf8(echoed).unwrap(), wire);
-
-    let (msgs, _) = events.close_of(conn.id()).await;
-    assert_eq!(msgs.len(), n);
-    for (i, m) in msgs.iter().enumerate() {
-        assert_eq!(m.as_text(), Some(format!("line {i}").as_str()));
-    }
-    assert_eq!(server.stats().messages_in, n as u64);
-    server.shutdown().await;
 }
 
 /// A fixed-header protocol: one byte of kind (0 text, 1 binary), a u16
@@ -311,17 +292,10 @@ async fn pipelined_lines_with_a_small_queue_bound_get_every_reply_in_order() {
     // queue once it holds a quarter of its bound: 200 lines in one write,
     // two replies each, never refused by a queue of 8.
     let config = Config::default().queue_max_messages(8);
-    let (server, mut stream) = ordered(config).await;
-    let input: String = (0..200).map(|i| format!("twice m{i}\n")).collect();
-    stream.write_all(input.as_bytes()).await.unwrap();
-    let expected: String = (0..200).map(|i| format!("m{i}\nm{i}\n")).collect();
-    let got = read_n(&mut stream, expected.len()).await;
-    assert_eq!(String::from_utf8(got).unwrap(), expected);
-    let stats = server.stats();
+    let twice = |i| format!("twice m{i}\n");
+    let stats = exchange(config, 200, twice, |i| format!("m{i}\nm{i}\n")).await;
     assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
     assert_eq!((stats.messages_in, stats.messages_out), (200, 400));
-    drop(stream);
-    server.shutdown().await;
 }
 
 /// Hands each line's connection to a helper thread that sends on it while
@@ -468,18 +442,35 @@ async fn ordered(config: Config) -> (ServerHandle, TcpStream) {
     (server, stream)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_from_another_task_before_a_handlers_reply_leaves_first() {
-    let (server, mut stream) = ordered(Config::default()).await;
-    let input: String = (0..100).map(|i| format!("spawned {i}\n")).collect();
+/// Writes the lines `request` makes of 0..n to a server of [`Ordered`] in
+/// one write; what comes back must be what `reply` makes of each, in
+/// order. Returns the server's counters.
+async fn exchange(
+    config: Config,
+    n: usize,
+    request: impl Fn(usize) -> String,
+    reply: impl Fn(usize) -> String,
+) -> Counters {
+    let (server, mut stream) = ordered(config).await;
+    let input: String = (0..n).map(request).collect();
     stream.write_all(input.as_bytes()).await.unwrap();
-    let expected: String = (0..100).map(|i| format!("early {i}\nlate {i}\n")).collect();
+    let expected: String = (0..n).map(reply).collect();
     let got = read_n(&mut stream, expected.len()).await;
     assert_eq!(String::from_utf8(got).unwrap(), expected);
     let stats = server.stats();
-    assert_eq!((stats.messages_in, stats.messages_out), (100, 200));
     drop(stream);
     server.shutdown().await;
+    stats
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_from_another_task_before_a_handlers_reply_leaves_first() {
+    let spawned = |i| format!("spawned {i}\n");
+    let stats = exchange(Config::default(), 100, spawned, |i| {
+        format!("early {i}\nlate {i}\n")
+    })
+    .await;
+    assert_eq!((stats.messages_in, stats.messages_out), (100, 200));
 }
 
 #[tokio::test]

@@ -204,21 +204,25 @@ async fn a_panicking_codec_closes_only_its_connection_after_its_replies() {
 }
 
 #[tokio::test]
-async fn half_close_delivers_everything_then_closes() {
+async fn many_lines_in_one_write_then_a_half_close_are_all_delivered() {
     let (server, mut events) = echo_server(TcpTransport::lines, Config::default()).await;
     let (mut stream, conn) = peer(&server, &mut events).await;
 
     // Many lines, the last one unterminated, then the write side shut down.
-    let n = 2_000;
-    let mut wire: String = (0..n).map(|i| format!("m{i}\n")).collect();
+    let n = 5_000;
+    let mut wire: String = (0..n).map(|i| format!("line {i}\n")).collect();
     wire.push_str("last");
     let echoed = write_all_then_read_to_end(&mut stream, wire.as_bytes()).await;
     assert_eq!(String::from_utf8(echoed).unwrap(), format!("{wire}\n"));
 
     let (msgs, reason) = events.close_of(conn.id()).await;
     assert_eq!(msgs.len(), n + 1);
-    assert_eq!(msgs.last(), Some(&Message::text("last")));
+    for (i, m) in msgs[..n].iter().enumerate() {
+        assert_eq!(m.as_text(), Some(format!("line {i}").as_str()));
+    }
+    assert_eq!(msgs[n], Message::text("last"));
     assert_eq!(reason, CloseReason::Peer(None));
+    assert_eq!(server.stats().messages_in, n as u64 + 1);
     drop(stream);
     server.shutdown().await;
 }
