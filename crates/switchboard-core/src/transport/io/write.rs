@@ -69,7 +69,7 @@ pub struct WriteBuffer {
 
 #[derive(Debug, Default)]
 struct Queued {
-    /// Never empty ones.
+    /// None of them empty.
     segments: VecDeque<Bytes>,
     /// Bytes in `segments`.
     len: usize,
@@ -193,7 +193,8 @@ impl WriteBuffer {
                 None if self.buf.is_empty() => break,
                 // The common case: one contiguous buffer, one plain write.
                 None => ready!(Pin::new(&mut *io).poll_write(cx, &self.buf))?,
-                // A stream without vectored writes takes the first slice.
+                // Payloads of their own: one vectored write (a stream
+                // without vectored writes takes the first slice).
                 Some(queued) => {
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                     let mut count = 0;
