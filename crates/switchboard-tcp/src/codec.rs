@@ -210,6 +210,24 @@ impl Codec {
         src.advance(PREFIX);
         Ok(Some(Message::Binary(src.split_to(len).freeze())))
     }
+
+    /// Encodes `msg` into a connection's write buffer: the framing is
+    /// copied, and so is a small payload; a large one is written from its
+    /// own memory.
+    #[inline]
+    pub(crate) fn encode_to(&self, msg: Message, out: &mut WriteBuffer) -> Result<(), Error> {
+        let payload = msg.into_bytes();
+        match self.kind {
+            Kind::Lines => out.frame(&[], payload, b"\n"),
+            Kind::LengthDelimited => {
+                let len = u32::try_from(payload.len())
+                    .map_err(|_| Error::MessageTooLong { len: payload.len() })?;
+                out.frame(&len.to_be_bytes(), payload, &[]);
+            }
+            Kind::Raw => out.frame(&[], payload, &[]),
+        }
+        Ok(())
+    }
 }
 
 impl Decoder for Codec {
@@ -252,26 +270,6 @@ impl Decoder for Codec {
             // `decode` made a chunk of whatever was buffered.
             Kind::Raw => Ok(None),
         }
-    }
-}
-
-impl Codec {
-    /// Encodes `msg` into a connection's write buffer: the framing is
-    /// copied, and so is a small payload; a large one is written from its
-    /// own memory.
-    #[inline]
-    pub(crate) fn encode_to(&self, msg: Message, out: &mut WriteBuffer) -> Result<(), Error> {
-        let payload = msg.into_bytes();
-        match self.kind {
-            Kind::Lines => out.frame(&[], payload, b"\n"),
-            Kind::LengthDelimited => {
-                let len = u32::try_from(payload.len())
-                    .map_err(|_| Error::MessageTooLong { len: payload.len() })?;
-                out.frame(&len.to_be_bytes(), payload, &[]);
-            }
-            Kind::Raw => out.frame(&[], payload, &[]),
-        }
-        Ok(())
     }
 }
 
