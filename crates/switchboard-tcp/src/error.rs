@@ -11,12 +11,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// On a connection these become a core
 /// [`Error::Protocol`](switchboard_core::Error::Protocol) with the close code
-/// named on each variant: the component's `on_error` receives it, the
-/// connection is closed (TCP has no close frames, so the code is logged) and
-/// `on_close` runs. Nothing more is read from that peer.
-///
-/// Custom codecs may return these too (or a core `Error`, or an
-/// [`io::Error`]); any other error type becomes a protocol error (1002).
+/// named on each variant, and close the connection (the crate docs say
+/// how). Custom codecs may return these too.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -88,12 +84,13 @@ impl Error {
 
 impl From<Error> for switchboard_core::Error {
     fn from(err: Error) -> Self {
-        match err.close_code() {
-            Some(code) => switchboard_core::Error::protocol(code, err),
-            None => match err {
-                Error::Io(io) => switchboard_core::Error::Io(io),
-                other => switchboard_core::Error::protocol(CloseCode::PROTOCOL, other),
-            },
+        match err {
+            Error::Io(io) => switchboard_core::Error::Io(io),
+            // Every other variant has a close code.
+            err => {
+                let code = err.close_code().unwrap_or(CloseCode::PROTOCOL);
+                switchboard_core::Error::protocol(code, err)
+            }
         }
     }
 }
@@ -131,34 +128,31 @@ mod tests {
     #[error("bad header")]
     struct BadHeader;
 
-    fn code(err: switchboard_core::Error) -> Option<u16> {
+    /// The close code of a protocol error; 0 for an I/O error.
+    fn code(err: switchboard_core::Error) -> u16 {
         match err {
-            switchboard_core::Error::Protocol { code, .. } => Some(code.0),
-            _ => None,
+            switchboard_core::Error::Protocol { code, .. } => code.0,
+            switchboard_core::Error::Io(_) => 0,
+            other => panic!("unexpected {other}"),
         }
     }
 
     #[test]
     fn codes_survive_conversion() {
-        assert_eq!(code(into_core(Error::LineTooLong { max: 3 })), Some(1009));
-        assert_eq!(
-            code(into_core(Error::FrameTooLong { len: 9, max: 3 })),
-            Some(1009)
-        );
-        assert_eq!(
-            code(into_core(Error::Truncated { buffered: 2 })),
-            Some(1002)
-        );
-        assert_eq!(code(into_core(BadHeader)), Some(1002));
         let core = switchboard_core::Error::protocol(CloseCode::POLICY, "nope");
-        assert_eq!(code(into_core(core)), Some(1008));
-        assert!(matches!(
-            into_core(io::Error::from(io::ErrorKind::ConnectionReset)),
-            switchboard_core::Error::Io(_)
-        ));
-        assert!(matches!(
-            into_core(Error::Io(io::ErrorKind::BrokenPipe.into())),
-            switchboard_core::Error::Io(_)
-        ));
+        for (err, expected) in [
+            (into_core(Error::LineTooLong { max: 3 }), 1009),
+            (into_core(Error::FrameTooLong { len: 9, max: 3 }), 1009),
+            (into_core(Error::Truncated { buffered: 2 }), 1002),
+            (into_core(BadHeader), 1002),
+            (into_core(core), 1008),
+            (
+                into_core(io::Error::from(io::ErrorKind::ConnectionReset)),
+                0,
+            ),
+            (into_core(Error::Io(io::ErrorKind::BrokenPipe.into())), 0),
+        ] {
+            assert_eq!(code(err), expected);
+        }
     }
 }

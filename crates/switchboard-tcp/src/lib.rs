@@ -158,24 +158,12 @@
 //! [`Client`] adds reconnecting with backoff and, with the `tls` feature,
 //! TLS over TCP.
 //!
-//! # Buffers
-//!
-//! The buffers and the idle timer are the core's I/O layer
-//! (`switchboard_core::transport::io`), shared with the WebSocket
-//! transport. A connection waiting for its peer holds no read buffer: reads
-//! go to a 1 KiB stack buffer until bytes arrive. While busy the read
-//! buffer starts at 1 KiB and grows only while reads fill it (up to 64 KiB
-//! a read, or what a frame in progress needs). The built-in codecs copy
-//! small payloads into the write buffer and write larger ones (over 4 KiB)
-//! from their own memory; the write buffer starts empty, is written out at
-//! 8 KiB and released once written if it grew past that. See [`TcpConn`].
-//!
 //! # Layout
 //!
 //! - `codec`: the built-in framings, pure byte handling;
 //! - `tcp_connection`: [`TcpConn`], the core's I/O layer with a codec:
-//!   limits, the undecoded-input guard, end of stream and the lingering
-//!   close;
+//!   buffers, limits, the undecoded-input guard, end of stream and the
+//!   lingering close;
 //! - `transport`: [`TcpTransport`], the server side;
 //! - `client`: [`connect`] and friends, [`Client`];
 //! - `error`: [`Error`].

@@ -1,16 +1,11 @@
 //! One framed TCP connection: the core's I/O layer
 //! (`switchboard_core::transport::io`) and a codec.
-//!
-//! This is where the bytes meet the codec. The core's connection driver
-//! calls `poll_recv` when the component wants the next message, and
-//! `poll_ready`/`start_send` for each queued message, then `poll_flush` once
-//! per batch; everything here is shaped by that.
 
 use std::any::Any;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use switchboard_core::transport::io::{Due, Keepalive, ReadBuffer, WriteBuffer};
+use switchboard_core::transport::io::{Keepalive, ReadBuffer, WriteBuffer};
 use switchboard_core::transport::{Received, TransportConn};
 use switchboard_core::{CloseFrame, Config, Error as CoreError, Message, Result};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -40,26 +35,21 @@ const GUARD_SLACK: usize = 4 * 1024;
 ///
 /// # Buffers
 ///
-/// The core's [`ReadBuffer`] and [`WriteBuffer`]. A connection waiting for
-/// its peer holds no read buffer: an empty one is released whenever the
-/// socket has nothing more, and the next read goes to a 1 KiB stack buffer
-/// first, so the heap is used only once bytes arrive. While busy, reads
-/// start at 1 KiB and grow only while they fill the room offered (to
-/// 64 KiB per read, or what a frame in progress needs, which the codec
-/// bounds); messages are split off the buffer without copying. Outbound,
-/// the built-in [`Codec`] copies small payloads next to their framing and
-/// writes larger ones (over 4 KiB) from their own memory; your own codec
-/// encodes into the write buffer's `BytesMut`. The write buffer is written
-/// out at 8 KiB and at the end of each batch, and kept for the next batch
-/// if it did not grow past 8 KiB.
+/// The core's [`ReadBuffer`] and [`WriteBuffer`], whose docs give the
+/// policy: no read buffer while the peer is silent, reads of 1 KiB at
+/// first that grow to 64 KiB (or what a frame in progress needs),
+/// messages split off without copying. The built-in [`Codec`] writes
+/// payloads over 4 KiB from their own memory; your own codec encodes into
+/// the write buffer's `BytesMut`. The write buffer is written out at 8 KiB
+/// and at the end of each batch, and kept for the next batch if it did not
+/// grow past 8 KiB.
 ///
 /// # Limits
 ///
 /// The codec enforces its maximum length. As a guard for codecs that do
 /// not, more than the larger of [`Config::max_frame_size`] and
 /// [`Config::max_message_size`] plus 4 KiB of undecoded input is an
-/// [`Error::FrameTooLong`] too. [`Config::idle_timeout`] closes a connection
-/// whose peer sent nothing for that long (raw TCP has no pings).
+/// [`Error::FrameTooLong`] too.
 ///
 /// # Closing
 ///
@@ -98,15 +88,10 @@ enum ReadState {
 // connection can move whatever the codec is.
 impl<IO: Unpin, C> Unpin for TcpConn<IO, C> {}
 
-impl<IO, C> TcpConn<IO, C>
-where
-    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    C: Decoder<Item = Message> + Encoder<Message> + Send + 'static,
-    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
-    <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
-{
-    /// Frames `io` with `codec` under the limits of `config`. The codec is
-    /// used as given: for a built-in [`Codec`](crate::Codec), pass
+impl<IO, C> TcpConn<IO, C> {
+    /// Frames `io` with `codec` under the limits and the idle timeout of
+    /// `config` (raw TCP has no pings). The codec is used as given: for a
+    /// built-in [`Codec`](crate::Codec), pass
     /// [`codec.for_config(config)`](crate::Codec::for_config).
     ///
     /// Over an in-memory pipe, driven by hand as the core's driver would:
@@ -166,28 +151,13 @@ where
         &self.codec
     }
 
-    /// Called when the socket has nothing to read (the read buffer let go
-    /// of its memory if empty): checks the idle timer.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received>> {
-        loop {
-            match ready!(self.keepalive.poll(cx)) {
-                Due::Idle => {
-                    tracing::info!("closing tcp connection: peer idle");
-                    self.state = ReadState::Done;
-                    return Poll::Ready(Err(CoreError::IdleTimeout));
-                }
-                // None configured: raw TCP has no pings.
-                Due::Ping => {}
-            }
-        }
-    }
-
     fn fail(&mut self, err: CoreError) -> Poll<Result<Received>> {
         self.state = ReadState::Done;
         match &err {
             CoreError::Protocol { code, source } => {
                 tracing::info!(code = %code, reason = %source, "closing tcp connection: bad input");
             }
+            CoreError::IdleTimeout => tracing::info!("closing tcp connection: peer idle"),
             other => tracing::debug!(error = %other, "tcp read failed"),
         }
         Poll::Ready(Err(err))
@@ -208,14 +178,8 @@ where
                 ReadState::Open => match self.codec.decode(&mut self.read) {
                     Ok(Some(msg)) => return Poll::Ready(Ok(Received::Message(msg))),
                     Ok(None) if self.read.len() > self.guard => {
-                        let len = self.read.len();
-                        return self.fail(
-                            Error::FrameTooLong {
-                                len,
-                                max: self.guard - GUARD_SLACK,
-                            }
-                            .into(),
-                        );
+                        let (len, max) = (self.read.len(), self.guard - GUARD_SLACK);
+                        return self.fail(Error::FrameTooLong { len, max }.into());
                     }
                     Ok(None) => {}
                     Err(err) => return self.fail(into_core(err)),
@@ -242,7 +206,12 @@ where
                     self.peer_done = true;
                     return self.fail(CoreError::Io(err));
                 }
-                Poll::Pending => return self.poll_idle(cx),
+                // Nothing more to read: the idle timer's turn (raw TCP has
+                // no pings, so the only thing it reports is an idle peer).
+                Poll::Pending => {
+                    ready!(self.keepalive.poll(cx));
+                    return self.fail(CoreError::IdleTimeout);
+                }
             }
         }
     }
@@ -304,83 +273,38 @@ impl<IO, C> std::fmt::Debug for TcpConn<IO, C> {
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
-    use std::time::Duration;
+    use std::task::Waker;
 
-    use tokio::io::AsyncWriteExt;
-    use tokio::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::Codec;
-
-    fn lines(
-        io: tokio::io::DuplexStream,
-        config: &Config,
-    ) -> TcpConn<tokio::io::DuplexStream, Codec> {
-        TcpConn::new(io, Codec::lines().for_config(config), config)
-    }
-
-    async fn recv<IO, C>(conn: &mut TcpConn<IO, C>) -> Result<Received>
-    where
-        TcpConn<IO, C>: TransportConn,
-    {
-        poll_fn(|cx| conn.poll_recv(cx)).await
-    }
 
     #[tokio::test]
     async fn a_waiting_connection_holds_no_read_buffer() {
         let (mut peer, io) = tokio::io::duplex(4096);
-        let mut conn = lines(io, &Config::default());
+        let mut conn = TcpConn::new(io, Codec::lines(), &Config::default());
         peer.write_all(b"a\nb\n").await.expect("write");
-        let a = recv(&mut conn).await.expect("a");
-        let b = recv(&mut conn).await.expect("b");
-        let pending = poll_fn(|cx| Poll::Ready(conn.poll_recv(cx).is_pending())).await;
-        assert!(pending);
+        let a = poll_fn(|cx| conn.poll_recv(cx)).await.expect("a");
+        let b = poll_fn(|cx| conn.poll_recv(cx)).await.expect("b");
+        let pending = conn.poll_recv(&mut Context::from_waker(Waker::noop()));
+        assert!(pending.is_pending());
         assert_eq!(conn.read.capacity(), 0);
         // The messages split off the released buffer keep their bytes.
         assert!(matches!(a, Received::Message(m) if m == Message::text("a")));
         assert!(matches!(b, Received::Message(m) if m == Message::text("b")));
-        peer.write_all(b"c\n").await.expect("write");
-        assert!(
-            matches!(recv(&mut conn).await, Ok(Received::Message(m)) if m == Message::text("c"))
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_timeout_counts_from_the_last_read() {
-        let idle = Duration::from_secs(10);
-        let config = Config::default()
-            .ping_interval(None)
-            .idle_timeout(Some(idle));
-        let (mut peer, io) = tokio::io::duplex(4096);
-        let mut conn = lines(io, &config);
-        let start = Instant::now();
-        let writer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(6)).await;
-            peer.write_all(b"late\n").await.expect("write");
-            // Keep the pipe open past the timeout.
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            drop(peer);
-        });
-        assert!(matches!(recv(&mut conn).await, Ok(Received::Message(_))));
-        assert_eq!(start.elapsed(), Duration::from_secs(6));
-        assert!(matches!(recv(&mut conn).await, Err(CoreError::IdleTimeout)));
-        assert_eq!(start.elapsed(), Duration::from_secs(16));
-        writer.abort();
     }
 
     #[tokio::test]
     async fn close_flushes_shuts_down_and_waits_for_the_peer() {
         let (mut peer, io) = tokio::io::duplex(4096);
-        let mut conn = lines(io, &Config::default());
+        let mut conn = TcpConn::new(io, Codec::lines(), &Config::default());
         conn.start_send(Message::text("bye")).expect("encode");
         let frame = CloseFrame::new(switchboard_core::CloseCode::NORMAL, "");
-        let closing = poll_fn(|cx| Poll::Ready(conn.poll_close(cx, &frame).is_pending())).await;
-        // Written and shut down, now waiting for the peer's end of stream.
-        assert!(closing);
+        // Written and shut down, then waiting for the peer's end of stream.
+        let closing = conn.poll_close(&mut Context::from_waker(Waker::noop()), &frame);
+        assert!(closing.is_pending());
         let mut got = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut got)
-            .await
-            .expect("read");
+        peer.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, b"bye\n");
         peer.write_all(b"ignored\n").await.expect("write");
         drop(peer);

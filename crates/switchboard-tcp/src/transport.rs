@@ -25,26 +25,8 @@ type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
 /// `Arc<dyn DynComponent>` (see [`DynComponent`](switchboard_core::DynComponent))
 /// works too, at the cost of a boxed future per call. `C` is the codec.
 /// Every constructor takes the component as a value or as an `Arc` shared
-/// with other listeners ([`IntoComponent`]).
-///
-/// ```no_run
-/// use switchboard::tcp::TcpTransport;
-/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
-///
-/// struct Echo;
-///
-/// impl MessageComponent for Echo {
-///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-///         conn.send(msg)?;
-///         Ok(())
-///     }
-/// }
-///
-/// # #[tokio::main] async fn main() -> Result<(), switchboard::Error> {
-/// // `nc 127.0.0.1 7000`: every line comes back.
-/// let server = Server::builder().bind("127.0.0.1:7000", TcpTransport::lines(Echo)).start().await?;
-/// # server.shutdown().await; Ok(()) }
-/// ```
+/// with other listeners ([`IntoComponent`]). The [crate docs](crate) start a
+/// server with it.
 pub struct TcpTransport<K: ?Sized, C = Codec> {
     component: Arc<K>,
     /// Makes each connection's codec; one call per accepted stream.
@@ -72,10 +54,7 @@ impl<K: MessageComponent + ?Sized> TcpTransport<K> {
     /// `Codec::lines().max_length(512)`. Limits not set on the codec come
     /// from the server's [`Config`].
     pub fn new(component: impl IntoComponent<K>, codec: Codec) -> Self {
-        TcpTransport {
-            component: component.into_arc(),
-            make_codec: Arc::new(move |config: &Config| codec.for_config(config)),
-        }
+        Self::with_codec_factory(component, move |config: &Config| codec.for_config(config))
     }
 }
 
@@ -87,14 +66,10 @@ where
     <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
 {
     /// Your own codec, cloned for each connection: any tokio-util
-    /// [`Decoder`] + [`Encoder`] of [`Message`]s. See the
-    /// [crate docs](crate#your-own-codec) for a worked example.
-    ///
-    /// The codec bounds its own buffering (every codec needs a maximum
-    /// length); the connection adds a guard at [`Config::max_frame_size`]
-    /// plus 4 KiB of undecoded input. Errors the codec returns close the
-    /// connection: this crate's [`Error`](crate::Error) and core errors
-    /// keep their close codes, any other error closes with 1002.
+    /// [`Decoder`] + [`Encoder`] of [`Message`]s. The
+    /// [crate docs](crate#your-own-codec) have a worked example and say
+    /// what the codec's errors do; [`TcpConn`](crate::TcpConn#limits), how
+    /// a codec that does not bound its buffering is stopped.
     pub fn with_codec(component: impl IntoComponent<K>, codec: C) -> Self
     where
         C: Clone,
@@ -199,8 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn constructors_take_a_value_an_arc_or_a_trait_object() {
-        let _value: TcpTransport<Quiet> = TcpTransport::lines(Quiet);
+    fn constructors_take_an_arc_or_a_trait_object_as_is() {
         let shared = Arc::new(Quiet);
         let typed = TcpTransport::raw(shared.clone());
         let object: Arc<dyn DynComponent> = shared.clone();

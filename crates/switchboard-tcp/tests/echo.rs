@@ -5,19 +5,22 @@ mod support;
 
 use switchboard::tcp::{BytesMut, Codec, Decoder, Encoder, TcpTransport};
 use switchboard::{
-    BoxError, CloseCode, CloseReason, Config, Connection, Error, Message, MessageComponent,
+    BoxError, CloseCode, CloseReason, Config, Connection, Counters, Error, Message,
+    MessageComponent, ServerHandle,
 };
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use support::{dial, read_n, read_to_end, recorder, serve, within};
+use support::{
+    dial, echo_server, peer, read_n, read_to_end, recorder, serve, within,
+    write_all_then_read_to_end,
+};
 
 #[tokio::test]
 async fn lines_echo_text_and_strip_line_ends() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::lines(component), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
+    let (server, mut events) = echo_server(TcpTransport::lines, Config::default()).await;
+    let (mut stream, conn) = peer(&server, &mut events).await;
     assert_eq!(conn.transport().kind(), "tcp");
 
     stream
@@ -42,10 +45,8 @@ async fn lines_echo_text_and_strip_line_ends() {
 
 #[tokio::test]
 async fn length_delimited_echo() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::length_delimited(component), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
+    let (server, mut events) = echo_server(TcpTransport::length_delimited, Config::default()).await;
+    let (mut stream, conn) = peer(&server, &mut events).await;
 
     let mut wire = Vec::new();
     for payload in [&b"abc"[..], b"", &[0xff; 300][..]] {
@@ -73,24 +74,11 @@ async fn length_delimited_echo() {
 
 #[tokio::test]
 async fn raw_echo_passes_bytes_through() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::raw(component), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
+    let (server, mut events) = echo_server(TcpTransport::raw, Config::default()).await;
+    let (mut stream, conn) = peer(&server, &mut events).await;
 
     let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
-    let (mut rd, mut wr) = stream.split();
-    let writer = async {
-        wr.write_all(&data).await.unwrap();
-        wr.shutdown().await.unwrap();
-    };
-    let mut echoed = Vec::new();
-    let reader = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut echoed);
-    within("raw echo", async {
-        tokio::join!(writer, reader).1.unwrap()
-    })
-    .await;
-    assert_eq!(echoed, data);
+    assert_eq!(write_all_then_read_to_end(&mut stream, &data).await, data);
 
     // Chunks arrive as binary messages, in order and complete.
     let (msgs, reason) = events.close_of(conn.id()).await;
@@ -103,72 +91,39 @@ async fn raw_echo_passes_bytes_through() {
 
 #[tokio::test]
 async fn frames_written_byte_by_byte() {
-    // Lines.
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::lines(component), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
-    for &b in b"one\r\ntwo\nthree\n" {
-        stream.write_all(&[b]).await.unwrap();
-        stream.flush().await.unwrap();
-        tokio::task::yield_now().await;
+    let text = Message::text;
+    let binary = |b: &[u8]| Message::binary(b.to_vec());
+    let frames = [0u8, 0, 0, 2, 7, 8, 0, 0, 0, 1, 9];
+    // (codec, what the peer writes, the messages, what comes back)
+    let cases = [
+        (
+            Codec::lines(),
+            &b"one\r\ntwo\nthree\n"[..],
+            vec![text("one"), text("two"), text("three")],
+            &b"one\ntwo\nthree\n"[..],
+        ),
+        (
+            Codec::length_delimited(),
+            &frames[..],
+            vec![binary(&[7, 8]), binary(&[9])],
+            &frames[..],
+        ),
+    ];
+    for (codec, wire, msgs, echo) in cases {
+        let (server, mut events) =
+            echo_server(|c| TcpTransport::new(c, codec), Config::default()).await;
+        let (mut stream, conn) = peer(&server, &mut events).await;
+        for &b in wire {
+            stream.write_all(&[b]).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        for msg in msgs {
+            assert_eq!(events.message(conn.id()).await, msg);
+        }
+        assert_eq!(read_n(&mut stream, echo.len()).await, echo);
+        drop(stream);
+        server.shutdown().await;
     }
-    for want in ["one", "two", "three"] {
-        assert_eq!(events.message(conn.id()).await, Message::text(want));
-    }
-    assert_eq!(read_n(&mut stream, 14).await, b"one\ntwo\nthree\n");
-    drop(stream);
-    server.shutdown().await;
-
-    // Length-delimited.
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::length_delimited(component), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
-    let wire = [0u8, 0, 0, 2, 7, 8, 0, 0, 0, 1, 9];
-    for &b in &wire {
-        stream.write_all(&[b]).await.unwrap();
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(
-        events.message(conn.id()).await,
-        Message::binary(vec![7u8, 8])
-    );
-    assert_eq!(events.message(conn.id()).await, Message::binary(vec![9u8]));
-    assert_eq!(read_n(&mut stream, wire.len()).await, wire);
-    drop(stream);
-    server.shutdown().await;
-}
-
-#[tokio::test]
-async fn many_frames_in_one_write() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::lines(component), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
-
-    let n = 5_000;
-    let wire: String = (0..n).map(|i| format!("line {i}\n")).collect();
-    let (mut rd, mut wr) = stream.split();
-    let writer = async {
-        wr.write_all(wire.as_bytes()).await.unwrap();
-        wr.shutdown().await.unwrap();
-    };
-    let mut echoed = Vec::new();
-    let reader = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut echoed);
-    within("bulk echo", async {
-        tokio::join!(writer, reader).1.unwrap()
-    })
-    .await;
-    assert_eq!(String::from_utf8(echoed).unwrap(), wire);
-
-    let (msgs, _) = events.close_of(conn.id()).await;
-    assert_eq!(msgs.len(), n);
-    for (i, m) in msgs.iter().enumerate() {
-        assert_eq!(m.as_text(), Some(format!("line {i}").as_str()));
-    }
-    assert_eq!(server.stats().messages_in, n as u64);
-    server.shutdown().await;
 }
 
 /// A fixed-header protocol: one byte of kind (0 text, 1 binary), a u16
@@ -219,14 +174,9 @@ impl Encoder<Message> for Typed {
 
 #[tokio::test]
 async fn custom_codec_echo_and_its_errors() {
-    let (component, mut events) = recorder(true);
-    let server = serve(
-        TcpTransport::with_codec(component, Typed),
-        Config::default(),
-    )
-    .await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
+    let (server, mut events) =
+        echo_server(|c| TcpTransport::with_codec(c, Typed), Config::default()).await;
+    let (mut stream, conn) = peer(&server, &mut events).await;
 
     let wire = b"\x00\x00\x02hi\x01\x00\x03\x01\x02\x03";
     stream.write_all(wire).await.unwrap();
@@ -267,12 +217,8 @@ impl MessageComponent for Collect {
 #[tokio::test]
 async fn client_connect_over_each_codec() {
     for codec in [Codec::lines(), Codec::length_delimited()] {
-        let (component, mut events) = recorder(true);
-        let server = serve(
-            TcpTransport::new(component, codec.clone()),
-            Config::default(),
-        )
-        .await;
+        let (server, mut events) =
+            echo_server(|c| TcpTransport::new(c, codec.clone()), Config::default()).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let client = within(
             "connect",
@@ -340,34 +286,16 @@ async fn connect_refused_is_an_io_error() {
 }
 
 /// Sends each line back twice.
-struct Twice;
-
-impl MessageComponent for Twice {
-    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-        conn.send(msg.clone())?;
-        conn.send(msg)?;
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn pipelined_lines_with_a_small_queue_bound_get_every_reply_in_order() {
     // The driver reads on while replies wait in the queue, but takes the
     // queue once it holds a quarter of its bound: 200 lines in one write,
     // two replies each, never refused by a queue of 8.
     let config = Config::default().queue_max_messages(8);
-    let server = serve(TcpTransport::lines(Twice), config).await;
-    let mut stream = dial(server.local_addr()).await;
-    let input: String = (0..200).map(|i| format!("m{i}\n")).collect();
-    stream.write_all(input.as_bytes()).await.unwrap();
-    let expected: String = (0..200).map(|i| format!("m{i}\nm{i}\n")).collect();
-    let got = read_n(&mut stream, expected.len()).await;
-    assert_eq!(String::from_utf8(got).unwrap(), expected);
-    let stats = server.stats();
+    let twice = |i| format!("twice m{i}\n");
+    let stats = exchange(config, 200, twice, |i| format!("m{i}\nm{i}\n")).await;
     assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
     assert_eq!((stats.messages_in, stats.messages_out), (200, 400));
-    drop(stream);
-    server.shutdown().await;
 }
 
 /// Hands each line's connection to a helper thread that sends on it while
@@ -477,7 +405,9 @@ async fn a_handler_error_is_reported_and_the_connection_goes_on() {
 /// (which do not wake the driver running it) against everything else:
 /// - `spawned X`: a spawned task sends `early X` and is awaited, then the
 ///   handler replies `late X`;
-/// - `count`: replies `x`, then how many messages its queue holds;
+/// - `twice X`: replies `X` twice;
+/// - `count`: replies `x`, then how many messages its queue holds (its
+///   own reply counts);
 /// - `panic`: replies `last words`, then panics;
 /// - anything else is echoed.
 struct Ordered;
@@ -489,6 +419,9 @@ impl MessageComponent for Ordered {
             let (other, early) = (conn.clone(), format!("early {n}"));
             tokio::spawn(async move { other.send(early) }).await??;
             conn.send(format!("late {n}"))?;
+        } else if let Some(x) = text.strip_prefix("twice ") {
+            conn.send(x)?;
+            conn.send(x)?;
         } else if text == "count" {
             conn.send("x")?;
             conn.send(format!("queued {}", conn.queued_messages()))?;
@@ -502,37 +435,49 @@ impl MessageComponent for Ordered {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_from_another_task_before_a_handlers_reply_leaves_first() {
-    let server = serve(TcpTransport::lines(Ordered), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let input: String = (0..100).map(|i| format!("spawned {i}\n")).collect();
+/// A lines server of [`Ordered`], and a peer dialled in.
+async fn ordered(config: Config) -> (ServerHandle, TcpStream) {
+    let server = serve(TcpTransport::lines(Ordered), config).await;
+    let stream = dial(server.local_addr()).await;
+    (server, stream)
+}
+
+/// Writes the lines `request` makes of 0..n to a server of [`Ordered`] in
+/// one write; what comes back must be what `reply` makes of each, in
+/// order. Returns the server's counters.
+async fn exchange(
+    config: Config,
+    n: usize,
+    request: impl Fn(usize) -> String,
+    reply: impl Fn(usize) -> String,
+) -> Counters {
+    let (server, mut stream) = ordered(config).await;
+    let input: String = (0..n).map(request).collect();
     stream.write_all(input.as_bytes()).await.unwrap();
-    let expected: String = (0..100).map(|i| format!("early {i}\nlate {i}\n")).collect();
+    let expected: String = (0..n).map(reply).collect();
     let got = read_n(&mut stream, expected.len()).await;
     assert_eq!(String::from_utf8(got).unwrap(), expected);
     let stats = server.stats();
-    assert_eq!((stats.messages_in, stats.messages_out), (100, 200));
     drop(stream);
     server.shutdown().await;
+    stats
 }
 
-#[tokio::test]
-async fn a_handlers_own_reply_counts_in_its_queue() {
-    let server = serve(TcpTransport::lines(Ordered), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    stream.write_all(b"count\n").await.unwrap();
-    assert_eq!(read_n(&mut stream, 11).await, b"x\nqueued 1\n");
-    drop(stream);
-    server.shutdown().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_from_another_task_before_a_handlers_reply_leaves_first() {
+    let spawned = |i| format!("spawned {i}\n");
+    let stats = exchange(Config::default(), 100, spawned, |i| {
+        format!("early {i}\nlate {i}\n")
+    })
+    .await;
+    assert_eq!((stats.messages_in, stats.messages_out), (100, 200));
 }
 
 #[tokio::test]
 async fn a_reply_sent_before_a_panic_is_written_before_the_close() {
     // One thread: the connection after the panic is served by the same
     // thread, and gets only its own replies and counts.
-    let server = serve(TcpTransport::lines(Ordered), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
+    let (server, mut stream) = ordered(Config::default()).await;
     stream.write_all(b"a\npanic\nb\n").await.unwrap();
     assert_eq!(read_to_end(&mut stream).await, b"a\nlast words\n");
     drop(stream);

@@ -12,7 +12,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 
-use support::{Event, dial, read_n, read_to_end, recorder, roundtrip, serve, within};
+use support::{
+    dial, echo_server, peer, read_n, read_to_end, recorder, roundtrip, serve, within,
+    write_all_then_read_to_end,
+};
 
 fn small_frames() -> Config {
     Config::default().max_frame_size(64).max_message_size(64)
@@ -20,12 +23,9 @@ fn small_frames() -> Config {
 
 #[tokio::test]
 async fn over_long_line_closes_only_that_connection() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::lines(component), small_frames()).await;
-    let mut good = dial(server.local_addr()).await;
-    let good_conn = events.opened().await;
-    let mut bad = dial(server.local_addr()).await;
-    let bad_conn = events.opened().await;
+    let (server, mut events) = echo_server(TcpTransport::lines, small_frames()).await;
+    let (mut good, good_conn) = peer(&server, &mut events).await;
+    let (mut bad, bad_conn) = peer(&server, &mut events).await;
 
     roundtrip(&mut good, "before").await;
     assert_eq!(
@@ -60,22 +60,15 @@ async fn over_long_line_closes_only_that_connection() {
     drop(good);
     events.close_of(good_conn.id()).await;
     server.shutdown().await;
-    let again = events
-        .drain()
-        .into_iter()
-        .filter(|e| matches!(e, Event::Close(id, _) if *id == bad_conn.id()));
-    assert_eq!(again.count(), 0, "on_close ran more than once");
+    assert_eq!(events.closes_left(bad_conn.id()), 0, "on_close ran again");
     assert_eq!(server.stats().connections_total, 2);
 }
 
 #[tokio::test]
 async fn over_long_frame_is_refused_from_its_prefix() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::length_delimited(component), small_frames()).await;
-    let mut good = dial(server.local_addr()).await;
-    let good_conn = events.opened().await;
-    let mut bad = dial(server.local_addr()).await;
-    let bad_conn = events.opened().await;
+    let (server, mut events) = echo_server(TcpTransport::length_delimited, small_frames()).await;
+    let (mut good, good_conn) = peer(&server, &mut events).await;
+    let (mut bad, bad_conn) = peer(&server, &mut events).await;
 
     // Only the prefix is sent: the error cannot depend on buffering the body.
     bad.write_all(&1_000_000u32.to_be_bytes()).await.unwrap();
@@ -98,19 +91,13 @@ async fn over_long_frame_is_refused_from_its_prefix() {
     drop(good);
     events.close_of(good_conn.id()).await;
     server.shutdown().await;
-    let again = events
-        .drain()
-        .into_iter()
-        .filter(|e| matches!(e, Event::Close(id, _) if *id == bad_conn.id()));
-    assert_eq!(again.count(), 0, "on_close ran more than once");
+    assert_eq!(events.closes_left(bad_conn.id()), 0, "on_close ran again");
 }
 
 #[tokio::test]
 async fn invalid_utf8_closes_with_1007() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::lines(component), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
+    let (server, mut events) = echo_server(TcpTransport::lines, Config::default()).await;
+    let (mut stream, conn) = peer(&server, &mut events).await;
 
     stream
         .write_all(b"fine\n\xff\xfe bad\nnever\n")
@@ -147,10 +134,9 @@ impl Encoder<Message> for Hoarder {
 
 #[tokio::test]
 async fn undecoded_input_is_bounded_for_any_codec() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::with_codec(component, Hoarder), small_frames()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
+    let (server, mut events) =
+        echo_server(|c| TcpTransport::with_codec(c, Hoarder), small_frames()).await;
+    let (mut stream, conn) = peer(&server, &mut events).await;
     let (mut rd, mut wr) = stream.split();
     // Far more than the limit plus slack; the server stops reading early,
     // so the write may fail once the connection is gone.
@@ -194,13 +180,10 @@ impl Encoder<Message> for Fragile {
 
 #[tokio::test]
 async fn a_panicking_codec_closes_only_its_connection_after_its_replies() {
-    let (component, mut events) = recorder(true);
-    let transport = TcpTransport::with_codec(component, Fragile(switchboard::tcp::Codec::lines()));
-    let server = serve(transport, Config::default()).await;
-    let mut good = dial(server.local_addr()).await;
-    let good_conn = events.opened().await;
-    let mut bad = dial(server.local_addr()).await;
-    let bad_conn = events.opened().await;
+    let fragile = |c| TcpTransport::with_codec(c, Fragile(switchboard::tcp::Codec::lines()));
+    let (server, mut events) = echo_server(fragile, Config::default()).await;
+    let (mut good, good_conn) = peer(&server, &mut events).await;
+    let (mut bad, bad_conn) = peer(&server, &mut events).await;
 
     bad.write_all(b"one\ntwo\nboom\nnever\n").await.unwrap();
     assert_eq!(events.message(bad_conn.id()).await, Message::text("one"));
@@ -221,33 +204,25 @@ async fn a_panicking_codec_closes_only_its_connection_after_its_replies() {
 }
 
 #[tokio::test]
-async fn half_close_delivers_everything_then_closes() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::lines(component), Config::default()).await;
-    let mut stream = dial(server.local_addr()).await;
-    let conn = events.opened().await;
+async fn many_lines_in_one_write_then_a_half_close_are_all_delivered() {
+    let (server, mut events) = echo_server(TcpTransport::lines, Config::default()).await;
+    let (mut stream, conn) = peer(&server, &mut events).await;
 
     // Many lines, the last one unterminated, then the write side shut down.
-    let n = 2_000;
-    let mut wire: String = (0..n).map(|i| format!("m{i}\n")).collect();
+    let n = 5_000;
+    let mut wire: String = (0..n).map(|i| format!("line {i}\n")).collect();
     wire.push_str("last");
-    let (mut rd, mut wr) = stream.split();
-    let writer = async {
-        wr.write_all(wire.as_bytes()).await.unwrap();
-        wr.shutdown().await.unwrap();
-    };
-    let mut echoed = Vec::new();
-    let reader = rd.read_to_end(&mut echoed);
-    within("half-close", async {
-        tokio::join!(writer, reader).1.unwrap()
-    })
-    .await;
+    let echoed = write_all_then_read_to_end(&mut stream, wire.as_bytes()).await;
     assert_eq!(String::from_utf8(echoed).unwrap(), format!("{wire}\n"));
 
     let (msgs, reason) = events.close_of(conn.id()).await;
     assert_eq!(msgs.len(), n + 1);
-    assert_eq!(msgs.last(), Some(&Message::text("last")));
+    for (i, m) in msgs[..n].iter().enumerate() {
+        assert_eq!(m.as_text(), Some(format!("line {i}").as_str()));
+    }
+    assert_eq!(msgs[n], Message::text("last"));
     assert_eq!(reason, CloseReason::Peer(None));
+    assert_eq!(server.stats().messages_in, n as u64 + 1);
     drop(stream);
     server.shutdown().await;
 }
@@ -301,14 +276,10 @@ async fn idle_peer_is_closed_and_active_peer_is_not() {
     let config = Config::default()
         .ping_interval(None)
         .idle_timeout(Some(idle));
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::lines(component), config).await;
-
-    let mut quiet = dial(server.local_addr()).await;
-    let quiet_conn = events.opened().await;
+    let (server, mut events) = echo_server(TcpTransport::lines, config).await;
+    let (mut quiet, quiet_conn) = peer(&server, &mut events).await;
     let started = tokio::time::Instant::now();
-    let mut busy = dial(server.local_addr()).await;
-    let busy_conn = events.opened().await;
+    let (mut busy, busy_conn) = peer(&server, &mut events).await;
 
     // The busy peer sends well within the timeout, for longer than it.
     let keep_busy = async {

@@ -11,7 +11,7 @@ use switchboard::{CloseReason, Config, Message};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use support::{recorder, serve, within};
+use support::{echo_server, within};
 
 /// Runs `nc ARGS 127.0.0.1 PORT` with `input` on its standard input and
 /// returns what it printed.
@@ -42,8 +42,7 @@ async fn nc(args: &[&str], port: u16, input: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn nc_lines_are_echoed() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::lines(component), Config::default()).await;
+    let (server, mut events) = echo_server(TcpTransport::lines, Config::default()).await;
 
     // -N: shut down the write side at the end of input (a half-close); nc
     // then prints what comes back until the server closes.
@@ -74,8 +73,7 @@ async fn nc_lines_are_echoed() {
 
 #[tokio::test]
 async fn nc_crlf_lines_are_stripped() {
-    let (component, mut events) = recorder(true);
-    let server = serve(TcpTransport::lines(component), Config::default()).await;
+    let (server, mut events) = echo_server(TcpTransport::lines, Config::default()).await;
 
     // -C sends "\r\n" line ends, as telnet does.
     let out = nc(&["-C", "-N"], server.local_addr().port(), b"one\ntwo\n").await;
@@ -89,9 +87,8 @@ async fn nc_crlf_lines_are_stripped() {
 
 #[tokio::test]
 async fn nc_sees_the_server_close_on_a_bad_line() {
-    let (component, mut events) = recorder(true);
     let config = Config::default().max_frame_size(8);
-    let server = serve(TcpTransport::lines(component), config).await;
+    let (server, mut events) = echo_server(TcpTransport::lines, config).await;
 
     // The first line is echoed; the second is too long and ends the
     // connection, so nc exits without waiting for the rest of its input.

@@ -1,8 +1,10 @@
-#![allow(clippy::unwrap_used)]
 //! The TCP client over real sockets: its lifecycle, reconnecting after the
 //! server restarts on the same port, stopping, giving up.
+#![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use switchboard::tcp::{Client, Codec, TcpTransport};
@@ -12,18 +14,10 @@ use switchboard::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::time::timeout;
 
-const LIMIT: Duration = Duration::from_secs(20);
+use support::{recorder, within};
 
-struct Echo;
-
-impl MessageComponent for Echo {
-    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-        conn.send(msg)?;
-        Ok(())
-    }
-}
+const ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 #[derive(Debug)]
 enum Event {
@@ -61,18 +55,18 @@ impl MessageComponent for Recorder {
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
-    timeout(LIMIT, rx.recv())
+    within("next event", rx.recv())
         .await
-        .expect("event in time")
         .expect("recorder alive")
 }
 
-async fn serve(listener: TcpListener) -> ServerHandle {
-    Server::builder()
-        .listener(listener, TcpTransport::lines(Echo))
-        .start()
-        .await
-        .unwrap()
+/// A lines server listening on `addr` that echoes (the support module's
+/// recorder, whose events nobody reads here).
+async fn serve(addr: SocketAddr) -> ServerHandle {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let (echo, _) = recorder(true);
+    let builder = Server::builder().listener(listener, TcpTransport::lines(echo));
+    within("server start", builder.start()).await.unwrap()
 }
 
 fn policy() -> ReconnectPolicy {
@@ -83,7 +77,7 @@ fn policy() -> ReconnectPolicy {
 
 #[tokio::test]
 async fn client_lifecycle_against_a_server() {
-    let server = serve(TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
+    let server = serve(ANY_PORT).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let client = Client::new(server.local_addr().to_string(), Codec::lines())
         .connect(Recorder(tx))
@@ -104,17 +98,16 @@ async fn client_lifecycle_against_a_server() {
         next(&mut rx).await,
         Event::Close(CloseReason::Local(_))
     ));
-    timeout(LIMIT, client.closed()).await.unwrap();
+    within("client closed", client.closed()).await;
     // on_close ran exactly once: nothing more until the component is dropped.
-    assert!(timeout(LIMIT, rx.recv()).await.unwrap().is_none());
+    assert!(within("component dropped", rx.recv()).await.is_none());
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn reconnects_after_the_server_restarts_on_the_same_port() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let server = serve(listener).await;
+    let server = serve(ANY_PORT).await;
+    let addr = server.local_addr();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let client = Client::new(addr.to_string(), Codec::lines())
@@ -127,9 +120,8 @@ async fn reconnects_after_the_server_restarts_on_the_same_port() {
             reconnect: false
         }
     ));
-    timeout(LIMIT, client.connected())
+    within("client connected", client.connected())
         .await
-        .unwrap()
         .unwrap()
         .send("first")
         .unwrap();
@@ -140,7 +132,7 @@ async fn reconnects_after_the_server_restarts_on_the_same_port() {
     assert!(matches!(next(&mut rx).await, Event::Close(_)));
 
     // The same port again.
-    let server = serve(TcpListener::bind(addr).await.unwrap()).await;
+    let server = serve(addr).await;
     assert!(matches!(
         next(&mut rx).await,
         Event::Open {
@@ -148,14 +140,14 @@ async fn reconnects_after_the_server_restarts_on_the_same_port() {
             reconnect: true
         }
     ));
-    let conn = timeout(LIMIT, client.connection(2)).await.unwrap().unwrap();
+    let conn = within("connection 2", client.connection(2)).await.unwrap();
     conn.send("second").unwrap();
     assert!(matches!(next(&mut rx).await, Event::Message(m) if m == "second"));
     assert_eq!(client.connections(), 2);
 
     client.stop();
     assert_eq!(
-        timeout(LIMIT, client.finished()).await.unwrap(),
+        within("client finished", client.finished()).await,
         ReconnectEnd::Stopped
     );
     assert!(matches!(
@@ -168,8 +160,7 @@ async fn reconnects_after_the_server_restarts_on_the_same_port() {
 
 #[tokio::test]
 async fn a_handler_can_stop_reconnecting() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = serve(listener).await;
+    let server = serve(ANY_PORT).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let client = Client::new(server.local_addr().to_string(), Codec::lines())
         .reconnecting(Recorder(tx), policy())
@@ -180,17 +171,16 @@ async fn a_handler_can_stop_reconnecting() {
     assert!(matches!(next(&mut rx).await, Event::Message(m) if m == "stop"));
     assert!(matches!(next(&mut rx).await, Event::Close(_)));
     assert_eq!(
-        timeout(LIMIT, client.finished()).await.unwrap(),
+        within("client finished", client.finished()).await,
         ReconnectEnd::Stopped
     );
     // The server sees the connection go and none come back.
-    timeout(LIMIT, async {
+    within("connection gone", async {
         while server.stats().open_connections > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(server.stats().connections_total, 1);
     assert_eq!(client.connections(), 1);
     server.shutdown().await;
@@ -208,9 +198,13 @@ async fn gives_up_after_max_attempts() {
     let client = Client::new(addr.to_string(), Codec::lines())
         .reconnecting(Recorder(tx), policy().max_attempts(Some(3)))
         .unwrap();
-    let end = timeout(LIMIT, client.finished()).await.unwrap();
+    let end = within("client finished", client.finished()).await;
     assert!(matches!(end, ReconnectEnd::GaveUp(_)), "{end:?}");
     assert!(client.is_finished());
     assert_eq!(client.connections(), 0);
-    assert!(timeout(LIMIT, client.connected()).await.unwrap().is_none());
+    assert!(
+        within("client connected", client.connected())
+            .await
+            .is_none()
+    );
 }

@@ -15,10 +15,8 @@ use crate::provider;
 
 /// Makes TLS client connections, checking the server's certificate against
 /// a root store: the platform's ([`platform`](Self::platform)) or your own
-/// CA ([`with_ca_file`](Self::with_ca_file)). Cheap to clone.
-///
-/// Transports use it for `wss://` URLs and for TLS over TCP; see
-/// `switchboard::ws::Client::tls` and `switchboard::tcp::Client::tls`.
+/// CA ([`with_ca_file`](Self::with_ca_file)). Cheap to clone. The clients
+/// take it: `switchboard::ws::Client::tls`, `switchboard::tcp::Client::tls`.
 ///
 /// ```no_run
 /// use switchboard::tls::TlsConnector;

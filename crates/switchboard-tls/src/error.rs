@@ -9,9 +9,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong setting up or running TLS.
 ///
 /// Loading certificates and keys fails early with the file's path in the
-/// message. A failed server-side handshake never reaches a component: the
-/// core logs it (debug level) and counts it in `handshake_failures`, and
-/// the accept loop goes on.
+/// message. A failed server-side handshake never reaches a component (see
+/// [`TlsTransport`](crate::TlsTransport)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

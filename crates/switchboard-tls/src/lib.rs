@@ -1,11 +1,8 @@
 //! TLS for switchboard, on rustls with the *ring* provider.
 //!
 //! One layer serves every transport: [`TlsTransport`] wraps any transport
-//! that accepts a byte stream, so `wss://` is `TlsTransport::new(tls,
-//! WsTransport::new(c))` and TLS over TCP is `TlsTransport::new(tls,
-//! TcpTransport::lines(c))`. The handshake runs inside the transport's
-//! `accept`, under the server's handshake timeout; a failed one is logged
-//! and counted in `handshake_failures`, and the server goes on.
+//! that accepts a byte stream, `wss://` and TLS over TCP alike, and runs
+//! the handshake under the server's handshake timeout.
 //!
 //! The client side is [`TlsConnector`], which the WebSocket client uses for
 //! `wss://` URLs and the TCP client for TLS over TCP (feature `tls` of those

@@ -18,26 +18,26 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
 pub(crate) fn certificates(pem: &[u8], origin: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|err| Error::Pem {
-            origin: origin.to_owned(),
-            what: "certificate",
-            detail: err.to_string(),
-        })?;
+        .map_err(|err| invalid(origin, "certificate", err))?;
     if certs.is_empty() {
-        return Err(Error::Pem {
-            origin: origin.to_owned(),
-            what: "certificate",
-            detail: "no CERTIFICATE section found".to_owned(),
-        });
+        return Err(invalid(
+            origin,
+            "certificate",
+            "no CERTIFICATE section found",
+        ));
     }
     Ok(certs)
 }
 
 /// The first private key in `pem` (PKCS#8, PKCS#1 or SEC1).
 pub(crate) fn private_key(pem: &[u8], origin: &str) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|err| Error::Pem {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|err| invalid(origin, "private key", err))
+}
+
+fn invalid(origin: &str, what: &'static str, detail: impl ToString) -> Error {
+    Error::Pem {
         origin: origin.to_owned(),
-        what: "private key",
-        detail: err.to_string(),
-    })
+        what,
+        detail: detail.to_string(),
+    }
 }

@@ -18,15 +18,8 @@ use crate::pem;
 use crate::provider;
 
 /// A server's certificate chain and private key, ready to accept TLS
-/// connections. Cheap to clone (an `Arc` inside).
-///
-/// ```no_run
-/// use switchboard::tls::ServerTls;
-///
-/// # fn run() -> Result<(), switchboard::tls::Error> {
-/// let tls = ServerTls::from_pem_files("cert.pem", "key.pem")?;
-/// # let _ = tls; Ok(()) }
-/// ```
+/// connections: [`from_pem_files`](Self::from_pem_files) reads them. Cheap
+/// to clone (an `Arc` inside).
 #[derive(Clone)]
 pub struct ServerTls {
     acceptor: TlsAcceptor,
@@ -50,14 +43,11 @@ impl ServerTls {
     /// }
     /// ```
     pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
-        let (cert_path, key_path) = (cert.as_ref(), key.as_ref());
-        let (cert, key) = (
-            cert_path.display().to_string(),
-            key_path.display().to_string(),
-        );
-        let certs = pem::certificates(&pem::read_file(cert_path)?, &cert)?;
-        let private_key = pem::private_key(&pem::read_file(key_path)?, &key)?;
-        Self::from_der(certs, private_key, &cert, &key)
+        let (cert, key) = (cert.as_ref(), key.as_ref());
+        let (cert_origin, key_origin) = (cert.display().to_string(), key.display().to_string());
+        let certs = pem::certificates(&pem::read_file(cert)?, &cert_origin)?;
+        let private_key = pem::private_key(&pem::read_file(key)?, &key_origin)?;
+        Self::from_der(certs, private_key, &cert_origin, &key_origin)
     }
 
     /// Like [`from_pem_files`](Self::from_pem_files), from PEM text in memory.
@@ -111,39 +101,15 @@ impl fmt::Debug for ServerTls {
 
 /// TLS around any transport: `TlsTransport::new(tls, WsTransport::new(c))`
 /// serves `wss://`, `TlsTransport::new(tls, TcpTransport::lines(c))` serves
-/// lines over TLS. One piece of code for both.
+/// lines over TLS (the crate docs have both on one server).
 ///
 /// The handshake runs inside [`Transport::accept`], so the server's
 /// [`Config::handshake_timeout`] bounds the TLS handshake and the inner
 /// transport's handshake together. A failed TLS handshake (a plain-text
-/// client, garbage, a client that rejects the certificate) is logged and
-/// counted in `handshake_failures` like any failed handshake; the server
-/// goes on serving everyone else.
-///
-/// ```no_run
-/// use switchboard::tls::{ServerTls, TlsTransport};
-/// use switchboard::ws::WsTransport;
-/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
-///
-/// struct Echo;
-///
-/// impl MessageComponent for Echo {
-///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-///         conn.send(msg)?;
-///         Ok(())
-///     }
-/// }
-///
-/// # async fn run() -> Result<(), BoxError> {
-/// let tls = ServerTls::from_pem_files("cert.pem", "key.pem")?;
-/// let server = Server::builder()
-///     .bind("127.0.0.1:8443", TlsTransport::new(tls, WsTransport::new(Echo)))
-///     .start()
-///     .await?;
-/// println!("wss://{}/", server.local_addr());
-/// # Ok(())
-/// # }
-/// ```
+/// client, garbage, a client that rejects the certificate) never reaches a
+/// component: it is logged (debug level) and counted in
+/// `handshake_failures` like any failed handshake, and the server goes on
+/// serving everyone else.
 #[derive(Clone, Debug)]
 pub struct TlsTransport<T> {
     tls: ServerTls,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use switchboard::tcp::{self, Codec, TcpTransport};
 use switchboard::tls::{Error, ServerTls, TlsConnector, TlsTransport};
+use switchboard::transport::Transport;
 use switchboard::ws::{self, WsTransport};
 use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,21 +18,20 @@ use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-struct Echo;
-
-impl MessageComponent for Echo {
-    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-        conn.send(msg)?;
-        Ok(())
-    }
+/// A server's component echoes; a client's forwards what it receives.
+enum Peer {
+    Echo,
+    Collect(mpsc::UnboundedSender<Message>),
 }
 
-/// Forwards every message it receives.
-struct Collect(mpsc::UnboundedSender<Message>);
-
-impl MessageComponent for Collect {
-    async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
-        let _ = self.0.send(msg);
+impl MessageComponent for Peer {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        match self {
+            Peer::Echo => conn.send(msg)?,
+            Peer::Collect(tx) => {
+                let _ = tx.send(msg);
+            }
+        }
         Ok(())
     }
 }
@@ -69,17 +69,25 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
-async fn wss_server(cert: &Cert) -> ServerHandle {
-    let tls = ServerTls::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap();
+async fn serve<T: Transport<TcpStream>>(transport: T) -> ServerHandle {
     Server::builder()
         .config(config())
-        .bind(
-            "127.0.0.1:0",
-            TlsTransport::new(tls, WsTransport::new(Echo)),
-        )
+        .bind("127.0.0.1:0", transport)
         .start()
         .await
         .unwrap()
+}
+
+fn server_tls(cert: &Cert) -> ServerTls {
+    ServerTls::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap()
+}
+
+async fn wss_server(cert: &Cert) -> ServerHandle {
+    serve(TlsTransport::new(
+        server_tls(cert),
+        WsTransport::new(Peer::Echo),
+    ))
+    .await
 }
 
 async fn recv(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
@@ -93,7 +101,7 @@ async fn wss_echo(server: &ServerHandle, cert: &Cert) {
     let client = ws::Client::new(url)
         .config(config())
         .tls(connector)
-        .connect(Collect(tx))
+        .connect(Peer::Collect(tx))
         .await
         .unwrap();
     client.send("over tls").unwrap();
@@ -116,22 +124,14 @@ async fn tls_over_tcp_lines_echo() {
     let cert_file = temp_file("cert.pem", &cert.cert_pem);
     let key_file = temp_file("key.pem", &cert.key_pem);
     let tls = ServerTls::from_pem_files(&cert_file, &key_file).unwrap();
-    let server = Server::builder()
-        .config(config())
-        .bind(
-            "127.0.0.1:0",
-            TlsTransport::new(tls, TcpTransport::lines(Echo)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let server = serve(TlsTransport::new(tls, TcpTransport::lines(Peer::Echo))).await;
 
     let ca_file = temp_file("ca.pem", &cert.cert_pem);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let client = tcp::Client::new(server.local_addr().to_string(), Codec::lines())
         .config(config())
         .tls(TlsConnector::with_ca_file(&ca_file).unwrap())
-        .connect(Collect(tx))
+        .connect(Peer::Collect(tx))
         .await
         .unwrap();
     client.send("one").unwrap();
@@ -152,61 +152,31 @@ fn bad_certificate_and_key_files_are_clear_errors() {
     let garbage = temp_file("garbage.pem", "this is not PEM\n");
     let missing = std::env::temp_dir().join("switchboard-tls-no-such-dir/cert.pem");
 
-    let err = ServerTls::from_pem_files(&missing, &key_file).unwrap_err();
-    assert!(matches!(err, Error::ReadFile { ref path, .. } if *path == missing));
-    assert!(err.to_string().contains("no-such-dir"), "{err}");
-
-    let err = ServerTls::from_pem_files(&garbage, &key_file).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Pem {
-                what: "certificate",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(err.to_string().contains("garbage.pem"), "{err}");
-
-    let err = ServerTls::from_pem_files(&cert_file, &garbage).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Pem {
-                what: "private key",
-                ..
-            }
-        ),
-        "{err}"
-    );
-
-    // A certificate as the key file: no key in it.
-    let err = ServerTls::from_pem_files(&cert_file, &cert_file).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Pem {
-                what: "private key",
-                ..
-            }
-        ),
-        "{err}"
-    );
-
-    // A key that does not belong to the certificate.
     let other_key = temp_file("other-key.pem", &other.key_pem);
-    let err = ServerTls::from_pem_files(&cert_file, &other_key).unwrap_err();
-    assert!(matches!(err, Error::KeyPair { .. }), "{err}");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "cannot use the private key from {} with the certificate from {}: {}",
-            other_key.display(),
-            cert_file.display(),
-            std::error::Error::source(&err).unwrap()
-        )
-    );
+    for (cert, key, expected) in [
+        (&missing, &key_file, "cannot read {cert}: "),
+        (&garbage, &key_file, "{cert}: no valid PEM certificate: "),
+        (&cert_file, &garbage, "{key}: no valid PEM private key: "),
+        // A certificate as the key file: no key in it.
+        (&cert_file, &cert_file, "{key}: no valid PEM private key: "),
+        // A key that does not belong to the certificate.
+        (
+            &cert_file,
+            &other_key,
+            "cannot use the private key from {key} with the certificate from {cert}: ",
+        ),
+    ] {
+        let expected = expected
+            .replace("{cert}", &cert.display().to_string())
+            .replace("{key}", &key.display().to_string());
+        let err = ServerTls::from_pem_files(cert, key).unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with(&expected), "{message}");
+        // The cause, if any, ends the message.
+        if let Some(source) = std::error::Error::source(&err) {
+            assert!(message.ends_with(&source.to_string()), "{message}");
+        }
+    }
     // The same pair from memory.
     let err = ServerTls::from_pem(cert.cert_pem.as_bytes(), other.key_pem.as_bytes()).unwrap_err();
     assert!(
@@ -217,7 +187,16 @@ fn bad_certificate_and_key_files_are_clear_errors() {
     );
 
     let err = TlsConnector::with_ca_file(&garbage).unwrap_err();
-    assert!(matches!(err, Error::Pem { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Pem {
+                what: "certificate",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     ServerTls::from_pem_files(&cert_file, &key_file).unwrap();
 }
@@ -271,7 +250,7 @@ async fn failed_handshakes_leave_the_server_serving() {
     let err = ws::Client::new(format!("wss://{addr}/"))
         .config(config())
         .tls(TlsConnector::with_ca_pem(stranger.cert_pem.as_bytes()).unwrap())
-        .connect(Collect(tx))
+        .connect(Peer::Collect(tx))
         .await
         .unwrap_err();
     assert!(matches!(err, ws::Error::Tls(Error::Handshake(_))), "{err}");
@@ -286,22 +265,17 @@ async fn failed_handshakes_leave_the_server_serving() {
 #[tokio::test]
 async fn wrong_server_name_is_rejected() {
     let cert = self_signed();
-    let tls = ServerTls::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap();
-    let server = Server::builder()
-        .config(config())
-        .bind(
-            "127.0.0.1:0",
-            TlsTransport::new(tls, TcpTransport::lines(Echo)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let server = serve(TlsTransport::new(
+        server_tls(&cert),
+        TcpTransport::lines(Peer::Echo),
+    ))
+    .await;
     let (tx, _rx) = mpsc::unbounded_channel();
     let err = tcp::Client::new(server.local_addr().to_string(), Codec::lines())
         .config(config())
         .tls(TlsConnector::with_ca_pem(cert.cert_pem.as_bytes()).unwrap())
         .server_name("example.org")
-        .connect(Collect(tx))
+        .connect(Peer::Collect(tx))
         .await
         .unwrap_err();
     assert!(matches!(err, switchboard::Error::Handshake(_)), "{err}");

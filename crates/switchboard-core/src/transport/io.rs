@@ -2,13 +2,6 @@
 //! written once here, so that a transport is this layer plus its codec
 //! and its protocol's state.
 //!
-//! - [`ReadBuffer`]: where input goes; no memory while the peer is silent,
-//!   reads that grow while data flows, messages cut out without copying;
-//! - [`WriteBuffer`]: output, small messages coalesced into one write,
-//!   large payloads written from their own memory;
-//! - [`Keepalive`]: the idle timeout and pings, on one timer;
-//! - [`ClientOptions`], [`HostPort`]: how a client reaches its server.
-//!
 //! A [`TransportConn`](super::TransportConn) over them reads with
 //! [`ReadBuffer::poll_read`], calls [`Keepalive::seen`] when bytes arrived
 //! and [`Keepalive::poll`] when nothing more did, encodes into the

@@ -149,13 +149,14 @@ impl Events {
         }
     }
 
-    /// Everything recorded so far, without waiting.
-    pub fn drain(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
+    /// How many `on_close` of `id` were recorded and not yet taken, without
+    /// waiting.
+    pub fn closes_left(&mut self, id: ConnectionId) -> usize {
+        let mut closes = 0;
         while let Ok(ev) = self.rx.try_recv() {
-            out.push(ev);
+            closes += usize::from(matches!(ev, Event::Close(from, _) if from == id));
         }
-        out
+        closes
     }
 }
 
@@ -175,12 +176,48 @@ where
     .expect("server starts")
 }
 
+/// A server on 127.0.0.1:0 whose component records and echoes (see
+/// [`recorder`]), behind the transport `make` builds around it.
+pub async fn echo_server<C>(
+    make: impl FnOnce(Recorder) -> TcpTransport<Recorder, C>,
+    config: Config,
+) -> (ServerHandle, Events)
+where
+    TcpTransport<Recorder, C>: switchboard::transport::Transport<TcpStream>,
+{
+    let (component, events) = recorder(true);
+    (serve(make(component), config).await, events)
+}
+
 pub async fn dial(addr: SocketAddr) -> TcpStream {
     let stream = within("connect", TcpStream::connect(addr))
         .await
         .expect("connect");
     stream.set_nodelay(true).unwrap();
     stream
+}
+
+/// Dials `server` and waits for the connection's `on_open`.
+pub async fn peer(server: &ServerHandle, events: &mut Events) -> (TcpStream, Connection) {
+    let stream = dial(server.local_addr()).await;
+    (stream, events.opened().await)
+}
+
+/// Writes `bytes` and shuts down the write side while reading what comes
+/// back, until the server ends the stream.
+pub async fn write_all_then_read_to_end(stream: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
+    let (mut rd, mut wr) = stream.split();
+    let writer = async {
+        wr.write_all(bytes).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let mut read = Vec::new();
+    let reader = rd.read_to_end(&mut read);
+    within("write then read to end", async {
+        tokio::join!(writer, reader).1.unwrap()
+    })
+    .await;
+    read
 }
 
 /// Reads until the server ends the stream.

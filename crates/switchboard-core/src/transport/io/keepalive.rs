@@ -1,8 +1,4 @@
 //! Pings for a silent peer, and the idle timeout.
-//!
-//! One timer per connection. Inbound traffic only records the time (no
-//! timer is touched per message); when the timer fires it looks at how long
-//! the peer has been silent, and pings, times out or sleeps again.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +17,8 @@ pub enum Due {
 }
 
 /// A connection's idle timeout and, for protocols that have them, pings
-/// after an interval of silence, on one timer.
+/// after an interval of silence, on one timer: when it fires it looks at
+/// how long the peer has been silent, and pings, times out or sleeps again.
 ///
 /// Call [`seen`](Self::seen) after each read that brought bytes (one clock
 /// read, no timer operation) and [`poll`](Self::poll) when the socket has
@@ -67,10 +64,7 @@ impl Keepalive {
             .ping_interval
             .map(|i| self.last_seen.max(self.last_ping) + i);
         let idle = self.idle_timeout.map(|t| self.last_seen + t);
-        match (ping, idle) {
-            (Some(p), Some(i)) => Some(p.min(i)),
-            (p, i) => p.or(i),
-        }
+        ping.into_iter().chain(idle).min()
     }
 
     /// Ready when a ping is due or the peer is idle; registers the waker
@@ -82,13 +76,9 @@ impl Keepalive {
             };
             self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
         }
-        loop {
-            let Some(timer) = self.timer.as_mut() else {
-                return Poll::Pending;
-            };
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+        while let Some(timer) = self.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
             let now = Instant::now();
             if self.idle_timeout.is_some_and(|t| now >= self.last_seen + t) {
                 return Poll::Ready(Due::Idle);
@@ -106,6 +96,7 @@ impl Keepalive {
                 return Poll::Ready(Due::Ping);
             }
         }
+        Poll::Pending
     }
 }
 
@@ -113,6 +104,7 @@ impl Keepalive {
 mod tests {
     use super::*;
     use std::future::poll_fn;
+    use std::task::Waker;
 
     async fn next(k: &mut Keepalive) -> (Due, Duration) {
         let start = Instant::now();
@@ -120,44 +112,45 @@ mod tests {
         (due, start.elapsed())
     }
 
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn pings_then_idles() {
-        let mut k = Keepalive::new(Some(Duration::from_secs(10)), Some(Duration::from_secs(25)));
-        assert_eq!(next(&mut k).await, (Due::Ping, Duration::from_secs(10)));
-        assert_eq!(next(&mut k).await, (Due::Ping, Duration::from_secs(10)));
-        assert_eq!(next(&mut k).await, (Due::Idle, Duration::from_secs(5)));
+        let mut k = Keepalive::new(Some(secs(10)), Some(secs(25)));
+        assert_eq!(next(&mut k).await, (Due::Ping, secs(10)));
+        assert_eq!(next(&mut k).await, (Due::Ping, secs(10)));
+        assert_eq!(next(&mut k).await, (Due::Idle, secs(5)));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn traffic_postpones() {
-        let mut k = Keepalive::new(Some(Duration::from_secs(10)), Some(Duration::from_secs(25)));
-        tokio::time::advance(Duration::from_secs(8)).await;
-        k.seen();
-        // The timer fires at 10 s, sees traffic at 8 s and sleeps until 18 s.
-        assert_eq!(next(&mut k).await, (Due::Ping, Duration::from_secs(10)));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_only_counts_from_the_last_traffic() {
-        let mut k = Keepalive::new(None, Some(Duration::from_secs(3)));
-        let waker = std::task::Waker::noop();
-        assert!(k.poll(&mut Context::from_waker(waker)).is_pending());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        k.seen();
-        // Armed at 3 s, then 2 s more after the traffic at 2 s.
-        assert_eq!(next(&mut k).await, (Due::Idle, Duration::from_secs(3)));
+    async fn traffic_postpones_what_is_due() {
+        // (ping interval, idle timeout, traffic after, then due, how long after)
+        for (ping, idle, traffic, due, after) in [
+            // Fires at 10 s, sees the traffic at 8 s and sleeps until 18 s.
+            (Some(10), 25, 8, Due::Ping, 10),
+            // Fires at 3 s, sees the traffic at 2 s and sleeps until 5 s.
+            (None, 3, 2, Due::Idle, 3),
+        ] {
+            let mut k = Keepalive::new(ping.map(secs), Some(secs(idle)));
+            assert!(k.poll(&mut Context::from_waker(Waker::noop())).is_pending());
+            tokio::time::advance(secs(traffic)).await;
+            k.seen();
+            assert_eq!(next(&mut k).await, (due, secs(after)));
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn off_never_fires_and_holds_no_timer() {
-        let waker = std::task::Waker::noop();
+        let waker = Waker::noop();
         for mut off in [
             Keepalive::new(None, None),
             Keepalive::new(Some(Duration::ZERO), Some(Duration::ZERO)),
         ] {
             assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
             assert!(off.timer.is_none());
-            tokio::time::advance(Duration::from_secs(3600)).await;
+            tokio::time::advance(secs(3600)).await;
             assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
         }
     }

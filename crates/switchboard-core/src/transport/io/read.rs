@@ -6,10 +6,10 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 /// The most a read with nothing allocated takes, on the stack.
@@ -79,7 +79,18 @@ impl ReadBuffer {
     {
         let size = self.size as usize;
         let polled = if self.buf.capacity() == 0 {
-            self.poll_read_scratch(io, cx, size.min(SCRATCH))
+            // To the stack; a buffer is allocated only if bytes arrived.
+            let room = size.min(SCRATCH);
+            let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
+            let mut read = ReadBuf::uninit(&mut scratch[..room]);
+            Pin::new(io).poll_read(cx, &mut read).map_ok(|()| {
+                let bytes = read.filled();
+                if !bytes.is_empty() {
+                    self.buf.reserve(size.max(bytes.len()));
+                    self.buf.extend_from_slice(bytes);
+                }
+                (bytes.len(), room)
+            })
         } else {
             if self.buf.capacity() - self.buf.len() < size / 2 {
                 self.buf.reserve(size);
@@ -94,8 +105,7 @@ impl ReadBuffer {
                 }
                 return Poll::Pending;
             }
-            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-            Poll::Ready(Ok(read)) => read,
+            Poll::Ready(read) => read?,
         };
         let max = READ_MAX.max(self.initial as usize);
         if n == room && size < max {
@@ -104,27 +114,6 @@ impl ReadBuffer {
             self.size = (self.size / 2).max(self.initial);
         }
         Poll::Ready(Ok(n))
-    }
-
-    /// Reads into the stack; allocates only if bytes arrived.
-    fn poll_read_scratch<IO>(
-        &mut self,
-        io: &mut IO,
-        cx: &mut Context<'_>,
-        room: usize,
-    ) -> Poll<io::Result<(usize, usize)>>
-    where
-        IO: AsyncRead + Unpin + ?Sized,
-    {
-        let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
-        let mut read = tokio::io::ReadBuf::uninit(&mut scratch[..room]);
-        ready!(Pin::new(io).poll_read(cx, &mut read))?;
-        let bytes = read.filled();
-        if !bytes.is_empty() {
-            self.buf.reserve((self.size as usize).max(bytes.len()));
-            self.buf.extend_from_slice(bytes);
-        }
-        Poll::Ready(Ok((bytes.len(), room)))
     }
 
     /// Lets go of the buffer and what it holds (a closed connection), and
@@ -176,7 +165,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiting_holds_no_buffer_and_bytes_allocate_one() {
+    async fn a_buffer_exists_only_while_bytes_wait() {
         let (mut peer, mut io) = tokio::io::duplex(1 << 16);
         let mut buf = ReadBuffer::new(1024);
         assert!(poll_once(&mut buf, &mut io).is_pending());
@@ -193,19 +182,20 @@ mod tests {
         assert!(poll_once(&mut buf, &mut io).is_pending());
         assert_eq!(buf.capacity(), 0);
         assert_eq!(&msg[..], b"hello");
-    }
 
-    #[tokio::test]
-    async fn a_partial_message_keeps_its_buffer_while_waiting() {
-        let (mut peer, mut io) = tokio::io::duplex(1 << 16);
-        let mut buf = ReadBuffer::new(1024);
+        // Part of a message keeps its buffer while waiting for the rest.
         peer.write_all(b"hel").await.unwrap();
         poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
         assert!(poll_once(&mut buf, &mut io).is_pending());
-        assert_eq!(&buf[..], b"hel");
         peer.write_all(b"lo").await.unwrap();
         poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
         assert_eq!(&buf[..], b"hello");
+
+        // Released, then the end of the stream: zero, and nothing allocated.
+        buf.release();
+        drop(peer);
+        assert_eq!(poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap(), 0);
+        assert_eq!(buf.capacity(), 0);
     }
 
     #[tokio::test]
@@ -260,14 +250,5 @@ mod tests {
         assert!(poll_once(&mut buf, &mut io).is_pending());
         assert_eq!(&buf[..], b"left over");
         assert!(ReadBuffer::with_bytes(1024, b"").capacity() == 0);
-    }
-
-    #[tokio::test]
-    async fn end_of_stream_reads_zero() {
-        let (peer, mut io) = tokio::io::duplex(64);
-        drop(peer);
-        let mut buf = ReadBuffer::new(1024);
-        assert_eq!(poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap(), 0);
-        assert_eq!(buf.capacity(), 0);
     }
 }

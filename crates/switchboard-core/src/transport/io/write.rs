@@ -29,10 +29,8 @@ const MIN_ALLOC: usize = 1024;
 ///
 /// Encoders append through [`frame`](Self::frame) (framing bytes around a
 /// payload that is not copied when large) or [`buf_mut`](Self::buf_mut) (a
-/// `BytesMut`, for tokio-util encoders). The driver's calls map onto it:
-/// `poll_ready` is [`poll_ready`](Self::poll_ready), `poll_flush` is
-/// [`poll_flush`](Self::poll_flush). With no large payload pending, a write
-/// is one plain `poll_write` of the coalesced bytes.
+/// `BytesMut`, for tokio-util encoders). With no large payload pending, a
+/// write is one plain `poll_write` of the coalesced bytes.
 ///
 /// After everything was written, the coalescing buffer's memory is let go
 /// unless it is at most `keep` bytes: with `keep` 0 an idle connection
@@ -71,9 +69,17 @@ pub struct WriteBuffer {
 
 #[derive(Debug, Default)]
 struct Queued {
+    /// None of them empty.
     segments: VecDeque<Bytes>,
     /// Bytes in `segments`.
     len: usize,
+}
+
+impl Queued {
+    fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.len();
+        self.segments.push_back(bytes);
+    }
 }
 
 impl WriteBuffer {
@@ -117,25 +123,30 @@ impl WriteBuffer {
     #[inline]
     pub fn frame(&mut self, head: &[u8], payload: Bytes, tail: &[u8]) {
         if payload.len() <= COPY_MAX {
-            self.room(head.len() + payload.len() + tail.len());
-            self.buf.extend_from_slice(head);
-            self.buf.extend_from_slice(&payload);
-            self.buf.extend_from_slice(tail);
+            self.copy([head, &payload, tail]);
             return;
         }
-        self.room(head.len());
-        self.buf.extend_from_slice(head);
+        self.copy([head]);
         let queued = self.queued.get_or_insert_with(Box::default);
         if !self.buf.is_empty() {
-            let before = self.buf.split().freeze();
-            queued.len += before.len();
-            queued.segments.push_back(before);
+            queued.push(self.buf.split().freeze());
         }
-        queued.len += payload.len();
-        queued.segments.push_back(payload);
-        if !tail.is_empty() {
-            self.room(tail.len());
-            self.buf.extend_from_slice(tail);
+        queued.push(payload);
+        self.copy([tail]);
+    }
+
+    /// Copies `parts` into the coalescing buffer; an empty part costs no
+    /// call.
+    #[inline]
+    fn copy<const N: usize>(&mut self, parts: [&[u8]; N]) {
+        let n = parts.iter().map(|part| part.len()).sum::<usize>();
+        if self.buf.capacity() - self.buf.len() < n {
+            self.buf.reserve(n.max(MIN_ALLOC));
+        }
+        for part in parts {
+            if !part.is_empty() {
+                self.buf.extend_from_slice(part);
+            }
         }
     }
 
@@ -147,13 +158,6 @@ impl WriteBuffer {
             self.buf.reserve(MIN_ALLOC);
         }
         &mut self.buf
-    }
-
-    #[inline]
-    fn room(&mut self, n: usize) {
-        if self.buf.capacity() - self.buf.len() < n {
-            self.buf.reserve(n.max(MIN_ALLOC));
-        }
     }
 
     /// Ready to take one more message: writes first once the copied bytes
@@ -189,7 +193,9 @@ impl WriteBuffer {
                 None if self.buf.is_empty() => break,
                 // The common case: one contiguous buffer, one plain write.
                 None => ready!(Pin::new(&mut *io).poll_write(cx, &self.buf))?,
-                Some(queued) if io.is_write_vectored() => {
+                // Payloads of their own: one vectored write (a stream
+                // without vectored writes takes the first slice).
+                Some(queued) => {
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                     let mut count = 0;
                     let tail = Some(&self.buf[..]).filter(|b| !b.is_empty());
@@ -199,10 +205,6 @@ impl WriteBuffer {
                         count += 1;
                     }
                     ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?
-                }
-                Some(queued) => {
-                    let first = queued.segments.front().map_or(&[][..], |s| &s[..]);
-                    ready!(Pin::new(&mut *io).poll_write(cx, first))?
                 }
             };
             if n == 0 {
@@ -220,22 +222,18 @@ impl WriteBuffer {
 
     fn advance(&mut self, mut n: usize) {
         if let Some(queued) = &mut self.queued {
-            let mut from_queue = n.min(queued.len);
-            queued.len -= from_queue;
-            n -= from_queue;
-            while from_queue > 0 {
-                let Some(seg) = queued.segments.front_mut() else {
-                    break;
-                };
-                if seg.len() <= from_queue {
-                    from_queue -= seg.len();
+            while n > 0
+                && let Some(seg) = queued.segments.front_mut()
+            {
+                let take = n.min(seg.len());
+                seg.advance(take);
+                queued.len -= take;
+                n -= take;
+                if seg.is_empty() {
                     queued.segments.pop_front();
-                } else {
-                    seg.advance(from_queue);
-                    from_queue = 0;
                 }
             }
-            if queued.len == 0 {
+            if queued.segments.is_empty() {
                 self.queued = None;
             }
         }
@@ -260,16 +258,23 @@ mod tests {
         max: Option<usize>,
     }
 
-    impl AsyncWrite for Recording {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(self.max.unwrap_or(usize::MAX));
-            self.data.extend_from_slice(&buf[..n]);
-            self.writes.push((false, 1, n));
+    impl Recording {
+        /// Takes what fits of `bufs`, as one write.
+        fn take(&mut self, vectored: bool, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+            let start = self.data.len();
+            for buf in bufs {
+                let left = self.max.unwrap_or(usize::MAX) - (self.data.len() - start);
+                self.data.extend_from_slice(&buf[..buf.len().min(left)]);
+            }
+            let n = self.data.len() - start;
+            self.writes.push((vectored, bufs.len(), n));
             Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Recording {
+        fn is_write_vectored(&self) -> bool {
+            true
         }
 
         fn poll_write_vectored(
@@ -277,20 +282,15 @@ mod tests {
             _: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
-            let mut left = self.max.unwrap_or(usize::MAX);
-            let mut n = 0;
-            for buf in bufs {
-                let take = buf.len().min(left);
-                self.data.extend_from_slice(&buf[..take]);
-                left -= take;
-                n += take;
-            }
-            self.writes.push((true, bufs.len(), n));
-            Poll::Ready(Ok(n))
+            self.take(true, bufs)
         }
 
-        fn is_write_vectored(&self) -> bool {
-            true
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.take(false, &[IoSlice::new(buf)])
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -320,6 +320,15 @@ mod tests {
         assert_eq!(io.writes, vec![(false, 1, 17)]);
         assert!(out.is_empty());
         assert!(!out.is_allocated());
+
+        // With a `keep`, a buffer up to that size stays for the next batch.
+        let mut out = WriteBuffer::new(16 * 1024, 8 * 1024);
+        out.frame(b"", Bytes::from_static(b"small"), b"\n");
+        flush(&mut out, &mut io);
+        assert!(out.is_allocated());
+        out.buf_mut().extend_from_slice(&[0u8; 10_000]);
+        flush(&mut out, &mut io);
+        assert!(!out.is_allocated());
     }
 
     #[test]
@@ -328,7 +337,8 @@ mod tests {
         let mut out = WriteBuffer::new(16 * 1024, 0);
         out.frame(b"", Bytes::from_static(b"a"), b"\n");
         out.frame(b"<", big.clone(), b">");
-        out.frame(b"", Bytes::from_static(b"b"), b"\n");
+        // An encoder's bytes go after it too.
+        out.buf_mut().extend_from_slice(b"b\n");
         // Only the framing and the small payloads were copied; those
         // before the large payload went out of the coalescing buffer.
         assert_eq!(out.copied(), 3);
@@ -348,8 +358,8 @@ mod tests {
         assert!(!out.is_allocated());
     }
 
-    #[test]
-    fn short_writes_keep_the_order() {
+    #[tokio::test]
+    async fn short_writes_and_writes_of_one_slice_keep_the_order() {
         let mut out = WriteBuffer::new(16 * 1024, 0);
         let mut expected = Vec::new();
         for i in 0..20u8 {
@@ -366,13 +376,10 @@ mod tests {
         flush(&mut out, &mut io);
         assert_eq!(io.data, expected);
         assert!(io.writes.iter().all(|&(_, _, n)| n <= 999));
-    }
 
-    #[tokio::test]
-    async fn a_stream_without_vectored_writes_gets_one_segment_at_a_time() {
+        // A stream without vectored writes takes the first slice each time.
         let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
         let big = Bytes::from(vec![1u8; 10_000]);
-        let mut out = WriteBuffer::new(16 * 1024, 0);
         out.frame(b"head", big.clone(), b"tail");
         poll_fn(|cx| out.poll_flush(&mut tx, cx)).await.unwrap();
         drop(tx);
@@ -380,21 +387,7 @@ mod tests {
         tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut got)
             .await
             .unwrap();
-        assert_eq!(got.len(), 4 + 10_000 + 4);
-        assert_eq!(&got[..4], b"head");
-        assert_eq!(&got[10_004..], b"tail");
-    }
-
-    #[test]
-    fn encoders_append_to_the_coalescing_buffer() {
-        let mut out = WriteBuffer::new(16 * 1024, 0);
-        out.buf_mut().extend_from_slice(b"x=");
-        out.frame(b"", Bytes::from(vec![b'y'; 5000]), b"");
-        out.buf_mut().extend_from_slice(b";");
-        let mut io = Recording::default();
-        flush(&mut out, &mut io);
-        assert_eq!(io.data.len(), 2 + 5000 + 1);
-        assert!(io.data.starts_with(b"x=y") && io.data.ends_with(b"y;"));
+        assert_eq!(got, [&b"head"[..], &big, b"tail"].concat());
     }
 
     #[test]
@@ -421,19 +414,5 @@ mod tests {
         assert!(out.poll_ready(&mut io, &mut cx).is_ready());
         assert_eq!(io.writes.len(), 1);
         assert_eq!(io.data.len(), 4 * (1 + 64 * 1024));
-    }
-
-    #[test]
-    fn a_small_buffer_is_kept_up_to_keep() {
-        let mut io = Recording::default();
-        let mut out = WriteBuffer::new(16 * 1024, 8 * 1024);
-        out.frame(b"", Bytes::from_static(b"small"), b"\n");
-        flush(&mut out, &mut io);
-        assert!(out.is_allocated());
-        for _ in 0..10 {
-            out.buf_mut().extend_from_slice(&[0u8; 1000]);
-        }
-        flush(&mut out, &mut io);
-        assert!(!out.is_allocated());
     }
 }
