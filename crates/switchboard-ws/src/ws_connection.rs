@@ -20,7 +20,9 @@ use switchboard_core::transport::{Received, TransportConn};
 use switchboard_core::{CloseCode, CloseFrame, Error, Message, Utf8Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::frame::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Role};
+use crate::frame::{
+    self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Role, protocol,
+};
 
 /// Sizes and limits of one connection.
 #[derive(Clone, Copy, Debug)]
@@ -143,23 +145,128 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received, Error>> {
-        self.inner.poll_recv(cx)
+        let this = &mut *self.inner;
+        loop {
+            this.queue_pong();
+            if this.control_unflushed {
+                match this.poll_write_out(cx) {
+                    Poll::Ready(Ok(())) => this.control_unflushed = false,
+                    Poll::Ready(Err(err)) => {
+                        this.close = CloseState::Ended;
+                        return Poll::Ready(Err(err));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let frame = match this.poll_frame(cx) {
+                // Nothing more to read: the keepalive timer's turn.
+                Poll::Pending => match ready!(this.keepalive.poll(cx)) {
+                    Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
+                    Due::Ping => {
+                        frame::encode(&mut this.out, this.settings.role, OP_PING, Bytes::new());
+                        this.control_unflushed = true;
+                        continue;
+                    }
+                },
+                Poll::Ready(Ok(Some(frame))) => frame,
+                // The peer went away, with or without finishing a frame.
+                Poll::Ready(Ok(None)) => {
+                    this.close = CloseState::Ended;
+                    return Poll::Ready(Ok(Received::Closed(None)));
+                }
+                Poll::Ready(Err(err)) => {
+                    // After a protocol error the socket still takes our
+                    // close frame; after an I/O error nothing can be sent.
+                    if !matches!(err, Error::Protocol { .. }) {
+                        this.close = CloseState::Ended;
+                    }
+                    return Poll::Ready(Err(err));
+                }
+            };
+            if let Some(received) = this.on_frame(frame)? {
+                return Poll::Ready(Ok(received));
+            }
+        }
     }
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
+        let this = &mut *self.inner;
+        this.out.poll_ready(&mut this.io, cx).map_err(Error::Io)
     }
 
     fn start_send(&mut self, msg: Message) -> Result<(), Error> {
-        self.inner.start_send(msg)
+        let this = &mut *self.inner;
+        // No data after our close frame. After the peer's end of stream
+        // the write half may still be open: what was queued goes out (or
+        // fails there with the stream's own error).
+        if matches!(
+            this.close,
+            CloseState::Flushing | CloseState::Answering | CloseState::Draining | CloseState::Done
+        ) {
+            return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
+        }
+        let (opcode, payload) = match msg {
+            // Already valid UTF-8: framed as it is.
+            Message::Text(text) => (OP_TEXT, text.into_bytes()),
+            Message::Binary(data) => (OP_BINARY, data),
+        };
+        frame::encode(&mut this.out, this.settings.role, opcode, payload);
+        Ok(())
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_flush(cx)
+        let this = &mut *self.inner;
+        this.queue_pong();
+        ready!(this.poll_write_out(cx))?;
+        this.control_unflushed = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<(), Error>> {
-        self.inner.poll_close(cx, frame)
+        let this = &mut *self.inner;
+        loop {
+            match this.close {
+                CloseState::Open | CloseState::PeerClosed => {
+                    let answering = this.close == CloseState::PeerClosed;
+                    this.queue_pong();
+                    let payload = frame::close_payload(frame);
+                    frame::encode(&mut this.out, this.settings.role, OP_CLOSE, payload);
+                    this.close = if answering {
+                        CloseState::Answering
+                    } else {
+                        CloseState::Flushing
+                    };
+                }
+                CloseState::Flushing | CloseState::Answering => {
+                    let answering = this.close == CloseState::Answering;
+                    if let Err(err) = ready!(this.poll_write_out(cx)) {
+                        this.close = CloseState::Done;
+                        return Poll::Ready(Err(err));
+                    }
+                    this.close = if answering {
+                        CloseState::Done
+                    } else {
+                        CloseState::Draining
+                    };
+                }
+                CloseState::Draining => match ready!(this.poll_frame(cx)) {
+                    // The peer's reply, the end of the stream or an error:
+                    // either way the closing handshake is over.
+                    Ok(Some(Frame {
+                        opcode: OP_CLOSE, ..
+                    }))
+                    | Ok(None)
+                    | Err(_) => this.close = CloseState::Done,
+                    // Messages the peer sent before it saw our close.
+                    Ok(Some(_)) => {}
+                },
+                CloseState::Ended | CloseState::Done => {
+                    this.read.release();
+                    this.fragments = None;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
     }
 }
 
@@ -167,50 +274,6 @@ impl<IO> Inner<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received, Error>> {
-        loop {
-            self.queue_pong();
-            if self.control_unflushed {
-                match self.poll_write_out(cx) {
-                    Poll::Ready(Ok(())) => self.control_unflushed = false,
-                    Poll::Ready(Err(err)) => {
-                        self.close = CloseState::Ended;
-                        return Poll::Ready(Err(err));
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            let frame = match self.poll_frame(cx) {
-                // Nothing more to read: the keepalive timer's turn.
-                Poll::Pending => match ready!(self.keepalive.poll(cx)) {
-                    Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
-                    Due::Ping => {
-                        frame::encode(&mut self.out, self.settings.role, OP_PING, Bytes::new());
-                        self.control_unflushed = true;
-                        continue;
-                    }
-                },
-                Poll::Ready(Ok(Some(frame))) => frame,
-                // The peer went away, with or without finishing a frame.
-                Poll::Ready(Ok(None)) => {
-                    self.close = CloseState::Ended;
-                    return Poll::Ready(Ok(Received::Closed(None)));
-                }
-                Poll::Ready(Err(err)) => {
-                    // After a protocol error the socket still takes our
-                    // close frame; after an I/O error nothing can be sent.
-                    if !matches!(err, Error::Protocol { .. }) {
-                        self.close = CloseState::Ended;
-                    }
-                    return Poll::Ready(Err(err));
-                }
-            };
-            if let Some(received) = self.on_frame(frame)? {
-                return Poll::Ready(Ok(received));
-            }
-        }
-    }
-
     /// What a frame means: a message, the peer's close, or nothing yet
     /// (a fragment, a ping, a pong).
     fn on_frame(&mut self, frame: Frame) -> Result<Option<Received>, Error> {
@@ -332,86 +395,6 @@ where
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.out.poll_flush(&mut self.io, cx).map_err(Error::Io)
     }
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.out.poll_ready(&mut self.io, cx).map_err(Error::Io)
-    }
-
-    fn start_send(&mut self, msg: Message) -> Result<(), Error> {
-        // No data after our close frame. After the peer's end of stream
-        // the write half may still be open: what was queued goes out (or
-        // fails there with the stream's own error).
-        if matches!(
-            self.close,
-            CloseState::Flushing | CloseState::Answering | CloseState::Draining | CloseState::Done
-        ) {
-            return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
-        }
-        let (opcode, payload) = match msg {
-            // Already valid UTF-8: framed as it is.
-            Message::Text(text) => (OP_TEXT, text.into_bytes()),
-            Message::Binary(data) => (OP_BINARY, data),
-        };
-        frame::encode(&mut self.out, self.settings.role, opcode, payload);
-        Ok(())
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.queue_pong();
-        ready!(self.poll_write_out(cx))?;
-        self.control_unflushed = false;
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<(), Error>> {
-        loop {
-            match self.close {
-                CloseState::Open | CloseState::PeerClosed => {
-                    let answering = self.close == CloseState::PeerClosed;
-                    self.queue_pong();
-                    let payload = frame::close_payload(frame);
-                    frame::encode(&mut self.out, self.settings.role, OP_CLOSE, payload);
-                    self.close = if answering {
-                        CloseState::Answering
-                    } else {
-                        CloseState::Flushing
-                    };
-                }
-                CloseState::Flushing | CloseState::Answering => {
-                    let answering = self.close == CloseState::Answering;
-                    if let Err(err) = ready!(self.poll_write_out(cx)) {
-                        self.close = CloseState::Done;
-                        return Poll::Ready(Err(err));
-                    }
-                    self.close = if answering {
-                        CloseState::Done
-                    } else {
-                        CloseState::Draining
-                    };
-                }
-                CloseState::Draining => match ready!(self.poll_frame(cx)) {
-                    // The peer's reply, the end of the stream or an error:
-                    // either way the closing handshake is over.
-                    Ok(Some(Frame {
-                        opcode: OP_CLOSE, ..
-                    }))
-                    | Ok(None)
-                    | Err(_) => self.close = CloseState::Done,
-                    // Messages the peer sent before it saw our close.
-                    Ok(Some(_)) => {}
-                },
-                CloseState::Ended | CloseState::Done => {
-                    self.read.release();
-                    self.fragments = None;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-    }
-}
-
-fn protocol(reason: &'static str) -> Error {
-    Error::protocol(CloseCode::PROTOCOL, reason)
 }
 
 /// A complete message; text must be UTF-8 (1007 otherwise).
@@ -438,14 +421,14 @@ impl<IO> fmt::Debug for WsConnection<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
+    use crate::frame::tests::masked;
     use std::future::poll_fn;
     use std::pin::Pin;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn settings(role: Role) -> Settings {
+    fn settings() -> Settings {
         Settings {
-            role,
+            role: Role::Server,
             max_frame: 1 << 20,
             max_message: 1 << 20,
             read_size: 4096,
@@ -453,36 +436,23 @@ mod tests {
         }
     }
 
-    fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let key = [0xA1, 0xB2, 0xC3, 0xD4];
-        let mut out = BytesMut::new();
-        out.put_u8(0x80 | opcode);
-        match payload.len() {
-            n if n < 126 => out.put_u8(0x80 | n as u8),
-            n if n < 65_536 => {
-                out.put_u8(0x80 | 126);
-                out.put_u16(n as u16);
-            }
-            n => {
-                out.put_u8(0x80 | 127);
-                out.put_u64(n as u64);
-            }
-        }
-        out.put_slice(&key);
-        let start = out.len();
-        out.put_slice(payload);
-        frame::apply_mask(&mut out[start..], key);
-        out.to_vec()
+    /// A server's connection without keepalive, `leftover` read with the
+    /// handshake.
+    fn server<IO: AsyncRead + AsyncWrite + Unpin>(
+        io: IO,
+        settings: Settings,
+        leftover: &[u8],
+    ) -> WsConnection<IO> {
+        WsConnection::new(io, settings, Keepalive::new(None, None), leftover)
     }
 
     #[tokio::test]
     async fn a_connection_between_bursts_holds_no_buffers() {
         let (mut peer, io) = tokio::io::duplex(1 << 20);
-        let keepalive = Keepalive::new(None, None);
-        let mut conn = WsConnection::new(io, settings(Role::Server), keepalive, b"");
+        let mut conn = server(io, settings(), b"");
         let big = vec![b'x'; 100_000];
-        peer.write_all(&masked_frame(OP_TEXT, b"hi")).await.unwrap();
-        peer.write_all(&masked_frame(OP_BINARY, &big))
+        peer.write_all(&masked(OP_TEXT, true, b"hi")).await.unwrap();
+        peer.write_all(&masked(OP_BINARY, true, &big))
             .await
             .unwrap();
 
@@ -512,16 +482,15 @@ mod tests {
     #[tokio::test]
     async fn the_smallest_read_size_still_reads_whole_frames() {
         let (mut peer, io) = tokio::io::duplex(1024);
-        let keepalive = Keepalive::new(None, None);
         let tiny = Settings {
             read_size: 1,
-            ..settings(Role::Server)
+            ..settings()
         };
-        let mut conn = WsConnection::new(io, tiny, keepalive, b"");
-        peer.write_all(&masked_frame(OP_TEXT, b"one"))
+        let mut conn = server(io, tiny, b"");
+        peer.write_all(&masked(OP_TEXT, true, b"one"))
             .await
             .unwrap();
-        peer.write_all(&masked_frame(OP_BINARY, &[7; 300]))
+        peer.write_all(&masked(OP_BINARY, true, &[7; 300]))
             .await
             .unwrap();
         let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
@@ -533,10 +502,9 @@ mod tests {
     #[tokio::test]
     async fn bytes_after_the_handshake_are_the_first_frames() {
         let (_peer, io) = tokio::io::duplex(1024);
-        let mut leftover = masked_frame(OP_TEXT, b"one");
-        leftover.extend_from_slice(&masked_frame(OP_TEXT, b"two"));
-        let keepalive = Keepalive::new(None, None);
-        let mut conn = WsConnection::new(io, settings(Role::Server), keepalive, &leftover);
+        let mut leftover = masked(OP_TEXT, true, b"one");
+        leftover.extend_from_slice(&masked(OP_TEXT, true, b"two"));
+        let mut conn = server(io, settings(), &leftover);
         for text in ["one", "two"] {
             let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
             assert!(matches!(got, Received::Message(m) if m.as_text() == Some(text)));
@@ -595,8 +563,7 @@ mod tests {
     async fn a_batch_of_large_replies_goes_out_in_few_writes() {
         let (mut peer, io) = tokio::io::duplex(4 << 20);
         let io = Counting { io, writes: 0 };
-        let keepalive = Keepalive::new(None, None);
-        let mut conn = WsConnection::new(io, settings(Role::Server), keepalive, b"");
+        let mut conn = server(io, settings(), b"");
         let payload = Bytes::from(vec![5u8; 64 * 1024]);
         for _ in 0..8 {
             poll_fn(|cx| conn.poll_ready(cx)).await.unwrap();
