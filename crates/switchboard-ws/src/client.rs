@@ -2,7 +2,6 @@
 //! the connection, with the same lifecycle as on a server; optionally
 //! reconnecting, optionally over TLS (`wss://`, feature `tls`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use switchboard_core::transport::io::{ClientOptions, HostPort, Keepalive};
@@ -11,7 +10,7 @@ use switchboard_core::{
     ClientHandle, Config, IntoComponent, MessageComponent, ReconnectPolicy, Reconnecting,
     TransportInfo,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
@@ -23,6 +22,7 @@ use crate::config::{
 };
 use crate::error::{Error, Result};
 use crate::frame::Role;
+use crate::handshake;
 use crate::ws_connection::{Settings, WsConnection};
 
 /// Connects to `url` (`ws://host[:port]/path?query`, or `wss://` with the
@@ -179,9 +179,9 @@ impl Client {
     ) -> Result<ClientHandle> {
         let component = component.into_arc();
         let target = self.target()?;
+        let options = ClientOptions::new(&self.config);
+        let Dialed { conn, peer, info } = options.timeout(target.dial()).await?;
         let config = self.config.clone();
-        let options = ClientOptions::new(&config);
-        let (conn, peer, info) = options.timeout(target.dial(&config)).await?;
         Ok(match conn {
             Either::Plain(conn) => spawn_client(conn, peer, info, component, config)?,
             #[cfg(feature = "tls")]
@@ -204,14 +204,11 @@ impl Client {
         policy: ReconnectPolicy,
     ) -> Result<Reconnecting> {
         let component = component.into_arc();
-        self.config.validate()?;
         let target = Arc::new(self.target()?);
-        let config = self.config.clone();
         let connect = move || {
             let target = target.clone();
-            let config = config.clone();
             async move {
-                let (conn, peer, info) = target.dial(&config).await?;
+                let Dialed { conn, peer, info } = target.dial().await?;
                 let conn: Box<dyn TransportConn> = match conn {
                     Either::Plain(conn) => Box::new(conn),
                     #[cfg(feature = "tls")]
@@ -220,15 +217,11 @@ impl Client {
                 Ok(Dialed::new(conn, peer, info))
             }
         };
-        Ok(spawn_reconnecting(
-            connect,
-            component,
-            self.config.clone(),
-            policy,
-        )?)
+        let config = self.config.clone();
+        Ok(spawn_reconnecting(connect, component, config, policy)?)
     }
 
-    /// Checks the URL and headers and picks the TLS connector, once.
+    /// Checks the config, URL and headers and picks the TLS connector, once.
     fn target(&self) -> Result<Target> {
         self.config.validate()?;
         let url = &self.url;
@@ -247,30 +240,21 @@ impl Client {
             .host()
             .ok_or_else(|| Error::InvalidUrl(format!("{url}: no host")))?;
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let mut info = TransportInfo::new("ws").with_path(uri.path());
-        if let Some(query) = uri.query() {
-            info = info.with_query(query);
-        }
-        let tls = if secure {
-            #[cfg(feature = "tls")]
-            {
-                Some(match &self.tls {
-                    Some(tls) => tls.clone(),
-                    None => switchboard_tls::TlsConnector::platform()?,
-                })
-            }
-            #[cfg(not(feature = "tls"))]
+        #[cfg(not(feature = "tls"))]
+        if secure {
             return Err(Error::InvalidUrl(format!(
                 "{url}: wss:// needs the `tls` feature"
             )));
-        } else {
-            None
-        };
+        }
         Ok(Target {
             client: self.clone(),
             addr: HostPort::new(host, port),
-            info,
-            tls,
+            #[cfg(feature = "tls")]
+            tls: match (secure, &self.tls) {
+                (false, _) => None,
+                (true, Some(tls)) => Some(tls.clone()),
+                (true, None) => Some(switchboard_tls::TlsConnector::platform()?),
+            },
         })
     }
 
@@ -296,80 +280,52 @@ impl Client {
 struct Target {
     client: Client,
     addr: HostPort,
-    info: TransportInfo,
+    /// The connector of a `wss://` URL.
     #[cfg(feature = "tls")]
     tls: Option<switchboard_tls::TlsConnector>,
-    #[cfg(not(feature = "tls"))]
-    tls: Option<std::convert::Infallible>,
 }
-
-type PlainConn = WsConnection<TcpStream>;
-#[cfg(feature = "tls")]
-type TlsConn = WsConnection<switchboard_tls::ClientTlsStream<TcpStream>>;
 
 /// A connection over TCP or over TLS.
 enum Either {
-    Plain(PlainConn),
+    Plain(WsConnection<TcpStream>),
     #[cfg(feature = "tls")]
-    Tls(TlsConn),
+    Tls(WsConnection<switchboard_tls::ClientTlsStream<TcpStream>>),
 }
 
 impl Target {
     /// Connects, runs the TLS handshake if `wss://`, and upgrades.
-    async fn dial(&self, config: &Config) -> Result<(Either, SocketAddr, TransportInfo)> {
+    async fn dial(&self) -> Result<Dialed<Either>> {
+        let config = &self.client.config;
         let addr = (self.addr.host(), self.addr.port());
         let (stream, peer) = ClientOptions::new(config).connect(addr).await?;
         let request = self.client.request()?;
-        let (conn, protocol) = match &self.tls {
-            None => {
-                let (conn, protocol) = upgrade(request, stream, config).await?;
-                (Either::Plain(conn), protocol)
-            }
-            #[cfg(feature = "tls")]
-            Some(tls) => {
-                let stream = tls.connect(self.addr.host(), stream).await?;
-                let (conn, protocol) = upgrade(request, stream, config).await?;
-                (Either::Tls(conn), protocol)
-            }
-            #[cfg(not(feature = "tls"))]
-            Some(never) => match *never {},
-        };
-        let mut info = self.info.clone();
-        if let Some(protocol) = protocol {
-            info = info.with_subprotocol(protocol);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let stream = tls.connect(self.addr.host(), stream).await?;
+            let (conn, info) = upgrade(request, stream, config).await?;
+            return Ok(Dialed::new(Either::Tls(conn), peer, info));
         }
-        Ok((conn, peer, info))
+        let (conn, info) = upgrade(request, stream, config).await?;
+        Ok(Dialed::new(Either::Plain(conn), peer, info))
     }
 }
 
 /// The WebSocket upgrade over an established stream; returns the
-/// connection and the subprotocol the server chose.
+/// connection and what its component sees of it.
 async fn upgrade<IO>(
     request: Request,
     mut stream: IO,
     config: &Config,
-) -> Result<(WsConnection<IO>, Option<String>)>
+) -> Result<(WsConnection<IO>, TransportInfo)>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     stream.write_all(&request_head(&request)).await?;
     stream.flush().await?;
-    let mut buf = Vec::new();
-    let (protocol, used) = loop {
-        let len = buf.len();
-        if len >= DEFAULT_MAX_REQUEST_HEAD {
-            return Err(handshake_error("response head too large"));
-        }
-        buf.resize(len + 1024.min(DEFAULT_MAX_REQUEST_HEAD - len), 0);
-        let n = stream.read(&mut buf[len..]).await?;
-        buf.truncate(len + n);
-        if n == 0 {
-            return Err(Error::Eof);
-        }
-        if let Some(done) = check_response(&request, &buf)? {
-            break done;
-        }
-    };
+    let too_large = || handshake_error("response head too large");
+    let check = |buf: &[u8]| check_response(&request, buf);
+    let (protocol, leftover) =
+        handshake::read_head(&mut stream, DEFAULT_MAX_REQUEST_HEAD, too_large, check).await?;
     let settings = Settings {
         role: Role::Client,
         max_frame: config.max_frame_size,
@@ -377,13 +333,13 @@ where
         read_size: DEFAULT_READ_BUFFER_SIZE,
         write_buffer: DEFAULT_WRITE_BUFFER_SIZE,
     };
-    let conn = WsConnection::new(
-        stream,
-        settings,
-        Keepalive::new(config.ping_interval, config.idle_timeout),
-        &buf[used..],
-    );
-    Ok((conn, protocol))
+    let keepalive = Keepalive::new(config.ping_interval, config.idle_timeout);
+    let conn = WsConnection::new(stream, settings, keepalive, &leftover);
+    let uri = request.uri();
+    Ok((
+        conn,
+        handshake::info(uri.path(), uri.query(), protocol.as_deref()),
+    ))
 }
 
 /// The request line and headers of the upgrade request.

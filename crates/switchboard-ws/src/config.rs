@@ -12,7 +12,7 @@ use bytes::Bytes;
 use switchboard_core::{DynComponent, IntoComponent};
 
 use crate::error::{Error, Result};
-use crate::hook::{Accept, Hook, Reject, Request};
+use crate::hook::{Accept, Hook, HookFuture, Reject, Request};
 use crate::transport::{Shared, WsTransport};
 
 /// Default [`WsTransportBuilder::read_buffer_size`]: 4 KiB.
@@ -247,7 +247,7 @@ impl WsTransportBuilder {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Accept, Reject>> + Send + 'static,
     {
-        self.hook = Some(Hook::new(hook));
+        self.hook = Some(Arc::new(move |req| -> HookFuture { Box::pin(hook(req)) }));
         self
     }
 
@@ -286,23 +286,8 @@ impl WsTransportBuilder {
         if self.routes.is_empty() && self.fallback.is_none() {
             return Err(Error::NoRoutes);
         }
-        let mut routes = HashMap::with_capacity(self.routes.len());
-        for (path, component) in self.routes {
-            check_path(&path)?;
-            if routes
-                .insert(path.clone().into_boxed_str(), component)
-                .is_some()
-            {
-                return Err(Error::DuplicateRoute(path));
-            }
-        }
-        let mut pages = HashMap::with_capacity(self.pages.len());
-        for (path, page) in self.pages {
-            check_path(&path)?;
-            if pages.insert(path.clone().into_boxed_str(), page).is_some() {
-                return Err(Error::DuplicateRoute(path));
-            }
-        }
+        let routes = by_path(self.routes)?;
+        let pages = by_path(self.pages)?;
         for protocol in &self.subprotocols {
             if !is_token(protocol) {
                 return Err(Error::InvalidSubprotocol(protocol.clone()));
@@ -317,7 +302,7 @@ impl WsTransportBuilder {
         if self.max_request_head < 256 {
             return Err(Error::Config("max_request_head must be at least 256 bytes"));
         }
-        Ok(WsTransport::from_shared(Shared {
+        let shared = Shared {
             routes,
             fallback: self.fallback,
             pages,
@@ -331,7 +316,10 @@ impl WsTransportBuilder {
             read_buffer_size: self.read_buffer_size,
             write_buffer_size: self.write_buffer_size,
             max_request_head: self.max_request_head,
-        }))
+        };
+        Ok(WsTransport {
+            shared: Arc::new(shared),
+        })
     }
 }
 
@@ -357,48 +345,34 @@ impl fmt::Debug for WsTransportBuilder {
     }
 }
 
-fn check_path(path: &str) -> Result<()> {
-    if path.starts_with('/') && !path.contains(['?', '#']) && !path.chars().any(char::is_whitespace)
-    {
-        Ok(())
-    } else {
-        Err(Error::InvalidPath(path.to_owned()))
+/// Indexes `entries` by their paths, which must be valid and distinct.
+fn by_path<T>(entries: Vec<(String, T)>) -> Result<HashMap<Box<str>, T>> {
+    let mut map = HashMap::with_capacity(entries.len());
+    for (path, value) in entries {
+        if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace)
+        {
+            return Err(Error::InvalidPath(path));
+        }
+        if map.insert(path.clone().into_boxed_str(), value).is_some() {
+            return Err(Error::DuplicateRoute(path));
+        }
     }
+    Ok(map)
 }
 
 /// An RFC 7230 token: what RFC 6455 allows as a subprotocol name.
-pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_graphic()
-                && !matches!(
-                    b,
-                    b'(' | b')'
-                        | b'<'
-                        | b'>'
-                        | b'@'
-                        | b','
-                        | b';'
-                        | b':'
-                        | b'\\'
-                        | b'"'
-                        | b'/'
-                        | b'['
-                        | b']'
-                        | b'?'
-                        | b'='
-                        | b'{'
-                        | b'}'
-                )
-        })
+fn is_token(s: &str) -> bool {
+    let separator = |b| b"()<>@,;:\\\"/[]?={}".contains(&b);
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !separator(b))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use switchboard_core::{BoxError, Connection, Message, MessageComponent};
 
-    struct Quiet;
+    /// A component that does nothing.
+    pub(crate) struct Quiet;
 
     impl MessageComponent for Quiet {
         async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
@@ -421,7 +395,7 @@ mod tests {
             .fallback(shared.clone())
             .build()
             .unwrap();
-        let config = transport.shared_config();
+        let config = &transport.shared;
         assert_eq!(config.routes.len(), 3);
         // Shared handles are kept as given: the same component, not a copy
         // or a wrapper.
@@ -456,7 +430,8 @@ mod tests {
     fn tokens() {
         assert!(is_token("chat.v1"));
         assert!(!is_token(""));
-        assert!(!is_token("a b"));
-        assert!(!is_token("a,b"));
+        for separator in "()<>@,;:\\\"/[]?={} \t".chars() {
+            assert!(!is_token(&format!("a{separator}b")), "{separator:?}");
+        }
     }
 }

@@ -175,28 +175,7 @@ impl fmt::Display for Reject {
     }
 }
 
-type HookFuture = Pin<Box<dyn Future<Output = Result<Accept, Reject>> + Send>>;
+pub(crate) type HookFuture = Pin<Box<dyn Future<Output = Result<Accept, Reject>> + Send>>;
 
 /// A type-erased hook, shared by every handshake of a transport.
-#[derive(Clone)]
-pub(crate) struct Hook(Arc<dyn Fn(Request) -> HookFuture + Send + Sync>);
-
-impl Hook {
-    pub(crate) fn new<F, Fut>(f: F) -> Self
-    where
-        F: Fn(Request) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Accept, Reject>> + Send + 'static,
-    {
-        Hook(Arc::new(move |req| Box::pin(f(req))))
-    }
-
-    pub(crate) fn call(&self, req: Request) -> HookFuture {
-        (self.0)(req)
-    }
-}
-
-impl fmt::Debug for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Hook(..)")
-    }
-}
+pub(crate) type Hook = Arc<dyn Fn(Request) -> HookFuture + Send + Sync>;

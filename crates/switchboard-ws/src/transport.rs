@@ -13,8 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::config::{OriginPolicy, Page, WsTransportBuilder};
 use crate::error::Error;
 use crate::frame::Role;
-use crate::handshake::{self, Decision, ReadError};
-use crate::hook::{Hook, Request};
+use crate::handshake::{self, NoUpgrade};
+use crate::hook::Hook;
 use crate::ws_connection::{Settings, WsConnection};
 
 /// The WebSocket transport: give it to
@@ -59,7 +59,7 @@ use crate::ws_connection::{Settings, WsConnection};
 /// ```
 #[derive(Clone)]
 pub struct WsTransport {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// The built configuration, shared by every handshake.
@@ -93,27 +93,6 @@ impl WsTransport {
         WsTransportBuilder::default()
     }
 
-    pub(crate) fn from_shared(shared: Shared) -> Self {
-        WsTransport {
-            shared: Arc::new(shared),
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn shared_config(&self) -> &Shared {
-        &self.shared
-    }
-
-    fn settings(&self, config: &Config) -> Settings {
-        Settings {
-            role: Role::Server,
-            max_frame: config.max_frame_size,
-            max_message: config.max_message_size,
-            read_size: self.shared.read_buffer_size,
-            write_buffer: self.shared.write_buffer_size,
-        }
-    }
-
     async fn handshake<IO>(
         &self,
         mut io: IO,
@@ -123,59 +102,34 @@ impl WsTransport {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let shared = &*self.shared;
-        let (head, leftover) = match handshake::read_head(&mut io, shared.max_request_head).await {
-            Ok(read) => read,
-            Err(ReadError::Refused(response)) => {
-                handshake::respond(&mut io, &response).await?;
-                return Err(Error::Answered {
-                    status: response.status,
-                    reason: response.reason,
-                });
-            }
-            Err(ReadError::Failed(err)) => return Err(err),
-        };
-        let upgrade = match handshake::decide(shared, head) {
-            Decision::Upgrade(upgrade) => upgrade,
-            Decision::Respond(response) => {
-                handshake::respond(&mut io, &response).await?;
+        let upgrade = match handshake::judge(&self.shared, &mut io, peer).await {
+            Ok(upgrade) => upgrade,
+            Err(NoUpgrade::Failed(err)) => return Err(err),
+            Err(NoUpgrade::Answer(response)) => {
+                io.write_all(&response.to_bytes()).await?;
+                io.flush().await?;
+                io.shutdown().await?;
                 return Err(Error::Answered {
                     status: response.status,
                     reason: response.reason,
                 });
             }
         };
-        let info = upgrade.info;
-        let mut extensions = switchboard_core::Extensions::default();
-        if let Some(hook) = &shared.hook {
-            match hook.call(Request::new(peer, info.clone())).await {
-                Ok(accept) => extensions = accept.extensions,
-                Err(reject) => {
-                    let response =
-                        handshake::Response::error(reject.status(), reject.reason_text());
-                    handshake::respond(&mut io, &response).await?;
-                    return Err(Error::Answered {
-                        status: reject.status(),
-                        reason: format!("rejected by the handshake hook: {reject}"),
-                    });
-                }
-            }
-        }
-        io.write_all(&handshake::switching_protocols(
-            &upgrade.accept_key,
-            info.subprotocol(),
-        ))
-        .await?;
+        let subprotocol = upgrade.info.subprotocol();
+        let response = handshake::switching_protocols(&upgrade.accept_key, subprotocol);
+        io.write_all(&response).await?;
         io.flush().await?;
-
-        let conn = WsConnection::new(
-            io,
-            self.settings(config),
-            Keepalive::new(config.ping_interval, config.idle_timeout),
-            &leftover,
-        );
-        let mut accepted = Accepted::new(conn, info, upgrade.component);
-        accepted.extensions = extensions;
+        let settings = Settings {
+            role: Role::Server,
+            max_frame: config.max_frame_size,
+            max_message: config.max_message_size,
+            read_size: self.shared.read_buffer_size,
+            write_buffer: self.shared.write_buffer_size,
+        };
+        let keepalive = Keepalive::new(config.ping_interval, config.idle_timeout);
+        let conn = WsConnection::new(io, settings, keepalive, &upgrade.leftover);
+        let mut accepted = Accepted::new(conn, upgrade.info, upgrade.component);
+        accepted.extensions = upgrade.extensions;
         Ok(accepted)
     }
 }
