@@ -322,7 +322,7 @@ where
 {
     stream.write_all(&request_head(&request)).await?;
     stream.flush().await?;
-    let too_large = || handshake_error("response head too large");
+    let too_large = || Error::Handshake("response head too large".into());
     let check = |buf: &[u8]| check_response(&request, buf);
     let (protocol, leftover) =
         handshake::read_head(&mut stream, DEFAULT_MAX_REQUEST_HEAD, too_large, check).await?;
@@ -359,10 +359,6 @@ fn request_head(request: &Request) -> Vec<u8> {
     head
 }
 
-fn handshake_error(reason: &'static str) -> Error {
-    Error::Handshake(reason.into())
-}
-
 /// Judges the server's answer once its head is complete: `Ok(None)` while
 /// it is not, else the chosen subprotocol and the length of the head.
 fn check_response(request: &Request, buf: &[u8]) -> Result<Option<(Option<String>, usize)>> {
@@ -385,47 +381,34 @@ fn check_response(request: &Request, buf: &[u8]) -> Result<Option<(Option<String
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .map(str::trim)
     };
-    if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
-        return Err(handshake_error(
-            "the 101 response has no 'Upgrade: websocket'",
-        ));
-    }
-    if !header("connection").is_some_and(|v| {
+    let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection = header("connection").is_some_and(|v| {
         v.split(',')
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-    }) {
-        return Err(handshake_error(
-            "the 101 response has no 'Connection: upgrade'",
-        ));
-    }
-    let key = request
-        .headers()
-        .get("sec-websocket-key")
-        .map(|k| derive_accept_key(k.as_bytes()));
-    if key.as_deref() != header("sec-websocket-accept") {
-        return Err(handshake_error(
-            "wrong Sec-WebSocket-Accept in the 101 response",
-        ));
-    }
-    let protocol = match header("sec-websocket-protocol") {
-        None => None,
-        Some(chosen) => {
-            let offered = request
-                .headers()
-                .get_all("sec-websocket-protocol")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|p| p.trim() == chosen);
-            if !offered {
-                return Err(handshake_error(
-                    "the server chose a subprotocol that was not offered",
-                ));
-            }
-            Some(chosen.to_owned())
-        }
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    let key = request.headers().get("sec-websocket-key");
+    let accept = key.map(|k| derive_accept_key(k.as_bytes()));
+    let protocol = header("sec-websocket-protocol");
+    let offered = |chosen: &str| {
+        let offers = request.headers().get_all("sec-websocket-protocol");
+        offers
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == chosen)
     };
-    Ok(Some((protocol, used)))
+    let problem = if !upgrade {
+        "the 101 response has no 'Upgrade: websocket'"
+    } else if !connection {
+        "the 101 response has no 'Connection: upgrade'"
+    } else if accept.as_deref() != header("sec-websocket-accept") {
+        "wrong Sec-WebSocket-Accept in the 101 response"
+    } else if protocol.is_some_and(|chosen| !offered(chosen)) {
+        "the server chose a subprotocol that was not offered"
+    } else {
+        return Ok(Some((protocol.map(str::to_owned), used)));
+    };
+    Err(Error::Handshake(problem.into()))
 }
 
 #[cfg(test)]
@@ -482,15 +465,21 @@ mod tests {
         let request = request(Some("chat"));
         let refused = check_response(&request, b"HTTP/1.1 403 Forbidden\r\n\r\n");
         assert!(matches!(refused, Err(Error::Refused { status: 403 })));
-        let wrong_key = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                         Connection: Upgrade\r\nSec-WebSocket-Accept: AAAA\r\n\r\n";
-        let err = check_response(&request, wrong_key.as_bytes()).unwrap_err();
-        assert!(err.to_string().contains("Sec-WebSocket-Accept"), "{err}");
-        let unoffered = response(&request, "Sec-WebSocket-Protocol: other\r\n");
-        let err = check_response(&request, unoffered.as_bytes()).unwrap_err();
-        assert!(err.to_string().contains("not offered"), "{err}");
-        let no_upgrade = response(&request, "").replace("Upgrade: websocket\r\n", "");
-        assert!(check_response(&request, no_upgrade.as_bytes()).is_err());
-        assert!(check_response(&request, b"garbage\r\n\r\n").is_err());
+        let good = response(&request, "");
+        let without = |line| good.replace(line, "");
+        let cases = [
+            (without("Upgrade: websocket\r\n"), "Upgrade:"),
+            (without("Connection: Upgrade\r\n"), "Connection:"),
+            (good.replace("Accept: ", "Accept: A"), "Accept"),
+            (
+                response(&request, "Sec-WebSocket-Protocol: x\r\n"),
+                "offered",
+            ),
+            ("garbage\r\n\r\n".into(), ""),
+        ];
+        for (answer, says) in cases {
+            let err = check_response(&request, answer.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(says), "{answer}: {err}");
+        }
     }
 }

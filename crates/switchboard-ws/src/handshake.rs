@@ -414,10 +414,6 @@ mod tests {
         decide(&transport().shared, head)
     }
 
-    fn status(raw: &str) -> u16 {
-        decide_raw(raw).map_or_else(|r| r.status, |_| 101)
-    }
-
     #[test]
     fn partial_head_needs_more() {
         assert!(matches!(
@@ -441,31 +437,26 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(status(&UPGRADE.replace("/chat?room=1", "/nope")), 404);
-        assert_eq!(status("GET /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
-        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
-        assert_eq!(
-            status("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"),
-            200
-        );
-        assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
-        assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
-        assert_eq!(
-            status(&UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")),
-            400
-        );
-        assert_eq!(
-            status(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive")),
-            400
-        );
-        assert_eq!(
-            status(&UPGRADE.replace("Cookie", "Origin: http://evil.example\r\nCookie")),
-            403
-        );
-        assert_eq!(
-            status(&UPGRADE.replace("Cookie", "Origin: http://127.0.0.1:8080\r\nCookie")),
-            101
-        );
+        let origin = |origin| UPGRADE.replace("Cookie", &format!("Origin: {origin}\r\nCookie"));
+        let cases = [
+            (UPGRADE.replace("/chat?room=1", "/nope"), 404),
+            ("GET /chat HTTP/1.1\r\nHost: x\r\n\r\n".into(), 426),
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(), 200),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n".into(),
+                200,
+            ),
+            ("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n".into(), 405),
+            (UPGRADE.replace("Version: 13", "Version: 8"), 426),
+            (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400),
+            (UPGRADE.replace("keep-alive, Upgrade", "keep-alive"), 400),
+            (origin("http://evil.example"), 403),
+            (origin("http://127.0.0.1:8080"), 101),
+        ];
+        for (raw, expected) in cases {
+            let status = decide_raw(&raw).map_or_else(|r| r.status, |_| 101);
+            assert_eq!(status, expected, "{raw}");
+        }
     }
 
     #[test]

@@ -80,12 +80,10 @@ impl WsTransport {
     /// component value, an `Arc` of one shared with other listeners, or an
     /// `Arc<dyn DynComponent>` ([`IntoComponent`]).
     pub fn new<K: ?Sized>(component: impl IntoComponent<K>) -> Self {
-        let builder = WsTransportBuilder::default().fallback(component);
-        match builder.build() {
-            Ok(transport) => transport,
-            // A fallback and the defaults always make a valid configuration.
-            Err(err) => unreachable!("default WsTransport configuration rejected: {err}"),
-        }
+        // A fallback and the defaults always make a valid configuration.
+        let built = WsTransportBuilder::default().fallback(component).build();
+        built
+            .unwrap_or_else(|err| unreachable!("default WsTransport configuration rejected: {err}"))
     }
 
     /// Starts a configuration with routes, pages, an origin policy, ...

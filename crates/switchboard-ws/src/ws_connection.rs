@@ -1,14 +1,7 @@
 //! One established WebSocket connection, as the core's driver sees it:
-//! the core's I/O layer (`switchboard_core::transport::io`) and RFC 6455's
-//! state machine over it, after the handshake.
-//!
-//! The socket is read into the layer's [`ReadBuffer`], which exists only
-//! while data flows; once a frame's header is read, room for the whole
-//! frame is reserved, so that a large message arrives in as few reads as
-//! the socket allows. Frames are cut out of it without copying, unmasked in
-//! place and handed to the core as `Bytes`. Outbound frames go to the
-//! layer's [`WriteBuffer`], which lets go of its memory once written: an
-//! idle connection holds neither buffer.
+//! RFC 6455's state machine over the core's I/O layer
+//! (`switchboard_core::transport::io`), after the handshake. The crate
+//! docs ("Framing", "Memory") say how it reads and writes.
 
 use std::fmt;
 use std::io;
