@@ -151,12 +151,6 @@ impl From<Error> for NoUpgrade {
     }
 }
 
-impl From<Response> for NoUpgrade {
-    fn from(response: Response) -> Self {
-        NoUpgrade::Answer(response)
-    }
-}
-
 /// An upgrade the server agreed to.
 pub(crate) struct Upgrade {
     pub(crate) component: Arc<dyn DynComponent>,
@@ -174,10 +168,10 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
     io: &mut IO,
     peer: SocketAddr,
 ) -> Result<Upgrade, NoUpgrade> {
-    let too_large = || Response::error(431, "request head too large").into();
-    let parse = |buf: &[u8]| parse_head(buf).map_err(NoUpgrade::from);
+    let too_large = || NoUpgrade::Answer(Response::error(431, "request head too large"));
+    let parse = |buf: &[u8]| parse_head(buf).map_err(NoUpgrade::Answer);
     let (head, leftover) = read_head(io, shared.max_request_head, too_large, parse).await?;
-    let mut upgrade = decide(shared, head)?;
+    let mut upgrade = decide(shared, head).map_err(NoUpgrade::Answer)?;
     upgrade.leftover = leftover;
     if let Some(hook) = &shared.hook {
         match hook(Request::new(peer, upgrade.info.clone())).await {
@@ -185,7 +179,7 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
             Err(reject) => {
                 let mut response = Response::error(reject.status(), reject.reason_text());
                 response.reason = format!("rejected by the handshake hook: {reject}");
-                return Err(response.into());
+                return Err(NoUpgrade::Answer(response));
             }
         }
     }
