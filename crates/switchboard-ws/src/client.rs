@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use switchboard_core::transport::io::{ClientOptions, HostPort, Keepalive};
+use switchboard_core::transport::io::{ClientOptions, HostPort};
 use switchboard_core::transport::{Dialed, TransportConn, spawn_client, spawn_reconnecting};
 use switchboard_core::{
     ClientHandle, Config, IntoComponent, MessageComponent, ReconnectPolicy, Reconnecting,
@@ -23,7 +23,7 @@ use crate::config::{
 use crate::error::{Error, Result};
 use crate::frame::Role;
 use crate::handshake;
-use crate::ws_connection::{Settings, WsConnection};
+use crate::ws_connection::WsConnection;
 
 /// Connects to `url` (`ws://host[:port]/path?query`, or `wss://` with the
 /// `tls` feature, checked against the platform's root certificates) and
@@ -326,15 +326,8 @@ where
     let check = |buf: &[u8]| check_response(&request, buf);
     let (protocol, leftover) =
         handshake::read_head(&mut stream, DEFAULT_MAX_REQUEST_HEAD, too_large, check).await?;
-    let settings = Settings {
-        role: Role::Client,
-        max_frame: config.max_frame_size,
-        max_message: config.max_message_size,
-        read_size: DEFAULT_READ_BUFFER_SIZE,
-        write_buffer: DEFAULT_WRITE_BUFFER_SIZE,
-    };
-    let keepalive = Keepalive::new(config.ping_interval, config.idle_timeout);
-    let conn = WsConnection::new(stream, settings, keepalive, &leftover);
+    let buffers = (DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE);
+    let conn = WsConnection::new(stream, Role::Client, config, buffers, &leftover);
     let uri = request.uri();
     Ok((
         conn,
@@ -345,15 +338,9 @@ where
 /// The request line and headers of the upgrade request.
 fn request_head(request: &Request) -> Vec<u8> {
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"GET ");
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut head = format!("GET {target} HTTP/1.1\r\n").into_bytes();
     for (name, value) in request.headers() {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        head.extend([name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"].concat());
     }
     head.extend_from_slice(b"\r\n");
     head

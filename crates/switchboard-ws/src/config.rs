@@ -54,12 +54,9 @@ impl OriginPolicy {
                 .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin)),
             OriginPolicy::SameHost => {
                 let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
-                match host {
-                    Some(host) => {
-                        !authority.is_empty() && authority.eq_ignore_ascii_case(host.trim())
-                    }
-                    None => false,
-                }
+                host.is_some_and(|host| {
+                    !authority.is_empty() && authority.eq_ignore_ascii_case(host.trim())
+                })
             }
         }
     }
@@ -407,22 +404,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn same_host_origin() {
-        let p = OriginPolicy::SameHost;
-        assert!(p.allows(None, Some("127.0.0.1:8080")));
-        assert!(p.allows(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")));
-        assert!(p.allows(Some("https://Example.com"), Some("example.com")));
-        assert!(!p.allows(Some("http://evil.example"), Some("127.0.0.1:8080")));
-        assert!(!p.allows(Some("http://127.0.0.1:9999"), Some("127.0.0.1:8080")));
-        assert!(!p.allows(Some("null"), Some("127.0.0.1:8080")));
-        assert!(!p.allows(Some("http://127.0.0.1:8080"), None));
-    }
-
-    #[test]
-    fn listed_origins() {
-        let p = OriginPolicy::List(vec!["https://app.example/".into()]);
-        assert!(p.allows(Some("https://APP.example"), Some("ws.example")));
-        assert!(!p.allows(Some("https://other.example"), Some("ws.example")));
+    fn origins() {
+        let (same, host) = (OriginPolicy::SameHost, Some("127.0.0.1:8080"));
+        assert!(same.allows(None, host));
+        assert!(same.allows(Some("http://127.0.0.1:8080"), host));
+        assert!(same.allows(Some("https://Example.com"), Some("example.com")));
+        for origin in ["http://evil.example", "http://127.0.0.1:9999", "null"] {
+            assert!(!same.allows(Some(origin), host), "{origin}");
+        }
+        assert!(!same.allows(Some("http://127.0.0.1:8080"), None));
+        let listed = OriginPolicy::List(vec!["https://app.example/".into()]);
+        assert!(listed.allows(Some("https://APP.example"), Some("ws.example")));
+        assert!(!listed.allows(Some("https://other.example"), Some("ws.example")));
         assert!(OriginPolicy::Any.allows(Some("null"), None));
     }
 

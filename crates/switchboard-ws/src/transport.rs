@@ -5,7 +5,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use switchboard_core::transport::io::Keepalive;
 use switchboard_core::transport::{Accepted, Transport};
 use switchboard_core::{Config, DynComponent, IntoComponent};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -15,7 +14,7 @@ use crate::error::Error;
 use crate::frame::Role;
 use crate::handshake::{self, NoUpgrade};
 use crate::hook::Hook;
-use crate::ws_connection::{Settings, WsConnection};
+use crate::ws_connection::WsConnection;
 
 /// The WebSocket transport: give it to
 /// [`ServerBuilder::bind`](switchboard_core::ServerBuilder::bind).
@@ -117,15 +116,8 @@ impl WsTransport {
         let response = handshake::switching_protocols(&upgrade.accept_key, subprotocol);
         io.write_all(&response).await?;
         io.flush().await?;
-        let settings = Settings {
-            role: Role::Server,
-            max_frame: config.max_frame_size,
-            max_message: config.max_message_size,
-            read_size: self.shared.read_buffer_size,
-            write_buffer: self.shared.write_buffer_size,
-        };
-        let keepalive = Keepalive::new(config.ping_interval, config.idle_timeout);
-        let conn = WsConnection::new(io, settings, keepalive, &upgrade.leftover);
+        let buffers = (self.shared.read_buffer_size, self.shared.write_buffer_size);
+        let conn = WsConnection::new(io, Role::Server, config, buffers, &upgrade.leftover);
         let mut accepted = Accepted::new(conn, upgrade.info, upgrade.component);
         accepted.extensions = upgrade.extensions;
         Ok(accepted)

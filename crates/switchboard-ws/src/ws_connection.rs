@@ -10,24 +10,22 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use switchboard_core::transport::io::{Due, Keepalive, ReadBuffer, WriteBuffer};
 use switchboard_core::transport::{Received, TransportConn};
-use switchboard_core::{CloseCode, CloseFrame, Error, Message, Utf8Bytes};
+use switchboard_core::{CloseCode, CloseFrame, Config, Error, Message, Utf8Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::frame::{
     self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Role, protocol,
 };
 
-/// Sizes and limits of one connection.
+/// Limits and sizes of one connection.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Settings {
-    pub(crate) role: Role,
-    pub(crate) max_frame: usize,
-    pub(crate) max_message: usize,
-    /// Room for the first read of a burst.
-    pub(crate) read_size: usize,
+struct Settings {
+    role: Role,
+    max_frame: usize,
+    max_message: usize,
     /// Outbound bytes copied into the write buffer that make `poll_ready`
     /// write first; pongs wait while this much is pending.
-    pub(crate) write_buffer: usize,
+    write_buffer: usize,
 }
 
 /// A WebSocket connection after the upgrade: a message stream and sink over
@@ -113,20 +111,35 @@ impl<IO> WsConnection<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    /// `leftover`: bytes read after the handshake's HTTP head.
-    pub(crate) fn new(io: IO, settings: Settings, keepalive: Keepalive, leftover: &[u8]) -> Self {
+    /// The `role` end of a connection under the limits and keepalive of
+    /// `config`. `read_size`: room for the first read of a burst;
+    /// `write_buffer`: see `Settings`; `leftover`: bytes read after the
+    /// handshake's HTTP head.
+    pub(crate) fn new(
+        io: IO,
+        role: Role,
+        config: &Config,
+        (read_size, write_buffer): (usize, usize),
+        leftover: &[u8],
+    ) -> Self {
+        let settings = Settings {
+            role,
+            max_frame: config.max_frame_size,
+            max_message: config.max_message_size,
+            write_buffer,
+        };
         WsConnection {
             inner: Box::new(Inner {
                 io,
                 settings,
-                read: ReadBuffer::with_bytes(settings.read_size, leftover),
+                read: ReadBuffer::with_bytes(read_size, leftover),
                 fragments: None,
                 // Nothing kept once written: an idle connection holds no
                 // write buffer.
-                out: WriteBuffer::new(settings.write_buffer, 0),
+                out: WriteBuffer::new(write_buffer, 0),
                 pong: None,
                 control_unflushed: false,
-                keepalive,
+                keepalive: Keepalive::new(config.ping_interval, config.idle_timeout),
                 close: CloseState::Open,
             }),
         }
@@ -419,30 +432,24 @@ mod tests {
     use std::pin::Pin;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn settings() -> Settings {
-        Settings {
-            role: Role::Server,
-            max_frame: 1 << 20,
-            max_message: 1 << 20,
-            read_size: 4096,
-            write_buffer: 16 * 1024,
-        }
-    }
-
-    /// A server's connection without keepalive, `leftover` read with the
-    /// handshake.
-    fn server<IO: AsyncRead + AsyncWrite + Unpin>(
-        io: IO,
-        settings: Settings,
-        leftover: &[u8],
-    ) -> WsConnection<IO> {
-        WsConnection::new(io, settings, Keepalive::new(None, None), leftover)
+    /// A server's connection without keepalive, with `read_size` and
+    /// `leftover` read with the handshake.
+    fn server<IO>(io: IO, read_size: usize, leftover: &[u8]) -> WsConnection<IO>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = Config::default()
+            .max_frame_size(1 << 20)
+            .max_message_size(1 << 20)
+            .ping_interval(None)
+            .idle_timeout(None);
+        WsConnection::new(io, Role::Server, &config, (read_size, 16 * 1024), leftover)
     }
 
     #[tokio::test]
     async fn a_connection_between_bursts_holds_no_buffers() {
         let (mut peer, io) = tokio::io::duplex(1 << 20);
-        let mut conn = server(io, settings(), b"");
+        let mut conn = server(io, 4096, b"");
         let big = vec![b'x'; 100_000];
         peer.write_all(&masked(OP_TEXT, true, b"hi")).await.unwrap();
         peer.write_all(&masked(OP_BINARY, true, &big))
@@ -473,34 +480,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_smallest_read_size_still_reads_whole_frames() {
+    async fn frames_come_whole_from_the_leftover_and_from_the_smallest_reads() {
+        // The handshake's last read brought a frame and the start of the
+        // next; the rest arrives with a read size of one byte.
         let (mut peer, io) = tokio::io::duplex(1024);
-        let tiny = Settings {
-            read_size: 1,
-            ..settings()
-        };
-        let mut conn = server(io, tiny, b"");
-        peer.write_all(&masked(OP_TEXT, true, b"one"))
-            .await
-            .unwrap();
-        peer.write_all(&masked(OP_BINARY, true, &[7; 300]))
-            .await
-            .unwrap();
-        let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
-        assert!(matches!(got, Received::Message(m) if m.as_text() == Some("one")));
-        let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
-        assert!(matches!(got, Received::Message(m) if m.as_bytes() == [7; 300]));
-    }
-
-    #[tokio::test]
-    async fn bytes_after_the_handshake_are_the_first_frames() {
-        let (_peer, io) = tokio::io::duplex(1024);
-        let mut leftover = masked(OP_TEXT, true, b"one");
-        leftover.extend_from_slice(&masked(OP_TEXT, true, b"two"));
-        let mut conn = server(io, settings(), &leftover);
-        for text in ["one", "two"] {
+        let binary = masked(OP_BINARY, true, &[7; 300]);
+        let leftover = [masked(OP_TEXT, true, b"one"), binary[..5].to_vec()].concat();
+        let mut conn = server(io, 1, &leftover);
+        let rest = [&binary[5..], &masked(OP_TEXT, true, b"two")].concat();
+        peer.write_all(&rest).await.unwrap();
+        for expected in [
+            Message::text("one"),
+            Message::binary(vec![7; 300]),
+            Message::text("two"),
+        ] {
             let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
-            assert!(matches!(got, Received::Message(m) if m.as_text() == Some(text)));
+            assert!(matches!(got, Received::Message(m) if m == expected));
         }
     }
 
@@ -556,7 +551,7 @@ mod tests {
     async fn a_batch_of_large_replies_goes_out_in_few_writes() {
         let (mut peer, io) = tokio::io::duplex(4 << 20);
         let io = Counting { io, writes: 0 };
-        let mut conn = server(io, settings(), b"");
+        let mut conn = server(io, 4096, b"");
         let payload = Bytes::from(vec![5u8; 64 * 1024]);
         for _ in 0..8 {
             poll_fn(|cx| conn.poll_ready(cx)).await.unwrap();
