@@ -12,7 +12,7 @@ use bytes::Bytes;
 use switchboard_core::{DynComponent, IntoComponent};
 
 use crate::error::{Error, Result};
-use crate::hook::{Accept, Hook, HookFuture, Reject, Request};
+use crate::hook::{Accept, HookFuture, Reject, Request};
 use crate::transport::{Shared, WsTransport};
 
 /// Default [`WsTransportBuilder::read_buffer_size`]: 4 KiB.
@@ -130,32 +130,13 @@ impl Page {
 /// # Ok::<(), switchboard::ws::Error>(())
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
+#[derive(Default)]
 pub struct WsTransportBuilder {
     routes: Vec<(String, Arc<dyn DynComponent>)>,
-    fallback: Option<Arc<dyn DynComponent>>,
     pages: Vec<(String, Page)>,
-    origins: OriginPolicy,
-    subprotocols: Vec<String>,
-    hook: Option<Hook>,
-    read_buffer_size: usize,
-    write_buffer_size: usize,
-    max_request_head: usize,
-}
-
-impl Default for WsTransportBuilder {
-    fn default() -> Self {
-        WsTransportBuilder {
-            routes: Vec::new(),
-            fallback: None,
-            pages: Vec::new(),
-            origins: OriginPolicy::default(),
-            subprotocols: Vec::new(),
-            hook: None,
-            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
-            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
-            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
-        }
-    }
+    /// Everything else, as the transport will hold it (its routes and
+    /// pages are indexed by `build`).
+    shared: Shared,
 }
 
 impl WsTransportBuilder {
@@ -177,7 +158,7 @@ impl WsTransportBuilder {
     /// Serves `component` on every path that has no route of its own; it
     /// is taken as in [`route`](Self::route).
     pub fn fallback<K: ?Sized>(mut self, component: impl IntoComponent<K>) -> Self {
-        self.fallback = Some(component.into_dyn());
+        self.shared.fallback = Some(component.into_dyn());
         self
     }
 
@@ -191,7 +172,7 @@ impl WsTransportBuilder {
 
     /// Which origins may connect. Default [`OriginPolicy::SameHost`].
     pub fn origins(mut self, policy: OriginPolicy) -> Self {
-        self.origins = policy;
+        self.shared.origins = policy;
         self
     }
 
@@ -204,7 +185,8 @@ impl WsTransportBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.subprotocols = protocols.into_iter().map(Into::into).collect();
+        let protocols = protocols.into_iter().map(|p| p.into().into_boxed_str());
+        self.shared.subprotocols = protocols.collect();
         self
     }
 
@@ -244,7 +226,7 @@ impl WsTransportBuilder {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Accept, Reject>> + Send + 'static,
     {
-        self.hook = Some(Arc::new(move |req| -> HookFuture { Box::pin(hook(req)) }));
+        self.shared.hook = Some(Arc::new(move |req| -> HookFuture { Box::pin(hook(req)) }));
         self
     }
 
@@ -257,7 +239,7 @@ impl WsTransportBuilder {
     /// message and frame sizes are limited by the server's `Config`.
     /// Default 4 KiB.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
-        self.read_buffer_size = bytes;
+        self.shared.read_buffer_size = bytes;
         self
     }
 
@@ -267,53 +249,37 @@ impl WsTransportBuilder {
     /// write. Every batch is flushed at its end anyway, and the buffer is
     /// let go once it is written. Default 16 KiB.
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
-        self.write_buffer_size = bytes;
+        self.shared.write_buffer_size = bytes;
         self
     }
 
     /// Largest HTTP request head (request line and headers) accepted;
     /// larger requests get 431. Default 8 KiB.
     pub fn max_request_head(mut self, bytes: usize) -> Self {
-        self.max_request_head = bytes;
+        self.shared.max_request_head = bytes;
         self
     }
 
     /// Checks the configuration and builds the transport.
     pub fn build(self) -> Result<WsTransport> {
-        if self.routes.is_empty() && self.fallback.is_none() {
+        let mut shared = self.shared;
+        if self.routes.is_empty() && shared.fallback.is_none() {
             return Err(Error::NoRoutes);
         }
-        let routes = by_path(self.routes)?;
-        let pages = by_path(self.pages)?;
-        for protocol in &self.subprotocols {
-            if !is_token(protocol) {
-                return Err(Error::InvalidSubprotocol(protocol.clone()));
-            }
+        shared.routes = by_path(self.routes)?;
+        shared.pages = by_path(self.pages)?;
+        if let Some(protocol) = shared.subprotocols.iter().find(|p| !is_token(p)) {
+            return Err(Error::InvalidSubprotocol(protocol.to_string()));
         }
-        if self.read_buffer_size == 0 {
+        if shared.read_buffer_size == 0 {
             return Err(Error::Config("read_buffer_size must be at least 1"));
         }
-        if self.write_buffer_size >= usize::MAX / 2 {
+        if shared.write_buffer_size >= usize::MAX / 2 {
             return Err(Error::Config("write_buffer_size is too large"));
         }
-        if self.max_request_head < 256 {
+        if shared.max_request_head < 256 {
             return Err(Error::Config("max_request_head must be at least 256 bytes"));
         }
-        let shared = Shared {
-            routes,
-            fallback: self.fallback,
-            pages,
-            origins: self.origins,
-            subprotocols: self
-                .subprotocols
-                .into_iter()
-                .map(String::into_boxed_str)
-                .collect(),
-            hook: self.hook,
-            read_buffer_size: self.read_buffer_size,
-            write_buffer_size: self.write_buffer_size,
-            max_request_head: self.max_request_head,
-        };
         Ok(WsTransport {
             shared: Arc::new(shared),
         })
@@ -322,22 +288,23 @@ impl WsTransportBuilder {
 
 impl fmt::Debug for WsTransportBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
         f.debug_struct("WsTransportBuilder")
             .field(
                 "routes",
-                &self.routes.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                &self.routes.iter().map(|r| &r.0).collect::<Vec<_>>(),
             )
-            .field("fallback", &self.fallback.is_some())
+            .field("fallback", &s.fallback.is_some())
             .field(
                 "pages",
-                &self.pages.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                &self.pages.iter().map(|p| &p.0).collect::<Vec<_>>(),
             )
-            .field("origins", &self.origins)
-            .field("subprotocols", &self.subprotocols)
-            .field("hook", &self.hook.is_some())
-            .field("read_buffer_size", &self.read_buffer_size)
-            .field("write_buffer_size", &self.write_buffer_size)
-            .field("max_request_head", &self.max_request_head)
+            .field("origins", &s.origins)
+            .field("subprotocols", &s.subprotocols)
+            .field("hook", &s.hook.is_some())
+            .field("read_buffer_size", &s.read_buffer_size)
+            .field("write_buffer_size", &s.write_buffer_size)
+            .field("max_request_head", &s.max_request_head)
             .finish()
     }
 }

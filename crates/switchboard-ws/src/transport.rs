@@ -9,7 +9,10 @@ use switchboard_core::transport::{Accepted, Transport};
 use switchboard_core::{Config, DynComponent, IntoComponent};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::config::{OriginPolicy, Page, WsTransportBuilder};
+use crate::config::{
+    DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
+    Page, WsTransportBuilder,
+};
 use crate::error::Error;
 use crate::frame::Role;
 use crate::handshake::{self, NoUpgrade};
@@ -72,6 +75,22 @@ pub(crate) struct Shared {
     pub(crate) read_buffer_size: usize,
     pub(crate) write_buffer_size: usize,
     pub(crate) max_request_head: usize,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            routes: HashMap::new(),
+            fallback: None,
+            pages: HashMap::new(),
+            origins: OriginPolicy::default(),
+            subprotocols: Box::default(),
+            hook: None,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+        }
+    }
 }
 
 impl WsTransport {
