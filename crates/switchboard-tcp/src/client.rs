@@ -86,8 +86,7 @@ pub async fn connect_with_config<A: ToSocketAddrs, K: MessageComponent + ?Sized>
     component: impl IntoComponent<K>,
     config: Config,
 ) -> Result<ClientHandle> {
-    let codec = codec.for_config(&config);
-    connect_with_codec(addr, codec, component, config).await
+    connect_with_codec(addr, codec.for_config(&config), component, config).await
 }
 
 /// [`connect_with_config`] with your own codec, used as given (see

@@ -174,7 +174,8 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
     let mut upgrade = decide(shared, head).map_err(NoUpgrade::Answer)?;
     upgrade.leftover = leftover;
     if let Some(hook) = &shared.hook {
-        match hook(Request::new(peer, upgrade.info.clone())).await {
+        let info = upgrade.info.clone();
+        match hook(Request { peer, info }).await {
             Ok(accept) => upgrade.extensions = accept.extensions,
             Err(reject) => {
                 let mut response = Response::error(reject.status(), reject.reason_text());

@@ -16,15 +16,11 @@ use switchboard_core::{Extensions, Headers, TransportInfo};
 /// [`Connection::transport`](switchboard_core::Connection::transport).
 #[derive(Clone, Debug)]
 pub struct Request {
-    peer: SocketAddr,
-    info: TransportInfo,
+    pub(crate) peer: SocketAddr,
+    pub(crate) info: TransportInfo,
 }
 
 impl Request {
-    pub(crate) fn new(peer: SocketAddr, info: TransportInfo) -> Self {
-        Request { peer, info }
-    }
-
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
@@ -129,13 +125,10 @@ impl Reject {
     /// Rejects with `status`. Statuses outside 400..=599 are sent as 403,
     /// since anything else would not refuse the upgrade.
     pub fn new(status: u16) -> Self {
-        let status = if (400..=599).contains(&status) {
-            status
-        } else {
-            403
-        };
         Reject {
-            status,
+            status: Some(status)
+                .filter(|s| (400..=599).contains(s))
+                .unwrap_or(403),
             reason: Cow::Borrowed(""),
         }
     }

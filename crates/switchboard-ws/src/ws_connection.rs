@@ -451,10 +451,8 @@ mod tests {
         let (mut peer, io) = tokio::io::duplex(1 << 20);
         let mut conn = server(io, 4096, b"");
         let big = vec![b'x'; 100_000];
-        peer.write_all(&masked(OP_TEXT, true, b"hi")).await.unwrap();
-        peer.write_all(&masked(OP_BINARY, true, &big))
-            .await
-            .unwrap();
+        peer.write_all(&masked(OP_TEXT, b"hi")).await.unwrap();
+        peer.write_all(&masked(OP_BINARY, &big)).await.unwrap();
 
         for expected in [Message::text("hi"), Message::binary(big.clone())] {
             let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
@@ -484,10 +482,10 @@ mod tests {
         // The handshake's last read brought a frame and the start of the
         // next; the rest arrives with a read size of one byte.
         let (mut peer, io) = tokio::io::duplex(1024);
-        let binary = masked(OP_BINARY, true, &[7; 300]);
-        let leftover = [masked(OP_TEXT, true, b"one"), binary[..5].to_vec()].concat();
+        let binary = masked(OP_BINARY, &[7; 300]);
+        let leftover = [masked(OP_TEXT, b"one"), binary[..5].to_vec()].concat();
         let mut conn = server(io, 1, &leftover);
-        let rest = [&binary[5..], &masked(OP_TEXT, true, b"two")].concat();
+        let rest = [&binary[5..], &masked(OP_TEXT, b"two")].concat();
         peer.write_all(&rest).await.unwrap();
         for expected in [
             Message::text("one"),
