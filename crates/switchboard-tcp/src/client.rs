@@ -245,12 +245,10 @@ where
         spawn_client(conn, peer, info, component, self.config.clone())
     }
 
-    /// Keeps a connection up: connects in the background, and after a
-    /// connection ends connects again under `policy` (exponential backoff
-    /// with jitter and a cap). Each connection runs `component` from
+    /// Keeps a connection up from the background, connecting again under
+    /// `policy` whenever one ends. Each connection runs `component` from
     /// `on_open` to `on_close` and carries a
-    /// [`Reconnect`](switchboard_core::Reconnect) in its extensions. Stop
-    /// it with [`Reconnecting::stop`].
+    /// [`Reconnect`](switchboard_core::Reconnect). Stop with [`Reconnecting::stop`].
     pub fn reconnecting<K: MessageComponent + ?Sized>(
         &self,
         component: impl IntoComponent<K>,

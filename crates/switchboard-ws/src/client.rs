@@ -189,12 +189,10 @@ impl Client {
         })
     }
 
-    /// Keeps a connection up: connects in the background, and after a
-    /// connection ends connects again under `policy` (exponential backoff
-    /// with jitter and a cap). Each connection runs `component` from
+    /// Keeps a connection up from the background, connecting again under
+    /// `policy` whenever one ends. Each connection runs `component` from
     /// `on_open` to `on_close` and carries a
-    /// [`Reconnect`](switchboard_core::Reconnect) in its extensions. Stop it
-    /// with [`Reconnecting::stop`].
+    /// [`Reconnect`](switchboard_core::Reconnect). Stop with [`Reconnecting::stop`].
     ///
     /// Fails at once only for what no retry can fix: an invalid URL,
     /// header or config, or no root certificates for `wss://`.
