@@ -2,16 +2,15 @@
 //! the connection, with the same lifecycle as on a server; optionally
 //! reconnecting, optionally over TLS (`wss://`, feature `tls`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use switchboard_core::transport::io::{ClientOptions, HostPort};
 use switchboard_core::transport::{Dialed, TransportConn, spawn_client, spawn_reconnecting};
 use switchboard_core::{
-    ClientHandle, Config, IntoComponent, MessageComponent, ReconnectPolicy, Reconnecting,
-    TransportInfo,
+    BoxError, ClientHandle, Config, IntoComponent, MessageComponent, ReconnectPolicy, Reconnecting,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -181,12 +180,13 @@ impl Client {
         let target = self.target()?;
         let options = ClientOptions::new(&self.config);
         let Dialed { conn, peer, info } = options.timeout(target.dial()).await?;
-        let config = self.config.clone();
-        Ok(match conn {
-            Either::Plain(conn) => spawn_client(conn, peer, info, component, config)?,
-            #[cfg(feature = "tls")]
-            Either::Tls(conn) => spawn_client(conn, peer, info, component, config)?,
-        })
+        Ok(spawn_client(
+            conn,
+            peer,
+            info,
+            component,
+            self.config.clone(),
+        )?)
     }
 
     /// Keeps a connection up from the background, connecting again under
@@ -205,15 +205,7 @@ impl Client {
         let target = Arc::new(self.target()?);
         let connect = move || {
             let target = target.clone();
-            async move {
-                let Dialed { conn, peer, info } = target.dial().await?;
-                let conn: Box<dyn TransportConn> = match conn {
-                    Either::Plain(conn) => Box::new(conn),
-                    #[cfg(feature = "tls")]
-                    Either::Tls(conn) => Box::new(conn),
-                };
-                Ok(Dialed::new(conn, peer, info))
-            }
+            async move { target.dial().await.map_err(BoxError::from) }
         };
         let config = self.config.clone();
         Ok(spawn_reconnecting(connect, component, config, policy)?)
@@ -283,16 +275,9 @@ struct Target {
     tls: Option<switchboard_tls::TlsConnector>,
 }
 
-/// A connection over TCP or over TLS.
-enum Either {
-    Plain(WsConnection<TcpStream>),
-    #[cfg(feature = "tls")]
-    Tls(WsConnection<switchboard_tls::ClientTlsStream<TcpStream>>),
-}
-
 impl Target {
     /// Connects, runs the TLS handshake if `wss://`, and upgrades.
-    async fn dial(&self) -> Result<Dialed<Either>> {
+    async fn dial(&self) -> Result<Dialed<Box<dyn TransportConn>>> {
         let config = &self.client.config;
         let addr = (self.addr.host(), self.addr.port());
         let (stream, peer) = ClientOptions::new(config).connect(addr).await?;
@@ -300,21 +285,19 @@ impl Target {
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             let stream = tls.connect(self.addr.host(), stream).await?;
-            let (conn, info) = upgrade(request, stream, config).await?;
-            return Ok(Dialed::new(Either::Tls(conn), peer, info));
+            return upgrade(request, stream, peer, config).await;
         }
-        let (conn, info) = upgrade(request, stream, config).await?;
-        Ok(Dialed::new(Either::Plain(conn), peer, info))
+        upgrade(request, stream, peer, config).await
     }
 }
 
-/// The WebSocket upgrade over an established stream; returns the
-/// connection and what its component sees of it.
+/// The WebSocket upgrade over an established stream to `peer`.
 async fn upgrade<IO>(
     request: Request,
     mut stream: IO,
+    peer: SocketAddr,
     config: &Config,
-) -> Result<(WsConnection<IO>, TransportInfo)>
+) -> Result<Dialed<Box<dyn TransportConn>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -327,10 +310,8 @@ where
     let buffers = (DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE);
     let conn = WsConnection::new(stream, Role::Client, config, buffers, &leftover);
     let uri = request.uri();
-    Ok((
-        conn,
-        handshake::info(uri.path(), uri.query(), protocol.as_deref()),
-    ))
+    let info = handshake::info(uri.path(), uri.query(), protocol.as_deref());
+    Ok(Dialed::new(Box::new(conn), peer, info))
 }
 
 /// The request line and headers of the upgrade request.
