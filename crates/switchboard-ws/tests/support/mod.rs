@@ -148,6 +148,7 @@ pub fn fast_config() -> Config {
         .shutdown_grace(Duration::from_secs(2))
 }
 
+/// A server on 127.0.0.1 with a port of its own.
 pub async fn start(transport: WsTransport, config: Config) -> ServerHandle {
     start_at("127.0.0.1:0", transport, config).await
 }
