@@ -328,18 +328,14 @@ impl Response {
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\n",
-            self.status,
-            reason_phrase(self.status)
-        );
+        let (status, phrase) = (self.status, reason_phrase(self.status));
+        let mut out = format!("HTTP/1.1 {status} {phrase}\r\n");
         for (name, value) in &self.headers {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
+        let (content_type, length) = (&self.content_type, self.body.len());
         out.push_str(&format!(
-            "Content-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.content_type,
-            self.body.len()
+            "Content-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
         ));
         let mut out = out.into_bytes();
         if !self.head_only {
