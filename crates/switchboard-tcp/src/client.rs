@@ -86,8 +86,7 @@ pub async fn connect_with_config<A: ToSocketAddrs, K: MessageComponent + ?Sized>
     component: impl IntoComponent<K>,
     config: Config,
 ) -> Result<ClientHandle> {
-    let codec = codec.for_config(&config);
-    connect_with_codec(addr, codec, component, config).await
+    connect_with_codec(addr, codec.for_config(&config), component, config).await
 }
 
 /// [`connect_with_config`] with your own codec, used as given (see
@@ -246,12 +245,10 @@ where
         spawn_client(conn, peer, info, component, self.config.clone())
     }
 
-    /// Keeps a connection up: connects in the background, and after a
-    /// connection ends connects again under `policy` (exponential backoff
-    /// with jitter and a cap). Each connection runs `component` from
+    /// Keeps a connection up from the background, connecting again under
+    /// `policy` whenever one ends. Each connection runs `component` from
     /// `on_open` to `on_close` and carries a
-    /// [`Reconnect`](switchboard_core::Reconnect) in its extensions. Stop
-    /// it with [`Reconnecting::stop`].
+    /// [`Reconnect`](switchboard_core::Reconnect). Stop with [`Reconnecting::stop`].
     pub fn reconnecting<K: MessageComponent + ?Sized>(
         &self,
         component: impl IntoComponent<K>,

@@ -5,14 +5,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use switchboard_core::transport::io::{ClientOptions, HostPort, Keepalive};
+use switchboard_core::transport::io::{ClientOptions, HostPort};
 use switchboard_core::transport::{Dialed, TransportConn, spawn_client, spawn_reconnecting};
 use switchboard_core::{
-    ClientHandle, Config, IntoComponent, MessageComponent, ReconnectPolicy, Reconnecting,
-    TransportInfo,
+    BoxError, ClientHandle, Config, IntoComponent, MessageComponent, ReconnectPolicy, Reconnecting,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -23,7 +21,8 @@ use crate::config::{
 };
 use crate::error::{Error, Result};
 use crate::frame::Role;
-use crate::ws_connection::{Settings, WsConnection};
+use crate::handshake;
+use crate::ws_connection::WsConnection;
 
 /// Connects to `url` (`ws://host[:port]/path?query`, or `wss://` with the
 /// `tls` feature, checked against the platform's root certificates) and
@@ -179,22 +178,21 @@ impl Client {
     ) -> Result<ClientHandle> {
         let component = component.into_arc();
         let target = self.target()?;
-        let config = self.config.clone();
-        let options = ClientOptions::new(&config);
-        let (conn, peer, info) = options.timeout(target.dial(&config)).await?;
-        Ok(match conn {
-            Either::Plain(conn) => spawn_client(conn, peer, info, component, config)?,
-            #[cfg(feature = "tls")]
-            Either::Tls(conn) => spawn_client(conn, peer, info, component, config)?,
-        })
+        let options = ClientOptions::new(&self.config);
+        let Dialed { conn, peer, info } = options.timeout(target.dial()).await?;
+        Ok(spawn_client(
+            conn,
+            peer,
+            info,
+            component,
+            self.config.clone(),
+        )?)
     }
 
-    /// Keeps a connection up: connects in the background, and after a
-    /// connection ends connects again under `policy` (exponential backoff
-    /// with jitter and a cap). Each connection runs `component` from
+    /// Keeps a connection up from the background, connecting again under
+    /// `policy` whenever one ends. Each connection runs `component` from
     /// `on_open` to `on_close` and carries a
-    /// [`Reconnect`](switchboard_core::Reconnect) in its extensions. Stop it
-    /// with [`Reconnecting::stop`].
+    /// [`Reconnect`](switchboard_core::Reconnect). Stop with [`Reconnecting::stop`].
     ///
     /// Fails at once only for what no retry can fix: an invalid URL,
     /// header or config, or no root certificates for `wss://`.
@@ -204,31 +202,16 @@ impl Client {
         policy: ReconnectPolicy,
     ) -> Result<Reconnecting> {
         let component = component.into_arc();
-        self.config.validate()?;
         let target = Arc::new(self.target()?);
-        let config = self.config.clone();
         let connect = move || {
             let target = target.clone();
-            let config = config.clone();
-            async move {
-                let (conn, peer, info) = target.dial(&config).await?;
-                let conn: Box<dyn TransportConn> = match conn {
-                    Either::Plain(conn) => Box::new(conn),
-                    #[cfg(feature = "tls")]
-                    Either::Tls(conn) => Box::new(conn),
-                };
-                Ok(Dialed::new(conn, peer, info))
-            }
+            async move { target.dial().await.map_err(BoxError::from) }
         };
-        Ok(spawn_reconnecting(
-            connect,
-            component,
-            self.config.clone(),
-            policy,
-        )?)
+        let config = self.config.clone();
+        Ok(spawn_reconnecting(connect, component, config, policy)?)
     }
 
-    /// Checks the URL and headers and picks the TLS connector, once.
+    /// Checks the config, URL and headers and picks the TLS connector, once.
     fn target(&self) -> Result<Target> {
         self.config.validate()?;
         let url = &self.url;
@@ -247,30 +230,21 @@ impl Client {
             .host()
             .ok_or_else(|| Error::InvalidUrl(format!("{url}: no host")))?;
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let mut info = TransportInfo::new("ws").with_path(uri.path());
-        if let Some(query) = uri.query() {
-            info = info.with_query(query);
-        }
-        let tls = if secure {
-            #[cfg(feature = "tls")]
-            {
-                Some(match &self.tls {
-                    Some(tls) => tls.clone(),
-                    None => switchboard_tls::TlsConnector::platform()?,
-                })
-            }
-            #[cfg(not(feature = "tls"))]
+        #[cfg(not(feature = "tls"))]
+        if secure {
             return Err(Error::InvalidUrl(format!(
                 "{url}: wss:// needs the `tls` feature"
             )));
-        } else {
-            None
-        };
+        }
         Ok(Target {
             client: self.clone(),
             addr: HostPort::new(host, port),
-            info,
-            tls,
+            #[cfg(feature = "tls")]
+            tls: match (secure, &self.tls) {
+                (false, _) => None,
+                (true, Some(tls)) => Some(tls.clone()),
+                (true, None) => Some(switchboard_tls::TlsConnector::platform()?),
+            },
         })
     }
 
@@ -296,115 +270,59 @@ impl Client {
 struct Target {
     client: Client,
     addr: HostPort,
-    info: TransportInfo,
+    /// The connector of a `wss://` URL.
     #[cfg(feature = "tls")]
     tls: Option<switchboard_tls::TlsConnector>,
-    #[cfg(not(feature = "tls"))]
-    tls: Option<std::convert::Infallible>,
-}
-
-type PlainConn = WsConnection<TcpStream>;
-#[cfg(feature = "tls")]
-type TlsConn = WsConnection<switchboard_tls::ClientTlsStream<TcpStream>>;
-
-/// A connection over TCP or over TLS.
-enum Either {
-    Plain(PlainConn),
-    #[cfg(feature = "tls")]
-    Tls(TlsConn),
 }
 
 impl Target {
     /// Connects, runs the TLS handshake if `wss://`, and upgrades.
-    async fn dial(&self, config: &Config) -> Result<(Either, SocketAddr, TransportInfo)> {
+    async fn dial(&self) -> Result<Dialed<Box<dyn TransportConn>>> {
+        let config = &self.client.config;
         let addr = (self.addr.host(), self.addr.port());
         let (stream, peer) = ClientOptions::new(config).connect(addr).await?;
         let request = self.client.request()?;
-        let (conn, protocol) = match &self.tls {
-            None => {
-                let (conn, protocol) = upgrade(request, stream, config).await?;
-                (Either::Plain(conn), protocol)
-            }
-            #[cfg(feature = "tls")]
-            Some(tls) => {
-                let stream = tls.connect(self.addr.host(), stream).await?;
-                let (conn, protocol) = upgrade(request, stream, config).await?;
-                (Either::Tls(conn), protocol)
-            }
-            #[cfg(not(feature = "tls"))]
-            Some(never) => match *never {},
-        };
-        let mut info = self.info.clone();
-        if let Some(protocol) = protocol {
-            info = info.with_subprotocol(protocol);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let stream = tls.connect(self.addr.host(), stream).await?;
+            return upgrade(request, stream, peer, config).await;
         }
-        Ok((conn, peer, info))
+        upgrade(request, stream, peer, config).await
     }
 }
 
-/// The WebSocket upgrade over an established stream; returns the
-/// connection and the subprotocol the server chose.
+/// The WebSocket upgrade over an established stream to `peer`.
 async fn upgrade<IO>(
     request: Request,
     mut stream: IO,
+    peer: SocketAddr,
     config: &Config,
-) -> Result<(WsConnection<IO>, Option<String>)>
+) -> Result<Dialed<Box<dyn TransportConn>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     stream.write_all(&request_head(&request)).await?;
     stream.flush().await?;
-    let mut buf = Vec::new();
-    let (protocol, used) = loop {
-        let len = buf.len();
-        if len >= DEFAULT_MAX_REQUEST_HEAD {
-            return Err(handshake_error("response head too large"));
-        }
-        buf.resize(len + 1024.min(DEFAULT_MAX_REQUEST_HEAD - len), 0);
-        let n = stream.read(&mut buf[len..]).await?;
-        buf.truncate(len + n);
-        if n == 0 {
-            return Err(Error::Eof);
-        }
-        if let Some(done) = check_response(&request, &buf)? {
-            break done;
-        }
-    };
-    let settings = Settings {
-        role: Role::Client,
-        max_frame: config.max_frame_size,
-        max_message: config.max_message_size,
-        read_size: DEFAULT_READ_BUFFER_SIZE,
-        write_buffer: DEFAULT_WRITE_BUFFER_SIZE,
-    };
-    let conn = WsConnection::new(
-        stream,
-        settings,
-        Keepalive::new(config.ping_interval, config.idle_timeout),
-        &buf[used..],
-    );
-    Ok((conn, protocol))
+    let too_large = || Error::Handshake("response head too large".into());
+    let check = |buf: &[u8]| check_response(&request, buf);
+    let (protocol, leftover) =
+        handshake::read_head(&mut stream, DEFAULT_MAX_REQUEST_HEAD, too_large, check).await?;
+    let buffers = (DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE);
+    let conn = WsConnection::new(stream, Role::Client, config, buffers, &leftover);
+    let uri = request.uri();
+    let info = handshake::info(uri.path(), uri.query(), protocol.as_deref());
+    Ok(Dialed::new(Box::new(conn), peer, info))
 }
 
 /// The request line and headers of the upgrade request.
 fn request_head(request: &Request) -> Vec<u8> {
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"GET ");
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut head = format!("GET {target} HTTP/1.1\r\n").into_bytes();
     for (name, value) in request.headers() {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        head.extend([name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"].concat());
     }
     head.extend_from_slice(b"\r\n");
     head
-}
-
-fn handshake_error(reason: &'static str) -> Error {
-    Error::Handshake(reason.into())
 }
 
 /// Judges the server's answer once its head is complete: `Ok(None)` while
@@ -429,47 +347,34 @@ fn check_response(request: &Request, buf: &[u8]) -> Result<Option<(Option<String
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .map(str::trim)
     };
-    if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
-        return Err(handshake_error(
-            "the 101 response has no 'Upgrade: websocket'",
-        ));
-    }
-    if !header("connection").is_some_and(|v| {
+    let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection = header("connection").is_some_and(|v| {
         v.split(',')
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-    }) {
-        return Err(handshake_error(
-            "the 101 response has no 'Connection: upgrade'",
-        ));
-    }
-    let key = request
-        .headers()
-        .get("sec-websocket-key")
-        .map(|k| derive_accept_key(k.as_bytes()));
-    if key.as_deref() != header("sec-websocket-accept") {
-        return Err(handshake_error(
-            "wrong Sec-WebSocket-Accept in the 101 response",
-        ));
-    }
-    let protocol = match header("sec-websocket-protocol") {
-        None => None,
-        Some(chosen) => {
-            let offered = request
-                .headers()
-                .get_all("sec-websocket-protocol")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|p| p.trim() == chosen);
-            if !offered {
-                return Err(handshake_error(
-                    "the server chose a subprotocol that was not offered",
-                ));
-            }
-            Some(chosen.to_owned())
-        }
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    let key = request.headers().get("sec-websocket-key");
+    let accept = key.map(|k| derive_accept_key(k.as_bytes()));
+    let protocol = header("sec-websocket-protocol");
+    let offered = |chosen: &str| {
+        let offers = request.headers().get_all("sec-websocket-protocol");
+        offers
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == chosen)
     };
-    Ok(Some((protocol, used)))
+    let problem = if !upgrade {
+        "the 101 response has no 'Upgrade: websocket'"
+    } else if !connection {
+        "the 101 response has no 'Connection: upgrade'"
+    } else if accept.as_deref() != header("sec-websocket-accept") {
+        "wrong Sec-WebSocket-Accept in the 101 response"
+    } else if protocol.is_some_and(|chosen| !offered(chosen)) {
+        "the server chose a subprotocol that was not offered"
+    } else {
+        return Ok(Some((protocol.map(str::to_owned), used)));
+    };
+    Err(Error::Handshake(problem.into()))
 }
 
 #[cfg(test)]
@@ -526,15 +431,21 @@ mod tests {
         let request = request(Some("chat"));
         let refused = check_response(&request, b"HTTP/1.1 403 Forbidden\r\n\r\n");
         assert!(matches!(refused, Err(Error::Refused { status: 403 })));
-        let wrong_key = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                         Connection: Upgrade\r\nSec-WebSocket-Accept: AAAA\r\n\r\n";
-        let err = check_response(&request, wrong_key.as_bytes()).unwrap_err();
-        assert!(err.to_string().contains("Sec-WebSocket-Accept"), "{err}");
-        let unoffered = response(&request, "Sec-WebSocket-Protocol: other\r\n");
-        let err = check_response(&request, unoffered.as_bytes()).unwrap_err();
-        assert!(err.to_string().contains("not offered"), "{err}");
-        let no_upgrade = response(&request, "").replace("Upgrade: websocket\r\n", "");
-        assert!(check_response(&request, no_upgrade.as_bytes()).is_err());
-        assert!(check_response(&request, b"garbage\r\n\r\n").is_err());
+        let good = response(&request, "");
+        let without = |line| good.replace(line, "");
+        let cases = [
+            (without("Upgrade: websocket\r\n"), "Upgrade:"),
+            (without("Connection: Upgrade\r\n"), "Connection:"),
+            (good.replace("Accept: ", "Accept: A"), "Accept"),
+            (
+                response(&request, "Sec-WebSocket-Protocol: x\r\n"),
+                "offered",
+            ),
+            ("garbage\r\n\r\n".into(), ""),
+        ];
+        for (answer, says) in cases {
+            let err = check_response(&request, answer.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(says), "{answer}: {err}");
+        }
     }
 }

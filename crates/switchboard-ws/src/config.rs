@@ -12,7 +12,7 @@ use bytes::Bytes;
 use switchboard_core::{DynComponent, IntoComponent};
 
 use crate::error::{Error, Result};
-use crate::hook::{Accept, Hook, Reject, Request};
+use crate::hook::{Accept, HookFuture, Reject, Request};
 use crate::transport::{Shared, WsTransport};
 
 /// Default [`WsTransportBuilder::read_buffer_size`]: 4 KiB.
@@ -54,12 +54,9 @@ impl OriginPolicy {
                 .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin)),
             OriginPolicy::SameHost => {
                 let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
-                match host {
-                    Some(host) => {
-                        !authority.is_empty() && authority.eq_ignore_ascii_case(host.trim())
-                    }
-                    None => false,
-                }
+                host.is_some_and(|host| {
+                    !authority.is_empty() && authority.eq_ignore_ascii_case(host.trim())
+                })
             }
         }
     }
@@ -133,32 +130,13 @@ impl Page {
 /// # Ok::<(), switchboard::ws::Error>(())
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
+#[derive(Default)]
 pub struct WsTransportBuilder {
     routes: Vec<(String, Arc<dyn DynComponent>)>,
-    fallback: Option<Arc<dyn DynComponent>>,
     pages: Vec<(String, Page)>,
-    origins: OriginPolicy,
-    subprotocols: Vec<String>,
-    hook: Option<Hook>,
-    read_buffer_size: usize,
-    write_buffer_size: usize,
-    max_request_head: usize,
-}
-
-impl Default for WsTransportBuilder {
-    fn default() -> Self {
-        WsTransportBuilder {
-            routes: Vec::new(),
-            fallback: None,
-            pages: Vec::new(),
-            origins: OriginPolicy::default(),
-            subprotocols: Vec::new(),
-            hook: None,
-            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
-            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
-            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
-        }
-    }
+    /// Everything else, as the transport will hold it (its routes and
+    /// pages are indexed by `build`).
+    shared: Shared,
 }
 
 impl WsTransportBuilder {
@@ -180,7 +158,7 @@ impl WsTransportBuilder {
     /// Serves `component` on every path that has no route of its own; it
     /// is taken as in [`route`](Self::route).
     pub fn fallback<K: ?Sized>(mut self, component: impl IntoComponent<K>) -> Self {
-        self.fallback = Some(component.into_dyn());
+        self.shared.fallback = Some(component.into_dyn());
         self
     }
 
@@ -194,7 +172,7 @@ impl WsTransportBuilder {
 
     /// Which origins may connect. Default [`OriginPolicy::SameHost`].
     pub fn origins(mut self, policy: OriginPolicy) -> Self {
-        self.origins = policy;
+        self.shared.origins = policy;
         self
     }
 
@@ -207,7 +185,8 @@ impl WsTransportBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.subprotocols = protocols.into_iter().map(Into::into).collect();
+        let protocols = protocols.into_iter().map(|p| p.into().into_boxed_str());
+        self.shared.subprotocols = protocols.collect();
         self
     }
 
@@ -247,7 +226,7 @@ impl WsTransportBuilder {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Accept, Reject>> + Send + 'static,
     {
-        self.hook = Some(Hook::new(hook));
+        self.shared.hook = Some(Arc::new(move |req| -> HookFuture { Box::pin(hook(req)) }));
         self
     }
 
@@ -260,7 +239,7 @@ impl WsTransportBuilder {
     /// message and frame sizes are limited by the server's `Config`.
     /// Default 4 KiB.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
-        self.read_buffer_size = bytes;
+        self.shared.read_buffer_size = bytes;
         self
     }
 
@@ -270,135 +249,94 @@ impl WsTransportBuilder {
     /// write. Every batch is flushed at its end anyway, and the buffer is
     /// let go once it is written. Default 16 KiB.
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
-        self.write_buffer_size = bytes;
+        self.shared.write_buffer_size = bytes;
         self
     }
 
     /// Largest HTTP request head (request line and headers) accepted;
     /// larger requests get 431. Default 8 KiB.
     pub fn max_request_head(mut self, bytes: usize) -> Self {
-        self.max_request_head = bytes;
+        self.shared.max_request_head = bytes;
         self
     }
 
     /// Checks the configuration and builds the transport.
     pub fn build(self) -> Result<WsTransport> {
-        if self.routes.is_empty() && self.fallback.is_none() {
+        let mut shared = self.shared;
+        if self.routes.is_empty() && shared.fallback.is_none() {
             return Err(Error::NoRoutes);
         }
-        let mut routes = HashMap::with_capacity(self.routes.len());
-        for (path, component) in self.routes {
-            check_path(&path)?;
-            if routes
-                .insert(path.clone().into_boxed_str(), component)
-                .is_some()
-            {
-                return Err(Error::DuplicateRoute(path));
-            }
+        shared.routes = by_path(self.routes)?;
+        shared.pages = by_path(self.pages)?;
+        if let Some(protocol) = shared.subprotocols.iter().find(|p| !is_token(p)) {
+            return Err(Error::InvalidSubprotocol(protocol.to_string()));
         }
-        let mut pages = HashMap::with_capacity(self.pages.len());
-        for (path, page) in self.pages {
-            check_path(&path)?;
-            if pages.insert(path.clone().into_boxed_str(), page).is_some() {
-                return Err(Error::DuplicateRoute(path));
-            }
-        }
-        for protocol in &self.subprotocols {
-            if !is_token(protocol) {
-                return Err(Error::InvalidSubprotocol(protocol.clone()));
-            }
-        }
-        if self.read_buffer_size == 0 {
+        if shared.read_buffer_size == 0 {
             return Err(Error::Config("read_buffer_size must be at least 1"));
         }
-        if self.write_buffer_size >= usize::MAX / 2 {
+        if shared.write_buffer_size >= usize::MAX / 2 {
             return Err(Error::Config("write_buffer_size is too large"));
         }
-        if self.max_request_head < 256 {
+        if shared.max_request_head < 256 {
             return Err(Error::Config("max_request_head must be at least 256 bytes"));
         }
-        Ok(WsTransport::from_shared(Shared {
-            routes,
-            fallback: self.fallback,
-            pages,
-            origins: self.origins,
-            subprotocols: self
-                .subprotocols
-                .into_iter()
-                .map(String::into_boxed_str)
-                .collect(),
-            hook: self.hook,
-            read_buffer_size: self.read_buffer_size,
-            write_buffer_size: self.write_buffer_size,
-            max_request_head: self.max_request_head,
-        }))
+        Ok(WsTransport {
+            shared: Arc::new(shared),
+        })
     }
 }
 
 impl fmt::Debug for WsTransportBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
         f.debug_struct("WsTransportBuilder")
             .field(
                 "routes",
-                &self.routes.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                &self.routes.iter().map(|r| &r.0).collect::<Vec<_>>(),
             )
-            .field("fallback", &self.fallback.is_some())
+            .field("fallback", &s.fallback.is_some())
             .field(
                 "pages",
-                &self.pages.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                &self.pages.iter().map(|p| &p.0).collect::<Vec<_>>(),
             )
-            .field("origins", &self.origins)
-            .field("subprotocols", &self.subprotocols)
-            .field("hook", &self.hook.is_some())
-            .field("read_buffer_size", &self.read_buffer_size)
-            .field("write_buffer_size", &self.write_buffer_size)
-            .field("max_request_head", &self.max_request_head)
+            .field("origins", &s.origins)
+            .field("subprotocols", &s.subprotocols)
+            .field("hook", &s.hook.is_some())
+            .field("read_buffer_size", &s.read_buffer_size)
+            .field("write_buffer_size", &s.write_buffer_size)
+            .field("max_request_head", &s.max_request_head)
             .finish()
     }
 }
 
-fn check_path(path: &str) -> Result<()> {
-    if path.starts_with('/') && !path.contains(['?', '#']) && !path.chars().any(char::is_whitespace)
-    {
-        Ok(())
-    } else {
-        Err(Error::InvalidPath(path.to_owned()))
+/// Indexes `entries` by their paths, which must be valid and distinct.
+fn by_path<T>(entries: Vec<(String, T)>) -> Result<HashMap<Box<str>, T>> {
+    let mut map = HashMap::with_capacity(entries.len());
+    for (path, value) in entries {
+        if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace)
+        {
+            return Err(Error::InvalidPath(path));
+        }
+        if map.insert(path.clone().into_boxed_str(), value).is_some() {
+            return Err(Error::DuplicateRoute(path));
+        }
     }
+    Ok(map)
 }
 
 /// An RFC 7230 token: what RFC 6455 allows as a subprotocol name.
-pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_graphic()
-                && !matches!(
-                    b,
-                    b'(' | b')'
-                        | b'<'
-                        | b'>'
-                        | b'@'
-                        | b','
-                        | b';'
-                        | b':'
-                        | b'\\'
-                        | b'"'
-                        | b'/'
-                        | b'['
-                        | b']'
-                        | b'?'
-                        | b'='
-                        | b'{'
-                        | b'}'
-                )
-        })
+fn is_token(s: &str) -> bool {
+    let separator = |b| b"()<>@,;:\\\"/[]?={}".contains(&b);
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !separator(b))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use switchboard_core::{BoxError, Connection, Message, MessageComponent};
 
-    struct Quiet;
+    /// A component that does nothing.
+    pub(crate) struct Quiet;
 
     impl MessageComponent for Quiet {
         async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
@@ -421,7 +359,7 @@ mod tests {
             .fallback(shared.clone())
             .build()
             .unwrap();
-        let config = transport.shared_config();
+        let config = &transport.shared;
         assert_eq!(config.routes.len(), 3);
         // Shared handles are kept as given: the same component, not a copy
         // or a wrapper.
@@ -433,22 +371,18 @@ mod tests {
     }
 
     #[test]
-    fn same_host_origin() {
-        let p = OriginPolicy::SameHost;
-        assert!(p.allows(None, Some("127.0.0.1:8080")));
-        assert!(p.allows(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")));
-        assert!(p.allows(Some("https://Example.com"), Some("example.com")));
-        assert!(!p.allows(Some("http://evil.example"), Some("127.0.0.1:8080")));
-        assert!(!p.allows(Some("http://127.0.0.1:9999"), Some("127.0.0.1:8080")));
-        assert!(!p.allows(Some("null"), Some("127.0.0.1:8080")));
-        assert!(!p.allows(Some("http://127.0.0.1:8080"), None));
-    }
-
-    #[test]
-    fn listed_origins() {
-        let p = OriginPolicy::List(vec!["https://app.example/".into()]);
-        assert!(p.allows(Some("https://APP.example"), Some("ws.example")));
-        assert!(!p.allows(Some("https://other.example"), Some("ws.example")));
+    fn origins() {
+        let (same, host) = (OriginPolicy::SameHost, Some("127.0.0.1:8080"));
+        assert!(same.allows(None, host));
+        assert!(same.allows(Some("http://127.0.0.1:8080"), host));
+        assert!(same.allows(Some("https://Example.com"), Some("example.com")));
+        for origin in ["http://evil.example", "http://127.0.0.1:9999", "null"] {
+            assert!(!same.allows(Some(origin), host), "{origin}");
+        }
+        assert!(!same.allows(Some("http://127.0.0.1:8080"), None));
+        let listed = OriginPolicy::List(vec!["https://app.example/".into()]);
+        assert!(listed.allows(Some("https://APP.example"), Some("ws.example")));
+        assert!(!listed.allows(Some("https://other.example"), Some("ws.example")));
         assert!(OriginPolicy::Any.allows(Some("null"), None));
     }
 
@@ -456,7 +390,8 @@ mod tests {
     fn tokens() {
         assert!(is_token("chat.v1"));
         assert!(!is_token(""));
-        assert!(!is_token("a b"));
-        assert!(!is_token("a,b"));
+        for separator in "()<>@,;:\\\"/[]?={} \t".chars() {
+            assert!(!is_token(&format!("a{separator}b")), "{separator:?}");
+        }
     }
 }

@@ -1,15 +1,18 @@
 //! The HTTP side of a connection: read the request head, decide (route,
-//! page, refusal or upgrade), write the response. Everything but the two
-//! async I/O functions works on byte slices and is tested without sockets.
+//! page, refusal or upgrade), write the response. Everything but
+//! [`read_head`] and [`judge`] works on byte slices and is tested without
+//! sockets.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_core::{DynComponent, Headers, TransportInfo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use switchboard_core::{DynComponent, Extensions, Headers, TransportInfo};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::Error;
+use crate::hook::Request;
 use crate::transport::Shared;
 
 /// Most headers a request may carry (more: 431).
@@ -102,84 +105,121 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Response> 
     Ok(Some((head, len)))
 }
 
-/// Reads until a whole request head is in; returns it and whatever bytes
-/// came after it.
-pub(crate) async fn read_head<IO: AsyncRead + Unpin>(
+/// Reads from `io` until `parse` finds a whole HTTP head (a request or a
+/// response) in at most `max` bytes; returns what `parse` made of it and
+/// the bytes that came after it.
+pub(crate) async fn read_head<IO, T, E>(
     io: &mut IO,
     max: usize,
-) -> Result<(Head, Vec<u8>), ReadError> {
+    too_large: impl FnOnce() -> E,
+    mut parse: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, E>,
+) -> Result<(T, Vec<u8>), E>
+where
+    IO: AsyncRead + Unpin,
+    E: From<Error>,
+{
     let mut buf = Vec::new();
     loop {
         let len = buf.len();
         if len >= max {
-            return Err(ReadError::Refused(Response::error(
-                431,
-                "request head too large",
-            )));
+            return Err(too_large());
         }
         buf.resize(len + READ_CHUNK.min(max - len), 0);
-        let n = io
-            .read(&mut buf[len..])
-            .await
-            .map_err(|e| ReadError::Failed(e.into()))?;
+        let n = io.read(&mut buf[len..]).await.map_err(Error::Io)?;
         buf.truncate(len + n);
         if n == 0 {
-            return Err(ReadError::Failed(Error::Eof));
+            return Err(Error::Eof.into());
         }
-        match parse_head(&buf) {
-            Ok(Some((head, used))) => {
-                buf.drain(..used);
-                return Ok((head, buf));
-            }
-            Ok(None) => {}
-            Err(response) => return Err(ReadError::Refused(response)),
+        if let Some((head, used)) = parse(&buf)? {
+            buf.drain(..used);
+            return Ok((head, buf));
         }
     }
 }
 
-pub(crate) enum ReadError {
+/// Why a connection is not upgraded.
+pub(crate) enum NoUpgrade {
     /// Answer with this and close.
-    Refused(Response),
+    Answer(Response),
     /// Nothing to answer: the peer left or the socket failed.
     Failed(Error),
 }
 
-/// What to do with a request.
-pub(crate) enum Decision {
-    /// Answer with plain HTTP and close.
-    Respond(Response),
-    /// Upgrade, unless the hook says otherwise.
-    Upgrade(Upgrade),
+impl From<Error> for NoUpgrade {
+    fn from(err: Error) -> Self {
+        NoUpgrade::Failed(err)
+    }
 }
 
+/// An upgrade the server agreed to.
 pub(crate) struct Upgrade {
     pub(crate) component: Arc<dyn DynComponent>,
     pub(crate) accept_key: String,
     pub(crate) info: TransportInfo,
+    /// What the handshake hook attached.
+    pub(crate) extensions: Extensions,
+    /// Bytes read after the request head: the first frames.
+    pub(crate) leftover: Vec<u8>,
+}
+
+/// Reads the request and judges it: [`decide`], then the handshake hook.
+pub(crate) async fn judge<IO: AsyncRead + Unpin>(
+    shared: &Shared,
+    io: &mut IO,
+    peer: SocketAddr,
+) -> Result<Upgrade, NoUpgrade> {
+    let too_large = || NoUpgrade::Answer(Response::error(431, "request head too large"));
+    let parse = |buf: &[u8]| parse_head(buf).map_err(NoUpgrade::Answer);
+    let (head, leftover) = read_head(io, shared.max_request_head, too_large, parse).await?;
+    let mut upgrade = decide(shared, head).map_err(NoUpgrade::Answer)?;
+    upgrade.leftover = leftover;
+    if let Some(hook) = &shared.hook {
+        let info = upgrade.info.clone();
+        match hook(Request { peer, info }).await {
+            Ok(accept) => upgrade.extensions = accept.extensions,
+            Err(reject) => {
+                let mut response = Response::error(reject.status(), reject.reason_text());
+                response.reason = format!("rejected by the handshake hook: {reject}");
+                return Err(NoUpgrade::Answer(response));
+            }
+        }
+    }
+    Ok(upgrade)
+}
+
+/// What a component sees of a WebSocket connection's request, on either
+/// side.
+pub(crate) fn info(path: &str, query: Option<&str>, subprotocol: Option<&str>) -> TransportInfo {
+    let mut info = TransportInfo::new("ws").with_path(path);
+    if let Some(query) = query {
+        info = info.with_query(query);
+    }
+    if let Some(protocol) = subprotocol {
+        info = info.with_subprotocol(protocol);
+    }
+    info
 }
 
 /// Routing, validation and the origin policy, in the order a client would
-/// want to learn about problems.
-pub(crate) fn decide(shared: &Shared, head: Head) -> Decision {
+/// want to learn about problems: the upgrade, or the answer instead.
+pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
     let component = shared
         .routes
         .get(head.path.as_str())
         .or(shared.fallback.as_ref());
     let page = shared.pages.get(head.path.as_str());
     if component.is_none() && page.is_none() {
-        return Decision::Respond(Response::error(404, "not found"));
+        return Err(Response::error(404, "not found"));
     }
     let head_only = head.method == "HEAD";
     if head.method != "GET" && !head_only {
-        return Decision::Respond(
-            Response::error(405, "method not allowed").header("Allow", "GET, HEAD"),
-        );
+        return Err(Response::error(405, "method not allowed").header("Allow", "GET, HEAD"));
     }
     // Another protocol's upgrade (h2c, say) is a plain request to us.
     let wants_upgrade =
         head.has_token("upgrade", "websocket") || head.header("sec-websocket-key").is_some();
     if !wants_upgrade || head_only {
-        return Decision::Respond(match page {
+        return Err(match page {
             Some(page) => Response::page(page.content_type(), page.body().clone(), head_only),
             None => Response::error(426, "this is a WebSocket endpoint")
                 .header("Upgrade", "websocket")
@@ -187,56 +227,48 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Decision {
         });
     }
     let Some(component) = component else {
-        return Decision::Respond(Response::error(404, "no WebSocket here"));
+        return Err(Response::error(404, "no WebSocket here"));
     };
     if !head.has_token("upgrade", "websocket") {
-        return Decision::Respond(Response::error(400, "Upgrade must be websocket"));
+        return Err(Response::error(400, "Upgrade must be websocket"));
     }
     if !head.http11 {
-        return Decision::Respond(Response::error(400, "WebSocket needs HTTP/1.1"));
+        return Err(Response::error(400, "WebSocket needs HTTP/1.1"));
     }
     if !head.has_token("connection", "upgrade") {
-        return Decision::Respond(Response::error(400, "Connection must include Upgrade"));
+        return Err(Response::error(400, "Connection must include Upgrade"));
     }
     if head.header("sec-websocket-version") != Some("13") {
-        return Decision::Respond(
-            Response::error(426, "unsupported WebSocket version")
-                .header("Sec-WebSocket-Version", "13"),
-        );
+        return Err(Response::error(426, "unsupported WebSocket version")
+            .header("Sec-WebSocket-Version", "13"));
     }
     let key = match head.header("sec-websocket-key") {
         Some(key) if is_valid_key(key) => key,
-        _ => return Decision::Respond(Response::error(400, "bad Sec-WebSocket-Key")),
+        _ => return Err(Response::error(400, "bad Sec-WebSocket-Key")),
     };
     let Some(host) = head.header("host") else {
-        return Decision::Respond(Response::error(400, "missing Host"));
+        return Err(Response::error(400, "missing Host"));
     };
     if !shared.origins.allows(head.header("origin"), Some(host)) {
-        return Decision::Respond(Response::error(403, "origin not allowed"));
+        return Err(Response::error(403, "origin not allowed"));
     }
     let accept_key = derive_accept_key(key.as_bytes());
     let subprotocol = shared.subprotocols.iter().find(|ours| {
         head.header_values("sec-websocket-protocol")
             .any(|theirs| theirs == &***ours)
     });
-
-    let mut info = TransportInfo::new("ws").with_path(head.path);
-    if let Some(query) = head.query {
-        info = info.with_query(query);
-    }
-    if let Some(protocol) = subprotocol {
-        info = info.with_subprotocol(protocol.clone());
-    }
+    let info = info(&head.path, head.query.as_deref(), subprotocol.map(|p| &**p));
     let headers = head
         .headers
         .into_iter()
         .filter(|(name, _)| !HANDSHAKE_ONLY.iter().any(|h| name.eq_ignore_ascii_case(h)))
         .map(|(name, value)| (name, value.into_boxed_str()));
-    let info = info.with_headers(Headers::new(headers));
-    Decision::Upgrade(Upgrade {
+    Ok(Upgrade {
         component: component.clone(),
         accept_key,
-        info,
+        info: info.with_headers(Headers::new(headers)),
+        extensions: Extensions::default(),
+        leftover: Vec::new(),
     })
 }
 
@@ -296,18 +328,14 @@ impl Response {
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\n",
-            self.status,
-            reason_phrase(self.status)
-        );
+        let (status, phrase) = (self.status, reason_phrase(self.status));
+        let mut out = format!("HTTP/1.1 {status} {phrase}\r\n");
         for (name, value) in &self.headers {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
+        let (content_type, length) = (&self.content_type, self.body.len());
         out.push_str(&format!(
-            "Content-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.content_type,
-            self.body.len()
+            "Content-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
         ));
         let mut out = out.into_bytes();
         if !self.head_only {
@@ -327,16 +355,6 @@ pub(crate) fn switching_protocols(accept_key: &str, subprotocol: Option<&str>) -
     }
     out.push_str("\r\n");
     out.into_bytes()
-}
-
-/// Writes a plain response and ends the stream.
-pub(crate) async fn respond<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    response: &Response,
-) -> std::io::Result<()> {
-    io.write_all(&response.to_bytes()).await?;
-    io.flush().await?;
-    io.shutdown().await
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -363,15 +381,7 @@ fn reason_phrase(status: u16) -> &'static str {
 mod tests {
     use super::*;
     use crate::WsTransport;
-    use switchboard_core::{BoxError, Connection, Message, MessageComponent};
-
-    struct Nop;
-
-    impl MessageComponent for Nop {
-        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
-            Ok(())
-        }
-    }
+    use crate::config::tests::Quiet;
 
     const UPGRADE: &str = "GET /chat?room=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\n\
         Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
@@ -380,26 +390,19 @@ mod tests {
 
     fn transport() -> WsTransport {
         WsTransport::builder()
-            .route("/chat", Nop)
+            .route("/chat", Quiet)
             .page("/", crate::Page::html("<p>hi</p>"))
             .subprotocols(["chat.v2", "chat.v1"])
             .build()
             .expect("valid")
     }
 
-    fn decide_raw(raw: &str) -> Decision {
+    fn decide_raw(raw: &str) -> Result<Upgrade, Response> {
         let (head, len) = parse_head(raw.as_bytes())
             .expect("parses")
             .expect("complete");
         assert_eq!(len, raw.len());
-        decide(transport().shared_config(), head)
-    }
-
-    fn status(raw: &str) -> u16 {
-        match decide_raw(raw) {
-            Decision::Respond(r) => r.status,
-            Decision::Upgrade(_) => 101,
-        }
+        decide(&transport().shared, head)
     }
 
     #[test]
@@ -413,9 +416,7 @@ mod tests {
 
     #[test]
     fn upgrade_accepted_with_rfc_key_and_subprotocol() {
-        let Decision::Upgrade(up) = decide_raw(UPGRADE) else {
-            panic!("expected an upgrade")
-        };
+        let up = decide_raw(UPGRADE).expect("an upgrade");
         // The example from RFC 6455 section 1.3.
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.info.path(), Some("/chat"));
@@ -427,31 +428,26 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(status(&UPGRADE.replace("/chat?room=1", "/nope")), 404);
-        assert_eq!(status("GET /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
-        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
-        assert_eq!(
-            status("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"),
-            200
-        );
-        assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
-        assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
-        assert_eq!(
-            status(&UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")),
-            400
-        );
-        assert_eq!(
-            status(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive")),
-            400
-        );
-        assert_eq!(
-            status(&UPGRADE.replace("Cookie", "Origin: http://evil.example\r\nCookie")),
-            403
-        );
-        assert_eq!(
-            status(&UPGRADE.replace("Cookie", "Origin: http://127.0.0.1:8080\r\nCookie")),
-            101
-        );
+        let origin = |origin| UPGRADE.replace("Cookie", &format!("Origin: {origin}\r\nCookie"));
+        let cases = [
+            (UPGRADE.replace("/chat?room=1", "/nope"), 404),
+            ("GET /chat HTTP/1.1\r\nHost: x\r\n\r\n".into(), 426),
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(), 200),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n".into(),
+                200,
+            ),
+            ("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n".into(), 405),
+            (UPGRADE.replace("Version: 13", "Version: 8"), 426),
+            (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400),
+            (UPGRADE.replace("keep-alive, Upgrade", "keep-alive"), 400),
+            (origin("http://evil.example"), 403),
+            (origin("http://127.0.0.1:8080"), 101),
+        ];
+        for (raw, expected) in cases {
+            let status = decide_raw(&raw).map_or_else(|r| r.status, |_| 101);
+            assert_eq!(status, expected, "{raw}");
+        }
     }
 
     #[test]

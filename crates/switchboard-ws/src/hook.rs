@@ -16,15 +16,11 @@ use switchboard_core::{Extensions, Headers, TransportInfo};
 /// [`Connection::transport`](switchboard_core::Connection::transport).
 #[derive(Clone, Debug)]
 pub struct Request {
-    peer: SocketAddr,
-    info: TransportInfo,
+    pub(crate) peer: SocketAddr,
+    pub(crate) info: TransportInfo,
 }
 
 impl Request {
-    pub(crate) fn new(peer: SocketAddr, info: TransportInfo) -> Self {
-        Request { peer, info }
-    }
-
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
@@ -129,13 +125,10 @@ impl Reject {
     /// Rejects with `status`. Statuses outside 400..=599 are sent as 403,
     /// since anything else would not refuse the upgrade.
     pub fn new(status: u16) -> Self {
-        let status = if (400..=599).contains(&status) {
-            status
-        } else {
-            403
-        };
         Reject {
-            status,
+            status: Some(status)
+                .filter(|s| (400..=599).contains(s))
+                .unwrap_or(403),
             reason: Cow::Borrowed(""),
         }
     }
@@ -175,28 +168,7 @@ impl fmt::Display for Reject {
     }
 }
 
-type HookFuture = Pin<Box<dyn Future<Output = Result<Accept, Reject>> + Send>>;
+pub(crate) type HookFuture = Pin<Box<dyn Future<Output = Result<Accept, Reject>> + Send>>;
 
 /// A type-erased hook, shared by every handshake of a transport.
-#[derive(Clone)]
-pub(crate) struct Hook(Arc<dyn Fn(Request) -> HookFuture + Send + Sync>);
-
-impl Hook {
-    pub(crate) fn new<F, Fut>(f: F) -> Self
-    where
-        F: Fn(Request) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Accept, Reject>> + Send + 'static,
-    {
-        Hook(Arc::new(move |req| Box::pin(f(req))))
-    }
-
-    pub(crate) fn call(&self, req: Request) -> HookFuture {
-        (self.0)(req)
-    }
-}
-
-impl fmt::Debug for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Hook(..)")
-    }
-}
+pub(crate) type Hook = Arc<dyn Fn(Request) -> HookFuture + Send + Sync>;

@@ -80,10 +80,9 @@
 //! An idle connection holds no read or write buffer: only the request's
 //! path, query and headers (minus the handshake-only ones), a timer and
 //! the connection's state. The read buffer exists while data flows
-//! ([`WsTransportBuilder::read_buffer_size`], 4 KiB by default, for the
-//! first read, which goes to the stack until bytes arrive; doubling, up to
-//! 64 KiB, while reads fill it; a frame's whole length once its header is
-//! read), and the write buffer while there is something to send.
+//! ([`WsTransportBuilder::read_buffer_size`]), the write buffer while
+//! there is something to send
+//! ([`WsTransportBuilder::write_buffer_size`]).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

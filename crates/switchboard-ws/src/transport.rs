@@ -5,17 +5,19 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use switchboard_core::transport::io::Keepalive;
 use switchboard_core::transport::{Accepted, Transport};
 use switchboard_core::{Config, DynComponent, IntoComponent};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::config::{OriginPolicy, Page, WsTransportBuilder};
+use crate::config::{
+    DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
+    Page, WsTransportBuilder,
+};
 use crate::error::Error;
 use crate::frame::Role;
-use crate::handshake::{self, Decision, ReadError};
-use crate::hook::{Hook, Request};
-use crate::ws_connection::{Settings, WsConnection};
+use crate::handshake::{self, NoUpgrade};
+use crate::hook::Hook;
+use crate::ws_connection::WsConnection;
 
 /// The WebSocket transport: give it to
 /// [`ServerBuilder::bind`](switchboard_core::ServerBuilder::bind).
@@ -59,7 +61,7 @@ use crate::ws_connection::{Settings, WsConnection};
 /// ```
 #[derive(Clone)]
 pub struct WsTransport {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// The built configuration, shared by every handshake.
@@ -75,43 +77,36 @@ pub(crate) struct Shared {
     pub(crate) max_request_head: usize,
 }
 
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            routes: HashMap::new(),
+            fallback: None,
+            pages: HashMap::new(),
+            origins: OriginPolicy::default(),
+            subprotocols: Box::default(),
+            hook: None,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+        }
+    }
+}
+
 impl WsTransport {
     /// Serves `component` on every path, with the default settings: a
     /// component value, an `Arc` of one shared with other listeners, or an
     /// `Arc<dyn DynComponent>` ([`IntoComponent`]).
     pub fn new<K: ?Sized>(component: impl IntoComponent<K>) -> Self {
-        let builder = WsTransportBuilder::default().fallback(component);
-        match builder.build() {
-            Ok(transport) => transport,
-            // A fallback and the defaults always make a valid configuration.
-            Err(err) => unreachable!("default WsTransport configuration rejected: {err}"),
-        }
+        // A fallback and the defaults always make a valid configuration.
+        let built = WsTransportBuilder::default().fallback(component).build();
+        built
+            .unwrap_or_else(|err| unreachable!("default WsTransport configuration rejected: {err}"))
     }
 
     /// Starts a configuration with routes, pages, an origin policy, ...
     pub fn builder() -> WsTransportBuilder {
         WsTransportBuilder::default()
-    }
-
-    pub(crate) fn from_shared(shared: Shared) -> Self {
-        WsTransport {
-            shared: Arc::new(shared),
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn shared_config(&self) -> &Shared {
-        &self.shared
-    }
-
-    fn settings(&self, config: &Config) -> Settings {
-        Settings {
-            role: Role::Server,
-            max_frame: config.max_frame_size,
-            max_message: config.max_message_size,
-            read_size: self.shared.read_buffer_size,
-            write_buffer: self.shared.write_buffer_size,
-        }
     }
 
     async fn handshake<IO>(
@@ -123,59 +118,27 @@ impl WsTransport {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let shared = &*self.shared;
-        let (head, leftover) = match handshake::read_head(&mut io, shared.max_request_head).await {
-            Ok(read) => read,
-            Err(ReadError::Refused(response)) => {
-                handshake::respond(&mut io, &response).await?;
-                return Err(Error::Answered {
-                    status: response.status,
-                    reason: response.reason,
-                });
-            }
-            Err(ReadError::Failed(err)) => return Err(err),
-        };
-        let upgrade = match handshake::decide(shared, head) {
-            Decision::Upgrade(upgrade) => upgrade,
-            Decision::Respond(response) => {
-                handshake::respond(&mut io, &response).await?;
+        let upgrade = match handshake::judge(&self.shared, &mut io, peer).await {
+            Ok(upgrade) => upgrade,
+            Err(NoUpgrade::Failed(err)) => return Err(err),
+            Err(NoUpgrade::Answer(response)) => {
+                io.write_all(&response.to_bytes()).await?;
+                io.flush().await?;
+                io.shutdown().await?;
                 return Err(Error::Answered {
                     status: response.status,
                     reason: response.reason,
                 });
             }
         };
-        let info = upgrade.info;
-        let mut extensions = switchboard_core::Extensions::default();
-        if let Some(hook) = &shared.hook {
-            match hook.call(Request::new(peer, info.clone())).await {
-                Ok(accept) => extensions = accept.extensions,
-                Err(reject) => {
-                    let response =
-                        handshake::Response::error(reject.status(), reject.reason_text());
-                    handshake::respond(&mut io, &response).await?;
-                    return Err(Error::Answered {
-                        status: reject.status(),
-                        reason: format!("rejected by the handshake hook: {reject}"),
-                    });
-                }
-            }
-        }
-        io.write_all(&handshake::switching_protocols(
-            &upgrade.accept_key,
-            info.subprotocol(),
-        ))
-        .await?;
+        let subprotocol = upgrade.info.subprotocol();
+        let response = handshake::switching_protocols(&upgrade.accept_key, subprotocol);
+        io.write_all(&response).await?;
         io.flush().await?;
-
-        let conn = WsConnection::new(
-            io,
-            self.settings(config),
-            Keepalive::new(config.ping_interval, config.idle_timeout),
-            &leftover,
-        );
-        let mut accepted = Accepted::new(conn, info, upgrade.component);
-        accepted.extensions = extensions;
+        let buffers = (self.shared.read_buffer_size, self.shared.write_buffer_size);
+        let conn = WsConnection::new(io, Role::Server, config, buffers, &upgrade.leftover);
+        let mut accepted = Accepted::new(conn, upgrade.info, upgrade.component);
+        accepted.extensions = upgrade.extensions;
         Ok(accepted)
     }
 }

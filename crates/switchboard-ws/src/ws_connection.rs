@@ -1,14 +1,7 @@
 //! One established WebSocket connection, as the core's driver sees it:
-//! the core's I/O layer (`switchboard_core::transport::io`) and RFC 6455's
-//! state machine over it, after the handshake.
-//!
-//! The socket is read into the layer's [`ReadBuffer`], which exists only
-//! while data flows; once a frame's header is read, room for the whole
-//! frame is reserved, so that a large message arrives in as few reads as
-//! the socket allows. Frames are cut out of it without copying, unmasked in
-//! place and handed to the core as `Bytes`. Outbound frames go to the
-//! layer's [`WriteBuffer`], which lets go of its memory once written: an
-//! idle connection holds neither buffer.
+//! RFC 6455's state machine over the core's I/O layer
+//! (`switchboard_core::transport::io`), after the handshake. The crate
+//! docs ("Framing", "Memory") say how it reads and writes.
 
 use std::fmt;
 use std::io;
@@ -17,22 +10,22 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use switchboard_core::transport::io::{Due, Keepalive, ReadBuffer, WriteBuffer};
 use switchboard_core::transport::{Received, TransportConn};
-use switchboard_core::{CloseCode, CloseFrame, Error, Message, Utf8Bytes};
+use switchboard_core::{CloseCode, CloseFrame, Config, Error, Message, Utf8Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::frame::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Role};
+use crate::frame::{
+    self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Role, protocol,
+};
 
-/// Sizes and limits of one connection.
+/// Limits and sizes of one connection.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Settings {
-    pub(crate) role: Role,
-    pub(crate) max_frame: usize,
-    pub(crate) max_message: usize,
-    /// Room for the first read of a burst.
-    pub(crate) read_size: usize,
+struct Settings {
+    role: Role,
+    max_frame: usize,
+    max_message: usize,
     /// Outbound bytes copied into the write buffer that make `poll_ready`
     /// write first; pongs wait while this much is pending.
-    pub(crate) write_buffer: usize,
+    write_buffer: usize,
 }
 
 /// A WebSocket connection after the upgrade: a message stream and sink over
@@ -118,20 +111,35 @@ impl<IO> WsConnection<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    /// `leftover`: bytes read after the handshake's HTTP head.
-    pub(crate) fn new(io: IO, settings: Settings, keepalive: Keepalive, leftover: &[u8]) -> Self {
+    /// The `role` end of a connection under the limits and keepalive of
+    /// `config`. `read_size`: room for the first read of a burst;
+    /// `write_buffer`: see `Settings`; `leftover`: bytes read after the
+    /// handshake's HTTP head.
+    pub(crate) fn new(
+        io: IO,
+        role: Role,
+        config: &Config,
+        (read_size, write_buffer): (usize, usize),
+        leftover: &[u8],
+    ) -> Self {
+        let settings = Settings {
+            role,
+            max_frame: config.max_frame_size,
+            max_message: config.max_message_size,
+            write_buffer,
+        };
         WsConnection {
             inner: Box::new(Inner {
                 io,
                 settings,
-                read: ReadBuffer::with_bytes(settings.read_size, leftover),
+                read: ReadBuffer::with_bytes(read_size, leftover),
                 fragments: None,
                 // Nothing kept once written: an idle connection holds no
                 // write buffer.
-                out: WriteBuffer::new(settings.write_buffer, 0),
+                out: WriteBuffer::new(write_buffer, 0),
                 pong: None,
                 control_unflushed: false,
-                keepalive,
+                keepalive: Keepalive::new(config.ping_interval, config.idle_timeout),
                 close: CloseState::Open,
             }),
         }
@@ -143,23 +151,128 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received, Error>> {
-        self.inner.poll_recv(cx)
+        let this = &mut *self.inner;
+        loop {
+            this.queue_pong();
+            if this.control_unflushed {
+                match this.poll_write_out(cx) {
+                    Poll::Ready(Ok(())) => this.control_unflushed = false,
+                    Poll::Ready(Err(err)) => {
+                        this.close = CloseState::Ended;
+                        return Poll::Ready(Err(err));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let frame = match this.poll_frame(cx) {
+                // Nothing more to read: the keepalive timer's turn.
+                Poll::Pending => match ready!(this.keepalive.poll(cx)) {
+                    Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
+                    Due::Ping => {
+                        frame::encode(&mut this.out, this.settings.role, OP_PING, Bytes::new());
+                        this.control_unflushed = true;
+                        continue;
+                    }
+                },
+                Poll::Ready(Ok(Some(frame))) => frame,
+                // The peer went away, with or without finishing a frame.
+                Poll::Ready(Ok(None)) => {
+                    this.close = CloseState::Ended;
+                    return Poll::Ready(Ok(Received::Closed(None)));
+                }
+                Poll::Ready(Err(err)) => {
+                    // After a protocol error the socket still takes our
+                    // close frame; after an I/O error nothing can be sent.
+                    if !matches!(err, Error::Protocol { .. }) {
+                        this.close = CloseState::Ended;
+                    }
+                    return Poll::Ready(Err(err));
+                }
+            };
+            if let Some(received) = this.on_frame(frame)? {
+                return Poll::Ready(Ok(received));
+            }
+        }
     }
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
+        let this = &mut *self.inner;
+        this.out.poll_ready(&mut this.io, cx).map_err(Error::Io)
     }
 
     fn start_send(&mut self, msg: Message) -> Result<(), Error> {
-        self.inner.start_send(msg)
+        let this = &mut *self.inner;
+        // No data after our close frame. After the peer's end of stream
+        // the write half may still be open: what was queued goes out (or
+        // fails there with the stream's own error).
+        if matches!(
+            this.close,
+            CloseState::Flushing | CloseState::Answering | CloseState::Draining | CloseState::Done
+        ) {
+            return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
+        }
+        let (opcode, payload) = match msg {
+            // Already valid UTF-8: framed as it is.
+            Message::Text(text) => (OP_TEXT, text.into_bytes()),
+            Message::Binary(data) => (OP_BINARY, data),
+        };
+        frame::encode(&mut this.out, this.settings.role, opcode, payload);
+        Ok(())
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_flush(cx)
+        let this = &mut *self.inner;
+        this.queue_pong();
+        ready!(this.poll_write_out(cx))?;
+        this.control_unflushed = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<(), Error>> {
-        self.inner.poll_close(cx, frame)
+        let this = &mut *self.inner;
+        loop {
+            match this.close {
+                CloseState::Open | CloseState::PeerClosed => {
+                    let answering = this.close == CloseState::PeerClosed;
+                    this.queue_pong();
+                    let payload = frame::close_payload(frame);
+                    frame::encode(&mut this.out, this.settings.role, OP_CLOSE, payload);
+                    this.close = if answering {
+                        CloseState::Answering
+                    } else {
+                        CloseState::Flushing
+                    };
+                }
+                CloseState::Flushing | CloseState::Answering => {
+                    let answering = this.close == CloseState::Answering;
+                    if let Err(err) = ready!(this.poll_write_out(cx)) {
+                        this.close = CloseState::Done;
+                        return Poll::Ready(Err(err));
+                    }
+                    this.close = if answering {
+                        CloseState::Done
+                    } else {
+                        CloseState::Draining
+                    };
+                }
+                CloseState::Draining => match ready!(this.poll_frame(cx)) {
+                    // The peer's reply, the end of the stream or an error:
+                    // either way the closing handshake is over.
+                    Ok(Some(Frame {
+                        opcode: OP_CLOSE, ..
+                    }))
+                    | Ok(None)
+                    | Err(_) => this.close = CloseState::Done,
+                    // Messages the peer sent before it saw our close.
+                    Ok(Some(_)) => {}
+                },
+                CloseState::Ended | CloseState::Done => {
+                    this.read.release();
+                    this.fragments = None;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
     }
 }
 
@@ -167,50 +280,6 @@ impl<IO> Inner<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received, Error>> {
-        loop {
-            self.queue_pong();
-            if self.control_unflushed {
-                match self.poll_write_out(cx) {
-                    Poll::Ready(Ok(())) => self.control_unflushed = false,
-                    Poll::Ready(Err(err)) => {
-                        self.close = CloseState::Ended;
-                        return Poll::Ready(Err(err));
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            let frame = match self.poll_frame(cx) {
-                // Nothing more to read: the keepalive timer's turn.
-                Poll::Pending => match ready!(self.keepalive.poll(cx)) {
-                    Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
-                    Due::Ping => {
-                        frame::encode(&mut self.out, self.settings.role, OP_PING, Bytes::new());
-                        self.control_unflushed = true;
-                        continue;
-                    }
-                },
-                Poll::Ready(Ok(Some(frame))) => frame,
-                // The peer went away, with or without finishing a frame.
-                Poll::Ready(Ok(None)) => {
-                    self.close = CloseState::Ended;
-                    return Poll::Ready(Ok(Received::Closed(None)));
-                }
-                Poll::Ready(Err(err)) => {
-                    // After a protocol error the socket still takes our
-                    // close frame; after an I/O error nothing can be sent.
-                    if !matches!(err, Error::Protocol { .. }) {
-                        self.close = CloseState::Ended;
-                    }
-                    return Poll::Ready(Err(err));
-                }
-            };
-            if let Some(received) = self.on_frame(frame)? {
-                return Poll::Ready(Ok(received));
-            }
-        }
-    }
-
     /// What a frame means: a message, the peer's close, or nothing yet
     /// (a fragment, a ping, a pong).
     fn on_frame(&mut self, frame: Frame) -> Result<Option<Received>, Error> {
@@ -332,86 +401,6 @@ where
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.out.poll_flush(&mut self.io, cx).map_err(Error::Io)
     }
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.out.poll_ready(&mut self.io, cx).map_err(Error::Io)
-    }
-
-    fn start_send(&mut self, msg: Message) -> Result<(), Error> {
-        // No data after our close frame. After the peer's end of stream
-        // the write half may still be open: what was queued goes out (or
-        // fails there with the stream's own error).
-        if matches!(
-            self.close,
-            CloseState::Flushing | CloseState::Answering | CloseState::Draining | CloseState::Done
-        ) {
-            return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
-        }
-        let (opcode, payload) = match msg {
-            // Already valid UTF-8: framed as it is.
-            Message::Text(text) => (OP_TEXT, text.into_bytes()),
-            Message::Binary(data) => (OP_BINARY, data),
-        };
-        frame::encode(&mut self.out, self.settings.role, opcode, payload);
-        Ok(())
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.queue_pong();
-        ready!(self.poll_write_out(cx))?;
-        self.control_unflushed = false;
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<(), Error>> {
-        loop {
-            match self.close {
-                CloseState::Open | CloseState::PeerClosed => {
-                    let answering = self.close == CloseState::PeerClosed;
-                    self.queue_pong();
-                    let payload = frame::close_payload(frame);
-                    frame::encode(&mut self.out, self.settings.role, OP_CLOSE, payload);
-                    self.close = if answering {
-                        CloseState::Answering
-                    } else {
-                        CloseState::Flushing
-                    };
-                }
-                CloseState::Flushing | CloseState::Answering => {
-                    let answering = self.close == CloseState::Answering;
-                    if let Err(err) = ready!(self.poll_write_out(cx)) {
-                        self.close = CloseState::Done;
-                        return Poll::Ready(Err(err));
-                    }
-                    self.close = if answering {
-                        CloseState::Done
-                    } else {
-                        CloseState::Draining
-                    };
-                }
-                CloseState::Draining => match ready!(self.poll_frame(cx)) {
-                    // The peer's reply, the end of the stream or an error:
-                    // either way the closing handshake is over.
-                    Ok(Some(Frame {
-                        opcode: OP_CLOSE, ..
-                    }))
-                    | Ok(None)
-                    | Err(_) => self.close = CloseState::Done,
-                    // Messages the peer sent before it saw our close.
-                    Ok(Some(_)) => {}
-                },
-                CloseState::Ended | CloseState::Done => {
-                    self.read.release();
-                    self.fragments = None;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-    }
-}
-
-fn protocol(reason: &'static str) -> Error {
-    Error::protocol(CloseCode::PROTOCOL, reason)
 }
 
 /// A complete message; text must be UTF-8 (1007 otherwise).
@@ -438,53 +427,32 @@ impl<IO> fmt::Debug for WsConnection<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
+    use crate::frame::tests::masked;
     use std::future::poll_fn;
     use std::pin::Pin;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn settings(role: Role) -> Settings {
-        Settings {
-            role,
-            max_frame: 1 << 20,
-            max_message: 1 << 20,
-            read_size: 4096,
-            write_buffer: 16 * 1024,
-        }
-    }
-
-    fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let key = [0xA1, 0xB2, 0xC3, 0xD4];
-        let mut out = BytesMut::new();
-        out.put_u8(0x80 | opcode);
-        match payload.len() {
-            n if n < 126 => out.put_u8(0x80 | n as u8),
-            n if n < 65_536 => {
-                out.put_u8(0x80 | 126);
-                out.put_u16(n as u16);
-            }
-            n => {
-                out.put_u8(0x80 | 127);
-                out.put_u64(n as u64);
-            }
-        }
-        out.put_slice(&key);
-        let start = out.len();
-        out.put_slice(payload);
-        frame::apply_mask(&mut out[start..], key);
-        out.to_vec()
+    /// A server's connection without keepalive, with `read_size` and
+    /// `leftover` read with the handshake.
+    fn server<IO>(io: IO, read_size: usize, leftover: &[u8]) -> WsConnection<IO>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = Config::default()
+            .max_frame_size(1 << 20)
+            .max_message_size(1 << 20)
+            .ping_interval(None)
+            .idle_timeout(None);
+        WsConnection::new(io, Role::Server, &config, (read_size, 16 * 1024), leftover)
     }
 
     #[tokio::test]
     async fn a_connection_between_bursts_holds_no_buffers() {
         let (mut peer, io) = tokio::io::duplex(1 << 20);
-        let keepalive = Keepalive::new(None, None);
-        let mut conn = WsConnection::new(io, settings(Role::Server), keepalive, b"");
+        let mut conn = server(io, 4096, b"");
         let big = vec![b'x'; 100_000];
-        peer.write_all(&masked_frame(OP_TEXT, b"hi")).await.unwrap();
-        peer.write_all(&masked_frame(OP_BINARY, &big))
-            .await
-            .unwrap();
+        peer.write_all(&masked(OP_TEXT, b"hi")).await.unwrap();
+        peer.write_all(&masked(OP_BINARY, &big)).await.unwrap();
 
         for expected in [Message::text("hi"), Message::binary(big.clone())] {
             let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
@@ -510,63 +478,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_smallest_read_size_still_reads_whole_frames() {
+    async fn frames_come_whole_from_the_leftover_and_from_the_smallest_reads() {
+        // The handshake's last read brought a frame and the start of the
+        // next; the rest arrives with a read size of one byte.
         let (mut peer, io) = tokio::io::duplex(1024);
-        let keepalive = Keepalive::new(None, None);
-        let tiny = Settings {
-            read_size: 1,
-            ..settings(Role::Server)
-        };
-        let mut conn = WsConnection::new(io, tiny, keepalive, b"");
-        peer.write_all(&masked_frame(OP_TEXT, b"one"))
-            .await
-            .unwrap();
-        peer.write_all(&masked_frame(OP_BINARY, &[7; 300]))
-            .await
-            .unwrap();
-        let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
-        assert!(matches!(got, Received::Message(m) if m.as_text() == Some("one")));
-        let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
-        assert!(matches!(got, Received::Message(m) if m.as_bytes() == [7; 300]));
-    }
-
-    #[tokio::test]
-    async fn bytes_after_the_handshake_are_the_first_frames() {
-        let (_peer, io) = tokio::io::duplex(1024);
-        let mut leftover = masked_frame(OP_TEXT, b"one");
-        leftover.extend_from_slice(&masked_frame(OP_TEXT, b"two"));
-        let keepalive = Keepalive::new(None, None);
-        let mut conn = WsConnection::new(io, settings(Role::Server), keepalive, &leftover);
-        for text in ["one", "two"] {
+        let binary = masked(OP_BINARY, &[7; 300]);
+        let leftover = [masked(OP_TEXT, b"one"), binary[..5].to_vec()].concat();
+        let mut conn = server(io, 1, &leftover);
+        let rest = [&binary[5..], &masked(OP_TEXT, b"two")].concat();
+        peer.write_all(&rest).await.unwrap();
+        for expected in [
+            Message::text("one"),
+            Message::binary(vec![7; 300]),
+            Message::text("two"),
+        ] {
             let got = poll_fn(|cx| conn.poll_recv(cx)).await.unwrap();
-            assert!(matches!(got, Received::Message(m) if m.as_text() == Some(text)));
+            assert!(matches!(got, Received::Message(m) if m == expected));
         }
     }
 
-    /// A byte stream that counts the writes it is given.
+    /// A sink that keeps what it is given and counts the writes.
+    #[derive(Default)]
     struct Counting {
-        io: tokio::io::DuplexStream,
+        data: Vec<u8>,
         writes: usize,
-    }
-
-    impl AsyncRead for Counting {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.io).poll_read(cx, buf)
-        }
     }
 
     impl AsyncWrite for Counting {
         fn poll_write(
-            mut self: Pin<&mut Self>,
+            self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.writes += 1;
-            Pin::new(&mut self.io).poll_write(cx, buf)
+            self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
         }
 
         fn poll_write_vectored(
@@ -575,7 +519,7 @@ mod tests {
             bufs: &[io::IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
             self.writes += 1;
-            Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+            Pin::new(&mut self.data).poll_write_vectored(cx, bufs)
         }
 
         fn is_write_vectored(&self) -> bool {
@@ -583,32 +527,29 @@ mod tests {
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.io).poll_flush(cx)
+            Pin::new(&mut self.data).poll_flush(cx)
         }
 
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.io).poll_shutdown(cx)
+            Pin::new(&mut self.data).poll_shutdown(cx)
         }
     }
 
     #[tokio::test]
     async fn a_batch_of_large_replies_goes_out_in_few_writes() {
-        let (mut peer, io) = tokio::io::duplex(4 << 20);
-        let io = Counting { io, writes: 0 };
-        let keepalive = Keepalive::new(None, None);
-        let mut conn = WsConnection::new(io, settings(Role::Server), keepalive, b"");
+        let io = tokio::io::join(tokio::io::empty(), Counting::default());
+        let mut conn = server(io, 4096, b"");
         let payload = Bytes::from(vec![5u8; 64 * 1024]);
         for _ in 0..8 {
             poll_fn(|cx| conn.poll_ready(cx)).await.unwrap();
             conn.start_send(Message::Binary(payload.clone())).unwrap();
         }
         poll_fn(|cx| conn.poll_flush(cx)).await.unwrap();
-        // 8 x 64 KiB in writes of up to 256 KiB (a vectored write may be
-        // cut short by the stream; the duplex takes it all).
-        assert!(conn.inner.io.writes <= 3, "{} writes", conn.inner.io.writes);
-        let mut got = vec![0u8; 8 * (10 + payload.len())];
-        peer.read_exact(&mut got).await.unwrap();
-        for frame in got.chunks(10 + payload.len()) {
+        // 8 x 64 KiB in writes of up to 256 KiB.
+        let written = conn.inner.io.writer();
+        assert!(written.writes <= 3, "{} writes", written.writes);
+        assert_eq!(written.data.len(), 8 * (10 + payload.len()));
+        for frame in written.data.chunks(10 + payload.len()) {
             assert_eq!(&frame[..2], &[0x82, 127]);
             assert_eq!(&frame[10..], &payload[..]);
         }

@@ -4,7 +4,7 @@ mod support;
 
 use std::sync::Arc;
 
-use support::{Event, LIMIT, Recorder, fast_config, start};
+use support::{Event, LIMIT, Recorder, fast_config, serve, start};
 use switchboard::ws::{self, WsTransport};
 use switchboard::{CloseCode, CloseReason};
 use tokio::time::timeout;
@@ -69,12 +69,13 @@ async fn client_component_talks_to_a_server() {
 
 #[tokio::test]
 async fn refused_upgrade_reports_the_status() {
-    let (recorder, _events) = Recorder::new();
-    let transport = WsTransport::builder()
-        .route("/chat", recorder)
-        .build()
-        .expect("valid");
-    let server = start(transport, fast_config()).await;
+    let chat_only = |r| {
+        WsTransport::builder()
+            .route("/chat", r)
+            .build()
+            .expect("valid")
+    };
+    let (server, _events) = serve(chat_only, fast_config()).await;
     let (client_side, _client_events) = Recorder::new();
     let url = format!("ws://{}/nope", server.local_addr());
     let err = ws::connect_with_config(&url, client_side, fast_config())
@@ -92,8 +93,7 @@ async fn refused_upgrade_reports_the_status() {
 
 #[tokio::test]
 async fn server_shutdown_reaches_the_client_component() {
-    let (recorder, _events) = Recorder::new();
-    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let (server, _events) = serve(WsTransport::new, fast_config()).await;
     let (client_side, mut client_events) = Recorder::new();
     let client = ws::connect_with_config(
         &format!("ws://{}/", server.local_addr()),

@@ -5,69 +5,27 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use support::{
-    Event, LIMIT, RawWs, Recorder, User, fast_config, raw_http, start, status_of, upgrade_request,
+    Event, RawWs, Recorder, User, connect, fast_config, next, raw_http, serve, start, status_of,
+    upgrade_request, upgrade_status,
 };
 use switchboard::ws::{Accept, OriginPolicy, Page, Reject, WsTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-
-type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-/// Connects with extra request headers; `Err(status)` when refused.
-async fn connect(
-    url: &str,
-    headers: &[(&'static str, &str)],
-) -> Result<(Client, Option<String>), u16> {
-    let mut request = url.into_client_request().expect("valid url");
-    for (name, value) in headers {
-        request
-            .headers_mut()
-            .append(*name, HeaderValue::from_str(value).expect("valid header"));
-    }
-    match timeout(LIMIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("handshake in time")
-    {
-        Ok((ws, response)) => {
-            let protocol = response
-                .headers()
-                .get("sec-websocket-protocol")
-                .map(|v| v.to_str().expect("ascii").to_owned());
-            Ok((ws, protocol))
-        }
-        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
-        Err(err) => panic!("handshake failed without an HTTP status: {err}"),
-    }
-}
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
 async fn foreign_origin_gets_403_and_same_origin_connects() {
-    let (recorder, mut events) = Recorder::new();
-    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let (server, mut events) = serve(WsTransport::new, fast_config()).await;
     let addr = server.local_addr();
     let url = format!("ws://{addr}/");
 
-    assert_eq!(
-        connect(&url, &[("Origin", "http://evil.example")])
-            .await
-            .err(),
-        Some(403)
-    );
-    assert_eq!(
-        connect(
-            &url,
-            &[("Origin", &format!("http://localhost:{}", addr.port()))]
-        )
-        .await
-        .err(),
-        Some(403)
-    );
+    let localhost = format!("http://localhost:{}", addr.port());
+    for foreign in ["http://evil.example", &localhost] {
+        assert_eq!(upgrade_status(&url, &[("Origin", foreign)]).await, 403);
+    }
     let same = format!("http://{addr}");
     let (mut ws, _) = connect(&url, &[("Origin", &same)])
         .await
@@ -85,30 +43,21 @@ async fn foreign_origin_gets_403_and_same_origin_connects() {
 
 #[tokio::test]
 async fn origin_allow_list() {
-    let (recorder, _events) = Recorder::new();
-    let transport = WsTransport::builder()
-        .fallback(recorder)
-        .origins(OriginPolicy::List(vec!["https://app.example".into()]))
-        .build()
-        .expect("valid");
-    let server = start(transport, fast_config()).await;
+    let listed = |recorder| {
+        let origins = OriginPolicy::List(vec!["https://app.example".into()]);
+        let builder = WsTransport::builder().fallback(recorder).origins(origins);
+        builder.build().expect("valid")
+    };
+    let (server, _events) = serve(listed, fast_config()).await;
     let url = format!("ws://{}/", server.local_addr());
-    assert!(
-        connect(&url, &[("Origin", "https://app.example")])
-            .await
-            .is_ok()
-    );
+    let same_host = format!("http://{}", server.local_addr());
     assert_eq!(
-        connect(
-            &url,
-            &[("Origin", &format!("http://{}", server.local_addr()))]
-        )
-        .await
-        .err(),
-        Some(403)
+        upgrade_status(&url, &[("Origin", "https://app.example")]).await,
+        101
     );
+    assert_eq!(upgrade_status(&url, &[("Origin", &same_host)]).await, 403);
     // Non-browser clients send no Origin and are not subject to the policy.
-    assert!(connect(&url, &[]).await.is_ok());
+    assert_eq!(upgrade_status(&url, &[]).await, 101);
     server.shutdown().await;
 }
 
@@ -131,19 +80,11 @@ fn authenticated(recorder: Recorder) -> WsTransport {
 
 #[tokio::test]
 async fn hook_rejects_with_its_status() {
-    let (recorder, mut events) = Recorder::new();
-    let server = start(authenticated(recorder), fast_config()).await;
+    let (server, mut events) = serve(authenticated, fast_config()).await;
     let addr = server.local_addr();
-    assert_eq!(
-        connect(&format!("ws://{addr}/chat"), &[]).await.err(),
-        Some(401)
-    );
-    assert_eq!(
-        connect(&format!("ws://{addr}/chat?token=wrong"), &[])
-            .await
-            .err(),
-        Some(403)
-    );
+    assert_eq!(upgrade_status(&format!("ws://{addr}/chat"), &[]).await, 401);
+    let wrong = format!("ws://{addr}/chat?token=wrong");
+    assert_eq!(upgrade_status(&wrong, &[]).await, 403);
     let raw = raw_http(addr, upgrade_request(addr, "/chat", "").as_bytes()).await;
     assert_eq!(status_of(&raw), 401);
     assert!(raw.ends_with("missing token\n"), "{raw}");
@@ -157,8 +98,7 @@ async fn hook_rejects_with_its_status() {
 
 #[tokio::test]
 async fn hook_state_is_seen_in_on_open() {
-    let (recorder, mut events) = Recorder::new();
-    let server = start(authenticated(recorder), fast_config()).await;
+    let (server, mut events) = serve(authenticated, fast_config()).await;
     let addr = server.local_addr();
 
     let (_ws, _) = connect(&format!("ws://{addr}/chat?token=ann-secret"), &[])
@@ -185,43 +125,35 @@ async fn hook_state_is_seen_in_on_open() {
 
 #[tokio::test]
 async fn subprotocol_is_negotiated() {
-    let (recorder, mut events) = Recorder::new();
-    let transport = WsTransport::builder()
-        .fallback(recorder)
-        .subprotocols(["chat.v2", "chat.v1"])
-        .build()
-        .expect("valid");
-    let server = start(transport, fast_config()).await;
+    let speaking = |recorder| {
+        let builder = WsTransport::builder().fallback(recorder);
+        builder
+            .subprotocols(["chat.v2", "chat.v1"])
+            .build()
+            .expect("valid")
+    };
+    let (server, mut events) = serve(speaking, fast_config()).await;
     let url = format!("ws://{}/", server.local_addr());
 
-    let (_ws, chosen) = connect(&url, &[("Sec-WebSocket-Protocol", "chat.v1, chat.v2")])
-        .await
-        .expect("connects");
     // The server's preference wins among those the client offers.
-    assert_eq!(chosen.as_deref(), Some("chat.v2"));
-    assert!(
-        matches!(events.next().await, Event::Open { subprotocol: Some(p), .. } if p == "chat.v2")
-    );
-
-    let (_ws, chosen) = connect(&url, &[("Sec-WebSocket-Protocol", "other, chat.v1")])
-        .await
-        .expect("connects");
-    assert_eq!(chosen.as_deref(), Some("chat.v1"));
-    assert!(
-        matches!(events.next().await, Event::Open { subprotocol: Some(p), .. } if p == "chat.v1")
-    );
-
-    let (_ws, chosen) = connect(&url, &[])
-        .await
-        .expect("connects without a subprotocol");
-    assert_eq!(chosen, None);
-    assert!(matches!(
-        events.next().await,
-        Event::Open {
-            subprotocol: None,
-            ..
+    let mut open = Vec::new();
+    for (offered, chosen) in [
+        (Some("chat.v1, chat.v2"), Some("chat.v2")),
+        (Some("other, chat.v1"), Some("chat.v1")),
+        (None, None),
+    ] {
+        let headers: &[_] = match offered {
+            Some(offered) => &[("Sec-WebSocket-Protocol", offered)],
+            None => &[],
+        };
+        let (ws, got) = connect(&url, headers).await.expect("connects");
+        open.push(ws);
+        assert_eq!(got.as_deref(), chosen);
+        match events.next().await {
+            Event::Open { subprotocol, .. } => assert_eq!(subprotocol.as_deref(), chosen),
+            other => panic!("expected open, got {other:?}"),
         }
-    ));
+    }
     server.shutdown().await;
 }
 
@@ -245,61 +177,30 @@ async fn routes_by_path_and_404s_the_rest() {
             matches!(events.next().await, Event::Open { path: Some(p), .. } if p == format!("/{path}"))
         );
         ws.send(WsMessage::text("hi")).await.expect("send");
-        let reply = timeout(LIMIT, ws.next())
-            .await
-            .expect("reply in time")
-            .expect("open")
-            .expect("ok");
-        assert_eq!(reply, WsMessage::text(format!("{path}:hi")));
+        assert_eq!(
+            next(&mut ws).await,
+            Some(WsMessage::text(format!("{path}:hi")))
+        );
     }
-    assert_eq!(
-        connect(&format!("ws://{addr}/nope"), &[]).await.err(),
-        Some(404)
-    );
-    assert_eq!(
-        connect(&format!("ws://{addr}/chat/"), &[]).await.err(),
-        Some(404)
-    );
-    assert_eq!(
-        status_of(&raw_http(addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await),
-        404
-    );
+    for path in ["/nope", "/chat/"] {
+        assert_eq!(
+            upgrade_status(&format!("ws://{addr}{path}"), &[]).await,
+            404
+        );
+    }
+    let plain = raw_http(addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_of(&plain), 404);
     server.shutdown().await;
 }
 
 #[tokio::test]
-async fn plain_get_of_a_socket_route_gets_426() {
-    let (recorder, _events) = Recorder::new();
-    let transport = WsTransport::builder()
-        .route("/chat", recorder)
-        .build()
-        .expect("valid");
-    let server = start(transport, fast_config()).await;
-    let response = raw_http(
-        server.local_addr(),
-        b"GET /chat HTTP/1.1\r\nHost: localhost\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&response), 426, "{response}");
-    assert!(
-        response
-            .to_ascii_lowercase()
-            .contains("upgrade: websocket\r\n"),
-        "{response}"
-    );
-    server.shutdown().await;
-}
-
-#[tokio::test]
-async fn static_page_is_served_beside_the_socket() {
-    let (recorder, mut events) = Recorder::new();
+async fn static_page_is_served_beside_the_socket_and_426_without_one() {
     let html = "<!doctype html><title>chat</title>";
-    let transport = WsTransport::builder()
-        .route("/chat", recorder)
-        .page("/", Page::html(html))
-        .build()
-        .expect("valid");
-    let server = start(transport, fast_config()).await;
+    let page = |recorder| {
+        let builder = WsTransport::builder().route("/chat", recorder);
+        builder.page("/", Page::html(html)).build().expect("valid")
+    };
+    let (server, mut events) = serve(page, fast_config()).await;
     let addr = server.local_addr();
 
     let response = raw_http(addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
@@ -317,15 +218,17 @@ async fn static_page_is_served_beside_the_socket() {
     let head = raw_http(addr, b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert_eq!(status_of(&head), 200);
     assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
-    assert_eq!(
-        status_of(
-            &raw_http(
-                addr,
-                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-            )
-            .await
-        ),
-        405
+    let post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(status_of(&raw_http(addr, post).await), 405);
+
+    // A plain GET of the socket's own path, which has no page.
+    let response = raw_http(addr, b"GET /chat HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(status_of(&response), 426, "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("upgrade: websocket\r\n"),
+        "{response}"
     );
 
     // The page and the socket share one origin.
@@ -341,19 +244,15 @@ async fn static_page_is_served_beside_the_socket() {
 
 #[tokio::test]
 async fn bad_requests_get_400_431_and_426() {
-    let (recorder, _events) = Recorder::new();
-    let transport = WsTransport::builder()
-        .fallback(recorder)
-        .max_request_head(1024)
-        .build()
-        .expect("valid");
-    let server = start(transport, fast_config()).await;
+    let small = |recorder| {
+        let builder = WsTransport::builder().fallback(recorder);
+        builder.max_request_head(1024).build().expect("valid")
+    };
+    let (server, _events) = serve(small, fast_config()).await;
     let addr = server.local_addr();
 
-    assert_eq!(
-        status_of(&raw_http(addr, b"\x16\x03\x01garbage\r\n\r\n").await),
-        400
-    );
+    let garbage = raw_http(addr, b"\x16\x03\x01garbage\r\n\r\n").await;
+    assert_eq!(status_of(&garbage), 400);
     let huge = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(2000)
@@ -374,10 +273,9 @@ async fn bad_requests_get_400_431_and_426() {
 
 #[tokio::test]
 async fn handshake_timeout_drops_a_half_open_connection() {
-    let (recorder, mut events) = Recorder::new();
     let handshake_timeout = Duration::from_millis(300);
     let config = fast_config().handshake_timeout(handshake_timeout);
-    let server = start(WsTransport::new(recorder), config).await;
+    let (server, mut events) = serve(WsTransport::new, config).await;
 
     let mut stream = TcpStream::connect(server.local_addr())
         .await
@@ -388,7 +286,7 @@ async fn handshake_timeout_drops_a_half_open_connection() {
         .await
         .expect("write");
     let mut rest = Vec::new();
-    let read = timeout(LIMIT, stream.read_to_end(&mut rest))
+    let read = timeout(support::LIMIT, stream.read_to_end(&mut rest))
         .await
         .expect("the server hung up in time");
     // EOF (or a reset): the server dropped the connection without answering.
@@ -409,8 +307,7 @@ async fn handshake_timeout_drops_a_half_open_connection() {
 
 #[tokio::test]
 async fn data_right_after_the_request_is_not_lost() {
-    let (recorder, mut events) = Recorder::new();
-    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let (server, mut events) = serve(WsTransport::new, fast_config()).await;
     let addr = server.local_addr();
 
     // The request and a first frame in one write: the frame arrives in the
@@ -427,8 +324,7 @@ async fn data_right_after_the_request_is_not_lost() {
 
 #[tokio::test]
 async fn raw_client_sees_101_and_the_component_sees_its_address() {
-    let (recorder, mut events) = Recorder::new();
-    let server = start(WsTransport::new(recorder), fast_config()).await;
+    let (server, mut events) = serve(WsTransport::new, fast_config()).await;
     let mut ws = RawWs::connect(server.local_addr(), "/x?y=1").await;
     let ours = ws.stream.local_addr().expect("local addr");
     // The component sees the path (query apart) and the peer's real address.
@@ -436,10 +332,7 @@ async fn raw_client_sees_101_and_the_component_sees_its_address() {
         matches!(events.next().await, Event::Open { path: Some(p), peer, .. } if p == "/x" && peer == ours)
     );
     ws.send_frame(0x2, true, &[1, 2, 3]).await;
-    let echoed = timeout(LIMIT, ws.read_frame())
-        .await
-        .expect("in time")
-        .expect("frame");
+    let echoed = ws.frame().await;
     assert_eq!((echoed.opcode, echoed.payload), (0x2, vec![1, 2, 3]));
     server.shutdown().await;
 }

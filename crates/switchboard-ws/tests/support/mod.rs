@@ -1,18 +1,25 @@
 //! Helpers shared by the socket tests: a recording component, a server on
-//! 127.0.0.1:0, raw HTTP and raw WebSocket clients.
+//! 127.0.0.1:0, tungstenite clients, raw HTTP and raw WebSocket clients.
 #![allow(dead_code, unreachable_pub)]
 
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use switchboard::ws::WsTransport;
 use switchboard::{
-    BoxError, CloseReason, Config, Connection, Message, MessageComponent, Server, ServerHandle,
+    BoxError, CloseReason, Config, Connection, Message, MessageComponent, Reconnect, Server,
+    ServerHandle,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Upper bound for anything a test waits for.
 pub const LIMIT: Duration = Duration::from_secs(10);
@@ -25,6 +32,8 @@ pub enum Event {
         subprotocol: Option<String>,
         user: Option<User>,
         peer: SocketAddr,
+        /// Which connection of a reconnecting client this is.
+        reconnect: Option<u64>,
     },
     Message(Message),
     Error(String),
@@ -35,30 +44,40 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User(pub String);
 
-/// Echoes every message (prefixed with `name` for text when it is set) and
-/// reports every lifecycle event on a channel.
+/// How a [`Recorder`] answers a message.
+enum Reply {
+    Echo,
+    /// Text as `"{name}:{text}"`, binary as it is.
+    Prefixed(&'static str),
+    Nothing,
+}
+
+/// Answers every message (see [`Reply`]) and reports every lifecycle event
+/// on a channel.
 pub struct Recorder {
-    name: Option<&'static str>,
+    reply: Reply,
     events: mpsc::UnboundedSender<Event>,
 }
 
 impl Recorder {
+    /// A recorder that echoes.
     pub fn new() -> (Self, Events) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Recorder {
-                name: None,
-                events: tx,
-            },
-            Events(rx),
-        )
+        Recorder::with(Reply::Echo)
     }
 
     /// A recorder that answers text with `"{name}:{text}"`.
     pub fn named(name: &'static str) -> (Self, Events) {
-        let (mut r, events) = Recorder::new();
-        r.name = Some(name);
-        (r, events)
+        Recorder::with(Reply::Prefixed(name))
+    }
+
+    /// A recorder that answers nothing: a client of an echoing server.
+    pub fn silent() -> (Self, Events) {
+        Recorder::with(Reply::Nothing)
+    }
+
+    fn with(reply: Reply) -> (Self, Events) {
+        let (events, rx) = mpsc::unbounded_channel();
+        (Recorder { reply, events }, Events(rx))
     }
 }
 
@@ -70,14 +89,16 @@ impl MessageComponent for Recorder {
             subprotocol: info.subprotocol().map(str::to_owned),
             user: conn.extension::<User>(),
             peer: conn.peer_addr(),
+            reconnect: conn.extension::<Reconnect>().map(|r| r.connection()),
         });
         Ok(())
     }
 
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         let _ = self.events.send(Event::Message(msg.clone()));
-        match (self.name, msg.as_text()) {
-            (Some(name), Some(text)) => conn.send(format!("{name}:{text}"))?,
+        match (&self.reply, msg.as_text()) {
+            (Reply::Nothing, _) => {}
+            (Reply::Prefixed(name), Some(text)) => conn.send(format!("{name}:{text}"))?,
             _ => conn.send(msg)?,
         }
         Ok(())
@@ -127,13 +148,98 @@ pub fn fast_config() -> Config {
         .shutdown_grace(Duration::from_secs(2))
 }
 
+/// A server on 127.0.0.1 with a port of its own.
 pub async fn start(transport: WsTransport, config: Config) -> ServerHandle {
+    start_at("127.0.0.1:0", transport, config).await
+}
+
+/// A server listening on `addr`.
+pub async fn start_at(
+    addr: impl ToSocketAddrs + Debug + Send + Sync + 'static,
+    transport: WsTransport,
+    config: Config,
+) -> ServerHandle {
     Server::builder()
         .config(config)
-        .bind("127.0.0.1:0", transport)
+        .bind(addr, transport)
         .start()
         .await
         .expect("server starts")
+}
+
+/// A server whose one component is an echoing [`Recorder`], in what
+/// `transport` makes of it (`WsTransport::new` serves it on every path).
+pub async fn serve(
+    transport: impl FnOnce(Recorder) -> WsTransport,
+    config: Config,
+) -> (ServerHandle, Events) {
+    let (recorder, events) = Recorder::new();
+    (start(transport(recorder), config).await, events)
+}
+
+/// An echoing server on every path with `config`, and a raw client of it.
+pub async fn serve_raw(config: Config) -> (ServerHandle, Events, RawWs) {
+    let (server, events) = serve(WsTransport::new, config).await;
+    let ws = RawWs::connect(server.local_addr(), "/").await;
+    (server, events, ws)
+}
+
+/// A tungstenite client, the reference implementation of the protocol.
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects with extra request headers; `Err(status)` when refused.
+pub async fn connect(
+    url: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<(Client, Option<String>), u16> {
+    let mut request = url.into_client_request().expect("valid url");
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .append(*name, HeaderValue::from_str(value).expect("valid header"));
+    }
+    match timeout(LIMIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake in time")
+    {
+        Ok((ws, response)) => {
+            let protocol = response
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            Ok((ws, protocol))
+        }
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(err) => panic!("handshake failed without an HTTP status: {err}"),
+    }
+}
+
+/// The HTTP status `url` answers an upgrade with: 101 or a refusal.
+pub async fn upgrade_status(url: &str, headers: &[(&'static str, &str)]) -> u16 {
+    connect(url, headers)
+        .await
+        .map_or_else(|status| status, |_| 101)
+}
+
+/// A client of `ws://{addr}/`.
+pub async fn client(addr: SocketAddr) -> Client {
+    let url = format!("ws://{addr}/");
+    connect(&url, &[]).await.expect("upgraded").0
+}
+
+/// The next data or close message (pings are skipped); `None` at the end.
+pub async fn next(ws: &mut Client) -> Option<WsMessage> {
+    timeout(LIMIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                Some(Ok(msg)) => return Some(msg),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("message in time")
 }
 
 /// Sends `request` as is and returns the whole response (the server closes
@@ -242,14 +348,23 @@ impl RawWs {
         }
     }
 
-    /// Reads frames until a close frame (returned) or EOF (`None`).
-    pub async fn read_until_close(&mut self) -> Option<RawFrame> {
-        while let Some(frame) = self.read_frame().await {
+    /// The next frame, which must come within `LIMIT`.
+    pub async fn frame(&mut self) -> RawFrame {
+        timeout(LIMIT, self.read_frame())
+            .await
+            .expect("frame in time")
+            .expect("a frame before EOF")
+    }
+
+    /// Skips frames until a close frame, which must come within `LIMIT`,
+    /// and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let frame = self.frame().await;
             if frame.opcode == 0x8 {
-                return Some(frame);
+                return frame.close_code();
             }
         }
-        None
     }
 }
 
