@@ -100,21 +100,8 @@ impl Default for Config {
     }
 }
 
-macro_rules! setter {
-    ($(#[$doc:meta] $name:ident: $ty:ty),* $(,)?) => {
-        $(
-            #[$doc]
-            #[must_use]
-            pub fn $name(mut self, value: $ty) -> Self {
-                self.$name = value;
-                self
-            }
-        )*
-    };
-}
-
 impl Config {
-    setter! {
+    setters! {
         /// Sets [`Config::max_message_size`].
         max_message_size: usize,
         /// Sets [`Config::max_frame_size`].

@@ -28,6 +28,20 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// Chainable setters for a settings struct: `name(value)` sets field `name`.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[must_use]
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.$name = value;
+                self
+            }
+        )*
+    };
+}
+
 mod client;
 mod close;
 mod component;

@@ -173,11 +173,9 @@ impl RateLimit {
         }
     }
 
-    /// Sets what happens over the limit.
-    #[must_use]
-    pub fn action(mut self, action: RateLimitAction) -> Self {
-        self.action = action;
-        self
+    setters! {
+        /// Sets what happens over the limit.
+        action: RateLimitAction,
     }
 }
 
