@@ -29,20 +29,28 @@ pub fn spawn_client<C: TransportConn, K: MessageComponent + ?Sized>(
     component: Arc<K>,
     config: Config,
 ) -> Result<ClientHandle> {
-    spawn_client_with(io, peer, info, Extensions::default(), component, config)
+    config.validate()?;
+    Ok(start_client(
+        io,
+        peer,
+        info,
+        Extensions::default(),
+        component,
+        config,
+    ))
 }
 
-/// [`spawn_client`] with extensions for the connection (the reconnecting
-/// client marks each connection with its [`Reconnect`](crate::Reconnect)).
-pub(crate) fn spawn_client_with<C: TransportConn, K: MessageComponent + ?Sized>(
+/// [`spawn_client`] with a `config` already validated and extensions for
+/// the connection (the reconnecting client marks each connection with its
+/// [`Reconnect`](crate::Reconnect)).
+pub(crate) fn start_client<C: TransportConn, K: MessageComponent + ?Sized>(
     io: C,
     peer: SocketAddr,
     info: TransportInfo,
     extensions: Extensions,
     component: Arc<K>,
     config: Config,
-) -> Result<ClientHandle> {
-    config.validate()?;
+) -> ClientHandle {
     let ctx = Context::new(config);
     let (tx, rx) = watch::channel(None);
     let conn = ctx.open(peer, info, extensions);
@@ -51,11 +59,11 @@ pub(crate) fn spawn_client_with<C: TransportConn, K: MessageComponent + ?Sized>(
         let reason = Context::drive(io, task_conn, component).await;
         let _ = tx.send(Some(reason));
     });
-    Ok(ClientHandle {
+    ClientHandle {
         conn,
         ctx,
         closed: rx,
-    })
+    }
 }
 
 /// A running client connection: send, close, wait for the end.
