@@ -205,6 +205,20 @@ struct Rooms {
     by_conn: HashMap<ConnectionId, Vec<Arc<str>>>,
 }
 
+impl Rooms {
+    /// Removes `id` from the members of `room`; true when that emptied it.
+    fn remove_member(&mut self, room: &str, id: ConnectionId) -> bool {
+        let Some(members) = self.by_name.get_mut(room) else {
+            return false;
+        };
+        if members.remove(&id).is_none() || !members.is_empty() {
+            return false;
+        }
+        self.by_name.remove(room);
+        true
+    }
+}
+
 impl Default for Hub {
     fn default() -> Self {
         Hub::new()
@@ -317,7 +331,17 @@ impl Hub {
     /// Removes connection `id` from `room`. The last local member leaving
     /// unsubscribes the broker.
     pub async fn leave_room(&self, room: &str, id: ConnectionId) -> Result<()> {
-        let emptied = self.shared.leave_room_sync(room, id);
+        let emptied = {
+            let mut rooms = write(&self.shared.rooms);
+            let emptied = rooms.remove_member(room, id);
+            if let Some(list) = rooms.by_conn.get_mut(&id) {
+                list.retain(|r| &**r != room);
+                if list.is_empty() {
+                    rooms.by_conn.remove(&id);
+                }
+            }
+            emptied
+        };
         if emptied {
             self.shared.sync_subscription(room).await?;
         }
@@ -406,28 +430,6 @@ impl HubShared {
         Ok(())
     }
 
-    /// Removes `id` from `room`; true when the room became empty.
-    fn leave_room_sync(&self, room: &str, id: ConnectionId) -> bool {
-        let mut rooms = write(&self.rooms);
-        let Some(members) = rooms.by_name.get_mut(room) else {
-            return false;
-        };
-        if members.remove(&id).is_none() {
-            return false;
-        }
-        let emptied = members.is_empty();
-        if emptied {
-            rooms.by_name.remove(room);
-        }
-        if let Some(list) = rooms.by_conn.get_mut(&id) {
-            list.retain(|r| &**r != room);
-            if list.is_empty() {
-                rooms.by_conn.remove(&id);
-            }
-        }
-        emptied
-    }
-
     /// A connection finished: it leaves the members and all its rooms.
     pub(crate) fn remove_everywhere(self: &Arc<Self>, id: ConnectionId) {
         write(&self.members).remove(&id);
@@ -436,18 +438,7 @@ impl HubShared {
             let names = rooms.by_conn.remove(&id).unwrap_or_default();
             names
                 .into_iter()
-                .filter(|name| match rooms.by_name.get_mut(name) {
-                    Some(members) => {
-                        members.remove(&id);
-                        if members.is_empty() {
-                            rooms.by_name.remove(name);
-                            true
-                        } else {
-                            false
-                        }
-                    }
-                    None => false,
-                })
+                .filter(|name| rooms.remove_member(name, id))
                 .collect()
         };
         if emptied.is_empty() {
