@@ -114,25 +114,23 @@ impl Context {
 
     /// Counts a new connection against the limits, or refuses it.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
-        let config = &self.config;
         let total = self.admitted.fetch_add(1, Ordering::AcqRel) + 1;
-        let admission = Admission {
+        // Counted from here on: dropping it on refusal takes the count back.
+        let mut admission = Admission {
             ctx: self.clone(),
             ip: None,
         };
-        if config.max_connections.is_some_and(|max| total > max) {
+        if self.config.max_connections.is_some_and(|max| total > max) {
             return None;
         }
-        if let Some(max) = config.max_connections_per_ip {
+        if let Some(max) = self.config.max_connections_per_ip {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = per_ip.entry(ip).or_insert(0);
             if *n >= max {
                 return None;
             }
             *n += 1;
-            let mut admission = admission;
             admission.ip = Some(ip);
-            return Some(admission);
         }
         Some(admission)
     }
