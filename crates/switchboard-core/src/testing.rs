@@ -158,28 +158,23 @@ impl TestClient {
         if self.close.is_some() {
             return None;
         }
-        match self.rx.recv().await {
-            Some(Frame::Message(m)) => Some(m),
-            Some(Frame::Close(frame)) => {
-                self.close = Some(frame);
-                None
-            }
-            None => {
-                self.close = Some(None);
-                None
-            }
-        }
+        let frame = self.rx.recv().await.unwrap_or(Frame::Close(None));
+        self.take(frame)
     }
 
     /// A message already delivered, without waiting.
     pub fn try_recv(&mut self) -> Option<Message> {
-        match self.rx.try_recv() {
-            Ok(Frame::Message(m)) => Some(m),
-            Ok(Frame::Close(frame)) => {
+        let frame = self.rx.try_recv().ok()?;
+        self.take(frame)
+    }
+
+    fn take(&mut self, frame: Frame) -> Option<Message> {
+        match frame {
+            Frame::Message(m) => Some(m),
+            Frame::Close(frame) => {
                 self.close = Some(frame);
                 None
             }
-            Err(_) => None,
         }
     }
 
