@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use async_trait::async_trait;
 use switchboard_core::{Broker, ConnectionId, LocalBroker, LocalDelivery, Message, Topic};
@@ -12,7 +11,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::options::{Channels, RedisOptions};
-use crate::publisher::{Publisher, Stats};
+use crate::publisher::Publisher;
 use crate::subscriber::Subscriber;
 
 /// A snapshot of a broker's (or an emitter's) links and counters.
@@ -112,7 +111,6 @@ struct Inner {
     channels: Channels,
     publisher: Arc<Publisher>,
     subscriber: Arc<Subscriber>,
-    stats: Arc<Stats>,
     /// Stops the background task when the last handle goes.
     _stop: DropGuard,
 }
@@ -127,46 +125,33 @@ impl RedisBroker {
     ///
     /// Needs a tokio runtime.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
-        options.validate()?;
-        let client = redis::Client::open(url).map_err(|e| Error::invalid_url(url, e))?;
+        let publisher = Publisher::connect(url, &options).await?;
         let node_id: Arc<str> = options.node_id_or_random("node").into();
         let channels = Channels::new(&options.prefix);
-        let stats = Arc::new(Stats::default());
-        let publisher = Publisher::connect(client.clone(), &options, stats.clone())
-            .await
-            .map_err(|err| err.connecting_to(url))?;
         let subscriber = Arc::new(Subscriber::new(
-            client,
+            &publisher,
             options.clone(),
             channels.clone(),
             node_id.clone(),
-            stats.clone(),
         ));
-
         let stop = CancellationToken::new();
-        let task = {
+        tokio::spawn({
             let (publisher, subscriber, stop) =
                 (publisher.clone(), subscriber.clone(), stop.clone());
             async move {
-                tokio::join!(
-                    subscriber.run(&publisher, stop.clone()),
-                    publisher.watchdog(stop.clone()),
-                );
+                tokio::join!(subscriber.run(&publisher, &stop), publisher.watchdog(&stop));
             }
-        };
-        tokio::spawn(task);
+        });
         let guard = stop.drop_guard();
 
+        let wait = options.timeout * 2;
         let mut applied = subscriber.applied.subscribe();
-        match timeout(options.timeout * 2, applied.wait_for(|a| a.up)).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                return Err(Error::Timeout {
-                    operation: "SUBSCRIBE",
-                    after: options.timeout * 2,
-                }
-                .connecting_to(url));
-            }
+        if !matches!(timeout(wait, applied.wait_for(|a| a.up)).await, Ok(Ok(_))) {
+            let err = Error::Timeout {
+                operation: "SUBSCRIBE",
+                after: wait,
+            };
+            return Err(err.connecting_to(url));
         }
         tracing::info!(node = %node_id, "redis broker connected");
         Ok(RedisBroker {
@@ -175,7 +160,6 @@ impl RedisBroker {
                 channels,
                 publisher,
                 subscriber,
-                stats,
                 _stop: guard,
             }),
         })
@@ -188,16 +172,12 @@ impl RedisBroker {
 
     /// Whether both links are up and the counters so far.
     pub fn status(&self) -> Status {
-        let s = &self.inner.stats;
-        Status {
-            connected: self.inner.subscriber.is_up() && self.inner.publisher.is_up(),
-            rooms: self.inner.subscriber.rooms(),
-            published: s.published.load(Relaxed),
-            publish_errors: s.publish_errors.load(Relaxed),
-            received: s.received.load(Relaxed),
-            invalid: s.invalid.load(Relaxed),
-            reconnects: s.reconnects.load(Relaxed),
-        }
+        let inner = &self.inner;
+        let connected = inner.subscriber.is_up() && inner.publisher.is_up();
+        inner
+            .publisher
+            .stats
+            .status(connected, inner.subscriber.rooms())
     }
 }
 

@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::broker::Status;
+use crate::error::{Error, Result, bounded};
 use crate::options::RedisOptions;
 
 /// Counters shared by the links of one broker or emitter.
@@ -28,10 +29,23 @@ impl Stats {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
+
+    /// The counters, with what the links say.
+    pub(crate) fn status(&self, connected: bool, rooms: usize) -> Status {
+        Status {
+            connected,
+            rooms,
+            published: self.published.load(Relaxed),
+            publish_errors: self.publish_errors.load(Relaxed),
+            received: self.received.load(Relaxed),
+            invalid: self.invalid.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+        }
+    }
 }
 
 pub(crate) struct Publisher {
-    client: Client,
+    pub(crate) client: Client,
     config: AsyncConnectionConfig,
     timeout: Duration,
     ping_interval: Duration,
@@ -44,7 +58,8 @@ pub(crate) struct Publisher {
     /// A publish that broke the link wakes the watchdog, which then
     /// reconnects at once instead of at its next ping.
     broken: Notify,
-    stats: Arc<Stats>,
+    /// The counters of the broker or emitter this link belongs to.
+    pub(crate) stats: Arc<Stats>,
 }
 
 #[derive(Default)]
@@ -56,12 +71,12 @@ struct Link {
 }
 
 impl Publisher {
-    /// Connects once; fails if Redis cannot be reached within the timeout.
-    pub(crate) async fn connect(
-        client: Client,
-        options: &RedisOptions,
-        stats: Arc<Stats>,
-    ) -> Result<Arc<Self>> {
+    /// Checks `options` and connects to `url` once, for a broker's or an
+    /// emitter's start-up: fails if Redis cannot be reached within the
+    /// timeout.
+    pub(crate) async fn connect(url: &str, options: &RedisOptions) -> Result<Arc<Self>> {
+        options.validate()?;
+        let client = Client::open(url).map_err(|e| Error::invalid_url(url, e))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout));
@@ -74,9 +89,12 @@ impl Publisher {
             reconnect_max: options.reconnect_max,
             link: Mutex::default(),
             broken: Notify::new(),
-            stats,
+            stats: Arc::default(),
         };
-        let conn = publisher.open().await?;
+        let conn = publisher
+            .open()
+            .await
+            .map_err(|err| err.connecting_to(url))?;
         publisher.install(conn);
         Ok(Arc::new(publisher))
     }
@@ -119,27 +137,26 @@ impl Publisher {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(channel).arg(payload);
         let publish = cmd.query_async::<usize>(&mut conn);
+        let timed_out = Error::Timeout {
+            operation: "PUBLISH",
+            after: self.timeout,
+        };
         match timeout(self.timeout, publish).await {
             Ok(Ok(receivers)) => Ok(receivers),
             Ok(Err(err)) => {
                 if breaks_link(&err) {
                     self.drop_link(generation, &err);
                 }
-                if err.is_timeout() {
-                    // redis-rs's own response timeout, set to the same value.
-                    return Err(Error::Timeout {
-                        operation: "PUBLISH",
-                        after: self.timeout,
-                    });
-                }
-                Err(Error::unavailable(err))
+                // redis-rs's own response timeout is set to the same value.
+                Err(if err.is_timeout() {
+                    timed_out
+                } else {
+                    Error::unavailable(err)
+                })
             }
             Err(_) => {
                 self.drop_link(generation, &"no answer to PUBLISH");
-                Err(Error::Timeout {
-                    operation: "PUBLISH",
-                    after: self.timeout,
-                })
+                Err(timed_out)
             }
         }
     }
@@ -147,7 +164,7 @@ impl Publisher {
     /// Keeps the link alive for as long as `stop` is not cancelled: pings
     /// it while it is up, reconnects with capped exponential backoff while
     /// it is down. It never gives up.
-    pub(crate) async fn watchdog(&self, stop: CancellationToken) {
+    pub(crate) async fn watchdog(&self, stop: &CancellationToken) {
         let mut backoff = self.reconnect_min;
         loop {
             let current = {
@@ -200,14 +217,7 @@ impl Publisher {
         let connect = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config);
-        match timeout(self.timeout, connect).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(err)) => Err(Error::unavailable(err)),
-            Err(_) => Err(Error::Timeout {
-                operation: "CONNECT",
-                after: self.timeout,
-            }),
-        }
+        bounded("CONNECT", self.timeout, connect).await
     }
 
     fn install(&self, conn: MultiplexedConnection) {

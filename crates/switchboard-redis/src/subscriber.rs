@@ -16,7 +16,7 @@ use tokio::time::{MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, bounded};
 use crate::options::{Channels, RedisOptions};
 use crate::publisher::{Publisher, Stats};
 
@@ -60,15 +60,16 @@ pub(crate) struct Subscriber {
 }
 
 impl Subscriber {
+    /// The subscribing side of `publisher`'s broker: the same Redis, the
+    /// same counters.
     pub(crate) fn new(
-        client: Client,
+        publisher: &Publisher,
         options: RedisOptions,
         channels: Channels,
         node_id: Arc<str>,
-        stats: Arc<Stats>,
     ) -> Self {
         Subscriber {
-            client,
+            client: publisher.client.clone(),
             node_channel: channels.node(&node_id),
             options,
             channels,
@@ -78,7 +79,7 @@ impl Subscriber {
             changed: Notify::new(),
             applied: watch::Sender::new(Applied::default()),
             connected: AtomicBool::new(false),
-            stats,
+            stats: publisher.stats.clone(),
         }
     }
 
@@ -122,7 +123,7 @@ impl Subscriber {
 
     /// The task: one session per connection, forever, with capped
     /// exponential backoff between failed attempts.
-    pub(crate) async fn run(&self, publisher: &Publisher, stop: CancellationToken) {
+    pub(crate) async fn run(&self, publisher: &Publisher, stop: &CancellationToken) {
         let mut backoff = self.options.reconnect_min;
         let mut sessions = 0u64;
         loop {
@@ -153,15 +154,9 @@ impl Subscriber {
     /// reconcile and ping until the link fails. Returns why it ended.
     async fn session(&self, previous: u64, publisher: &Publisher) -> Error {
         let t = self.options.timeout;
-        let pubsub = match timeout(t, self.client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(err)) => return Error::unavailable(err),
-            Err(_) => {
-                return Error::Timeout {
-                    operation: "CONNECT",
-                    after: t,
-                };
-            }
+        let pubsub = match bounded("CONNECT", t, self.client.get_async_pubsub()).await {
+            Ok(pubsub) => pubsub,
+            Err(err) => return err,
         };
         let (mut sink, mut stream) = pubsub.split();
 
@@ -203,10 +198,8 @@ impl Subscriber {
                         }
                     }
                     _ = ping.tick() => {
-                        match timeout(t, sink.ping::<redis::Value>()).await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(err)) => return Error::unavailable(err),
-                            Err(_) => return Error::Timeout { operation: "PING", after: t },
+                        if let Err(err) = bounded("PING", t, sink.ping::<redis::Value>()).await {
+                            return err;
                         }
                     }
                 }
@@ -230,32 +223,22 @@ impl Subscriber {
         sink: &mut PubSubSink,
         subscribed: &mut HashSet<String>,
     ) -> Result<()> {
-        let (dirty, wanted, generation) = {
+        let (add, remove, generation): (Vec<_>, Vec<_>, _) = {
             let mut wanted = self.lock();
             let dirty = std::mem::take(&mut wanted.dirty);
-            let now: Vec<bool> = dirty.iter().map(|r| wanted.rooms.contains(r)).collect();
-            (dirty, now, wanted.generation)
+            let (add, remove) = dirty
+                .into_iter()
+                .filter(|room| wanted.rooms.contains(room) != subscribed.contains(room))
+                .partition(|room| wanted.rooms.contains(room));
+            (add, remove, wanted.generation)
         };
-        let mut add = Vec::new();
-        let mut remove = Vec::new();
-        for (room, want) in dirty.into_iter().zip(wanted) {
-            match (want, subscribed.contains(&room)) {
-                (true, false) => add.push(room),
-                (false, true) => remove.push(room),
-                _ => {}
-            }
-        }
-        if !add.is_empty() {
-            let names = add.iter().map(|r| self.channels.room(r)).collect();
-            self.command(sink, true, names).await?;
-            subscribed.extend(add);
-        }
-        if !remove.is_empty() {
-            let names = remove.iter().map(|r| self.channels.room(r)).collect();
-            self.command(sink, false, names).await?;
-            for room in &remove {
-                subscribed.remove(room);
-            }
+        let names = add.iter().map(|r| self.channels.room(r)).collect();
+        self.command(sink, true, names).await?;
+        subscribed.extend(add);
+        let names = remove.iter().map(|r| self.channels.room(r)).collect();
+        self.command(sink, false, names).await?;
+        for room in &remove {
+            subscribed.remove(room);
         }
         self.applied.send_replace(Applied {
             up: true,
@@ -264,7 +247,8 @@ impl Subscriber {
         Ok(())
     }
 
-    /// `SUBSCRIBE`/`UNSUBSCRIBE` in chunks, each confirmed within the timeout.
+    /// `SUBSCRIBE`/`UNSUBSCRIBE` in chunks, each confirmed within the
+    /// timeout; nothing for no channels.
     async fn command(
         &self,
         sink: &mut PubSubSink,
@@ -272,26 +256,11 @@ impl Subscriber {
         channels: Vec<String>,
     ) -> Result<()> {
         let t = self.options.timeout;
-        let operation = if subscribe {
-            "SUBSCRIBE"
-        } else {
-            "UNSUBSCRIBE"
-        };
         for chunk in channels.chunks(CHUNK) {
-            let sent = if subscribe {
-                timeout(t, sink.subscribe(chunk)).await
+            if subscribe {
+                bounded("SUBSCRIBE", t, sink.subscribe(chunk)).await?;
             } else {
-                timeout(t, sink.unsubscribe(chunk)).await
-            };
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => return Err(Error::unavailable(err)),
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        operation,
-                        after: t,
-                    });
-                }
+                bounded("UNSUBSCRIBE", t, sink.unsubscribe(chunk)).await?;
             }
         }
         Ok(())
@@ -321,8 +290,8 @@ impl Subscriber {
         } else if channel == self.channels.all() {
             env.room.is_none()
         } else {
-            self.channels.room_of(channel).is_some()
-                && self.channels.room_of(channel) == env.room.as_deref()
+            let room = self.channels.room_of(channel);
+            room.is_some() && room == env.room.as_deref()
         };
         if !matches {
             Stats::bump(&self.stats.invalid);
