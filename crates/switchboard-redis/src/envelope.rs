@@ -168,40 +168,20 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<Envelope, DecodeError> {
 mod tests {
     use super::*;
 
-    fn roundtrip(topic: Topic<'_>, except: Option<u64>, msg: Message) -> Envelope {
-        let bytes = encode("node-1", topic, except, &msg).expect("encodes");
-        decode(Bytes::from(bytes)).expect("decodes")
-    }
-
     #[test]
-    fn text_to_a_room_with_except() {
-        let env = roundtrip(Topic::Room("lobby"), Some(42), Message::text("héllo"));
-        assert_eq!(&env.origin[..], b"node-1");
-        assert_eq!(env.topic(), Topic::Room("lobby"));
-        assert_eq!(env.except, Some(42));
-        assert_eq!(env.message, Message::text("héllo"));
-    }
-
-    #[test]
-    fn binary_to_all_is_preserved() {
-        let payload = vec![0u8, 0xff, b'\n', 0x80];
-        let env = roundtrip(Topic::All, None, Message::binary(payload.clone()));
-        assert_eq!(env.topic(), Topic::All);
-        assert_eq!(env.except, None);
-        assert_eq!(env.message, Message::binary(payload));
-    }
-
-    #[test]
-    fn empty_payloads_keep_their_kind() {
-        assert_eq!(
-            roundtrip(Topic::All, None, Message::text("")).message,
-            Message::text("")
-        );
-        assert!(
-            roundtrip(Topic::All, None, Message::binary(Vec::new()))
-                .message
-                .is_binary()
-        );
+    fn roundtrips_keep_topic_except_and_payload_kind() {
+        for (topic, except, msg) in [
+            (Topic::Room("lobby"), Some(42), Message::text("héllo")),
+            (Topic::All, None, Message::binary(&b"\x00\xff\n\x80"[..])),
+            (Topic::All, None, Message::text("")),
+            (Topic::All, None, Message::binary(Vec::new())),
+        ] {
+            let bytes = encode("node-1", topic, except, &msg).expect("encodes");
+            let env = decode(Bytes::from(bytes)).expect("decodes");
+            assert_eq!(&env.origin[..], b"node-1");
+            assert_eq!((env.topic(), env.except), (topic, except));
+            assert_eq!(env.message, msg);
+        }
     }
 
     #[test]
@@ -234,8 +214,7 @@ mod tests {
         let mut no_origin = good.clone();
         no_origin[2] = 0;
         assert_eq!(decode(Bytes::from(no_origin)), Err(DecodeError::Origin));
-        let bad_text = encode("n", Topic::All, None, &Message::text("x")).expect("ok");
-        let mut bad_text = bad_text;
+        let mut bad_text = encode("n", Topic::All, None, &Message::text("x")).expect("ok");
         let last = bad_text.len() - 1;
         bad_text[last] = 0xff;
         assert_eq!(decode(Bytes::from(bad_text)), Err(DecodeError::Utf8));
