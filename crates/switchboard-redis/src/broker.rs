@@ -43,12 +43,10 @@ pub struct Status {
 ///
 /// # Channels
 ///
-/// For a [`prefix`](RedisOptions::prefix) `p`: room `name` travels on
-/// `p:room:name`, broadcasts on `p:all`, and messages for one node on
-/// `p:node:{id}`. A node subscribes to a room's channel only while the room
-/// has local members (the hub calls [`subscribe`](Broker::subscribe) for a
-/// room's first local member and [`unsubscribe`](Broker::unsubscribe) after
-/// its last), so Redis sends a node only what its members need.
+/// Rooms, broadcasts and messages for one node travel on channels named
+/// after the [`prefix`](RedisOptions::prefix). A node subscribes to a
+/// room's channel only while the room has local members, so Redis sends a
+/// node only what its members need.
 ///
 /// # Delivery
 ///

@@ -100,44 +100,22 @@
 //! `on_open` after the handshake hook authenticated the request, or after a
 //! login message); every tab and device of that user is then a member.
 //!
-//! # How it talks to Redis, and why
+//! # How it talks to Redis
 //!
-//! Each broker keeps two connections:
-//!
-//! - **publishing**: one multiplexed connection (redis-rs
-//!   `MultiplexedConnection`), shared by every publishing task;
-//! - **subscribing**: one dedicated pub/sub connection (redis-rs `PubSub`,
-//!   RESP2 or RESP3 as the URL says), owned by one background task that
-//!   delivers what arrives to the hub.
-//!
-//! Neither relies on redis-rs's `ConnectionManager` for reconnection. Its
-//! retry budget is finite (a few attempts with exponential backoff), after
-//! which a subscribe-only manager never reconnects again because no command
-//! triggers it; a response timeout does not make it drop a half-open
-//! connection; and commands issued while it reconnects wait for its backoff.
-//! Instead one task per broker supervises both links, forever:
-//!
-//! - it pings each link every [`ping_interval`](RedisOptions::ping_interval)
-//!   and replaces a link that errors or does not answer within
-//!   [`timeout`](RedisOptions::timeout) (this catches half-open TCP
-//!   connections);
-//! - it reconnects with exponential backoff from
-//!   [`reconnect_min`](RedisOptions::reconnect_min) to
-//!   [`reconnect_max`](RedisOptions::reconnect_max), with no attempt limit;
-//! - on a new subscription link it subscribes to the broadcast channel, the
-//!   node's own channel and every room that has local members.
-//!
-//! A publish takes the current link without waiting: while there is none
-//! it fails at once, otherwise within the timeout. So a handler that
-//! publishes during an outage is never held up, and local delivery (done
-//! by the hub before the broker is called) goes on.
-//!
-//! A dedicated pub/sub connection rather than RESP3 pushes on the shared
-//! connection: it works with every Redis version and fork, and a flood of
+//! Each broker keeps two connections: one multiplexed connection (redis-rs
+//! `MultiplexedConnection`) shared by every publishing task, and one
+//! dedicated pub/sub connection (redis-rs `PubSub`, RESP2 or RESP3 as the
+//! URL says) owned by a background task that delivers what arrives to the
+//! hub. A dedicated pub/sub connection rather than RESP3 pushes on the
+//! shared one works with every Redis version and fork, and a flood of
 //! incoming messages never delays outgoing publishes behind it.
 //!
-//! See `docs/scaling.md` for the topology, the delivery guarantees and the
-//! envelope format.
+//! The broker supervises both links itself, with no attempt limit, rather
+//! than through redis-rs's `ConnectionManager`: its retry budget is finite,
+//! after which a subscribe-only manager never reconnects, and it keeps a
+//! half-open connection after a response timeout. What this means during
+//! an outage is under [`RedisBroker`]; `docs/scaling.md` describes the
+//! topology, the delivery guarantees and the envelope format.
 //!
 //! # Layout
 //!
