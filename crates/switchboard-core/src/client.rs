@@ -30,14 +30,8 @@ pub fn spawn_client<C: TransportConn, K: MessageComponent + ?Sized>(
     config: Config,
 ) -> Result<ClientHandle> {
     config.validate()?;
-    Ok(start_client(
-        io,
-        peer,
-        info,
-        Extensions::default(),
-        component,
-        config,
-    ))
+    let extensions = Extensions::default();
+    Ok(start_client(io, peer, info, extensions, component, config))
 }
 
 /// [`spawn_client`] with a `config` already validated and extensions for
