@@ -50,14 +50,9 @@ use crate::stats::Counters;
 use crate::transport::{Received, TransportConn, TransportInfo};
 
 /// In-flight frames per direction. Small, so a client that stops reading
-/// backs up into the server's outbound queue as a real socket would.
+/// backs up into the server's outbound queue as a real socket would. A
+/// frame is what one side receives: a message, or the other side's close.
 const CHANNEL_CAPACITY: usize = 16;
-
-#[derive(Debug)]
-enum Frame {
-    Message(Message),
-    Close(Option<CloseFrame>),
-}
 
 /// A component served over in-memory connections.
 pub struct TestServer {
@@ -134,8 +129,8 @@ impl TestServer {
 /// The peer of one in-memory connection.
 #[derive(Debug)]
 pub struct TestClient {
-    tx: mpsc::Sender<Frame>,
-    rx: mpsc::Receiver<Frame>,
+    tx: mpsc::Sender<Received>,
+    rx: mpsc::Receiver<Received>,
     close: Option<Option<CloseFrame>>,
     peer: SocketAddr,
 }
@@ -149,7 +144,7 @@ impl TestClient {
     /// Sends a message; waits while the server is not reading (its handler
     /// is busy). Returns false when the server side is gone.
     pub async fn send(&self, msg: impl Into<Message>) -> bool {
-        self.tx.send(Frame::Message(msg.into())).await.is_ok()
+        self.tx.send(Received::Message(msg.into())).await.is_ok()
     }
 
     /// The next message, or `None` once the server closed the connection
@@ -158,7 +153,7 @@ impl TestClient {
         if self.close.is_some() {
             return None;
         }
-        let frame = self.rx.recv().await.unwrap_or(Frame::Close(None));
+        let frame = self.rx.recv().await.unwrap_or(Received::Closed(None));
         self.take(frame)
     }
 
@@ -168,10 +163,10 @@ impl TestClient {
         self.take(frame)
     }
 
-    fn take(&mut self, frame: Frame) -> Option<Message> {
+    fn take(&mut self, frame: Received) -> Option<Message> {
         match frame {
-            Frame::Message(m) => Some(m),
-            Frame::Close(frame) => {
+            Received::Message(m) => Some(m),
+            Received::Closed(frame) => {
                 self.close = Some(frame);
                 None
             }
@@ -195,15 +190,18 @@ impl TestClient {
     pub async fn close(&self) {
         let _ = self
             .tx
-            .send(Frame::Close(Some(CloseFrame::new(CloseCode::NORMAL, ""))))
+            .send(Received::Closed(Some(CloseFrame::new(
+                CloseCode::NORMAL,
+                "",
+            ))))
             .await;
     }
 }
 
 /// The server side of an in-memory connection.
 struct MemoryConn {
-    rx: mpsc::Receiver<Frame>,
-    tx: PollSender<Frame>,
+    rx: mpsc::Receiver<Received>,
+    tx: PollSender<Received>,
     close_sent: bool,
 }
 
@@ -213,11 +211,8 @@ fn gone() -> Error {
 
 impl TransportConn for MemoryConn {
     fn poll_recv(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Received>> {
-        Poll::Ready(Ok(match ready!(self.rx.poll_recv(cx)) {
-            Some(Frame::Message(m)) => Received::Message(m),
-            Some(Frame::Close(frame)) => Received::Closed(frame),
-            None => Received::Closed(None),
-        }))
+        let frame = ready!(self.rx.poll_recv(cx));
+        Poll::Ready(Ok(frame.unwrap_or(Received::Closed(None))))
     }
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
@@ -225,7 +220,9 @@ impl TransportConn for MemoryConn {
     }
 
     fn start_send(&mut self, msg: Message) -> Result<()> {
-        self.tx.send_item(Frame::Message(msg)).map_err(|_| gone())
+        self.tx
+            .send_item(Received::Message(msg))
+            .map_err(|_| gone())
     }
 
     fn poll_flush(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
@@ -235,7 +232,7 @@ impl TransportConn for MemoryConn {
     fn poll_close(&mut self, cx: &mut TaskContext<'_>, frame: &CloseFrame) -> Poll<Result<()>> {
         if !self.close_sent {
             if ready!(self.tx.poll_reserve(cx)).is_ok() {
-                let _ = self.tx.send_item(Frame::Close(Some(frame.clone())));
+                let _ = self.tx.send_item(Received::Closed(Some(frame.clone())));
             }
             self.close_sent = true;
             self.tx.close();
