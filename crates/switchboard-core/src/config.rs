@@ -176,22 +176,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_is_valid() {
+    fn validation() {
         Config::default()
             .validate()
             .expect("default config is valid");
-    }
-
-    #[test]
-    fn idle_shorter_than_ping_is_rejected() {
-        let c = Config::default()
-            .ping_interval(Some(Duration::from_secs(10)))
-            .idle_timeout(Some(Duration::from_secs(5)));
-        assert!(matches!(c.validate(), Err(Error::Config(_))));
-    }
-
-    #[test]
-    fn zero_queue_is_rejected() {
-        assert!(Config::default().queue_max_messages(0).validate().is_err());
+        let secs = |n| Some(Duration::from_secs(n));
+        for bad in [
+            Config::default()
+                .ping_interval(secs(10))
+                .idle_timeout(secs(5)),
+            Config::default().queue_max_messages(0),
+        ] {
+            assert!(matches!(bad.validate(), Err(Error::Config(_))), "{bad:?}");
+        }
     }
 }
