@@ -1,9 +1,7 @@
 //! Reconnecting clients: a connect function, a component and a backoff policy.
 //!
 //! The machinery is transport-neutral: it needs only "make a new
-//! connection" ([`Dialed`]) and the component. Transport crates expose it
-//! from their client APIs (`ws::Client::reconnecting`,
-//! `tcp::Client::reconnecting`).
+//! connection" ([`Dialed`]) and the component.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
