@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use switchboard_core::{Broker, ConnectionId, LocalBroker, LocalDelivery, Message, Topic};
-use tokio::time::timeout;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::envelope;
-use crate::error::{Error, Result};
+use crate::error::{Result, bounded};
 use crate::options::{Channels, RedisOptions};
 use crate::publisher::Publisher;
 use crate::subscriber::Subscriber;
@@ -142,15 +141,11 @@ impl RedisBroker {
         });
         let guard = stop.drop_guard();
 
-        let wait = options.timeout * 2;
         let mut applied = subscriber.applied.subscribe();
-        if !matches!(timeout(wait, applied.wait_for(|a| a.up)).await, Ok(Ok(_))) {
-            let err = Error::Timeout {
-                operation: "SUBSCRIBE",
-                after: wait,
-            };
-            return Err(err.connecting_to(url));
-        }
+        let up = applied.wait_for(|a| a.up);
+        bounded("SUBSCRIBE", options.timeout * 2, up)
+            .await
+            .map_err(|err| err.connecting_to(url))?;
         tracing::info!(node = %node_id, "redis broker connected");
         Ok(RedisBroker {
             inner: Arc::new(Inner {
@@ -170,12 +165,9 @@ impl RedisBroker {
 
     /// Whether both links are up and the counters so far.
     pub fn status(&self) -> Status {
-        let inner = &self.inner;
-        let connected = inner.subscriber.is_up() && inner.publisher.is_up();
-        inner
-            .publisher
-            .stats
-            .status(connected, inner.subscriber.rooms())
+        let (publisher, subscriber) = (&self.inner.publisher, &self.inner.subscriber);
+        let connected = subscriber.is_up() && publisher.is_up();
+        publisher.stats.status(connected, subscriber.rooms())
     }
 }
 
@@ -210,12 +202,8 @@ impl Broker for RedisBroker {
             Topic::All => self.inner.channels.all().to_owned(),
             Topic::Room(room) => self.inner.channels.room(room),
         };
-        let payload = envelope::encode(
-            &self.inner.node_id,
-            topic,
-            except.map(ConnectionId::as_u64),
-            &msg,
-        )?;
+        let except = except.map(ConnectionId::as_u64);
+        let payload = envelope::encode(&self.inner.node_id, topic, except, &msg)?;
         self.inner.publisher.publish(&channel, &payload).await?;
         Ok(())
     }
