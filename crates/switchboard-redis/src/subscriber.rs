@@ -3,7 +3,6 @@
 //! lives.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -55,7 +54,6 @@ pub(crate) struct Subscriber {
     /// Wakes the task when `wanted` changed.
     changed: Notify,
     pub(crate) applied: watch::Sender<Applied>,
-    connected: AtomicBool,
     stats: Arc<Stats>,
 }
 
@@ -78,13 +76,12 @@ impl Subscriber {
             wanted: Mutex::default(),
             changed: Notify::new(),
             applied: watch::Sender::new(Applied::default()),
-            connected: AtomicBool::new(false),
             stats: publisher.stats.clone(),
         }
     }
 
     pub(crate) fn is_up(&self) -> bool {
-        self.connected.load(Relaxed)
+        self.applied.borrow().up
     }
 
     pub(crate) fn rooms(&self) -> usize {
@@ -131,8 +128,9 @@ impl Subscriber {
                 _ = stop.cancelled() => return,
                 ended = self.session(sessions, publisher) => ended,
             };
-            let was_up = self.connected.swap(false, Relaxed);
-            self.applied.send_modify(|a| a.up = false);
+            let was_up = self
+                .applied
+                .send_if_modified(|a| std::mem::replace(&mut a.up, false));
             if was_up {
                 sessions += 1;
                 backoff = self.options.reconnect_min;
@@ -170,7 +168,6 @@ impl Subscriber {
         if let Err(err) = self.command(&mut sink, true, channels).await {
             return err;
         }
-        self.connected.store(true, Relaxed);
         self.applied.send_replace(Applied {
             up: true,
             generation,
