@@ -123,18 +123,14 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<Envelope, DecodeError> {
             Ok(buf.split_to(n))
         }
     };
-    if buf.len() < 3 {
-        return Err(DecodeError::Truncated);
-    }
-    let version = buf.get_u8();
+    let header = take(&mut buf, 3)?;
+    let (version, flags, origin_len) = (header[0], header[1], usize::from(header[2]));
     if version != VERSION {
         return Err(DecodeError::Version(version));
     }
-    let flags = buf.get_u8();
     if flags & !KNOWN != 0 {
         return Err(DecodeError::Flags(flags));
     }
-    let origin_len = usize::from(buf.get_u8());
     if origin_len == 0 || origin_len > MAX_NODE_ID_LEN {
         return Err(DecodeError::Origin);
     }
