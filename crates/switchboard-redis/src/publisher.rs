@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
@@ -47,10 +46,7 @@ impl Stats {
 pub(crate) struct Publisher {
     pub(crate) client: Client,
     config: AsyncConnectionConfig,
-    timeout: Duration,
-    ping_interval: Duration,
-    reconnect_min: Duration,
-    reconnect_max: Duration,
+    options: RedisOptions,
     /// The live connection, or `None` while the watchdog reconnects. A
     /// std mutex: it is held only to clone or replace the handle, never
     /// across an `.await`.
@@ -83,10 +79,7 @@ impl Publisher {
         let publisher = Publisher {
             client,
             config,
-            timeout: options.timeout,
-            ping_interval: options.ping_interval,
-            reconnect_min: options.reconnect_min,
-            reconnect_max: options.reconnect_max,
+            options: options.clone(),
             link: Mutex::default(),
             broken: Notify::new(),
             stats: Arc::default(),
@@ -139,9 +132,9 @@ impl Publisher {
         let publish = cmd.query_async::<usize>(&mut conn);
         let timed_out = Error::Timeout {
             operation: "PUBLISH",
-            after: self.timeout,
+            after: self.options.timeout,
         };
-        match timeout(self.timeout, publish).await {
+        match timeout(self.options.timeout, publish).await {
             Ok(Ok(receivers)) => Ok(receivers),
             Ok(Err(err)) => {
                 if breaks_link(&err) {
@@ -165,7 +158,7 @@ impl Publisher {
     /// it while it is up, reconnects with capped exponential backoff while
     /// it is down. It never gives up.
     pub(crate) async fn watchdog(&self, stop: &CancellationToken) {
-        let mut backoff = self.reconnect_min;
+        let mut backoff = self.options.reconnect_min;
         loop {
             let current = {
                 let link = self.lock();
@@ -176,11 +169,11 @@ impl Publisher {
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = self.broken.notified() => continue,
-                        _ = sleep(self.ping_interval) => {}
+                        _ = sleep(self.options.ping_interval) => {}
                     }
                     let cmd = redis::cmd("PING");
                     let ping = cmd.query_async::<String>(&mut conn);
-                    match timeout(self.timeout, ping).await {
+                    match timeout(self.options.timeout, ping).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(err)) => self.drop_link(generation, &err),
                         Err(_) => self.drop_link(generation, &"no answer to PING"),
@@ -196,7 +189,7 @@ impl Publisher {
                             self.install(conn);
                             Stats::bump(&self.stats.reconnects);
                             tracing::info!("redis publish link re-established");
-                            backoff = self.reconnect_min;
+                            backoff = self.options.reconnect_min;
                         }
                         Err(err) => {
                             tracing::debug!(error = %err, ?backoff, "redis publish link: reconnect failed");
@@ -205,7 +198,7 @@ impl Publisher {
                                 _ = self.broken.notified() => {}
                                 _ = sleep(backoff) => {}
                             }
-                            backoff = (backoff * 2).min(self.reconnect_max);
+                            backoff = (backoff * 2).min(self.options.reconnect_max);
                         }
                     }
                 }
@@ -217,7 +210,7 @@ impl Publisher {
         let connect = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config);
-        bounded("CONNECT", self.timeout, connect).await
+        bounded("CONNECT", self.options.timeout, connect).await
     }
 
     fn install(&self, conn: MultiplexedConnection) {
