@@ -231,15 +231,13 @@ impl Hub {
         Hub::with_broker(LocalBroker)
     }
 
-    /// A hub whose rooms and broadcasts also travel through `broker`: a
-    /// broker value, an `Arc` of one shared with other hubs, or an
-    /// `Arc<dyn Broker>` chosen at start-up (see [`IntoBroker`]).
+    /// A hub whose rooms and broadcasts also travel through `broker` (see
+    /// [`IntoBroker`] for the forms it takes).
     pub fn with_broker(broker: impl IntoBroker) -> Self {
-        let broker = broker.into_broker();
         let shared = Arc::new(HubShared {
             members: RwLock::default(),
             rooms: RwLock::default(),
-            broker,
+            broker: broker.into_broker(),
             subscribed: tokio::sync::Mutex::default(),
         });
         shared.broker.attach(LocalDelivery(Arc::downgrade(&shared)));

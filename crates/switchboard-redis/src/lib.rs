@@ -95,11 +95,6 @@
 //! # }
 //! ```
 //!
-//! To address one user on whatever node they are connected to, the
-//! component joins [`user_room(id)`](user_room) once it knows the user (in
-//! `on_open` after the handshake hook authenticated the request, or after a
-//! login message); every tab and device of that user is then a member.
-//!
 //! # How it talks to Redis
 //!
 //! Each broker keeps two connections: one multiplexed connection (redis-rs
