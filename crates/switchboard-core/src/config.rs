@@ -102,33 +102,19 @@ impl Default for Config {
 
 impl Config {
     setters! {
-        /// Sets [`Config::max_message_size`].
         max_message_size: usize,
-        /// Sets [`Config::max_frame_size`].
         max_frame_size: usize,
-        /// Sets [`Config::queue_max_messages`].
         queue_max_messages: usize,
-        /// Sets [`Config::queue_max_bytes`].
         queue_max_bytes: usize,
-        /// Sets [`Config::slow_consumer`].
         slow_consumer: SlowConsumerPolicy,
-        /// Sets [`Config::handshake_timeout`].
         handshake_timeout: Duration,
-        /// Sets [`Config::ping_interval`].
         ping_interval: Option<Duration>,
-        /// Sets [`Config::idle_timeout`].
         idle_timeout: Option<Duration>,
-        /// Sets [`Config::close_timeout`].
         close_timeout: Duration,
-        /// Sets [`Config::max_connections`].
         max_connections: Option<usize>,
-        /// Sets [`Config::max_connections_per_ip`].
         max_connections_per_ip: Option<usize>,
-        /// Sets [`Config::shutdown_grace`].
         shutdown_grace: Duration,
-        /// Sets [`Config::ip_filter`].
         ip_filter: IpFilter,
-        /// Sets [`Config::rate_limit`].
         rate_limit: Option<RateLimit>,
     }
 

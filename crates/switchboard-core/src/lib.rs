@@ -28,11 +28,12 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-/// Chainable setters for a settings struct: `name(value)` sets field `name`.
+/// Chainable setters for a settings struct: `name(value)` sets the public
+/// field `name`, whose doc says what it means.
 macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+    ($($name:ident: $ty:ty),* $(,)?) => {
         $(
-            $(#[$doc])*
+            #[doc = concat!("Sets [`", stringify!($name), "`](field@Self::", stringify!($name), ").")]
             #[must_use]
             pub fn $name(mut self, value: $ty) -> Self {
                 self.$name = value;

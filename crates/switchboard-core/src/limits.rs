@@ -174,7 +174,6 @@ impl RateLimit {
     }
 
     setters! {
-        /// Sets what happens over the limit.
         action: RateLimitAction,
     }
 }

@@ -72,15 +72,10 @@ impl Default for ReconnectPolicy {
 
 impl ReconnectPolicy {
     setters! {
-        /// Sets the first delay.
         initial: Duration,
-        /// Sets the cap on every delay.
         max: Duration,
-        /// Sets the growth per failed attempt (values below 1.0 count as 1.0).
         factor: f64,
-        /// Sets the random fraction taken off each delay (clamped to 0.0..=1.0).
         jitter: f64,
-        /// Gives up after that many failed attempts in a row (`None`: never).
         max_attempts: Option<u32>,
     }
 
