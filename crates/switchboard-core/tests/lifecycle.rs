@@ -530,8 +530,9 @@ struct Relay {
 
 impl Relay {
     /// The component and its helper thread, which sends "from helper N" on
-    /// the connection for each message N and then counts it in `sent`.
-    fn start() -> Arc<Self> {
+    /// the connection for each message N and then counts it in `sent`; a
+    /// server of it and a client.
+    async fn serve() -> (Arc<Self>, TestServer, TestClient) {
         let (tx, rx) = std::sync::mpsc::channel::<(Connection, String)>();
         let sent = Arc::new(AtomicUsize::new(0));
         let counter = sent.clone();
@@ -541,12 +542,22 @@ impl Relay {
                 counter.fetch_add(1, Ordering::SeqCst);
             }
         });
-        Arc::new(Relay {
+        let relay = Arc::new(Relay {
             to_helper: Mutex::new(tx),
             sent,
             release: Notify::new(),
-        })
+        });
+        let server = TestServer::new(relay.clone());
+        let client = server.connect().await;
+        (relay, server, client)
     }
+}
+
+/// Sends `text` and expects the helper thread's reply to it.
+async fn relayed(client: &mut TestClient, text: String) {
+    assert!(client.send(text.clone()).await);
+    let reply = Message::text(format!("from helper {text}"));
+    assert_eq!(recv(client).await, Some(reply));
 }
 
 impl MessageComponent for Relay {
@@ -575,32 +586,20 @@ impl MessageComponent for Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_from_another_thread_during_a_handler_is_delivered_without_more_input() {
-    let relay = Relay::start();
-    let server = TestServer::with_config(relay.clone(), Config::default());
-    let mut client = server.connect().await;
+    let (relay, _server, mut client) = Relay::serve().await;
+    // Nothing else arrives to wake the connection: each reply has to leave
+    // because the driver looked at the queue before sleeping.
     for i in 0..200 {
-        assert!(client.send(i.to_string()).await);
-        // Nothing else arrives to wake the connection: the reply has to
-        // leave because the driver looked at the queue before sleeping.
-        assert_eq!(
-            recv(&mut client).await,
-            Some(Message::text(format!("from helper {i}")))
-        );
+        relayed(&mut client, i.to_string()).await;
     }
     assert_eq!(relay.sent.load(Ordering::SeqCst), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_from_another_thread_while_a_handler_waits_is_delivered_at_once() {
-    let relay = Relay::start();
-    let server = TestServer::with_config(relay.clone(), Config::default());
-    let mut client = server.connect().await;
+    let (relay, server, mut client) = Relay::serve().await;
     for i in 0..20 {
-        assert!(client.send(format!("wait {i}")).await);
-        assert_eq!(
-            recv(&mut client).await,
-            Some(Message::text(format!("from helper wait {i}")))
-        );
+        relayed(&mut client, format!("wait {i}")).await;
         // Counted while its handler is still running.
         assert_eq!(server.stats().messages_in, i + 1);
         relay.release.notify_one();
