@@ -87,15 +87,9 @@ impl ClientHandle {
     /// Waits until the connection ended (after `on_close`) and tells why.
     pub async fn closed(&self) -> CloseReason {
         let mut rx = self.closed.clone();
-        loop {
-            if let Some(reason) = rx.borrow_and_update().clone() {
-                return reason;
-            }
-            if rx.changed().await.is_err() {
-                // The task ended without reporting: its runtime shut down.
-                return CloseReason::Shutdown;
-            }
-        }
+        let reason = rx.wait_for(Option::is_some).await.map(|r| r.clone());
+        // The task ended without reporting: its runtime shut down.
+        reason.ok().flatten().unwrap_or(CloseReason::Shutdown)
     }
 
     /// This connection's counters.
