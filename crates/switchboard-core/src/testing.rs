@@ -104,8 +104,8 @@ impl TestServer {
         let ctx = self.ctx.clone();
         let component = self.component.clone();
         self.ctx.spawn(async move {
-            ctx.run_connection(conn, peer, info, Extensions::default(), component)
-                .await;
+            let opened = ctx.open(peer, info, Extensions::default());
+            Context::drive(conn, opened, component).await;
         });
         TestClient {
             tx: to_server,

@@ -95,7 +95,7 @@ async fn serve<T: Transport<TcpStream>>(
                 info,
                 component,
                 extensions,
-            })) => ctx.run_connection(conn, peer, info, extensions, component),
+            })) => Context::drive(conn, ctx.open(peer, info, extensions), component),
             Ok(Err(err)) => {
                 Stats::add(&ctx.stats.handshake_failures, 1);
                 tracing::debug!(error = %err, "handshake failed");

@@ -64,24 +64,6 @@ impl Context {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs an established connection to its end: `on_open` to `on_close`.
-    ///
-    /// Not an `async fn`, nor is [`drive`](Self::drive): each `async fn`
-    /// layer would keep its own copy of its arguments (the transport
-    /// connection, the request info) for the connection's whole life, and
-    /// idle connections pay for every byte of their task.
-    pub(crate) fn run_connection<C: TransportConn, K: MessageComponent + ?Sized>(
-        self: &Arc<Self>,
-        io: C,
-        peer: SocketAddr,
-        info: TransportInfo,
-        extensions: Extensions,
-        component: Arc<K>,
-    ) -> impl Future<Output = CloseReason> + Send + use<C, K> {
-        let conn = self.open(peer, info, extensions);
-        Self::drive(io, conn, component)
-    }
-
     /// Creates and registers the handle of an established connection.
     pub(crate) fn open(
         self: &Arc<Self>,
@@ -99,6 +81,10 @@ impl Context {
     }
 
     /// Drives an opened connection from `on_open` to `on_close`.
+    ///
+    /// Not an `async fn`: an `async fn` layer would keep its own copy of
+    /// its arguments (the transport connection) for the connection's whole
+    /// life, and idle connections pay for every byte of their task.
     pub(crate) fn drive<C: TransportConn, K: MessageComponent + ?Sized>(
         io: C,
         conn: Connection,
