@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, Client};
 use tokio::sync::Notify;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
@@ -51,9 +51,10 @@ pub(crate) struct Publisher {
     /// std mutex: it is held only to clone or replace the handle, never
     /// across an `.await`.
     link: Mutex<Link>,
-    /// A publish that broke the link wakes the watchdog, which then
-    /// reconnects at once instead of at its next ping.
-    broken: Notify,
+    /// Wakes the watchdog to check the link now, instead of at its next
+    /// ping or the end of its backoff: a publish broke the link, or the
+    /// subscription link is back (so Redis probably is).
+    pub(crate) broken: Notify,
     /// The counters of the broker or emitter this link belongs to.
     pub(crate) stats: Arc<Stats>,
 }
@@ -97,12 +98,6 @@ impl Publisher {
         self.lock().conn.is_some()
     }
 
-    /// Asks the watchdog to check the link now (after the subscriber
-    /// reconnected, Redis is probably back).
-    pub(crate) fn nudge(&self) {
-        self.broken.notify_one();
-    }
-
     /// `PUBLISH channel payload`: how many subscriber connections received
     /// it. Fails at once while the link is down, and within the timeout
     /// otherwise.
@@ -137,7 +132,11 @@ impl Publisher {
         match timeout(self.options.timeout, publish).await {
             Ok(Ok(receivers)) => Ok(receivers),
             Ok(Err(err)) => {
-                if breaks_link(&err) {
+                // After I/O errors (response timeouts included, which
+                // redis-rs reports as such but does not treat as fatal) and
+                // protocol corruption the connection cannot be trusted; a
+                // server error reply (`ERR`, `NOPERM`) leaves it usable.
+                if err.is_io_error() || err.is_unrecoverable_error() || err.is_timeout() {
                     self.drop_link(generation, &err);
                 }
                 // redis-rs's own response timeout is set to the same value.
@@ -233,12 +232,4 @@ impl Publisher {
         // whole value.
         self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Errors after which the connection cannot be trusted: I/O (including
-/// response timeouts, which redis-rs reports as I/O errors but does not
-/// treat as fatal) and protocol corruption. A server error reply (`ERR`,
-/// `NOPERM`) leaves the connection usable.
-pub(crate) fn breaks_link(err: &RedisError) -> bool {
-    err.is_io_error() || err.is_unrecoverable_error() || err.is_timeout()
 }

@@ -176,7 +176,7 @@ impl Subscriber {
             Stats::bump(&self.stats.reconnects);
             // Redis is back: let the publish link reconnect now rather
             // than at the end of its backoff.
-            publisher.nudge();
+            publisher.broken.notify_one();
             tracing::info!(
                 rooms = subscribed.len(),
                 "redis subscription link re-established; resubscribed"
