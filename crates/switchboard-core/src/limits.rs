@@ -27,11 +27,7 @@ impl IpNet {
     /// Whether `ip` is inside this network. IPv4-mapped IPv6 addresses
     /// (`::ffff:10.0.0.1`) match IPv4 networks.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
+        match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(
                 u128::from(u32::from(net)) << 96,
                 u128::from(u32::from(ip)) << 96,
