@@ -9,7 +9,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::envelope;
 use crate::error::{Result, bounded};
-use crate::options::{Channels, RedisOptions};
+use crate::options::RedisOptions;
 use crate::publisher::Publisher;
 use crate::subscriber::Subscriber;
 
@@ -104,8 +104,6 @@ pub struct RedisBroker {
 }
 
 struct Inner {
-    node_id: Arc<str>,
-    channels: Channels,
     publisher: Arc<Publisher>,
     subscriber: Arc<Subscriber>,
     /// Stops the background task when the last handle goes.
@@ -123,14 +121,7 @@ impl RedisBroker {
     /// Needs a tokio runtime.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
         let publisher = Publisher::connect(url, &options).await?;
-        let node_id: Arc<str> = options.node_id_or_random("node").into();
-        let channels = Channels::new(&options.prefix);
-        let subscriber = Arc::new(Subscriber::new(
-            &publisher,
-            options.clone(),
-            channels.clone(),
-            node_id.clone(),
-        ));
+        let subscriber = Arc::new(Subscriber::new(&publisher, options.clone()));
         let stop = CancellationToken::new();
         tokio::spawn({
             let (publisher, subscriber, stop) =
@@ -146,11 +137,9 @@ impl RedisBroker {
         bounded("SUBSCRIBE", options.timeout * 2, up)
             .await
             .map_err(|err| err.connecting_to(url))?;
-        tracing::info!(node = %node_id, "redis broker connected");
+        tracing::info!(node = %subscriber.node_id, "redis broker connected");
         Ok(RedisBroker {
             inner: Arc::new(Inner {
-                node_id,
-                channels,
                 publisher,
                 subscriber,
                 _stop: guard,
@@ -160,7 +149,7 @@ impl RedisBroker {
 
     /// This node's id in the cluster (see [`RedisOptions::node_id`]).
     pub fn node_id(&self) -> &str {
-        &self.inner.node_id
+        &self.inner.subscriber.node_id
     }
 
     /// Whether both links are up and the counters so far.
@@ -176,7 +165,7 @@ impl Broker for RedisBroker {
     fn attach(&self, local: LocalDelivery) {
         if self.inner.subscriber.local.set(local).is_err() {
             tracing::warn!(
-                node = %self.inner.node_id,
+                node = %self.inner.subscriber.node_id,
                 "a RedisBroker serves one hub; this second hub receives nothing from other nodes"
             );
         }
@@ -199,11 +188,11 @@ impl Broker for RedisBroker {
         except: Option<ConnectionId>,
     ) -> switchboard_core::Result<()> {
         let channel = match topic {
-            Topic::All => self.inner.channels.all().to_owned(),
-            Topic::Room(room) => self.inner.channels.room(room),
+            Topic::All => self.inner.subscriber.channels.all().to_owned(),
+            Topic::Room(room) => self.inner.subscriber.channels.room(room),
         };
         let except = except.map(ConnectionId::as_u64);
-        let payload = envelope::encode(&self.inner.node_id, topic, except, &msg)?;
+        let payload = envelope::encode(&self.inner.subscriber.node_id, topic, except, &msg)?;
         self.inner.publisher.publish(&channel, &payload).await?;
         Ok(())
     }
@@ -212,7 +201,7 @@ impl Broker for RedisBroker {
 impl fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBroker")
-            .field("node_id", &self.inner.node_id)
+            .field("node_id", &self.inner.subscriber.node_id)
             .field("status", &self.status())
             .finish()
     }

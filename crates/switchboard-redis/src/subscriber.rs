@@ -44,8 +44,9 @@ struct Wanted {
 pub(crate) struct Subscriber {
     client: Client,
     options: RedisOptions,
-    channels: Channels,
-    node_id: Arc<str>,
+    pub(crate) channels: Channels,
+    /// This node's id: the origin of its envelopes, the name of its channel.
+    pub(crate) node_id: Arc<str>,
     node_channel: String,
     /// Where remote messages go; set once by `Broker::attach`.
     pub(crate) local: OnceLock<LocalDelivery>,
@@ -60,12 +61,9 @@ pub(crate) struct Subscriber {
 impl Subscriber {
     /// The subscribing side of `publisher`'s broker: the same Redis, the
     /// same counters.
-    pub(crate) fn new(
-        publisher: &Publisher,
-        options: RedisOptions,
-        channels: Channels,
-        node_id: Arc<str>,
-    ) -> Self {
+    pub(crate) fn new(publisher: &Publisher, options: RedisOptions) -> Self {
+        let node_id: Arc<str> = options.node_id_or_random("node").into();
+        let channels = Channels::new(&options.prefix);
         Subscriber {
             client: publisher.client.clone(),
             node_channel: channels.node(&node_id),
