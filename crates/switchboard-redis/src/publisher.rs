@@ -85,11 +85,10 @@ impl Publisher {
             broken: Notify::new(),
             stats: Arc::default(),
         };
-        let conn = publisher
+        publisher
             .open()
             .await
             .map_err(|err| err.connecting_to(url))?;
-        publisher.install(conn);
         Ok(Arc::new(publisher))
     }
 
@@ -111,16 +110,9 @@ impl Publisher {
     }
 
     async fn publish_inner(&self, channel: &str, payload: &[u8]) -> Result<usize> {
-        let (generation, mut conn) = {
-            let link = self.lock();
-            match &link.conn {
-                Some(conn) => (link.generation, conn.clone()),
-                None => {
-                    return Err(Error::unavailable(
-                        "not connected to redis (reconnecting in the background)",
-                    ));
-                }
-            }
+        let Some((generation, mut conn)) = self.current() else {
+            let down = "not connected to redis (reconnecting in the background)";
+            return Err(Error::unavailable(down));
         };
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(channel).arg(payload);
@@ -159,11 +151,7 @@ impl Publisher {
     pub(crate) async fn watchdog(&self, stop: &CancellationToken) {
         let mut backoff = self.options.reconnect_min;
         loop {
-            let current = {
-                let link = self.lock();
-                link.conn.clone().map(|conn| (link.generation, conn))
-            };
-            match current {
+            match self.current() {
                 Some((generation, mut conn)) => {
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -184,8 +172,7 @@ impl Publisher {
                         attempt = self.open() => attempt,
                     };
                     match attempt {
-                        Ok(conn) => {
-                            self.install(conn);
+                        Ok(()) => {
                             Stats::bump(&self.stats.reconnects);
                             tracing::info!("redis publish link re-established");
                             backoff = self.options.reconnect_min;
@@ -205,17 +192,22 @@ impl Publisher {
         }
     }
 
-    async fn open(&self) -> Result<MultiplexedConnection> {
+    /// The live connection and its generation, if the link is up.
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        let link = self.lock();
+        link.conn.clone().map(|conn| (link.generation, conn))
+    }
+
+    /// Connects and makes the new connection the link.
+    async fn open(&self) -> Result<()> {
         let connect = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config);
-        bounded("CONNECT", self.options.timeout, connect).await
-    }
-
-    fn install(&self, conn: MultiplexedConnection) {
+        let conn = bounded("CONNECT", self.options.timeout, connect).await?;
         let mut link = self.lock();
         link.generation += 1;
         link.conn = Some(conn);
+        Ok(())
     }
 
     fn drop_link(&self, generation: u64, why: &dyn std::fmt::Display) {
