@@ -3,6 +3,7 @@
 //! lives.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -122,7 +123,7 @@ impl Subscriber {
         let mut backoff = self.options.reconnect_min;
         let mut sessions = 0u64;
         loop {
-            let ended = tokio::select! {
+            let Err(ended) = tokio::select! {
                 _ = stop.cancelled() => return,
                 ended = self.session(sessions, publisher) => ended,
             };
@@ -147,13 +148,10 @@ impl Subscriber {
     }
 
     /// One connection: subscribe to everything wanted, then deliver,
-    /// reconcile and ping until the link fails. Returns why it ended.
-    async fn session(&self, previous: u64, publisher: &Publisher) -> Error {
+    /// reconcile and ping until the link fails, which is how it ends.
+    async fn session(&self, previous: u64, publisher: &Publisher) -> Result<Infallible> {
         let t = self.options.timeout;
-        let pubsub = match bounded("CONNECT", t, self.client.get_async_pubsub()).await {
-            Ok(pubsub) => pubsub,
-            Err(err) => return err,
-        };
+        let pubsub = bounded("CONNECT", t, self.client.get_async_pubsub()).await?;
         let (mut sink, mut stream) = pubsub.split();
 
         let (mut subscribed, generation) = {
@@ -163,9 +161,7 @@ impl Subscriber {
         };
         let mut channels = vec![self.channels.all().to_owned(), self.node_channel.clone()];
         channels.extend(subscribed.iter().map(|room| self.channels.room(room)));
-        if let Err(err) = self.command(&mut sink, true, channels).await {
-            return err;
-        }
+        self.command(&mut sink, true, channels).await?;
         self.applied.send_replace(Applied {
             up: true,
             generation,
@@ -187,15 +183,9 @@ impl Subscriber {
             ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = self.changed.notified() => {
-                        if let Err(err) = self.reconcile(&mut sink, &mut subscribed).await {
-                            return err;
-                        }
-                    }
+                    _ = self.changed.notified() => self.reconcile(&mut sink, &mut subscribed).await?,
                     _ = ping.tick() => {
-                        if let Err(err) = bounded("PING", t, sink.ping::<redis::Value>()).await {
-                            return err;
-                        }
+                        bounded("PING", t, sink.ping::<redis::Value>()).await?;
                     }
                 }
             }
@@ -207,8 +197,8 @@ impl Subscriber {
             Error::unavailable("redis closed the subscription connection")
         };
         tokio::select! {
-            err = control => err,
-            err = pump => err,
+            res = control => res,
+            err = pump => Err(err),
         }
     }
 
