@@ -38,23 +38,18 @@ pub struct Status {
 }
 
 /// The core's [`Broker`] on Redis: rooms and broadcasts reach the members
-/// of every node of the cluster.
-///
-/// # Channels
-///
-/// Rooms, broadcasts and messages for one node travel on channels named
-/// after the [`prefix`](RedisOptions::prefix). A node subscribes to a
-/// room's channel only while the room has local members, so Redis sends a
-/// node only what its members need.
+/// of every node of the cluster. A node subscribes to a room's channel
+/// (named after the [`prefix`](RedisOptions::prefix)) only while the room
+/// has local members, so Redis sends it only what its members need.
 ///
 /// # Delivery
 ///
-/// The hub delivers to local members itself, then calls
-/// [`publish`](Broker::publish), which wraps the message in an envelope
-/// (version, origin node id, room, except-connection id, payload kind and
-/// bytes) and publishes it. Every node subscribed to the channel delivers
-/// it to its local members through the hub's [`LocalDelivery`]; the origin
-/// node recognises its own id and drops the echo. Each client therefore
+/// [`publish`](Broker::publish) wraps the message in an envelope (version,
+/// origin node id, room, except-connection id, payload kind and bytes) and
+/// publishes it. Every node subscribed to the channel delivers it to its
+/// local members through the hub's [`LocalDelivery`]; the origin node,
+/// whose members the hub served already, recognises its own id and drops
+/// the echo. Each client therefore
 /// receives each message exactly once while Redis is up; across nodes the
 /// guarantee is Redis pub/sub's: at most once (a node that is disconnected
 /// when a message is published never sees it). Text stays text and binary
@@ -73,14 +68,10 @@ pub struct Status {
 ///   when the link is back. While the link is up they return once Redis
 ///   confirmed the change (at most the timeout), so a member that just
 ///   joined gets every message published after `join_room` returned.
-/// - Both links reconnect by themselves, forever, with backoff between
-///   [`reconnect_min`](RedisOptions::reconnect_min) and
-///   [`reconnect_max`](RedisOptions::reconnect_max), and the subscription
-///   link resubscribes to every wanted room. A watchdog pings both links
-///   every [`ping_interval`](RedisOptions::ping_interval) and replaces one
-///   that does not answer in time.
-/// - [`status`](Self::status) tells whether the broker is connected and
-///   counts publishes, errors, receptions and reconnects.
+/// - Both links reconnect by themselves, forever, with the backoff and the
+///   watchdog pings of [`RedisOptions`], and the subscription link
+///   resubscribes to every wanted room; [`status`](Self::status) tells
+///   whether they are up.
 ///
 /// A cheap `Clone` handle (an `Arc` inside): keep a clone to read the
 /// status after giving one to the hub. The background task stops when the
