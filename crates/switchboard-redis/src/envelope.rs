@@ -94,25 +94,18 @@ impl Envelope {
 }
 
 /// Why an envelope was refused (counted, logged, dropped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DecodeError {
+    #[error("truncated envelope")]
     Truncated,
+    #[error("unsupported envelope version {0}")]
     Version(u8),
+    #[error("unknown envelope flags {0:#04x}")]
     Flags(u8),
+    #[error("empty origin")]
     Origin,
+    #[error("invalid UTF-8 in a text field")]
     Utf8,
-}
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DecodeError::Truncated => f.write_str("truncated envelope"),
-            DecodeError::Version(v) => write!(f, "unsupported envelope version {v}"),
-            DecodeError::Flags(b) => write!(f, "unknown envelope flags {b:#04x}"),
-            DecodeError::Origin => f.write_str("empty origin"),
-            DecodeError::Utf8 => f.write_str("invalid UTF-8 in a text field"),
-        }
-    }
 }
 
 pub(crate) fn decode(mut buf: Bytes) -> Result<Envelope, DecodeError> {
