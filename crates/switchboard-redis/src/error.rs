@@ -157,13 +157,7 @@ pub(crate) fn redacted(url: &str) -> String {
         Some((path, query)) => {
             let query: Vec<&str> = query
                 .split('&')
-                .map(|pair| {
-                    if pair.starts_with("pass=") {
-                        "pass=***"
-                    } else {
-                        pair
-                    }
-                })
+                .map(|pair| pair.strip_prefix("pass=").map_or(pair, |_| "pass=***"))
                 .collect();
             format!("{path}?{}", query.join("&"))
         }
