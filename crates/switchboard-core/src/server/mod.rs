@@ -27,6 +27,7 @@ use crate::stats::{Counters, Stats};
 use crate::transport::{Transport, TransportConn, TransportInfo};
 
 /// State shared by a server's listeners and connections.
+#[derive(Default)]
 pub(crate) struct Context {
     pub(crate) config: Config,
     pub(crate) stats: Stats,
@@ -49,13 +50,7 @@ impl Context {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         Arc::new(Context {
             config,
-            stats: Stats::default(),
-            registry: Mutex::default(),
-            shutting_down: AtomicBool::new(false),
-            stopping: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            admitted: AtomicUsize::new(0),
-            per_ip: Mutex::default(),
+            ..Context::default()
         })
     }
 
