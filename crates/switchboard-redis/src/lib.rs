@@ -111,17 +111,6 @@
 //! half-open connection after a response timeout. What this means during
 //! an outage is under [`RedisBroker`]; `docs/scaling.md` describes the
 //! topology, the delivery guarantees and the envelope format.
-//!
-//! # Layout
-//!
-//! - `options`: [`RedisOptions`] and the channel names;
-//! - `envelope`: the binary wire format of one message;
-//! - `publisher`: the publishing link and its watchdog;
-//! - `subscriber`: the subscription link, resubscription, delivery;
-//! - `broker`: [`RedisBroker`], [`Status`], [`broker_from_url`];
-//! - `emitter`: [`Emitter`], [`user_room`];
-//! - `topics`: [`Topics`], the line-protocol pub/sub component;
-//! - `error`: [`Error`].
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
