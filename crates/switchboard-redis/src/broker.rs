@@ -62,7 +62,7 @@ pub struct Status {
 ///   on a link that stopped answering, within
 ///   [`timeout`](RedisOptions::timeout)) with the core's
 ///   [`Error::Broker`](switchboard_core::Error::Broker) wrapping this
-///   crate's [`Error`]. It never hangs.
+///   crate's [`Error`](crate::Error). It never hangs.
 /// - [`subscribe`](Broker::subscribe) and [`unsubscribe`](Broker::unsubscribe)
 ///   never fail because Redis is down: the change is recorded and applied
 ///   when the link is back. While the link is up they return once Redis
