@@ -119,12 +119,7 @@ pub struct LocalBroker;
 
 #[async_trait]
 impl Broker for LocalBroker {
-    async fn publish(
-        &self,
-        _topic: Topic<'_>,
-        _msg: Message,
-        _except: Option<ConnectionId>,
-    ) -> Result<()> {
+    async fn publish(&self, _: Topic<'_>, _: Message, _: Option<ConnectionId>) -> Result<()> {
         Ok(())
     }
 }
