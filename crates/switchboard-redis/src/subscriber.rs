@@ -270,14 +270,11 @@ impl Subscriber {
         }
         // A room or broadcast envelope must match its channel; the node
         // channel carries either.
-        let matches = if channel == self.node_channel {
-            true
-        } else if channel == self.channels.all() {
-            env.room.is_none()
-        } else {
-            let room = self.channels.room_of(channel);
-            room.is_some() && room == env.room.as_deref()
-        };
+        let matches = channel == self.node_channel
+            || match self.channels.room_of(channel) {
+                Some(room) => env.room.as_deref() == Some(room),
+                None => channel == self.channels.all() && env.room.is_none(),
+            };
         if !matches {
             Stats::bump(&self.stats.invalid);
             tracing::debug!(
