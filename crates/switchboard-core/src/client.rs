@@ -16,10 +16,9 @@ use crate::server::Context;
 use crate::stats::Counters;
 use crate::transport::{TransportConn, TransportInfo};
 
-/// Runs `component` on an established client-side connection, with the same
-/// lifecycle guarantees as on a server: `on_open` first, ordered
-/// `on_message`, `on_close` exactly once, `on_error`. Transport crates build
-/// their `connect` functions on this.
+/// Runs `component` on an established client-side connection, with the
+/// lifecycle guarantees of a server ([`MessageComponent`]). Transport crates
+/// build their `connect` functions on this.
 ///
 /// Returns once the connection task is spawned; `on_open` may still be running.
 pub fn spawn_client<C: TransportConn, K: MessageComponent + ?Sized>(

@@ -260,14 +260,8 @@ where
                             stop: stop.clone(),
                         });
                         failures = 0;
-                        let handle = start_client(
-                            conn,
-                            peer,
-                            info,
-                            extensions,
-                            component.clone(),
-                            config.clone(),
-                        );
+                        let (component, config) = (component.clone(), config.clone());
+                        let handle = start_client(conn, peer, info, extensions, component, config);
                         tx.send_modify(|state| {
                             state.current = Some(handle.clone());
                             state.connections = connections;
