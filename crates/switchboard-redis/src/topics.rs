@@ -122,14 +122,13 @@ impl MessageComponent for Topics {
                 let room = Topics::room(topic);
                 let rooms = self.hub.rooms_of(conn.id());
                 let subscriptions = rooms.iter().filter(|r| r.starts_with("topic:")).count();
-                if rooms.contains(&room) {
-                    format!("OK SUB {topic}")
-                } else if subscriptions >= self.max_subscriptions {
+                if subscriptions >= self.max_subscriptions && !rooms.contains(&room) {
                     format!(
                         "ERR too many subscriptions (at most {})",
                         self.max_subscriptions
                     )
                 } else {
+                    // Joining a room again changes nothing.
                     match self.hub.join_room(&room, conn).await {
                         Ok(()) => format!("OK SUB {topic}"),
                         Err(err) => format!("ERR {err}"),
