@@ -106,11 +106,9 @@
 //! incoming messages never delays outgoing publishes behind it.
 //!
 //! The broker supervises both links itself, with no attempt limit, rather
-//! than through redis-rs's `ConnectionManager`: its retry budget is finite,
-//! after which a subscribe-only manager never reconnects, and it keeps a
-//! half-open connection after a response timeout. What this means during
-//! an outage is under [`RedisBroker`]; `docs/scaling.md` describes the
-//! topology, the delivery guarantees and the envelope format.
+//! than through redis-rs's `ConnectionManager` (`docs/scaling.md` says why,
+//! and describes the topology, the delivery guarantees and the envelope
+//! format); [`RedisBroker`] says what this means during an outage.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
