@@ -48,7 +48,7 @@ pub(crate) fn start_client<C: TransportConn, K: MessageComponent + ?Sized>(
     let (tx, rx) = watch::channel(None);
     let conn = ctx.open(peer, info, extensions);
     let task_conn = conn.clone();
-    ctx.spawn(async move {
+    ctx.tracker.spawn(async move {
         let reason = Context::drive(io, task_conn, component).await;
         let _ = tx.send(Some(reason));
     });

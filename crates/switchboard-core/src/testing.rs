@@ -103,7 +103,7 @@ impl TestServer {
         };
         let ctx = self.ctx.clone();
         let component = self.component.clone();
-        self.ctx.spawn(async move {
+        self.ctx.tracker.spawn(async move {
             let opened = ctx.open(peer, info, Extensions::default());
             Context::drive(conn, opened, component).await;
         });

@@ -45,7 +45,7 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
                     tracing::debug!(%peer, error = %err, "set_nodelay failed");
                 }
                 let span = tracing::debug_span!("accept", %peer);
-                ctx.spawn(
+                ctx.tracker.spawn(
                     serve(stream, peer, transport.clone(), ctx.clone(), admission).instrument(span),
                 );
             }

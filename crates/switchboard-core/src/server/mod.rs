@@ -39,7 +39,7 @@ pub(crate) struct Context {
     /// Cancelled at shutdown: accept loops and handshakes stop.
     stopping: CancellationToken,
     /// Tracks connection tasks (handshake included), so shutdown can wait.
-    tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// Admitted connections, handshakes included (for `max_connections`).
     admitted: AtomicUsize,
     /// Admitted connections per peer IP (only when a per-IP limit is set).
@@ -114,10 +114,6 @@ impl Context {
             admission.ip = Some(ip);
         }
         Some(admission)
-    }
-
-    pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
-        self.tracker.spawn(fut);
     }
 
     /// Stops accepting, closes every connection with 1001 and waits for
