@@ -49,11 +49,10 @@ pub struct Status {
 /// publishes it. Every node subscribed to the channel delivers it to its
 /// local members through the hub's [`LocalDelivery`]; the origin node,
 /// whose members the hub served already, recognises its own id and drops
-/// the echo. Each client therefore
-/// receives each message exactly once while Redis is up; across nodes the
-/// guarantee is Redis pub/sub's: at most once (a node that is disconnected
-/// when a message is published never sees it). Text stays text and binary
-/// stays binary.
+/// the echo. Each client therefore receives each message exactly once while
+/// Redis is up; across nodes the guarantee is Redis pub/sub's: at most once
+/// (a node that is disconnected when a message is published never sees
+/// it). Text stays text and binary stays binary.
 ///
 /// # Failures
 ///
