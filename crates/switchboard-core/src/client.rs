@@ -16,10 +16,9 @@ use crate::server::Context;
 use crate::stats::Counters;
 use crate::transport::{TransportConn, TransportInfo};
 
-/// Runs `component` on an established client-side connection, with the same
-/// lifecycle guarantees as on a server: `on_open` first, ordered
-/// `on_message`, `on_close` exactly once, `on_error`. Transport crates build
-/// their `connect` functions on this.
+/// Runs `component` on an established client-side connection, with the
+/// lifecycle guarantees of a server ([`MessageComponent`]). Transport crates
+/// build their `connect` functions on this.
 ///
 /// Returns once the connection task is spawned; `on_open` may still be running.
 pub fn spawn_client<C: TransportConn, K: MessageComponent + ?Sized>(
@@ -29,33 +28,35 @@ pub fn spawn_client<C: TransportConn, K: MessageComponent + ?Sized>(
     component: Arc<K>,
     config: Config,
 ) -> Result<ClientHandle> {
-    spawn_client_with(io, peer, info, Extensions::default(), component, config)
+    config.validate()?;
+    let extensions = Extensions::default();
+    Ok(start_client(io, peer, info, extensions, component, config))
 }
 
-/// [`spawn_client`] with extensions for the connection (the reconnecting
-/// client marks each connection with its [`Reconnect`](crate::Reconnect)).
-pub(crate) fn spawn_client_with<C: TransportConn, K: MessageComponent + ?Sized>(
+/// [`spawn_client`] with a `config` already validated and extensions for
+/// the connection (the reconnecting client marks each connection with its
+/// [`Reconnect`](crate::Reconnect)).
+pub(crate) fn start_client<C: TransportConn, K: MessageComponent + ?Sized>(
     io: C,
     peer: SocketAddr,
     info: TransportInfo,
     extensions: Extensions,
     component: Arc<K>,
     config: Config,
-) -> Result<ClientHandle> {
-    config.validate()?;
+) -> ClientHandle {
     let ctx = Context::new(config);
     let (tx, rx) = watch::channel(None);
     let conn = ctx.open(peer, info, extensions);
     let task_conn = conn.clone();
-    ctx.spawn(async move {
+    ctx.tracker.spawn(async move {
         let reason = Context::drive(io, task_conn, component).await;
         let _ = tx.send(Some(reason));
     });
-    Ok(ClientHandle {
+    ClientHandle {
         conn,
         ctx,
         closed: rx,
-    })
+    }
 }
 
 /// A running client connection: send, close, wait for the end.
@@ -85,15 +86,9 @@ impl ClientHandle {
     /// Waits until the connection ended (after `on_close`) and tells why.
     pub async fn closed(&self) -> CloseReason {
         let mut rx = self.closed.clone();
-        loop {
-            if let Some(reason) = rx.borrow_and_update().clone() {
-                return reason;
-            }
-            if rx.changed().await.is_err() {
-                // The task ended without reporting: its runtime shut down.
-                return CloseReason::Shutdown;
-            }
-        }
+        let reason = rx.wait_for(Option::is_some).await.map(|r| r.clone());
+        // The task ended without reporting: its runtime shut down.
+        reason.ok().flatten().unwrap_or(CloseReason::Shutdown)
     }
 
     /// This connection's counters.

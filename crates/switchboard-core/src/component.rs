@@ -21,10 +21,8 @@ use crate::message::Message;
 /// and no dynamic call per message: the running `on_message` future is
 /// held inside the connection's task, so what it keeps across an `.await`
 /// counts towards every connection's memory (box a large one yourself:
-/// `Box::pin(work).await`). Where components of different types
-/// must be held together (routes, a list of handlers), use
-/// `Arc<dyn DynComponent>`: every component is a [`DynComponent`], and
-/// that object is a component again.
+/// `Box::pin(work).await`). Components of different types are held
+/// together as [`DynComponent`]s.
 ///
 /// # Ordering
 ///

@@ -100,48 +100,21 @@ impl Default for Config {
     }
 }
 
-macro_rules! setter {
-    ($(#[$doc:meta] $name:ident: $ty:ty),* $(,)?) => {
-        $(
-            #[$doc]
-            #[must_use]
-            pub fn $name(mut self, value: $ty) -> Self {
-                self.$name = value;
-                self
-            }
-        )*
-    };
-}
-
 impl Config {
-    setter! {
-        /// Sets [`Config::max_message_size`].
+    setters! {
         max_message_size: usize,
-        /// Sets [`Config::max_frame_size`].
         max_frame_size: usize,
-        /// Sets [`Config::queue_max_messages`].
         queue_max_messages: usize,
-        /// Sets [`Config::queue_max_bytes`].
         queue_max_bytes: usize,
-        /// Sets [`Config::slow_consumer`].
         slow_consumer: SlowConsumerPolicy,
-        /// Sets [`Config::handshake_timeout`].
         handshake_timeout: Duration,
-        /// Sets [`Config::ping_interval`].
         ping_interval: Option<Duration>,
-        /// Sets [`Config::idle_timeout`].
         idle_timeout: Option<Duration>,
-        /// Sets [`Config::close_timeout`].
         close_timeout: Duration,
-        /// Sets [`Config::max_connections`].
         max_connections: Option<usize>,
-        /// Sets [`Config::max_connections_per_ip`].
         max_connections_per_ip: Option<usize>,
-        /// Sets [`Config::shutdown_grace`].
         shutdown_grace: Duration,
-        /// Sets [`Config::ip_filter`].
         ip_filter: IpFilter,
-        /// Sets [`Config::rate_limit`].
         rate_limit: Option<RateLimit>,
     }
 
@@ -189,22 +162,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_is_valid() {
+    fn validation() {
         Config::default()
             .validate()
             .expect("default config is valid");
-    }
-
-    #[test]
-    fn idle_shorter_than_ping_is_rejected() {
-        let c = Config::default()
-            .ping_interval(Some(Duration::from_secs(10)))
-            .idle_timeout(Some(Duration::from_secs(5)));
-        assert!(matches!(c.validate(), Err(Error::Config(_))));
-    }
-
-    #[test]
-    fn zero_queue_is_rejected() {
-        assert!(Config::default().queue_max_messages(0).validate().is_err());
+        let secs = |n| Some(Duration::from_secs(n));
+        for bad in [
+            Config::default()
+                .ping_interval(secs(10))
+                .idle_timeout(secs(5)),
+            Config::default().queue_max_messages(0),
+        ] {
+            assert!(matches!(bad.validate(), Err(Error::Config(_))), "{bad:?}");
+        }
     }
 }

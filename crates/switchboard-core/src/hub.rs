@@ -119,12 +119,7 @@ pub struct LocalBroker;
 
 #[async_trait]
 impl Broker for LocalBroker {
-    async fn publish(
-        &self,
-        _topic: Topic<'_>,
-        _msg: Message,
-        _except: Option<ConnectionId>,
-    ) -> Result<()> {
+    async fn publish(&self, _: Topic<'_>, _: Message, _: Option<ConnectionId>) -> Result<()> {
         Ok(())
     }
 }
@@ -205,6 +200,20 @@ struct Rooms {
     by_conn: HashMap<ConnectionId, Vec<Arc<str>>>,
 }
 
+impl Rooms {
+    /// Removes `id` from the members of `room`; true when that emptied it.
+    fn remove_member(&mut self, room: &str, id: ConnectionId) -> bool {
+        let Some(members) = self.by_name.get_mut(room) else {
+            return false;
+        };
+        if members.remove(&id).is_none() || !members.is_empty() {
+            return false;
+        }
+        self.by_name.remove(room);
+        true
+    }
+}
+
 impl Default for Hub {
     fn default() -> Self {
         Hub::new()
@@ -217,15 +226,13 @@ impl Hub {
         Hub::with_broker(LocalBroker)
     }
 
-    /// A hub whose rooms and broadcasts also travel through `broker`: a
-    /// broker value, an `Arc` of one shared with other hubs, or an
-    /// `Arc<dyn Broker>` chosen at start-up (see [`IntoBroker`]).
+    /// A hub whose rooms and broadcasts also travel through `broker` (see
+    /// [`IntoBroker`] for the forms it takes).
     pub fn with_broker(broker: impl IntoBroker) -> Self {
-        let broker = broker.into_broker();
         let shared = Arc::new(HubShared {
             members: RwLock::default(),
             rooms: RwLock::default(),
-            broker,
+            broker: broker.into_broker(),
             subscribed: tokio::sync::Mutex::default(),
         });
         shared.broker.attach(LocalDelivery(Arc::downgrade(&shared)));
@@ -317,7 +324,17 @@ impl Hub {
     /// Removes connection `id` from `room`. The last local member leaving
     /// unsubscribes the broker.
     pub async fn leave_room(&self, room: &str, id: ConnectionId) -> Result<()> {
-        let emptied = self.shared.leave_room_sync(room, id);
+        let emptied = {
+            let mut rooms = write(&self.shared.rooms);
+            let emptied = rooms.remove_member(room, id);
+            if let Some(list) = rooms.by_conn.get_mut(&id) {
+                list.retain(|r| &**r != room);
+                if list.is_empty() {
+                    rooms.by_conn.remove(&id);
+                }
+            }
+            emptied
+        };
         if emptied {
             self.shared.sync_subscription(room).await?;
         }
@@ -406,28 +423,6 @@ impl HubShared {
         Ok(())
     }
 
-    /// Removes `id` from `room`; true when the room became empty.
-    fn leave_room_sync(&self, room: &str, id: ConnectionId) -> bool {
-        let mut rooms = write(&self.rooms);
-        let Some(members) = rooms.by_name.get_mut(room) else {
-            return false;
-        };
-        if members.remove(&id).is_none() {
-            return false;
-        }
-        let emptied = members.is_empty();
-        if emptied {
-            rooms.by_name.remove(room);
-        }
-        if let Some(list) = rooms.by_conn.get_mut(&id) {
-            list.retain(|r| &**r != room);
-            if list.is_empty() {
-                rooms.by_conn.remove(&id);
-            }
-        }
-        emptied
-    }
-
     /// A connection finished: it leaves the members and all its rooms.
     pub(crate) fn remove_everywhere(self: &Arc<Self>, id: ConnectionId) {
         write(&self.members).remove(&id);
@@ -436,18 +431,7 @@ impl HubShared {
             let names = rooms.by_conn.remove(&id).unwrap_or_default();
             names
                 .into_iter()
-                .filter(|name| match rooms.by_name.get_mut(name) {
-                    Some(members) => {
-                        members.remove(&id);
-                        if members.is_empty() {
-                            rooms.by_name.remove(name);
-                            true
-                        } else {
-                            false
-                        }
-                    }
-                    None => false,
-                })
+                .filter(|name| rooms.remove_member(name, id))
                 .collect()
         };
         if emptied.is_empty() {

@@ -9,24 +9,23 @@
 //! client, limits, fan-out. What a transport crate needs (the
 //! [`Transport`](transport::Transport) trait, client plumbing) is in
 //! [`transport`].
-//!
-//! # Layout
-//!
-//! - `component`: the trait a user implements, with the lifecycle contract;
-//! - `connection`: the cheap handle a component sends and closes through;
-//! - `outbox`: each connection's bounded outbound queue and close signals;
-//! - `message`, `close`, `error`, `config`: the vocabulary;
-//! - [`transport`]: the seam a transport crate implements, and
-//!   `transport::io`, the read and write buffers, keepalive timer and
-//!   client connects that the WebSocket and TCP transports share;
-//! - `server`: listeners, limits, the per-connection driver (`server/driver.rs`), shutdown;
-//! - `client`: a component on the client side of a connection ([`ClientHandle`]);
-//! - `limits`: IP filters and rate limits;
-//! - `reconnect`: clients that reconnect with backoff ([`Reconnecting`]);
-//! - `hub`: fan-out to sets and rooms, through a [`Broker`];
-//! - [`testing`] (feature `test-util`): in-memory connections for unit tests.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// Chainable setters for a settings struct: `name(value)` sets the public
+/// field `name`, whose doc says what it means.
+macro_rules! setters {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        $(
+            #[doc = concat!("Sets [`", stringify!($name), "`](field@Self::", stringify!($name), ").")]
+            #[must_use]
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.$name = value;
+                self
+            }
+        )*
+    };
+}
 
 mod client;
 mod close;

@@ -27,11 +27,7 @@ impl IpNet {
     /// Whether `ip` is inside this network. IPv4-mapped IPv6 addresses
     /// (`::ffff:10.0.0.1`) match IPv4 networks.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
+        match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(
                 u128::from(u32::from(net)) << 96,
                 u128::from(u32::from(ip)) << 96,
@@ -173,11 +169,8 @@ impl RateLimit {
         }
     }
 
-    /// Sets what happens over the limit.
-    #[must_use]
-    pub fn action(mut self, action: RateLimitAction) -> Self {
-        self.action = action;
-        self
+    setters! {
+        action: RateLimitAction,
     }
 }
 
@@ -216,23 +209,20 @@ impl TokenBucket {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("ip")
-    }
-
     #[test]
     fn networks_contain_their_addresses() {
-        let net: IpNet = "10.1.0.0/16".parse().expect("net");
-        assert!(net.contains(ip("10.1.200.3")));
-        assert!(!net.contains(ip("10.2.0.1")));
-        assert!(
-            net.contains(ip("::ffff:10.1.0.9")),
-            "v4-mapped v6 matches v4 networks"
-        );
-        let all: IpNet = "0.0.0.0/0".parse().expect("net");
-        assert!(all.contains(ip("203.0.113.5")));
-        let one: IpNet = "::1".parse().expect("net");
-        assert!(one.contains(ip("::1")) && !one.contains(ip("::2")));
+        for (net, ip, inside) in [
+            ("10.1.0.0/16", "10.1.200.3", true),
+            ("10.1.0.0/16", "10.2.0.1", false),
+            // An IPv4-mapped IPv6 address matches IPv4 networks.
+            ("10.1.0.0/16", "::ffff:10.1.0.9", true),
+            ("0.0.0.0/0", "203.0.113.5", true),
+            ("::1", "::1", true),
+            ("::1", "::2", false),
+        ] {
+            let net: IpNet = net.parse().expect("net");
+            assert_eq!(net.contains(ip.parse().expect("ip")), inside, "{net} {ip}");
+        }
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         assert!("nonsense".parse::<IpNet>().is_err());
     }

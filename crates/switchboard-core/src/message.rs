@@ -299,13 +299,6 @@ mod tests {
     }
 
     #[test]
-    fn utf8_is_validated() {
-        assert!(Utf8Bytes::try_from(Bytes::from_static(b"\xff\xfe")).is_err());
-        let ok = Utf8Bytes::try_from(Bytes::from_static("héllo".as_bytes())).expect("valid");
-        assert_eq!(ok.as_str(), "héllo");
-    }
-
-    #[test]
     fn non_ascii_anywhere_is_still_validated() {
         // Every length around the word sizes of the ASCII fast path, a
         // non-ASCII byte at every position: invalid UTF-8 is refused and

@@ -1,9 +1,7 @@
 //! Reconnecting clients: a connect function, a component and a backoff policy.
 //!
 //! The machinery is transport-neutral: it needs only "make a new
-//! connection" ([`Dialed`]) and the component. Transport crates expose it
-//! from their client APIs (`ws::Client::reconnecting`,
-//! `tcp::Client::reconnecting`).
+//! connection" ([`Dialed`]) and the component.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -16,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientHandle, spawn_client_with};
+use crate::client::{ClientHandle, start_client};
 use crate::component::MessageComponent;
 use crate::config::Config;
 use crate::error::{BoxError, Result, SendError};
@@ -73,39 +71,12 @@ impl Default for ReconnectPolicy {
 }
 
 impl ReconnectPolicy {
-    /// Sets the first delay.
-    #[must_use]
-    pub fn initial(mut self, delay: Duration) -> Self {
-        self.initial = delay;
-        self
-    }
-
-    /// Sets the cap on every delay.
-    #[must_use]
-    pub fn max(mut self, delay: Duration) -> Self {
-        self.max = delay;
-        self
-    }
-
-    /// Sets the growth per failed attempt (values below 1.0 count as 1.0).
-    #[must_use]
-    pub fn factor(mut self, factor: f64) -> Self {
-        self.factor = factor;
-        self
-    }
-
-    /// Sets the random fraction taken off each delay (clamped to 0.0..=1.0).
-    #[must_use]
-    pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter;
-        self
-    }
-
-    /// Gives up after `n` failed attempts in a row (`None`: never).
-    #[must_use]
-    pub fn max_attempts(mut self, n: Option<u32>) -> Self {
-        self.max_attempts = n;
-        self
+    setters! {
+        initial: Duration,
+        max: Duration,
+        factor: f64,
+        jitter: f64,
+        max_attempts: Option<u32>,
     }
 
     /// The delay before the next attempt after `failures` failed attempts
@@ -269,57 +240,28 @@ where
     let (tx, rx) = watch::channel(State::default());
     let task_stop = stop.clone();
     tokio::spawn(async move {
-        let end = run(&mut connect, component, config, policy, &task_stop, &tx).await;
-        tracing::debug!(%end, "reconnecting client ended");
-        tx.send_modify(|state| {
-            state.current = None;
-            state.end = Some(end);
-        });
-    });
-    Ok(Reconnecting { state: rx, stop })
-}
-
-async fn run<F, Fut, C, K>(
-    connect: &mut F,
-    component: Arc<K>,
-    config: Config,
-    policy: ReconnectPolicy,
-    stop: &CancellationToken,
-    tx: &watch::Sender<State>,
-) -> ReconnectEnd
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = std::result::Result<Dialed<C>, BoxError>> + Send + 'static,
-    C: TransportConn,
-    K: MessageComponent + ?Sized,
-{
-    let mut connections = 0u64;
-    let mut failures = 0u32;
-    loop {
-        let attempt = tokio::time::timeout(config.handshake_timeout, connect());
-        let dialed = tokio::select! {
-            () = stop.cancelled() => return ReconnectEnd::Stopped,
-            res = attempt => res,
-        };
-        let error = match dialed {
-            Ok(Ok(Dialed { conn, peer, info })) => {
-                connections += 1;
-                let mut extensions = Extensions::default();
-                extensions.insert(Reconnect {
-                    connection: connections,
-                    attempt: failures + 1,
-                    stop: stop.clone(),
-                });
-                failures = 0;
-                match spawn_client_with(
-                    conn,
-                    peer,
-                    info,
-                    extensions,
-                    component.clone(),
-                    config.clone(),
-                ) {
-                    Ok(handle) => {
+        let stop = task_stop;
+        let end = async {
+            let mut connections = 0u64;
+            let mut failures = 0u32;
+            loop {
+                let attempt = tokio::time::timeout(config.handshake_timeout, connect());
+                let dialed = tokio::select! {
+                    () = stop.cancelled() => return ReconnectEnd::Stopped,
+                    res = attempt => res,
+                };
+                let error = match dialed {
+                    Ok(Ok(Dialed { conn, peer, info })) => {
+                        connections += 1;
+                        let mut extensions = Extensions::default();
+                        extensions.insert(Reconnect {
+                            connection: connections,
+                            attempt: failures + 1,
+                            stop: stop.clone(),
+                        });
+                        failures = 0;
+                        let (component, config) = (component.clone(), config.clone());
+                        let handle = start_client(conn, peer, info, extensions, component, config);
                         tx.send_modify(|state| {
                             state.current = Some(handle.clone());
                             state.connections = connections;
@@ -336,30 +278,36 @@ where
                         tracing::info!(%peer, %reason, "connection ended; reconnecting");
                         None
                     }
-                    Err(err) => Some(err.to_string()),
+                    Ok(Err(err)) => Some(err.to_string()),
+                    Err(_) => Some(format!(
+                        "no connection within {:?} (handshake_timeout)",
+                        config.handshake_timeout
+                    )),
+                };
+                if let Some(error) = error {
+                    failures = failures.saturating_add(1);
+                    if policy.max_attempts.is_some_and(|max| failures >= max) {
+                        return ReconnectEnd::GaveUp(error);
+                    }
+                    tracing::warn!(%error, attempt = failures, "connect failed; retrying");
+                }
+                // After a connection ended: the first delay; after n failures
+                // in a row: delay(n - 1).
+                let delay = policy.delay(failures.saturating_sub(1));
+                tokio::select! {
+                    () = stop.cancelled() => return ReconnectEnd::Stopped,
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some(format!(
-                "no connection within {:?} (handshake_timeout)",
-                config.handshake_timeout
-            )),
-        };
-        if let Some(error) = error {
-            failures = failures.saturating_add(1);
-            if policy.max_attempts.is_some_and(|max| failures >= max) {
-                return ReconnectEnd::GaveUp(error);
-            }
-            tracing::warn!(%error, attempt = failures, "connect failed; retrying");
         }
-        // After a connection ended: the first delay; after n failures in a
-        // row: delay(n - 1).
-        let delay = policy.delay(failures.saturating_sub(1));
-        tokio::select! {
-            () = stop.cancelled() => return ReconnectEnd::Stopped,
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
+        .await;
+        tracing::debug!(%end, "reconnecting client ended");
+        tx.send_modify(|state| {
+            state.current = None;
+            state.end = Some(end);
+        });
+    });
+    Ok(Reconnecting { state: rx, stop })
 }
 
 /// A reconnecting client: send on the current connection, wait for one,
@@ -453,31 +401,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delays_grow_and_stay_under_the_cap() {
+    fn delays_grow_stay_under_the_cap_and_jitter_within_its_fraction() {
         let policy = ReconnectPolicy::default()
             .initial(Duration::from_millis(100))
             .max(Duration::from_secs(2))
             .jitter(0.0);
-        assert_eq!(policy.delay(0), Duration::from_millis(100));
-        assert_eq!(policy.delay(1), Duration::from_millis(200));
-        assert_eq!(policy.delay(3), Duration::from_millis(800));
-        assert_eq!(policy.delay(10), Duration::from_secs(2));
-        assert_eq!(policy.delay(u32::MAX), Duration::from_secs(2));
-    }
-
-    #[test]
-    fn jitter_stays_within_its_fraction() {
-        let policy = ReconnectPolicy::default()
-            .initial(Duration::from_secs(1))
-            .max(Duration::from_secs(1))
-            .jitter(0.5);
+        for (failures, ms) in [(0, 100), (1, 200), (3, 800), (10, 2000), (u32::MAX, 2000)] {
+            assert_eq!(policy.delay(failures), Duration::from_millis(ms));
+        }
+        // Half of the delay at most is taken off, and not always the same.
+        let second = Duration::from_secs(1);
+        let policy = policy.initial(second).max(second).jitter(0.5);
         let delays: Vec<Duration> = (0..200).map(|_| policy.delay(4)).collect();
-        assert!(
-            delays
-                .iter()
-                .all(|d| *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1))
-        );
-        // Not all the same: there is jitter.
+        let range = Duration::from_millis(500)..=second;
+        assert!(delays.iter().all(|d| range.contains(d)));
         assert!(delays.iter().any(|d| *d != delays[0]));
     }
 

@@ -50,14 +50,9 @@ use crate::stats::Counters;
 use crate::transport::{Received, TransportConn, TransportInfo};
 
 /// In-flight frames per direction. Small, so a client that stops reading
-/// backs up into the server's outbound queue as a real socket would.
+/// backs up into the server's outbound queue as a real socket would. A
+/// frame is what one side receives: a message, or the other side's close.
 const CHANNEL_CAPACITY: usize = 16;
-
-#[derive(Debug)]
-enum Frame {
-    Message(Message),
-    Close(Option<CloseFrame>),
-}
 
 /// A component served over in-memory connections.
 pub struct TestServer {
@@ -108,9 +103,9 @@ impl TestServer {
         };
         let ctx = self.ctx.clone();
         let component = self.component.clone();
-        self.ctx.spawn(async move {
-            ctx.run_connection(conn, peer, info, Extensions::default(), component)
-                .await;
+        self.ctx.tracker.spawn(async move {
+            let opened = ctx.open(peer, info, Extensions::default());
+            Context::drive(conn, opened, component).await;
         });
         TestClient {
             tx: to_server,
@@ -134,8 +129,8 @@ impl TestServer {
 /// The peer of one in-memory connection.
 #[derive(Debug)]
 pub struct TestClient {
-    tx: mpsc::Sender<Frame>,
-    rx: mpsc::Receiver<Frame>,
+    tx: mpsc::Sender<Received>,
+    rx: mpsc::Receiver<Received>,
     close: Option<Option<CloseFrame>>,
     peer: SocketAddr,
 }
@@ -149,7 +144,7 @@ impl TestClient {
     /// Sends a message; waits while the server is not reading (its handler
     /// is busy). Returns false when the server side is gone.
     pub async fn send(&self, msg: impl Into<Message>) -> bool {
-        self.tx.send(Frame::Message(msg.into())).await.is_ok()
+        self.tx.send(Received::Message(msg.into())).await.is_ok()
     }
 
     /// The next message, or `None` once the server closed the connection
@@ -158,28 +153,23 @@ impl TestClient {
         if self.close.is_some() {
             return None;
         }
-        match self.rx.recv().await {
-            Some(Frame::Message(m)) => Some(m),
-            Some(Frame::Close(frame)) => {
-                self.close = Some(frame);
-                None
-            }
-            None => {
-                self.close = Some(None);
-                None
-            }
-        }
+        let frame = self.rx.recv().await.unwrap_or(Received::Closed(None));
+        self.take(frame)
     }
 
     /// A message already delivered, without waiting.
     pub fn try_recv(&mut self) -> Option<Message> {
-        match self.rx.try_recv() {
-            Ok(Frame::Message(m)) => Some(m),
-            Ok(Frame::Close(frame)) => {
+        let frame = self.rx.try_recv().ok()?;
+        self.take(frame)
+    }
+
+    fn take(&mut self, frame: Received) -> Option<Message> {
+        match frame {
+            Received::Message(m) => Some(m),
+            Received::Closed(frame) => {
                 self.close = Some(frame);
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -200,15 +190,18 @@ impl TestClient {
     pub async fn close(&self) {
         let _ = self
             .tx
-            .send(Frame::Close(Some(CloseFrame::new(CloseCode::NORMAL, ""))))
+            .send(Received::Closed(Some(CloseFrame::new(
+                CloseCode::NORMAL,
+                "",
+            ))))
             .await;
     }
 }
 
 /// The server side of an in-memory connection.
 struct MemoryConn {
-    rx: mpsc::Receiver<Frame>,
-    tx: PollSender<Frame>,
+    rx: mpsc::Receiver<Received>,
+    tx: PollSender<Received>,
     close_sent: bool,
 }
 
@@ -218,11 +211,8 @@ fn gone() -> Error {
 
 impl TransportConn for MemoryConn {
     fn poll_recv(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Received>> {
-        Poll::Ready(Ok(match ready!(self.rx.poll_recv(cx)) {
-            Some(Frame::Message(m)) => Received::Message(m),
-            Some(Frame::Close(frame)) => Received::Closed(frame),
-            None => Received::Closed(None),
-        }))
+        let frame = ready!(self.rx.poll_recv(cx));
+        Poll::Ready(Ok(frame.unwrap_or(Received::Closed(None))))
     }
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
@@ -230,7 +220,9 @@ impl TransportConn for MemoryConn {
     }
 
     fn start_send(&mut self, msg: Message) -> Result<()> {
-        self.tx.send_item(Frame::Message(msg)).map_err(|_| gone())
+        self.tx
+            .send_item(Received::Message(msg))
+            .map_err(|_| gone())
     }
 
     fn poll_flush(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
@@ -240,7 +232,7 @@ impl TransportConn for MemoryConn {
     fn poll_close(&mut self, cx: &mut TaskContext<'_>, frame: &CloseFrame) -> Poll<Result<()>> {
         if !self.close_sent {
             if ready!(self.tx.poll_reserve(cx)).is_ok() {
-                let _ = self.tx.send_item(Frame::Close(Some(frame.clone())));
+                let _ = self.tx.send_item(Received::Closed(Some(frame.clone())));
             }
             self.close_sent = true;
             self.tx.close();

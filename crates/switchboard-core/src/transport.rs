@@ -157,18 +157,14 @@ impl Headers {
 
     /// The first value of header `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| &**v)
+        self.iter()
+            .find_map(|(n, v)| n.eq_ignore_ascii_case(name).then_some(v))
     }
 
     /// Every value of header `name` (case-insensitive), in request order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| &**v)
+        self.iter()
+            .filter_map(move |(n, v)| n.eq_ignore_ascii_case(name).then_some(v))
     }
 
     /// All headers as `(lower-case name, value)`.

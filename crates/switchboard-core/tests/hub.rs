@@ -7,22 +7,40 @@ use std::time::Duration;
 use switchboard::testing::{TestClient, TestServer};
 use switchboard::{
     BoxError, Broker, Connection, ConnectionId, Hub, LocalDelivery, Message, MessageComponent,
-    Topic, async_trait,
+    Result, Topic, async_trait,
 };
+use tokio::sync::Notify;
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// Records what the hub asks of its broker, and can inject messages from
-/// "another node" through the delivery handle it was given.
+/// Records what the hub asks of its broker (an unsubscribe once it has
+/// taken `unsubscribe_delay`), and can inject messages from "another node"
+/// through the delivery handle it was given.
 #[derive(Default)]
 struct Recording {
     calls: Mutex<Vec<String>>,
     local: Mutex<Option<LocalDelivery>>,
+    unsubscribe_delay: Duration,
+    unsubscribing: Notify,
 }
 
 #[derive(Clone, Default)]
 struct RecordingBroker(Arc<Recording>);
+
+impl RecordingBroker {
+    /// A broker that takes 200 ms to unsubscribe.
+    fn slow_to_unsubscribe() -> Self {
+        RecordingBroker(Arc::new(Recording {
+            unsubscribe_delay: Duration::from_millis(200),
+            ..Recording::default()
+        }))
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
 
 impl std::ops::Deref for RecordingBroker {
     type Target = Recording;
@@ -36,24 +54,22 @@ impl Broker for RecordingBroker {
     fn attach(&self, local: LocalDelivery) {
         *self.local.lock().unwrap() = Some(local);
     }
-    async fn subscribe(&self, room: &str) -> switchboard::Result<()> {
+    async fn subscribe(&self, room: &str) -> Result<()> {
         self.calls.lock().unwrap().push(format!("sub {room}"));
         Ok(())
     }
-    async fn unsubscribe(&self, room: &str) -> switchboard::Result<()> {
+    async fn unsubscribe(&self, room: &str) -> Result<()> {
+        self.unsubscribing.notify_one();
+        tokio::time::sleep(self.unsubscribe_delay).await;
         self.calls.lock().unwrap().push(format!("unsub {room}"));
         Ok(())
     }
-    async fn publish(
-        &self,
-        topic: Topic<'_>,
-        msg: Message,
-        _except: Option<ConnectionId>,
-    ) -> switchboard::Result<()> {
+    async fn publish(&self, topic: Topic<'_>, msg: Message, _: Option<ConnectionId>) -> Result<()> {
+        let text = msg.as_text().unwrap_or("?");
         self.calls
             .lock()
             .unwrap()
-            .push(format!("pub {topic:?} {}", msg.as_text().unwrap_or("?")));
+            .push(format!("pub {topic:?} {text}"));
         Ok(())
     }
 }
@@ -104,13 +120,18 @@ async fn expect(client: &mut TestClient, text: &str) {
     assert_eq!(got, Some(Message::text(text.to_owned())));
 }
 
+/// A hub on `broker`, served by [`Rooms`], and two clients of it.
+async fn serve(broker: RecordingBroker) -> (Hub, TestServer, TestClient, TestClient) {
+    let hub = Hub::with_broker(broker);
+    let server = TestServer::new(Rooms { hub: hub.clone() });
+    let (a, b) = (server.connect().await, server.connect().await);
+    (hub, server, a, b)
+}
+
 #[tokio::test]
 async fn rooms_broadcast_and_automatic_leave() {
     let broker = RecordingBroker::default();
-    let hub = Hub::with_broker(broker.clone());
-    let server = TestServer::new(Rooms { hub: hub.clone() });
-    let mut a = server.connect().await;
-    let mut b = server.connect().await;
+    let (hub, server, mut a, mut b) = serve(broker.clone()).await;
     let mut c = server.connect().await;
 
     cmd(&mut a, "join red").await;
@@ -159,21 +180,14 @@ async fn rooms_broadcast_and_automatic_leave() {
 
     // The broker was told about first joins, last leaves and every publish.
     timeout(LIMIT, async {
-        while !broker
-            .calls
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|c| c == "unsub blue")
-        {
+        while !broker.calls().iter().any(|c| c == "unsub blue") {
             tokio::task::yield_now().await;
         }
     })
     .await
     .expect("blue unsubscribed after its last member closed");
-    let calls = broker.calls.lock().unwrap().clone();
     assert_eq!(
-        calls,
+        broker.calls(),
         [
             "sub red",
             "sub blue",
@@ -220,10 +234,7 @@ async fn a_broker_shared_through_an_arc_carries_every_hubs_traffic() {
     let second = Hub::with_broker(picked);
     assert_eq!(first.broadcast("one").await.unwrap(), 0);
     assert_eq!(second.broadcast("two").await.unwrap(), 0);
-    assert_eq!(
-        *broker.calls.lock().unwrap(),
-        ["pub All one", "pub All two"]
-    );
+    assert_eq!(broker.calls(), ["pub All one", "pub All two"]);
     // The broker was attached to each hub in turn: it now delivers to the second.
     let server = TestServer::new(Rooms {
         hub: second.clone(),
@@ -242,55 +253,25 @@ async fn a_broker_shared_through_an_arc_carries_every_hubs_traffic() {
     assert!(first.is_empty());
 }
 
-/// Subscribes at once, unsubscribes slowly; records the broker's final state.
-#[derive(Clone, Default)]
-struct SlowUnsubscribe(
-    Arc<Mutex<std::collections::HashSet<String>>>,
-    Arc<tokio::sync::Notify>,
-);
-
-#[async_trait]
-impl Broker for SlowUnsubscribe {
-    async fn subscribe(&self, room: &str) -> switchboard::Result<()> {
-        self.0.lock().unwrap().insert(room.to_owned());
-        Ok(())
-    }
-    async fn unsubscribe(&self, room: &str) -> switchboard::Result<()> {
-        self.1.notify_one();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        self.0.lock().unwrap().remove(room);
-        Ok(())
-    }
-    async fn publish(
-        &self,
-        _: Topic<'_>,
-        _: Message,
-        _: Option<ConnectionId>,
-    ) -> switchboard::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_join_racing_the_last_leave_stays_subscribed() {
-    let broker = SlowUnsubscribe::default();
-    let hub = Hub::with_broker(broker.clone());
-    let server = TestServer::new(Rooms { hub: hub.clone() });
-    let mut a = server.connect().await;
-    let mut b = server.connect().await;
+    let broker = RecordingBroker::slow_to_unsubscribe();
+    let (hub, _server, mut a, mut b) = serve(broker.clone()).await;
     cmd(&mut a, "join red").await;
     // The last member leaves; while the broker is still unsubscribing, a
     // new member joins the (locally empty) room.
     assert!(a.send("leave red").await);
-    timeout(LIMIT, broker.1.notified())
+    timeout(LIMIT, broker.unsubscribing.notified())
         .await
         .expect("unsubscribe started");
     assert!(b.send("join red").await);
     expect(&mut a, "ok").await;
     expect(&mut b, "ok").await;
     assert_eq!(hub.room_len("red"), 1);
-    assert!(
-        broker.0.lock().unwrap().contains("red"),
-        "room has a member but the broker unsubscribed"
+    let calls = broker.calls();
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("sub red"),
+        "room has a member but the broker unsubscribed last: {calls:?}"
     );
 }

@@ -139,6 +139,12 @@ async fn recv(client: &mut TestClient) -> Option<Message> {
         .expect("no message in time")
 }
 
+/// The code of the close frame `client` gets, skipping messages.
+async fn close_code(client: &mut TestClient) -> Option<CloseCode> {
+    let frame = timeout(LIMIT, client.closed()).await.expect("closed");
+    frame.map(|f| f.code)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_arrive_in_order_one_at_a_time_across_many_clients() {
     let (rec, server) = server(Config::default());
@@ -194,64 +200,24 @@ async fn on_close_runs_exactly_once_on_every_path() {
     assert!(peer.send("hi").await);
     assert_eq!(recv(&mut peer).await, Some(Message::text("hi")));
     peer.close().await;
-    assert_eq!(
-        timeout(LIMIT, peer.closed())
-            .await
-            .expect("closed")
-            .map(|f| f.code),
-        Some(CloseCode::NORMAL)
-    );
+    assert_eq!(close_code(&mut peer).await, Some(CloseCode::NORMAL));
 
-    // Handler error: the on_error above closes with 1011.
-    let mut failing = server.connect().await;
-    assert!(failing.send("fail").await);
-    assert_eq!(
-        timeout(LIMIT, failing.closed())
-            .await
-            .expect("closed")
-            .map(|f| f.code),
-        Some(CloseCode::ERROR)
-    );
-
-    // Panic.
-    let mut panicking = server.connect().await;
-    assert!(panicking.send("panic").await);
-    assert_eq!(
-        timeout(LIMIT, panicking.closed())
-            .await
-            .expect("closed")
-            .map(|f| f.code),
-        Some(CloseCode::ERROR)
-    );
-
-    // Rejected by on_open, and a panic in on_open.
-    let mut rejected = server.connect_with(info("/reject")).await;
-    assert_eq!(
-        timeout(LIMIT, rejected.closed())
-            .await
-            .expect("closed")
-            .map(|f| f.code),
-        Some(CloseCode::POLICY)
-    );
-    let mut open_panic = server.connect_with(info("/panic-open")).await;
-    assert_eq!(
-        timeout(LIMIT, open_panic.closed())
-            .await
-            .expect("closed")
-            .map(|f| f.code),
-        Some(CloseCode::ERROR)
-    );
-
-    // A limit: the queue bound (8) with a peer that does not read.
-    let mut slow = server.connect().await;
-    assert!(slow.send("flood 100").await);
-    assert_eq!(
-        timeout(LIMIT, slow.closed())
-            .await
-            .expect("closed")
-            .map(|f| f.code),
-        Some(CloseCode::POLICY)
-    );
+    // A handler error (the on_error above closes with 1011), a panic, a
+    // rejection by on_open, a panic in on_open, and a limit: the queue bound
+    // (8) with a peer that does not read.
+    for (path, msg, code) in [
+        ("/", Some("fail"), CloseCode::ERROR),
+        ("/", Some("panic"), CloseCode::ERROR),
+        ("/reject", None, CloseCode::POLICY),
+        ("/panic-open", None, CloseCode::ERROR),
+        ("/", Some("flood 100"), CloseCode::POLICY),
+    ] {
+        let mut client = server.connect_with(info(path)).await;
+        if let Some(msg) = msg {
+            assert!(client.send(msg).await);
+        }
+        assert_eq!(close_code(&mut client).await, Some(code), "{path} {msg:?}");
+    }
 
     // Shutdown.
     let mut last = server.connect().await;
@@ -260,13 +226,7 @@ async fn on_close_runs_exactly_once_on_every_path() {
     timeout(LIMIT, server.shutdown())
         .await
         .expect("shutdown in time");
-    assert_eq!(
-        timeout(LIMIT, last.closed())
-            .await
-            .expect("closed")
-            .map(|f| f.code),
-        Some(CloseCode::AWAY)
-    );
+    assert_eq!(close_code(&mut last).await, Some(CloseCode::AWAY));
 
     rec.wait_closes(7).await;
     let closes = rec.close_reasons();
@@ -337,13 +297,7 @@ async fn a_panic_closes_only_its_own_connection() {
     }
     let mut victim = server.connect().await;
     assert!(victim.send("panic").await);
-    assert_eq!(
-        timeout(LIMIT, victim.closed())
-            .await
-            .expect("closed")
-            .map(|f| f.code),
-        Some(CloseCode::ERROR)
-    );
+    assert_eq!(close_code(&mut victim).await, Some(CloseCode::ERROR));
     for (i, other) in others.iter_mut().enumerate() {
         assert!(other.send(format!("after {i}")).await);
         assert_eq!(recv(other).await, Some(Message::text(format!("after {i}"))));
@@ -520,18 +474,23 @@ async fn shutdown_stops_stragglers_after_the_grace_period() {
 async fn rate_limit_closes_with_1008_or_drops() {
     use switchboard::{RateLimit, RateLimitAction};
 
+    /// Connects, sends `sent` messages `m0`, `m1`, ... at once and receives
+    /// the first five back.
+    async fn burst(server: &TestServer, sent: usize) -> TestClient {
+        let mut client = server.connect().await;
+        for i in 0..sent {
+            assert!(client.send(format!("m{i}")).await);
+        }
+        for i in 0..5 {
+            let expected = Message::text(format!("m{i}"));
+            assert_eq!(recv(&mut client).await, Some(expected));
+        }
+        client
+    }
+
     // Close: a burst of 5, then the 6th message closes the connection.
     let (rec, closing) = server(Config::default().rate_limit(Some(RateLimit::new(10.0, 5))));
-    let mut client = closing.connect().await;
-    for i in 0..6 {
-        assert!(client.send(format!("m{i}")).await);
-    }
-    for i in 0..5 {
-        assert_eq!(
-            recv(&mut client).await,
-            Some(Message::text(format!("m{i}")))
-        );
-    }
+    let mut client = burst(&closing, 6).await;
     let frame = timeout(LIMIT, client.closed())
         .await
         .expect("closed")
@@ -553,16 +512,7 @@ async fn rate_limit_closes_with_1008_or_drops() {
     // Drop: over-limit messages vanish, the connection stays, tokens refill.
     let limit = RateLimit::new(10.0, 5).action(RateLimitAction::Drop);
     let (rec, dropping) = server(Config::default().rate_limit(Some(limit)));
-    let mut client = dropping.connect().await;
-    for i in 0..8 {
-        assert!(client.send(format!("m{i}")).await);
-    }
-    for i in 0..5 {
-        assert_eq!(
-            recv(&mut client).await,
-            Some(Message::text(format!("m{i}")))
-        );
-    }
+    let mut client = burst(&dropping, 8).await;
     tokio::time::advance(Duration::from_millis(250)).await; // 2.5 tokens
     assert!(client.send("later").await);
     assert_eq!(recv(&mut client).await, Some(Message::text("later")));
@@ -580,8 +530,9 @@ struct Relay {
 
 impl Relay {
     /// The component and its helper thread, which sends "from helper N" on
-    /// the connection for each message N and then counts it in `sent`.
-    fn start() -> Arc<Self> {
+    /// the connection for each message N and then counts it in `sent`; a
+    /// server of it and a client.
+    async fn serve() -> (Arc<Self>, TestServer, TestClient) {
         let (tx, rx) = std::sync::mpsc::channel::<(Connection, String)>();
         let sent = Arc::new(AtomicUsize::new(0));
         let counter = sent.clone();
@@ -591,12 +542,22 @@ impl Relay {
                 counter.fetch_add(1, Ordering::SeqCst);
             }
         });
-        Arc::new(Relay {
+        let relay = Arc::new(Relay {
             to_helper: Mutex::new(tx),
             sent,
             release: Notify::new(),
-        })
+        });
+        let server = TestServer::new(relay.clone());
+        let client = server.connect().await;
+        (relay, server, client)
     }
+}
+
+/// Sends `text` and expects the helper thread's reply to it.
+async fn relayed(client: &mut TestClient, text: String) {
+    assert!(client.send(text.clone()).await);
+    let reply = Message::text(format!("from helper {text}"));
+    assert_eq!(recv(client).await, Some(reply));
 }
 
 impl MessageComponent for Relay {
@@ -625,32 +586,20 @@ impl MessageComponent for Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_from_another_thread_during_a_handler_is_delivered_without_more_input() {
-    let relay = Relay::start();
-    let server = TestServer::with_config(relay.clone(), Config::default());
-    let mut client = server.connect().await;
+    let (relay, _server, mut client) = Relay::serve().await;
+    // Nothing else arrives to wake the connection: each reply has to leave
+    // because the driver looked at the queue before sleeping.
     for i in 0..200 {
-        assert!(client.send(i.to_string()).await);
-        // Nothing else arrives to wake the connection: the reply has to
-        // leave because the driver looked at the queue before sleeping.
-        assert_eq!(
-            recv(&mut client).await,
-            Some(Message::text(format!("from helper {i}")))
-        );
+        relayed(&mut client, i.to_string()).await;
     }
     assert_eq!(relay.sent.load(Ordering::SeqCst), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_from_another_thread_while_a_handler_waits_is_delivered_at_once() {
-    let relay = Relay::start();
-    let server = TestServer::with_config(relay.clone(), Config::default());
-    let mut client = server.connect().await;
+    let (relay, server, mut client) = Relay::serve().await;
     for i in 0..20 {
-        assert!(client.send(format!("wait {i}")).await);
-        assert_eq!(
-            recv(&mut client).await,
-            Some(Message::text(format!("from helper wait {i}")))
-        );
+        relayed(&mut client, format!("wait {i}")).await;
         // Counted while its handler is still running.
         assert_eq!(server.stats().messages_in, i + 1);
         relay.release.notify_one();
@@ -743,13 +692,7 @@ async fn handlers_that_panic_when_called_are_caught_like_any_other() {
     let mut client = server.connect().await;
     let closed = component.notify.notified();
     assert!(client.send("fail").await);
-    assert_eq!(
-        timeout(LIMIT, client.closed())
-            .await
-            .expect("closed")
-            .map(|f| f.code),
-        Some(CloseCode::ERROR)
-    );
+    assert_eq!(close_code(&mut client).await, Some(CloseCode::ERROR));
     timeout(LIMIT, closed).await.expect("on_close ran");
     assert_eq!(component.closes.load(Ordering::SeqCst), 1);
     // Both panics were caught and counted; the server serves on.

@@ -2,17 +2,15 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use async_trait::async_trait;
 use switchboard_core::{Broker, ConnectionId, LocalBroker, LocalDelivery, Message, Topic};
-use tokio::time::timeout;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::envelope;
-use crate::error::{Error, Result};
-use crate::options::{Channels, RedisOptions};
-use crate::publisher::{Publisher, Stats};
+use crate::error::{Result, bounded};
+use crate::options::RedisOptions;
+use crate::publisher::Publisher;
 use crate::subscriber::Subscriber;
 
 /// A snapshot of a broker's (or an emitter's) links and counters.
@@ -40,29 +38,21 @@ pub struct Status {
 }
 
 /// The core's [`Broker`] on Redis: rooms and broadcasts reach the members
-/// of every node of the cluster.
-///
-/// # Channels
-///
-/// For a [`prefix`](RedisOptions::prefix) `p`: room `name` travels on
-/// `p:room:name`, broadcasts on `p:all`, and messages for one node on
-/// `p:node:{id}`. A node subscribes to a room's channel only while the room
-/// has local members (the hub calls [`subscribe`](Broker::subscribe) for a
-/// room's first local member and [`unsubscribe`](Broker::unsubscribe) after
-/// its last), so Redis sends a node only what its members need.
+/// of every node of the cluster. A node subscribes to a room's channel
+/// (named after the [`prefix`](RedisOptions::prefix)) only while the room
+/// has local members, so Redis sends it only what its members need.
 ///
 /// # Delivery
 ///
-/// The hub delivers to local members itself, then calls
-/// [`publish`](Broker::publish), which wraps the message in an envelope
-/// (version, origin node id, room, except-connection id, payload kind and
-/// bytes) and publishes it. Every node subscribed to the channel delivers
-/// it to its local members through the hub's [`LocalDelivery`]; the origin
-/// node recognises its own id and drops the echo. Each client therefore
-/// receives each message exactly once while Redis is up; across nodes the
-/// guarantee is Redis pub/sub's: at most once (a node that is disconnected
-/// when a message is published never sees it). Text stays text and binary
-/// stays binary.
+/// [`publish`](Broker::publish) wraps the message in an envelope (version,
+/// origin node id, room, except-connection id, payload kind and bytes) and
+/// publishes it. Every node subscribed to the channel delivers it to its
+/// local members through the hub's [`LocalDelivery`]; the origin node,
+/// whose members the hub served already, recognises its own id and drops
+/// the echo. Each client therefore receives each message exactly once while
+/// Redis is up; across nodes the guarantee is Redis pub/sub's: at most once
+/// (a node that is disconnected when a message is published never sees
+/// it). Text stays text and binary stays binary.
 ///
 /// # Failures
 ///
@@ -71,20 +61,16 @@ pub struct Status {
 ///   on a link that stopped answering, within
 ///   [`timeout`](RedisOptions::timeout)) with the core's
 ///   [`Error::Broker`](switchboard_core::Error::Broker) wrapping this
-///   crate's [`Error`]. It never hangs.
+///   crate's [`Error`](crate::Error). It never hangs.
 /// - [`subscribe`](Broker::subscribe) and [`unsubscribe`](Broker::unsubscribe)
 ///   never fail because Redis is down: the change is recorded and applied
 ///   when the link is back. While the link is up they return once Redis
 ///   confirmed the change (at most the timeout), so a member that just
 ///   joined gets every message published after `join_room` returned.
-/// - Both links reconnect by themselves, forever, with backoff between
-///   [`reconnect_min`](RedisOptions::reconnect_min) and
-///   [`reconnect_max`](RedisOptions::reconnect_max), and the subscription
-///   link resubscribes to every wanted room. A watchdog pings both links
-///   every [`ping_interval`](RedisOptions::ping_interval) and replaces one
-///   that does not answer in time.
-/// - [`status`](Self::status) tells whether the broker is connected and
-///   counts publishes, errors, receptions and reconnects.
+/// - Both links reconnect by themselves, forever, with the backoff and the
+///   watchdog pings of [`RedisOptions`], and the subscription link
+///   resubscribes to every wanted room; [`status`](Self::status) tells
+///   whether they are up.
 ///
 /// A cheap `Clone` handle (an `Arc` inside): keep a clone to read the
 /// status after giving one to the hub. The background task stops when the
@@ -108,11 +94,8 @@ pub struct RedisBroker {
 }
 
 struct Inner {
-    node_id: Arc<str>,
-    channels: Channels,
     publisher: Arc<Publisher>,
     subscriber: Arc<Subscriber>,
-    stats: Arc<Stats>,
     /// Stops the background task when the last handle goes.
     _stop: DropGuard,
 }
@@ -127,55 +110,28 @@ impl RedisBroker {
     ///
     /// Needs a tokio runtime.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
-        options.validate()?;
-        let client = redis::Client::open(url).map_err(|e| Error::invalid_url(url, e))?;
-        let node_id: Arc<str> = options.node_id_or_random("node").into();
-        let channels = Channels::new(&options.prefix);
-        let stats = Arc::new(Stats::default());
-        let publisher = Publisher::connect(client.clone(), &options, stats.clone())
-            .await
-            .map_err(|err| err.connecting_to(url))?;
-        let subscriber = Arc::new(Subscriber::new(
-            client,
-            options.clone(),
-            channels.clone(),
-            node_id.clone(),
-            stats.clone(),
-        ));
-
+        let publisher = Publisher::connect(url, &options).await?;
+        let subscriber = Arc::new(Subscriber::new(&publisher, options.clone()));
         let stop = CancellationToken::new();
-        let task = {
+        tokio::spawn({
             let (publisher, subscriber, stop) =
                 (publisher.clone(), subscriber.clone(), stop.clone());
             async move {
-                tokio::join!(
-                    subscriber.run(&publisher, stop.clone()),
-                    publisher.watchdog(stop.clone()),
-                );
+                tokio::join!(subscriber.run(&publisher, &stop), publisher.watchdog(&stop));
             }
-        };
-        tokio::spawn(task);
+        });
         let guard = stop.drop_guard();
 
         let mut applied = subscriber.applied.subscribe();
-        match timeout(options.timeout * 2, applied.wait_for(|a| a.up)).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                return Err(Error::Timeout {
-                    operation: "SUBSCRIBE",
-                    after: options.timeout * 2,
-                }
-                .connecting_to(url));
-            }
-        }
-        tracing::info!(node = %node_id, "redis broker connected");
+        let up = applied.wait_for(|a| a.up);
+        bounded("SUBSCRIBE", options.timeout * 2, up)
+            .await
+            .map_err(|err| err.connecting_to(url))?;
+        tracing::info!(node = %subscriber.node_id, "redis broker connected");
         Ok(RedisBroker {
             inner: Arc::new(Inner {
-                node_id,
-                channels,
                 publisher,
                 subscriber,
-                stats,
                 _stop: guard,
             }),
         })
@@ -183,21 +139,14 @@ impl RedisBroker {
 
     /// This node's id in the cluster (see [`RedisOptions::node_id`]).
     pub fn node_id(&self) -> &str {
-        &self.inner.node_id
+        &self.inner.subscriber.node_id
     }
 
     /// Whether both links are up and the counters so far.
     pub fn status(&self) -> Status {
-        let s = &self.inner.stats;
-        Status {
-            connected: self.inner.subscriber.is_up() && self.inner.publisher.is_up(),
-            rooms: self.inner.subscriber.rooms(),
-            published: s.published.load(Relaxed),
-            publish_errors: s.publish_errors.load(Relaxed),
-            received: s.received.load(Relaxed),
-            invalid: s.invalid.load(Relaxed),
-            reconnects: s.reconnects.load(Relaxed),
-        }
+        let (publisher, subscriber) = (&self.inner.publisher, &self.inner.subscriber);
+        let connected = subscriber.is_up() && publisher.is_up();
+        publisher.stats.status(connected, subscriber.rooms())
     }
 }
 
@@ -206,7 +155,7 @@ impl Broker for RedisBroker {
     fn attach(&self, local: LocalDelivery) {
         if self.inner.subscriber.local.set(local).is_err() {
             tracing::warn!(
-                node = %self.inner.node_id,
+                node = %self.inner.subscriber.node_id,
                 "a RedisBroker serves one hub; this second hub receives nothing from other nodes"
             );
         }
@@ -229,15 +178,11 @@ impl Broker for RedisBroker {
         except: Option<ConnectionId>,
     ) -> switchboard_core::Result<()> {
         let channel = match topic {
-            Topic::All => self.inner.channels.all().to_owned(),
-            Topic::Room(room) => self.inner.channels.room(room),
+            Topic::All => self.inner.subscriber.channels.all().to_owned(),
+            Topic::Room(room) => self.inner.subscriber.channels.room(room),
         };
-        let payload = envelope::encode(
-            &self.inner.node_id,
-            topic,
-            except.map(ConnectionId::as_u64),
-            &msg,
-        )?;
+        let except = except.map(ConnectionId::as_u64);
+        let payload = envelope::encode(&self.inner.subscriber.node_id, topic, except, &msg)?;
         self.inner.publisher.publish(&channel, &payload).await?;
         Ok(())
     }
@@ -246,7 +191,7 @@ impl Broker for RedisBroker {
 impl fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBroker")
-            .field("node_id", &self.inner.node_id)
+            .field("node_id", &self.inner.subscriber.node_id)
             .field("status", &self.status())
             .finish()
     }

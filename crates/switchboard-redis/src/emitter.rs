@@ -3,16 +3,15 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use switchboard_core::{Message, Topic};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::broker::Status;
 use crate::envelope;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::options::{Channels, RedisOptions};
-use crate::publisher::{Publisher, Stats};
+use crate::publisher::Publisher;
 
 /// The room that holds every connection of one user, on every node:
 /// `user:{id}`.
@@ -68,7 +67,6 @@ struct Inner {
     id: String,
     channels: Channels,
     publisher: Arc<Publisher>,
-    stats: Arc<Stats>,
     _stop: DropGuard,
 }
 
@@ -77,23 +75,17 @@ impl Emitter {
     /// [`timeout`](RedisOptions::timeout). Use the cluster's
     /// [`prefix`](RedisOptions::prefix). Needs a tokio runtime.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
-        options.validate()?;
-        let client = redis::Client::open(url).map_err(|e| Error::invalid_url(url, e))?;
-        let stats = Arc::new(Stats::default());
-        let publisher = Publisher::connect(client, &options, stats.clone())
-            .await
-            .map_err(|err| err.connecting_to(url))?;
+        let publisher = Publisher::connect(url, &options).await?;
         let stop = CancellationToken::new();
-        {
+        tokio::spawn({
             let (publisher, stop) = (publisher.clone(), stop.clone());
-            tokio::spawn(async move { publisher.watchdog(stop).await });
-        }
+            async move { publisher.watchdog(&stop).await }
+        });
         Ok(Emitter {
             inner: Arc::new(Inner {
                 id: options.node_id_or_random("emitter"),
                 channels: Channels::new(&options.prefix),
                 publisher,
-                stats,
                 _stop: stop.drop_guard(),
             }),
         })
@@ -138,14 +130,8 @@ impl Emitter {
 
     /// Whether the link to Redis is up, and the publish counters.
     pub fn status(&self) -> Status {
-        let s = &self.inner.stats;
-        Status {
-            connected: self.inner.publisher.is_up(),
-            published: s.published.load(Relaxed),
-            publish_errors: s.publish_errors.load(Relaxed),
-            reconnects: s.reconnects.load(Relaxed),
-            ..Status::default()
-        }
+        let publisher = &self.inner.publisher;
+        publisher.stats.status(publisher.is_up(), 0)
     }
 
     async fn send(&self, channel: &str, topic: Topic<'_>, msg: Message) -> Result<usize> {

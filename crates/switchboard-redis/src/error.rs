@@ -123,6 +123,20 @@ impl Error {
     }
 }
 
+/// Awaits one exchange with Redis for at most `after`: its error becomes
+/// [`Error::Unavailable`], running out of time [`Error::Timeout`].
+pub(crate) async fn bounded<T, E: Into<BoxError>>(
+    operation: &'static str,
+    after: Duration,
+    exchange: impl Future<Output = Result<T, E>>,
+) -> Result<T> {
+    match tokio::time::timeout(after, exchange).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(Error::unavailable(err)),
+        Err(_) => Err(Error::Timeout { operation, after }),
+    }
+}
+
 /// `url` fit for an error message that ends up in a log: the password of
 /// `redis://user:password@host` and the `pass` parameter of
 /// `redis+unix:///path?pass=...` replaced by `***`.
@@ -143,13 +157,7 @@ pub(crate) fn redacted(url: &str) -> String {
         Some((path, query)) => {
             let query: Vec<&str> = query
                 .split('&')
-                .map(|pair| {
-                    if pair.starts_with("pass=") {
-                        "pass=***"
-                    } else {
-                        pair
-                    }
-                })
+                .map(|pair| pair.strip_prefix("pass=").map_or(pair, |_| "pass=***"))
                 .collect();
             format!("{path}?{}", query.join("&"))
         }

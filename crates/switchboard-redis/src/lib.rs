@@ -95,60 +95,20 @@
 //! # }
 //! ```
 //!
-//! To address one user on whatever node they are connected to, the
-//! component joins [`user_room(id)`](user_room) once it knows the user (in
-//! `on_open` after the handshake hook authenticated the request, or after a
-//! login message); every tab and device of that user is then a member.
+//! # How it talks to Redis
 //!
-//! # How it talks to Redis, and why
-//!
-//! Each broker keeps two connections:
-//!
-//! - **publishing**: one multiplexed connection (redis-rs
-//!   `MultiplexedConnection`), shared by every publishing task;
-//! - **subscribing**: one dedicated pub/sub connection (redis-rs `PubSub`,
-//!   RESP2 or RESP3 as the URL says), owned by one background task that
-//!   delivers what arrives to the hub.
-//!
-//! Neither relies on redis-rs's `ConnectionManager` for reconnection. Its
-//! retry budget is finite (a few attempts with exponential backoff), after
-//! which a subscribe-only manager never reconnects again because no command
-//! triggers it; a response timeout does not make it drop a half-open
-//! connection; and commands issued while it reconnects wait for its backoff.
-//! Instead one task per broker supervises both links, forever:
-//!
-//! - it pings each link every [`ping_interval`](RedisOptions::ping_interval)
-//!   and replaces a link that errors or does not answer within
-//!   [`timeout`](RedisOptions::timeout) (this catches half-open TCP
-//!   connections);
-//! - it reconnects with exponential backoff from
-//!   [`reconnect_min`](RedisOptions::reconnect_min) to
-//!   [`reconnect_max`](RedisOptions::reconnect_max), with no attempt limit;
-//! - on a new subscription link it subscribes to the broadcast channel, the
-//!   node's own channel and every room that has local members.
-//!
-//! A publish takes the current link without waiting: while there is none
-//! it fails at once, otherwise within the timeout. So a handler that
-//! publishes during an outage is never held up, and local delivery (done
-//! by the hub before the broker is called) goes on.
-//!
-//! A dedicated pub/sub connection rather than RESP3 pushes on the shared
-//! connection: it works with every Redis version and fork, and a flood of
+//! Each broker keeps two connections: one multiplexed connection (redis-rs
+//! `MultiplexedConnection`) shared by every publishing task, and one
+//! dedicated pub/sub connection (redis-rs `PubSub`, RESP2 or RESP3 as the
+//! URL says) owned by a background task that delivers what arrives to the
+//! hub. A dedicated pub/sub connection rather than RESP3 pushes on the
+//! shared one works with every Redis version and fork, and a flood of
 //! incoming messages never delays outgoing publishes behind it.
 //!
-//! See `docs/scaling.md` for the topology, the delivery guarantees and the
-//! envelope format.
-//!
-//! # Layout
-//!
-//! - `options`: [`RedisOptions`] and the channel names;
-//! - `envelope`: the binary wire format of one message;
-//! - `publisher`: the publishing link and its watchdog;
-//! - `subscriber`: the subscription link, resubscription, delivery;
-//! - `broker`: [`RedisBroker`], [`Status`], [`broker_from_url`];
-//! - `emitter`: [`Emitter`], [`user_room`];
-//! - `topics`: [`Topics`], the line-protocol pub/sub component;
-//! - `error`: [`Error`].
+//! The broker supervises both links itself, with no attempt limit, rather
+//! than through redis-rs's `ConnectionManager` (`docs/scaling.md` says why,
+//! and describes the topology, the delivery guarantees and the envelope
+//! format); [`RedisBroker`] says what this means during an outage.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -109,28 +109,23 @@ impl RedisOptions {
     /// Checks every field; [`RedisBroker::connect`](crate::RedisBroker::connect)
     /// and [`Emitter::connect`](crate::Emitter::connect) call it.
     pub fn validate(&self) -> Result<()> {
+        let fail = |msg: String| Err(Error::Config(msg));
         if self.prefix.is_empty() || self.prefix.chars().any(char::is_whitespace) {
-            return Err(Error::Config(
-                "prefix must be non-empty and without whitespace".into(),
-            ));
+            return fail("prefix must be non-empty and without whitespace".into());
         }
         if let Some(id) = &self.node_id
             && (id.is_empty() || id.len() > MAX_NODE_ID_LEN)
         {
-            return Err(Error::Config(format!(
+            return fail(format!(
                 "node id must be 1 to {MAX_NODE_ID_LEN} bytes, not {}",
                 id.len()
-            )));
+            ));
         }
         if self.timeout.is_zero() || self.ping_interval.is_zero() || self.reconnect_min.is_zero() {
-            return Err(Error::Config(
-                "timeout, ping_interval and reconnect_min must be above zero".into(),
-            ));
+            return fail("timeout, ping_interval and reconnect_min must be above zero".into());
         }
         if self.reconnect_min > self.reconnect_max {
-            return Err(Error::Config(
-                "reconnect_min must not exceed reconnect_max".into(),
-            ));
+            return fail("reconnect_min must not exceed reconnect_max".into());
         }
         Ok(())
     }
@@ -173,10 +168,7 @@ impl Channels {
     }
 
     pub(crate) fn room(&self, room: &str) -> String {
-        let mut name = String::with_capacity(self.room_prefix.len() + room.len());
-        name.push_str(&self.room_prefix);
-        name.push_str(room);
-        name
+        format!("{}{room}", self.room_prefix)
     }
 
     /// The room a channel name stands for, if it is a room channel.
@@ -218,24 +210,14 @@ mod tests {
     #[test]
     fn validation() {
         assert!(RedisOptions::default().validate().is_ok());
-        assert!(RedisOptions::default().prefix("a b").validate().is_err());
-        assert!(
+        for bad in [
+            RedisOptions::default().prefix("a b"),
+            RedisOptions::default().node_id("x".repeat(256)),
+            RedisOptions::default().timeout(Duration::ZERO),
             RedisOptions::default()
-                .node_id("x".repeat(256))
-                .validate()
-                .is_err()
-        );
-        assert!(
-            RedisOptions::default()
-                .timeout(Duration::ZERO)
-                .validate()
-                .is_err()
-        );
-        assert!(
-            RedisOptions::default()
-                .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))
-                .validate()
-                .is_err()
-        );
+                .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1)),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 }

@@ -3,15 +3,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, Client};
 use tokio::sync::Notify;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::broker::Status;
+use crate::error::{Error, Result, bounded};
 use crate::options::RedisOptions;
 
 /// Counters shared by the links of one broker or emitter.
@@ -28,23 +28,35 @@ impl Stats {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
+
+    /// The counters, with what the links say.
+    pub(crate) fn status(&self, connected: bool, rooms: usize) -> Status {
+        Status {
+            connected,
+            rooms,
+            published: self.published.load(Relaxed),
+            publish_errors: self.publish_errors.load(Relaxed),
+            received: self.received.load(Relaxed),
+            invalid: self.invalid.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+        }
+    }
 }
 
 pub(crate) struct Publisher {
-    client: Client,
+    pub(crate) client: Client,
     config: AsyncConnectionConfig,
-    timeout: Duration,
-    ping_interval: Duration,
-    reconnect_min: Duration,
-    reconnect_max: Duration,
+    options: RedisOptions,
     /// The live connection, or `None` while the watchdog reconnects. A
     /// std mutex: it is held only to clone or replace the handle, never
     /// across an `.await`.
     link: Mutex<Link>,
-    /// A publish that broke the link wakes the watchdog, which then
-    /// reconnects at once instead of at its next ping.
-    broken: Notify,
-    stats: Arc<Stats>,
+    /// Wakes the watchdog to check the link now, instead of at its next
+    /// ping or the end of its backoff: a publish broke the link, or the
+    /// subscription link is back (so Redis probably is).
+    pub(crate) broken: Notify,
+    /// The counters of the broker or emitter this link belongs to.
+    pub(crate) stats: Arc<Stats>,
 }
 
 #[derive(Default)]
@@ -56,40 +68,33 @@ struct Link {
 }
 
 impl Publisher {
-    /// Connects once; fails if Redis cannot be reached within the timeout.
-    pub(crate) async fn connect(
-        client: Client,
-        options: &RedisOptions,
-        stats: Arc<Stats>,
-    ) -> Result<Arc<Self>> {
+    /// Checks `options` and connects to `url` once, for a broker's or an
+    /// emitter's start-up: fails if Redis cannot be reached within the
+    /// timeout.
+    pub(crate) async fn connect(url: &str, options: &RedisOptions) -> Result<Arc<Self>> {
+        options.validate()?;
+        let client = Client::open(url).map_err(|e| Error::invalid_url(url, e))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout));
         let publisher = Publisher {
             client,
             config,
-            timeout: options.timeout,
-            ping_interval: options.ping_interval,
-            reconnect_min: options.reconnect_min,
-            reconnect_max: options.reconnect_max,
+            options: options.clone(),
             link: Mutex::default(),
             broken: Notify::new(),
-            stats,
+            stats: Arc::default(),
         };
-        let conn = publisher.open().await?;
-        publisher.install(conn);
+        publisher
+            .open()
+            .await
+            .map_err(|err| err.connecting_to(url))?;
         Ok(Arc::new(publisher))
     }
 
     /// Whether the link is up (as far as the last command or ping knows).
     pub(crate) fn is_up(&self) -> bool {
         self.lock().conn.is_some()
-    }
-
-    /// Asks the watchdog to check the link now (after the subscriber
-    /// reconnected, Redis is probably back).
-    pub(crate) fn nudge(&self) {
-        self.broken.notify_one();
     }
 
     /// `PUBLISH channel payload`: how many subscriber connections received
@@ -105,41 +110,37 @@ impl Publisher {
     }
 
     async fn publish_inner(&self, channel: &str, payload: &[u8]) -> Result<usize> {
-        let (generation, mut conn) = {
-            let link = self.lock();
-            match &link.conn {
-                Some(conn) => (link.generation, conn.clone()),
-                None => {
-                    return Err(Error::unavailable(
-                        "not connected to redis (reconnecting in the background)",
-                    ));
-                }
-            }
+        let Some((generation, mut conn)) = self.current() else {
+            let down = "not connected to redis (reconnecting in the background)";
+            return Err(Error::unavailable(down));
         };
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(channel).arg(payload);
         let publish = cmd.query_async::<usize>(&mut conn);
-        match timeout(self.timeout, publish).await {
+        let timed_out = Error::Timeout {
+            operation: "PUBLISH",
+            after: self.options.timeout,
+        };
+        match timeout(self.options.timeout, publish).await {
             Ok(Ok(receivers)) => Ok(receivers),
             Ok(Err(err)) => {
-                if breaks_link(&err) {
+                // After I/O errors (response timeouts included, which
+                // redis-rs reports as such but does not treat as fatal) and
+                // protocol corruption the connection cannot be trusted; a
+                // server error reply (`ERR`, `NOPERM`) leaves it usable.
+                if err.is_io_error() || err.is_unrecoverable_error() || err.is_timeout() {
                     self.drop_link(generation, &err);
                 }
-                if err.is_timeout() {
-                    // redis-rs's own response timeout, set to the same value.
-                    return Err(Error::Timeout {
-                        operation: "PUBLISH",
-                        after: self.timeout,
-                    });
-                }
-                Err(Error::unavailable(err))
+                // redis-rs's own response timeout is set to the same value.
+                Err(if err.is_timeout() {
+                    timed_out
+                } else {
+                    Error::unavailable(err)
+                })
             }
             Err(_) => {
                 self.drop_link(generation, &"no answer to PUBLISH");
-                Err(Error::Timeout {
-                    operation: "PUBLISH",
-                    after: self.timeout,
-                })
+                Err(timed_out)
             }
         }
     }
@@ -147,23 +148,19 @@ impl Publisher {
     /// Keeps the link alive for as long as `stop` is not cancelled: pings
     /// it while it is up, reconnects with capped exponential backoff while
     /// it is down. It never gives up.
-    pub(crate) async fn watchdog(&self, stop: CancellationToken) {
-        let mut backoff = self.reconnect_min;
+    pub(crate) async fn watchdog(&self, stop: &CancellationToken) {
+        let mut backoff = self.options.reconnect_min;
         loop {
-            let current = {
-                let link = self.lock();
-                link.conn.clone().map(|conn| (link.generation, conn))
-            };
-            match current {
+            match self.current() {
                 Some((generation, mut conn)) => {
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = self.broken.notified() => continue,
-                        _ = sleep(self.ping_interval) => {}
+                        _ = sleep(self.options.ping_interval) => {}
                     }
                     let cmd = redis::cmd("PING");
                     let ping = cmd.query_async::<String>(&mut conn);
-                    match timeout(self.timeout, ping).await {
+                    match timeout(self.options.timeout, ping).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(err)) => self.drop_link(generation, &err),
                         Err(_) => self.drop_link(generation, &"no answer to PING"),
@@ -175,11 +172,10 @@ impl Publisher {
                         attempt = self.open() => attempt,
                     };
                     match attempt {
-                        Ok(conn) => {
-                            self.install(conn);
+                        Ok(()) => {
                             Stats::bump(&self.stats.reconnects);
                             tracing::info!("redis publish link re-established");
-                            backoff = self.reconnect_min;
+                            backoff = self.options.reconnect_min;
                         }
                         Err(err) => {
                             tracing::debug!(error = %err, ?backoff, "redis publish link: reconnect failed");
@@ -188,7 +184,7 @@ impl Publisher {
                                 _ = self.broken.notified() => {}
                                 _ = sleep(backoff) => {}
                             }
-                            backoff = (backoff * 2).min(self.reconnect_max);
+                            backoff = (backoff * 2).min(self.options.reconnect_max);
                         }
                     }
                 }
@@ -196,24 +192,22 @@ impl Publisher {
         }
     }
 
-    async fn open(&self) -> Result<MultiplexedConnection> {
+    /// The live connection and its generation, if the link is up.
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        let link = self.lock();
+        link.conn.clone().map(|conn| (link.generation, conn))
+    }
+
+    /// Connects and makes the new connection the link.
+    async fn open(&self) -> Result<()> {
         let connect = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config);
-        match timeout(self.timeout, connect).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(err)) => Err(Error::unavailable(err)),
-            Err(_) => Err(Error::Timeout {
-                operation: "CONNECT",
-                after: self.timeout,
-            }),
-        }
-    }
-
-    fn install(&self, conn: MultiplexedConnection) {
+        let conn = bounded("CONNECT", self.options.timeout, connect).await?;
         let mut link = self.lock();
         link.generation += 1;
         link.conn = Some(conn);
+        Ok(())
     }
 
     fn drop_link(&self, generation: u64, why: &dyn std::fmt::Display) {
@@ -230,12 +224,4 @@ impl Publisher {
         // whole value.
         self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Errors after which the connection cannot be trusted: I/O (including
-/// response timeouts, which redis-rs reports as I/O errors but does not
-/// treat as fatal) and protocol corruption. A server error reply (`ERR`,
-/// `NOPERM`) leaves the connection usable.
-pub(crate) fn breaks_link(err: &RedisError) -> bool {
-    err.is_io_error() || err.is_unrecoverable_error() || err.is_timeout()
 }

@@ -3,7 +3,7 @@
 //! lives.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use tokio::time::{MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, bounded};
 use crate::options::{Channels, RedisOptions};
 use crate::publisher::{Publisher, Stats};
 
@@ -45,8 +45,9 @@ struct Wanted {
 pub(crate) struct Subscriber {
     client: Client,
     options: RedisOptions,
-    channels: Channels,
-    node_id: Arc<str>,
+    pub(crate) channels: Channels,
+    /// This node's id: the origin of its envelopes, the name of its channel.
+    pub(crate) node_id: Arc<str>,
     node_channel: String,
     /// Where remote messages go; set once by `Broker::attach`.
     pub(crate) local: OnceLock<LocalDelivery>,
@@ -55,20 +56,17 @@ pub(crate) struct Subscriber {
     /// Wakes the task when `wanted` changed.
     changed: Notify,
     pub(crate) applied: watch::Sender<Applied>,
-    connected: AtomicBool,
     stats: Arc<Stats>,
 }
 
 impl Subscriber {
-    pub(crate) fn new(
-        client: Client,
-        options: RedisOptions,
-        channels: Channels,
-        node_id: Arc<str>,
-        stats: Arc<Stats>,
-    ) -> Self {
+    /// The subscribing side of `publisher`'s broker: the same Redis, the
+    /// same counters.
+    pub(crate) fn new(publisher: &Publisher, options: RedisOptions) -> Self {
+        let node_id: Arc<str> = options.node_id_or_random("node").into();
+        let channels = Channels::new(&options.prefix);
         Subscriber {
-            client,
+            client: publisher.client.clone(),
             node_channel: channels.node(&node_id),
             options,
             channels,
@@ -77,13 +75,12 @@ impl Subscriber {
             wanted: Mutex::default(),
             changed: Notify::new(),
             applied: watch::Sender::new(Applied::default()),
-            connected: AtomicBool::new(false),
-            stats,
+            stats: publisher.stats.clone(),
         }
     }
 
     pub(crate) fn is_up(&self) -> bool {
-        self.connected.load(Relaxed)
+        self.applied.borrow().up
     }
 
     pub(crate) fn rooms(&self) -> usize {
@@ -122,16 +119,17 @@ impl Subscriber {
 
     /// The task: one session per connection, forever, with capped
     /// exponential backoff between failed attempts.
-    pub(crate) async fn run(&self, publisher: &Publisher, stop: CancellationToken) {
+    pub(crate) async fn run(&self, publisher: &Publisher, stop: &CancellationToken) {
         let mut backoff = self.options.reconnect_min;
         let mut sessions = 0u64;
         loop {
-            let ended = tokio::select! {
+            let Err(ended) = tokio::select! {
                 _ = stop.cancelled() => return,
                 ended = self.session(sessions, publisher) => ended,
             };
-            let was_up = self.connected.swap(false, Relaxed);
-            self.applied.send_modify(|a| a.up = false);
+            let was_up = self
+                .applied
+                .send_if_modified(|a| std::mem::replace(&mut a.up, false));
             if was_up {
                 sessions += 1;
                 backoff = self.options.reconnect_min;
@@ -150,19 +148,10 @@ impl Subscriber {
     }
 
     /// One connection: subscribe to everything wanted, then deliver,
-    /// reconcile and ping until the link fails. Returns why it ended.
-    async fn session(&self, previous: u64, publisher: &Publisher) -> Error {
+    /// reconcile and ping until the link fails, which is how it ends.
+    async fn session(&self, previous: u64, publisher: &Publisher) -> Result<Infallible> {
         let t = self.options.timeout;
-        let pubsub = match timeout(t, self.client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(err)) => return Error::unavailable(err),
-            Err(_) => {
-                return Error::Timeout {
-                    operation: "CONNECT",
-                    after: t,
-                };
-            }
-        };
+        let pubsub = bounded("CONNECT", t, self.client.get_async_pubsub()).await?;
         let (mut sink, mut stream) = pubsub.split();
 
         let (mut subscribed, generation) = {
@@ -172,10 +161,7 @@ impl Subscriber {
         };
         let mut channels = vec![self.channels.all().to_owned(), self.node_channel.clone()];
         channels.extend(subscribed.iter().map(|room| self.channels.room(room)));
-        if let Err(err) = self.command(&mut sink, true, channels).await {
-            return err;
-        }
-        self.connected.store(true, Relaxed);
+        self.command(&mut sink, true, channels).await?;
         self.applied.send_replace(Applied {
             up: true,
             generation,
@@ -184,7 +170,7 @@ impl Subscriber {
             Stats::bump(&self.stats.reconnects);
             // Redis is back: let the publish link reconnect now rather
             // than at the end of its backoff.
-            publisher.nudge();
+            publisher.broken.notify_one();
             tracing::info!(
                 rooms = subscribed.len(),
                 "redis subscription link re-established; resubscribed"
@@ -197,17 +183,9 @@ impl Subscriber {
             ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = self.changed.notified() => {
-                        if let Err(err) = self.reconcile(&mut sink, &mut subscribed).await {
-                            return err;
-                        }
-                    }
+                    _ = self.changed.notified() => self.reconcile(&mut sink, &mut subscribed).await?,
                     _ = ping.tick() => {
-                        match timeout(t, sink.ping::<redis::Value>()).await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(err)) => return Error::unavailable(err),
-                            Err(_) => return Error::Timeout { operation: "PING", after: t },
-                        }
+                        bounded("PING", t, sink.ping::<redis::Value>()).await?;
                     }
                 }
             }
@@ -219,8 +197,8 @@ impl Subscriber {
             Error::unavailable("redis closed the subscription connection")
         };
         tokio::select! {
-            err = control => err,
-            err = pump => err,
+            res = control => res,
+            err = pump => Err(err),
         }
     }
 
@@ -230,32 +208,22 @@ impl Subscriber {
         sink: &mut PubSubSink,
         subscribed: &mut HashSet<String>,
     ) -> Result<()> {
-        let (dirty, wanted, generation) = {
+        let (add, remove, generation): (Vec<_>, Vec<_>, _) = {
             let mut wanted = self.lock();
             let dirty = std::mem::take(&mut wanted.dirty);
-            let now: Vec<bool> = dirty.iter().map(|r| wanted.rooms.contains(r)).collect();
-            (dirty, now, wanted.generation)
+            let (add, remove) = dirty
+                .into_iter()
+                .filter(|room| wanted.rooms.contains(room) != subscribed.contains(room))
+                .partition(|room| wanted.rooms.contains(room));
+            (add, remove, wanted.generation)
         };
-        let mut add = Vec::new();
-        let mut remove = Vec::new();
-        for (room, want) in dirty.into_iter().zip(wanted) {
-            match (want, subscribed.contains(&room)) {
-                (true, false) => add.push(room),
-                (false, true) => remove.push(room),
-                _ => {}
-            }
-        }
-        if !add.is_empty() {
-            let names = add.iter().map(|r| self.channels.room(r)).collect();
-            self.command(sink, true, names).await?;
-            subscribed.extend(add);
-        }
-        if !remove.is_empty() {
-            let names = remove.iter().map(|r| self.channels.room(r)).collect();
-            self.command(sink, false, names).await?;
-            for room in &remove {
-                subscribed.remove(room);
-            }
+        let names = add.iter().map(|r| self.channels.room(r)).collect();
+        self.command(sink, true, names).await?;
+        subscribed.extend(add);
+        let names = remove.iter().map(|r| self.channels.room(r)).collect();
+        self.command(sink, false, names).await?;
+        for room in &remove {
+            subscribed.remove(room);
         }
         self.applied.send_replace(Applied {
             up: true,
@@ -264,7 +232,8 @@ impl Subscriber {
         Ok(())
     }
 
-    /// `SUBSCRIBE`/`UNSUBSCRIBE` in chunks, each confirmed within the timeout.
+    /// `SUBSCRIBE`/`UNSUBSCRIBE` in chunks, each confirmed within the
+    /// timeout; nothing for no channels.
     async fn command(
         &self,
         sink: &mut PubSubSink,
@@ -272,26 +241,11 @@ impl Subscriber {
         channels: Vec<String>,
     ) -> Result<()> {
         let t = self.options.timeout;
-        let operation = if subscribe {
-            "SUBSCRIBE"
-        } else {
-            "UNSUBSCRIBE"
-        };
         for chunk in channels.chunks(CHUNK) {
-            let sent = if subscribe {
-                timeout(t, sink.subscribe(chunk)).await
+            if subscribe {
+                bounded("SUBSCRIBE", t, sink.subscribe(chunk)).await?;
             } else {
-                timeout(t, sink.unsubscribe(chunk)).await
-            };
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => return Err(Error::unavailable(err)),
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        operation,
-                        after: t,
-                    });
-                }
+                bounded("UNSUBSCRIBE", t, sink.unsubscribe(chunk)).await?;
             }
         }
         Ok(())
@@ -316,14 +270,11 @@ impl Subscriber {
         }
         // A room or broadcast envelope must match its channel; the node
         // channel carries either.
-        let matches = if channel == self.node_channel {
-            true
-        } else if channel == self.channels.all() {
-            env.room.is_none()
-        } else {
-            self.channels.room_of(channel).is_some()
-                && self.channels.room_of(channel) == env.room.as_deref()
-        };
+        let matches = channel == self.node_channel
+            || match self.channels.room_of(channel) {
+                Some(room) => env.room.as_deref() == Some(room),
+                None => channel == self.channels.all() && env.room.is_none(),
+            };
         if !matches {
             Stats::bump(&self.stats.invalid);
             tracing::debug!(

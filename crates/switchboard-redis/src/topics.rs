@@ -108,14 +108,6 @@ impl Topics {
     pub fn message(topic: &str, text: &str) -> Message {
         Message::text(format!("MSG {topic} {text}"))
     }
-
-    fn subscriptions(&self, conn: &Connection) -> usize {
-        self.hub
-            .rooms_of(conn.id())
-            .iter()
-            .filter(|room| room.starts_with("topic:"))
-            .count()
-    }
 }
 
 impl MessageComponent for Topics {
@@ -128,14 +120,15 @@ impl MessageComponent for Topics {
             Err(reason) => format!("ERR {reason}"),
             Ok(Command::Sub(topic)) => {
                 let room = Topics::room(topic);
-                if self.hub.rooms_of(conn.id()).contains(&room) {
-                    format!("OK SUB {topic}")
-                } else if self.subscriptions(conn) >= self.max_subscriptions {
+                let rooms = self.hub.rooms_of(conn.id());
+                let subscriptions = rooms.iter().filter(|r| r.starts_with("topic:")).count();
+                if subscriptions >= self.max_subscriptions && !rooms.contains(&room) {
                     format!(
                         "ERR too many subscriptions (at most {})",
                         self.max_subscriptions
                     )
                 } else {
+                    // Joining a room again changes nothing.
                     match self.hub.join_room(&room, conn).await {
                         Ok(()) => format!("OK SUB {topic}"),
                         Err(err) => format!("ERR {err}"),
@@ -179,28 +172,23 @@ impl<'a> Command<'a> {
         let line = line.strip_suffix('\n').unwrap_or(line);
         let line = line.strip_suffix('\r').unwrap_or(line);
         let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
-        if verb.eq_ignore_ascii_case("SUB") || verb.eq_ignore_ascii_case("UNSUB") {
-            let topic = topic(rest)?;
-            Ok(if verb.eq_ignore_ascii_case("SUB") {
-                Command::Sub(topic)
-            } else {
-                Command::Unsub(topic)
-            })
-        } else if verb.eq_ignore_ascii_case("PUB") {
-            let Some((name, text)) = rest.split_once(' ') else {
-                return Err("usage: PUB <topic> <text>".into());
-            };
-            if text.contains(['\n', '\r']) {
-                return Err("the text must be one line".into());
+        match verb.to_ascii_uppercase().as_str() {
+            "SUB" => Ok(Command::Sub(topic(rest)?)),
+            "UNSUB" => Ok(Command::Unsub(topic(rest)?)),
+            "PUB" => {
+                let Some((name, text)) = rest.split_once(' ') else {
+                    return Err("usage: PUB <topic> <text>".into());
+                };
+                if text.contains(['\n', '\r']) {
+                    return Err("the text must be one line".into());
+                }
+                Ok(Command::Pub(topic(name)?, text))
             }
-            Ok(Command::Pub(topic(name)?, text))
-        } else if verb.is_empty() {
-            Err("empty command; try SUB, UNSUB or PUB".into())
-        } else {
-            Err(format!(
+            "" => Err("empty command; try SUB, UNSUB or PUB".into()),
+            _ => Err(format!(
                 "unknown command {}; try SUB, UNSUB or PUB",
                 verb.chars().take(32).collect::<String>()
-            ))
+            )),
         }
     }
 }

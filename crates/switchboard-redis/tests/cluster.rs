@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Node, RedisServer, eventually, ready, within};
+use support::{Client, Node, RedisServer, eventually, ready, within};
 use switchboard::redis::{Emitter, RedisOptions};
 use switchboard::{Message, Topic};
 
@@ -25,17 +25,23 @@ async fn emitter(redis: &RedisServer) -> Emitter {
     .unwrap()
 }
 
+/// A WebSocket and a TCP client of node `a`, then of node `b`, each past
+/// its `ready`.
+async fn four_clients(a: &Node, b: &Node) -> [Client; 4] {
+    [
+        ready(a.ws_client().await).await,
+        ready(a.tcp_client().await).await,
+        ready(b.ws_client().await).await,
+        ready(b.tcp_client().await).await,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_publish_reaches_every_node_exactly_once() {
     let redis = RedisServer::start().await;
     let (a, b) = two_nodes(&redis).await;
     let emitter = emitter(&redis).await;
-    let mut clients = vec![
-        ready(a.ws_client().await).await,
-        ready(a.tcp_client().await).await,
-        ready(b.ws_client().await).await,
-        ready(b.tcp_client().await).await,
-    ];
+    let mut clients = four_clients(&a, &b).await;
 
     // From a WebSocket client on node a, then from a TCP client on node b.
     clients[0].send("room hello from a").await;
@@ -75,12 +81,7 @@ async fn broadcast_except_skips_only_the_sender() {
     let redis = RedisServer::start().await;
     let (a, b) = two_nodes(&redis).await;
     let emitter = emitter(&redis).await;
-    let mut sender = ready(a.ws_client().await).await;
-    let mut others = vec![
-        ready(a.tcp_client().await).await,
-        ready(b.ws_client().await).await,
-        ready(b.tcp_client().await).await,
-    ];
+    let [mut sender, mut others @ ..] = four_clients(&a, &b).await;
 
     sender.send("except not for the sender").await;
     for c in &mut others {
@@ -116,10 +117,7 @@ async fn emitter_reaches_rooms_users_nodes_and_everyone() {
     let redis = RedisServer::start().await;
     let (a, b) = two_nodes(&redis).await;
     let emitter = emitter(&redis).await;
-    let mut alice_on_a = ready(a.ws_client().await).await;
-    let mut alice_on_b = ready(b.tcp_client().await).await;
-    let mut bob_on_a = ready(a.tcp_client().await).await;
-    let mut carol_on_b = ready(b.ws_client().await).await;
+    let [mut alice_on_a, mut bob_on_a, mut carol_on_b, mut alice_on_b] = four_clients(&a, &b).await;
     for alice in [&mut alice_on_a, &mut alice_on_b] {
         alice.send("user alice").await;
         assert_eq!(alice.recv_text().await, "joined user:alice");

@@ -47,29 +47,41 @@ async fn cmd(client: &mut Client, line: &str) -> String {
     client.recv_text().await
 }
 
+/// Sends `{verb} {topic}` and checks that the answer is `OK {verb} {topic}`.
+async fn ok(client: &mut Client, verb: &str, topic: &str) {
+    let line = format!("{verb} {topic}");
+    assert_eq!(cmd(client, &line).await, format!("OK {line}"));
+}
+
+/// `from`, subscribed to `topic`, publishes `text` there: it gets the
+/// message itself, then the `OK`; `to` gets the message too.
+async fn publish(from: &mut Client, to: &mut Client, topic: &str, text: &str) {
+    from.send(&format!("PUB {topic} {text}")).await;
+    let msg = format!("MSG {topic} {text}");
+    assert_eq!(from.recv_text().await, msg);
+    assert_eq!(from.recv_text().await, format!("OK PUB {topic}"));
+    assert_eq!(to.recv_text().await, msg);
+}
+
 #[tokio::test]
 async fn subscribe_publish_unsubscribe_on_one_node() {
     let (server, ws, tcp) = local_node(Topics::new(Hub::new())).await;
     let mut nc = Client::tcp(tcp).await;
     let mut browser = Client::ws(ws).await;
 
-    assert_eq!(cmd(&mut nc, "SUB news").await, "OK SUB news");
+    ok(&mut nc, "SUB", "news").await;
     assert_eq!(cmd(&mut browser, "sub news").await, "OK SUB news");
-    assert_eq!(cmd(&mut browser, "SUB sport").await, "OK SUB sport");
+    ok(&mut browser, "SUB", "sport").await;
     // Subscribing twice is harmless.
-    assert_eq!(cmd(&mut nc, "SUB news").await, "OK SUB news");
+    ok(&mut nc, "SUB", "news").await;
 
-    // The publisher gets its own message (it is subscribed), then the OK.
-    nc.send("PUB news rain, then sun").await;
-    assert_eq!(nc.recv_text().await, "MSG news rain, then sun");
-    assert_eq!(nc.recv_text().await, "OK PUB news");
-    assert_eq!(browser.recv_text().await, "MSG news rain, then sun");
+    publish(&mut nc, &mut browser, "news", "rain, then sun").await;
 
     // Only subscribers of that topic.
     assert_eq!(cmd(&mut nc, "PUB sport 2-1").await, "OK PUB sport");
     assert_eq!(browser.recv_text().await, "MSG sport 2-1");
 
-    assert_eq!(cmd(&mut browser, "UNSUB news").await, "OK UNSUB news");
+    ok(&mut browser, "UNSUB", "news").await;
     assert_eq!(cmd(&mut nc, "PUB news only nc").await, "MSG news only nc");
     assert_eq!(nc.recv_text().await, "OK PUB news");
     // The browser got nothing more: its next message is this reply.
@@ -99,14 +111,14 @@ async fn bad_commands_get_err_and_the_connection_stays() {
     let long = format!("SUB {}", "x".repeat(129));
     assert!(cmd(&mut nc, &long).await.starts_with("ERR topic longer"));
 
-    assert_eq!(cmd(&mut nc, "SUB a").await, "OK SUB a");
-    assert_eq!(cmd(&mut nc, "SUB b").await, "OK SUB b");
+    ok(&mut nc, "SUB", "a").await;
+    ok(&mut nc, "SUB", "b").await;
     assert_eq!(
         cmd(&mut nc, "SUB c").await,
         "ERR too many subscriptions (at most 2)"
     );
-    assert_eq!(cmd(&mut nc, "UNSUB a").await, "OK UNSUB a");
-    assert_eq!(cmd(&mut nc, "SUB c").await, "OK SUB c");
+    ok(&mut nc, "UNSUB", "a").await;
+    ok(&mut nc, "SUB", "c").await;
 
     let mut browser = Client::ws(ws).await;
     browser.send_binary(vec![1, 2, 3]).await;
@@ -133,15 +145,12 @@ async fn topics_span_two_nodes_and_take_emitter_pushes() {
     let mut browser_on_b = b.ws_client().await;
     let mut other_on_b = b.tcp_client().await;
 
-    assert_eq!(cmd(&mut nc_on_a, "SUB news").await, "OK SUB news");
-    assert_eq!(cmd(&mut browser_on_b, "SUB news").await, "OK SUB news");
-    assert_eq!(cmd(&mut other_on_b, "SUB sport").await, "OK SUB sport");
+    ok(&mut nc_on_a, "SUB", "news").await;
+    ok(&mut browser_on_b, "SUB", "news").await;
+    ok(&mut other_on_b, "SUB", "sport").await;
 
     // A browser on b publishes; nc on a gets it once.
-    browser_on_b.send("PUB news from b").await;
-    assert_eq!(browser_on_b.recv_text().await, "MSG news from b");
-    assert_eq!(browser_on_b.recv_text().await, "OK PUB news");
-    assert_eq!(nc_on_a.recv_text().await, "MSG news from b");
+    publish(&mut browser_on_b, &mut nc_on_a, "news", "from b").await;
 
     // A job without sockets pushes into the topic.
     let emitter = within(
@@ -170,6 +179,6 @@ async fn topics_span_two_nodes_and_take_emitter_pushes() {
     // Not to other topics.
     assert_eq!(cmd(&mut nc_on_a, "PUB sport goal").await, "OK PUB sport");
     assert_eq!(other_on_b.recv_text().await, "MSG sport goal");
-    assert_eq!(cmd(&mut browser_on_b, "UNSUB news").await, "OK UNSUB news");
-    assert_eq!(cmd(&mut other_on_b, "UNSUB sport").await, "OK UNSUB sport");
+    ok(&mut browser_on_b, "UNSUB", "news").await;
+    ok(&mut other_on_b, "UNSUB", "sport").await;
 }

@@ -45,7 +45,7 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
                     tracing::debug!(%peer, error = %err, "set_nodelay failed");
                 }
                 let span = tracing::debug_span!("accept", %peer);
-                ctx.spawn(
+                ctx.tracker.spawn(
                     serve(stream, peer, transport.clone(), ctx.clone(), admission).instrument(span),
                 );
             }
@@ -95,7 +95,7 @@ async fn serve<T: Transport<TcpStream>>(
                 info,
                 component,
                 extensions,
-            })) => ctx.run_connection(conn, peer, info, extensions, component),
+            })) => Context::drive(conn, ctx.open(peer, info, extensions), component),
             Ok(Err(err)) => {
                 Stats::add(&ctx.stats.handshake_failures, 1);
                 tracing::debug!(error = %err, "handshake failed");

@@ -27,6 +27,7 @@ use crate::stats::{Counters, Stats};
 use crate::transport::{Transport, TransportConn, TransportInfo};
 
 /// State shared by a server's listeners and connections.
+#[derive(Default)]
 pub(crate) struct Context {
     pub(crate) config: Config,
     pub(crate) stats: Stats,
@@ -38,7 +39,7 @@ pub(crate) struct Context {
     /// Cancelled at shutdown: accept loops and handshakes stop.
     stopping: CancellationToken,
     /// Tracks connection tasks (handshake included), so shutdown can wait.
-    tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// Admitted connections, handshakes included (for `max_connections`).
     admitted: AtomicUsize,
     /// Admitted connections per peer IP (only when a per-IP limit is set).
@@ -49,37 +50,13 @@ impl Context {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         Arc::new(Context {
             config,
-            stats: Stats::default(),
-            registry: Mutex::default(),
-            shutting_down: AtomicBool::new(false),
-            stopping: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            admitted: AtomicUsize::new(0),
-            per_ip: Mutex::default(),
+            ..Context::default()
         })
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<ConnectionId, Connection>> {
         // Map operations do not panic midway; poisoning cannot tear the map.
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs an established connection to its end: `on_open` to `on_close`.
-    ///
-    /// Not an `async fn`, nor is [`drive`](Self::drive): each `async fn`
-    /// layer would keep its own copy of its arguments (the transport
-    /// connection, the request info) for the connection's whole life, and
-    /// idle connections pay for every byte of their task.
-    pub(crate) fn run_connection<C: TransportConn, K: MessageComponent + ?Sized>(
-        self: &Arc<Self>,
-        io: C,
-        peer: SocketAddr,
-        info: TransportInfo,
-        extensions: Extensions,
-        component: Arc<K>,
-    ) -> impl Future<Output = CloseReason> + Send + use<C, K> {
-        let conn = self.open(peer, info, extensions);
-        Self::drive(io, conn, component)
     }
 
     /// Creates and registers the handle of an established connection.
@@ -99,6 +76,10 @@ impl Context {
     }
 
     /// Drives an opened connection from `on_open` to `on_close`.
+    ///
+    /// Not an `async fn`: an `async fn` layer would keep its own copy of
+    /// its arguments (the transport connection) for the connection's whole
+    /// life, and idle connections pay for every byte of their task.
     pub(crate) fn drive<C: TransportConn, K: MessageComponent + ?Sized>(
         io: C,
         conn: Connection,
@@ -114,31 +95,25 @@ impl Context {
 
     /// Counts a new connection against the limits, or refuses it.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
-        let config = &self.config;
         let total = self.admitted.fetch_add(1, Ordering::AcqRel) + 1;
-        let admission = Admission {
+        // Counted from here on: dropping it on refusal takes the count back.
+        let mut admission = Admission {
             ctx: self.clone(),
             ip: None,
         };
-        if config.max_connections.is_some_and(|max| total > max) {
+        if self.config.max_connections.is_some_and(|max| total > max) {
             return None;
         }
-        if let Some(max) = config.max_connections_per_ip {
+        if let Some(max) = self.config.max_connections_per_ip {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = per_ip.entry(ip).or_insert(0);
             if *n >= max {
                 return None;
             }
             *n += 1;
-            let mut admission = admission;
             admission.ip = Some(ip);
-            return Some(admission);
         }
         Some(admission)
-    }
-
-    pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
-        self.tracker.spawn(fut);
     }
 
     /// Stops accepting, closes every connection with 1001 and waits for
