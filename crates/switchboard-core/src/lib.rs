@@ -9,6 +9,19 @@
 //! client, limits, fan-out. What a transport crate needs (the
 //! [`Transport`](transport::Transport) trait, client plumbing) is in
 //! [`transport`].
+//!
+//! # Layout
+//!
+//! - `component`, `message`, `close`, `error`, `config`: the vocabulary;
+//! - `connection`: the handle a component sends and closes through;
+//! - `outbox`: each connection's bounded outbound queue and close signals;
+//! - `server`: listeners, limits, shutdown; `server/driver.rs` runs one
+//!   connection from `on_open` to `on_close`;
+//! - [`transport`]: the seam a transport implements, and `transport::io`,
+//!   the buffers, timer and connects the WebSocket and TCP transports share;
+//! - `client`, `reconnect`: components on the client side;
+//! - `hub`: fan-out to sets and rooms, through a [`Broker`];
+//! - `testing` (feature `test-util`): in-memory connections for unit tests.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
