@@ -222,21 +222,14 @@ impl<T: TransportConn> Driver<T> {
                 return Poll::Ready(Ok(out));
             }
             self.count_received();
-            // After a write error only the signals are read (registering
-            // the waker, for shutdown's force).
-            let signal = match self.broken {
-                None => match self.poll_write(cx, true) {
-                    Ok(signal) => signal,
-                    Err(err) => {
-                        self.broken = Some(err);
-                        self.conn.outbox().signal(cx.waker())
-                    }
-                },
-                Some(_) => self.conn.outbox().signal(cx.waker()),
-            };
-            match signal {
-                Some(Signal::Force) => Poll::Ready(Err(End::Forced)),
-                _ => Poll::Pending,
+            match self.poll_write(cx, true) {
+                Ok(Some(Signal::Force)) => Poll::Ready(Err(End::Forced)),
+                Ok(_) => Poll::Pending,
+                // The loop ends on it once the handler returns.
+                Err(err) => {
+                    self.broken = Some(err);
+                    Poll::Pending
+                }
             }
         })
         .await
@@ -254,9 +247,10 @@ impl<T: TransportConn> Driver<T> {
     }
 
     /// Registers the task's waker, hands everything queued to the
-    /// transport and, if `flush` (or the transport is full), flushes once.
-    /// Returns the signal read with the queue, so that a close or force
-    /// requested at any moment is either seen now or wakes the task later.
+    /// transport and, if `flush` (or the transport is full), flushes once;
+    /// after a write error, only the first. Returns the signal read with
+    /// the queue, so that a close or force requested at any moment is
+    /// either seen now or wakes the task later.
     fn poll_write(
         &mut self,
         cx: &mut TaskContext<'_>,
@@ -268,6 +262,9 @@ impl<T: TransportConn> Driver<T> {
                 Some(Signal::Force) => return Ok(signal),
                 Some(Signal::Close(req)) if req.discard => return Ok(signal),
                 _ => {}
+            }
+            if self.broken.is_some() {
+                return Ok(signal);
             }
             if self.batch.is_empty() {
                 break signal;
