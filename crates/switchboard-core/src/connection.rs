@@ -181,11 +181,13 @@ impl Connection {
         self.extensions().get::<T>().cloned()
     }
 
+    #[inline]
     pub(crate) fn context(&self) -> &Arc<Context> {
         &self.inner.ctx
     }
 
     /// The outbound queue, for the connection's driver.
+    #[inline]
     pub(crate) fn outbox(&self) -> &Outbox {
         &self.inner.outbox
     }

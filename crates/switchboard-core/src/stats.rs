@@ -64,6 +64,7 @@ counters! {
 }
 
 impl Stats {
+    #[inline]
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }

@@ -165,10 +165,12 @@ impl<T: TransportConn> Driver<T> {
                 Ok(msg) => msg,
                 Err(end) => return end,
             };
-            match self.admit() {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(end) => return end,
+            if self.rate.is_some() {
+                match self.admit() {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(end) => return end,
+                }
             }
             match self.run(component.on_message(&conn, msg)).await {
                 Ok(Ok(())) => {}

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::close::{CloseCode, CloseFrame, CloseReason};
+use crate::close::{CloseCode, CloseReason};
 use crate::component::MessageComponent;
 use crate::config::Config;
 use crate::connection::{Connection, ConnectionId};
@@ -159,11 +159,11 @@ impl Context {
 }
 
 fn shutdown_request() -> CloseRequest {
-    CloseRequest {
-        frame: CloseFrame::new(CloseCode::AWAY, "server shutting down"),
-        reason: CloseReason::Shutdown,
-        discard: false,
-    }
+    CloseRequest::new(
+        CloseCode::AWAY,
+        "server shutting down",
+        CloseReason::Shutdown,
+    )
 }
 
 /// A slot under the connection limits, released on drop.

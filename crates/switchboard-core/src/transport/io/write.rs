@@ -120,12 +120,19 @@ impl WriteBuffer {
     /// Appends `head`, `payload` and `tail`: a payload of up to 4 KiB is
     /// copied with its framing, a larger one is written from its own
     /// memory.
-    #[inline]
+    #[inline(always)]
     pub fn frame(&mut self, head: &[u8], payload: Bytes, tail: &[u8]) {
         if payload.len() <= COPY_MAX {
             self.copy([head, &payload, tail]);
-            return;
+        } else {
+            self.frame_large(head, payload, tail);
         }
+    }
+
+    /// [`frame`](Self::frame) for a payload written from its own memory;
+    /// out of line, so that the small case inlines into each encoder.
+    #[inline(never)]
+    fn frame_large(&mut self, head: &[u8], payload: Bytes, tail: &[u8]) {
         self.copy([head]);
         let queued = self.queued.get_or_insert_with(Box::default);
         if !self.buf.is_empty() {
@@ -137,7 +144,7 @@ impl WriteBuffer {
 
     /// Copies `parts` into the coalescing buffer; an empty part costs no
     /// call.
-    #[inline]
+    #[inline(always)]
     fn copy<const N: usize>(&mut self, parts: [&[u8]; N]) {
         let n = parts.iter().map(|part| part.len()).sum::<usize>();
         if self.buf.capacity() - self.buf.len() < n {
