@@ -134,34 +134,10 @@ pub trait MessageComponent: Send + Sync + 'static {
 ///
 /// Implemented for every component, and `dyn DynComponent` is itself a
 /// `MessageComponent`, so `Arc<dyn DynComponent>` goes wherever a
-/// component does. It is what holds components of different types
-/// together, as WebSocket routes do; each message then costs one
-/// allocation and one dynamic call more than a component served directly.
-///
-/// ```
-/// use std::sync::Arc;
-/// use switchboard::{BoxError, Connection, DynComponent, Message, MessageComponent};
-///
-/// struct Echo;
-/// struct Quiet;
-///
-/// impl MessageComponent for Echo {
-///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-///         conn.send(msg)?;
-///         Ok(())
-///     }
-/// }
-///
-/// impl MessageComponent for Quiet {
-///     async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
-///         Ok(())
-///     }
-/// }
-///
-/// let by_name: Vec<(&str, Arc<dyn DynComponent>)> =
-///     vec![("echo", Arc::new(Echo)), ("quiet", Arc::new(Quiet))];
-/// # let _ = by_name;
-/// ```
+/// component does (the [`IntoComponent`] example routes one). It is what
+/// holds components of different types together, as WebSocket routes do;
+/// each message then costs one allocation and one dynamic call more than a
+/// component served directly.
 pub trait DynComponent: Send + Sync + 'static {
     /// [`MessageComponent::on_open`], boxed.
     fn on_open_boxed<'a>(&'a self, conn: &'a Connection) -> BoxFuture<'a, Result<(), BoxError>>;

@@ -34,11 +34,16 @@ use std::fmt;
 /// }
 ///
 /// let mut map = Extensions::default();
+/// assert!(map.get::<User>().is_none());
 /// assert!(map.insert(User("ann".into())).is_none());
 /// // One value per type: inserting again hands back the old one.
 /// assert_eq!(map.insert(User("bob".into())), Some(User("ann".into())));
 /// assert_eq!(map.get::<User>(), Some(&User("bob".into())));
 /// assert!(!map.contains::<u32>());
+/// map.insert(7u32);
+/// *map.get_mut::<u32>().unwrap() += 1;
+/// assert_eq!(map.remove::<u32>(), Some(8));
+/// assert_eq!(map.len(), 1);
 /// ```
 #[derive(Default)]
 pub struct Extensions {
@@ -108,24 +113,5 @@ impl fmt::Debug for Extensions {
         f.debug_struct("Extensions")
             .field("len", &self.len())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn typed_slots() {
-        #[derive(Debug, PartialEq)]
-        struct User(String);
-        let mut e = Extensions::default();
-        assert!(e.get::<User>().is_none());
-        assert!(e.insert(User("ann".into())).is_none());
-        e.insert(7u32);
-        assert_eq!(e.get::<User>(), Some(&User("ann".into())));
-        *e.get_mut::<u32>().expect("stored") += 1;
-        assert_eq!(e.remove::<u32>(), Some(8));
-        assert_eq!(e.len(), 1);
     }
 }

@@ -188,13 +188,8 @@ impl TestClient {
     /// Starts a normal close (1000) from the client side; the server answers
     /// with its own close frame, which [`closed`](Self::closed) returns.
     pub async fn close(&self) {
-        let _ = self
-            .tx
-            .send(Received::Closed(Some(CloseFrame::new(
-                CloseCode::NORMAL,
-                "",
-            ))))
-            .await;
+        let frame = CloseFrame::new(CloseCode::NORMAL, "");
+        let _ = self.tx.send(Received::Closed(Some(frame))).await;
     }
 }
 

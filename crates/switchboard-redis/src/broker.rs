@@ -74,20 +74,8 @@ pub struct Status {
 ///
 /// A cheap `Clone` handle (an `Arc` inside): keep a clone to read the
 /// status after giving one to the hub. The background task stops when the
-/// last clone is dropped. One broker serves one hub.
-///
-/// ```no_run
-/// use switchboard::redis::{RedisBroker, RedisOptions};
-/// use switchboard::Hub;
-///
-/// # async fn run() -> Result<(), switchboard::BoxError> {
-/// let broker = RedisBroker::connect("redis://127.0.0.1:6379", RedisOptions::default()).await?;
-/// let hub = Hub::with_broker(broker.clone());
-/// hub.broadcast("hello, every node").await?;
-/// assert!(broker.status().connected);
-/// # Ok(())
-/// # }
-/// ```
+/// last clone is dropped. One broker serves one hub. The
+/// [crate docs](crate) run a node with it.
 #[derive(Clone)]
 pub struct RedisBroker {
     inner: Arc<Inner>,

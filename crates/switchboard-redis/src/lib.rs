@@ -82,18 +82,7 @@
 //! ```
 //!
 //! A process that has no hub (a web application behind another server, a
-//! cron job) uses an [`Emitter`]:
-//!
-//! ```no_run
-//! use switchboard::redis::{Emitter, RedisOptions};
-//!
-//! # async fn run() -> Result<(), switchboard::BoxError> {
-//! let emitter = Emitter::connect("redis://127.0.0.1:6379", RedisOptions::default()).await?;
-//! emitter.publish("lobby", "deploy finished").await?;
-//! emitter.to_user("42", "your export is ready").await?;
-//! # Ok(())
-//! # }
-//! ```
+//! cron job) uses an [`Emitter`].
 //!
 //! # How it talks to Redis
 //!

@@ -224,21 +224,10 @@ mod tests {
 
     #[test]
     fn refuses_bad_commands() {
-        for bad in [
-            "",
-            "SUB",
-            "SUB ",
-            "SUB a b",
-            "PUB news",
-            "PUB  text",
-            "PUB n a\nb",
-            "HELLO x",
-            "SUB \u{7}",
-        ] {
+        // tests/topics.rs checks the answers to the other bad commands.
+        for bad in ["SUB ", "PUB  text", "SUB \u{7}"] {
             assert!(Command::parse(bad).is_err(), "{bad:?} parsed");
         }
-        let long = format!("SUB {}", "t".repeat(MAX_TOPIC_LEN + 1));
-        assert!(Command::parse(&long).is_err());
         let max = format!("SUB {}", "t".repeat(MAX_TOPIC_LEN));
         assert!(Command::parse(&max).is_ok());
     }

@@ -14,6 +14,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::codec::Codec;
 use crate::tcp_connection::TcpConn;
+use crate::transport::{MakeCodec, cloned};
 
 /// Connects to `addr` and runs `component` on the connection, framed by
 /// `codec`, with the same lifecycle as on a server: `on_open`, ordered
@@ -108,16 +109,9 @@ where
     let options = ClientOptions::new(&config);
     let (stream, peer) = options.timeout(options.connect(addr)).await?;
     let conn = TcpConn::new(stream, codec, &config);
-    spawn_client(
-        conn,
-        peer,
-        TransportInfo::new("tcp"),
-        component.into_arc(),
-        config,
-    )
+    let info = TransportInfo::new("tcp");
+    spawn_client(conn, peer, info, component.into_arc(), config)
 }
-
-type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
 
 /// A framed TCP client's settings: address, codec, limits, TLS. Connect
 /// once ([`connect`](Self::connect)) or keep a connection up
@@ -180,13 +174,7 @@ where
     where
         C: Clone,
     {
-        let prototype = std::sync::Mutex::new(codec);
-        Self::with_codec_factory(addr, move |_: &Config| {
-            prototype
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-        })
+        Self::with_codec_factory(addr, cloned(codec))
     }
 
     /// A client whose codec `make` builds for each connection from the

@@ -146,10 +146,7 @@ mod tests {
             (into_core(Error::Truncated { buffered: 2 }), 1002),
             (into_core(BadHeader), 1002),
             (into_core(core), 1008),
-            (
-                into_core(io::Error::from(io::ErrorKind::ConnectionReset)),
-                0,
-            ),
+            (into_core(io::Error::other("reset")), 0),
             (into_core(Error::Io(io::ErrorKind::BrokenPipe.into())), 0),
         ] {
             assert_eq!(code(err), expected);

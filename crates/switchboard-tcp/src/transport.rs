@@ -12,7 +12,21 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::codec::Codec;
 use crate::tcp_connection::TcpConn;
 
-type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
+/// Makes a connection's codec from the [`Config`] it runs under.
+pub(crate) type MakeCodec<C> = dyn Fn(&Config) -> C + Send + Sync;
+
+/// A codec factory that hands each connection a clone of `codec`.
+pub(crate) fn cloned<C: Clone + Send + 'static>(codec: C) -> impl Fn(&Config) -> C + Send + Sync {
+    // The prototype only needs to be `Send`; the lock (taken once per
+    // connection) makes the factory `Sync` anyway.
+    let prototype = Mutex::new(codec);
+    move |_: &Config| {
+        prototype
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
 
 /// The framed TCP transport: serves a component to peers that speak lines,
 /// length-delimited frames, raw bytes or a codec of your own.
@@ -74,15 +88,7 @@ where
     where
         C: Clone,
     {
-        // The prototype only needs to be `Send`; the lock (taken once per
-        // accepted connection) makes the transport `Sync` anyway.
-        let prototype = Mutex::new(codec);
-        Self::with_codec_factory(component, move |_: &Config| {
-            prototype
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-        })
+        Self::with_codec_factory(component, cloned(codec))
     }
 
     /// Your own codec, made for each connection by `make` from the server's

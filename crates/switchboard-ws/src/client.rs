@@ -95,17 +95,11 @@ pub async fn connect_with<K: MessageComponent + ?Sized>(
 /// use std::time::Duration;
 ///
 /// use switchboard::ws::Client;
-/// use switchboard::{BoxError, Connection, Message, MessageComponent, Reconnect, ReconnectPolicy};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, ReconnectPolicy};
 ///
 /// struct Ticker;
 ///
 /// impl MessageComponent for Ticker {
-///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
-///         let again = conn.extension::<Reconnect>().is_some_and(|r| r.is_reconnect());
-///         conn.send(if again { "subscribe again" } else { "subscribe" })?;
-///         Ok(())
-///     }
-///
 ///     async fn on_message(&self, _conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         println!("{}", msg.as_text().unwrap_or("<binary>"));
 ///         Ok(())
@@ -180,13 +174,8 @@ impl Client {
         let target = self.target()?;
         let options = ClientOptions::new(&self.config);
         let Dialed { conn, peer, info } = options.timeout(target.dial()).await?;
-        Ok(spawn_client(
-            conn,
-            peer,
-            info,
-            component,
-            self.config.clone(),
-        )?)
+        let config = self.config.clone();
+        Ok(spawn_client(conn, peer, info, component, config)?)
     }
 
     /// Keeps a connection up from the background, connecting again under

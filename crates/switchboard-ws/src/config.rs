@@ -141,11 +141,9 @@ pub struct WsTransportBuilder {
 
 impl WsTransportBuilder {
     /// Serves `component` to WebSocket requests for exactly `path` (no
-    /// query, no trailing-slash folding). Unknown paths get 404.
-    ///
-    /// `component` is a component value, an `Arc` of one shared with other
-    /// routes or listeners, or an `Arc<dyn DynComponent>`
-    /// ([`IntoComponent`]); routes may serve components of different types.
+    /// query, no trailing-slash folding); unknown paths get 404. Routes take
+    /// any form of [`IntoComponent`] and may serve components of different
+    /// types.
     pub fn route<K: ?Sized>(
         mut self,
         path: impl Into<String>,
@@ -289,16 +287,12 @@ impl WsTransportBuilder {
 impl fmt::Debug for WsTransportBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.shared;
+        let routes: Vec<_> = self.routes.iter().map(|r| &r.0).collect();
+        let pages: Vec<_> = self.pages.iter().map(|p| &p.0).collect();
         f.debug_struct("WsTransportBuilder")
-            .field(
-                "routes",
-                &self.routes.iter().map(|r| &r.0).collect::<Vec<_>>(),
-            )
+            .field("routes", &routes)
             .field("fallback", &s.fallback.is_some())
-            .field(
-                "pages",
-                &self.pages.iter().map(|p| &p.0).collect::<Vec<_>>(),
-            )
+            .field("pages", &pages)
             .field("origins", &s.origins)
             .field("subprotocols", &s.subprotocols)
             .field("hook", &s.hook.is_some())

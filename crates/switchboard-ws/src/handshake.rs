@@ -406,15 +406,6 @@ mod tests {
     }
 
     #[test]
-    fn partial_head_needs_more() {
-        assert!(matches!(
-            parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"),
-            Ok(None)
-        ));
-        assert!(matches!(parse_head(b"\x00\x01garbage\r\n\r\n"), Err(r) if r.status == 400));
-    }
-
-    #[test]
     fn upgrade_accepted_with_rfc_key_and_subprotocol() {
         let up = decide_raw(UPGRADE).expect("an upgrade");
         // The example from RFC 6455 section 1.3.

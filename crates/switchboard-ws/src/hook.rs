@@ -70,16 +70,7 @@ impl Request {
 /// The hook's yes: the upgrade goes ahead, with typed state for the
 /// connection's [`extensions`](switchboard_core::Connection::extensions),
 /// visible from `on_open` on.
-///
-/// ```
-/// use switchboard::ws::Accept;
-///
-/// #[derive(Clone)]
-/// struct User(String);
-///
-/// let accept = Accept::new().with(User("ann".into()));
-/// # let _ = accept;
-/// ```
+/// [`on_handshake`](crate::WsTransportBuilder::on_handshake) has an example.
 #[derive(Debug, Default)]
 #[must_use]
 pub struct Accept {

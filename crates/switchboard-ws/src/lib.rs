@@ -12,29 +12,21 @@
 //!
 //! ```no_run
 //! use switchboard::ws::{Page, WsTransport};
-//! use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server};
+//! use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
 //!
-//! #[derive(Default)]
-//! struct Chat {
-//!     hub: Hub,
-//! }
+//! struct Echo;
 //!
-//! impl MessageComponent for Chat {
-//!     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
-//!         self.hub.join(conn);
-//!         Ok(())
-//!     }
-//!
+//! impl MessageComponent for Echo {
 //!     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-//!         self.hub.broadcast_except(msg, conn.id()).await?;
+//!         conn.send(msg)?;
 //!         Ok(())
 //!     }
 //! }
 //!
 //! # async fn run() -> Result<(), BoxError> {
 //! let ws = WsTransport::builder()
-//!     .route("/chat", Chat::default())
-//!     .page("/", Page::html("<!doctype html><script>new WebSocket('ws://' + location.host + '/chat')</script>"))
+//!     .route("/echo", Echo)
+//!     .page("/", Page::html("<!doctype html><script>new WebSocket('ws://' + location.host + '/echo')</script>"))
 //!     .build()?;
 //! let server = Server::builder().bind("127.0.0.1:8080", ws).start().await?;
 //! # server.shutdown().await;
@@ -60,29 +52,21 @@
 //!   of a connection, reconnecting and over TLS (`wss://`, feature `tls`);
 //! - `error`: [`Error`].
 //!
-//! # Framing
+//! # Framing and memory
 //!
 //! tungstenite (through tokio-tungstenite) builds the client's request and
 //! the accept key; the frames of an established connection are this
-//! crate's own. tungstenite's frame layer reads at most its read buffer's
-//! size per call into a buffer it allocates with the connection and
-//! zero-fills before every read, so one buffer size cannot serve both an
-//! idle connection (a small buffer) and a large message (few, large reads).
-//! Here the socket is read into the core's `ReadBuffer`, which exists only
-//! while data flows, is never zero-filled, and receives a frame's whole
-//! length in as few reads as the socket allows; frames are cut out of it
-//! without copying and unmasked in place; large outbound payloads are
-//! written from their own memory. The rules are RFC 6455's, checked by the Autobahn
-//! test suite (`scripts/autobahn.sh`) and the `ws_connection` fuzz target.
-//!
-//! # Memory
-//!
-//! An idle connection holds no read or write buffer: only the request's
-//! path, query and headers (minus the handshake-only ones), a timer and
-//! the connection's state. The read buffer exists while data flows
-//! ([`WsTransportBuilder::read_buffer_size`]), the write buffer while
-//! there is something to send
-//! ([`WsTransportBuilder::write_buffer_size`]).
+//! crate's own, because tungstenite's frame layer reads into a buffer it
+//! allocates with the connection and zero-fills before every read, so one
+//! buffer size cannot serve both an idle connection and a large message.
+//! Here frames are cut out of the core's read buffer without copying and
+//! unmasked in place; [`WsTransportBuilder::read_buffer_size`] and
+//! [`write_buffer_size`](WsTransportBuilder::write_buffer_size) say how the
+//! buffers come and go. An idle connection holds neither: only the
+//! request's path, query and headers (minus the handshake-only ones), a
+//! timer and the connection's state. The rules are RFC 6455's, checked by
+//! the Autobahn test suite (`scripts/autobahn.sh`) and the `ws_connection`
+//! fuzz target.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

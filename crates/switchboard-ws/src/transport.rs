@@ -36,29 +36,8 @@ use crate::ws_connection::WsConnection;
 /// layer can hand it a `TlsStream`. Routes may serve components of
 /// different types, so it holds each as an `Arc<dyn DynComponent>`
 /// ([`DynComponent`]): every handler call is one boxed future, next to
-/// which the WebSocket framing costs far more.
-///
-/// ```no_run
-/// use switchboard::ws::WsTransport;
-/// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
-///
-/// struct Echo;
-///
-/// impl MessageComponent for Echo {
-///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-///         conn.send(msg)?;
-///         Ok(())
-///     }
-/// }
-///
-/// # async fn run() -> Result<(), BoxError> {
-/// let server = Server::builder().bind("127.0.0.1:8080", WsTransport::new(Echo)).start().await?;
-/// println!("ws://{}/", server.local_addr());
-/// tokio::signal::ctrl_c().await?;
-/// server.shutdown().await;
-/// # Ok(())
-/// # }
-/// ```
+/// which the WebSocket framing costs far more. The [crate docs](crate)
+/// start a server with it.
 #[derive(Clone)]
 pub struct WsTransport {
     pub(crate) shared: Arc<Shared>,
@@ -94,9 +73,8 @@ impl Default for Shared {
 }
 
 impl WsTransport {
-    /// Serves `component` on every path, with the default settings: a
-    /// component value, an `Arc` of one shared with other listeners, or an
-    /// `Arc<dyn DynComponent>` ([`IntoComponent`]).
+    /// Serves `component` (any form [`IntoComponent`] takes) on every
+    /// path, with the default settings.
     pub fn new<K: ?Sized>(component: impl IntoComponent<K>) -> Self {
         // A fallback and the defaults always make a valid configuration.
         let built = WsTransportBuilder::default().fallback(component).build();
@@ -107,39 +85,6 @@ impl WsTransport {
     /// Starts a configuration with routes, pages, an origin policy, ...
     pub fn builder() -> WsTransportBuilder {
         WsTransportBuilder::default()
-    }
-
-    async fn handshake<IO>(
-        &self,
-        mut io: IO,
-        peer: SocketAddr,
-        config: &Config,
-    ) -> Result<Accepted<WsConnection<IO>>, Error>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let upgrade = match handshake::judge(&self.shared, &mut io, peer).await {
-            Ok(upgrade) => upgrade,
-            Err(NoUpgrade::Failed(err)) => return Err(err),
-            Err(NoUpgrade::Answer(response)) => {
-                io.write_all(&response.to_bytes()).await?;
-                io.flush().await?;
-                io.shutdown().await?;
-                return Err(Error::Answered {
-                    status: response.status,
-                    reason: response.reason,
-                });
-            }
-        };
-        let subprotocol = upgrade.info.subprotocol();
-        let response = handshake::switching_protocols(&upgrade.accept_key, subprotocol);
-        io.write_all(&response).await?;
-        io.flush().await?;
-        let buffers = (self.shared.read_buffer_size, self.shared.write_buffer_size);
-        let conn = WsConnection::new(io, Role::Server, config, buffers, &upgrade.leftover);
-        let mut accepted = Accepted::new(conn, upgrade.info, upgrade.component);
-        accepted.extensions = upgrade.extensions;
-        Ok(accepted)
     }
 }
 
@@ -152,11 +97,36 @@ where
 
     async fn accept(
         &self,
-        io: IO,
+        mut io: IO,
         peer: SocketAddr,
         config: &Config,
     ) -> switchboard_core::Result<Accepted<Self::Conn>> {
-        self.handshake(io, peer, config).await.map_err(Into::into)
+        // This crate's errors, which the core takes as handshake failures.
+        let upgraded = async {
+            let upgrade = match handshake::judge(&self.shared, &mut io, peer).await {
+                Ok(upgrade) => upgrade,
+                Err(NoUpgrade::Failed(err)) => return Err(err),
+                Err(NoUpgrade::Answer(response)) => {
+                    io.write_all(&response.to_bytes()).await?;
+                    io.flush().await?;
+                    io.shutdown().await?;
+                    return Err(Error::Answered {
+                        status: response.status,
+                        reason: response.reason,
+                    });
+                }
+            };
+            let subprotocol = upgrade.info.subprotocol();
+            let response = handshake::switching_protocols(&upgrade.accept_key, subprotocol);
+            io.write_all(&response).await?;
+            io.flush().await?;
+            let buffers = (self.shared.read_buffer_size, self.shared.write_buffer_size);
+            let conn = WsConnection::new(io, Role::Server, config, buffers, &upgrade.leftover);
+            let mut accepted = Accepted::new(conn, upgrade.info, upgrade.component);
+            accepted.extensions = upgrade.extensions;
+            Ok::<_, Error>(accepted)
+        };
+        upgraded.await.map_err(Into::into)
     }
 }
 
