@@ -7,7 +7,7 @@
 //! bounds. One mutex guards all of it: every critical section is a few
 //! pointer moves and never spans an `.await`. It is `parking_lot`'s, whose
 //! lock and unlock skip std's poisoning checks: 961 → 937 user-space
-//! instructions per message in the 32-byte TCP echo (callgrind).
+//! instructions per message in the 32-byte TCP echo (`scripts/callgrind.sh`).
 //!
 //! A message counts against the bounds from the push until the driver has
 //! handed it to the transport, whether it is still in the queue or in the
@@ -77,17 +77,17 @@ pub(crate) struct Outbox {
     /// The driver is running (polling its handler) and takes the lock to
     /// look at the queue before it sleeps, so a push need not wake it.
     /// Without it, a handler's reply to its own connection would wake the
-    /// task it runs in, for a second poll per batch of input: 1,097 instead
-    /// of 985 user-space instructions per message in the 32-byte TCP echo
-    /// (callgrind; docs/performance.md, "Instructions per message"). Set by
+    /// task it runs in, for a second poll per batch of input: 1,055 instead
+    /// of 937 user-space instructions per message in the 32-byte TCP echo
+    /// (`scripts/callgrind.sh switchboard-tcp-echo`). Set by
     /// the driver without the lock before each handler poll; cleared under
     /// the lock by [`take`](Outbox::take) and [`signal`](Outbox::signal).
     running: AtomicBool,
     /// Something the driver must look at before it reads the next message:
     /// a close, shutdown's force, or a queue past a quarter of its bounds.
     /// Set and cleared under the lock, read by the driver without it once
-    /// per inbound message: taking the lock there instead cost 1,024
-    /// instead of 985 instructions per message in the same measurement.
+    /// per inbound message: taking the lock there instead cost 960
+    /// instead of 937 instructions per message in the same measurement.
     attention: AtomicBool,
 }
 
