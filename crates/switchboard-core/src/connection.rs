@@ -107,19 +107,29 @@ impl Connection {
     /// default slow-consumer policy the connection then closes with 1008.
     /// Either way the message is handed back in the error.
     pub fn send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
-        let stats = &self.inner.ctx.stats;
         match self.inner.outbox.push(msg.into()) {
             Ok(()) => Ok(()),
-            Err(Refused::Closed(msg)) => Err(SendError::Closed(msg)),
-            Err(Refused::Dropped(msg)) => {
+            Err(refused) => Err(self.refused(refused)),
+        }
+    }
+
+    /// Counts and logs a refused send. Out of line: the common path of
+    /// `send` stays small.
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, refused: Refused) -> SendError {
+        let stats = &self.inner.ctx.stats;
+        match refused {
+            Refused::Closed(msg) => SendError::Closed(msg),
+            Refused::Dropped(msg) => {
                 Stats::add(&stats.dropped, 1);
-                Err(SendError::Full(msg))
+                SendError::Full(msg)
             }
-            Err(Refused::SlowConsumer { msg, discarded }) => {
+            Refused::SlowConsumer { msg, discarded } => {
                 Stats::add(&stats.slow_consumer_closes, 1);
                 Stats::add(&stats.dropped, discarded as u64 + 1);
                 tracing::info!(conn = %self.inner.id, peer = %self.inner.peer, "closing slow consumer: outbound queue full");
-                Err(SendError::Full(msg))
+                SendError::Full(msg)
             }
         }
     }

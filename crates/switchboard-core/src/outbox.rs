@@ -143,29 +143,7 @@ impl Outbox {
         let full = state.messages >= self.max_messages
             || (state.messages > 0 && state.bytes + len > self.max_bytes);
         if full {
-            return Err(match self.policy {
-                SlowConsumerPolicy::Drop => Refused::Dropped(msg),
-                SlowConsumerPolicy::Close => {
-                    // Free the backlog now: the peer is not reading it.
-                    let backlog = std::mem::take(&mut state.queue);
-                    state.messages -= backlog.len();
-                    state.bytes -= backlog.iter().map(Message::len).sum::<usize>();
-                    let waker = self.request_close(
-                        &mut state,
-                        CloseRequest {
-                            frame: CloseFrame::from_static(CloseCode::POLICY, "slow consumer"),
-                            reason: CloseReason::SlowConsumer,
-                            discard: true,
-                        },
-                    );
-                    drop(state);
-                    wake(waker);
-                    Refused::SlowConsumer {
-                        msg,
-                        discarded: backlog.len(),
-                    }
-                }
-            });
+            return Err(self.refuse_full(state, msg));
         }
         state.queue.push_back(msg);
         state.messages += 1;
@@ -180,6 +158,36 @@ impl Outbox {
         drop(state);
         wake(waker);
         Ok(())
+    }
+
+    /// The queue is full: applies the slow-consumer policy. Out of line,
+    /// so that `push` inlines small.
+    #[cold]
+    #[inline(never)]
+    fn refuse_full(&self, mut state: MutexGuard<'_, State>, msg: Message) -> Refused {
+        match self.policy {
+            SlowConsumerPolicy::Drop => Refused::Dropped(msg),
+            SlowConsumerPolicy::Close => {
+                // Free the backlog now: the peer is not reading it.
+                let backlog = std::mem::take(&mut state.queue);
+                state.messages -= backlog.len();
+                state.bytes -= backlog.iter().map(Message::len).sum::<usize>();
+                let waker = self.request_close(
+                    &mut state,
+                    CloseRequest {
+                        frame: CloseFrame::from_static(CloseCode::POLICY, "slow consumer"),
+                        reason: CloseReason::SlowConsumer,
+                        discard: true,
+                    },
+                );
+                drop(state);
+                wake(waker);
+                Refused::SlowConsumer {
+                    msg,
+                    discarded: backlog.len(),
+                }
+            }
+        }
     }
 
     /// Requests a close unless one was requested already; returns the

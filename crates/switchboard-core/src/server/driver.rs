@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
@@ -148,8 +149,12 @@ impl<T: TransportConn> Driver<T> {
     /// something ends the connection.
     async fn serve<K: MessageComponent + ?Sized>(&mut self, component: &K) -> End {
         let conn = self.conn.clone();
-        // Boxed: a rare path (see the module docs).
-        match self.run(Box::pin(component.on_open(&conn))).await {
+        let opened = {
+            // Boxed: a rare path (see the module docs); dropped once done.
+            let mut on_open = Box::pin(component.on_open(&conn));
+            poll_fn(|cx| self.poll_handler(on_open.as_mut(), cx)).await
+        };
+        match opened {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 let req = CloseRequest::new(CloseCode::POLICY, "rejected", CloseReason::Rejected);
@@ -172,7 +177,8 @@ impl<T: TransportConn> Driver<T> {
                     Err(end) => return end,
                 }
             }
-            match self.run(component.on_message(&conn, msg)).await {
+            let mut handler = pin!(component.on_message(&conn, msg));
+            match poll_fn(|cx| self.poll_handler(handler.as_mut(), cx)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => self.report(component, Error::Handler(err)).await,
                 Err(end) => return end,
@@ -210,31 +216,33 @@ impl<T: TransportConn> Driver<T> {
         }
     }
 
-    /// Runs a handler's future to completion, writing out and flushing
-    /// what is queued whenever it waits; `Err(End::Forced)` if shutdown's
-    /// grace period ends first.
-    async fn run<F: Future>(&mut self, fut: F) -> Result<F::Output, End> {
-        let mut fut = std::pin::pin!(fut);
-        poll_fn(|cx| {
-            // The handler first: one that completes at once (the common
-            // case) leaves its replies to `poll_next`, which writes them
-            // with those of the other messages already readable.
-            self.conn.outbox().set_running();
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Ok(out));
+    /// One poll of a running handler: `Ready` with its output, or with
+    /// `Err(End::Forced)` if shutdown's grace period ends first; while it
+    /// waits, what is queued is written out and flushed. The loop awaits
+    /// it through `poll_fn` in place, so the handler's future lives in the
+    /// loop's own state rather than in a future of its own.
+    fn poll_handler<F: Future>(
+        &mut self,
+        fut: Pin<&mut F>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<F::Output, End>> {
+        // The handler first: one that completes at once (the common case)
+        // leaves its replies to `poll_next`, which writes them with those
+        // of the other messages already readable.
+        self.conn.outbox().set_running();
+        if let Poll::Ready(out) = fut.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        self.count_received();
+        match self.poll_write(cx, true) {
+            Ok(Some(Signal::Force)) => Poll::Ready(Err(End::Forced)),
+            Ok(_) => Poll::Pending,
+            // The loop ends on it once the handler returns.
+            Err(err) => {
+                self.broken = Some(err);
+                Poll::Pending
             }
-            self.count_received();
-            match self.poll_write(cx, true) {
-                Ok(Some(Signal::Force)) => Poll::Ready(Err(End::Forced)),
-                Ok(_) => Poll::Pending,
-                // The loop ends on it once the handler returns.
-                Err(err) => {
-                    self.broken = Some(err);
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        }
     }
 
     /// Writes out the queue, flushing once if `flush`, and turns a signal
@@ -378,7 +386,9 @@ impl<T: TransportConn> Driver<T> {
             // Called inside the guard, as `on_close` is in `drive`.
             let on_error =
                 AssertUnwindSafe(async { component.on_error(&conn, err).await }).catch_unwind();
-            if let Ok(Err(panic)) = self.run(on_error).await {
+            let mut on_error = pin!(on_error);
+            let done = poll_fn(|cx| self.poll_handler(on_error.as_mut(), cx)).await;
+            if let Ok(Err(panic)) = done {
                 Stats::add(&conn.context().stats.panics, 1);
                 tracing::error!(panic = %panic_message(&*panic), "on_error panicked");
                 conn.begin_close(CloseRequest::new(
