@@ -79,9 +79,9 @@ pub(crate) struct Outbox {
     /// Without it, a handler's reply to its own connection would wake the
     /// task it runs in, for a second poll per batch of input: 1,055 instead
     /// of 937 user-space instructions per message in the 32-byte TCP echo
-    /// (`scripts/callgrind.sh switchboard-tcp-echo`). Set by
-    /// the driver without the lock before each handler poll; cleared under
-    /// the lock by [`take`](Outbox::take) and [`signal`](Outbox::signal).
+    /// (`scripts/callgrind.sh switchboard-tcp-echo`). Set by the driver
+    /// without the lock before each handler poll; cleared under the lock
+    /// by [`take`](Outbox::take) and [`signal`](Outbox::signal).
     running: AtomicBool,
     /// Something the driver must look at before it reads the next message:
     /// a close, shutdown's force, or a queue past a quarter of its bounds.
@@ -131,8 +131,8 @@ impl Outbox {
     // ---- the handle's side ----------------------------------------------
 
     /// Queues `msg`, or refuses it (applying the slow-consumer policy when
-    /// the queue is full). Inline: a handler's every send comes here, and
-    /// the refusal then never leaves registers on the common path.
+    /// the queue is full). Inline, since every send comes here; the full
+    /// queue's path is out of line.
     #[inline]
     pub(crate) fn push(&self, msg: Message) -> Result<(), Refused> {
         let len = msg.len();
