@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use reliability::{
     ChildServer, LIMIT, LineClient, WsClient, WsEvent, dial_from, figure, frame, frame_with_len,
-    need_fds, read_to_end, soak, within,
+    need_fds, read_to_end, soak, upgrade_request, within,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
@@ -162,6 +162,179 @@ async fn slow_consumers_are_cut_off_and_memory_stays_bounded() {
         ),
     );
     drop((good, stuck, publisher));
+    server
+        .stats_until("all closed", |s| s.get("open") == 0)
+        .await;
+    server.shutdown().await;
+}
+
+/// A TCP connection that takes a small receive window and announces the
+/// MSS of a real network, then never reads: the kernel buffers little for
+/// it (loopback's 64 KiB segments would give the server's socket a send
+/// buffer of megabytes).
+async fn stuck_tcp(addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket2::SockRef::from(&socket).set_tcp_mss(1460).unwrap();
+    within("connect", socket.connect(addr)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_reading_tcp_receivers_hold_no_copies_and_are_cut_off() {
+    let _heavy = HEAVY.lock().await;
+    const RECEIVERS: usize = 300;
+    const MESSAGES: usize = 5;
+    const SIZE: usize = 1 << 20;
+    need_fds(RECEIVERS as u64 + 256);
+    // The default queue bounds (1 MiB) and write timeout (10 s); a close
+    // timeout no cut-off peer may wait for.
+    let mut server = ChildServer::start("close_ms=30000", Some(4096)).await;
+    let mut receivers = Vec::new();
+    for _ in 0..RECEIVERS {
+        receivers.push(stuck_tcp(server.addrs.tcp).await);
+    }
+    let mut publisher = WsClient::connect(server.addrs.ws).await;
+    server
+        .stats_until("everyone joined", |s| {
+            s.get("opens") == RECEIVERS as u64 + 1
+        })
+        .await;
+    let baseline = server.rss_kib();
+
+    // Five 1 MiB WebSocket messages, each relayed to every receiver.
+    let started = Instant::now();
+    let message = format!("all {}", "x".repeat(SIZE - "all ".len()));
+    for _ in 0..MESSAGES {
+        within("publish", publisher.send_text(&message)).await;
+    }
+    let stats = server
+        .stats_until("every receiver cut off", |s| {
+            s.get("close_slow") == RECEIVERS as u64
+        })
+        .await;
+    let elapsed = started.elapsed();
+    let peak = server.peak_kib();
+    publisher.roundtrip("the publisher is still served").await;
+
+    // Copied per receiver, the relayed payloads would take 300 MiB per
+    // message; shared, they take 1 MiB each.
+    assert!(
+        peak - baseline < 64 * KIB,
+        "RSS grew by {} KiB (baseline {baseline} KiB, peak {peak} KiB)",
+        peak - baseline
+    );
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "receivers cut off after {elapsed:?}"
+    );
+    assert_eq!(stats.get("slow"), RECEIVERS as u64, "{stats:?}");
+    assert_eq!(stats.get("closes"), RECEIVERS as u64, "{stats:?}");
+    figure(
+        "non_reading_receivers",
+        format_args!(
+            "{RECEIVERS} TCP receivers that never read, {MESSAGES} x 1 MiB from a WebSocket publisher: \
+             all {RECEIVERS} closed as slow consumers {elapsed:.1?} after the first message; \
+             RSS baseline {baseline} KiB, peak {peak} KiB (growth {} KiB)",
+            peak - baseline
+        ),
+    );
+    drop((receivers, publisher));
+    server
+        .stats_until("all closed", |s| s.get("open") == 0)
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_takes_nothing_is_cut_off_at_the_write_timeout_and_let_go_at_once() {
+    let _heavy = HEAVY.lock().await;
+    const STUCK: usize = 20;
+    const WRITE: Duration = Duration::from_secs(1);
+    // Queue bounds no message here reaches, so only the write timeout can
+    // cut the peers off; a close timeout far past the 2 s allowed.
+    let mut server = ChildServer::start(
+        &format!(
+            "queue_bytes={} queue_msgs=100000 write_ms={} close_ms=30000",
+            256 << 20,
+            WRITE.as_millis()
+        ),
+        Some(1024),
+    )
+    .await;
+    // Half over TCP, half over WebSocket (upgraded, the answer left
+    // unread); none of them reads.
+    let mut stuck = Vec::new();
+    for i in 0..STUCK {
+        if i % 2 == 0 {
+            stuck.push(stuck_tcp(server.addrs.tcp).await);
+        } else {
+            let mut ws = stuck_tcp(server.addrs.ws).await;
+            let request = upgrade_request(server.addrs.ws, "/");
+            within("upgrade", ws.write_all(request.as_bytes()))
+                .await
+                .unwrap();
+            stuck.push(ws);
+        }
+    }
+    // A reader that takes 4 KiB every 10 ms: slow, never stalled.
+    let steady = stuck_tcp(server.addrs.tcp).await;
+    let mut publisher = WsClient::connect(server.addrs.ws).await;
+    server
+        .stats_until("everyone joined", |s| s.get("opens") == STUCK as u64 + 2)
+        .await;
+
+    // 8 messages of 128 KiB: more than the kernel buffers for a peer.
+    const MESSAGES: usize = 8;
+    let line = format!("all {}", "y".repeat((128 << 10) - "all ".len()));
+    let expected = MESSAGES * (line.len() - "all ".len() + 1);
+    let reader = tokio::spawn(async move {
+        let mut steady = steady;
+        let mut buf = vec![0u8; 4096];
+        let mut total = 0;
+        while total < expected {
+            let n = tokio::io::AsyncReadExt::read(&mut steady, &mut buf)
+                .await
+                .unwrap();
+            assert!(n > 0, "the steady reader was cut off after {total} bytes");
+            total += n;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (total, steady)
+    });
+    for _ in 0..MESSAGES {
+        within("publish", publisher.send_text(&line)).await;
+    }
+    let published = Instant::now();
+    let stats = server
+        .stats_until("stuck peers cut off", |s| {
+            s.get("close_slow") == STUCK as u64
+        })
+        .await;
+    let gone = published.elapsed();
+    // Declared slow once the socket took nothing for WRITE; gone within
+    // 2 s of that, not after the closing handshake's 30 s.
+    assert!(
+        gone < WRITE + Duration::from_secs(2),
+        "stuck peers gone {gone:?} after the last message"
+    );
+    assert_eq!(stats.get("slow"), STUCK as u64, "{stats:?}");
+    assert_eq!(stats.get("closes"), STUCK as u64, "{stats:?}");
+    let (read, steady) = within("steady reader", reader).await.unwrap();
+    assert_eq!(read, expected);
+    let stats = server.stats().await;
+    assert_eq!(
+        stats.get("closes"),
+        STUCK as u64,
+        "only the stuck peers: {stats:?}"
+    );
+    figure(
+        "write_timeout",
+        format_args!(
+            "{STUCK} peers that never read (half TCP, half WebSocket), write timeout {WRITE:?}, close timeout 30 s: \
+             all cut off {gone:.2?} after the last message; a reader taking 4 KiB every 10 ms got all {read} bytes"
+        ),
+    );
+    drop((stuck, steady, publisher));
     server
         .stats_until("all closed", |s| s.get("open") == 0)
         .await;

@@ -562,7 +562,8 @@ impl MessageComponent for Service {
 /// text configures an in-process server and a child process.
 ///
 /// Keys: `queue_msgs`, `queue_bytes`, `policy` (`close`/`drop`),
-/// `handshake_ms`, `idle_ms` (0: none), `close_ms`, `grace_ms`,
+/// `handshake_ms`, `idle_ms` (0: none), `close_ms`, `write_ms` (0: none),
+/// `grace_ms`,
 /// `max_conns`, `max_per_ip`, `max_msg`, `rate` (per second) and `burst`,
 /// `rate_action` (`close`/`drop`), `deny` (a CIDR).
 pub fn config_from(settings: &str) -> Config {
@@ -585,6 +586,7 @@ pub fn config_from(settings: &str) -> Config {
             "handshake_ms" => config.handshake_timeout(ms()),
             "idle_ms" => config.idle_timeout((n() > 0).then(ms)),
             "close_ms" => config.close_timeout(ms()),
+            "write_ms" => config.write_timeout((n() > 0).then(ms)),
             "grace_ms" => config.shutdown_grace(ms()),
             "max_conns" => config.max_connections(Some(n() as usize)),
             "max_per_ip" => config.max_connections_per_ip(Some(n() as usize)),

@@ -43,15 +43,19 @@ pub struct Config {
     /// length-delimited frame). Default 1 MiB.
     pub max_frame_size: usize,
     /// Most messages waiting in one connection's outbound queue, from
-    /// [`Connection::send`](crate::Connection::send) until they are handed
-    /// to the transport. Default 1024.
+    /// [`Connection::send`](crate::Connection::send) until the socket has
+    /// taken all of their bytes. Default 1024.
     pub queue_max_messages: usize,
-    /// Most payload bytes waiting in one connection's outbound queue (a
-    /// single larger message still goes through an empty queue).
-    /// Default 1 MiB.
+    /// Most payload bytes waiting in one connection's outbound queue, from
+    /// `send` until the socket has taken them (a single larger message
+    /// still goes through an empty queue). Default 1 MiB.
     pub queue_max_bytes: usize,
     /// What to do when the outbound queue is full. Default [`SlowConsumerPolicy::Close`].
     pub slow_consumer: SlowConsumerPolicy,
+    /// Close a connection as a slow consumer (1008, its queue discarded)
+    /// when its socket takes no byte for this long while output waits,
+    /// whatever its queue holds. Default 10 s.
+    pub write_timeout: Option<Duration>,
     /// Time allowed for the transport handshake (WebSocket upgrade) after
     /// the TCP accept. Default 10 s.
     pub handshake_timeout: Duration,
@@ -87,6 +91,7 @@ impl Default for Config {
             queue_max_messages: 1024,
             queue_max_bytes: 1 << 20,
             slow_consumer: SlowConsumerPolicy::Close,
+            write_timeout: Some(Duration::from_secs(10)),
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(90)),
@@ -107,6 +112,7 @@ impl Config {
         queue_max_messages: usize,
         queue_max_bytes: usize,
         slow_consumer: SlowConsumerPolicy,
+        write_timeout: Option<Duration>,
         handshake_timeout: Duration,
         ping_interval: Option<Duration>,
         idle_timeout: Option<Duration>,
@@ -139,6 +145,9 @@ impl Config {
             return fail(
                 "idle_timeout must be longer than ping_interval, or a healthy peer would time out",
             );
+        }
+        if self.write_timeout.is_some_and(|d| d.is_zero()) {
+            return fail("write_timeout must be longer than zero (None disables it)");
         }
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
             return fail("idle_timeout must be longer than zero (None disables it)");

@@ -156,7 +156,8 @@ impl Connection {
         self.inner.outbox.is_closed()
     }
 
-    /// Messages queued and not yet handed to the transport.
+    /// Messages sent and not yet written to the socket: the queue's
+    /// length, as [`Config::queue_max_messages`](crate::Config::queue_max_messages) bounds it.
     pub fn queued_messages(&self) -> usize {
         self.inner.outbox.len()
     }

@@ -3,17 +3,20 @@
 //!
 //! [`Connection`](crate::Connection) handles push messages and request a
 //! close from any task; the connection's driver takes everything queued in
-//! one batch, hands it to the transport and then releases it from the
-//! bounds. One mutex guards all of it: every critical section is a few
-//! pointer moves and never spans an `.await`. It is `parking_lot`'s, whose
-//! lock and unlock skip std's poisoning checks: 961 → 937 user-space
-//! instructions per message in the 32-byte TCP echo (`scripts/callgrind.sh`).
+//! one batch, hands it to the transport and releases it from the bounds
+//! once the transport has written it out. One mutex guards all of it:
+//! every critical section is a few pointer moves and never spans an
+//! `.await`. It is `parking_lot`'s, whose lock and unlock skip std's
+//! poisoning checks: 961 → 937 user-space instructions per message in the
+//! 32-byte TCP echo (`scripts/callgrind.sh`).
 //!
-//! A message counts against the bounds from the push until the driver has
-//! handed it to the transport, whether it is still in the queue or in the
-//! driver's batch. The bounds are exact: a push that would pass either one
-//! is refused (a single message larger than the byte bound still goes
-//! through an empty queue; otherwise it could never be sent at all).
+//! A message counts against the bounds from the push until the socket has
+//! taken all of its bytes, whether it is still in the queue, in the
+//! driver's batch or in the transport's write buffer: what one connection
+//! holds for its peer never exceeds the bounds. The bounds are exact: a
+//! push that would pass either one is refused (a single message larger
+//! than the byte bound still goes through an empty queue; otherwise it
+//! could never be sent at all).
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
@@ -40,6 +43,19 @@ impl CloseRequest {
             frame: CloseFrame::from_static(code, reason),
             reason: why,
             discard: false,
+        }
+    }
+
+    /// 1008 "slow consumer": the peer is not reading, so what is queued
+    /// is discarded and the connection let go without waiting for it.
+    pub(crate) fn slow_consumer() -> Self {
+        CloseRequest {
+            discard: true,
+            ..CloseRequest::new(
+                CloseCode::POLICY,
+                "slow consumer",
+                CloseReason::SlowConsumer,
+            )
         }
     }
 }
@@ -96,8 +112,8 @@ struct State {
     /// Empty `VecDeque`s do not allocate: an idle connection that never
     /// sent anything holds no queue storage.
     queue: VecDeque<Message>,
-    /// Messages and payload bytes pushed and not yet released: the queue
-    /// and the batch the driver took and is handing to the transport.
+    /// Messages and payload bytes pushed and not yet released: the queue,
+    /// the driver's batch and what the transport has not written out.
     messages: usize,
     bytes: usize,
     /// The driver's waker, taken by the push or close that wakes it.
@@ -148,7 +164,7 @@ impl Outbox {
         state.queue.push_back(msg);
         state.messages += 1;
         state.bytes += len;
-        if state.messages >= self.drain_messages || state.bytes >= self.drain_bytes {
+        if self.over_drain(&state) {
             self.attention.store(true, Ordering::Release);
         }
         if self.running.load(Ordering::Relaxed) {
@@ -172,14 +188,7 @@ impl Outbox {
                 let backlog = std::mem::take(&mut state.queue);
                 state.messages -= backlog.len();
                 state.bytes -= backlog.iter().map(Message::len).sum::<usize>();
-                let waker = self.request_close(
-                    &mut state,
-                    CloseRequest {
-                        frame: CloseFrame::from_static(CloseCode::POLICY, "slow consumer"),
-                        reason: CloseReason::SlowConsumer,
-                        discard: true,
-                    },
-                );
+                let waker = self.request_close(&mut state, CloseRequest::slow_consumer());
                 drop(state);
                 wake(waker);
                 Refused::SlowConsumer {
@@ -215,7 +224,7 @@ impl Outbox {
         state.close.is_some() || state.finished
     }
 
-    /// Messages pushed and not yet handed to the transport.
+    /// Messages pushed and not yet written out.
     pub(crate) fn len(&self) -> usize {
         self.lock().messages
     }
@@ -260,7 +269,7 @@ impl Outbox {
             Some(w) if w.will_wake(waker) => {}
             _ => state.waker = Some(waker.clone()),
         }
-        let over_drain = state.messages >= self.drain_messages || state.bytes >= self.drain_bytes;
+        let over_drain = self.over_drain(state);
         let signal = if state.force {
             Some(Signal::Force)
         } else {
@@ -273,14 +282,23 @@ impl Outbox {
         signal
     }
 
-    /// `messages` of `bytes` in all were handed to the transport. Returns
+    /// `messages` of `bytes` in all were written out (or discarded). Returns
     /// whether more wait in the queue.
     #[inline]
     pub(crate) fn release(&self, messages: usize, bytes: usize) -> bool {
         let mut state = self.lock();
         state.messages -= messages;
         state.bytes -= bytes;
+        self.attention.store(
+            state.close.is_some() || state.force || self.over_drain(&state),
+            Ordering::Release,
+        );
         !state.queue.is_empty()
+    }
+
+    /// Past a quarter of either bound.
+    fn over_drain(&self, state: &State) -> bool {
+        state.messages >= self.drain_messages || state.bytes >= self.drain_bytes
     }
 
     /// Shutdown's grace period is over: the driver stops flushing and

@@ -96,10 +96,12 @@ impl TestServer {
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let (to_server, from_client) = mpsc::channel(CHANNEL_CAPACITY);
         let (to_client, from_server) = mpsc::channel(CHANNEL_CAPACITY);
+        let aborted = Arc::new(std::sync::Mutex::new(None));
         let conn = MemoryConn {
             rx: from_client,
             tx: PollSender::new(to_client),
             close_sent: false,
+            aborted: aborted.clone(),
         };
         let ctx = self.ctx.clone();
         let component = self.component.clone();
@@ -111,6 +113,7 @@ impl TestServer {
             tx: to_server,
             rx: from_server,
             close: None,
+            aborted,
             peer,
         }
     }
@@ -132,6 +135,9 @@ pub struct TestClient {
     tx: mpsc::Sender<Received>,
     rx: mpsc::Receiver<Received>,
     close: Option<Option<CloseFrame>>,
+    /// The close frame of a connection the server let go at once (a slow
+    /// consumer), delivered beside the channel rather than through it.
+    aborted: Arc<std::sync::Mutex<Option<CloseFrame>>>,
     peer: SocketAddr,
 }
 
@@ -153,7 +159,15 @@ impl TestClient {
         if self.close.is_some() {
             return None;
         }
-        let frame = self.rx.recv().await.unwrap_or(Received::Closed(None));
+        let frame = match self.rx.recv().await {
+            Some(frame) => frame,
+            None => Received::Closed(
+                self.aborted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            ),
+        };
         self.take(frame)
     }
 
@@ -198,6 +212,7 @@ struct MemoryConn {
     rx: mpsc::Receiver<Received>,
     tx: PollSender<Received>,
     close_sent: bool,
+    aborted: Arc<std::sync::Mutex<Option<CloseFrame>>>,
 }
 
 fn gone() -> Error {
@@ -233,5 +248,13 @@ impl TransportConn for MemoryConn {
             self.tx.close();
         }
         Poll::Ready(Ok(()))
+    }
+
+    fn abort(&mut self, _cx: &mut TaskContext<'_>, frame: &CloseFrame) {
+        // Messages still in the channel stand for bytes already in the
+        // socket: the client reads them, then this frame.
+        *self.aborted.lock().unwrap_or_else(|p| p.into_inner()) = Some(frame.clone());
+        self.close_sent = true;
+        self.tx.close();
     }
 }

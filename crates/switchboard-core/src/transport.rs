@@ -66,6 +66,22 @@ pub trait TransportConn: Send + Unpin + 'static {
     /// just end the stream). Called repeatedly with the same frame until it
     /// returns `Ready`; the driver bounds it with `Config::close_timeout`.
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>>;
+
+    /// Ends the connection at once, for a peer that is not reading: drops
+    /// what is buffered and at most tries, without waiting, to send
+    /// `frame`. The driver drops the connection right after; the default
+    /// does nothing more.
+    fn abort(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) {
+        let _ = (cx, frame);
+    }
+
+    /// Bytes written to the stream so far. The driver watches it while a
+    /// flush waits, to tell a socket that takes bytes slowly from one that
+    /// takes none (`Config::write_timeout`); with the default, 0, the
+    /// timeout counts from the last complete flush.
+    fn bytes_written(&self) -> u64 {
+        0
+    }
 }
 
 /// A boxed connection is a connection, so that a client can choose its
@@ -89,6 +105,14 @@ impl<T: TransportConn + ?Sized> TransportConn for Box<T> {
 
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>> {
         (**self).poll_close(cx, frame)
+    }
+
+    fn abort(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) {
+        (**self).abort(cx, frame);
+    }
+
+    fn bytes_written(&self) -> u64 {
+        (**self).bytes_written()
     }
 }
 

@@ -258,6 +258,17 @@ where
         self.read.release();
         Poll::Ready(Ok(()))
     }
+
+    fn abort(&mut self, _: &mut Context<'_>, frame: &CloseFrame) {
+        self.out.clear();
+        self.read.release();
+        self.state = ReadState::Done;
+        tracing::debug!(code = %frame.code, reason = %frame.reason, "tcp connection aborted");
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.out.written()
+    }
 }
 
 impl<IO, C> std::fmt::Debug for TcpConn<IO, C> {

@@ -274,6 +274,32 @@ where
             }
         }
     }
+
+    fn abort(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) {
+        let this = &mut *self.inner;
+        // A frame partly written cannot be followed by a close frame: the
+        // close frame goes only onto a clean frame boundary.
+        let clean = this.out.is_empty();
+        this.out.clear();
+        if clean && matches!(this.close, CloseState::Open | CloseState::PeerClosed) {
+            frame::encode(
+                &mut this.out,
+                this.settings.role,
+                OP_CLOSE,
+                frame::close_payload(frame),
+            );
+            // One try; whatever the socket does not take now is dropped.
+            let _ = this.out.poll_flush(&mut this.io, cx);
+            this.out.clear();
+        }
+        this.close = CloseState::Done;
+        this.read.release();
+        this.fragments = None;
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.inner.out.written()
+    }
 }
 
 impl<IO> Inner<IO>

@@ -30,6 +30,7 @@ use std::task::{Context as TaskContext, Poll, ready};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use tokio::time::{Instant, Sleep, sleep};
 
 use crate::close::{CloseCode, CloseFrame, CloseReason};
 use crate::component::MessageComponent;
@@ -58,7 +59,9 @@ pub(crate) async fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
         io,
         conn: conn.clone(),
         batch: VecDeque::new(),
+        handed: (0, 0),
         unflushed: false,
+        stall: None,
         broken: None,
         received: (0, 0),
     };
@@ -106,8 +109,14 @@ struct Driver<T> {
     conn: Connection,
     /// Messages taken from the outbox, not yet handed to the transport.
     batch: VecDeque<Message>,
+    /// Messages and bytes handed to the transport since its last complete
+    /// flush: they leave the outbox's bounds once written out.
+    handed: (usize, usize),
     /// Something was handed to the transport since the last flush.
     unflushed: bool,
+    /// While a flush waits for the socket: the write timeout's timer and
+    /// the transport's count of bytes written when it was last set.
+    stall: Option<(Pin<Box<Sleep>>, u64)>,
     /// The first write error. Nothing more is written after it, and the
     /// connection ends once the running handler returns.
     broken: Option<Error>,
@@ -132,16 +141,6 @@ impl End {
     fn close(req: CloseRequest, err: Option<Error>) -> Self {
         End::Close(Box::new((req, err)))
     }
-}
-
-/// What became of the batch handed to the transport.
-enum Written {
-    /// All of it; nothing more waits in the outbox.
-    All,
-    /// All of it, and more was queued meanwhile.
-    MoreQueued,
-    /// The transport is full; the rest of the batch waits.
-    TransportFull,
 }
 
 impl<T: TransportConn> Driver<T> {
@@ -191,12 +190,18 @@ impl<T: TransportConn> Driver<T> {
     /// While input is readable, replies wait in the outbox (unless it asks
     /// for attention) and are written and flushed once, when the input
     /// runs out: one look at the queue and one write per batch of input
-    /// rather than per message.
+    /// rather than per message. An outbox past a quarter of its bounds
+    /// that the transport cannot take yet stops the reading until it can:
+    /// a peer that sends without reading its replies is read no faster
+    /// than it reads.
     fn poll_next(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Message, End>> {
-        if self.conn.outbox().needs_attention()
-            && let Some(end) = self.write(cx, false)
-        {
-            return Poll::Ready(Err(end));
+        if self.conn.outbox().needs_attention() {
+            if let Some(end) = self.write(cx) {
+                return Poll::Ready(Err(end));
+            }
+            if self.unflushed && self.conn.outbox().needs_attention() {
+                return Poll::Pending;
+            }
         }
         match self.io.poll_recv(cx) {
             Poll::Ready(Ok(Received::Message(msg))) => {
@@ -208,7 +213,7 @@ impl<T: TransportConn> Driver<T> {
             Poll::Ready(Err(err)) => Poll::Ready(Err(read_failed(err))),
             Poll::Pending => {
                 self.count_received();
-                match self.write(cx, true) {
+                match self.write(cx) {
                     Some(end) => Poll::Ready(Err(end)),
                     None => Poll::Pending,
                 }
@@ -234,7 +239,7 @@ impl<T: TransportConn> Driver<T> {
             return Poll::Ready(Ok(out));
         }
         self.count_received();
-        match self.poll_write(cx, true) {
+        match self.poll_write(cx) {
             Ok(Some(Signal::Force)) => Poll::Ready(Err(End::Forced)),
             Ok(_) => Poll::Pending,
             // The loop ends on it once the handler returns.
@@ -245,10 +250,10 @@ impl<T: TransportConn> Driver<T> {
         }
     }
 
-    /// Writes out the queue, flushing once if `flush`, and turns a signal
-    /// or a write error into the end of the connection.
-    fn write(&mut self, cx: &mut TaskContext<'_>, flush: bool) -> Option<End> {
-        match self.poll_write(cx, flush) {
+    /// Writes out the queue and turns a signal or a write error into the
+    /// end of the connection.
+    fn write(&mut self, cx: &mut TaskContext<'_>) -> Option<End> {
+        match self.poll_write(cx) {
             Ok(None) => None,
             Ok(Some(Signal::Force)) => Some(End::Forced),
             Ok(Some(Signal::Close(req))) => Some(End::close(req, None)),
@@ -257,16 +262,13 @@ impl<T: TransportConn> Driver<T> {
     }
 
     /// Registers the task's waker, hands everything queued to the
-    /// transport and, if `flush` (or the transport is full), flushes once;
-    /// after a write error, only the first. Returns the signal read with
-    /// the queue, so that a close or force requested at any moment is
-    /// either seen now or wakes the task later.
-    fn poll_write(
-        &mut self,
-        cx: &mut TaskContext<'_>,
-        mut flush: bool,
-    ) -> Result<Option<Signal>, Error> {
-        let signal = loop {
+    /// transport and flushes; after a write error, only the first. What a
+    /// flush wrote out leaves the outbox's bounds, and what was queued
+    /// meanwhile goes the same way. Returns the signal read with the
+    /// queue, so that a close or force requested at any moment is either
+    /// seen now or wakes the task later.
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>) -> Result<Option<Signal>, Error> {
+        loop {
             let signal = self.conn.outbox().take(cx.waker(), &mut self.batch);
             match &signal {
                 Some(Signal::Force) => return Ok(signal),
@@ -276,39 +278,37 @@ impl<T: TransportConn> Driver<T> {
             if self.broken.is_some() {
                 return Ok(signal);
             }
-            if self.batch.is_empty() {
-                break signal;
+            if !self.batch.is_empty() {
+                self.hand_over(cx)?;
             }
-            match self.write_batch(cx)? {
-                Written::MoreQueued => continue,
-                Written::All => break signal,
-                // Flushing is what frees a full transport.
-                Written::TransportFull => {
-                    flush = true;
-                    break signal;
-                }
+            if !self.unflushed {
+                return Ok(signal);
             }
-        };
-        if flush && self.unflushed {
             match self.io.poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    self.stall = None;
+                    if !self.release_written() {
+                        return Ok(signal);
+                    }
+                }
                 Poll::Ready(Err(err)) => return Err(err),
-                Poll::Pending => {}
+                Poll::Pending => return Ok(self.check_stall(cx).or(signal)),
             }
         }
-        Ok(signal)
     }
 
     /// Hands the batch to the transport until it is empty or the transport
-    /// is full, then releases what was handed over from the outbox's bounds.
-    fn write_batch(&mut self, cx: &mut TaskContext<'_>) -> Result<Written, Error> {
+    /// is full (the flush that follows frees it). What is handed over
+    /// stays in the outbox's bounds until a flush has written it out.
+    fn hand_over(&mut self, cx: &mut TaskContext<'_>) -> Result<(), Error> {
         let (mut count, mut bytes) = (0, 0);
         let result = loop {
             // Room is asked for only for a message that waits: a transport
             // that wrote after the batch's last message would let the peer
             // read it before the bounds are released.
             let Some(msg) = self.batch.pop_front() else {
-                break Ok(None);
+                break Ok(());
             };
             match self.io.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -318,7 +318,7 @@ impl<T: TransportConn> Driver<T> {
                 }
                 Poll::Pending => {
                     self.batch.push_front(msg);
-                    break Ok(Some(Written::TransportFull));
+                    break Ok(());
                 }
             }
             count += 1;
@@ -328,15 +328,46 @@ impl<T: TransportConn> Driver<T> {
                 break Err(err);
             }
         };
-        let more_queued = self.conn.outbox().release(count, bytes);
+        self.handed.0 += count;
+        self.handed.1 += bytes;
         let stats = &self.conn.context().stats;
         Stats::add(&stats.messages_out, count as u64);
         Stats::add(&stats.bytes_out, bytes as u64);
-        match result? {
-            Some(full) => Ok(full),
-            None if more_queued => Ok(Written::MoreQueued),
-            None => Ok(Written::All),
+        result
+    }
+
+    /// Everything handed to the transport was written out: releases it
+    /// from the outbox's bounds. Returns whether more waits in the queue.
+    fn release_written(&mut self) -> bool {
+        let (messages, bytes) = std::mem::take(&mut self.handed);
+        self.conn.outbox().release(messages, bytes)
+    }
+
+    /// The transport holds output the socket did not take: once the
+    /// socket has taken no byte for `write_timeout`, closes the connection
+    /// as a slow consumer, whatever its queue holds. A peer that reads
+    /// slowly but steadily is not stalled: each byte taken restarts the
+    /// clock. The timer is allocated only when a write first waits.
+    fn check_stall(&mut self, cx: &mut TaskContext<'_>) -> Option<Signal> {
+        let timeout = self.conn.context().config.write_timeout?;
+        let written = self.io.bytes_written();
+        let (timer, since) = self
+            .stall
+            .get_or_insert_with(|| (Box::pin(sleep(timeout)), written));
+        if *since != written {
+            *since = written;
+            timer.as_mut().reset(Instant::now() + timeout);
         }
+        if timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        self.stall = None;
+        let req = self.conn.begin_close(CloseRequest::slow_consumer());
+        if matches!(req.reason, CloseReason::SlowConsumer) {
+            Stats::add(&self.conn.context().stats.slow_consumer_closes, 1);
+            tracing::info!(conn = %self.conn.id(), peer = %self.conn.peer_addr(), ?timeout, "closing slow consumer: its socket took no byte");
+        }
+        Some(Signal::Close(req))
     }
 
     /// Applies the inbound rate limit to the message just read: whether to
@@ -425,15 +456,26 @@ impl<T: TransportConn> Driver<T> {
             if matches!(req.reason, CloseReason::Error(ref f) if f.code == CloseCode::ABNORMAL) {
                 return req.reason;
             }
+            // The peer is not reading: no flush, no closing handshake to
+            // wait for; the socket is let go now.
+            if req.discard {
+                self.discard_batch();
+                poll_fn(|cx| {
+                    self.io.abort(cx, &req.frame);
+                    Poll::Ready(())
+                })
+                .await;
+                return req.reason;
+            }
             let timeout = self.conn.context().config.close_timeout;
             let closing = poll_fn(|cx| {
                 if let Some(Signal::Force) = self.conn.outbox().signal(cx.waker()) {
                     return Poll::Ready(());
                 }
-                if req.discard || self.broken.is_some() {
+                if self.broken.is_some() {
                     self.discard_batch();
                 } else {
-                    match self.poll_write(cx, true) {
+                    match self.poll_write(cx) {
                         Ok(_) if self.batch.is_empty() && !self.unflushed => {}
                         Ok(_) => return Poll::Pending,
                         Err(err) => {
@@ -454,13 +496,16 @@ impl<T: TransportConn> Driver<T> {
         })
     }
 
-    /// Drops the batch, releasing it from the outbox's bounds.
+    /// Drops the batch, releasing it and what the transport holds from the
+    /// outbox's bounds.
     fn discard_batch(&mut self) {
-        if !self.batch.is_empty() {
-            let bytes = self.batch.iter().map(Message::len).sum();
-            self.conn.outbox().release(self.batch.len(), bytes);
-            self.batch.clear();
+        let bytes: usize = self.batch.iter().map(Message::len).sum();
+        let (messages, bytes) = (self.handed.0 + self.batch.len(), self.handed.1 + bytes);
+        if messages > 0 {
+            self.conn.outbox().release(messages, bytes);
         }
+        self.handed = (0, 0);
+        self.batch.clear();
     }
 }
 

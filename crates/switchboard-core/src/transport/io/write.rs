@@ -65,6 +65,8 @@ pub struct WriteBuffer {
     limit: u32,
     /// The largest coalescing buffer kept once written out.
     keep: u32,
+    /// Bytes written to the stream so far.
+    written: u64,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +95,7 @@ impl WriteBuffer {
             queued: None,
             limit: clamp(limit),
             keep: clamp(keep),
+            written: 0,
         }
     }
 
@@ -104,6 +107,11 @@ impl WriteBuffer {
     /// Whether everything was written.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes written to the stream so far.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Bytes in the coalescing buffer, not yet written: what `poll_ready`
@@ -155,6 +163,12 @@ impl WriteBuffer {
                 self.buf.extend_from_slice(part);
             }
         }
+    }
+
+    /// Drops everything not yet written, and the memory with it.
+    pub fn clear(&mut self) {
+        self.buf = BytesMut::new();
+        self.queued = None;
     }
 
     /// The coalescing buffer, for an encoder that writes into a `BytesMut`
@@ -228,6 +242,7 @@ impl WriteBuffer {
     }
 
     fn advance(&mut self, mut n: usize) {
+        self.written += n as u64;
         if let Some(queued) = &mut self.queued {
             while n > 0
                 && let Some(seg) = queued.segments.front_mut()
