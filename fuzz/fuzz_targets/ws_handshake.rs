@@ -25,6 +25,15 @@ async fn hook(req: Request) -> Result<Accept, Reject> {
     }
 }
 
+fn is_head(mut request: &[u8]) -> bool {
+    loop {
+        match request {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => request = rest,
+            _ => return request.starts_with(b"HEAD "),
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let [size, request @ ..] = data else {
         return;
@@ -70,8 +79,9 @@ fuzz_target!(|data: &[u8]| {
             .expect("reader ends")
             .expect("reader");
         // The server answers HEAD (whatever else is wrong with the request
-        // once the method is read) with the head alone.
-        let head_request = request.starts_with(b"HEAD ");
+        // once the method is read) with the head alone. Empty lines before
+        // the request line are skipped (RFC 9112 2.2), as httparse does.
+        let head_request = is_head(request);
         if upgraded {
             let (status, _) = check_http_response(&out, head_request);
             assert_eq!(status, 101);

@@ -120,6 +120,18 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Response> 
     Ok(Some((head, len)))
 }
 
+/// Whether the request in `buf` is a `HEAD`, for a head too large to parse:
+/// its method, after the empty lines a server ignores before the request
+/// line (RFC 9112 2.2), as `httparse` skips them.
+fn is_head(mut buf: &[u8]) -> bool {
+    loop {
+        match buf {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => buf = rest,
+            _ => return buf.starts_with(b"HEAD "),
+        }
+    }
+}
+
 /// Reads from `io` until `parse` finds a whole HTTP head (a request or a
 /// response) in at most `max` bytes; returns what `parse` made of it and
 /// the bytes that came after it.
@@ -185,7 +197,7 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
 ) -> Result<Upgrade, NoUpgrade> {
     let too_large = |buf: &[u8]| {
         let response = Response::error(431, "request head too large");
-        NoUpgrade::Answer(response.head_only(buf.starts_with(b"HEAD ")))
+        NoUpgrade::Answer(response.head_only(is_head(buf)))
     };
     let parse = |buf: &[u8]| parse_head(buf).map_err(NoUpgrade::Answer);
     let (head, leftover) = read_head(io, shared.max_request_head, too_large, parse).await?;
@@ -574,5 +586,12 @@ mod tests {
             assert_eq!(response.status, 400);
             assert!(response.to_bytes().ends_with(b"\r\n\r\n"), "{raw:?}");
         }
+        // Empty lines before the request line are skipped, by httparse and
+        // for a head too large to parse alike.
+        let late = parse_head(b"\r\n\nHEAD / HTTP/1.1\r\nBad Header\r\n\r\n").expect_err("bad");
+        assert!(late.to_bytes().ends_with(b"\r\n\r\n"));
+        assert!(is_head(b"\r\n\nHEAD / HTTP/1.1\r\nX: "));
+        assert!(!is_head(b"\r\rHEAD / HTTP/1.1\r\nX: "));
+        assert!(!is_head(b"GET / HTTP/1.1\r\nX: "));
     }
 }
