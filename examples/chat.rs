@@ -26,6 +26,14 @@
 //! The page (`examples/chat.html`) is served at `/` on the same port as the
 //! socket (`/chat`), so both share one origin and the default origin policy
 //! applies. Ctrl-C stops the server cleanly.
+//!
+//! An `nc` user who only reads stays in the room while messages reach it:
+//! raw TCP has no pings, so the idle timeout (90 s by default) counts what
+//! the server writes to a TCP peer as well as what it reads. Only a
+//! connection with no traffic either way for 90 s is closed (a browser
+//! answers pings, so it stays). An `nc` that vanished without closing (its
+//! machine gone, the network cut) is found by TCP keepalive within about
+//! 60 s of its last traffic (`Config::tcp_keepalive`).
 
 use std::process::ExitCode;
 use std::sync::Arc;

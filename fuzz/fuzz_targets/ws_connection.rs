@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
             .expect("reader ends")
             .expect("reader");
 
-        let (status, head) = check_http_response(&out);
+        let (status, head) = check_http_response(&out, false);
         assert_eq!(status, 101);
         let frames = parse_server_frames(&out[head..]);
         let seen = echo.seen();

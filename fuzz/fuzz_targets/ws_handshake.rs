@@ -25,6 +25,15 @@ async fn hook(req: Request) -> Result<Accept, Reject> {
     }
 }
 
+fn is_head(mut request: &[u8]) -> bool {
+    loop {
+        match request {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => request = rest,
+            _ => return request.starts_with(b"HEAD "),
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let [size, request @ ..] = data else {
         return;
@@ -69,12 +78,16 @@ fuzz_target!(|data: &[u8]| {
             .await
             .expect("reader ends")
             .expect("reader");
+        // The server answers HEAD (whatever else is wrong with the request
+        // once the method is read) with the head alone. Empty lines before
+        // the request line are skipped (RFC 9112 2.2), as httparse does.
+        let head_request = is_head(request);
         if upgraded {
-            let (status, _) = check_http_response(&out);
+            let (status, _) = check_http_response(&out, head_request);
             assert_eq!(status, 101);
             assert!(out.windows(22).any(|w| w == b"Sec-WebSocket-Accept: "));
         } else if !out.is_empty() {
-            let (status, _) = check_http_response(&out);
+            let (status, _) = check_http_response(&out, head_request);
             assert!(
                 status == 200 || (400..500).contains(&status),
                 "unexpected status {status}"

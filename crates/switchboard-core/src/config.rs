@@ -18,6 +18,65 @@ pub enum SlowConsumerPolicy {
     Drop,
 }
 
+/// TCP keepalive on accepted sockets (`SO_KEEPALIVE`): after `idle` without
+/// traffic the kernel sends a probe every `interval`, and after `retries`
+/// unanswered probes it drops the connection, which the server then sees as
+/// an error on the socket. A live peer's kernel answers the probes by
+/// itself, so this finds peers that vanished (host gone, cable pulled, NAT
+/// entry expired) without closing peers that are only silent, on
+/// transports without pings too.
+///
+/// The kernel counts whole seconds: each duration must be at least 1 s.
+/// Where the platform cannot set the interval or the count (Windows: the
+/// count), its own default is used for that part.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::{Config, TcpKeepalive};
+///
+/// // A vanished peer is found within 30 s + 3 × 10 s by default; here
+/// // within 10 s + 5 × 2 s.
+/// let probes = TcpKeepalive::new(Duration::from_secs(10), Duration::from_secs(2), 5);
+/// let config = Config::default().tcp_keepalive(Some(probes));
+/// assert!(config.validate().is_ok());
+/// // Off: the kernel's defaults for the socket (usually no keepalive).
+/// let _off = Config::default().tcp_keepalive(None);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpKeepalive {
+    /// Silence before the first probe (`TCP_KEEPIDLE`). Default 30 s.
+    pub idle: Duration,
+    /// Time between unanswered probes (`TCP_KEEPINTVL`). Default 10 s.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`).
+    /// Default 3.
+    pub retries: u32,
+}
+
+impl TcpKeepalive {
+    /// Probes after `idle` of silence, every `interval`, `retries` times.
+    pub const fn new(idle: Duration, interval: Duration, retries: u32) -> Self {
+        TcpKeepalive {
+            idle,
+            interval,
+            retries,
+        }
+    }
+
+    /// The longest a vanished peer can go unnoticed on an otherwise idle
+    /// connection: `idle + interval × retries`.
+    pub fn detection_time(&self) -> Duration {
+        self.idle + self.interval * self.retries
+    }
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive::new(Duration::from_secs(30), Duration::from_secs(10), 3)
+    }
+}
+
 /// Limits and timeouts shared by the server and every transport.
 ///
 /// Built with [`Default`] and chainable setters; every field documents its
@@ -61,9 +120,27 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Send a ping this often (transports with pings). Default 30 s.
     pub ping_interval: Option<Duration>,
-    /// Close a connection whose peer sent nothing (no message, no pong) for
-    /// this long. Default 90 s.
+    /// Close a connection that showed no sign of life for this long.
+    /// Default 90 s.
+    ///
+    /// On transports with pings (WebSocket) that means the peer sent
+    /// nothing, no message and no pong: pings keep a silent but healthy
+    /// peer answering. Raw TCP has no pings, so there a successful write to
+    /// the peer counts as activity too: a peer that only reads (`nc` in a
+    /// chat room) stays while messages flow to it, and a connection with no
+    /// traffic either way is still closed. Writes are taken as a sign of
+    /// life there because a peer that vanished is found by
+    /// [`tcp_keepalive`](Self::tcp_keepalive) (or, while data is in flight,
+    /// by the kernel's retransmission limit and the slow-consumer policy),
+    /// not by this timeout; what it still bounds is connections nobody
+    /// uses. `None` turns it off.
     pub idle_timeout: Option<Duration>,
+    /// TCP keepalive probes on every accepted socket, whatever the
+    /// transport (TCP, WebSocket, TLS over either). Default
+    /// `Some(TcpKeepalive::default())`: 30 s idle, then 3 probes 10 s apart,
+    /// so a vanished peer is dropped within 60 s of its last traffic.
+    /// `None` leaves the socket as the kernel made it.
+    pub tcp_keepalive: Option<TcpKeepalive>,
     /// Time allowed for flushing and the closing handshake once a close has
     /// started. Default 5 s.
     pub close_timeout: Duration,
@@ -95,6 +172,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(90)),
+            tcp_keepalive: Some(TcpKeepalive::default()),
             close_timeout: Duration::from_secs(5),
             max_connections: Some(65_536),
             max_connections_per_ip: None,
@@ -116,6 +194,7 @@ impl Config {
         handshake_timeout: Duration,
         ping_interval: Option<Duration>,
         idle_timeout: Option<Duration>,
+        tcp_keepalive: Option<TcpKeepalive>,
         close_timeout: Duration,
         max_connections: Option<usize>,
         max_connections_per_ip: Option<usize>,
@@ -152,6 +231,15 @@ impl Config {
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
             return fail("idle_timeout must be longer than zero (None disables it)");
         }
+        if let Some(k) = &self.tcp_keepalive
+            && (k.idle < Duration::from_secs(1)
+                || k.interval < Duration::from_secs(1)
+                || k.retries == 0)
+        {
+            return fail(
+                "tcp_keepalive needs idle and interval of at least 1 s and at least 1 retry (None disables it)",
+            );
+        }
         if let Some(limit) = &self.rate_limit
             && (!(limit.per_second > 0.0 && limit.per_second.is_finite()) || limit.burst == 0)
         {
@@ -181,6 +269,16 @@ mod tests {
                 .ping_interval(secs(10))
                 .idle_timeout(secs(5)),
             Config::default().queue_max_messages(0),
+            Config::default().tcp_keepalive(Some(TcpKeepalive::new(
+                Duration::from_millis(500),
+                Duration::from_secs(1),
+                3,
+            ))),
+            Config::default().tcp_keepalive(Some(TcpKeepalive::new(
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                0,
+            ))),
         ] {
             assert!(matches!(bad.validate(), Err(Error::Config(_))), "{bad:?}");
         }

@@ -71,7 +71,7 @@ pub use bytes::Bytes;
 pub use client::ClientHandle;
 pub use close::{CloseCode, CloseFrame, CloseReason};
 pub use component::{DynComponent, IntoComponent, MessageComponent};
-pub use config::{Config, SlowConsumerPolicy};
+pub use config::{Config, SlowConsumerPolicy, TcpKeepalive};
 pub use connection::{Connection, ConnectionId};
 pub use error::{BoxError, Error, Result, SendError};
 pub use extensions::Extensions;

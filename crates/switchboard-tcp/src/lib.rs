@@ -53,8 +53,14 @@
 //! the end of its input) gets everything it sent delivered, then `on_close`
 //! runs with [`CloseReason::Peer(None)`](switchboard_core::CloseReason::Peer);
 //! replies queued until then are still written before the socket closes.
-//! [`Config::idle_timeout`] applies: raw TCP has no pings, so a peer that
-//! sends nothing for that long is closed ([`Error::IdleTimeout`](switchboard_core::Error::IdleTimeout)).
+//! [`Config::idle_timeout`] applies: raw TCP has no pings, so a connection
+//! with no traffic either way for that long is closed
+//! ([`Error::IdleTimeout`](switchboard_core::Error::IdleTimeout)). Writes
+//! count: a peer that only reads stays connected while messages flow to it.
+//! A peer that vanished without closing (host gone, network cut) is found
+//! by TCP keepalive, which the server turns on for every accepted socket
+//! ([`Config::tcp_keepalive`]: by default probes after 30 s of silence, 3
+//! probes 10 s apart).
 //! Slow readers are handled by the core's outbound queue and
 //! [`Config::slow_consumer`].
 //!

@@ -63,7 +63,8 @@ pub struct TcpConn<IO, C> {
     codec: C,
     read: ReadBuffer,
     out: WriteBuffer,
-    /// The idle timeout; no pings.
+    /// The idle timeout; no pings, so reads and successful writes both
+    /// count as activity.
     keepalive: Keepalive,
     /// Undecoded bytes above this are an error, whatever the codec.
     guard: usize,
@@ -90,7 +91,8 @@ impl<IO: Unpin, C> Unpin for TcpConn<IO, C> {}
 
 impl<IO, C> TcpConn<IO, C> {
     /// Frames `io` with `codec` under the limits and the idle timeout of
-    /// `config` (raw TCP has no pings). The codec is used as given: for a
+    /// `config` (raw TCP has no pings: what the peer sends and what is
+    /// written to it both count as activity). The codec is used as given: for a
     /// built-in [`Codec`](crate::Codec), pass
     /// [`codec.for_config(config)`](crate::Codec::for_config).
     ///
@@ -151,6 +153,17 @@ impl<IO, C> TcpConn<IO, C> {
         &self.codec
     }
 
+    /// The socket took bytes since the write buffer's count was `written`,
+    /// which counts as activity for the idle timeout (see
+    /// [`Config::idle_timeout`]: a peer that only reads is not idle while
+    /// messages flow to it). One clock read per write, none otherwise.
+    #[inline]
+    fn wrote_since(&mut self, written: u64) {
+        if self.out.written() != written {
+            self.keepalive.seen();
+        }
+    }
+
     fn fail(&mut self, err: CoreError) -> Poll<Result<Received>> {
         self.state = ReadState::Done;
         match &err {
@@ -207,7 +220,8 @@ where
                     return self.fail(CoreError::Io(err));
                 }
                 // Nothing more to read: the idle timer's turn (raw TCP has
-                // no pings, so the only thing it reports is an idle peer).
+                // no pings, so the only thing it reports is a connection
+                // with no traffic either way).
                 Poll::Pending => {
                     ready!(self.keepalive.poll(cx));
                     return self.fail(CoreError::IdleTimeout);
@@ -217,7 +231,10 @@ where
     }
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.out.poll_ready(&mut self.io, cx).map_err(Into::into)
+        let written = self.out.written();
+        let ready = self.out.poll_ready(&mut self.io, cx);
+        self.wrote_since(written);
+        ready.map_err(Into::into)
     }
 
     fn start_send(&mut self, msg: Message) -> Result<()> {
@@ -234,7 +251,10 @@ where
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.out.poll_flush(&mut self.io, cx).map_err(Into::into)
+        let written = self.out.written();
+        let flushed = self.out.poll_flush(&mut self.io, cx);
+        self.wrote_since(written);
+        flushed.map_err(Into::into)
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>> {

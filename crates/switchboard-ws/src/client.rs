@@ -292,7 +292,7 @@ where
 {
     stream.write_all(&request_head(&request)).await?;
     stream.flush().await?;
-    let too_large = || Error::Handshake("response head too large".into());
+    let too_large = |_: &[u8]| Error::Handshake("response head too large".into());
     let check = |buf: &[u8]| check_response(&request, buf);
     let (protocol, leftover) =
         handshake::read_head(&mut stream, DEFAULT_MAX_REQUEST_HEAD, too_large, check).await?;

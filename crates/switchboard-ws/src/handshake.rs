@@ -58,6 +58,14 @@ impl Head {
             .filter(|v| !v.is_empty())
     }
 
+    /// How many times header `name` appears.
+    fn count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+
     /// Whether header `name` lists `token` (comma-separated, case-insensitive).
     fn has_token(&self, name: &str, token: &str) -> bool {
         self.header_values(name)
@@ -73,13 +81,20 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Response> 
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Response::error(431, "too many request headers"));
+        Err(err) => {
+            // httparse has read the method by the time it fails on a
+            // header: a HEAD request gets its answer without a body.
+            let head_only = req.method == Some("HEAD");
+            let response = match err {
+                httparse::Error::TooManyHeaders => Response::error(431, "too many request headers"),
+                _ => Response::error(400, "malformed HTTP request"),
+            };
+            return Err(response.head_only(head_only));
         }
-        Err(_) => return Err(Response::error(400, "malformed HTTP request")),
     };
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return Err(Response::error(400, "malformed HTTP request"));
+        let head_only = req.method == Some("HEAD");
+        return Err(Response::error(400, "malformed HTTP request").head_only(head_only));
     };
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query.to_owned())),
@@ -105,13 +120,25 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Response> 
     Ok(Some((head, len)))
 }
 
+/// Whether the request in `buf` is a `HEAD`, for a head too large to parse:
+/// its method, after the empty lines a server ignores before the request
+/// line (RFC 9112 2.2), as `httparse` skips them.
+fn is_head(mut buf: &[u8]) -> bool {
+    loop {
+        match buf {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => buf = rest,
+            _ => return buf.starts_with(b"HEAD "),
+        }
+    }
+}
+
 /// Reads from `io` until `parse` finds a whole HTTP head (a request or a
 /// response) in at most `max` bytes; returns what `parse` made of it and
 /// the bytes that came after it.
 pub(crate) async fn read_head<IO, T, E>(
     io: &mut IO,
     max: usize,
-    too_large: impl FnOnce() -> E,
+    too_large: impl FnOnce(&[u8]) -> E,
     mut parse: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, E>,
 ) -> Result<(T, Vec<u8>), E>
 where
@@ -122,7 +149,7 @@ where
     loop {
         let len = buf.len();
         if len >= max {
-            return Err(too_large());
+            return Err(too_large(&buf));
         }
         buf.resize(len + READ_CHUNK.min(max - len), 0);
         let n = io.read(&mut buf[len..]).await.map_err(Error::Io)?;
@@ -168,10 +195,16 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
     io: &mut IO,
     peer: SocketAddr,
 ) -> Result<Upgrade, NoUpgrade> {
-    let too_large = || NoUpgrade::Answer(Response::error(431, "request head too large"));
+    let too_large = |buf: &[u8]| {
+        let response = Response::error(431, "request head too large");
+        NoUpgrade::Answer(response.head_only(is_head(buf)))
+    };
     let parse = |buf: &[u8]| parse_head(buf).map_err(NoUpgrade::Answer);
     let (head, leftover) = read_head(io, shared.max_request_head, too_large, parse).await?;
-    let mut upgrade = decide(shared, head).map_err(NoUpgrade::Answer)?;
+    // Whatever the answer, a HEAD request gets it without its body.
+    let head_only = head.method == "HEAD";
+    let mut upgrade = decide(shared, head)
+        .map_err(|response| NoUpgrade::Answer(response.head_only(head_only)))?;
     upgrade.leftover = leftover;
     if let Some(hook) = &shared.hook {
         let info = upgrade.info.clone();
@@ -180,7 +213,7 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
             Err(reject) => {
                 let mut response = Response::error(reject.status(), reject.reason_text());
                 response.reason = format!("rejected by the handshake hook: {reject}");
-                return Err(NoUpgrade::Answer(response));
+                return Err(NoUpgrade::Answer(response.head_only(head_only)));
             }
         }
     }
@@ -220,15 +253,29 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
         head.has_token("upgrade", "websocket") || head.header("sec-websocket-key").is_some();
     if !wants_upgrade || head_only {
         return Err(match page {
-            Some(page) => Response::page(page.content_type(), page.body().clone(), head_only),
-            None => Response::error(426, "this is a WebSocket endpoint")
-                .header("Upgrade", "websocket")
-                .header("Connection", "Upgrade"),
+            Some(page) => Response::page(page.content_type(), page.body().clone()),
+            None => Response::upgrade_required("this is a WebSocket endpoint"),
         });
     }
     let Some(component) = component else {
         return Err(Response::error(404, "no WebSocket here"));
     };
+    // A request must not leave it to us which of two values counts
+    // (RFC 6455 4.1 and 11.3: the key and the version appear once; RFC 7230
+    // 5.4: one Host). Two Upgrade lines are refused too, even if one says
+    // websocket: a client offering several protocols lists them in one.
+    // Connection, Sec-WebSocket-Protocol and Sec-WebSocket-Extensions are
+    // lists and may repeat.
+    for once in [
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "host",
+    ] {
+        if head.count(once) > 1 {
+            return Err(Response::error(400, format!("more than one {once} header")));
+        }
+    }
     if !head.has_token("upgrade", "websocket") {
         return Err(Response::error(400, "Upgrade must be websocket"));
     }
@@ -239,7 +286,7 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
         return Err(Response::error(400, "Connection must include Upgrade"));
     }
     if head.header("sec-websocket-version") != Some("13") {
-        return Err(Response::error(426, "unsupported WebSocket version")
+        return Err(Response::upgrade_required("unsupported WebSocket version")
             .header("Sec-WebSocket-Version", "13"));
     }
     let key = match head.header("sec-websocket-key") {
@@ -308,7 +355,17 @@ impl Response {
         }
     }
 
-    pub(crate) fn page(content_type: &str, body: Bytes, head_only: bool) -> Self {
+    /// `426`: this path speaks WebSocket only (or not this version of it).
+    /// RFC 7230 6.7 (and RFC 9110 7.8): a 426 carries `Upgrade`, and whoever
+    /// sends `Upgrade` lists `upgrade` in `Connection`. The handshake closes
+    /// the connection after any answer but a `101`, so [`Self::to_bytes`]
+    /// writes one `Connection: Upgrade, close`, not two `Connection`
+    /// headers that disagree.
+    pub(crate) fn upgrade_required(reason: impl Into<String>) -> Self {
+        Response::error(426, reason).header("Upgrade", "websocket")
+    }
+
+    pub(crate) fn page(content_type: &str, body: Bytes) -> Self {
         Response {
             status: 200,
             headers: vec![
@@ -317,13 +374,20 @@ impl Response {
             ],
             content_type: content_type.into(),
             body,
-            head_only,
+            head_only: false,
             reason: "page served".into(),
         }
     }
 
     pub(crate) fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The answer to a `HEAD` request: the same status and headers, with
+    /// the `Content-Length` of the body it leaves out (RFC 9110 9.3.2).
+    pub(crate) fn head_only(mut self, head_only: bool) -> Self {
+        self.head_only = head_only;
         self
     }
 
@@ -334,8 +398,12 @@ impl Response {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
         let (content_type, length) = (&self.content_type, self.body.len());
+        // Every answer but the 101 ends the connection; one that offers an
+        // upgrade names it in the same (single) Connection header.
+        let upgrade = self.headers.iter().any(|(name, _)| *name == "Upgrade");
+        let connection = if upgrade { "Upgrade, close" } else { "close" };
         out.push_str(&format!(
-            "Content-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+            "Content-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: {connection}\r\n\r\n"
         ));
         let mut out = out.into_bytes();
         if !self.head_only {
@@ -434,6 +502,52 @@ mod tests {
             (UPGRADE.replace("keep-alive, Upgrade", "keep-alive"), 400),
             (origin("http://evil.example"), 403),
             (origin("http://127.0.0.1:8080"), 101),
+            // Values that must appear once, twice (even when equal).
+            (
+                UPGRADE.replace("Cookie", "Upgrade: websocket\r\nCookie"),
+                400,
+            ),
+            (
+                UPGRADE.replace("Upgrade: websocket", "Upgrade: foo\r\nUpgrade: websocket"),
+                400,
+            ),
+            (
+                UPGRADE.replace("Cookie", "Sec-WebSocket-Version: 13\r\nCookie"),
+                400,
+            ),
+            (
+                UPGRADE.replace("Cookie", "Sec-WebSocket-Version: 8\r\nCookie"),
+                400,
+            ),
+            (
+                UPGRADE.replace(
+                    "Cookie",
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie",
+                ),
+                400,
+            ),
+            (UPGRADE.replace("Cookie", "Host: other\r\nCookie"), 400),
+            // Lists may repeat.
+            (
+                UPGRADE.replace("keep-alive, Upgrade", "keep-alive\r\nConnection: Upgrade"),
+                101,
+            ),
+            (
+                UPGRADE.replace("Cookie", "Sec-WebSocket-Protocol: y\r\nCookie"),
+                101,
+            ),
+            (
+                UPGRADE.replace(
+                    "Cookie",
+                    "Sec-WebSocket-Extensions: a\r\nSec-WebSocket-Extensions: b\r\nCookie",
+                ),
+                101,
+            ),
+            // Several protocols offered in one Upgrade header.
+            (
+                UPGRADE.replace("Upgrade: websocket", "Upgrade: foo, websocket"),
+                101,
+            ),
         ];
         for (raw, expected) in cases {
             let status = decide_raw(&raw).map_or_else(|r| r.status, |_| 101);
@@ -443,15 +557,41 @@ mod tests {
 
     #[test]
     fn responses_render() {
-        let r = Response::error(426, "ws only").header("Upgrade", "websocket");
+        let r = Response::upgrade_required("ws only");
         let text = String::from_utf8(r.to_bytes()).expect("utf-8");
         assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\n"));
-        assert!(text.contains("Connection: close\r\n\r\n426 Upgrade Required: ws only\n"));
-        let page = Response::page("text/html", Bytes::from_static(b"<p>"), true);
+        assert!(text.contains("Connection: Upgrade, close\r\n\r\n426 Upgrade Required: ws only\n"));
+        assert_eq!(text.matches("Connection:").count(), 1, "{text}");
+        let page = Response::page("text/html", Bytes::from_static(b"<p>")).head_only(true);
         assert!(
             String::from_utf8(page.to_bytes())
                 .expect("utf-8")
                 .ends_with("Content-Length: 3\r\nConnection: close\r\n\r\n")
         );
+        // HEAD: the head GET would get, to the byte, and no body.
+        let get = Response::error(404, "not found").to_bytes();
+        let head = Response::error(404, "not found").head_only(true).to_bytes();
+        assert!(
+            get.starts_with(&head) && get.len() == head.len() + "404 Not Found: not found\n".len()
+        );
+    }
+
+    #[test]
+    fn head_requests_get_no_body_even_when_malformed() {
+        for raw in [
+            "HEAD / HTTP/1.1\r\nBad Header\r\n\r\n",
+            "HEAD /\x01 HTTP/1.1\r\n\r\n",
+        ] {
+            let response = parse_head(raw.as_bytes()).expect_err("malformed");
+            assert_eq!(response.status, 400);
+            assert!(response.to_bytes().ends_with(b"\r\n\r\n"), "{raw:?}");
+        }
+        // Empty lines before the request line are skipped, by httparse and
+        // for a head too large to parse alike.
+        let late = parse_head(b"\r\n\nHEAD / HTTP/1.1\r\nBad Header\r\n\r\n").expect_err("bad");
+        assert!(late.to_bytes().ends_with(b"\r\n\r\n"));
+        assert!(is_head(b"\r\n\nHEAD / HTTP/1.1\r\nX: "));
+        assert!(!is_head(b"\r\rHEAD / HTTP/1.1\r\nX: "));
+        assert!(!is_head(b"GET / HTTP/1.1\r\nX: "));
     }
 }

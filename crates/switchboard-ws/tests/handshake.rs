@@ -336,3 +336,180 @@ async fn raw_client_sees_101_and_the_component_sees_its_address() {
     assert_eq!((echoed.opcode, echoed.payload), (0x2, vec![1, 2, 3]));
     server.shutdown().await;
 }
+
+/// Writes `request` and reads until the server closes (a reset after the
+/// answer counts as a close: the server may not read a refused request to
+/// its end). Bounded by [`support::LIMIT`].
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write request");
+    let mut response = Vec::new();
+    let read = timeout(support::LIMIT, stream.read_to_end(&mut response))
+        .await
+        .expect("the server closes in time");
+    if let Err(err) = read {
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
+    response
+}
+
+/// Splits a response into its head (with the blank line) and its body, and
+/// reads its status and `Content-Length`.
+fn split_response(response: &[u8]) -> (u16, usize, &[u8], &[u8]) {
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole head")
+        + 4;
+    let head = std::str::from_utf8(&response[..end]).expect("UTF-8 head");
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .expect("Content-Length");
+    (status_of(head), length, &response[..end], &response[end..])
+}
+
+#[tokio::test]
+async fn head_gets_what_get_gets_without_the_body() {
+    let page = |recorder| {
+        let builder = WsTransport::builder().route("/chat", recorder);
+        let builder = builder.page("/", Page::html("<!doctype html><p>hi</p>"));
+        builder.max_request_head(1024).build().expect("valid")
+    };
+    let (server, _events) = serve(page, fast_config()).await;
+    let addr = server.local_addr();
+    let upgrade = upgrade_request(addr, "/chat", "");
+    let big = format!("X-Big: {}\r\n", "a".repeat(2000));
+    let chat = " /chat HTTP/1.1\r\nHost: x\r\n\r\n";
+    // (the request after its method, the GET to compare with if another,
+    // expected status)
+    let cases = [
+        (" / HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(), None, 200),
+        (" /nope HTTP/1.1\r\nHost: x\r\n\r\n".into(), None, 404),
+        (chat.into(), None, 426),
+        // An upgrade asked for with HEAD is no upgrade: the plain GET's 426.
+        (upgrade.trim_start_matches("GET").into(), Some(chat), 426),
+        (
+            " / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".into(),
+            None,
+            400,
+        ),
+        (format!(" / HTTP/1.1\r\nHost: x\r\n{big}\r\n"), None, 431),
+    ];
+    for (rest, get_rest, expected) in cases {
+        let get_rest = get_rest.unwrap_or(&rest);
+        let get = exchange(addr, format!("GET{get_rest}").as_bytes()).await;
+        let head = exchange(addr, format!("HEAD{rest}").as_bytes()).await;
+        let (get_status, get_length, get_head, get_body) = split_response(&get);
+        let (status, length, head_head, after) = split_response(&head);
+        let shown = String::from_utf8_lossy(&head);
+        assert_eq!((get_status, status), (expected, expected), "{shown}");
+        assert_eq!(get_body.len(), get_length, "GET's body matches its length");
+        // The same head to the byte, Content-Length included, and nothing
+        // after it until the server closed.
+        assert_eq!(head_head, get_head, "{shown}");
+        assert_eq!(length, get_length);
+        assert!(length > 0);
+        assert_eq!(after, b"", "HEAD got a body: {shown}");
+    }
+    assert_eq!(server.stats().connections_total, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn upgrade_required_has_one_connection_header() {
+    let (server, _events) = serve(WsTransport::new, fast_config()).await;
+    let addr = server.local_addr();
+    let plain = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let old = upgrade_request(addr, "/", "").replace("Version: 13", "Version: 8");
+    let old = exchange(addr, old.as_bytes()).await;
+    for response in [plain, old] {
+        let (status, _, head, _) = split_response(&response);
+        let head = std::str::from_utf8(head).expect("UTF-8");
+        assert_eq!(status, 426, "{head}");
+        let connection: Vec<_> = head
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("connection:"))
+            .collect();
+        // Upgrade is offered (RFC 7230 6.7: named in Connection too) and
+        // the server closes after the answer: one header says both.
+        assert_eq!(connection, ["Connection: Upgrade, close"], "{head}");
+        assert!(head.contains("\r\nUpgrade: websocket\r\n"), "{head}");
+    }
+    server.shutdown().await;
+}
+
+/// Writes `request` and reads the response head only (an upgraded
+/// connection stays open).
+async fn status_of_request(addr: std::net::SocketAddr, request: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    let mut buf = [0; 1024];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = timeout(support::LIMIT, stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before a whole head");
+        response.extend_from_slice(&buf[..n]);
+    }
+    status_of(&String::from_utf8_lossy(&response))
+}
+
+#[tokio::test]
+async fn repeated_upgrade_key_and_version_are_refused() {
+    let (server, mut events) = serve(WsTransport::new, fast_config()).await;
+    let addr = server.local_addr();
+    let base = upgrade_request(addr, "/", "");
+    let with = |extra: &str| upgrade_request(addr, "/", extra);
+    let cases = [
+        (with("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), 400),
+        (with("Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"), 400),
+        (with("Sec-WebSocket-Version: 13\r\n"), 400),
+        (with("Sec-WebSocket-Version: 8\r\n"), 400),
+        (
+            base.replace("Upgrade: websocket", "Upgrade: foo\r\nUpgrade: websocket"),
+            400,
+        ),
+        (with("Upgrade: websocket\r\n"), 400),
+        (with("Host: elsewhere.example\r\n"), 400),
+        // Lists may come in several lines.
+        (
+            base.replace(
+                "Connection: Upgrade",
+                "Connection: keep-alive\r\nConnection: Upgrade",
+            ),
+            101,
+        ),
+        (
+            with("Sec-WebSocket-Protocol: a\r\nSec-WebSocket-Protocol: b\r\n"),
+            101,
+        ),
+        (
+            with("Sec-WebSocket-Extensions: x-a\r\nSec-WebSocket-Extensions: x-b\r\n"),
+            101,
+        ),
+    ];
+    let mut upgraded = 0;
+    for (request, expected) in cases {
+        assert_eq!(
+            status_of_request(addr, &request).await,
+            expected,
+            "{request}"
+        );
+        if expected == 101 {
+            upgraded += 1;
+            assert!(matches!(events.next().await, Event::Open { .. }));
+            events.closed().await;
+        }
+    }
+    // Only the three valid ones reached the component.
+    assert_eq!(server.stats().connections_total, upgraded);
+    assert_eq!(upgraded, 3);
+    server.shutdown().await;
+}

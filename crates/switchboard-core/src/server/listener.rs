@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::{Admission, Context};
+use crate::config::TcpKeepalive;
 use crate::stats::Stats;
 use crate::transport::{Accepted, Transport};
 
@@ -43,6 +44,11 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
                 // Real-time traffic: never wait for Nagle's algorithm.
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, error = %err, "set_nodelay failed");
+                }
+                if let Some(keepalive) = &ctx.config.tcp_keepalive
+                    && let Err(err) = set_keepalive(&stream, keepalive)
+                {
+                    tracing::debug!(%peer, error = %err, "setting TCP keepalive failed");
                 }
                 let span = tracing::debug_span!("accept", %peer);
                 ctx.tracker.spawn(
@@ -110,6 +116,28 @@ async fn serve<T: Transport<TcpStream>>(
     };
     connection.await;
     drop(admission);
+}
+
+/// Turns on keepalive probes with the configured timing (what the platform
+/// lets us set of it).
+pub(crate) fn set_keepalive(stream: &TcpStream, keepalive: &TcpKeepalive) -> io::Result<()> {
+    let params = socket2::TcpKeepalive::new().with_time(keepalive.idle);
+    #[cfg(any(
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "fuchsia",
+        target_os = "illumos",
+        target_os = "ios",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+    ))]
+    let params = params
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.retries);
+    #[cfg(windows)]
+    let params = params.with_interval(keepalive.interval);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&params)
 }
 
 fn is_per_connection(err: &io::Error) -> bool {

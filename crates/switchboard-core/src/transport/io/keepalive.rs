@@ -22,13 +22,16 @@ pub enum Due {
 ///
 /// Call [`seen`](Self::seen) after each read that brought bytes (one clock
 /// read, no timer operation) and [`poll`](Self::poll) when the socket has
-/// nothing more to read. The timer is created on the first `poll`, so a
-/// connection can be built outside a runtime.
+/// nothing more to read. A transport without pings calls `seen` after
+/// successful writes too (see `Config::idle_timeout`). The timer is
+/// created on the first `poll`, so a connection can be built outside a
+/// runtime.
 #[derive(Debug)]
 pub struct Keepalive {
     ping_interval: Option<Duration>,
     idle_timeout: Option<Duration>,
-    /// Last inbound traffic, or the open.
+    /// Last inbound traffic (or write, where the transport counts them),
+    /// or the open.
     last_seen: Instant,
     /// Last ping sent (pings wait for an interval of silence since either).
     last_ping: Instant,
@@ -51,7 +54,8 @@ impl Keepalive {
         }
     }
 
-    /// The peer sent something.
+    /// The peer sent something (or, on a transport without pings, took
+    /// something we wrote).
     #[inline]
     pub fn seen(&mut self) {
         if self.ping_interval.is_some() || self.idle_timeout.is_some() {
