@@ -431,7 +431,12 @@ impl<T: TransportConn> Driver<T> {
                     return Poll::Ready(());
                 }
                 if req.discard || self.broken.is_some() {
-                    self.discard_batch();
+                    let discarded = self.discard_batch();
+                    // The outbox counted the queue it dropped; the batch
+                    // taken from it and not yet written is dropped too.
+                    if matches!(req.reason, CloseReason::SlowConsumer) {
+                        Stats::add(&self.conn.context().stats.dropped, discarded as u64);
+                    }
                 } else {
                     match self.poll_write(cx, true) {
                         Ok(_) if self.batch.is_empty() && !self.unflushed => {}
@@ -454,13 +459,16 @@ impl<T: TransportConn> Driver<T> {
         })
     }
 
-    /// Drops the batch, releasing it from the outbox's bounds.
-    fn discard_batch(&mut self) {
-        if !self.batch.is_empty() {
+    /// Drops the batch, releasing it from the outbox's bounds; how many
+    /// messages it held.
+    fn discard_batch(&mut self) -> usize {
+        let count = self.batch.len();
+        if count > 0 {
             let bytes = self.batch.iter().map(Message::len).sum();
-            self.conn.outbox().release(self.batch.len(), bytes);
+            self.conn.outbox().release(count, bytes);
             self.batch.clear();
         }
+        count
     }
 }
 
