@@ -47,6 +47,13 @@ use switchboard::{
     BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, ServerBuilder,
 };
 
+/// mimalloc hands freed memory back to the system (a second or so after
+/// the free, as the server goes on working), where glibc's malloc keeps
+/// what a burst of large buffers freed: see "Memory after an attack" in
+/// docs/reliability.md. The library sets no allocator; a binary does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The room: one component for every connection, whatever the transport.
 #[derive(Default)]
 struct Chat {

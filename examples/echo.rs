@@ -18,6 +18,13 @@ use switchboard::tcp::TcpTransport;
 use switchboard::ws::{OriginPolicy, WsTransport};
 use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server};
 
+/// mimalloc hands freed memory back to the system (a second or so after
+/// the free, as the server goes on working), where glibc's malloc keeps
+/// what a burst of large buffers freed: see "Memory after an attack" in
+/// docs/reliability.md. The library sets no allocator; a binary does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Echo;
 
 impl MessageComponent for Echo {

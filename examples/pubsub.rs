@@ -39,6 +39,13 @@ use switchboard::tcp::TcpTransport;
 use switchboard::ws::WsTransport;
 use switchboard::{BoxError, Hub, Server};
 
+/// mimalloc hands freed memory back to the system (a second or so after
+/// the free, as the server goes on working), where glibc's malloc keeps
+/// what a burst of large buffers freed: see "Memory after an attack" in
+/// docs/reliability.md. The library sets no allocator; a binary does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     ws: String,
     tcp: String,

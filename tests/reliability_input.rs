@@ -587,3 +587,21 @@ async fn max_message_size_on_every_transport() {
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_frame_over_max_message_size_gets_1009_with_the_default_frame_limit() {
+    // The frame limit stays at its default (1 MiB): the message limit
+    // alone has to refuse a single unfragmented frame one byte over it.
+    let service = Arc::new(Service::default());
+    let (server, addrs) = start_server(service.clone(), config_from("max_message=1024")).await;
+    let mut ws = WsClient::connect(addrs.ws).await;
+    ws.roundtrip(&"a".repeat(1024)).await;
+    ws.send_text(&"b".repeat(1025)).await;
+    // The next thing the client reads is the close: not an echo.
+    assert_eq!(ws.recv().await, WsEvent::Close(Some(1009)));
+    eventually("1009 reported", || {
+        service.error_codes().get(&1009) == Some(&1)
+    })
+    .await;
+    server.shutdown().await;
+}

@@ -1,6 +1,7 @@
 //! Misbehaving peers under load, against a server in a child process whose
 //! memory is read from `/proc`: slow consumers, slowloris, connection
-//! floods, abrupt peers, handler panics, shutdown under load.
+//! floods, abrupt peers, handler panics, shutdown under load, and memory
+//! after a burst of unfinished lines.
 //!
 //! Each test prints its figures as `FIGURE` lines (`--nocapture`);
 //! docs/reliability.md has them. `SWITCHBOARD_SOAK=N` runs N times the
@@ -26,9 +27,26 @@ use tokio::process::Command;
 use tokio::sync::{Mutex, watch};
 
 /// Counts live heap bytes, so that a leak can be told apart from memory the
-/// allocator keeps after it was freed (which RSS includes).
+/// allocator keeps after it was freed (which RSS includes). Underneath is
+/// the allocator a server binary should use, mimalloc (see
+/// `memory_returns_after_unfinished_lines`); `--cfg switchboard_alloc="system"`
+/// (or `"jemalloc"`) in RUSTFLAGS builds the tests on the system allocator
+/// (or jemalloc) instead, to compare.
 #[global_allocator]
-static HEAP: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+static HEAP: cap::Cap<Alloc> = cap::Cap::new(ALLOC, usize::MAX);
+
+#[cfg(not(any(switchboard_alloc = "system", switchboard_alloc = "jemalloc")))]
+type Alloc = mimalloc::MiMalloc;
+#[cfg(not(any(switchboard_alloc = "system", switchboard_alloc = "jemalloc")))]
+const ALLOC: Alloc = mimalloc::MiMalloc;
+#[cfg(switchboard_alloc = "system")]
+type Alloc = std::alloc::System;
+#[cfg(switchboard_alloc = "system")]
+const ALLOC: Alloc = std::alloc::System;
+#[cfg(switchboard_alloc = "jemalloc")]
+type Alloc = tikv_jemallocator::Jemalloc;
+#[cfg(switchboard_alloc = "jemalloc")]
+const ALLOC: Alloc = tikv_jemallocator::Jemalloc;
 
 /// The heavy tests of this binary run one at a time (2 cores).
 static HEAVY: Mutex<()> = Mutex::const_new(());
@@ -963,4 +981,97 @@ async fn shutdown_under_load_delivers_every_accepted_message() {
             report.in_child, report.until_exit
         ),
     );
+}
+
+/// How long the server may take to hand freed memory back while it keeps
+/// serving: mimalloc returns freed pages to the system 1 s after they were
+/// freed (its `purge_delay`), at its next page-level free.
+const RETURN_WITHIN: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_returns_after_unfinished_lines() {
+    let _heavy = HEAVY.lock().await;
+    const CONNS: usize = 200;
+    const LINE: usize = 1 << 20;
+    const MIB: u64 = 1024;
+    let rounds = 8 * soak();
+    need_fds(CONNS as u64 + 256);
+    // The line limit (max_message_size) is 1 MiB by default; at 2 MiB the
+    // server buffers each 1 MiB unfinished line whole.
+    let mut server = ChildServer::start("max_msg=2097152", Some(4096)).await;
+    let addr = server.addrs.tcp;
+    let mut polite = LineClient::connect(addr).await;
+    polite.roundtrip("hello").await;
+    let start = server.rss_kib();
+    let heap0 = server.stats().await.get("heap");
+    let line = Arc::new(vec![b'x'; LINE]);
+    let mut rss = Vec::new();
+    for _ in 0..rounds {
+        // Every connection sends 1 MiB with no newline...
+        let mut conns = Vec::new();
+        for _ in 0..CONNS {
+            let line = line.clone();
+            conns.push(tokio::spawn(async move {
+                let mut stream = dial_from(addr, None).await.unwrap();
+                within("1 MiB written", stream.write_all(&line))
+                    .await
+                    .unwrap();
+                stream
+            }));
+        }
+        let mut streams = Vec::new();
+        for c in conns {
+            streams.push(within("connection", c).await.unwrap());
+        }
+        // ...which the server holds, all at once (its live heap shows it)...
+        let held = (CONNS * LINE) as u64;
+        server
+            .stats_until("every line buffered", |s| s.get("heap") >= heap0 + held)
+            .await;
+        // ...until they all close.
+        drop(streams);
+        server
+            .stats_until("all closed", |s| s.get("open") == 1)
+            .await;
+        rss.push(server.rss_kib());
+    }
+    let peak = server.peak_kib();
+    // The server goes on serving an ordinary client meanwhile (16 KiB
+    // round trips); what was freed goes back to the system: RSS comes
+    // within 64 MiB of where it started (one round holds 200 MiB).
+    let bound = start + 64 * MIB;
+    let waiting = Instant::now();
+    let mut end = server.rss_kib();
+    let ball = "p".repeat(16 * 1024);
+    while end > bound && waiting.elapsed() < RETURN_WITHIN {
+        for _ in 0..10 {
+            polite.roundtrip(&ball).await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        end = server.rss_kib();
+    }
+    let took = waiting.elapsed();
+    figure(
+        "unfinished_lines",
+        format_args!(
+            "{rounds} rounds of {CONNS} connections each sending {} MiB without a newline, then closing: \
+             RSS {start} KiB at the start, peak {peak} KiB, after each round {rss:?} KiB, \
+             {end} KiB {took:.1?} later while serving (bound {bound} KiB)",
+            LINE >> 20
+        ),
+    );
+    assert!(
+        end <= bound,
+        "RSS {end} KiB {took:?} after {rounds} rounds, started at {start} KiB: {rss:?}"
+    );
+    let stats = server.stats().await;
+    // No unfinished line became a message: only the polite client's, each
+    // echoed.
+    assert_eq!(
+        stats.get("messages_in"),
+        stats.get("messages_out"),
+        "{stats:?}"
+    );
+    drop(polite);
+    server.shutdown().await;
 }

@@ -593,6 +593,8 @@ pub fn config_from(settings: &str) -> Config {
             "max_msg" => config
                 .max_message_size(n() as usize)
                 .max_frame_size(n() as usize),
+            // The message limit alone: the frame limit stays at its default.
+            "max_message" => config.max_message_size(n() as usize),
             "rate" => {
                 rate = Some((value.parse::<f64>().expect("rate"), 1));
                 config

@@ -55,7 +55,9 @@ counters! {
     /// Payload bytes handed to the transport for writing.
     bytes_out: bytes_out,
     /// Messages refused because a queue was full (`Drop` policy), or
-    /// discarded from the queue of a connection closed as a slow consumer.
+    /// discarded by a connection closed as a slow consumer: the message
+    /// that found the queue full and every message queued and not yet
+    /// handed to the transport.
     dropped: dropped,
     /// Connections closed by the `Close` slow-consumer policy.
     slow_consumer_closes: slow_consumer_closes,

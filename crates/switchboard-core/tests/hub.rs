@@ -15,24 +15,27 @@ use tokio::time::timeout;
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// Records what the hub asks of its broker (an unsubscribe once it has
-/// taken `unsubscribe_delay`), and can inject messages from "another node"
-/// through the delivery handle it was given.
+/// been let through, when it waits for that), and can inject messages from
+/// "another node" through the delivery handle it was given.
 #[derive(Default)]
 struct Recording {
     calls: Mutex<Vec<String>>,
     local: Mutex<Option<LocalDelivery>>,
-    unsubscribe_delay: Duration,
+    /// Unsubscribes wait for `proceed` before they complete.
+    hold_unsubscribe: bool,
     unsubscribing: Notify,
+    proceed: Notify,
 }
 
 #[derive(Clone, Default)]
 struct RecordingBroker(Arc<Recording>);
 
 impl RecordingBroker {
-    /// A broker that takes 200 ms to unsubscribe.
-    fn slow_to_unsubscribe() -> Self {
+    /// A broker whose unsubscribes signal `unsubscribing` and then wait
+    /// for `proceed`.
+    fn held_unsubscribe() -> Self {
         RecordingBroker(Arc::new(Recording {
-            unsubscribe_delay: Duration::from_millis(200),
+            hold_unsubscribe: true,
             ..Recording::default()
         }))
     }
@@ -60,7 +63,9 @@ impl Broker for RecordingBroker {
     }
     async fn unsubscribe(&self, room: &str) -> Result<()> {
         self.unsubscribing.notify_one();
-        tokio::time::sleep(self.unsubscribe_delay).await;
+        if self.hold_unsubscribe {
+            self.proceed.notified().await;
+        }
         self.calls.lock().unwrap().push(format!("unsub {room}"));
         Ok(())
     }
@@ -255,16 +260,26 @@ async fn a_broker_shared_through_an_arc_carries_every_hubs_traffic() {
 
 #[tokio::test]
 async fn a_join_racing_the_last_leave_stays_subscribed() {
-    let broker = RecordingBroker::slow_to_unsubscribe();
+    let broker = RecordingBroker::held_unsubscribe();
     let (hub, _server, mut a, mut b) = serve(broker.clone()).await;
     cmd(&mut a, "join red").await;
-    // The last member leaves; while the broker is still unsubscribing, a
-    // new member joins the (locally empty) room.
+    // The last member leaves; while the broker is still unsubscribing (it
+    // waits for `proceed`), a new member joins the (locally empty) room.
     assert!(a.send("leave red").await);
     timeout(LIMIT, broker.unsubscribing.notified())
         .await
         .expect("unsubscribe started");
     assert!(b.send("join red").await);
+    // The join is in the room, waiting to reconcile the subscription
+    // behind the unsubscribe: only now does the unsubscribe finish.
+    timeout(LIMIT, async {
+        while hub.room_len("red") == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the join reached the room");
+    broker.proceed.notify_one();
     expect(&mut a, "ok").await;
     expect(&mut b, "ok").await;
     assert_eq!(hub.room_len("red"), 1);

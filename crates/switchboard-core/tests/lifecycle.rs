@@ -94,6 +94,25 @@ impl MessageComponent for Recorder {
         let result = match msg.as_text() {
             Some("fail") => Err("handler failed".into()),
             Some("panic") => panic!("handler panic"),
+            Some(cmd) if cmd.starts_with("burst ") => {
+                // "burst N SIZE": N messages of SIZE bytes (the sequence
+                // number, padded), sent in one go; refusals are ignored, so
+                // the bounds alone decide what is queued.
+                let (n, size) = cmd[6..].split_once(' ').ok_or("burst N SIZE")?;
+                let (n, size): (usize, usize) = (n.parse()?, size.parse()?);
+                for i in 0..n {
+                    let _ = conn.send(format!("{i:.<size$}"));
+                }
+                Ok(())
+            }
+            Some(cmd) if cmd.starts_with("panic after ") => {
+                // Replies, then panics: the replies go out before the close.
+                let n: usize = cmd[12..].parse()?;
+                for i in 0..n {
+                    conn.send(format!("last {i}"))?;
+                }
+                panic!("handler panic")
+            }
             Some(cmd) if cmd.starts_with("flood ") => {
                 let n: usize = cmd[6..].parse()?;
                 for i in 0..n {
@@ -298,35 +317,67 @@ async fn a_panic_closes_only_its_own_connection() {
     let mut victim = server.connect().await;
     assert!(victim.send("panic").await);
     assert_eq!(close_code(&mut victim).await, Some(CloseCode::ERROR));
+    // A handler that replies and then panics: its replies, more than the
+    // transport takes at once (16 in flight), leave in order before the
+    // close, and the message after the panic is never handled.
+    let mut victim = server.connect().await;
+    assert!(victim.send("a").await);
+    assert!(victim.send("panic after 40").await);
+    let _ = victim.send("b").await;
+    assert_eq!(recv(&mut victim).await, Some(Message::text("a")));
+    for i in 0..40 {
+        assert_eq!(
+            recv(&mut victim).await,
+            Some(Message::text(format!("last {i}")))
+        );
+    }
+    assert_eq!(recv(&mut victim).await, None, "answered after the panic");
+    assert_eq!(victim.close_frame().map(|f| f.code), Some(CloseCode::ERROR));
     for (i, other) in others.iter_mut().enumerate() {
         assert!(other.send(format!("after {i}")).await);
         assert_eq!(recv(other).await, Some(Message::text(format!("after {i}"))));
     }
-    rec.wait_closes(1).await;
+    rec.wait_closes(2).await;
     assert_eq!(server.stats().open_connections, 5);
+    assert_eq!(server.stats().panics, 2);
 }
 
 #[tokio::test]
 async fn a_peer_that_never_reads_is_closed_while_others_get_everything() {
-    // The stuck peer cannot take a close frame either: bound that wait.
+    // The close waits for the stuck peer to take its close frame: long
+    // enough for it to read everything that reached it.
+    const QUEUE: usize = 64;
     let config = Config::default()
-        .queue_max_messages(64)
+        .queue_max_messages(QUEUE)
         .queue_max_bytes(4096)
-        .close_timeout(Duration::from_millis(300));
+        .close_timeout(LIMIT);
     let (rec, server) = server(config);
-    let stuck = server.connect().await; // never reads
+    let mut stuck = server.connect().await; // does not read until the end
     let mut reader = server.connect().await;
     let mut sender = server.connect().await;
     const N: usize = 2000;
-    let mut received = 0;
     for i in 0..N {
         assert!(sender.send(format!("all {i}")).await);
         // The reader keeps up; the sender's own copies are read too.
         assert_eq!(recv(&mut reader).await, Some(Message::text(i.to_string())));
         assert_eq!(recv(&mut sender).await, Some(Message::text(i.to_string())));
-        received += 1;
     }
-    assert_eq!(received, N);
+    let stats = server.stats();
+    assert_eq!(stats.slow_consumer_closes, 1);
+    // What the stuck peer cost, exactly: the transport took what it holds
+    // in flight (16 frames of the in-memory transport); the outbox then
+    // held the bound, QUEUE messages, and the next one closed it. All of
+    // those QUEUE + 1 were dropped, none delivered.
+    const IN_FLIGHT: usize = 16;
+    assert_eq!(stats.dropped, QUEUE as u64 + 1, "{stats:?}");
+    assert_eq!(stats.messages_out, (2 * N + IN_FLIGHT) as u64, "{stats:?}");
+    // It reads now: what reached it before the close, then the close; the
+    // discarded backlog never comes.
+    for i in 0..IN_FLIGHT {
+        assert_eq!(recv(&mut stuck).await, Some(Message::text(i.to_string())));
+    }
+    assert_eq!(recv(&mut stuck).await, None, "the discarded backlog came");
+    assert_eq!(stuck.close_frame().map(|f| f.code), Some(CloseCode::POLICY));
     rec.wait_closes(1).await;
     let closes = rec.close_reasons();
     assert_eq!(closes.len(), 1);
@@ -334,22 +385,13 @@ async fn a_peer_that_never_reads_is_closed_while_others_get_everything() {
         closes.values().next().unwrap(),
         &vec![CloseReason::SlowConsumer]
     );
-    let stats = server.stats();
-    assert_eq!(stats.slow_consumer_closes, 1);
-    // Memory stayed bounded: the stuck peer held at most the bound, in
-    // flight in its channel plus its queue, before it was closed.
-    assert!(stats.dropped >= 1);
-    assert_eq!(
-        stuck.close_frame(),
-        None,
-        "the stuck client has not read its close yet"
-    );
 }
 
 #[tokio::test]
 async fn drop_policy_refuses_and_counts_but_keeps_the_connection() {
+    const QUEUE: usize = 4;
     let config = Config::default()
-        .queue_max_messages(4)
+        .queue_max_messages(QUEUE)
         .slow_consumer(SlowConsumerPolicy::Drop);
     let (rec, server) = server(config);
     // `client` does not read while the sender broadcasts through the hub,
@@ -360,18 +402,90 @@ async fn drop_policy_refuses_and_counts_but_keeps_the_connection() {
         assert!(sender.send(format!("all {i}")).await);
         assert_eq!(recv(&mut sender).await, Some(Message::text(i.to_string())));
     }
+    // The transport took 16 (what the in-memory transport holds in
+    // flight), the queue exactly its bound: the rest was dropped.
+    const IN_FLIGHT: usize = 16;
     let stats = server.stats();
-    assert!(stats.dropped > 0, "nothing was dropped: {stats:?}");
+    assert_eq!(stats.dropped, (100 - IN_FLIGHT - QUEUE) as u64, "{stats:?}");
     assert_eq!(stats.slow_consumer_closes, 0);
     // The connection is still open and serves again once it reads.
-    let mut got = 0;
-    while let Ok(Some(_)) = timeout(Duration::from_millis(200), client.recv()).await {
-        got += 1;
+    for i in 0..IN_FLIGHT + QUEUE {
+        assert_eq!(recv(&mut client).await, Some(Message::text(i.to_string())));
     }
-    assert!((4..100).contains(&got), "got {got}");
     assert!(client.send("ping").await);
     assert_eq!(recv(&mut client).await, Some(Message::text("ping")));
     assert!(rec.close_reasons().is_empty());
+}
+
+/// A handler's burst of `n` messages of `size` bytes against the bounds:
+/// what the client receives before the marker that follows the burst, and
+/// the `dropped` counter.
+async fn burst(config: Config, n: usize, size: usize) -> (Vec<String>, Option<CloseCode>, u64) {
+    let (_rec, server) = server(config);
+    let mut client = server.connect().await;
+    assert!(client.send(format!("burst {n} {size}")).await);
+    assert!(client.send("mark").await);
+    let mut got = Vec::new();
+    loop {
+        match recv(&mut client).await {
+            Some(m) if m.as_text() == Some("mark") => break,
+            Some(m) => got.push(m.as_text().unwrap().to_owned()),
+            None => break,
+        }
+    }
+    let code = client.close_frame().map(|f| f.code);
+    (got, code, server.stats().dropped)
+}
+
+fn padded(i: usize, size: usize) -> String {
+    format!("{i:.<size$}")
+}
+
+#[tokio::test]
+async fn the_message_bound_is_exact() {
+    // The burst is queued in one handler call, before the transport takes
+    // any of it: the queue holds exactly queue_max_messages.
+    let config = Config::default()
+        .queue_max_messages(8)
+        .slow_consumer(SlowConsumerPolicy::Drop);
+    let (got, code, dropped) = burst(config, 20, 10).await;
+    let want: Vec<String> = (0..8).map(|i| padded(i, 10)).collect();
+    assert_eq!(got, want);
+    assert_eq!(code, None);
+    assert_eq!(dropped, 12);
+}
+
+#[tokio::test]
+async fn the_byte_bound_is_exact_and_is_what_drops() {
+    // Room for 100 messages, 8 × 100 bytes: the 9th message of 100 bytes
+    // is the first one refused.
+    let config = Config::default()
+        .queue_max_messages(100)
+        .queue_max_bytes(8 * 100)
+        .slow_consumer(SlowConsumerPolicy::Drop);
+    let (got, code, dropped) = burst(config, 20, 100).await;
+    let want: Vec<String> = (0..8).map(|i| padded(i, 100)).collect();
+    assert_eq!(got, want);
+    assert_eq!(code, None);
+    assert_eq!(dropped, 12);
+}
+
+#[tokio::test]
+async fn the_byte_bound_is_what_closes_a_slow_consumer() {
+    // The same burst under the Close policy: the 9th message closes the
+    // connection (1008) and the 8 queued are discarded, not delivered.
+    let config = Config::default()
+        .queue_max_messages(100)
+        .queue_max_bytes(8 * 100);
+    let (got, code, dropped) = burst(config.clone(), 20, 100).await;
+    assert_eq!(got, Vec::<String>::new());
+    assert_eq!(code, Some(CloseCode::POLICY));
+    assert_eq!(dropped, 9);
+    // One message fewer fits exactly: nothing is dropped.
+    let (got, code, dropped) = burst(config, 8, 100).await;
+    assert_eq!(got.len(), 8);
+    assert_eq!(code, None);
+    assert_eq!(dropped, 0);
 }
 
 #[tokio::test]

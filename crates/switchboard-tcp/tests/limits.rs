@@ -10,7 +10,7 @@ use switchboard::tcp::{BytesMut, Decoder, Encoder, TcpTransport};
 use switchboard::{CloseCode, CloseReason, Config, Message, SendError};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use support::{
     dial, echo_server, peer, read_n, read_to_end, recorder, roundtrip, serve, within,
@@ -229,9 +229,10 @@ async fn many_lines_in_one_write_then_a_half_close_are_all_delivered() {
 
 #[tokio::test]
 async fn replies_queued_at_half_close_are_flushed() {
-    // Each line's replies are queued in one burst after a pause, so the end
-    // of stream is already waiting in the socket when they are queued.
-    struct Later(mpsc::UnboundedSender<CloseReason>);
+    // Each line's replies are queued in one burst once the test has shut
+    // its side down, so the end of stream is already waiting in the socket
+    // when they are queued.
+    struct Later(mpsc::UnboundedSender<CloseReason>, watch::Receiver<bool>);
 
     impl switchboard::MessageComponent for Later {
         async fn on_message(
@@ -239,7 +240,7 @@ async fn replies_queued_at_half_close_are_flushed() {
             conn: &switchboard::Connection,
             msg: Message,
         ) -> Result<(), switchboard::BoxError> {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.1.clone().wait_for(|shut| *shut).await?;
             for i in 0..100 {
                 conn.send(format!("{}-{i}", msg.as_text().unwrap_or("?")))?;
             }
@@ -252,10 +253,12 @@ async fn replies_queued_at_half_close_are_flushed() {
     }
 
     let (tx, mut closed) = mpsc::unbounded_channel();
-    let server = serve(TcpTransport::lines(Later(tx)), Config::default()).await;
+    let (shut, shut_rx) = watch::channel(false);
+    let server = serve(TcpTransport::lines(Later(tx, shut_rx)), Config::default()).await;
     let mut stream = dial(server.local_addr()).await;
     stream.write_all(b"a\nb\n").await.unwrap();
     stream.shutdown().await.unwrap();
+    shut.send(true).unwrap();
     let echoed = String::from_utf8(read_to_end(&mut stream).await).unwrap();
     let expected: String = ["a", "b"]
         .iter()

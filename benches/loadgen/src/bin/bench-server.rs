@@ -37,6 +37,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+/// mimalloc hands freed memory back to the system (a second or so after
+/// the free, as the server goes on working), where glibc's malloc keeps
+/// what a burst of large buffers freed: see "Memory after an attack" in
+/// docs/reliability.md. The library sets no allocator; a binary does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KINDS: &[&str] = &[
     "switchboard-ws-echo",
     "switchboard-ws-chat",

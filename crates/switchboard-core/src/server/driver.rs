@@ -459,7 +459,12 @@ impl<T: TransportConn> Driver<T> {
             // The peer is not reading: no flush, no closing handshake to
             // wait for; the socket is let go now.
             if req.discard {
-                self.discard_batch();
+                // The outbox counted the queue it dropped; the batch taken
+                // from it and not yet handed over is dropped too.
+                let discarded = self.discard_batch();
+                if matches!(req.reason, CloseReason::SlowConsumer) {
+                    Stats::add(&self.conn.context().stats.dropped, discarded as u64);
+                }
                 poll_fn(|cx| {
                     self.io.abort(cx, &req.frame);
                     Poll::Ready(())
@@ -497,15 +502,18 @@ impl<T: TransportConn> Driver<T> {
     }
 
     /// Drops the batch, releasing it and what the transport holds from the
-    /// outbox's bounds.
-    fn discard_batch(&mut self) {
+    /// outbox's bounds; returns how many messages the batch held (those
+    /// handed to the transport are counted as sent already).
+    fn discard_batch(&mut self) -> usize {
+        let count = self.batch.len();
         let bytes: usize = self.batch.iter().map(Message::len).sum();
-        let (messages, bytes) = (self.handed.0 + self.batch.len(), self.handed.1 + bytes);
+        let (messages, bytes) = (self.handed.0 + count, self.handed.1 + bytes);
         if messages > 0 {
             self.conn.outbox().release(messages, bytes);
         }
         self.handed = (0, 0);
         self.batch.clear();
+        count
     }
 }
 
