@@ -48,8 +48,11 @@
 //! [`config`] sets them, and the chat prints them at start-up:
 //!
 //! - each connection may send [`RATE`] messages a second, in bursts of up
-//!   to [`BURST`]; past that it is closed with 1008 (`RateLimitAction::Close`),
-//!   so a client that floods the room is cut off, not its readers;
+//!   to [`BURST`]; what it sends past that is dropped before it reaches
+//!   the room (`RateLimitAction::Drop`, counted in `rate_limited`), so a
+//!   client that floods the room floods only itself, not its readers. A
+//!   person pasting many lines loses the lines past the burst rather than
+//!   the connection, and a flooder has no reason to reconnect;
 //! - a message is at most [`MAX_MESSAGE`] bytes (16 KiB; 1009 past it);
 //! - each reader's outbound queue keeps the library's defaults (1,024
 //!   messages, 1 MiB). A full burst of the largest messages split into the
@@ -59,8 +62,8 @@
 //!   = 160 KiB/s to each reader. So readers that keep up with that are never
 //!   closed as slow consumers because of someone else's flood.
 //!
-//! A client that reconnects after each cut-off gets a new burst each
-//! time: the limit is per connection. `docs/reliability.md` says more.
+//! The limit is per connection: a client that connects again and again
+//! gets a new burst each time. `docs/reliability.md` says more.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -90,7 +93,7 @@ fn config() -> Config {
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .rate_limit(Some(
-            RateLimit::new(RATE, BURST).action(RateLimitAction::Close),
+            RateLimit::new(RATE, BURST).action(RateLimitAction::Drop),
         ))
 }
 
