@@ -112,7 +112,9 @@ fn is_control(c: char) -> bool {
 /// `MAX_LINES`, and whether some were left out. An empty message is one
 /// empty line.
 fn lines_to_relay(text: &str) -> (Vec<String>, bool) {
-    let mut lines = text.lines().map(|line| line.chars().filter(|c| !is_control(*c)).collect());
+    let mut lines = text
+        .lines()
+        .map(|line| line.chars().filter(|c| !is_control(*c)).collect());
     let mut out: Vec<String> = lines.by_ref().take(MAX_LINES).collect();
     if out.is_empty() {
         out.push(String::new());

@@ -164,7 +164,10 @@ impl Decoder for AnyLines {
                     return Ok(None);
                 }
                 None if src.len() > self.max + 1 => {
-                    eprintln!("* a line over {} bytes: the rest of it is skipped", self.max);
+                    eprintln!(
+                        "* a line over {} bytes: the rest of it is skipped",
+                        self.max
+                    );
                     self.skipping = true;
                     return Ok(Some(Self::message(src.split_to(self.max))));
                 }

@@ -333,7 +333,11 @@ async fn chat_example_relays_one_line_per_line_without_control_characters() {
     );
 
     // What a terminal user types reaches the browser the same way.
-    terminal.writer.write_all(b"from nc \x1b[31m\r\n").await.unwrap();
+    terminal
+        .writer
+        .write_all(b"from nc \x1b[31m\r\n")
+        .await
+        .unwrap();
     assert_eq!(ws_text(&mut browser).await, "from nc [31m");
 
     // Binary from a browser closes that browser with 1003; the others stay.
@@ -392,7 +396,10 @@ async fn client_example_survives_any_message() {
     // Still connected: what is typed reaches the server.
     client.say("still here").await;
     let mut line = String::new();
-    timeout(LIMIT, read.read_line(&mut line)).await.unwrap().unwrap();
+    timeout(LIMIT, read.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(line, "still here\n");
     drop(sock);
     client.leave().await;
@@ -480,7 +487,10 @@ async fn flood_once(
     let mut head = String::new();
     while head != "\r\n" {
         head.clear();
-        timeout(LIMIT, read.read_line(&mut head)).await.unwrap().unwrap();
+        timeout(LIMIT, read.read_line(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(!head.is_empty(), "no upgrade");
     }
     // The server's frames: the room's messages, then a close.
@@ -517,7 +527,7 @@ async fn flood_once(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_example_cuts_off_a_flooder_and_its_readers_keep_up() {
+async fn chat_example_limits_a_flooder_and_its_readers_keep_up() {
     const READERS: usize = 20;
     const SIZE: usize = 8 * 1024;
     const FLOOD: Duration = Duration::from_secs(5);
@@ -565,7 +575,11 @@ async fn chat_example_cuts_off_a_flooder_and_its_readers_keep_up() {
     last.send(WsMessage::text("done")).await.unwrap();
     let (mut delivered, mut closed) = (Vec::new(), Vec::new());
     for reader in readers {
-        match timeout(LIMIT, reader).await.expect("reader in time").unwrap() {
+        match timeout(LIMIT, reader)
+            .await
+            .expect("reader in time")
+            .unwrap()
+        {
             Ok(n) => delivered.push(n),
             Err(end) => closed.push(end),
         }
@@ -598,7 +612,10 @@ async fn chat_example_cuts_off_a_flooder_and_its_readers_keep_up() {
     // The chat drops what is over the limit and keeps the flooder.
     assert_eq!(end, None, "the flooder was closed");
     assert!((most as f64) <= allowed, "{most} > {allowed}");
-    assert!(sent as f64 > 10.0 * allowed, "the flood never went far past the limit");
+    assert!(
+        sent as f64 > 10.0 * allowed,
+        "the flood never went far past the limit"
+    );
     assert!(peak <= bound, "peak {peak} KiB over {bound} KiB");
     chat.child.kill().await.unwrap();
 }

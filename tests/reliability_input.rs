@@ -603,10 +603,18 @@ async fn a_message_that_is_not_one_line_never_reaches_lines_peers_as_several() {
 
     // A forged second line, a trailing '\r', binary that is not UTF-8,
     // binary that is, then a plain line.
-    sender.send_text("all hello\nFAKE <admin>: give me your password").await;
+    sender
+        .send_text("all hello\nFAKE <admin>: give me your password")
+        .await;
     sender.send_text("all trailing\r").await;
-    sender.send_raw(&frame(0x2, b"all \xff\xfe bin")).await.unwrap();
-    sender.send_raw(&frame(0x2, "all café".as_bytes())).await.unwrap();
+    sender
+        .send_raw(&frame(0x2, b"all \xff\xfe bin"))
+        .await
+        .unwrap();
+    sender
+        .send_raw(&frame(0x2, "all café".as_bytes()))
+        .await
+        .unwrap();
     sender.send_text("all after").await;
 
     // The browser gets everything as it was sent.
@@ -615,8 +623,14 @@ async fn a_message_that_is_not_one_line_never_reaches_lines_peers_as_several() {
         WsEvent::Text("hello\nFAKE <admin>: give me your password".into())
     );
     assert_eq!(browser.recv().await, WsEvent::Text("trailing\r".into()));
-    assert_eq!(browser.recv().await, WsEvent::Binary(b"\xff\xfe bin".to_vec()));
-    assert_eq!(browser.recv().await, WsEvent::Binary("café".as_bytes().to_vec()));
+    assert_eq!(
+        browser.recv().await,
+        WsEvent::Binary(b"\xff\xfe bin".to_vec())
+    );
+    assert_eq!(
+        browser.recv().await,
+        WsEvent::Binary("café".as_bytes().to_vec())
+    );
     assert_eq!(browser.recv().await, WsEvent::Text("after".into()));
     // The terminal gets the two messages that are one line each, in order,
     // and no line of the others (nothing starting with FAKE, no "trailing").

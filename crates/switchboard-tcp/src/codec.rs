@@ -433,7 +433,12 @@ mod tests {
             Message::text("hello\nFAKE <admin>: x"),
             Message::text("dropped\r"),
             Message::binary(&b"\xff\n"[..]),
-            Message::binary(vec![b'x'; 10_000].into_iter().chain(*b"\xff").collect::<Vec<u8>>()),
+            Message::binary(
+                vec![b'x'; 10_000]
+                    .into_iter()
+                    .chain(*b"\xff")
+                    .collect::<Vec<u8>>(),
+            ),
         ] {
             let mut dst = BytesMut::new();
             let err = Codec::lines().encode(msg.clone(), &mut dst);

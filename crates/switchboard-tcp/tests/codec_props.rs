@@ -95,7 +95,8 @@ fn byte_with_controls() -> impl Strategy<Value = u8> {
 /// characters, or binary bytes, UTF-8 or not.
 fn any_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        vec(char_with_controls(), 0..40).prop_map(|c| Message::text(c.into_iter().collect::<String>())),
+        vec(char_with_controls(), 0..40)
+            .prop_map(|c| Message::text(c.into_iter().collect::<String>())),
         vec(byte_with_controls(), 0..40).prop_map(Message::binary),
         // Binary that is UTF-8: accepted by lines unless it breaks a line.
         vec(char_with_controls(), 0..40)
