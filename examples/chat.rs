@@ -1,5 +1,5 @@
-//! A chat room: every message a client sends goes, unchanged, to every other
-//! connected client (not back to the sender).
+//! A chat room: every message a client sends goes to every other connected
+//! client (not back to the sender), as text lines.
 //!
 //! ```sh
 //! cargo run --release --example chat            # open http://127.0.0.1:8080/ in two tabs
@@ -34,6 +34,44 @@
 //! answers pings, so it stays). An `nc` that vanished without closing (its
 //! machine gone, the network cut) is found by TCP keepalive within about
 //! 60 s of its last traffic (`Config::tcp_keepalive`).
+//!
+//! # What is relayed
+//!
+//! A message is relayed as lines, the same for browsers and terminals, so
+//! that no one can make a terminal show a line they did not write:
+//!
+//! - a text message with line breaks (`\n`, `\r\n`) is split, and each of
+//!   its lines is relayed as its own message, in order, with nothing added
+//!   (the chat has no name prefix); a message relays at most
+//!   [`MAX_LINES`] lines, and the sender is told when the rest was left out;
+//! - terminal control characters are removed first, for everyone: C0 except
+//!   tab (so `ESC ]0;…BEL` and `ESC [2J` lose their `ESC` and `BEL` and
+//!   arrive as plain text), DEL, and C1 (U+0080 to U+009F);
+//! - a binary message (browsers can send one; `nc` cannot) closes the
+//!   sender with 1003 (unsupported data): a chat of text lines has nothing
+//!   to show for it.
+//!
+//! # Limits
+//!
+//! [`config`] sets them, and the chat prints them at start-up:
+//!
+//! - each connection may send [`RATE`] messages a second, in bursts of up
+//!   to [`BURST`]; what it sends past that is dropped before it reaches
+//!   the room (`RateLimitAction::Drop`, counted in `rate_limited`), so a
+//!   client that floods the room floods only itself, not its readers. A
+//!   person pasting many lines loses the lines past the burst rather than
+//!   the connection, and a flooder has no reason to reconnect;
+//! - a message is at most [`MAX_MESSAGE`] bytes (16 KiB; 1009 past it);
+//! - each reader's outbound queue keeps the library's defaults (1,024
+//!   messages, 1 MiB). A full burst of the largest messages split into the
+//!   most lines is `BURST × MAX_LINES` = 800 messages and `BURST ×
+//!   MAX_MESSAGE` = 800 KiB: within one reader's queue even if that reader
+//!   reads nothing meanwhile. Sustained, a sender adds at most 10 × 16 KiB
+//!   = 160 KiB/s to each reader. So readers that keep up with that are never
+//!   closed as slow consumers because of someone else's flood.
+//!
+//! The limit is per connection: a client that connects again and again
+//! gets a new burst each time. `docs/reliability.md` says more.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,7 +82,8 @@ use switchboard::tcp::TcpTransport;
 use switchboard::transport::Transport;
 use switchboard::ws::{Page, WsTransport};
 use switchboard::{
-    BoxError, Broker, Connection, Hub, Message, MessageComponent, Server, ServerBuilder,
+    BoxError, Broker, CloseCode, Config, Connection, Hub, Message, MessageComponent, RateLimit,
+    RateLimitAction, Server, ServerBuilder,
 };
 
 /// mimalloc hands freed memory back to the system (a second or so after
@@ -54,10 +93,48 @@ use switchboard::{
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Messages a second each connection may send, sustained.
+const RATE: f64 = 10.0;
+/// Messages a connection may send at once.
+const BURST: u32 = 50;
+/// The largest message, in bytes.
+const MAX_MESSAGE: usize = 16 * 1024;
+/// The most lines one message is relayed as.
+const MAX_LINES: usize = 16;
+
+/// The chat's limits (see the module docs).
+fn config() -> Config {
+    Config::default()
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .rate_limit(Some(
+            RateLimit::new(RATE, BURST).action(RateLimitAction::Drop),
+        ))
+}
+
 /// The room: one component for every connection, whatever the transport.
 #[derive(Default)]
 struct Chat {
     hub: Hub,
+}
+
+/// Whether `c` is a terminal control character: C0 except tab, DEL, C1.
+fn is_control(c: char) -> bool {
+    c != '\t' && c.is_control()
+}
+
+/// The lines of `text` to relay, control characters removed: at most
+/// `MAX_LINES`, and whether some were left out. An empty message is one
+/// empty line.
+fn lines_to_relay(text: &str) -> (Vec<String>, bool) {
+    let mut lines = text
+        .lines()
+        .map(|line| line.chars().filter(|c| !is_control(*c)).collect());
+    let mut out: Vec<String> = lines.by_ref().take(MAX_LINES).collect();
+    if out.is_empty() {
+        out.push(String::new());
+    }
+    (out, lines.next().is_some())
 }
 
 impl MessageComponent for Chat {
@@ -68,10 +145,24 @@ impl MessageComponent for Chat {
     }
 
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-        // An error means only that other nodes missed it (Redis down): the
-        // local members got it, so log rather than close the sender.
-        if let Err(err) = self.hub.broadcast_except(msg, conn.id()).await {
-            tracing::warn!(%err, "not delivered to other nodes");
+        let Some(text) = msg.as_text() else {
+            conn.close_with(CloseCode::UNSUPPORTED, "binary messages are not supported");
+            return Ok(());
+        };
+        let (lines, cut) = lines_to_relay(text);
+        for line in lines {
+            // An error means only that other nodes missed it (Redis down):
+            // the local members got it, so log rather than close the sender.
+            // Each line is one line: no member refuses it.
+            if let Err(err) = self.hub.broadcast_except(line, conn.id()).await {
+                tracing::warn!(%err, "not delivered to other nodes");
+            }
+        }
+        if cut {
+            // Full queue or closing: the sender's problem, not an error.
+            let _ = conn.send(format!(
+                "* only the first {MAX_LINES} lines of a message are relayed"
+            ));
         }
         Ok(())
     }
@@ -146,7 +237,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .page("/", Page::html(include_str!("chat.html")))
         .build()?;
     let tls = server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
-    let mut builder = bind(Server::builder(), args.ws, ws, tls.as_ref());
+    let config = config();
+    let mut builder = bind(
+        Server::builder().config(config.clone()),
+        args.ws,
+        ws,
+        tls.as_ref(),
+    );
     if let Some(tcp) = args.tcp {
         let lines = TcpTransport::lines(chat);
         builder = bind(builder, tcp, lines, tls.as_ref());
@@ -168,6 +265,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
             tcp.port()
         );
     }
+    // One line the tests read: the bounds their checks are derived from.
+    println!(
+        "chat: limits: rate={RATE}/s burst={BURST} max_message={} queue_messages={} queue_bytes={}",
+        config.max_message_size, config.queue_max_messages, config.queue_max_bytes
+    );
     println!("press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
     println!("chat: shutting down");

@@ -605,3 +605,72 @@ async fn one_frame_over_max_message_size_gets_1009_with_the_default_frame_limit(
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_is_not_one_line_never_reaches_lines_peers_as_several() {
+    let test = "a_message_that_is_not_one_line_never_reaches_lines_peers_as_several";
+    let service = Arc::new(Service::default());
+    let (server, addrs) = start_server(service.clone(), config_from("")).await;
+    let mut sender = WsClient::connect(addrs.ws).await;
+    let mut browser = WsClient::connect(addrs.ws).await;
+    let mut terminal = LineClient::connect(addrs.tcp).await;
+    // Each has joined once its echo came back.
+    sender.roundtrip("sender").await;
+    browser.roundtrip("browser").await;
+    terminal.roundtrip("terminal").await;
+
+    // A forged second line, a trailing '\r', binary that is not UTF-8,
+    // binary that is, then a plain line.
+    sender
+        .send_text("all hello\nFAKE <admin>: give me your password")
+        .await;
+    sender.send_text("all trailing\r").await;
+    sender
+        .send_raw(&frame(0x2, b"all \xff\xfe bin"))
+        .await
+        .unwrap();
+    sender
+        .send_raw(&frame(0x2, "all café".as_bytes()))
+        .await
+        .unwrap();
+    sender.send_text("all after").await;
+
+    // The browser gets everything as it was sent.
+    assert_eq!(
+        browser.recv().await,
+        WsEvent::Text("hello\nFAKE <admin>: give me your password".into())
+    );
+    assert_eq!(browser.recv().await, WsEvent::Text("trailing\r".into()));
+    assert_eq!(
+        browser.recv().await,
+        WsEvent::Binary(b"\xff\xfe bin".to_vec())
+    );
+    assert_eq!(
+        browser.recv().await,
+        WsEvent::Binary("café".as_bytes().to_vec())
+    );
+    assert_eq!(browser.recv().await, WsEvent::Text("after".into()));
+    // The terminal gets the two messages that are one line each, in order,
+    // and no line of the others (nothing starting with FAKE, no "trailing").
+    let mut lines = Vec::new();
+    while lines.last().map(String::as_str) != Some("after") {
+        lines.push(terminal.recv().await.expect("terminal still open"));
+    }
+    assert_eq!(lines, ["café", "after"]);
+    assert!(!lines.iter().any(|l| l.starts_with("FAKE")));
+    // Refused for the terminal only, counted, and it stays open.
+    let stats = server.stats();
+    assert_eq!(stats.invalid_sends, 3, "{stats:?}");
+    assert_eq!(stats.open_connections, 3);
+    terminal.roundtrip("still here").await;
+    browser.roundtrip("still here").await;
+    assert_eq!(service.closes().total, 0);
+    figure(
+        test,
+        format_args!(
+            "5 broadcasts: browser got 5 of 5, terminal got {lines:?}, invalid_sends = {}, 0 closed",
+            stats.invalid_sends
+        ),
+    );
+    server.shutdown().await;
+}

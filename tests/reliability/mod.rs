@@ -433,7 +433,8 @@ struct Member {
     accepted: AtomicU64,
 }
 
-/// Echoes, with commands: `all TEXT` (to every other connection), `panic`,
+/// Echoes, with commands: `all TEXT` (to every other connection; a binary
+/// message starting with `all ` too), `panic`,
 /// `fail`. Counts opens, closes (by reason) and protocol errors (by code),
 /// and can flood every connection with sequence numbers.
 #[derive(Default)]
@@ -516,6 +517,13 @@ impl MessageComponent for Service {
             Some(text) if text.starts_with("all ") => {
                 self.hub
                     .broadcast_except(text["all ".len()..].to_owned(), conn.id())
+                    .await?;
+            }
+            // The same for binary, bytes as they are.
+            None if msg.as_bytes().starts_with(b"all ") => {
+                let rest = msg.into_bytes().slice("all ".len()..);
+                self.hub
+                    .broadcast_except(Message::binary(rest), conn.id())
                     .await?;
             }
             Some("panic") => panic!("asked to panic"),
@@ -684,8 +692,8 @@ fn stats_line(server: &ServerHandle, service: &Service) -> String {
     let closes = service.closes();
     let mut line = format!(
         "open={} total={} rejected={} denied={} rate_limited={} handshake_failures={} \
-         accept_errors={} messages_in={} messages_out={} dropped={} slow={} panics={} \
-         opens={} closes={} handler_errors={}",
+         accept_errors={} messages_in={} messages_out={} dropped={} slow={} invalid_sends={} \
+         panics={} opens={} closes={} handler_errors={}",
         s.open_connections,
         s.connections_total,
         s.connections_rejected,
@@ -697,6 +705,7 @@ fn stats_line(server: &ServerHandle, service: &Service) -> String {
         s.messages_out,
         s.dropped,
         s.slow_consumer_closes,
+        s.invalid_sends,
         s.panics,
         service.opens.load(Ordering::Relaxed),
         closes.total,

@@ -46,7 +46,7 @@ pub(crate) fn start_client<C: TransportConn, K: MessageComponent + ?Sized>(
 ) -> ClientHandle {
     let ctx = Context::new(config);
     let (tx, rx) = watch::channel(None);
-    let conn = ctx.open(peer, info, extensions);
+    let conn = ctx.open(peer, info, extensions, io.outbound_check());
     let task_conn = conn.clone();
     ctx.tracker.spawn(async move {
         let reason = Context::drive(io, task_conn, component).await;

@@ -14,7 +14,7 @@ use crate::message::{Message, Utf8Bytes};
 use crate::outbox::{CloseRequest, Outbox, Refused};
 use crate::server::Context;
 use crate::stats::Stats;
-use crate::transport::TransportInfo;
+use crate::transport::{OutboundCheck, TransportInfo};
 
 /// Identifies a connection; unique within the process for its lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,6 +55,8 @@ struct Inner {
     info: TransportInfo,
     ctx: Arc<Context>,
     outbox: Outbox,
+    /// The transport's check of outbound messages (TCP lines), if any.
+    check: Option<OutboundCheck>,
     /// Hubs this connection is a member of, left when it finishes; `None`
     /// once it finished, so that no hub takes it in afterwards.
     hubs: Mutex<Option<Vec<Weak<HubShared>>>>,
@@ -66,6 +68,7 @@ impl Connection {
         peer: SocketAddr,
         info: TransportInfo,
         extensions: Extensions,
+        check: Option<OutboundCheck>,
         ctx: Arc<Context>,
     ) -> Self {
         Connection {
@@ -74,6 +77,7 @@ impl Connection {
                 peer,
                 info,
                 outbox: Outbox::new(&ctx.config),
+                check,
                 ctx,
                 hubs: Mutex::new(Some(Vec::new())),
                 extensions: Mutex::new(extensions),
@@ -106,8 +110,22 @@ impl Connection {
     /// [`Config::queue_max_bytes`](crate::Config::queue_max_bytes); under the
     /// default slow-consumer policy the connection then closes with 1008.
     /// Either way the message is handed back in the error.
+    ///
+    /// A message that the connection's transport cannot carry as one message
+    /// fails at once with [`SendError::Invalid`], is not queued and leaves
+    /// the connection open: on a TCP lines connection, a message with `\n`
+    /// or `\r` in it, or a binary message that is not UTF-8 (the rules are
+    /// on `switchboard::tcp::Codec::lines`). WebSocket carries every message.
+    /// Refusals are counted in
+    /// [`Counters::invalid_sends`](crate::Counters::invalid_sends).
     pub fn send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
-        match self.inner.outbox.push(msg.into()) {
+        let msg = msg.into();
+        if let Some(check) = self.inner.check
+            && let Err(reason) = check(&msg)
+        {
+            return Err(self.invalid(msg, reason));
+        }
+        match self.inner.outbox.push(msg) {
             Ok(()) => Ok(()),
             Err(refused) => Err(self.refused(refused)),
         }
@@ -132,6 +150,15 @@ impl Connection {
                 SendError::Full(msg)
             }
         }
+    }
+
+    /// Counts and logs a message the transport refused.
+    #[cold]
+    #[inline(never)]
+    fn invalid(&self, msg: Message, reason: &'static str) -> SendError {
+        Stats::add(&self.inner.ctx.stats.invalid_sends, 1);
+        tracing::debug!(conn = %self.inner.id, peer = %self.inner.peer, reason, "message refused by the transport");
+        SendError::Invalid { msg, reason }
     }
 
     /// Closes the connection normally (1000) after flushing what is queued.

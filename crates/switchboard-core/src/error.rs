@@ -98,13 +98,25 @@ pub enum SendError {
     /// `Close` slow-consumer policy the connection is now closing.
     #[error("outbound queue full")]
     Full(Message),
+    /// The connection's transport cannot carry this message as one message
+    /// (see [`TransportConn::outbound_check`](crate::transport::TransportConn::outbound_check)):
+    /// a line break or invalid UTF-8 in a message to a TCP lines peer, say.
+    /// Nothing was queued and the connection stays open; counted in
+    /// [`Counters::invalid_sends`](crate::Counters::invalid_sends).
+    #[error("message refused by the transport: {reason}")]
+    Invalid {
+        /// The message, unchanged.
+        msg: Message,
+        /// Why the transport refused it.
+        reason: &'static str,
+    },
 }
 
 impl SendError {
     /// The message that was not sent.
     pub fn into_inner(self) -> Message {
         match self {
-            SendError::Closed(m) | SendError::Full(m) => m,
+            SendError::Closed(m) | SendError::Full(m) | SendError::Invalid { msg: m, .. } => m,
         }
     }
 }

@@ -155,7 +155,8 @@ impl fmt::Debug for LocalDelivery {
 ///
 /// Sending copies no payload: each member gets a clone of the same
 /// [`Message`]. A member whose queue is full is handled by its slow-consumer
-/// policy and does not hold up the others.
+/// policy and does not hold up the others; a member whose transport refuses
+/// the message is skipped (see [`broadcast`](Hub::broadcast)).
 ///
 /// ```
 /// use switchboard::{BoxError, Connection, Hub, Message, MessageComponent};
@@ -282,6 +283,18 @@ impl Hub {
 
     /// Sends `msg` to every member, here and (through the broker) on other
     /// nodes. Returns how many local members took it.
+    ///
+    /// Each member gets it through [`Connection::send`]: a member whose
+    /// queue is full is handled by its slow-consumer policy, and a member
+    /// whose transport cannot carry the message (a TCP lines peer and a
+    /// message with a line break, see
+    /// [`SendError::Invalid`](crate::SendError::Invalid)) is skipped,
+    /// counted in [`Counters::invalid_sends`](crate::Counters::invalid_sends)
+    /// and left open. Neither holds up the other members, and neither is an
+    /// error of the broadcast: compare the count returned with
+    /// [`len`](Self::len) to see how many did not take it. The same holds
+    /// for [`broadcast_except`](Self::broadcast_except),
+    /// [`publish`](Self::publish) and [`publish_except`](Self::publish_except).
     pub async fn broadcast(&self, msg: impl Into<Message>) -> Result<usize> {
         self.fan_out(Topic::All, msg.into(), None).await
     }

@@ -61,6 +61,11 @@ counters! {
     dropped: dropped,
     /// Connections closed by the `Close` slow-consumer policy.
     slow_consumer_closes: slow_consumer_closes,
+    /// Messages refused by [`Connection::send`](crate::Connection::send)
+    /// because the connection's transport cannot carry them as one message
+    /// ([`SendError::Invalid`](crate::SendError::Invalid): a line break in a
+    /// message to a TCP lines peer, say). Hub deliveries count here too.
+    invalid_sends: invalid_sends,
     /// Handler panics caught.
     panics: panics,
 }

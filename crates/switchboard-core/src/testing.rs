@@ -106,7 +106,7 @@ impl TestServer {
         let ctx = self.ctx.clone();
         let component = self.component.clone();
         self.ctx.tracker.spawn(async move {
-            let opened = ctx.open(peer, info, Extensions::default());
+            let opened = ctx.open(peer, info, Extensions::default(), None);
             Context::drive(conn, opened, component).await;
         });
         TestClient {

@@ -42,6 +42,11 @@ pub enum Received {
     Closed(Option<CloseFrame>),
 }
 
+/// How a transport checks an outbound message before it is queued: `Ok`
+/// when the message can be written as one message of the wire protocol,
+/// otherwise a short reason. See [`TransportConn::outbound_check`].
+pub type OutboundCheck = fn(&Message) -> std::result::Result<(), &'static str>;
+
 /// One established connection, as the core's connection driver sees it.
 ///
 /// The driver polls both directions from one task: `poll_recv` only when the
@@ -82,6 +87,17 @@ pub trait TransportConn: Send + Unpin + 'static {
     fn bytes_written(&self) -> u64 {
         0
     }
+
+    /// How [`Connection::send`](crate::Connection::send) checks a message
+    /// for this connection before queueing it, if the wire protocol cannot
+    /// carry every message (a line cannot hold a line break). Asked once,
+    /// when the connection is created; a refused message fails `send` with
+    /// [`SendError::Invalid`](crate::SendError::Invalid) and is never
+    /// queued. `None` (the default, and what WebSocket returns) costs
+    /// `send` one branch.
+    fn outbound_check(&self) -> Option<OutboundCheck> {
+        None
+    }
 }
 
 /// A boxed connection is a connection, so that a client can choose its
@@ -113,6 +129,10 @@ impl<T: TransportConn + ?Sized> TransportConn for Box<T> {
 
     fn bytes_written(&self) -> u64 {
         (**self).bytes_written()
+    }
+
+    fn outbound_check(&self) -> Option<OutboundCheck> {
+        (**self).outbound_check()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The built-in framings: lines, length-delimited frames and raw bytes.
 
 use bytes::{Buf, BufMut, BytesMut};
+use switchboard_core::transport::OutboundCheck;
 use switchboard_core::transport::io::WriteBuffer;
 use switchboard_core::{Config, Message, Utf8Bytes};
 use tokio_util::codec::{Decoder, Encoder};
@@ -81,8 +82,21 @@ impl Codec {
     /// (ended by `\n` or `\r\n`, which are stripped) is one
     /// [`Message::Text`]; invalid UTF-8 is an error (close code 1007). An
     /// unfinished last line is delivered when the peer ends the stream.
-    /// Outbound, each message's payload (text or binary, as is) is written
-    /// followed by `\n`.
+    ///
+    /// Outbound, a message is written as exactly one line: its payload
+    /// followed by `\n`. A message that is not one valid line is refused,
+    /// never written as several (see [`check_line`](Self::check_line)):
+    /// one with `\n` or `\r` anywhere in it, and a binary message whose
+    /// bytes are not UTF-8. A binary message that is UTF-8 without line
+    /// breaks is written like text (the peer reads it back as
+    /// [`Message::Text`]). On a connection,
+    /// [`Connection::send`](switchboard_core::Connection::send) applies the
+    /// check before queueing and fails with
+    /// [`SendError::Invalid`](switchboard_core::SendError::Invalid); the
+    /// encoder checks again and returns [`Error::InvalidLine`] without
+    /// writing anything. Other control characters (tab, escape sequences)
+    /// are carried as they are: what a terminal should not see is the
+    /// component's to remove.
     pub fn lines() -> Self {
         Self::new(Kind::Lines)
     }
@@ -141,6 +155,42 @@ impl Codec {
             next_index: 0,
             ..self.clone()
         }
+    }
+
+    /// How a connection with this codec checks outbound messages:
+    /// [`check_line`](Self::check_line) for lines, `None` for
+    /// length-delimited and raw, which carry any message.
+    /// [`TcpConn`](crate::TcpConn) hands it to the core.
+    pub fn outbound_check(&self) -> Option<OutboundCheck> {
+        match self.kind {
+            Kind::Lines => Some(Self::check_line),
+            Kind::LengthDelimited | Kind::Raw => None,
+        }
+    }
+
+    /// Whether `msg` can be written as one line: no `\n` or `\r` in it,
+    /// and UTF-8 (always true of a text message; checked for a binary
+    /// one). Costs one scan of the payload (two for binary).
+    ///
+    /// ```
+    /// use switchboard::Message;
+    /// use switchboard::tcp::Codec;
+    ///
+    /// assert!(Codec::check_line(&Message::text("hello")).is_ok());
+    /// assert!(Codec::check_line(&Message::binary(&b"utf-8 is fine"[..])).is_ok());
+    /// assert!(Codec::check_line(&Message::text("hello\nFAKE <admin>: hi")).is_err());
+    /// assert!(Codec::check_line(&Message::text("trailing\r")).is_err());
+    /// assert!(Codec::check_line(&Message::binary(&b"\xff"[..])).is_err());
+    /// ```
+    pub fn check_line(msg: &Message) -> Result<(), &'static str> {
+        let payload = msg.as_bytes();
+        if memchr::memchr2(b'\n', b'\r', payload).is_some() {
+            return Err("a line break (\\n or \\r) in a message to a lines peer");
+        }
+        if !msg.is_text() && std::str::from_utf8(payload).is_err() {
+            return Err("a binary message that is not UTF-8, to a lines peer");
+        }
+        Ok(())
     }
 
     /// The name of the framing: `"lines"`, `"length-delimited"` or `"raw"`.
@@ -216,15 +266,18 @@ impl Codec {
     /// own memory.
     #[inline]
     pub(crate) fn encode_to(&self, msg: Message, out: &mut WriteBuffer) -> Result<(), Error> {
-        let payload = msg.into_bytes();
         match self.kind {
-            Kind::Lines => out.frame(&[], payload, b"\n"),
+            Kind::Lines => {
+                Self::check_line(&msg).map_err(|reason| Error::InvalidLine { reason })?;
+                out.frame(&[], msg.into_bytes(), b"\n");
+            }
             Kind::LengthDelimited => {
+                let payload = msg.into_bytes();
                 let len = u32::try_from(payload.len())
                     .map_err(|_| Error::MessageTooLong { len: payload.len() })?;
                 out.frame(&len.to_be_bytes(), payload, &[]);
             }
-            Kind::Raw => out.frame(&[], payload, &[]),
+            Kind::Raw => out.frame(&[], msg.into_bytes(), &[]),
         }
         Ok(())
     }
@@ -281,6 +334,7 @@ impl Encoder<Message> for Codec {
         let payload = msg.as_bytes();
         match self.kind {
             Kind::Lines => {
+                Self::check_line(&msg).map_err(|reason| Error::InvalidLine { reason })?;
                 dst.reserve(payload.len() + 1);
                 dst.put_slice(payload);
                 dst.put_u8(b'\n');
@@ -371,6 +425,36 @@ mod tests {
         for &(codec, input, expected) in cases {
             assert_eq!(decoded(codec.clone(), input), expected, "{input:?}");
         }
+    }
+
+    #[test]
+    fn an_invalid_line_reaching_the_encoder_writes_nothing() {
+        for msg in [
+            Message::text("hello\nFAKE <admin>: x"),
+            Message::text("dropped\r"),
+            Message::binary(&b"\xff\n"[..]),
+            Message::binary(
+                vec![b'x'; 10_000]
+                    .into_iter()
+                    .chain(*b"\xff")
+                    .collect::<Vec<u8>>(),
+            ),
+        ] {
+            let mut dst = BytesMut::new();
+            let err = Codec::lines().encode(msg.clone(), &mut dst);
+            assert!(matches!(err, Err(Error::InvalidLine { .. })), "{msg:?}");
+            assert!(dst.is_empty());
+            let mut out = WriteBuffer::new(usize::MAX, 0);
+            let err = Codec::lines().encode_to(msg.clone(), &mut out);
+            assert!(matches!(err, Err(Error::InvalidLine { .. })), "{msg:?}");
+            assert_eq!(out.len(), 0);
+        }
+        // UTF-8 binary without line breaks is one line, like text.
+        let mut dst = BytesMut::new();
+        Codec::lines()
+            .encode(Message::binary(&b"caf\xc3\xa9"[..]), &mut dst)
+            .expect("one line");
+        assert_eq!(&dst[..], "café\n".as_bytes());
     }
 
     #[test]

@@ -43,6 +43,18 @@ pub enum Error {
         len: usize,
     },
 
+    /// A message to send on a lines connection is not one valid line: it
+    /// holds `\n` or `\r`, or is binary and not UTF-8 (close code 1011 if it
+    /// reaches a connection's encoder). Nothing of it was written.
+    /// [`Connection::send`](switchboard_core::Connection::send) refuses such
+    /// a message before it is queued, so on a connection this is a defence
+    /// only.
+    #[error("message is not one line: {reason}")]
+    InvalidLine {
+        /// Why, as [`Codec::check_line`](crate::Codec::check_line) says.
+        reason: &'static str,
+    },
+
     /// A line was not valid UTF-8 (close code 1007).
     #[error("line is not valid UTF-8: {0}")]
     InvalidUtf8(#[from] std::str::Utf8Error),
@@ -76,6 +88,7 @@ impl Error {
             | Error::FrameTooLong { .. }
             | Error::MessageTooLong { .. } => Some(CloseCode::SIZE),
             Error::InvalidUtf8(_) => Some(CloseCode::INVALID),
+            Error::InvalidLine { .. } => Some(CloseCode::ERROR),
             Error::Truncated { .. } => Some(CloseCode::PROTOCOL),
             Error::Io(_) => None,
         }

@@ -8,7 +8,7 @@
 //!
 //! | codec | on the wire | messages in | written out |
 //! |---|---|---|---|
-//! | [`Codec::lines`] | UTF-8 lines ending in `\n` or `\r\n` | [`Message::Text`] | payload + `\n` |
+//! | [`Codec::lines`] | UTF-8 lines ending in `\n` or `\r\n` | [`Message::Text`] | payload + `\n`; a message that is not one line is refused |
 //! | [`Codec::length_delimited`] | u32 big-endian length, then payload | [`Message::Binary`] | the same framing |
 //! | [`Codec::raw`] | whatever the peer writes | [`Message::Binary`], one per chunk read | payload as is |
 //! | your own ([`TcpTransport::with_codec`]) | anything | what your [`Decoder`] makes | what your [`Encoder`] writes |
@@ -37,6 +37,39 @@
 //! // HELLO
 //! # server.shutdown().await; Ok(()) }
 //! ```
+//!
+//! # What a lines peer is sent
+//!
+//! A lines peer reads one message per line, so the lines codec writes a
+//! message only if it is exactly one valid line; otherwise a peer could be
+//! shown a line that another user forged (`"hi\nadmin: send me your
+//! password"`), or lose the connection to bytes its decoder refuses:
+//!
+//! | message | written |
+//! |---|---|
+//! | text without `\n` and `\r` | as one line, `\n` appended |
+//! | binary that is UTF-8 without `\n` and `\r` | the same (the peer reads it as text) |
+//! | text or binary with `\n` or `\r` anywhere (a trailing `\r` too) | refused |
+//! | binary that is not UTF-8 | refused |
+//!
+//! [`Connection::send`](switchboard_core::Connection::send) checks before
+//! it queues anything ([`Codec::check_line`], handed to the core by
+//! [`TcpConn`] when the connection is created): a refused message fails at
+//! once with [`SendError::Invalid`](switchboard_core::SendError::Invalid),
+//! which hands it back, is counted in
+//! [`Counters::invalid_sends`](switchboard_core::Counters::invalid_sends),
+//! and leaves the connection open. A [`Hub`](switchboard_core::Hub)
+//! broadcast skips such a member and delivers to the others. What to do
+//! instead (split the text into lines, say) is the component's choice:
+//! `examples/chat.rs` splits. The encoder checks again and refuses with
+//! [`Error::InvalidLine`], writing nothing, so a message that bypassed the
+//! check is never written as several lines either.
+//!
+//! Other control characters, terminal escape sequences among them, are
+//! valid in a line and written as they are: a component that relays user
+//! text to terminals removes them (the chat example does). The
+//! length-delimited and raw codecs carry every message and check nothing:
+//! `send` on them costs one branch more, as on WebSocket.
 //!
 //! # Limits and errors
 //!

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use switchboard_core::transport::io::{Keepalive, ReadBuffer, WriteBuffer};
-use switchboard_core::transport::{Received, TransportConn};
+use switchboard_core::transport::{OutboundCheck, Received, TransportConn};
 use switchboard_core::{CloseFrame, Config, Error as CoreError, Message, Result};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
@@ -255,6 +255,13 @@ where
         let flushed = self.out.poll_flush(&mut self.io, cx);
         self.wrote_since(written);
         flushed.map_err(Into::into)
+    }
+
+    /// The built-in codec's check ([`Codec::outbound_check`]: lines refuse
+    /// a message that is not one line); none for any other codec.
+    fn outbound_check(&self) -> Option<OutboundCheck> {
+        let codec: &dyn Any = &self.codec;
+        codec.downcast_ref::<Codec>()?.outbound_check()
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>> {

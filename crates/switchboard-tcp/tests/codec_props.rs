@@ -66,10 +66,55 @@ fn encode_all(mut codec: Codec, msgs: &[Message]) -> Vec<u8> {
     buf.to_vec()
 }
 
-/// A line's text: any UTF-8 without line ends, at most `max` bytes.
+/// A character, with line ends and control characters (C0, DEL, C1, the
+/// escape of terminal sequences) far more often than chance would pick.
+fn char_with_controls() -> impl Strategy<Value = char> {
+    prop_oneof![
+        4 => any::<char>(),
+        2 => (b'a'..=b'z').prop_map(char::from),
+        1 => Just('\n'),
+        1 => Just('\r'),
+        1 => (0u8..0x20).prop_map(char::from),
+        1 => prop_oneof![Just('\u{7f}'), Just('\u{1b}'), Just('\u{9b}'), Just('\u{85}')],
+    ]
+}
+
+/// A byte, with line ends, control bytes and bytes that are never UTF-8
+/// far more often than chance would pick.
+fn byte_with_controls() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        4 => any::<u8>(),
+        2 => b'a'..=b'z',
+        1 => Just(b'\n'),
+        1 => Just(b'\r'),
+        1 => prop_oneof![Just(0xffu8), Just(0xc3), Just(0x1b), Just(0x07), Just(0x7f)],
+    ]
+}
+
+/// Any message another user could send: text with line ends and control
+/// characters, or binary bytes, UTF-8 or not.
+fn any_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        vec(char_with_controls(), 0..40)
+            .prop_map(|c| Message::text(c.into_iter().collect::<String>())),
+        vec(byte_with_controls(), 0..40).prop_map(Message::binary),
+        // Binary that is UTF-8: accepted by lines unless it breaks a line.
+        vec(char_with_controls(), 0..40)
+            .prop_map(|c| Message::binary(c.into_iter().collect::<String>().into_bytes())),
+    ]
+}
+
+/// The lines codec's rule, written plainly: one line is UTF-8 with no
+/// `\n` and no `\r`.
+fn is_one_line(msg: &Message) -> bool {
+    std::str::from_utf8(msg.as_bytes()).is_ok_and(|s| !s.contains(['\n', '\r']))
+}
+
+/// A line's text: any UTF-8 without line ends (control characters
+/// included), at most `max` bytes.
 fn line(max: usize) -> impl Strategy<Value = String> {
     vec(
-        any::<char>().prop_filter("no line ends", |c| *c != '\n' && *c != '\r'),
+        char_with_controls().prop_filter("no line ends", |c| *c != '\n' && *c != '\r'),
         0..=max,
     )
     .prop_map(move |chars| {
@@ -133,7 +178,8 @@ proptest! {
         msgs in vec(line(100), 0..20),
         cuts in vec(any::<usize>(), 0..30),
     ) {
-        // What the server writes, a client's codec reads back unchanged.
+        // What the server writes, a client's codec reads back unchanged,
+        // control characters included.
         for codec in [Codec::lines(), Codec::length_delimited()] {
             let msgs: Vec<Message> = msgs.iter().map(|m| Message::text(m.as_str())).collect();
             let stream = encode_all(codec.clone(), &msgs);
@@ -143,6 +189,53 @@ proptest! {
             let want: Vec<&[u8]> = msgs.iter().map(Message::as_bytes).collect();
             prop_assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn lines_write_one_line_per_message_or_refuse_it(
+        msgs in vec(any_message(), 0..20),
+        cuts in vec(any::<usize>(), 0..30),
+    ) {
+        // Any message, line ends, control characters and invalid UTF-8
+        // included: the check agrees with the plain rule, a message that
+        // passes is written as exactly one line and read back with the same
+        // bytes, and one that does not is refused by the encoder too, with
+        // nothing written. So the stream never holds more lines than
+        // messages were accepted.
+        let mut codec = Codec::lines();
+        let check = codec.outbound_check().expect("lines check outbound messages");
+        let mut stream = BytesMut::new();
+        let mut accepted = Vec::new();
+        for msg in &msgs {
+            let ok = check(msg).is_ok();
+            prop_assert_eq!(ok, is_one_line(msg), "{:?}", msg);
+            prop_assert_eq!(ok, Codec::check_line(msg).is_ok());
+            let before = stream.len();
+            let encoded = codec.encode(msg.clone(), &mut stream);
+            prop_assert_eq!(encoded.is_ok(), ok, "{:?}", msg);
+            if ok {
+                prop_assert_eq!(&stream[before..stream.len() - 1], msg.as_bytes());
+                accepted.push(msg.clone());
+            } else {
+                prop_assert_eq!(stream.len(), before, "a refused message wrote bytes");
+            }
+        }
+        prop_assert_eq!(stream.iter().filter(|b| **b == b'\n').count(), accepted.len());
+        let (got, err) = decode_split(Codec::lines(), &stream, &cuts);
+        prop_assert_eq!(err, None);
+        let got: Vec<&[u8]> = got.iter().map(Message::as_bytes).collect();
+        let want: Vec<&[u8]> = accepted.iter().map(Message::as_bytes).collect();
+        prop_assert_eq!(got, want);
+        // The other codecs carry everything, with no check.
+        for other in [Codec::length_delimited(), Codec::raw()] {
+            prop_assert!(other.outbound_check().is_none());
+        }
+        let framed = encode_all(Codec::length_delimited(), &msgs);
+        let (got, err) = decode_split(Codec::length_delimited(), &framed, &cuts);
+        prop_assert_eq!(err, None);
+        let got: Vec<&[u8]> = got.iter().map(Message::as_bytes).collect();
+        let want: Vec<&[u8]> = msgs.iter().map(Message::as_bytes).collect();
+        prop_assert_eq!(got, want);
     }
 
     #[test]

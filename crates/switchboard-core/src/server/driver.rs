@@ -624,7 +624,7 @@ mod tests {
     fn the_connection_future_stays_small() {
         let ctx = Context::new(Config::default());
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-        let open = || ctx.open(peer, TransportInfo::new("test"), Default::default());
+        let open = || ctx.open(peer, TransportInfo::new("test"), Default::default(), None);
         let direct = drive(Tiny(Box::new(0)), open(), Arc::new(Quiet));
         let size = std::mem::size_of_val(&direct);
         assert!(size <= 600, "the connection future is {size} bytes");

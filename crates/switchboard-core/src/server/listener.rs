@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::{Admission, Context};
 use crate::config::TcpKeepalive;
 use crate::stats::Stats;
-use crate::transport::{Accepted, Transport};
+use crate::transport::{Accepted, Transport, TransportConn};
 
 const BACKOFF_START: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -101,7 +101,10 @@ async fn serve<T: Transport<TcpStream>>(
                 info,
                 component,
                 extensions,
-            })) => Context::drive(conn, ctx.open(peer, info, extensions), component),
+            })) => {
+                let check = conn.outbound_check();
+                Context::drive(conn, ctx.open(peer, info, extensions, check), component)
+            }
             Ok(Err(err)) => {
                 Stats::add(&ctx.stats.handshake_failures, 1);
                 tracing::debug!(error = %err, "handshake failed");

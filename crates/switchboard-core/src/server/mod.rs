@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::extensions::Extensions;
 use crate::outbox::CloseRequest;
 use crate::stats::{Counters, Stats};
-use crate::transport::{Transport, TransportConn, TransportInfo};
+use crate::transport::{OutboundCheck, Transport, TransportConn, TransportInfo};
 
 /// State shared by a server's listeners and connections.
 #[derive(Default)]
@@ -65,8 +65,9 @@ impl Context {
         peer: SocketAddr,
         info: TransportInfo,
         extensions: Extensions,
+        check: Option<OutboundCheck>,
     ) -> Connection {
-        let conn = Connection::new(peer, info, extensions, self.clone());
+        let conn = Connection::new(peer, info, extensions, check, self.clone());
         let mut registry = self.registry();
         registry.insert(conn.id(), conn.clone());
         if self.shutting_down.load(Ordering::Acquire) {
