@@ -227,6 +227,49 @@ mod tests {
         assert!("nonsense".parse::<IpNet>().is_err());
     }
 
+    #[test]
+    fn a_bare_address_is_a_network_of_one_and_prints_with_its_prefix() {
+        let v4: IpNet = "192.0.2.7".parse().expect("v4");
+        assert_eq!(v4.to_string(), "192.0.2.7/32");
+        assert!(!v4.contains("192.0.2.8".parse().expect("ip")));
+        let v6: IpNet = "2001:db8::1".parse().expect("v6");
+        assert_eq!(v6.to_string(), "2001:db8::1/128");
+        assert_eq!(
+            " 10.0.0.0 / 8 "
+                .parse::<IpNet>()
+                .expect("spaces")
+                .to_string(),
+            "10.0.0.0/8"
+        );
+    }
+
+    #[test]
+    fn filters_deny_first_then_allow_only_their_list() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let open = IpFilter::default();
+        assert!(open.is_open() && open.permits(ip("198.51.100.1")));
+
+        let deny = IpFilter::default().deny(["198.51.100.0/24"]).expect("deny");
+        assert!(!deny.is_open());
+        assert!(!deny.permits(ip("198.51.100.1")));
+        assert!(deny.permits(ip("203.0.113.1")));
+
+        let allow = IpFilter::default()
+            .allow(["203.0.113.0/24"])
+            .expect("allow");
+        assert!(!allow.is_open());
+        assert!(allow.permits(ip("203.0.113.9")));
+        assert!(!allow.permits(ip("198.51.100.1")));
+
+        // Denied wins over allowed.
+        let both = allow.deny(["203.0.113.9"]).expect("deny");
+        assert!(!both.permits(ip("203.0.113.9")));
+        assert!(both.permits(ip("203.0.113.10")));
+
+        assert!(IpFilter::default().allow(["not a network"]).is_err());
+        assert!(IpFilter::default().deny(["10.0.0.0/40"]).is_err());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_bursts_then_the_rate() {
         let limit = RateLimit::new(10.0, 5);

@@ -363,6 +363,61 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_consumer_close_empties_the_queue_and_a_finished_outbox_refuses_all() {
+        let outbox = outbox(2, 1 << 20, SlowConsumerPolicy::Close);
+        assert!(!outbox.is_closed());
+        outbox.push(Message::text("a")).expect("room");
+        outbox.push(Message::text("b")).expect("room");
+        assert!(matches!(
+            outbox.push(Message::text("c")),
+            Err(Refused::SlowConsumer { discarded: 2, .. })
+        ));
+        // The discarded backlog left the bounds with the queue.
+        assert_eq!(outbox.len(), 0);
+        assert!(outbox.is_closed());
+
+        let ended = self::outbox(2, 1 << 20, SlowConsumerPolicy::Close);
+        ended.push(Message::text("a")).expect("room");
+        ended.finish();
+        assert!(ended.is_closed());
+        assert!(matches!(
+            ended.push(Message::text("b")),
+            Err(Refused::Closed(_))
+        ));
+    }
+
+    #[test]
+    fn release_asks_for_attention_past_a_quarter_or_with_a_close() {
+        // A quarter of 8 messages is 2.
+        let outbox = outbox(8, 1 << 20, SlowConsumerPolicy::Drop);
+        for _ in 0..3 {
+            outbox.push(Message::text("x")).expect("room");
+        }
+        let (_, _, _batch) = asleep(&outbox);
+        assert!(outbox.needs_attention());
+        outbox.release(1, 1);
+        assert!(outbox.needs_attention(), "2 of 8 still counted");
+        outbox.release(1, 1);
+        assert!(!outbox.needs_attention(), "1 of 8 counted");
+        outbox.close(CloseRequest::new(
+            CloseCode::NORMAL,
+            "",
+            CloseReason::Local(CloseFrame::from_static(CloseCode::NORMAL, "")),
+        ));
+        outbox.release(1, 1);
+        assert!(outbox.needs_attention(), "a close stays in force");
+
+        // A quarter of 100 bytes is 25.
+        let bytes = self::outbox(100, 100, SlowConsumerPolicy::Drop);
+        bytes.push(Message::binary(vec![0; 30])).expect("room");
+        let (_, _, _batch) = asleep(&bytes);
+        bytes.release(0, 4);
+        assert!(bytes.needs_attention(), "26 of 100 bytes counted");
+        bytes.release(1, 26);
+        assert!(!bytes.needs_attention());
+    }
+
+    #[test]
     fn the_message_bound_is_exact() {
         let outbox = outbox(3, 1 << 20, SlowConsumerPolicy::Drop);
         for _ in 0..3 {
