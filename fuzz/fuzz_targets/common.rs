@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_core::{BoxError, CloseReason, Connection, Message, MessageComponent};
+use switchboard_core::{
+    BoxError, CloseReason, Connection, Message, MessageComponent, SendError,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Virtual time allowed for one input: far beyond every timeout in play,
@@ -32,12 +34,15 @@ pub fn runtime() -> tokio::runtime::Runtime {
 #[derive(Debug, Default)]
 pub struct Seen {
     pub opens: usize,
+    /// The messages received and echoed.
     pub messages: Vec<Message>,
+    /// Messages received that the connection cannot carry back.
+    pub refused: usize,
     pub errors: Vec<String>,
     pub closes: Vec<CloseReason>,
 }
 
-/// Echoes every message and records every lifecycle event.
+/// Echoes every message it can and records every lifecycle event.
 #[derive(Clone, Default)]
 pub struct Echo(pub Arc<Mutex<Seen>>);
 
@@ -53,9 +58,15 @@ impl MessageComponent for Echo {
         Ok(())
     }
 
+    /// Records and echoes each message the connection can carry; one it
+    /// cannot (a line with a `\r` inside, on TCP lines) is refused by
+    /// `send`, left out of the record and not echoed.
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-        self.seen().messages.push(msg.clone());
-        conn.send(msg)?;
+        match conn.send(msg.clone()) {
+            Ok(()) => self.seen().messages.push(msg),
+            Err(SendError::Invalid { .. }) => self.seen().refused += 1,
+            Err(err) => return Err(err.into()),
+        }
         Ok(())
     }
 
