@@ -63,7 +63,7 @@
 //!   the connection, and a flooder has no reason to reconnect;
 //! - a message is at most [`MAX_MESSAGE`] bytes (16 KiB; 1009 past it);
 //! - each reader's outbound queue keeps the library's defaults (1,024
-//!   messages, 1 MiB). A full burst of the largest messages split into the
+//!   messages, 2 MiB). A full burst of the largest messages split into the
 //!   most lines is `BURST × MAX_LINES` = 800 messages and `BURST ×
 //!   MAX_MESSAGE` = 800 KiB: within one reader's queue even if that reader
 //!   reads nothing meanwhile. Sustained, a sender adds at most 10 × 16 KiB

@@ -264,6 +264,53 @@ async fn non_reading_tcp_receivers_hold_no_copies_and_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_a_large_message_and_what_follows_it() {
+    let _heavy = HEAVY.lock().await;
+    // The default bounds, with a message as large as the default
+    // max_message_size: it counts until its last byte is written, and the
+    // default queue_max_bytes (twice that) leaves room behind it.
+    let mut server = ChildServer::start("", Some(1024)).await;
+    let mut reader = stuck_tcp(server.addrs.tcp).await;
+    let mut publisher = WsClient::connect(server.addrs.ws).await;
+    server
+        .stats_until("both joined", |s| s.get("opens") == 2)
+        .await;
+    let big = "z".repeat((1 << 20) - "all ".len());
+    within("publish", publisher.send_text(&format!("all {big}"))).await;
+    const SMALL: usize = 50;
+    for i in 0..SMALL {
+        within("publish", publisher.send_text(&format!("all small {i}"))).await;
+    }
+    // 16 KiB every 5 ms: about a third of a second for the large one.
+    let mut expected = format!("{big}\n");
+    for i in 0..SMALL {
+        expected.push_str(&format!("small {i}\n"));
+    }
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    within("slow read", async {
+        while got.len() < expected.len() {
+            let n = tokio::io::AsyncReadExt::read(&mut reader, &mut buf)
+                .await
+                .unwrap();
+            assert!(n > 0, "cut off after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(got == expected.as_bytes(), "the reader got something else");
+    let stats = server.stats().await;
+    assert_eq!(stats.get("slow"), 0, "{stats:?}");
+    assert_eq!(stats.get("closes"), 0, "{stats:?}");
+    drop((reader, publisher));
+    server
+        .stats_until("all closed", |s| s.get("open") == 0)
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_takes_nothing_is_cut_off_at_the_write_timeout_and_let_go_at_once() {
     let _heavy = HEAVY.lock().await;
     const STUCK: usize = 20;

@@ -107,13 +107,29 @@ pub struct Config {
     pub queue_max_messages: usize,
     /// Most payload bytes waiting in one connection's outbound queue, from
     /// `send` until the socket has taken them (a single larger message
-    /// still goes through an empty queue). Default 1 MiB.
+    /// still goes through an empty queue). Default 2 MiB.
+    ///
+    /// A message counts until its last byte is written, so a large one
+    /// holds its share of the bound while it drains: keep this at least
+    /// twice the largest message you send, or a message queued behind a
+    /// large one on a slow link finds the queue full.
     pub queue_max_bytes: usize,
     /// What to do when the outbound queue is full. Default [`SlowConsumerPolicy::Close`].
     pub slow_consumer: SlowConsumerPolicy,
     /// Close a connection as a slow consumer (1008, its queue discarded)
     /// when its socket takes no byte for this long while output waits,
-    /// whatever its queue holds. Default 10 s.
+    /// whatever its queue holds. Default 30 s, longer than TCP's
+    /// retransmission backoff takes to get through a short outage.
+    ///
+    /// Progress is seen as the kernel reports the socket writable again
+    /// (once a good part of its send buffer is free) and, over TLS, in
+    /// steps of the TLS layer's own buffer (up to 64 KiB): a peer must
+    /// take that much per `write_timeout` to stay. While a queue past a
+    /// quarter of its bounds waits for the socket, the connection's input
+    /// is not read (so neither pings nor the idle timeout run): this
+    /// timeout is then what ends a peer that stopped reading. With `None`,
+    /// input is read on while output waits, and only the queue bounds
+    /// limit a peer that does not read.
     pub write_timeout: Option<Duration>,
     /// Time allowed for the transport handshake (WebSocket upgrade) after
     /// the TCP accept. Default 10 s.
@@ -166,9 +182,9 @@ impl Default for Config {
             max_message_size: 1 << 20,
             max_frame_size: 1 << 20,
             queue_max_messages: 1024,
-            queue_max_bytes: 1 << 20,
+            queue_max_bytes: 2 << 20,
             slow_consumer: SlowConsumerPolicy::Close,
-            write_timeout: Some(Duration::from_secs(10)),
+            write_timeout: Some(Duration::from_secs(30)),
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(90)),

@@ -100,7 +100,8 @@ pub(crate) struct Outbox {
     /// by [`take`](Outbox::take) and [`signal`](Outbox::signal).
     running: AtomicBool,
     /// Something the driver must look at before it reads the next message:
-    /// a close, shutdown's force, or a queue past a quarter of its bounds.
+    /// a close, shutdown's force, or a queue past a quarter of its bounds
+    /// (written out first, and waited for if the socket cannot take it).
     /// Set and cleared under the lock, read by the driver without it once
     /// per inbound message: taking the lock there instead cost 960
     /// instead of 937 instructions per message in the same measurement.

@@ -47,6 +47,16 @@ pub enum Received {
 /// otherwise a short reason. See [`TransportConn::outbound_check`].
 pub type OutboundCheck = fn(&Message) -> std::result::Result<(), &'static str>;
 
+/// How far a transport's writing has got: see
+/// [`TransportConn::write_progress`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteProgress {
+    /// Bytes taken into the transport's buffers so far, framing included.
+    pub buffered: u64,
+    /// Of those, bytes written to the stream.
+    pub written: u64,
+}
+
 /// One established connection, as the core's connection driver sees it.
 ///
 /// The driver polls both directions from one task: `poll_recv` only when the
@@ -80,12 +90,15 @@ pub trait TransportConn: Send + Unpin + 'static {
         let _ = (cx, frame);
     }
 
-    /// Bytes written to the stream so far. The driver watches it while a
-    /// flush waits, to tell a socket that takes bytes slowly from one that
-    /// takes none (`Config::write_timeout`); with the default, 0, the
-    /// timeout counts from the last complete flush.
-    fn bytes_written(&self) -> u64 {
-        0
+    /// How far writing has got, for a transport that counts it (the
+    /// built-in ones do). With it, the driver releases each message from
+    /// the outbox's bounds once the stream has taken its last byte, and
+    /// closes a connection whose stream takes no byte for
+    /// `Config::write_timeout` while output waits. `None` (the default):
+    /// a message leaves the bounds once handed to `start_send` and
+    /// flushed, and the write timeout does not apply.
+    fn write_progress(&self) -> Option<WriteProgress> {
+        None
     }
 
     /// How [`Connection::send`](crate::Connection::send) checks a message
@@ -127,8 +140,8 @@ impl<T: TransportConn + ?Sized> TransportConn for Box<T> {
         (**self).abort(cx, frame);
     }
 
-    fn bytes_written(&self) -> u64 {
-        (**self).bytes_written()
+    fn write_progress(&self) -> Option<WriteProgress> {
+        (**self).write_progress()
     }
 
     fn outbound_check(&self) -> Option<OutboundCheck> {

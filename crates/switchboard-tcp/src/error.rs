@@ -44,8 +44,9 @@ pub enum Error {
     },
 
     /// A message to send on a lines connection is not one valid line: it
-    /// holds `\n` or `\r`, or is binary and not UTF-8 (close code 1011 if it
-    /// reaches a connection's encoder). Nothing of it was written.
+    /// holds `\n` or `\r`, or is binary and not UTF-8. Nothing of it was
+    /// written; on a connection, the driver ends the connection at once
+    /// (as after a write error, 1006 in `on_close`).
     /// [`Connection::send`](switchboard_core::Connection::send) refuses such
     /// a message before it is queued, so on a connection this is a defence
     /// only.

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use switchboard_core::transport::io::{Keepalive, ReadBuffer, WriteBuffer};
-use switchboard_core::transport::{OutboundCheck, Received, TransportConn};
+use switchboard_core::transport::{OutboundCheck, Received, TransportConn, WriteProgress};
 use switchboard_core::{CloseFrame, Config, Error as CoreError, Message, Result};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
@@ -293,8 +293,8 @@ where
         tracing::debug!(code = %frame.code, reason = %frame.reason, "tcp connection aborted");
     }
 
-    fn bytes_written(&self) -> u64 {
-        self.out.written()
+    fn write_progress(&self) -> Option<WriteProgress> {
+        Some(self.out.progress())
     }
 }
 

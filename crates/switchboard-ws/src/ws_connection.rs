@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use switchboard_core::transport::io::{Due, Keepalive, ReadBuffer, WriteBuffer};
-use switchboard_core::transport::{Received, TransportConn};
+use switchboard_core::transport::{Received, TransportConn, WriteProgress};
 use switchboard_core::{CloseCode, CloseFrame, Config, Error, Message, Utf8Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -297,8 +297,8 @@ where
         this.fragments = None;
     }
 
-    fn bytes_written(&self) -> u64 {
-        self.inner.out.written()
+    fn write_progress(&self) -> Option<WriteProgress> {
+        Some(self.inner.out.progress())
     }
 }
 

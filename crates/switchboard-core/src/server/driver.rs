@@ -59,7 +59,7 @@ pub(crate) async fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
         io,
         conn: conn.clone(),
         batch: VecDeque::new(),
-        handed: (0, 0),
+        handed: VecDeque::new(),
         unflushed: false,
         stall: None,
         broken: None,
@@ -109,14 +109,14 @@ struct Driver<T> {
     conn: Connection,
     /// Messages taken from the outbox, not yet handed to the transport.
     batch: VecDeque<Message>,
-    /// Messages and bytes handed to the transport since its last complete
-    /// flush: they leave the outbox's bounds once written out.
-    handed: (usize, usize),
+    /// Messages handed to the transport and not yet written out, oldest
+    /// first: each leaves the outbox's bounds once the stream has taken
+    /// its last byte.
+    handed: VecDeque<Handed>,
     /// Something was handed to the transport since the last flush.
     unflushed: bool,
-    /// While a flush waits for the socket: the write timeout's timer and
-    /// the transport's count of bytes written when it was last set.
-    stall: Option<(Pin<Box<Sleep>>, u64)>,
+    /// The write timeout's clock, while a flush waits for the socket.
+    stall: Option<Stall>,
     /// The first write error. Nothing more is written after it, and the
     /// connection ends once the running handler returns.
     broken: Option<Error>,
@@ -125,6 +125,22 @@ struct Driver<T> {
     /// Messages and bytes received and not yet added to the server's
     /// counters: they are added once per batch of input.
     received: (u64, u64),
+}
+
+/// A message in the transport's hands.
+struct Handed {
+    /// The transport's `buffered` count once the message was in: the
+    /// message is written out when `written` reaches it.
+    end: u64,
+    /// Its payload length, as the outbox counted it.
+    len: usize,
+}
+
+/// The write timeout's clock: restarted whenever the stream takes bytes.
+struct Stall {
+    timer: Pin<Box<Sleep>>,
+    /// The transport's `written` count when the clock last started.
+    written: u64,
 }
 
 /// How the message loop ended. Boxed where large: it is returned through
@@ -191,15 +207,15 @@ impl<T: TransportConn> Driver<T> {
     /// for attention) and are written and flushed once, when the input
     /// runs out: one look at the queue and one write per batch of input
     /// rather than per message. An outbox past a quarter of its bounds
-    /// that the transport cannot take yet stops the reading until it can:
-    /// a peer that sends without reading its replies is read no faster
-    /// than it reads.
+    /// that the transport cannot take yet stops the reading until it can,
+    /// where the write timeout guards the wait: a peer that sends without
+    /// reading its replies is read no faster than it reads.
     fn poll_next(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Message, End>> {
         if self.conn.outbox().needs_attention() {
             if let Some(end) = self.write(cx) {
                 return Poll::Ready(Err(end));
             }
-            if self.unflushed && self.conn.outbox().needs_attention() {
+            if self.unflushed && self.conn.outbox().needs_attention() && self.write_guarded() {
                 return Poll::Pending;
             }
         }
@@ -262,11 +278,11 @@ impl<T: TransportConn> Driver<T> {
     }
 
     /// Registers the task's waker, hands everything queued to the
-    /// transport and flushes; after a write error, only the first. What a
-    /// flush wrote out leaves the outbox's bounds, and what was queued
-    /// meanwhile goes the same way. Returns the signal read with the
-    /// queue, so that a close or force requested at any moment is either
-    /// seen now or wakes the task later.
+    /// transport and flushes; after a write error, only the first. What
+    /// the stream has taken leaves the outbox's bounds, and what was
+    /// queued meanwhile goes the same way. Returns the signal read with
+    /// the queue, so that a close or force requested at any moment is
+    /// either seen now or wakes the task later.
     fn poll_write(&mut self, cx: &mut TaskContext<'_>) -> Result<Option<Signal>, Error> {
         loop {
             let signal = self.conn.outbox().take(cx.waker(), &mut self.batch);
@@ -288,25 +304,30 @@ impl<T: TransportConn> Driver<T> {
                 Poll::Ready(Ok(())) => {
                     self.unflushed = false;
                     self.stall = None;
-                    if !self.release_written() {
+                    // A batch the full transport left, or messages queued
+                    // meanwhile: round again.
+                    let more_queued = self.release_written();
+                    if !more_queued && self.batch.is_empty() {
                         return Ok(signal);
                     }
                 }
                 Poll::Ready(Err(err)) => return Err(err),
-                Poll::Pending => return Ok(self.check_stall(cx).or(signal)),
+                Poll::Pending => {
+                    self.release_written();
+                    if self.stalled(cx) {
+                        return Ok(Some(self.cut_off()));
+                    }
+                    return Ok(signal);
+                }
             }
         }
     }
 
     /// Hands the batch to the transport until it is empty or the transport
-    /// is full (the flush that follows frees it). What is handed over
-    /// stays in the outbox's bounds until a flush has written it out.
+    /// is full (the flush that follows frees it).
     fn hand_over(&mut self, cx: &mut TaskContext<'_>) -> Result<(), Error> {
         let (mut count, mut bytes) = (0, 0);
         let result = loop {
-            // Room is asked for only for a message that waits: a transport
-            // that wrote after the batch's last message would let the peer
-            // read it before the bounds are released.
             let Some(msg) = self.batch.pop_front() else {
                 break Ok(());
             };
@@ -321,53 +342,77 @@ impl<T: TransportConn> Driver<T> {
                     break Ok(());
                 }
             }
+            let len = msg.len();
             count += 1;
-            bytes += msg.len();
+            bytes += len;
             self.unflushed = true;
             if let Err(err) = self.io.start_send(msg) {
                 break Err(err);
             }
+            let end = self.io.write_progress().map_or(0, |p| p.buffered);
+            self.handed.push_back(Handed { end, len });
         };
-        self.handed.0 += count;
-        self.handed.1 += bytes;
         let stats = &self.conn.context().stats;
         Stats::add(&stats.messages_out, count as u64);
         Stats::add(&stats.bytes_out, bytes as u64);
         result
     }
 
-    /// Everything handed to the transport was written out: releases it
-    /// from the outbox's bounds. Returns whether more waits in the queue.
+    /// Releases from the outbox's bounds the messages the stream has taken
+    /// all of (all of them, for a transport that does not count). Returns
+    /// whether more waits in the queue.
     fn release_written(&mut self) -> bool {
-        let (messages, bytes) = std::mem::take(&mut self.handed);
-        self.conn.outbox().release(messages, bytes)
+        let written = self.io.write_progress().map_or(u64::MAX, |p| p.written);
+        let (mut messages, mut bytes) = (0, 0);
+        while let Some(handed) = self.handed.front()
+            && handed.end <= written
+        {
+            messages += 1;
+            bytes += handed.len;
+            self.handed.pop_front();
+        }
+        messages > 0 && self.conn.outbox().release(messages, bytes)
     }
 
-    /// The transport holds output the socket did not take: once the
-    /// socket has taken no byte for `write_timeout`, closes the connection
-    /// as a slow consumer, whatever its queue holds. A peer that reads
-    /// slowly but steadily is not stalled: each byte taken restarts the
-    /// clock. The timer is allocated only when a write first waits.
-    fn check_stall(&mut self, cx: &mut TaskContext<'_>) -> Option<Signal> {
-        let timeout = self.conn.context().config.write_timeout?;
-        let written = self.io.bytes_written();
-        let (timer, since) = self
-            .stall
-            .get_or_insert_with(|| (Box::pin(sleep(timeout)), written));
-        if *since != written {
-            *since = written;
-            timer.as_mut().reset(Instant::now() + timeout);
+    /// Whether a write timeout guards the waits of this connection's
+    /// writes (configured, and the transport counts what it writes).
+    fn write_guarded(&self) -> bool {
+        self.conn.context().config.write_timeout.is_some() && self.io.write_progress().is_some()
+    }
+
+    /// Whether the stream has taken no byte for `write_timeout` while
+    /// output waits. A peer that reads slowly but steadily is not stalled:
+    /// each byte taken restarts the clock. The timer is allocated only
+    /// when a write first waits.
+    fn stalled(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let (Some(timeout), Some(progress)) = (
+            self.conn.context().config.write_timeout,
+            self.io.write_progress(),
+        ) else {
+            return false;
+        };
+        let stall = self.stall.get_or_insert_with(|| Stall {
+            timer: Box::pin(sleep(timeout)),
+            written: progress.written,
+        });
+        if stall.written != progress.written {
+            stall.written = progress.written;
+            stall.timer.as_mut().reset(Instant::now() + timeout);
         }
-        if timer.as_mut().poll(cx).is_pending() {
-            return None;
-        }
+        stall.timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Closes a stalled connection as a slow consumer (unless a close is
+    /// in force already) and returns the close in force.
+    fn cut_off(&mut self) -> Signal {
         self.stall = None;
         let req = self.conn.begin_close(CloseRequest::slow_consumer());
         if matches!(req.reason, CloseReason::SlowConsumer) {
+            let timeout = self.conn.context().config.write_timeout;
             Stats::add(&self.conn.context().stats.slow_consumer_closes, 1);
             tracing::info!(conn = %self.conn.id(), peer = %self.conn.peer_addr(), ?timeout, "closing slow consumer: its socket took no byte");
         }
-        Some(Signal::Close(req))
+        Signal::Close(req)
     }
 
     /// Applies the inbound rate limit to the message just read: whether to
@@ -506,12 +551,13 @@ impl<T: TransportConn> Driver<T> {
     /// handed to the transport are counted as sent already).
     fn discard_batch(&mut self) -> usize {
         let count = self.batch.len();
-        let bytes: usize = self.batch.iter().map(Message::len).sum();
-        let (messages, bytes) = (self.handed.0 + count, self.handed.1 + bytes);
+        let messages = count + self.handed.len();
+        let bytes = self.batch.iter().map(Message::len).sum::<usize>()
+            + self.handed.iter().map(|h| h.len).sum::<usize>();
         if messages > 0 {
             self.conn.outbox().release(messages, bytes);
         }
-        self.handed = (0, 0);
+        self.handed.clear();
         self.batch.clear();
         count
     }

@@ -9,6 +9,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
+use crate::transport::WriteProgress;
+
 /// Payloads up to this size are copied next to their framing; larger ones
 /// are written from their own memory, never copied.
 const COPY_MAX: usize = 4 * 1024;
@@ -112,6 +114,15 @@ impl WriteBuffer {
     /// Bytes written to the stream so far.
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Bytes taken in and bytes written so far, for
+    /// [`TransportConn::write_progress`](crate::transport::TransportConn::write_progress).
+    pub fn progress(&self) -> WriteProgress {
+        WriteProgress {
+            buffered: self.written + self.len() as u64,
+            written: self.written,
+        }
     }
 
     /// Bytes in the coalescing buffer, not yet written: what `poll_ready`
