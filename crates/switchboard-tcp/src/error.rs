@@ -45,11 +45,9 @@ pub enum Error {
 
     /// A message to send on a lines connection is not one valid line: it
     /// holds `\n` or `\r`, or is binary and not UTF-8. Nothing of it was
-    /// written; on a connection, the driver ends the connection at once
-    /// (as after a write error, 1006 in `on_close`).
+    /// written. The codec's `Encoder` returns it; on a connection,
     /// [`Connection::send`](switchboard_core::Connection::send) refuses such
-    /// a message before it is queued, so on a connection this is a defence
-    /// only.
+    /// a message before it is queued.
     #[error("message is not one line: {reason}")]
     InvalidLine {
         /// Why, as [`Codec::check_line`](crate::Codec::check_line) says.

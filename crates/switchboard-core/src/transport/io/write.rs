@@ -102,6 +102,7 @@ impl WriteBuffer {
     }
 
     /// Bytes not yet written.
+    #[inline]
     pub fn len(&self) -> usize {
         self.queued.as_ref().map_or(0, |q| q.len) + self.buf.len()
     }
@@ -112,12 +113,14 @@ impl WriteBuffer {
     }
 
     /// Bytes written to the stream so far.
+    #[inline]
     pub fn written(&self) -> u64 {
         self.written
     }
 
     /// Bytes taken in and bytes written so far, for
     /// [`TransportConn::write_progress`](crate::transport::TransportConn::write_progress).
+    #[inline]
     pub fn progress(&self) -> WriteProgress {
         WriteProgress {
             buffered: self.written + self.len() as u64,
