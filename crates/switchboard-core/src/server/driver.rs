@@ -654,6 +654,141 @@ mod tests {
         }
     }
 
+    /// A transport that records what it is handed and writes it all at
+    /// once, but is full, without waking anyone, for the second message
+    /// it is offered.
+    struct FullOnce {
+        sent: Arc<std::sync::Mutex<Vec<Message>>>,
+        offered: usize,
+        buffered: u64,
+    }
+
+    impl TransportConn for FullOnce {
+        fn poll_recv(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<Received>> {
+            Poll::Pending
+        }
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            self.offered += 1;
+            if self.offered == 2 {
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(&mut self, msg: Message) -> Result<()> {
+            self.buffered += msg.len() as u64;
+            self.sent.lock().expect("not poisoned").push(msg);
+            Ok(())
+        }
+        fn poll_flush(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(&mut self, _: &mut TaskContext<'_>, _: &CloseFrame) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn write_progress(&self) -> Option<crate::transport::WriteProgress> {
+            Some(crate::transport::WriteProgress {
+                buffered: self.buffered,
+                written: self.buffered,
+            })
+        }
+    }
+
+    #[test]
+    fn what_a_full_transport_left_goes_out_once_a_flush_frees_it() {
+        let ctx = Context::new(Config::default().queue_max_bytes(100));
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let conn = ctx.open(peer, TransportInfo::new("test"), Default::default(), None);
+        for i in 0..3 {
+            conn.send(format!("m{i}")).expect("room");
+        }
+        let sent = Arc::default();
+        let transport = FullOnce {
+            sent: Arc::clone(&sent),
+            offered: 0,
+            buffered: 0,
+        };
+        let mut task = std::pin::pin!(drive(transport, conn.clone(), Arc::new(Quiet)));
+        // Polled with a waker nothing calls: the flush that frees the
+        // transport is the only chance for the rest of the batch.
+        let mut poll = || {
+            let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+            assert!(task.as_mut().poll(&mut cx).is_pending());
+        };
+        poll();
+        assert_eq!(sent.lock().expect("not poisoned").len(), 3);
+
+        // Written out, messages leave the byte bound: 100 bytes go through
+        // a 100-byte bound ten times over.
+        for _ in 0..10 {
+            for _ in 0..10 {
+                conn.send(Message::binary(vec![0; 10])).expect("room");
+            }
+            poll();
+        }
+        assert_eq!(sent.lock().expect("not poisoned").len(), 103);
+        let stats = ctx.stats.snapshot();
+        assert_eq!((stats.messages_out, stats.bytes_out), (103, 6 + 1000));
+        assert_eq!(conn.queued_messages(), 0);
+    }
+
+    /// A peer that sends without end and a socket that takes nothing.
+    #[derive(Default)]
+    struct Stuck {
+        buffered: u64,
+    }
+
+    impl TransportConn for Stuck {
+        fn poll_recv(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<Received>> {
+            Poll::Ready(Ok(Received::Message(Message::text("ping"))))
+        }
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(&mut self, msg: Message) -> Result<()> {
+            self.buffered += msg.len() as u64;
+            Ok(())
+        }
+        fn poll_flush(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            Poll::Pending
+        }
+        fn poll_close(&mut self, _: &mut TaskContext<'_>, _: &CloseFrame) -> Poll<Result<()>> {
+            Poll::Pending
+        }
+        fn write_progress(&self) -> Option<crate::transport::WriteProgress> {
+            Some(crate::transport::WriteProgress {
+                buffered: self.buffered,
+                written: 0,
+            })
+        }
+    }
+
+    struct Echo;
+
+    impl MessageComponent for Echo {
+        async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+            let _ = conn.send(msg);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn without_a_write_timeout_reading_goes_on_and_the_queue_bound_ends_it() {
+        // No timer would end a pause behind the full socket, so there is
+        // none: the peer is read on until its replies overflow the queue.
+        let config = Config::default().write_timeout(None).queue_max_messages(8);
+        let ctx = Context::new(config);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let conn = ctx.open(peer, TransportInfo::new("test"), Default::default(), None);
+        let task = drive(Stuck::default(), conn, Arc::new(Echo));
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        let reason = match std::pin::pin!(task).poll(&mut cx) {
+            Poll::Ready(reason) => reason,
+            Poll::Pending => panic!("the connection waits behind a socket with no timer"),
+        };
+        assert_eq!(reason, CloseReason::SlowConsumer);
+        assert_eq!(ctx.stats.snapshot().slow_consumer_closes, 1);
+    }
+
     struct Quiet;
 
     impl MessageComponent for Quiet {
