@@ -731,14 +731,20 @@ mod tests {
         assert_eq!(conn.queued_messages(), 0);
     }
 
-    /// A peer that sends without end and a socket that takes nothing.
+    /// A peer that sends 1,000 messages at once and a socket that takes
+    /// nothing.
     #[derive(Default)]
     struct Stuck {
+        received: usize,
         buffered: u64,
     }
 
     impl TransportConn for Stuck {
         fn poll_recv(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<Received>> {
+            if self.received == 1000 {
+                return Poll::Pending;
+            }
+            self.received += 1;
             Poll::Ready(Ok(Received::Message(Message::text("ping"))))
         }
         fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
