@@ -472,6 +472,13 @@ mod tests {
     }
 
     #[test]
+    fn each_codec_says_its_name() {
+        assert_eq!(Codec::lines().name(), "lines");
+        assert_eq!(Codec::length_delimited().name(), "length-delimited");
+        assert_eq!(Codec::raw().name(), "raw");
+    }
+
+    #[test]
     fn a_line_break_is_found_at_every_position_and_length() {
         // Across the 16-byte chunks, their remainder and the switch to
         // memchr2 past 256 bytes.
