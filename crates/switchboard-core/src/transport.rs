@@ -77,9 +77,10 @@ pub trait TransportConn: Send + Unpin + 'static {
     /// Writes out everything buffered.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>>;
 
-    /// Closes the connection with `frame` (transports without close frames
-    /// just end the stream). Called repeatedly with the same frame until it
-    /// returns `Ready`; the driver bounds it with `Config::close_timeout`.
+    /// Writes out what is buffered, then closes the connection with `frame`
+    /// (transports without close frames just end the stream). Called
+    /// repeatedly with the same frame until it returns `Ready`; the driver
+    /// bounds it with `Config::close_timeout`.
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &CloseFrame) -> Poll<Result<()>>;
 
     /// Ends the connection at once, for a peer that is not reading: drops

@@ -525,8 +525,10 @@ impl<T: TransportConn> Driver<T> {
                 if self.broken.is_some() {
                     self.discard_batch();
                 } else {
+                    // What the transport holds unflushed, its close writes
+                    // out first; the batch it had no room for waits here.
                     match self.poll_write(cx) {
-                        Ok(_) if self.batch.is_empty() && !self.unflushed => {}
+                        Ok(_) if self.batch.is_empty() => {}
                         Ok(_) => return Poll::Pending,
                         Err(err) => {
                             tracing::debug!(error = %err, "flush before close failed");
