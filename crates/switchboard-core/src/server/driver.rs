@@ -628,6 +628,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use std::net::SocketAddr;
     use std::task::{Context as TaskContext, Poll};
+    use std::time::Duration;
 
     use super::*;
     use crate::config::Config;
@@ -824,5 +825,369 @@ mod tests {
             size <= 600,
             "the connection future is {size} bytes with a DynComponent"
         );
+    }
+
+    /// A scripted socket, shared between a transport and the test: what
+    /// the peer sends, how many messages the transport buffers, how many
+    /// the stream will take, and a record of what it took.
+    #[derive(Default)]
+    struct Wire {
+        inbound: VecDeque<Result<Received>>,
+        /// Messages the transport buffers before it is full (0: no limit).
+        capacity: usize,
+        /// Messages the stream takes from now on (`None`: all of them).
+        budget: Option<usize>,
+        /// Messages the stream takes per flush before it asks to be polled
+        /// again (0: no limit).
+        per_flush: usize,
+        buffer: VecDeque<Message>,
+        written: Vec<Message>,
+        buffered_bytes: u64,
+        written_bytes: u64,
+        closed: Option<CloseFrame>,
+        aborted: Option<CloseFrame>,
+        waker: Option<std::task::Waker>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Socket(Arc<std::sync::Mutex<Wire>>);
+
+    impl Socket {
+        fn wire(&self) -> std::sync::MutexGuard<'_, Wire> {
+            self.0.lock().expect("not poisoned")
+        }
+
+        /// Changes the script and wakes the connection's task.
+        fn update(&self, change: impl FnOnce(&mut Wire)) {
+            let mut wire = self.wire();
+            change(&mut wire);
+            if let Some(waker) = wire.waker.take() {
+                waker.wake();
+            }
+        }
+
+        fn written(&self) -> Vec<Message> {
+            self.wire().written.clone()
+        }
+    }
+
+    impl Wire {
+        /// Moves what the stream takes from the buffer to `written`.
+        fn poll_write_out(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            let mut moved = 0;
+            while !self.buffer.is_empty() && self.budget != Some(0) {
+                if self.per_flush > 0 && moved == self.per_flush {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                let msg = self.buffer.pop_front().expect("not empty");
+                self.written_bytes += msg.len() as u64;
+                self.written.push(msg);
+                self.budget = self.budget.map(|b| b - 1);
+                moved += 1;
+            }
+            if self.buffer.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    impl TransportConn for Socket {
+        fn poll_recv(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Received>> {
+            let mut wire = self.wire();
+            match wire.inbound.pop_front() {
+                Some(received) => Poll::Ready(received),
+                None => {
+                    wire.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+        fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            let mut wire = self.wire();
+            if wire.capacity > 0 && wire.buffer.len() >= wire.capacity {
+                wire.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(&mut self, msg: Message) -> Result<()> {
+            let mut wire = self.wire();
+            wire.buffered_bytes += msg.len() as u64;
+            wire.buffer.push_back(msg);
+            Ok(())
+        }
+        fn poll_flush(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            self.wire().poll_write_out(cx)
+        }
+        fn poll_close(&mut self, cx: &mut TaskContext<'_>, frame: &CloseFrame) -> Poll<Result<()>> {
+            let mut wire = self.wire();
+            ready!(wire.poll_write_out(cx))?;
+            wire.closed = Some(frame.clone());
+            Poll::Ready(Ok(()))
+        }
+        fn abort(&mut self, _: &mut TaskContext<'_>, frame: &CloseFrame) {
+            let mut wire = self.wire();
+            wire.buffer.clear();
+            wire.aborted = Some(frame.clone());
+        }
+        fn write_progress(&self) -> Option<crate::transport::WriteProgress> {
+            let wire = self.wire();
+            Some(crate::transport::WriteProgress {
+                buffered: wire.buffered_bytes,
+                written: wire.written_bytes,
+            })
+        }
+    }
+
+    fn open(config: Config) -> (Arc<Context>, Connection) {
+        let ctx = Context::new(config);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let conn = ctx.open(peer, TransportInfo::new("test"), Default::default(), None);
+        (ctx, conn)
+    }
+
+    fn texts(messages: &[Message]) -> Vec<&str> {
+        messages
+            .iter()
+            .map(|m| m.as_text().expect("text"))
+            .collect()
+    }
+
+    /// Waits for a connection's task, failing the test if it never ends.
+    async fn ended(task: tokio::task::JoinHandle<CloseReason>) -> CloseReason {
+        tokio::time::timeout(Duration::from_secs(3600), task)
+            .await
+            .expect("the connection ends")
+            .expect("no panic")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_takes_no_byte_is_cut_off_at_the_write_timeout() {
+        let (ctx, conn) = open(Config::default().write_timeout(Some(Duration::from_secs(1))));
+        let socket = Socket::default();
+        socket.update(|w| w.budget = Some(0));
+        conn.send("waiting").expect("room");
+        let start = Instant::now();
+        let task = tokio::spawn(drive(socket.clone(), conn, Arc::new(Quiet)));
+
+        tokio::time::sleep(Duration::from_millis(999)).await;
+        assert!(!task.is_finished(), "cut off before the write timeout");
+        assert_eq!(ended(task).await, CloseReason::SlowConsumer);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        let aborted = socket.wire().aborted.clone().expect("let go at once");
+        assert_eq!(
+            (aborted.code, &*aborted.reason),
+            (CloseCode::POLICY, "slow consumer")
+        );
+        assert_eq!(ctx.stats.snapshot().slow_consumer_closes, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_byte_the_socket_takes_restarts_the_write_timeout() {
+        let (_ctx, conn) = open(Config::default().write_timeout(Some(Duration::from_secs(1))));
+        let socket = Socket::default();
+        socket.update(|w| w.budget = Some(0));
+        conn.send("first").expect("room");
+        conn.send("second").expect("room");
+        let start = Instant::now();
+        let task = tokio::spawn(drive(socket.clone(), conn, Arc::new(Quiet)));
+
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        socket.update(|w| w.budget = Some(1));
+        assert_eq!(ended(task).await, CloseReason::SlowConsumer);
+        assert_eq!(start.elapsed(), Duration::from_millis(1800));
+        assert_eq!(texts(&socket.written()), ["first"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_read_is_not_read_either_until_the_write_timeout() {
+        let config = Config::default()
+            .write_timeout(Some(Duration::from_secs(1)))
+            .queue_max_messages(8);
+        let (ctx, conn) = open(config);
+        let socket = Socket::default();
+        socket.update(|w| {
+            w.budget = Some(0);
+            w.inbound = (0..1000)
+                .map(|_| Ok(Received::Message(Message::text("ping"))))
+                .collect();
+        });
+        let start = Instant::now();
+        let task = tokio::spawn(drive(socket.clone(), conn, Arc::new(Echo)));
+
+        // Paused behind the full socket rather than reading on until the
+        // replies overflow the queue (what happens without a write timeout).
+        assert_eq!(ended(task).await, CloseReason::SlowConsumer);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        let read = 1000 - socket.wire().inbound.len();
+        assert!(
+            read <= 8,
+            "{read} messages read from a peer that reads nothing"
+        );
+        assert_eq!(ctx.stats.snapshot().messages_in, read as u64);
+    }
+
+    /// Sends five messages and closes.
+    struct FiveThenClose;
+
+    impl MessageComponent for FiveThenClose {
+        async fn on_message(&self, conn: &Connection, _: Message) -> Result<(), BoxError> {
+            for i in 0..5 {
+                conn.send(format!("m{i}"))?;
+            }
+            conn.close();
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_writes_out_everything_queued_before_it() {
+        let (_ctx, conn) = open(Config::default());
+        let socket = Socket::default();
+        socket.update(|w| {
+            w.capacity = 2;
+            w.per_flush = 1;
+            w.inbound
+                .push_back(Ok(Received::Message(Message::text("go"))));
+        });
+        let reason = drive(socket.clone(), conn, Arc::new(FiveThenClose)).await;
+        assert!(matches!(reason, CloseReason::Local(_)), "{reason:?}");
+        assert_eq!(texts(&socket.written()), ["m0", "m1", "m2", "m3", "m4"]);
+        let closed = socket.wire().closed.clone().expect("closed");
+        assert_eq!(closed.code, CloseCode::NORMAL);
+    }
+
+    /// Records how many messages its connection had queued at `on_close`.
+    #[derive(Default)]
+    struct QueuedAtClose(std::sync::atomic::AtomicUsize);
+
+    impl MessageComponent for QueuedAtClose {
+        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+            Ok(())
+        }
+        async fn on_close(&self, conn: &Connection, _: CloseReason) {
+            let queued = conn.queued_messages();
+            self.0.store(queued, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_gets_nothing_more_and_its_counts_are_released() {
+        let (ctx, conn) = open(Config::default().queue_max_messages(8));
+        let socket = Socket::default();
+        socket.update(|w| {
+            w.capacity = 2;
+            w.budget = Some(0);
+        });
+        for i in 0..5 {
+            conn.send(Message::text(format!("first-{i:02}")))
+                .expect("room");
+        }
+        let component = Arc::new(QueuedAtClose::default());
+        component
+            .0
+            .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+        let task = drive(socket.clone(), conn.clone(), Arc::clone(&component));
+        let mut task = std::pin::pin!(task);
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        // Two in the transport's buffer, three in the batch it had no room for.
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(socket.wire().buffer.len(), 2);
+
+        // The socket could take everything now, but the connection is
+        // declared slow first: three more queued, the fourth overflows.
+        socket.update(|w| w.budget = None);
+        for i in 0..3 {
+            conn.send(Message::text(format!("later-{i:02}")))
+                .expect("room");
+        }
+        assert!(conn.send("overflow").is_err());
+        let Poll::Ready(reason) = task.as_mut().poll(&mut cx) else {
+            panic!("a slow consumer is let go at once");
+        };
+        assert_eq!(reason, CloseReason::SlowConsumer);
+        assert_eq!(socket.written(), []);
+        assert_eq!(
+            socket.wire().aborted.as_ref().map(|f| f.code),
+            Some(CloseCode::POLICY)
+        );
+        let queued = component.0.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(queued, 0, "messages still counted as queued at on_close");
+        // The three queued later and the one refused, then the batch of
+        // three; the two in the transport's buffer count as sent.
+        let stats = ctx.stats.snapshot();
+        assert_eq!((stats.dropped, stats.messages_out), (3 + 1 + 3, 2));
+    }
+
+    #[tokio::test]
+    async fn what_was_queued_while_the_transport_was_full_follows_what_it_left() {
+        let (_ctx, conn) = open(Config::default());
+        let socket = Socket::default();
+        socket.update(|w| {
+            w.capacity = 1;
+            w.budget = Some(0);
+        });
+        conn.send("a").expect("room");
+        conn.send("b").expect("room");
+        let mut task = std::pin::pin!(drive(socket.clone(), conn.clone(), Arc::new(Quiet)));
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        // "a" in the transport, "b" in the batch it had no room for.
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        // Queued behind the batch; its push is the task's one wake-up.
+        conn.send("c").expect("room");
+        socket.update(|w| w.budget = None);
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(texts(&socket.written()), ["a", "b", "c"]);
+        assert_eq!(conn.queued_messages(), 0);
+    }
+
+    #[tokio::test]
+    async fn nothing_more_is_written_once_shutdown_forces_the_end() {
+        let (_ctx, conn) = open(Config::default());
+        let socket = Socket::default();
+        let mut task = std::pin::pin!(drive(socket.clone(), conn.clone(), Arc::new(Quiet)));
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        conn.send("before").expect("room");
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        conn.send("after").expect("room");
+        conn.outbox().force();
+        assert_eq!(
+            task.as_mut().poll(&mut cx),
+            Poll::Ready(CloseReason::Shutdown)
+        );
+        assert_eq!(texts(&socket.written()), ["before"]);
+        assert_eq!(socket.wire().closed, None);
+    }
+
+    #[tokio::test]
+    async fn an_idle_peer_is_closed_with_1001() {
+        let (_ctx, conn) = open(Config::default());
+        let socket = Socket::default();
+        socket.update(|w| w.inbound.push_back(Err(Error::IdleTimeout)));
+        let reason = drive(socket.clone(), conn, Arc::new(Quiet)).await;
+        assert_eq!(reason, CloseReason::IdleTimeout);
+        let closed = socket.wire().closed.clone().expect("closed");
+        assert_eq!(
+            (closed.code, &*closed.reason),
+            (CloseCode::AWAY, "idle timeout")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_protocol_error_closes_with_its_code_and_a_reason_cut_to_123_bytes() {
+        let (_ctx, conn) = open(Config::default());
+        let socket = Socket::default();
+        // Two-byte characters: byte 123 falls inside one.
+        let long = "é".repeat(100);
+        let err = Error::protocol(CloseCode::INVALID, long.clone());
+        socket.update(|w| w.inbound.push_back(Err(err)));
+        let reason = drive(socket.clone(), conn, Arc::new(Quiet)).await;
+        let closed = socket.wire().closed.clone().expect("closed");
+        assert_eq!(closed.code, CloseCode::INVALID);
+        assert_eq!(&*closed.reason, &long[..122]);
+        assert_eq!(reason, CloseReason::Error(closed));
     }
 }
