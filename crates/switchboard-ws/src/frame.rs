@@ -324,6 +324,11 @@ pub(crate) mod tests {
                 other => panic!("{bytes:?}: {other:?}"),
             }
         }
+        // The control frame limit itself is allowed.
+        let ping = parse_header(&[0x89, 0x80 | 125, 0, 0, 0, 0], Role::Server, 1000)
+            .expect("valid")
+            .expect("whole");
+        assert_eq!((ping.payload_len, ping.header_len), (125, 6));
     }
 
     #[test]
