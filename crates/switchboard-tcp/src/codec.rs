@@ -446,6 +446,17 @@ mod tests {
     }
 
     #[test]
+    fn a_codec_made_for_a_config_starts_with_a_fresh_scan() {
+        // This codec has scanned 5 bytes of an unfinished line.
+        let mut used = Codec::lines();
+        assert_eq!(used.decode(&mut BytesMut::from("abcde")).expect("ok"), None);
+        let mut fresh = used.for_config(&Config::default());
+        let mut stream = BytesMut::from("a\nbcdefg");
+        let line = fresh.decode(&mut stream).expect("ok");
+        assert_eq!(line, Some(Message::text("a")));
+    }
+
+    #[test]
     fn an_invalid_line_given_to_the_encoder_writes_nothing() {
         for msg in [
             Message::text("hello\nFAKE <admin>: x"),
