@@ -556,9 +556,7 @@ impl<T: TransportConn> Driver<T> {
         let messages = count + self.handed.len();
         let bytes = self.batch.iter().map(Message::len).sum::<usize>()
             + self.handed.iter().map(|h| h.len).sum::<usize>();
-        if messages > 0 {
-            self.conn.outbox().release(messages, bytes);
-        }
+        self.conn.outbox().release(messages, bytes);
         self.handed.clear();
         self.batch.clear();
         count
