@@ -19,7 +19,7 @@ use tokio::io::DuplexStream;
 use tokio::time::timeout;
 
 async fn hook(req: Request) -> Result<Accept, Reject> {
-    match req.query_param("token") {
+    match req.query_param("token").as_deref() {
         Some("deny") => Err(Reject::forbidden().reason("denied")),
         _ => Ok(Accept::new()),
     }
@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
         let upgraded = match result {
             Ok(accepted) => {
                 assert_eq!(accepted.info.kind(), "ws");
-                assert_eq!(accepted.info.path(), Some("/chat"));
+                assert_eq!(accepted.info.path(), "/chat");
                 true
             }
             Err(_) => false,

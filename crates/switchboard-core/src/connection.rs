@@ -101,6 +101,14 @@ impl Connection {
         &self.inner.info
     }
 
+    /// The value of the route parameter `name`, percent-decoded: for a
+    /// WebSocket route `/rooms/{room}` and a request for `/rooms/news`,
+    /// `conn.param("room")` is `Some("news")`. Short for
+    /// `conn.transport().param(name)`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.inner.info.param(name)
+    }
+
     /// Queues `msg` for this connection without blocking.
     ///
     /// The connection's task writes everything queued and flushes once per
@@ -189,34 +197,97 @@ impl Connection {
         self.inner.outbox.len()
     }
 
-    /// Typed per-connection state. Do not hold the guard across an `.await`
-    /// (the future would not be `Send`, so the compiler stops you).
+    /// Stores `value` as this connection's state of type `T` (one value
+    /// per type, as in [`Extensions`]), returning the value it replaces.
+    /// Every later handler of the connection can read it; the WebSocket
+    /// handshake hook can attach state before `on_open`
+    /// (`Accept::new().with(user)`).
     ///
     /// ```
-    /// # use switchboard::Connection;
-    /// #[derive(Clone)]
-    /// struct User { name: String }
+    /// use switchboard::{BoxError, Connection, Message, MessageComponent};
     ///
-    /// fn login(conn: &Connection, name: &str) {
-    ///     conn.extensions().insert(User { name: name.to_owned() });
+    /// #[derive(Clone, Debug, PartialEq)]
+    /// struct User(String);
+    ///
+    /// /// How many messages this connection sent.
+    /// struct Sent(u64);
+    ///
+    /// struct Greeter;
+    ///
+    /// impl MessageComponent for Greeter {
+    ///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+    ///         conn.insert_extension(Sent(0));
+    ///         Ok(())
+    ///     }
+    ///
+    ///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+    ///         let count = conn.with_extension(|sent: &mut Sent| {
+    ///             sent.0 += 1;
+    ///             sent.0
+    ///         });
+    ///         if let Some(name) = msg.as_text().and_then(|t| t.strip_prefix("i am ")) {
+    ///             conn.insert_extension(User(name.to_owned()));
+    ///         }
+    ///         match conn.extension::<User>() {
+    ///             Some(User(name)) => conn.send(format!("hello, {name} ({count:?})"))?,
+    ///             None => conn.send("who are you?")?,
+    ///         }
+    ///         if msg.as_text() == Some("forget me") {
+    ///             conn.remove_extension::<User>();
+    ///         }
+    ///         Ok(())
+    ///     }
     /// }
     ///
-    /// fn name(conn: &Connection) -> Option<String> {
-    ///     conn.extensions().get::<User>().map(|u| u.name.clone())
-    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use switchboard::testing::TestServer;
+    ///
+    /// let server = TestServer::new(Greeter);
+    /// let mut client = server.connect().await;
+    /// client.send("hi").await;
+    /// assert_eq!(client.recv().await, Some(Message::text("who are you?")));
+    /// client.send("i am ann").await;
+    /// assert_eq!(client.recv().await, Some(Message::text("hello, ann (Some(2))")));
+    /// client.send("forget me").await;
+    /// assert_eq!(client.recv().await, Some(Message::text("hello, ann (Some(3))")));
+    /// client.send("hi").await;
+    /// assert_eq!(client.recv().await, Some(Message::text("who are you?")));
+    /// # }
     /// ```
-    pub fn extensions(&self) -> MutexGuard<'_, Extensions> {
-        // A panic while the guard was held cannot leave the map half-updated
+    pub fn insert_extension<T: Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        self.extensions().insert(value)
+    }
+
+    /// A clone of this connection's state of type `T`, if any.
+    pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.extensions().get::<T>().cloned()
+    }
+
+    /// Runs `f` on this connection's state of type `T`, to read it without
+    /// a clone or to change it in place; `None` if there is none. `f` runs
+    /// under the connection's state lock: it must not call the
+    /// `*_extension` methods of the same connection (that would deadlock),
+    /// and should be quick.
+    pub fn with_extension<T: Send + Sync + 'static, R>(
+        &self,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
+        self.extensions().get_mut::<T>().map(f)
+    }
+
+    /// Removes and returns this connection's state of type `T`.
+    pub fn remove_extension<T: Send + Sync + 'static>(&self) -> Option<T> {
+        self.extensions().remove::<T>()
+    }
+
+    fn extensions(&self) -> MutexGuard<'_, Extensions> {
+        // A panic while the lock was held cannot leave the map half-updated
         // (HashMap operations are not interrupted), so poisoning is ignored.
         self.inner
             .extensions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A clone of the stored value of type `T`, if any.
-    pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.extensions().get::<T>().cloned()
     }
 
     #[inline]

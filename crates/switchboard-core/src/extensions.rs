@@ -7,9 +7,10 @@ use std::fmt;
 /// A map from type to value, one value per type, like `http::Extensions`.
 /// Empty until first used, so it costs one pointer per idle connection.
 ///
-/// Each connection has one ([`Connection::extensions`](crate::Connection::extensions)):
-/// the WebSocket handshake hook fills it (`Accept::new().with(user)`), a
-/// handler may add to it, and every later handler reads it. Define a type
+/// Each connection has one, behind [`Connection::insert_extension`](crate::Connection::insert_extension)
+/// and its siblings: the WebSocket handshake hook fills it
+/// (`Accept::new().with(user)`), a handler may add to it, and every later
+/// handler reads it. Define a type
 /// of your own for each value, so that two libraries cannot collide.
 ///
 /// ```
@@ -23,7 +24,7 @@ use std::fmt;
 /// impl MessageComponent for Greeter {
 ///     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
 ///         if let Some(name) = msg.as_text().and_then(|t| t.strip_prefix("i am ")) {
-///             conn.extensions().insert(User(name.to_owned()));
+///             conn.insert_extension(User(name.to_owned()));
 ///         }
 ///         match conn.extension::<User>() {
 ///             Some(User(name)) => conn.send(format!("hello, {name}"))?,

@@ -18,6 +18,7 @@
 
 pub mod io;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -159,7 +160,7 @@ pub struct Accepted<C, K: ?Sized = dyn DynComponent> {
     /// The component that serves this connection. A transport that routes
     /// (by WebSocket request path, say) hands over an `Arc<dyn DynComponent>`.
     pub component: Arc<K>,
-    /// Typed state for the connection's [`extensions`](crate::Connection::extensions),
+    /// Typed state for the connection (see [`Connection::extension`](crate::Connection::extension)),
     /// for example the user an authentication hook identified.
     pub extensions: Extensions,
 }
@@ -244,8 +245,8 @@ impl Headers {
 /// What a component can learn about how a connection arrived, from
 /// [`Connection::transport`](crate::Connection::transport).
 ///
-/// For WebSocket: the request path, query, headers and the negotiated
-/// subprotocol. Raw TCP fills in only the kind.
+/// For WebSocket: the request path, query, the route's parameters,
+/// headers and the negotiated subprotocol. Raw TCP fills in only the kind.
 ///
 /// ```
 /// use switchboard::testing::TestServer;
@@ -256,10 +257,11 @@ impl Headers {
 /// impl MessageComponent for Rooms {
 ///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
 ///         let info = conn.transport();
-///         // `ws://host/rooms?name=news`; TCP peers have no query.
-///         let room = info.query_param("name").unwrap_or("lobby");
+///         // `ws://host/rooms/{room}?name=...`; TCP peers have neither.
+///         let room = info.param("room").unwrap_or("lobby");
+///         let name = info.query_param("name").unwrap_or("anonymous".into());
 ///         let agent = info.headers().get("user-agent").unwrap_or("unknown");
-///         conn.send(format!("{} peer in {room}, using {agent}", info.kind()))?;
+///         conn.send(format!("{} peer {name} in {room}, using {agent}", info.kind()))?;
 ///         Ok(())
 ///     }
 ///
@@ -272,26 +274,33 @@ impl Headers {
 /// # async fn main() {
 /// // What a WebSocket request presents, built by hand for a unit test.
 /// let info = TransportInfo::new("ws")
-///     .with_path("/rooms")
-///     .with_query("name=news&flag")
+///     .with_path("/rooms/news")
+///     .with_params([("room", "news")])
+///     .with_query("name=J%C3%BCrgen+K&flag")
 ///     .with_headers(Headers::new([("User-Agent", "curl/8"), ("Cookie", "sid=abc; theme=dark")]));
 /// assert_eq!(info.cookie("theme"), Some("dark"));
 /// assert_eq!(info.cookie("sid"), Some("abc"));
-/// assert_eq!((info.query_param("flag"), info.query_param("nope")), (Some(""), None));
+/// assert_eq!(info.query_param("flag").as_deref(), Some(""));
+/// assert_eq!(info.query_param("nope"), None);
+/// // Decoded, and as the request spelled it.
+/// assert_eq!(info.query_param("name").as_deref(), Some("Jürgen K"));
+/// assert_eq!(info.raw_query_param("name"), Some("J%C3%BCrgen+K"));
 ///
 /// let server = TestServer::new(Rooms);
 /// let mut client = server.connect_with(info).await;
 /// assert_eq!(
 ///     client.recv().await,
-///     Some(Message::text("ws peer in news, using curl/8"))
+///     Some(Message::text("ws peer Jürgen K in news, using curl/8"))
 /// );
 /// # }
 /// ```
 #[derive(Clone, Debug)]
 pub struct TransportInfo {
     kind: &'static str,
-    path: Option<Box<str>>,
+    path: Box<str>,
     query: Option<Box<str>>,
+    /// The route's parameters, percent-decoded, in the route's order.
+    params: Box<[(Box<str>, Box<str>)]>,
     headers: Headers,
     subprotocol: Option<Box<str>>,
 }
@@ -301,8 +310,9 @@ impl TransportInfo {
     pub fn new(kind: &'static str) -> Self {
         TransportInfo {
             kind,
-            path: None,
+            path: Box::default(),
             query: None,
+            params: Box::default(),
             headers: Headers::default(),
             subprotocol: None,
         }
@@ -311,7 +321,7 @@ impl TransportInfo {
     /// Sets the request path.
     #[must_use]
     pub fn with_path(mut self, path: impl Into<Box<str>>) -> Self {
-        self.path = Some(path.into());
+        self.path = path.into();
         self
     }
 
@@ -319,6 +329,21 @@ impl TransportInfo {
     #[must_use]
     pub fn with_query(mut self, query: impl Into<Box<str>>) -> Self {
         self.query = Some(query.into());
+        self
+    }
+
+    /// Sets the route's parameters (name, percent-decoded value), as a
+    /// transport that routes by pattern found them.
+    #[must_use]
+    pub fn with_params<N, V>(mut self, params: impl IntoIterator<Item = (N, V)>) -> Self
+    where
+        N: Into<Box<str>>,
+        V: Into<Box<str>>,
+    {
+        self.params = params
+            .into_iter()
+            .map(|(n, v)| (n.into(), v.into()))
+            .collect();
         self
     }
 
@@ -341,22 +366,45 @@ impl TransportInfo {
         self.kind
     }
 
-    /// The request path (WebSocket).
-    pub fn path(&self) -> Option<&str> {
-        self.path.as_deref()
+    /// The request path, without the query, as the request spelled it
+    /// (not percent-decoded); `""` for a transport without requests (raw
+    /// TCP).
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
-    /// The query string without `?` (WebSocket).
+    /// The query string without `?`, as the request spelled it.
     pub fn query(&self) -> Option<&str> {
         self.query.as_deref()
     }
 
-    /// The value of one query parameter, not percent-decoded.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
+    /// The first value of query parameter `name`, percent-decoded as a
+    /// form field (`+` is a space; a sequence that is not UTF-8 becomes
+    /// U+FFFD). `name` is compared with the decoded names.
+    pub fn query_param(&self, name: &str) -> Option<Cow<'_, str>> {
+        form_urlencoded::parse(self.query()?.as_bytes()).find_map(|(k, v)| (k == name).then_some(v))
+    }
+
+    /// The first value of query parameter `name` exactly as the request
+    /// spelled it (not decoded; compared with the raw names).
+    pub fn raw_query_param(&self, name: &str) -> Option<&str> {
         self.query()?.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (k == name).then_some(v)
         })
+    }
+
+    /// The value of the route parameter `name` (`{name}` or `{*name}` in
+    /// the route the request matched), percent-decoded.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find_map(|(k, v)| (&**k == name).then_some(&**v))
+    }
+
+    /// Every route parameter as `(name, value)`, in the route's order.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().map(|(k, v)| (&**k, &**v))
     }
 
     /// The request headers (WebSocket).

@@ -64,10 +64,10 @@ impl MessageComponent for Recorder {
         *self.opens.lock().unwrap().entry(conn.id()).or_default() += 1;
         self.busy.lock().unwrap().insert(conn.id(), Arc::default());
         self.hub.join(conn);
-        if conn.transport().path() == Some("/reject") {
+        if conn.transport().path() == "/reject" {
             return Err("not allowed".into());
         }
-        if conn.transport().path() == Some("/panic-open") {
+        if conn.transport().path() == "/panic-open" {
             panic!("on_open panic");
         }
         Ok(())

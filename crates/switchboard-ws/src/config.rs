@@ -3,7 +3,6 @@
 //! the core [`Config`](switchboard_core::Config).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use switchboard_core::{DynComponent, IntoComponent};
 
 use crate::error::{Error, Result};
 use crate::hook::{Accept, HookFuture, Reject, Request};
+use crate::router::Router;
 use crate::transport::{Shared, WsTransport};
 
 /// Default [`WsTransportBuilder::read_buffer_size`]: 4 KiB.
@@ -140,10 +140,50 @@ pub struct WsTransportBuilder {
 }
 
 impl WsTransportBuilder {
-    /// Serves `component` to WebSocket requests for exactly `path` (no
-    /// query, no trailing-slash folding); unknown paths get 404. Routes take
-    /// any form of [`IntoComponent`] and may serve components of different
-    /// types.
+    /// Serves `component` to WebSocket requests whose path matches
+    /// `path`; unknown paths get 404. Routes take any form of
+    /// [`IntoComponent`] and may serve components of different types.
+    ///
+    /// A route is an exact path (`/chat`: no query, no trailing-slash
+    /// folding), or a pattern with parameters that each take a whole
+    /// segment: `{name}` matches one non-empty segment, and a last
+    /// `{*name}` matches the rest of the path (one segment or more). The
+    /// component reads their percent-decoded values with
+    /// [`Connection::param`](switchboard_core::Connection::param), the
+    /// handshake hook with [`Request::param`]; a request whose parameter
+    /// is not UTF-8 once decoded gets 400. An exact route wins over a
+    /// pattern, and a pattern with a literal segment where another has a
+    /// parameter wins over it, whatever the order of the calls; two
+    /// patterns that match the same paths (`/rooms/{a}`, `/rooms/{b}`)
+    /// make [`build`](Self::build) fail.
+    ///
+    /// ```
+    /// use switchboard::ws::WsTransport;
+    /// use switchboard::{BoxError, Connection, Message, MessageComponent};
+    ///
+    /// struct Room;
+    ///
+    /// impl MessageComponent for Room {
+    ///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+    ///         // `ws://host/rooms/news%20desk` gives "news desk".
+    ///         let room = conn.param("room").unwrap_or_default().to_owned();
+    ///         conn.send(format!("welcome to {room}"))?;
+    ///         Ok(())
+    ///     }
+    ///
+    ///     async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let transport = WsTransport::builder()
+    ///     .route("/rooms/{room}", Room)
+    ///     .route("/rooms/lobby", Room) // exact: wins for this one path
+    ///     .route("/files/{*path}", Room)
+    ///     .build()?;
+    /// # drop(transport);
+    /// # Ok::<(), switchboard::ws::Error>(())
+    /// ```
     pub fn route<K: ?Sized>(
         mut self,
         path: impl Into<String>,
@@ -162,7 +202,9 @@ impl WsTransportBuilder {
 
     /// Answers plain HTTP `GET`/`HEAD` requests for `path` with `page`. A
     /// plain request for a WebSocket route without a page gets
-    /// 426 Upgrade Required.
+    /// 426 Upgrade Required. `path` is matched as a
+    /// [`route`](Self::route) is, so a page can serve a pattern
+    /// (`/rooms/{room}`) too.
     pub fn page(mut self, path: impl Into<String>, page: Page) -> Self {
         self.pages.push((path.into(), page));
         self
@@ -264,8 +306,8 @@ impl WsTransportBuilder {
         if self.routes.is_empty() && shared.fallback.is_none() {
             return Err(Error::NoRoutes);
         }
-        shared.routes = by_path(self.routes)?;
-        shared.pages = by_path(self.pages)?;
+        shared.routes = Router::new(self.routes)?;
+        shared.pages = Router::new(self.pages)?;
         if let Some(protocol) = shared.subprotocols.iter().find(|p| !is_token(p)) {
             return Err(Error::InvalidSubprotocol(protocol.to_string()));
         }
@@ -301,21 +343,6 @@ impl fmt::Debug for WsTransportBuilder {
             .field("max_request_head", &s.max_request_head)
             .finish()
     }
-}
-
-/// Indexes `entries` by their paths, which must be valid and distinct.
-fn by_path<T>(entries: Vec<(String, T)>) -> Result<HashMap<Box<str>, T>> {
-    let mut map = HashMap::with_capacity(entries.len());
-    for (path, value) in entries {
-        if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace)
-        {
-            return Err(Error::InvalidPath(path));
-        }
-        if map.insert(path.clone().into_boxed_str(), value).is_some() {
-            return Err(Error::DuplicateRoute(path));
-        }
-    }
-    Ok(map)
 }
 
 /// An RFC 7230 token: what RFC 6455 allows as a subprotocol name.
@@ -354,13 +381,14 @@ pub(crate) mod tests {
             .build()
             .unwrap();
         let config = &transport.shared;
-        assert_eq!(config.routes.len(), 3);
+        assert_eq!(config.routes.routes().count(), 3);
         // Shared handles are kept as given: the same component, not a copy
         // or a wrapper.
         let shared_addr = Arc::as_ptr(&shared).cast::<()>();
-        assert_eq!(addr(&config.routes["/arc"]), shared_addr);
+        let route = |path| config.routes.find(path).unwrap().unwrap().value;
+        assert_eq!(addr(route("/arc")), shared_addr);
         assert_eq!(addr(config.fallback.as_ref().unwrap()), shared_addr);
-        assert_eq!(addr(&config.routes["/object"]), addr(&object));
+        assert_eq!(addr(route("/object")), addr(&object));
         assert_eq!(Arc::strong_count(&shared), 3);
     }
 

@@ -21,9 +21,19 @@ pub enum Error {
     #[error("invalid path {0:?}: a path starts with '/' and holds no '?' or '#'")]
     InvalidPath(String),
 
-    /// The same path was routed twice.
+    /// The same path was routed twice, or two routes with parameters
+    /// would match the same paths (`/rooms/{a}` and `/rooms/{b}`).
     #[error("path {0:?} is routed twice")]
     DuplicateRoute(String),
+
+    /// A route's parameters are malformed: the reason says how.
+    #[error("invalid route {route:?}: {reason}")]
+    InvalidRoute {
+        /// The route as given.
+        route: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 
     /// A subprotocol name is empty or holds characters RFC 6455 forbids
     /// (anything but visible ASCII except separators).

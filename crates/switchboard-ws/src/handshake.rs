@@ -236,11 +236,13 @@ pub(crate) fn info(path: &str, query: Option<&str>, subprotocol: Option<&str>) -
 /// Routing, validation and the origin policy, in the order a client would
 /// want to learn about problems: the upgrade, or the answer instead.
 pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
-    let component = shared
-        .routes
-        .get(head.path.as_str())
-        .or(shared.fallback.as_ref());
-    let page = shared.pages.get(head.path.as_str());
+    let bad_param = |_| Response::error(400, "a path parameter is not UTF-8 once decoded");
+    let route = shared.routes.find(&head.path).map_err(bad_param)?;
+    let page = shared.pages.find(&head.path).map_err(bad_param)?;
+    let (component, params) = match route {
+        Some(found) => (Some(found.value), found.params),
+        None => (shared.fallback.as_ref(), Vec::new()),
+    };
     if component.is_none() && page.is_none() {
         return Err(Response::error(404, "not found"));
     }
@@ -253,7 +255,7 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
         head.has_token("upgrade", "websocket") || head.header("sec-websocket-key").is_some();
     if !wants_upgrade || head_only {
         return Err(match page {
-            Some(page) => Response::page(page.content_type(), page.body().clone()),
+            Some(page) => Response::page(page.value.content_type(), page.value.body().clone()),
             None => Response::upgrade_required("this is a WebSocket endpoint"),
         });
     }
@@ -313,7 +315,7 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
     Ok(Upgrade {
         component: component.clone(),
         accept_key,
-        info: info.with_headers(Headers::new(headers)),
+        info: info.with_params(params).with_headers(Headers::new(headers)),
         extensions: Extensions::default(),
         leftover: Vec::new(),
     })
@@ -478,8 +480,8 @@ mod tests {
         let up = decide_raw(UPGRADE).expect("an upgrade");
         // The example from RFC 6455 section 1.3.
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert_eq!(up.info.path(), Some("/chat"));
-        assert_eq!(up.info.query_param("room"), Some("1"));
+        assert_eq!(up.info.path(), "/chat");
+        assert_eq!(up.info.query_param("room").as_deref(), Some("1"));
         assert_eq!(up.info.subprotocol(), Some("chat.v1"));
         assert_eq!(up.info.cookie("sid"), Some("abc"));
         assert_eq!(up.info.headers().get("sec-websocket-key"), None);

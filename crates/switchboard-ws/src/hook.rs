@@ -10,7 +10,9 @@ use std::sync::Arc;
 use switchboard_core::{Extensions, Headers, TransportInfo};
 
 /// The upgrade request as the handshake hook sees it: the peer, the path,
-/// query, headers and cookies, and the subprotocol the server picked.
+/// query, the route's parameters, headers and cookies, and the subprotocol
+/// the server picked. Each accessor reads as its namesake on
+/// [`TransportInfo`] does.
 ///
 /// The same facts reach the component later through
 /// [`Connection::transport`](switchboard_core::Connection::transport).
@@ -26,9 +28,9 @@ impl Request {
         self.peer
     }
 
-    /// The request path, without the query.
+    /// The request path, without the query, as the request spelled it.
     pub fn path(&self) -> &str {
-        self.info.path().unwrap_or("/")
+        self.info.path()
     }
 
     /// The query string without `?`, if there was one.
@@ -36,9 +38,21 @@ impl Request {
         self.info.query()
     }
 
-    /// One query parameter, not percent-decoded.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
+    /// One query parameter, percent-decoded
+    /// ([`TransportInfo::query_param`]).
+    pub fn query_param(&self, name: &str) -> Option<Cow<'_, str>> {
         self.info.query_param(name)
+    }
+
+    /// One query parameter as the request spelled it.
+    pub fn raw_query_param(&self, name: &str) -> Option<&str> {
+        self.info.raw_query_param(name)
+    }
+
+    /// The value of the route parameter `name` (`/rooms/{room}`),
+    /// percent-decoded.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.info.param(name)
     }
 
     /// The first value of header `name` (case-insensitive).
@@ -68,7 +82,7 @@ impl Request {
 }
 
 /// The hook's yes: the upgrade goes ahead, with typed state for the
-/// connection's [`extensions`](switchboard_core::Connection::extensions),
+/// connection (see [`Connection::extension`](switchboard_core::Connection::extension)),
 /// visible from `on_open` on.
 /// [`on_handshake`](crate::WsTransportBuilder::on_handshake) has an example.
 #[derive(Debug, Default)]

@@ -76,6 +76,7 @@ mod error;
 mod frame;
 mod handshake;
 mod hook;
+mod router;
 mod transport;
 mod ws_connection;
 

@@ -1,6 +1,5 @@
 //! The [`Transport`] implementation: handshake, then a [`WsConnection`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use crate::error::Error;
 use crate::frame::Role;
 use crate::handshake::{self, NoUpgrade};
 use crate::hook::Hook;
+use crate::router::Router;
 use crate::ws_connection::WsConnection;
 
 /// The WebSocket transport: give it to
@@ -45,9 +45,9 @@ pub struct WsTransport {
 
 /// The built configuration, shared by every handshake.
 pub(crate) struct Shared {
-    pub(crate) routes: HashMap<Box<str>, Arc<dyn DynComponent>>,
+    pub(crate) routes: Router<Arc<dyn DynComponent>>,
     pub(crate) fallback: Option<Arc<dyn DynComponent>>,
-    pub(crate) pages: HashMap<Box<str>, Page>,
+    pub(crate) pages: Router<Page>,
     pub(crate) origins: OriginPolicy,
     pub(crate) subprotocols: Box<[Box<str>]>,
     pub(crate) hook: Option<Hook>,
@@ -59,9 +59,9 @@ pub(crate) struct Shared {
 impl Default for Shared {
     fn default() -> Self {
         Shared {
-            routes: HashMap::new(),
+            routes: Router::default(),
             fallback: None,
-            pages: HashMap::new(),
+            pages: Router::default(),
             origins: OriginPolicy::default(),
             subprotocols: Box::default(),
             hook: None,
@@ -134,9 +134,9 @@ impl fmt::Debug for WsTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &*self.shared;
         f.debug_struct("WsTransport")
-            .field("routes", &s.routes.keys().collect::<Vec<_>>())
+            .field("routes", &s.routes.routes().collect::<Vec<_>>())
             .field("fallback", &s.fallback.is_some())
-            .field("pages", &s.pages.keys().collect::<Vec<_>>())
+            .field("pages", &s.pages.routes().collect::<Vec<_>>())
             .field("origins", &s.origins)
             .field("subprotocols", &s.subprotocols)
             .field("hook", &s.hook.is_some())

@@ -34,7 +34,7 @@ async fn client_component_talks_to_a_server() {
         Event::Open {
             path, subprotocol, ..
         } => {
-            assert_eq!(path.as_deref(), Some("/chat"));
+            assert_eq!(path, "/chat");
             assert_eq!(subprotocol.as_deref(), Some("chat.v1"));
         }
         other => panic!("expected open, got {other:?}"),

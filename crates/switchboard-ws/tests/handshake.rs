@@ -67,8 +67,8 @@ fn authenticated(recorder: Recorder) -> WsTransport {
         .on_handshake(|req| async move {
             // Something async, as a real token check would be.
             tokio::task::yield_now().await;
-            let token = req.query_param("token").or(req.cookie("session"));
-            match token {
+            let token = req.query_param("token");
+            match token.as_deref().or(req.cookie("session")) {
                 Some("ann-secret") => Ok(Accept::new().with(User("ann".into()))),
                 Some(_) => Err(Reject::forbidden().reason("bad token")),
                 None => Err(Reject::unauthorized().reason("missing token")),
@@ -107,7 +107,7 @@ async fn hook_state_is_seen_in_on_open() {
     match events.next().await {
         Event::Open { user, path, .. } => {
             assert_eq!(user, Some(User("ann".into())));
-            assert_eq!(path.as_deref(), Some("/chat"));
+            assert_eq!(path, "/chat");
         }
         other => panic!("expected open, got {other:?}"),
     }
@@ -174,7 +174,7 @@ async fn routes_by_path_and_404s_the_rest() {
             .await
             .expect("routed");
         assert!(
-            matches!(events.next().await, Event::Open { path: Some(p), .. } if p == format!("/{path}"))
+            matches!(events.next().await, Event::Open { path: p, .. } if p == format!("/{path}"))
         );
         ws.send(WsMessage::text("hi")).await.expect("send");
         assert_eq!(
@@ -190,6 +190,82 @@ async fn routes_by_path_and_404s_the_rest() {
     }
     let plain = raw_http(addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status_of(&plain), 404);
+    server.shutdown().await;
+}
+
+/// Says what the route and the query gave it: the `room` and `rest`
+/// parameters, the decoded and raw `name`, and what the hook saw.
+struct Params;
+
+#[derive(Clone)]
+struct HookSaw(String);
+
+impl switchboard::MessageComponent for Params {
+    async fn on_open(&self, conn: &switchboard::Connection) -> Result<(), switchboard::BoxError> {
+        let info = conn.transport();
+        let hook = conn.extension::<HookSaw>().map(|h| h.0);
+        conn.send(format!(
+            "room={:?} rest={:?} name={:?} raw={:?} hook={hook:?} path={}",
+            conn.param("room"),
+            conn.param("rest"),
+            info.query_param("name").as_deref(),
+            info.raw_query_param("name"),
+            info.path(),
+        ))?;
+        Ok(())
+    }
+
+    async fn on_message(
+        &self,
+        _: &switchboard::Connection,
+        _: switchboard::Message,
+    ) -> Result<(), switchboard::BoxError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn parameter_routes_hand_their_decoded_values_to_the_hook_and_the_component() {
+    let transport = WsTransport::builder()
+        .route("/rooms/{room}", Params)
+        .route("/rooms/lobby", Params)
+        .route("/files/{*rest}", Params)
+        .on_handshake(|req| async move {
+            let saw = format!("{:?}", req.param("room"));
+            Ok(Accept::new().with(HookSaw(saw)))
+        })
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
+    let addr = server.local_addr();
+    let cases = [
+        (
+            "/rooms/news%20desk?name=J%C3%BCrgen+K",
+            r#"room=Some("news desk") rest=None name=Some("Jürgen K") raw=Some("J%C3%BCrgen+K") hook=Some("Some(\"news desk\")") path=/rooms/news%20desk"#,
+        ),
+        (
+            "/rooms/lobby",
+            r#"room=None rest=None name=None raw=None hook=Some("None") path=/rooms/lobby"#,
+        ),
+        (
+            "/files/a/b%2Fc",
+            r#"room=None rest=Some("a/b/c") name=None raw=None hook=Some("None") path=/files/a/b%2Fc"#,
+        ),
+    ];
+    for (path, expected) in cases {
+        let (mut ws, _) = connect(&format!("ws://{addr}{path}"), &[])
+            .await
+            .expect("routed");
+        assert_eq!(
+            next(&mut ws).await,
+            Some(WsMessage::text(expected)),
+            "{path}"
+        );
+    }
+    for (path, status) in [("/rooms/%FF", 400), ("/rooms/", 404), ("/files/", 404)] {
+        let status_seen = upgrade_status(&format!("ws://{addr}{path}"), &[]).await;
+        assert_eq!(status_seen, status, "{path}");
+    }
     server.shutdown().await;
 }
 
@@ -329,7 +405,7 @@ async fn raw_client_sees_101_and_the_component_sees_its_address() {
     let ours = ws.stream.local_addr().expect("local addr");
     // The component sees the path (query apart) and the peer's real address.
     assert!(
-        matches!(events.next().await, Event::Open { path: Some(p), peer, .. } if p == "/x" && peer == ours)
+        matches!(events.next().await, Event::Open { path: p, peer, .. } if p == "/x" && peer == ours)
     );
     ws.send_frame(0x2, true, &[1, 2, 3]).await;
     let echoed = ws.frame().await;

@@ -25,7 +25,7 @@ async fn reconnects_after_the_server_restarts_on_the_same_port() {
         .unwrap();
     assert!(matches!(
         events.next().await,
-        Event::Open { reconnect: Some(1), path: Some(p), .. } if p == "/feed"
+        Event::Open { reconnect: Some(1), path: p, .. } if p == "/feed"
     ));
     client.send("one").unwrap();
     assert!(matches!(events.next().await, Event::Message(m) if m.as_text() == Some("one")));

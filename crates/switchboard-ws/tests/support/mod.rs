@@ -28,7 +28,7 @@ pub const LIMIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Event {
     Open {
-        path: Option<String>,
+        path: String,
         subprotocol: Option<String>,
         user: Option<User>,
         peer: SocketAddr,
@@ -85,7 +85,7 @@ impl MessageComponent for Recorder {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         let info = conn.transport();
         let _ = self.events.send(Event::Open {
-            path: info.path().map(str::to_owned),
+            path: info.path().to_owned(),
             subprotocol: info.subprotocol().map(str::to_owned),
             user: conn.extension::<User>(),
             peer: conn.peer_addr(),
