@@ -40,6 +40,7 @@ macro_rules! setters {
     };
 }
 
+mod auth;
 mod client;
 mod close;
 mod component;
@@ -68,6 +69,7 @@ pub mod testing;
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
+pub use auth::{Authenticated, Authenticator};
 pub use client::ClientHandle;
 pub use close::{CloseCode, CloseFrame, CloseReason};
 pub use component::{DynComponent, IntoComponent, MessageComponent};

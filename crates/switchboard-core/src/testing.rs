@@ -91,6 +91,13 @@ impl TestServer {
 
     /// Connects a client that presents `info` (path, headers, ...).
     pub async fn connect_with(&self, info: TransportInfo) -> TestClient {
+        self.connect_with_state(info, Extensions::default()).await
+    }
+
+    /// Connects a client that presents `info`, with `state` attached to the
+    /// connection before `on_open`, as a WebSocket handshake hook attaches
+    /// it: `WsTransport::admit` runs a hook on a request and returns both.
+    pub async fn connect_with_state(&self, info: TransportInfo, state: Extensions) -> TestClient {
         static PORT: AtomicU16 = AtomicU16::new(1);
         let port = PORT.fetch_add(1, Ordering::Relaxed);
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -106,7 +113,7 @@ impl TestServer {
         let ctx = self.ctx.clone();
         let component = self.component.clone();
         self.ctx.tracker.spawn(async move {
-            let opened = ctx.open(peer, info, Extensions::default(), None);
+            let opened = ctx.open(peer, info, state, None);
             Context::drive(conn, opened, component).await;
         });
         TestClient {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::Error;
-use crate::hook::Request;
+use crate::hook::{Reject, Request};
 use crate::transport::Shared;
 
 /// Most headers a request may carry (more: 431).
@@ -206,18 +206,33 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
     let mut upgrade = decide(shared, head)
         .map_err(|response| NoUpgrade::Answer(response.head_only(head_only)))?;
     upgrade.leftover = leftover;
-    if let Some(hook) = &shared.hook {
-        let info = upgrade.info.clone();
-        match hook(Request { peer, info }).await {
-            Ok(accept) => upgrade.extensions = accept.extensions,
-            Err(reject) => {
-                let mut response = Response::error(reject.status(), reject.reason_text());
-                response.reason = format!("rejected by the handshake hook: {reject}");
-                return Err(NoUpgrade::Answer(response.head_only(head_only)));
-            }
+    match run_hook(shared, peer, &upgrade.info).await {
+        Ok(extensions) => upgrade.extensions = extensions,
+        Err(reject) => {
+            let mut response = Response::error(reject.status(), reject.reason_text());
+            response.reason = format!("rejected by the handshake hook: {reject}");
+            return Err(NoUpgrade::Answer(response.head_only(head_only)));
         }
     }
     Ok(upgrade)
+}
+
+/// The handshake hook's verdict on a routed request: the state it
+/// attached (none without a hook).
+pub(crate) async fn run_hook(
+    shared: &Shared,
+    peer: SocketAddr,
+    info: &TransportInfo,
+) -> Result<Extensions, Reject> {
+    let Some(hook) = &shared.hook else {
+        return Ok(Extensions::default());
+    };
+    let accept = hook(Request {
+        peer,
+        info: info.clone(),
+    })
+    .await?;
+    Ok(accept.extensions)
 }
 
 /// What a component sees of a WebSocket connection's request, on either

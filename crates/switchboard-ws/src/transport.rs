@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use switchboard_core::transport::{Accepted, Transport};
-use switchboard_core::{Config, DynComponent, IntoComponent};
+use switchboard_core::{Config, DynComponent, Extensions, IntoComponent, TransportInfo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{
@@ -15,7 +15,7 @@ use crate::config::{
 use crate::error::Error;
 use crate::frame::Role;
 use crate::handshake::{self, NoUpgrade};
-use crate::hook::Hook;
+use crate::hook::{Hook, Reject};
 use crate::router::Router;
 use crate::ws_connection::WsConnection;
 
@@ -85,6 +85,85 @@ impl WsTransport {
     /// Starts a configuration with routes, pages, an origin policy, ...
     pub fn builder() -> WsTransportBuilder {
         WsTransportBuilder::default()
+    }
+
+    /// Routes a request and runs the handshake hook on it as an upgrade of
+    /// that request would, without a socket: for unit tests of the hook's
+    /// logic. `info` is what the client presents (path, query, headers);
+    /// the HTTP-level checks of a real upgrade (method, origin, key) are
+    /// not made. Returns the request as the component will see it (with
+    /// its route parameters) and the state the hook attached, which
+    /// [`TestServer::connect_with_state`](switchboard_core::testing::TestServer::connect_with_state)
+    /// takes; a path with no route is refused with 404, a route parameter
+    /// that is not UTF-8 with 400.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    ///
+    /// use switchboard::testing::TestServer;
+    /// use switchboard::ws::{Accept, Reject, WsTransport};
+    /// use switchboard::{BoxError, Connection, Message, MessageComponent, TransportInfo};
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String);
+    ///
+    /// struct Room;
+    ///
+    /// impl MessageComponent for Room {
+    ///     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+    ///         let User(name) = conn.extension::<User>().ok_or("no user")?;
+    ///         let room = conn.param("room").unwrap_or("?");
+    ///         conn.send(format!("{name} in {room}"))?;
+    ///         Ok(())
+    ///     }
+    ///
+    ///     async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let transport = WsTransport::builder()
+    ///     .route("/rooms/{room}", Room)
+    ///     .on_handshake(|req| async move {
+    ///         match req.query_param("token").as_deref() {
+    ///             Some("s3cret") => Ok(Accept::new().with(User("ann".into()))),
+    ///             _ => Err(Reject::unauthorized()),
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// let peer = SocketAddr::from(([127, 0, 0, 1], 50000));
+    /// let request = |query: &str| {
+    ///     TransportInfo::new("ws").with_path("/rooms/news").with_query(query.to_owned())
+    /// };
+    ///
+    /// let refused = transport.admit(peer, request("token=guess")).await;
+    /// assert_eq!(refused.err().map(|r| r.status()), Some(401));
+    ///
+    /// let (info, state) = transport.admit(peer, request("token=s3cret")).await.expect("admitted");
+    /// let server = TestServer::new(Room);
+    /// let mut client = server.connect_with_state(info, state).await;
+    /// assert_eq!(client.recv().await, Some(Message::text("ann in news")));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn admit(
+        &self,
+        peer: SocketAddr,
+        info: TransportInfo,
+    ) -> Result<(TransportInfo, Extensions), Reject> {
+        let found =
+            self.shared.routes.find(info.path()).map_err(|_| {
+                Reject::new(400).reason("a path parameter is not UTF-8 once decoded")
+            })?;
+        let info = match found {
+            Some(found) => info.with_params(found.params),
+            None if self.shared.fallback.is_some() => info,
+            None => return Err(Reject::new(404).reason("not found")),
+        };
+        let extensions = handshake::run_hook(&self.shared, peer, &info).await?;
+        Ok((info, extensions))
     }
 }
 

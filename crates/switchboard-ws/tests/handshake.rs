@@ -589,3 +589,41 @@ async fn repeated_upgrade_key_and_version_are_refused() {
     assert_eq!(upgraded, 3);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn admit_routes_and_runs_the_hook_without_a_socket() {
+    let (recorder, _events) = Recorder::named("room");
+    let transport = WsTransport::builder()
+        .route("/rooms/{room}", recorder)
+        .on_handshake(|req| async move {
+            match (req.param("room"), req.query_param("token").as_deref()) {
+                (Some(room), Some("ann-secret")) => {
+                    Ok(Accept::new().with(User(format!("ann in {room}"))))
+                }
+                _ => Err(Reject::unauthorized()),
+            }
+        })
+        .build()
+        .expect("valid");
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+    let request = |target: &str| {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        switchboard::TransportInfo::new("ws")
+            .with_path(path.to_owned())
+            .with_query(query.to_owned())
+    };
+    for (target, status) in [
+        ("/nowhere?token=ann-secret", 404),
+        ("/rooms/%FF?token=ann-secret", 400),
+        ("/rooms/news?token=guess", 401),
+    ] {
+        let refused = transport.admit(peer, request(target)).await.err();
+        assert_eq!(refused.map(|r| r.status()), Some(status), "{target}");
+    }
+    let (info, state) = transport
+        .admit(peer, request("/rooms/news%20desk?token=ann-secret"))
+        .await
+        .expect("admitted");
+    assert_eq!(info.param("room"), Some("news desk"));
+    assert_eq!(state.get::<User>(), Some(&User("ann in news desk".into())));
+}

@@ -149,6 +149,11 @@ impl Events {
         }
     }
 
+    /// The next event already recorded, without waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+
     /// How many `on_close` of `id` were recorded and not yet taken, without
     /// waiting.
     pub fn closes_left(&mut self, id: ConnectionId) -> usize {
