@@ -26,7 +26,8 @@ use crate::message::Message;
 /// check needs state of its own by reference (a user table, say).
 pub trait Authenticator: Send + Sync + 'static {
     /// Who the peer is, stored as the connection's state: read it with
-    /// [`Connection::extension`].
+    /// [`Connection::extension`] (a clone) or
+    /// [`Connection::with_extension`].
     type Identity: Send + Sync + 'static;
 
     /// Judges the first message. On `Err`, the connection closes with that
@@ -64,10 +65,17 @@ where
 /// counts in no hub), no message, no `on_close`. Then the identity is
 /// stored as the connection's state, the component's `on_open` runs, and
 /// every later message goes to the component as usual. A refused peer is
-/// closed with the authenticator's frame; a peer that sends nothing is
-/// closed with 1008 "authentication timed out" after
-/// [`timeout`](Self::timeout) (10 s unless set). The server does not read
-/// a second message while the first is being judged.
+/// closed with the authenticator's frame. [`timeout`](Self::timeout) (10 s
+/// unless set) bounds both the wait for the first message and the
+/// authenticator's judgement of it: past either, the peer is closed with
+/// 1008 "authentication timed out". The server does not read a second
+/// message while the first is being judged.
+///
+/// If the component's `on_open` fails, the connection is closed with 1008
+/// "rejected" and the error goes to the component's `on_error`, as the
+/// server does for a component served directly; `on_close` then gets
+/// [`CloseReason::Local`] with that frame rather than
+/// [`CloseReason::Rejected`].
 ///
 /// Each message of an accepted connection costs one look into its state
 /// (a lock and a map lookup) before the component's handler.
@@ -178,16 +186,24 @@ impl<K: MessageComponent + ?Sized, A: Authenticator> MessageComponent for Authen
         if Self::accepted(conn) {
             return self.component.on_message(conn, msg).await;
         }
-        let verdict = self.authenticator.authenticate(conn.clone(), msg).await;
+        // The first message came: the judgement has a clock of its own (a
+        // close requested while a handler runs waits for it to return).
         Self::stop_timer(conn);
+        let judging = self.authenticator.authenticate(conn.clone(), msg);
+        let Ok(verdict) = tokio::time::timeout(self.timeout, judging).await else {
+            tracing::info!(conn = %conn.id(), peer = %conn.peer_addr(), timeout = ?self.timeout, "authentication took too long");
+            conn.close_with(CloseCode::POLICY, "authentication timed out");
+            return Ok(());
+        };
         match verdict {
             Ok(identity) => {
                 conn.insert_extension(identity);
                 conn.insert_extension(Accepted);
                 if let Err(err) = self.component.on_open(conn).await {
-                    // As the server treats a failed `on_open`.
-                    tracing::info!(conn = %conn.id(), error = %err, "on_open rejected the connection");
+                    // As the server treats a failed `on_open`: the close
+                    // first, so that it wins over one `on_error` asks for.
                     conn.close_with(CloseCode::POLICY, "rejected");
+                    self.component.on_error(conn, Error::Handler(err)).await;
                 }
             }
             Err(frame) => {

@@ -267,8 +267,8 @@ impl Connection {
     /// Runs `f` on this connection's state of type `T`, to read it without
     /// a clone or to change it in place; `None` if there is none. `f` runs
     /// under the connection's state lock: it must not call the
-    /// `*_extension` methods of the same connection (that would deadlock),
-    /// and should be quick.
+    /// `*_extension` methods of the same connection (that would deadlock
+    /// or panic), and should be quick.
     pub fn with_extension<T: Send + Sync + 'static, R>(
         &self,
         f: impl FnOnce(&mut T) -> R,

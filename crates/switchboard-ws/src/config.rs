@@ -151,11 +151,18 @@ impl WsTransportBuilder {
     /// component reads their percent-decoded values with
     /// [`Connection::param`](switchboard_core::Connection::param), the
     /// handshake hook with [`Request::param`]; a request whose parameter
-    /// is not UTF-8 once decoded gets 400. An exact route wins over a
-    /// pattern, and a pattern with a literal segment where another has a
-    /// parameter wins over it, whatever the order of the calls; two
-    /// patterns that match the same paths (`/rooms/{a}`, `/rooms/{b}`)
-    /// make [`build`](Self::build) fail.
+    /// is not UTF-8 once decoded gets 400. The values are the client's:
+    /// they may hold `/` (from `%2F`, or the wildcard's several segments,
+    /// empty ones included), `..` or any other character, so check them
+    /// before using one as a file name or a key.
+    ///
+    /// An exact route wins over a pattern; between two patterns, the
+    /// first segment where they differ decides: a literal wins over a
+    /// parameter, a parameter over the wildcard. This holds whatever the
+    /// order of the calls; two patterns that match the same paths
+    /// (`/rooms/{a}`, `/rooms/{b}`) make [`build`](Self::build) fail.
+    /// Paths are compared after escapes of unreserved characters are
+    /// decoded (`/rooms/%6Cobby` is `/rooms/lobby`).
     ///
     /// ```
     /// use switchboard::ws::WsTransport;

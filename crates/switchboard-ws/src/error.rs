@@ -21,10 +21,14 @@ pub enum Error {
     #[error("invalid path {0:?}: a path starts with '/' and holds no '?' or '#'")]
     InvalidPath(String),
 
-    /// The same path was routed twice, or two routes with parameters
-    /// would match the same paths (`/rooms/{a}` and `/rooms/{b}`).
+    /// The same path was routed twice.
     #[error("path {0:?} is routed twice")]
     DuplicateRoute(String),
+
+    /// Two routes with parameters match the same paths (`/rooms/{a}` and
+    /// `/rooms/{b}`).
+    #[error("routes {0:?} and {1:?} match the same paths")]
+    OverlappingRoutes(String, String),
 
     /// A route's parameters are malformed: the reason says how.
     #[error("invalid route {route:?}: {reason}")]

@@ -253,7 +253,9 @@ pub(crate) fn info(path: &str, query: Option<&str>, subprotocol: Option<&str>) -
 pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
     let bad_param = |_| Response::error(400, "a path parameter is not UTF-8 once decoded");
     let route = shared.routes.find(&head.path).map_err(bad_param)?;
-    let page = shared.pages.find(&head.path).map_err(bad_param)?;
+    // A page reads no parameters: a path whose parameter does not decode
+    // finds no page, and the route alone decides the answer.
+    let page = shared.pages.find(&head.path).unwrap_or_default();
     let (component, params) = match route {
         Some(found) => (Some(found.value), found.params),
         None => (shared.fallback.as_ref(), Vec::new()),

@@ -6,7 +6,13 @@
 //! another has the wildcard), at the first segment where they differ,
 //! wins. Two patterns that would match the same paths are refused when
 //! the transport is built, so the order of `route` calls never matters.
+//!
+//! A path is routed after escapes of unreserved characters are decoded
+//! (RFC 3986 6.2.2.2: `/rooms/%6Cobby` is `/rooms/lobby`, and finds that
+//! exact route); other escapes (`%2F`, `%20`) stay as they are for
+//! matching and are decoded in the parameters' values.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
@@ -86,12 +92,12 @@ impl<T> Router<T> {
                 continue;
             }
             let segments = parse(&route)?;
-            if router
+            if let Some(other) = router
                 .patterns
                 .iter()
-                .any(|p| same_paths(&p.segments, &segments))
+                .find(|p| same_paths(&p.segments, &segments))
             {
-                return Err(Error::DuplicateRoute(route));
+                return Err(Error::OverlappingRoutes(other.route.to_string(), route));
             }
             router.patterns.push(Pattern {
                 route: route.into_boxed_str(),
@@ -114,6 +120,8 @@ impl<T> Router<T> {
     /// The route for `path` (as the request spelled it, without the
     /// query), if any.
     pub(crate) fn find(&self, path: &str) -> Result<Option<Found<'_, T>>, BadParam> {
+        let path = normalize(path);
+        let path = &*path;
         if let Some(value) = self.exact.get(path) {
             return Ok(Some(Found {
                 value,
@@ -205,8 +213,9 @@ fn specificity(a: &[Segment], b: &[Segment]) -> Ordering {
             other => return other,
         }
     }
-    // One is a prefix of the other in shape: the longer is more specific
-    // (only a wildcard lets them match the same path).
+    // The same kinds as far as the shorter goes: no path matches both (a
+    // wildcard is always last, so the lengths differ), and any order will
+    // do; the longer first keeps it total.
     b.len().cmp(&a.len())
 }
 
@@ -223,11 +232,11 @@ fn matches<'p>(
     for (i, segment) in segments.iter().enumerate() {
         match segment {
             Segment::Rest(name) => {
-                let tail = rest.get(offset..).unwrap_or("");
-                if tail.is_empty() {
+                // Nothing after the prefix (`/files` or `/files/`): no match.
+                if i >= parts.len() || rest[offset..].is_empty() {
                     return None;
                 }
-                params.push((&**name, tail));
+                params.push((&**name, &rest[offset..]));
                 return Some(params);
             }
             _ if i >= parts.len() => return None,
@@ -243,6 +252,36 @@ fn matches<'p>(
         offset += parts[i].len() + 1;
     }
     (segments.len() == parts.len()).then_some(params)
+}
+
+/// Decodes the escapes of unreserved characters (letters, digits, `-`,
+/// `.`, `_`, `~`), which mean the same decoded or not; leaves the others.
+fn normalize(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let unreserved_at = |i: usize| {
+        let hex = bytes.get(i + 1..i + 3)?;
+        let byte = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+        (byte.is_ascii_alphanumeric() || b"-._~".contains(&byte)).then_some(byte)
+    };
+    if !(0..bytes.len()).any(|i| bytes[i] == b'%' && unreserved_at(i).is_some()) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], unreserved_at(i)) {
+            (b'%', Some(byte)) => {
+                out.push(char::from(byte));
+                i += 3;
+            }
+            _ => {
+                let len = path[i..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&path[i..i + len]);
+                i += len;
+            }
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Percent-decodes a parameter; `+` stays itself, as in any path.
@@ -309,6 +348,15 @@ mod tests {
                 ("/files/x", "/files/{*path} path=x"),
                 ("/files/", "none"),
                 ("/files", "none"),
+                // Values are the client's: slashes, dots and NUL included.
+                ("/files//etc/passwd", "/files/{*path} path=/etc/passwd"),
+                ("/files/..%2F..", "/files/{*path} path=../.."),
+                ("/rooms/%00", "/rooms/{room} room=\0"),
+                // Escaped unreserved characters are the characters.
+                ("/rooms/%6Cobby", "/rooms/lobby"),
+                ("/r%6Foms/x/%6Dembers", "/rooms/{room}/members room=x"),
+                ("/rooms/%2e%2E", "/rooms/{room} room=.."),
+                ("/rooms/%zz%4", "/rooms/{room} room=%zz%4"),
                 ("/other", "none"),
                 ("", "none"),
             ];
@@ -328,9 +376,12 @@ mod tests {
             }
         };
         let cases = [
-            (&["/a/{x}", "/a/{y}"][..], "routed twice"),
+            (
+                &["/a/{x}", "/a/{y}"][..],
+                r#""/a/{x}" and "/a/{y}" match the same paths"#,
+            ),
             (&["/a", "/a"], "routed twice"),
-            (&["/a/{*x}", "/a/{*y}"], "routed twice"),
+            (&["/a/{*x}", "/a/{*y}"], "match the same paths"),
             (&["/a/{}"], "letters, digits"),
             (&["/a/{x-y}"], "letters, digits"),
             (&["/a/{*x}/b"], "last segment"),

@@ -89,9 +89,11 @@ impl WsTransport {
 
     /// Routes a request and runs the handshake hook on it as an upgrade of
     /// that request would, without a socket: for unit tests of the hook's
-    /// logic. `info` is what the client presents (path, query, headers);
-    /// the HTTP-level checks of a real upgrade (method, origin, key) are
-    /// not made. Returns the request as the component will see it (with
+    /// logic. `info` is what the client presents (path, query, headers,
+    /// subprotocol), given to the hook as it is: the HTTP-level work of a
+    /// real upgrade (checks of the method, origin and key, the choice of
+    /// a subprotocol, dropping the handshake-only headers) is not done.
+    /// Returns the request as the component will see it (with
     /// its route parameters) and the state the hook attached, which
     /// [`TestServer::connect_with_state`](switchboard_core::testing::TestServer::connect_with_state)
     /// takes; a path with no route is refused with 404, a route parameter
