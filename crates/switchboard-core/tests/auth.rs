@@ -21,13 +21,13 @@ struct Inner {
 
 impl Inner {
     fn heard(&self) -> Vec<String> {
-        self.heard.lock().unwrap().clone()
+        self.heard.lock().expect("not poisoned").clone()
     }
 }
 
 impl MessageComponent for Inner {
     async fn on_open(&self, _: &Connection) -> Result<(), BoxError> {
-        self.heard.lock().unwrap().push("open".into());
+        self.heard.lock().expect("not poisoned").push("open".into());
         if self.refuse {
             return Err("full".into());
         }
@@ -36,16 +36,25 @@ impl MessageComponent for Inner {
 
     async fn on_message(&self, _: &Connection, msg: Message) -> Result<(), BoxError> {
         let text = msg.as_text().unwrap_or("?").to_owned();
-        self.heard.lock().unwrap().push(format!("message {text}"));
+        self.heard
+            .lock()
+            .expect("not poisoned")
+            .push(format!("message {text}"));
         Ok(())
     }
 
     async fn on_error(&self, _: &Connection, err: Error) {
-        self.heard.lock().unwrap().push(format!("error {err}"));
+        self.heard
+            .lock()
+            .expect("not poisoned")
+            .push(format!("error {err}"));
     }
 
     async fn on_close(&self, _: &Connection, reason: CloseReason) {
-        self.heard.lock().unwrap().push(format!("close {reason}"));
+        self.heard
+            .lock()
+            .expect("not poisoned")
+            .push(format!("close {reason}"));
     }
 }
 
