@@ -9,6 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::{Admission, Context};
+use crate::close::CloseReason;
+use crate::component::MessageComponent;
 use crate::config::TcpKeepalive;
 use crate::stats::Stats;
 use crate::transport::{Accepted, Transport, TransportConn};
@@ -31,14 +33,7 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_START;
-                if !ctx.config.ip_filter.permits(peer.ip()) {
-                    Stats::add(&ctx.stats.denied, 1);
-                    tracing::debug!(%peer, "connection refused: address not permitted by ip_filter");
-                    continue;
-                }
-                let Some(admission) = ctx.admit(peer.ip()) else {
-                    Stats::add(&ctx.stats.rejected, 1);
-                    tracing::debug!(%peer, "connection refused: connection limit reached");
+                let Some(admission) = admit(&ctx, peer) else {
                     continue;
                 };
                 // Real-time traffic: never wait for Nagle's algorithm.
@@ -75,8 +70,26 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
     tracing::debug!("accept loop stopped");
 }
 
-async fn serve<T: Transport<TcpStream>>(
-    stream: TcpStream,
+/// Admits `peer` under the IP filter and the connection limits; a refusal
+/// is counted and logged.
+pub(super) fn admit(ctx: &Arc<Context>, peer: SocketAddr) -> Option<Admission> {
+    if !ctx.config.ip_filter.permits(peer.ip()) {
+        Stats::add(&ctx.stats.denied, 1);
+        tracing::debug!(%peer, "connection refused: address not permitted by ip_filter");
+        return None;
+    }
+    let admission = ctx.admit(peer.ip());
+    if admission.is_none() {
+        Stats::add(&ctx.stats.rejected, 1);
+        tracing::debug!(%peer, "connection refused: connection limit reached");
+    }
+    admission
+}
+
+/// Runs the transport's handshake on an admitted stream, then the
+/// connection.
+pub(super) async fn serve<T: Transport<IO>, IO>(
+    stream: IO,
     peer: SocketAddr,
     transport: Arc<T>,
     ctx: Arc<Context>,
@@ -96,15 +109,7 @@ async fn serve<T: Transport<TcpStream>>(
             res = handshake => res,
         };
         match result {
-            Ok(Ok(Accepted {
-                conn,
-                info,
-                component,
-                extensions,
-            })) => {
-                let check = conn.outbound_check();
-                Context::drive(conn, ctx.open(peer, info, extensions, check), component)
-            }
+            Ok(Ok(accepted)) => run(accepted, peer, &ctx),
             Ok(Err(err)) => {
                 Stats::add(&ctx.stats.handshake_failures, 1);
                 tracing::debug!(error = %err, "handshake failed");
@@ -119,6 +124,22 @@ async fn serve<T: Transport<TcpStream>>(
     };
     connection.await;
     drop(admission);
+}
+
+/// The connection's life, from `on_open` to `on_close`.
+pub(super) fn run<C: TransportConn, K: MessageComponent + ?Sized>(
+    accepted: Accepted<C, K>,
+    peer: SocketAddr,
+    ctx: &Arc<Context>,
+) -> impl Future<Output = CloseReason> + Send + use<C, K> {
+    let Accepted {
+        conn,
+        info,
+        component,
+        extensions,
+    } = accepted;
+    let check = conn.outbound_check();
+    Context::drive(conn, ctx.open(peer, info, extensions, check), component)
 }
 
 /// Turns on keepalive probes with the configured timing (what the platform

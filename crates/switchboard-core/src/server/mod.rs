@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::extensions::Extensions;
 use crate::outbox::CloseRequest;
 use crate::stats::{Counters, Stats};
-use crate::transport::{OutboundCheck, Transport, TransportConn, TransportInfo};
+use crate::transport::{Accepted, OutboundCheck, Transport, TransportConn, TransportInfo};
 
 /// State shared by a server's listeners and connections.
 #[derive(Default)]
@@ -320,14 +320,12 @@ impl ServerBuilder {
     }
 
     /// Validates the config, binds every listener and starts accepting.
-    /// Nothing is left listening if any bind fails.
+    /// Nothing is left listening if any bind fails. A server with no
+    /// listener serves only what is handed to it
+    /// ([`ServerHandle::serve_stream`], [`ServerHandle::serve_connection`]):
+    /// the sockets of a web framework, say.
     pub async fn start(self) -> Result<ServerHandle> {
         self.config.validate()?;
-        if self.listeners.is_empty() {
-            return Err(Error::Config(
-                "a server needs at least one listener (ServerBuilder::bind)".into(),
-            ));
-        }
         let ctx = Context::new(self.config);
         let mut addrs = Vec::with_capacity(self.listeners.len());
         for bind in self.listeners {
@@ -435,8 +433,15 @@ struct HandleInner {
 
 impl ServerHandle {
     /// The address of the first listener (the actual port after a port-0 bind).
+    ///
+    /// # Panics
+    ///
+    /// If the server has no listener (see [`local_addrs`](Self::local_addrs)).
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.addrs[0]
+        match self.inner.addrs.first() {
+            Some(addr) => *addr,
+            None => panic!("ServerHandle::local_addr: this server has no listener"),
+        }
     }
 
     /// The addresses of all listeners, in `bind` order.
@@ -447,6 +452,108 @@ impl ServerHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Counters {
         self.inner.ctx.stats.snapshot()
+    }
+
+    /// The limits this server runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.ctx.config
+    }
+
+    /// Serves a byte stream accepted elsewhere (a Unix socket, a listener
+    /// of your own, a socket handed over by the system) with `transport`,
+    /// as this server's own listeners serve theirs: the IP filter and the
+    /// connection limits, the handshake timeout, the same [`Config`],
+    /// counters and graceful shutdown. Socket options are the caller's
+    /// (the server's listeners set `TCP_NODELAY` and the keepalive).
+    ///
+    /// Returns false, dropping `io`, if the server refuses it (the filter,
+    /// a limit) or is shutting down; otherwise the connection runs on a
+    /// task of its own.
+    ///
+    /// ```
+    /// use switchboard::tcp::TcpTransport;
+    /// use switchboard::{BoxError, Connection, Message, MessageComponent, Server};
+    /// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    ///
+    /// # struct Echo;
+    /// # impl MessageComponent for Echo {
+    /// #     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+    /// #         conn.send(msg)?;
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// // A server with no listener of its own.
+    /// let server = Server::builder().start().await?;
+    /// let transport = TcpTransport::lines(Echo);
+    ///
+    /// // Any byte stream: here one end of an in-memory pipe.
+    /// let (ours, theirs) = tokio::io::duplex(1024);
+    /// let peer = "127.0.0.1:50000".parse()?;
+    /// assert!(server.serve_stream(&transport, theirs, peer));
+    ///
+    /// let mut ours = BufReader::new(ours);
+    /// ours.get_mut().write_all(b"hello\n").await?;
+    /// let mut line = String::new();
+    /// ours.read_line(&mut line).await?;
+    /// assert_eq!(line, "hello\n");
+    /// assert_eq!(server.stats().open_connections, 1);
+    /// # drop(ours);
+    /// # server.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn serve_stream<T, IO>(&self, transport: &T, io: IO, peer: SocketAddr) -> bool
+    where
+        T: Transport<IO> + Clone,
+        IO: Send + 'static,
+    {
+        let ctx = &self.inner.ctx;
+        if ctx.stopping.is_cancelled() {
+            return false;
+        }
+        let Some(admission) = listener::admit(ctx, peer) else {
+            return false;
+        };
+        let transport = Arc::new(transport.clone());
+        let span = tracing::debug_span!("accept", %peer);
+        ctx.tracker
+            .spawn(listener::serve(io, peer, transport, ctx.clone(), admission).instrument(span));
+        true
+    }
+
+    /// Serves a connection whose handshake was made elsewhere: a WebSocket
+    /// that a web framework upgraded, say (what `switchboard-axum` does).
+    /// The connection then runs as one of this server's own: the IP filter
+    /// and the connection limits are applied first, and the [`Config`]
+    /// limits, counters, hubs, slow-consumer policy and graceful shutdown
+    /// (1001) hold for it.
+    ///
+    /// Returns false, dropping the connection, if the server refuses it or
+    /// is shutting down.
+    pub fn serve_connection<C, K>(&self, accepted: Accepted<C, K>, peer: SocketAddr) -> bool
+    where
+        C: TransportConn,
+        K: MessageComponent + ?Sized,
+    {
+        let ctx = &self.inner.ctx;
+        if ctx.stopping.is_cancelled() {
+            return false;
+        }
+        let Some(admission) = listener::admit(ctx, peer) else {
+            return false;
+        };
+        let connection = listener::run(accepted, peer, ctx);
+        let span = tracing::debug_span!("accept", %peer);
+        ctx.tracker.spawn(
+            async move {
+                connection.await;
+                drop(admission);
+            }
+            .instrument(span),
+        );
+        true
     }
 
     /// Graceful shutdown: stops accepting, closes every connection with 1001
