@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::error::Error;
 use crate::hook::{Reject, Request};
 use crate::transport::Shared;
+use crate::upgrade::HttpAnswer;
 
 /// Most headers a request may carry (more: 431).
 const MAX_HEADERS: usize = 48;
@@ -31,7 +32,7 @@ const HANDSHAKE_ONLY: [&str; 5] = [
 ];
 
 /// A parsed request head.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Head {
     pub(crate) method: String,
     pub(crate) path: String,
@@ -201,17 +202,28 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
     };
     let parse = |buf: &[u8]| parse_head(buf).map_err(NoUpgrade::Answer);
     let (head, leftover) = read_head(io, shared.max_request_head, too_large, parse).await?;
-    // Whatever the answer, a HEAD request gets it without its body.
-    let head_only = head.method == "HEAD";
-    let mut upgrade = decide(shared, head)
-        .map_err(|response| NoUpgrade::Answer(response.head_only(head_only)))?;
+    let mut upgrade = admit_head(shared, head, peer)
+        .await
+        .map_err(NoUpgrade::Answer)?;
     upgrade.leftover = leftover;
+    Ok(upgrade)
+}
+
+/// Judges a whole request head: [`decide`], then the handshake hook.
+/// Whatever the answer, a `HEAD` request gets it without its body.
+pub(crate) async fn admit_head(
+    shared: &Shared,
+    head: Head,
+    peer: SocketAddr,
+) -> Result<Upgrade, Response> {
+    let head_only = head.method == "HEAD";
+    let mut upgrade = decide(shared, head).map_err(|response| response.head_only(head_only))?;
     match run_hook(shared, peer, &upgrade.info).await {
         Ok(extensions) => upgrade.extensions = extensions,
         Err(reject) => {
             let mut response = Response::error(reject.status(), reject.reason_text());
             response.reason = format!("rejected by the handshake hook: {reject}");
-            return Err(NoUpgrade::Answer(response.head_only(head_only)));
+            return Err(response.head_only(head_only));
         }
     }
     Ok(upgrade)
@@ -408,6 +420,21 @@ impl Response {
     pub(crate) fn head_only(mut self, head_only: bool) -> Self {
         self.head_only = head_only;
         self
+    }
+
+    /// The answer for a server that writes it itself.
+    pub(crate) fn into_answer(self) -> HttpAnswer {
+        HttpAnswer {
+            status: self.status,
+            headers: self.headers,
+            content_type: self.content_type,
+            body: if self.head_only {
+                Bytes::new()
+            } else {
+                self.body
+            },
+            reason: self.reason,
+        }
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {

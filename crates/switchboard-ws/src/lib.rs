@@ -78,6 +78,7 @@ mod handshake;
 mod hook;
 mod router;
 mod transport;
+mod upgrade;
 mod ws_connection;
 
 pub use client::{Client, connect, connect_with, connect_with_config};
@@ -88,6 +89,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use hook::{Accept, Reject, Request};
 pub use transport::WsTransport;
+pub use upgrade::{HttpAnswer, PendingUpgrade, UpgradeRequest};
 pub use ws_connection::WsConnection;
 
 /// Compiles and runs the code of `docs/guide.md` as doc tests.
