@@ -69,6 +69,7 @@
 //! | `redis` | yes | [`redis`]: scale-out across nodes on Redis, and pushes from any process |
 //! | `tls` | yes | [`tls`]: TLS on rustls (*ring*) around any transport (`wss://`, TLS over TCP), and TLS clients |
 //! | `test-util` | no | [`testing`]: run a component over in-memory connections in unit tests |
+//! | `axum` | no | [`axum`]: mount components on axum routes, served by a running switchboard server |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -93,6 +94,14 @@ pub use switchboard_tcp as tcp;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[doc(inline)]
 pub use switchboard_redis as redis;
+
+/// Components on axum routes: the upgrade is axum's, the frames are
+/// switchboard's, and the connections belong to a running server (feature
+/// `axum`).
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[doc(inline)]
+pub use switchboard_axum as axum;
 
 /// TLS on rustls: [`TlsTransport`](tls::TlsTransport) wraps any transport
 /// (`wss://`, TLS over TCP); [`TlsConnector`](tls::TlsConnector) for
