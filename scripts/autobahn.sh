@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # WebSocket conformance: runs the Autobahn|Testsuite fuzzing client (wstest)
-# against the echo example and fails unless every case outside 12.* and 13.*
+# against the echo example and against the axum_app example's /echo (the
+# same frames, upgraded by axum), and fails unless, for each, every case
+# outside 12.* and 13.*
 # (permessage-deflate, not supported) is OK, NON-STRICT or INFORMATIONAL,
 # for both behavior and behaviorClose. Reports: reports/servers/index.html.
 set -euo pipefail
@@ -33,30 +35,41 @@ if [ ! -x "$venv/bin/wstest" ] || ! cmp -s "$reqs" "$stamp"; then
   cp "$reqs" "$stamp"
 fi
 
-echo "== building the echo example"
-cargo build --example echo
-echo_bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/examples/echo"
+echo "== building the echo and axum_app examples"
+cargo build --example echo --example axum_app
+examples="${CARGO_TARGET_DIR:-$PWD/target}/debug/examples"
 
 mkdir -p reports
 log=reports/echo.log
-"$echo_bin" --ws 127.0.0.1:0 --tcp 127.0.0.1:0 --max-message-size 16777216 >"$log" 2>&1 &
+axum_log=reports/axum_app.log
+"$examples/echo" --ws 127.0.0.1:0 --tcp 127.0.0.1:0 --max-message-size 16777216 >"$log" 2>&1 &
 echo_pid=$!
-trap 'kill "$echo_pid" 2>/dev/null || true' EXIT
+RUST_LOG=warn "$examples/axum_app" --addr 127.0.0.1:0 >"$axum_log" 2>&1 &
+axum_pid=$!
+trap 'kill "$echo_pid" "$axum_pid" 2>/dev/null || true' EXIT
 url=""
+axum_url=""
 for _ in $(seq 100); do
   url=$(grep -o 'ws://127\.0\.0\.1:[0-9]*' "$log" | head -1 || true)
-  [ -n "$url" ] && break
+  axum_url=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$axum_log" | head -1 || true)
+  [ -n "$url" ] && [ -n "$axum_url" ] && break
   kill -0 "$echo_pid" 2>/dev/null || { cat "$log" >&2; echo "autobahn: echo exited" >&2; exit 1; }
+  kill -0 "$axum_pid" 2>/dev/null || { cat "$axum_log" >&2; echo "autobahn: axum_app exited" >&2; exit 1; }
   sleep 0.1
 done
 [ -n "$url" ] || { cat "$log" >&2; echo "autobahn: echo printed no URL" >&2; exit 1; }
-echo "== wstest fuzzingclient against $url"
+[ -n "$axum_url" ] || { cat "$axum_log" >&2; echo "autobahn: axum_app printed no URL" >&2; exit 1; }
+axum_url="ws://${axum_url#http://}/echo"
+echo "== wstest fuzzingclient against $url and $axum_url"
 
 rm -rf reports/servers
 cat >reports/fuzzingclient.json <<JSON
 {
   "outdir": "./reports/servers",
-  "servers": [{ "agent": "switchboard", "url": "$url" }],
+  "servers": [
+    { "agent": "switchboard", "url": "$url" },
+    { "agent": "switchboard-axum", "url": "$axum_url" }
+  ],
   "cases": ["*"],
   "exclude-cases": ["12.*", "13.*"],
   "exclude-agent-cases": {}
@@ -65,8 +78,9 @@ JSON
 timeout 1200 "$venv/bin/wstest" -m fuzzingclient -s reports/fuzzingclient.json >reports/wstest.log 2>&1 \
   || { tail -20 reports/wstest.log >&2; echo "autobahn: wstest failed" >&2; exit 1; }
 
-kill -INT "$echo_pid"
+kill -INT "$echo_pid" "$axum_pid"
 wait "$echo_pid" || { echo "autobahn: echo did not stop cleanly on SIGINT" >&2; exit 1; }
+wait "$axum_pid" || { echo "autobahn: axum_app did not stop cleanly on SIGINT" >&2; exit 1; }
 trap - EXIT
 
 "$venv/bin/python" - reports/servers/index.json <<'PY'
@@ -75,27 +89,30 @@ from collections import Counter
 
 ALLOWED = ("OK", "NON-STRICT", "INFORMATIONAL")
 index = json.load(open(sys.argv[1]))
-cases = index["switchboard"]
-behavior, close, bad, judged = Counter(), Counter(), [], 0
 def key(case):
     return [int(p) for p in case.split(".")]
-for case in sorted(cases, key=key):
-    result = cases[case]
-    behavior[result["behavior"]] += 1
-    close[result["behaviorClose"]] += 1
-    if case.split(".")[0] in ("12", "13"):
-        continue
-    judged += 1
-    if result["behavior"] not in ALLOWED or result["behaviorClose"] not in ALLOWED:
-        bad.append("%s: behavior=%s behaviorClose=%s" % (case, result["behavior"], result["behaviorClose"]))
-print("autobahn: %d cases" % len(cases))
-print("  behavior:      " + ", ".join("%s %d" % kv for kv in sorted(behavior.items())))
-print("  behaviorClose: " + ", ".join("%s %d" % kv for kv in sorted(close.items())))
-if not judged:
-    print("autobahn: no cases ran")
-    sys.exit(1)
-for line in bad:
-    print("  failed " + line)
-print("autobahn: %d passed, %d failed" % (judged - len(bad), len(bad)))
-sys.exit(1 if bad else 0)
+failed = False
+for agent in ("switchboard", "switchboard-axum"):
+    cases = index.get(agent, {})
+    behavior, close, bad, judged = Counter(), Counter(), [], 0
+    for case in sorted(cases, key=key):
+        result = cases[case]
+        behavior[result["behavior"]] += 1
+        close[result["behaviorClose"]] += 1
+        if case.split(".")[0] in ("12", "13"):
+            continue
+        judged += 1
+        if result["behavior"] not in ALLOWED or result["behaviorClose"] not in ALLOWED:
+            bad.append("%s: behavior=%s behaviorClose=%s" % (case, result["behavior"], result["behaviorClose"]))
+    print("autobahn %s: %d cases" % (agent, len(cases)))
+    print("  behavior:      " + ", ".join("%s %d" % kv for kv in sorted(behavior.items())))
+    print("  behaviorClose: " + ", ".join("%s %d" % kv for kv in sorted(close.items())))
+    if not judged:
+        print("autobahn %s: no cases ran" % agent)
+        failed = True
+    for line in bad:
+        print("  failed " + line)
+    print("autobahn %s: %d passed, %d failed" % (agent, judged - len(bad), len(bad)))
+    failed = failed or bool(bad)
+sys.exit(1 if failed else 0)
 PY

@@ -1,0 +1,206 @@
+//! One axum app, one port: a REST route, a page and three WebSocket
+//! endpoints served by switchboard.
+//!
+//! ```sh
+//! cargo run --release --example axum_app                 # http://127.0.0.1:3000/
+//! cargo run --release --example axum_app -- --addr 127.0.0.1:3001
+//! ```
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | 200, JSON: `{"connections":N}`, the open switchboard connections |
+//! | `GET /` | the chat page |
+//! | WebSocket `/chat` | the chat room: every message to every other client |
+//! | WebSocket `/echo` | echo, messages up to 16 MiB (for the conformance suite) |
+//! | WebSocket `/private/echo` | echo behind a middleware that requires `Authorization: Bearer secret` (401 otherwise) |
+//! | anything else | 404 from the router |
+//!
+//! The sockets belong to two switchboard servers with no listener of their
+//! own (the chat's limits, and the echo's 16 MiB one); axum accepts every
+//! connection and upgrades it, switchboard frames and runs it. The identity
+//! the middleware found reaches the private echo as connection state.
+//! Ctrl-C closes every open socket with 1001, then the process exits.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use switchboard::ws::{Page, WsTransport};
+use switchboard::{
+    BoxError, CloseCode, Config, Connection, Hub, Message, MessageComponent, RateLimit,
+    RateLimitAction, Server, ServerHandle,
+};
+use switchboard_axum::WsUpgrade;
+
+/// See "Memory after an attack" in docs/reliability.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PAGE: &str = include_str!("chat.html");
+
+/// Every message to every other member; text only.
+#[derive(Default)]
+struct Chat {
+    hub: Hub,
+}
+
+impl MessageComponent for Chat {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        self.hub.join(conn);
+        Ok(())
+    }
+
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        if !msg.is_text() {
+            conn.close_with(CloseCode::UNSUPPORTED, "text only");
+            return Ok(());
+        }
+        self.hub.broadcast_except(msg, conn.id()).await?;
+        Ok(())
+    }
+}
+
+struct Echo;
+
+impl MessageComponent for Echo {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        if let Some(User(name)) = conn.extension::<User>() {
+            tracing::info!(conn = %conn.id(), user = %name, "private echo opened");
+        }
+        Ok(())
+    }
+
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        conn.send(msg)?;
+        Ok(())
+    }
+}
+
+/// Who the middleware let in.
+#[derive(Clone, Debug)]
+struct User(String);
+
+/// Lets a request through only with `Authorization: Bearer secret`, and
+/// tells the handler who it is.
+async fn bearer(mut request: Request, next: Next) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION);
+    if authorization.and_then(|v| v.to_str().ok()) != Some("Bearer secret") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "Authorization: Bearer secret, please\n",
+        )
+            .into_response();
+    }
+    request.extensions_mut().insert(User("bearer".into()));
+    next.run(request).await
+}
+
+fn parse_args() -> Result<SocketAddr, String> {
+    let mut addr = "127.0.0.1:3000".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => addr = args.next().ok_or("--addr needs a value")?,
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (usage: axum_app [--addr ADDR])"
+                ));
+            }
+        }
+    }
+    addr.parse().map_err(|err| format!("--addr {addr}: {err}"))
+}
+
+fn app(chat: &ServerHandle, echo: &ServerHandle) -> Router {
+    let private_echo = {
+        let (server, transport) = (echo.clone(), WsTransport::new(Echo));
+        move |upgrade: WsUpgrade, axum::Extension(user): axum::Extension<User>| async move {
+            upgrade.with(user).serve(&server, &transport).await
+        }
+    };
+    let health = {
+        let (chat, echo) = (chat.clone(), echo.clone());
+        move || async move {
+            let open = chat.stats().open_connections + echo.stats().open_connections;
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                format!("{{\"connections\":{open}}}"),
+            )
+        }
+    };
+    let page = Page::html(PAGE);
+    Router::new()
+        .route("/health", get(health))
+        .route(
+            "/",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, page.content_type().to_owned())],
+                    page.body().clone(),
+                )
+            }),
+        )
+        .route("/chat", switchboard_axum::ws(chat, Chat::default()))
+        .route("/echo", switchboard_axum::ws(echo, Echo))
+        .route(
+            "/private/echo",
+            axum::routing::any(private_echo).layer(middleware::from_fn(bearer)),
+        )
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let addr = match parse_args() {
+        Ok(addr) => addr,
+        Err(err) => {
+            eprintln!("axum_app: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(addr).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("axum_app: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(addr: SocketAddr) -> Result<(), BoxError> {
+    let chat_limits = Config::default()
+        .max_message_size(16 * 1024)
+        .max_frame_size(16 * 1024)
+        .rate_limit(Some(RateLimit::new(10.0, 50).action(RateLimitAction::Drop)));
+    let echo_limits = Config::default()
+        .max_message_size(16 << 20)
+        .max_frame_size(16 << 20);
+    let chat = Server::builder().config(chat_limits).start().await?;
+    let echo = Server::builder().config(echo_limits).start().await?;
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| format!("bind {addr}: {err}"))?;
+    println!("listening on http://{}/", listener.local_addr()?);
+    let service = app(&chat, &echo).into_make_service_with_connect_info::<SocketAddr>();
+    let (chat_, echo_) = (chat.clone(), echo.clone());
+    let stopped = async move {
+        let _ = tokio::signal::ctrl_c().await;
+        // The sockets first: each gets 1001; then axum stops.
+        tokio::join!(chat_.shutdown(), echo_.shutdown());
+    };
+    axum::serve(listener, service)
+        .with_graceful_shutdown(stopped)
+        .await?;
+    tokio::join!(chat.shutdown(), echo.shutdown());
+    Ok(())
+}
