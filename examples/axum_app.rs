@@ -195,6 +195,7 @@ async fn run(addr: SocketAddr) -> Result<(), BoxError> {
     let (chat_, echo_) = (chat.clone(), echo.clone());
     let stopped = async move {
         let _ = tokio::signal::ctrl_c().await;
+        println!("shutting down");
         // The sockets first: each gets 1001; then axum stops.
         tokio::join!(chat_.shutdown(), echo_.shutdown());
     };

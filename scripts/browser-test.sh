@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Browser test: two headless Chromium pages talk through the chat example.
+# Browser test: two headless Chromium pages talk through the chat example,
+# then through the axum_app example (the same page and room, through axum).
 # Installs what it needs (Debian's chromium, the npm packages in
 # tests/browser/) and fails when anything is missing; it never skips.
 set -euo pipefail
@@ -21,9 +22,10 @@ fi
 echo "== npm packages (playwright-core; no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
-echo "== building the chat example"
-cargo build --example chat
+echo "== building the chat and axum_app examples"
+cargo build --example chat --example axum_app
 export CHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/examples/chat"
+export AXUM_APP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/examples/axum_app"
 
 echo "== browser test"
 cd tests/browser

@@ -1,8 +1,11 @@
-// Two headless Chromium pages open the chat example; a message typed in one
+// Two headless Chromium pages open the chat page; a message typed in one
 // must appear in the other exactly once, and only once (as sent) in the first.
+// The same test runs against the chat example and against the axum_app
+// example, which serves the same page and room through axum.
 //
-// Run through scripts/browser-test.sh, which builds the example and sets
-// CHAT_BIN. Uses Debian's /usr/bin/chromium, never a downloaded browser.
+// Run through scripts/browser-test.sh, which builds the examples and sets
+// CHAT_BIN and AXUM_APP_BIN. Uses Debian's /usr/bin/chromium, never a
+// downloaded browser.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,11 +17,12 @@ import { chromium } from 'playwright-core';
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHAT_BIN = process.env.CHAT_BIN;
+const AXUM_APP_BIN = process.env.AXUM_APP_BIN;
 const LIMIT_MS = 20_000;
 
-/** Starts the chat example on a free loopback port; resolves with its URL. */
-function startChat() {
-  const child = spawn(CHAT_BIN, ['--ws', '127.0.0.1:0', '--tcp', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+/** Starts a server on a free loopback port; resolves with its URL. */
+function startChat(bin, args) {
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   const url = new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('chat printed no URL: ' + out)), LIMIT_MS);
@@ -52,11 +56,10 @@ async function waitForText(page, cls, text) {
   );
 }
 
-test('a message typed in one page appears in the other exactly once', async () => {
-  assert.ok(CHAT_BIN && existsSync(CHAT_BIN), `CHAT_BIN must name the built chat example (got ${CHAT_BIN})`);
+async function twoPages(bin, args) {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: install Debian's chromium`);
 
-  const chat = startChat();
+  const chat = startChat(bin, args);
   const userDataDir = mkdtempSync(join(tmpdir(), 'switchboard-chromium-'));
   let context;
   try {
@@ -121,4 +124,14 @@ test('a message typed in one page appears in the other exactly once', async () =
   assert.equal(signal, null, 'chat ignored SIGINT');
   assert.equal(code, 0, 'chat exit code');
   assert.match(chat.output(), /shutting down/);
+}
+
+test('chat example: a message typed in one page appears in the other exactly once', async () => {
+  assert.ok(CHAT_BIN && existsSync(CHAT_BIN), `CHAT_BIN must name the built chat example (got ${CHAT_BIN})`);
+  await twoPages(CHAT_BIN, ['--ws', '127.0.0.1:0', '--tcp', '127.0.0.1:0']);
+});
+
+test('axum_app example: the same page and room through axum', async () => {
+  assert.ok(AXUM_APP_BIN && existsSync(AXUM_APP_BIN), `AXUM_APP_BIN must name the built axum_app example (got ${AXUM_APP_BIN})`);
+  await twoPages(AXUM_APP_BIN, ['--addr', '127.0.0.1:0']);
 });
