@@ -18,11 +18,15 @@
 //! The sockets belong to two switchboard servers with no listener of their
 //! own (the chat's limits, and the echo's 16 MiB one); axum accepts every
 //! connection and upgrades it, switchboard frames and runs it. The identity
-//! the middleware found reaches the private echo as connection state.
-//! Ctrl-C closes every open socket with 1001, then the process exits.
+//! the middleware found reaches the private echo as connection state (its
+//! `on_open` logs it). Ctrl-C closes every open socket with 1001, then the
+//! process exits. `switchboard_axum` is the crate behind the facade's
+//! `axum` feature (`switchboard::axum`), a dependency of this example.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
@@ -42,6 +46,9 @@ use switchboard_axum::WsUpgrade;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PAGE: &str = include_str!("chat.html");
+
+/// How long plain HTTP requests in flight may take once Ctrl-C came.
+const HTTP_GRACE: Duration = Duration::from_secs(5);
 
 /// Every message to every other member; text only.
 #[derive(Default)]
@@ -92,6 +99,7 @@ async fn bearer(mut request: Request, next: Next) -> Response {
     if authorization.and_then(|v| v.to_str().ok()) != Some("Bearer secret") {
         return (
             StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
             "Authorization: Bearer secret, please\n",
         )
             .into_response();
@@ -156,6 +164,7 @@ fn app(chat: &ServerHandle, echo: &ServerHandle) -> Router {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -191,17 +200,31 @@ async fn run(addr: SocketAddr) -> Result<(), BoxError> {
         .await
         .map_err(|err| format!("bind {addr}: {err}"))?;
     println!("listening on http://{}/", listener.local_addr()?);
+    // Real-time traffic: no Nagle delay (switchboard's own listeners set it).
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+        });
     let service = app(&chat, &echo).into_make_service_with_connect_info::<SocketAddr>();
-    let (chat_, echo_) = (chat.clone(), echo.clone());
-    let stopped = async move {
-        let _ = tokio::signal::ctrl_c().await;
-        println!("shutting down");
-        // The sockets first: each gets 1001; then axum stops.
-        tokio::join!(chat_.shutdown(), echo_.shutdown());
-    };
-    axum::serve(listener, service)
-        .with_graceful_shutdown(stopped)
-        .await?;
+
+    // On Ctrl-C, axum stops accepting first (an upgraded socket is no
+    // longer axum's, so it does not hold axum up); a plain HTTP request
+    // still in flight gets a few seconds. Then every socket gets 1001.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = axum::serve(listener, service).with_graceful_shutdown(async move {
+        let _ = stopped.await;
+    });
+    let mut serving = std::pin::pin!(serving.into_future());
+    tokio::select! {
+        result = &mut serving => result?,
+        _ = tokio::signal::ctrl_c() => {
+            println!("shutting down");
+            let _ = stop.send(());
+            if tokio::time::timeout(HTTP_GRACE, &mut serving).await.is_err() {
+                eprintln!("axum_app: HTTP requests still open after {HTTP_GRACE:?}; closing anyway");
+            }
+        }
+    }
     tokio::join!(chat.shutdown(), echo.shutdown());
     Ok(())
 }

@@ -149,13 +149,13 @@ loadgen() {
 # scenario name | baseline | servers (framework first) | loadgen arguments
 # (with --before, each switchboard-* server is followed by its NAME@before)
 SCENARIOS=(
-    "ws-echo-32B|naive-ws-echo|switchboard-ws-echo naive-ws-echo|echo --client raw --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
+    "ws-echo-32B|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo|echo --client raw --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
     "ws-echo-64KiB|naive-ws-echo|switchboard-ws-echo naive-ws-echo|echo --client raw --conns 10 --inflight 10 --size 65536 --seconds $ECHO_S"
     "tcp-echo-32B|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|echo --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
     "ws-bcast-1k|naive-ws-chat|switchboard-ws-chat naive-ws-chat|broadcast --client raw --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
     "ws-bcast-10k|naive-ws-chat|switchboard-ws-chat naive-ws-chat|broadcast --client raw --subs 10000 --pubs 1 --rate 5 --size 64 --seconds $BCAST_S --settle 2"
     "tcp-bcast-1k|plain-tcp-chat|switchboard-tcp-chat plain-tcp-chat|broadcast --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
-    "ws-idle-10k|naive-ws-echo|switchboard-ws-echo naive-ws-echo|idle --conns $IDLE10K_N"
+    "ws-idle-10k|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo|idle --conns $IDLE10K_N"
     "tcp-idle-10k|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|idle --conns $IDLE10K_N"
 )
 

@@ -26,11 +26,14 @@ fn example(name: &str) -> PathBuf {
     dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// Starts the app on port 0; returns it and its address.
-async fn start() -> (Child, String) {
+type Output = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Starts the app on port 0; returns it, its address and the rest of its
+/// output (its own log lines at info level).
+async fn start() -> (Child, String, Output) {
     let mut child = Command::new(example("axum_app"))
         .args(["--addr", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,axum_app=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -45,8 +48,23 @@ async fn start() -> (Child, String) {
     let addr = line
         .strip_prefix("listening on http://")
         .unwrap()
-        .trim_end_matches('/');
-    (child, addr.to_owned())
+        .trim_end_matches('/')
+        .to_owned();
+    (child, addr, out)
+}
+
+/// Waits for an output line that holds every one of `words`.
+async fn line_with(out: &mut Output, words: &[&str]) -> String {
+    timeout(LIMIT, async {
+        loop {
+            let line = out.next_line().await.unwrap().expect("the app is running");
+            if words.iter().all(|w| line.contains(w)) {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap()
 }
 
 /// One HTTP/1.1 request; the status and the body.
@@ -89,7 +107,7 @@ async fn next(ws: &mut Ws) -> WsMessage {
 
 #[tokio::test]
 async fn rest_page_and_sockets_share_one_port() {
-    let (mut app, addr) = start().await;
+    let (mut app, addr, mut out) = start().await;
 
     let (status, page) = http(&addr, "GET / HTTP/1.1").await;
     assert_eq!(status, 200);
@@ -105,9 +123,25 @@ async fn rest_page_and_sockets_share_one_port() {
     // The chat: to every other client, not back to the sender.
     let mut ann = ws(&addr, "/chat", None).await.unwrap();
     let mut bob = ws(&addr, "/chat", None).await.unwrap();
-    // Both are members once each has been heard from.
-    ann.send(WsMessage::text("ann here")).await.unwrap();
-    assert_eq!(next(&mut bob).await, WsMessage::text("ann here"));
+    // Bob joins the room in his on_open, which the 101 does not wait for:
+    // ann says hello (at most 500 times, 10 ms apart) until he hears one.
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut said = 0;
+    let heard = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                assert!(said < 500, "bob heard none of ann's {said} messages");
+                ann.send(WsMessage::text(format!("hello {said}"))).await.unwrap();
+                said += 1;
+            }
+            msg = bob.next() => break msg.unwrap().unwrap(),
+        }
+    };
+    let first: usize = heard.to_text().unwrap()["hello ".len()..].parse().unwrap();
+    // From then on, each of ann's messages reaches bob once, in order.
+    for i in first + 1..said {
+        assert_eq!(next(&mut bob).await, WsMessage::text(format!("hello {i}")));
+    }
     bob.send(WsMessage::text("hi ann")).await.unwrap();
     assert_eq!(next(&mut ann).await, WsMessage::text("hi ann"));
 
@@ -132,6 +166,8 @@ async fn rest_page_and_sockets_share_one_port() {
         .unwrap();
     private.send(WsMessage::text("psst")).await.unwrap();
     assert_eq!(next(&mut private).await, WsMessage::text("psst"));
+    // What the middleware found reached on_open as connection state.
+    line_with(&mut out, &["private echo opened", "user=bearer"]).await;
 
     // A client's close is answered: a clean closing handshake.
     bob.close(None).await.unwrap();
@@ -159,4 +195,5 @@ async fn rest_page_and_sockets_share_one_port() {
     }
     let status = timeout(LIMIT, app.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
+    line_with(&mut out, &["shutting down"]).await;
 }

@@ -34,6 +34,10 @@
 //!     .route("/health", get(|| async { "ok" }))
 //!     .route("/echo", switchboard::axum::ws(&sockets, Echo));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! // No Nagle delay for real-time traffic, as switchboard's own listeners.
+//! let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+//!     let _ = tcp.set_nodelay(true);
+//! });
 //! // With the peers' addresses, for the IP filter and the per-IP limits.
 //! let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
 //! axum::serve(listener, app).await?;
@@ -65,17 +69,25 @@
 //! ```
 //!
 //! Route parameters of the axum route (`/rooms/{room}`) reach the
-//! component through [`Connection::param`](switchboard_core::Connection::param)
-//! unless the transport's own routes set them. The peer's address comes
+//! handshake hook and the component through
+//! [`Connection::param`](switchboard_core::Connection::param), unless the
+//! transport's own routes find some. Under `Router::nest`, axum strips the
+//! prefix: the transport's routes and `TransportInfo::path` see the path
+//! within the nested router. Upgrades are HTTP/1.1 ones; a WebSocket over
+//! HTTP/2 (RFC 8441) is refused. The peer's address comes
 //! from axum's `ConnectInfo` (serve the router with
 //! `into_make_service_with_connect_info::<SocketAddr>()`); without it the
 //! server sees `0.0.0.0:0`, and its per-IP limits and IP filter see every
-//! peer as that one address.
+//! peer as that one address (a warning says so, once). Each upgrade takes
+//! its place under the server's limits before it is answered: a peer over
+//! a limit gets 503, one the IP filter denies 403.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Once;
 
 use axum::body::Body;
+use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, Version, header};
@@ -83,7 +95,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use switchboard_core::{Extensions, IntoComponent, ServerHandle};
+use switchboard_core::{Extensions, IntoComponent, Refusal, ServerHandle};
 use switchboard_ws::{HttpAnswer, UpgradeRequest, WsTransport};
 
 /// A route that serves `component` over WebSocket on `server`, with the
@@ -122,7 +134,8 @@ pub struct WsUpgrade {
     request: UpgradeRequest,
     on_upgrade: Option<OnUpgrade>,
     peer: SocketAddr,
-    params: Vec<(String, String)>,
+    /// axum's path parameters did not decode as UTF-8.
+    bad_params: bool,
     state: Extensions,
 }
 
@@ -142,22 +155,36 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
         for (name, value) in &parts.headers {
             request = request.header(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
         }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
-        let params = match RawPathParams::from_request_parts(parts, state).await {
-            Ok(params) => params
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            Err(_) => Vec::new(),
+        let peer = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            Some(info) => info.0,
+            None => {
+                static WARNED: Once = Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "no ConnectInfo<SocketAddr>: switchboard sees every peer as 0.0.0.0:0 \
+                         (serve the router with into_make_service_with_connect_info)"
+                    );
+                });
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
         };
+        // axum's own parameters (`/rooms/{room}`), percent-decoded; none on
+        // a route without any. A value that is not UTF-8 once decoded is
+        // refused, as the standalone transport refuses it.
+        let mut bad_params = false;
+        match RawPathParams::from_request_parts(parts, state).await {
+            Ok(params) => {
+                let params = params.iter().map(|(k, v)| (k.to_owned(), v.to_owned()));
+                request = request.params(params.collect::<Vec<_>>());
+            }
+            Err(RawPathParamsRejection::InvalidUtf8InPathParam(_)) => bad_params = true,
+            Err(_) => {}
+        }
         Ok(WsUpgrade {
             request,
             on_upgrade: parts.extensions.remove::<OnUpgrade>(),
             peer,
-            params,
+            bad_params,
             state: Extensions::default(),
         })
     }
@@ -177,12 +204,29 @@ impl WsUpgrade {
         self.peer
     }
 
-    /// Judges the request with `transport` (as [`WsTransport::upgrade`]
-    /// does) and, if it is a valid upgrade, answers `101` and serves the
-    /// upgraded stream on `server`; otherwise answers what the standalone
-    /// transport would.
+    /// Takes a place for the connection under `server`'s limits, judges
+    /// the request with `transport` (as [`WsTransport::upgrade`] does)
+    /// and, if it is a valid upgrade, answers `101` and serves the
+    /// upgraded stream on `server`. Otherwise it answers what the
+    /// standalone transport would, or, for a peer the server refuses
+    /// before any handshake, 403 (the IP filter) or 503 (a connection
+    /// limit, shutdown), before the handshake hook runs.
     pub async fn serve(self, server: &ServerHandle, transport: &WsTransport) -> Response {
-        let mut pending = match transport.upgrade(self.peer, self.request).await {
+        let reservation = match server.reserve(self.peer) {
+            Ok(reservation) => reservation,
+            Err(refusal) => {
+                let status = match refusal {
+                    Refusal::Denied => StatusCode::FORBIDDEN,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                return (status, format!("{refusal}\n")).into_response();
+            }
+        };
+        if self.bad_params {
+            let reason = "a path parameter is not UTF-8 once decoded\n";
+            return (StatusCode::BAD_REQUEST, reason).into_response();
+        }
+        let pending = match transport.upgrade(self.peer, self.request).await {
             Ok(pending) => pending,
             Err(answer) => {
                 tracing::debug!(peer = %self.peer, status = answer.status, reason = %answer.reason, "upgrade refused");
@@ -190,18 +234,15 @@ impl WsUpgrade {
             }
         };
         let Some(on_upgrade) = self.on_upgrade else {
-            // Served by something that cannot upgrade (HTTP/2, a test
-            // harness without hyper's connection).
+            // A valid upgrade request on a connection hyper cannot upgrade
+            // (a test harness that calls the router without a server).
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "this connection cannot be upgraded",
+                "this connection cannot be upgraded\n",
             )
                 .into_response();
         };
-        if pending.info().params().next().is_none() && !self.params.is_empty() {
-            pending = pending.with_params(self.params);
-        }
-        pending = pending.with_extensions(self.state);
+        let pending = pending.with_extensions(self.state);
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         for (name, value) in pending.response_headers() {
@@ -209,14 +250,10 @@ impl WsUpgrade {
                 response.headers_mut().insert(name, value);
             }
         }
-        let (server, peer) = (server.clone(), self.peer);
+        let peer = self.peer;
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => {
-                    if !pending.serve(&server, TokioIo::new(upgraded), peer) {
-                        tracing::debug!(%peer, "upgraded connection refused by the server");
-                    }
-                }
+                Ok(upgraded) => pending.serve(reservation, TokioIo::new(upgraded)),
                 Err(err) => tracing::debug!(%peer, error = %err, "upgrade failed"),
             }
         });

@@ -141,3 +141,39 @@ async fn the_servers_limits_hold_for_mounted_sockets() {
     assert_eq!(sockets.stats().connections_total, 1);
     sockets.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_the_server_refuses_gets_a_status_not_an_upgrade() {
+    let config = Config::default().max_connections(Some(1));
+    let (sockets, addr) = start(config).await;
+    let mut first = connect(addr, "/rooms/a", "ann").await;
+    next(&mut first).await.unwrap();
+    assert_eq!(status_of_upgrade(addr).await, 503);
+    assert_eq!(sockets.stats().connections_rejected, 1);
+    assert_eq!(sockets.stats().connections_total, 1);
+
+    // Denied by the IP filter: 403, before anything else.
+    let filter = switchboard::IpFilter::default()
+        .deny(["127.0.0.0/8"])
+        .unwrap();
+    let (denying, addr) = start(Config::default().ip_filter(filter)).await;
+    assert_eq!(status_of_upgrade(addr).await, 403);
+    assert_eq!(denying.stats().connections_denied, 1);
+    drop(first);
+    sockets.shutdown().await;
+    denying.shutdown().await;
+}
+
+/// The HTTP status of a refused upgrade to `/rooms/a`.
+async fn status_of_upgrade(addr: SocketAddr) -> u16 {
+    let request = format!("ws://{addr}/rooms/a")
+        .into_client_request()
+        .unwrap();
+    match timeout(LIMIT, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}

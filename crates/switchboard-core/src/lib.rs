@@ -81,6 +81,6 @@ pub use hub::{Broker, Hub, IntoBroker, LocalBroker, LocalDelivery, Topic};
 pub use limits::{IpFilter, IpNet, IpNetParseError, RateLimit, RateLimitAction};
 pub use message::{Message, Utf8Bytes};
 pub use reconnect::{Reconnect, ReconnectEnd, ReconnectPolicy, Reconnecting};
-pub use server::{Server, ServerBuilder, ServerHandle};
+pub use server::{Refusal, Reservation, Server, ServerBuilder, ServerHandle};
 pub use stats::Counters;
 pub use transport::{Headers, TransportInfo};

@@ -202,7 +202,7 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
     };
     let parse = |buf: &[u8]| parse_head(buf).map_err(NoUpgrade::Answer);
     let (head, leftover) = read_head(io, shared.max_request_head, too_large, parse).await?;
-    let mut upgrade = admit_head(shared, head, peer)
+    let mut upgrade = admit_head(shared, head, Vec::new(), peer)
         .await
         .map_err(NoUpgrade::Answer)?;
     upgrade.leftover = leftover;
@@ -210,14 +210,21 @@ pub(crate) async fn judge<IO: AsyncRead + Unpin>(
 }
 
 /// Judges a whole request head: [`decide`], then the handshake hook.
-/// Whatever the answer, a `HEAD` request gets it without its body.
+/// `params` are route parameters found by another server's router, used
+/// when the transport's own routes find none. Whatever the answer, a
+/// `HEAD` request gets it without its body.
 pub(crate) async fn admit_head(
     shared: &Shared,
     head: Head,
+    params: Vec<(String, String)>,
     peer: SocketAddr,
 ) -> Result<Upgrade, Response> {
     let head_only = head.method == "HEAD";
     let mut upgrade = decide(shared, head).map_err(|response| response.head_only(head_only))?;
+    if upgrade.info.params().next().is_none() && !params.is_empty() {
+        let info = std::mem::replace(&mut upgrade.info, TransportInfo::new("ws"));
+        upgrade.info = info.with_params(params);
+    }
     match run_hook(shared, peer, &upgrade.info).await {
         Ok(extensions) => upgrade.extensions = extensions,
         Err(reject) => {
@@ -422,17 +429,14 @@ impl Response {
         self
     }
 
-    /// The answer for a server that writes it itself.
+    /// The answer for a server that writes it itself (and leaves the
+    /// body out of its answer to a `HEAD` request).
     pub(crate) fn into_answer(self) -> HttpAnswer {
         HttpAnswer {
             status: self.status,
             headers: self.headers,
             content_type: self.content_type,
-            body: if self.head_only {
-                Bytes::new()
-            } else {
-                self.body
-            },
+            body: self.body,
             reason: self.reason,
         }
     }

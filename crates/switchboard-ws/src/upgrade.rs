@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use switchboard_core::transport::Accepted;
-use switchboard_core::{Extensions, ServerHandle, TransportInfo};
+use switchboard_core::{Extensions, Reservation, TransportInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::frame::Role;
@@ -19,6 +19,7 @@ use crate::ws_connection::WsConnection;
 #[derive(Clone, Debug)]
 pub struct UpgradeRequest {
     head: Head,
+    params: Vec<(String, String)>,
 }
 
 impl UpgradeRequest {
@@ -38,7 +39,17 @@ impl UpgradeRequest {
                 http11,
                 headers: Vec::new(),
             },
+            params: Vec::new(),
         }
+    }
+
+    /// Route parameters the other server found (name, percent-decoded
+    /// value): the component and the handshake hook read them with
+    /// `param`, unless the transport's own routes find some.
+    #[must_use]
+    pub fn params(mut self, params: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.params = params.into_iter().collect();
+        self
     }
 
     /// Adds a header, in the order the request sent them (repeated
@@ -52,7 +63,8 @@ impl UpgradeRequest {
 
 /// An upgrade this transport agreed to: answer `101 Switching Protocols`
 /// with [`response_headers`](Self::response_headers), then hand the
-/// upgraded stream to [`serve`](Self::serve).
+/// upgraded stream to [`serve`](Self::serve). Dropping it instead serves
+/// nothing.
 pub struct PendingUpgrade {
     upgrade: handshake::Upgrade,
     subprotocol: Option<String>,
@@ -95,28 +107,12 @@ impl PendingUpgrade {
         self
     }
 
-    /// Sets the route parameters the component reads with
-    /// [`Connection::param`](switchboard_core::Connection::param), for a
-    /// server that routed the request itself (name, percent-decoded
-    /// value); they replace any the transport's own routes found.
-    #[must_use]
-    pub fn with_params<N, V>(mut self, params: impl IntoIterator<Item = (N, V)>) -> Self
-    where
-        N: Into<Box<str>>,
-        V: Into<Box<str>>,
-    {
-        let info = std::mem::replace(&mut self.upgrade.info, TransportInfo::new("ws"));
-        self.upgrade.info = info.with_params(params);
-        self
-    }
-
-    /// Serves the upgraded stream on `server`, as one of its own
-    /// connections (its [`Config`](switchboard_core::Config) limits,
-    /// counters and graceful shutdown; see
-    /// [`ServerHandle::serve_connection`]). Returns false, dropping `io`,
-    /// if the server refuses the connection (the IP filter, a limit) or is
-    /// shutting down.
-    pub fn serve<IO>(self, server: &ServerHandle, io: IO, peer: SocketAddr) -> bool
+    /// Serves the upgraded stream in the place `reservation` holds on a
+    /// server ([`ServerHandle::reserve`](switchboard_core::ServerHandle::reserve), taken before answering), as one
+    /// of that server's own connections: its
+    /// [`Config`](switchboard_core::Config) limits, counters, hubs and
+    /// graceful shutdown.
+    pub fn serve<IO>(self, reservation: Reservation, io: IO)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -126,10 +122,10 @@ impl PendingUpgrade {
             extensions,
             ..
         } = self.upgrade;
-        let conn = WsConnection::new(io, Role::Server, server.config(), self.buffers, &[]);
+        let conn = WsConnection::new(io, Role::Server, reservation.config(), self.buffers, &[]);
         let mut accepted = Accepted::new(conn, info, component);
         accepted.extensions = extensions;
-        server.serve_connection(accepted, peer)
+        reservation.serve(accepted);
     }
 }
 
@@ -162,7 +158,7 @@ impl WsTransport {
         peer: SocketAddr,
         request: UpgradeRequest,
     ) -> Result<PendingUpgrade, HttpAnswer> {
-        let upgrade = handshake::admit_head(&self.shared, request.head, peer)
+        let upgrade = handshake::admit_head(&self.shared, request.head, request.params, peer)
             .await
             .map_err(handshake::Response::into_answer)?;
         Ok(PendingUpgrade {

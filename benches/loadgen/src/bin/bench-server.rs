@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `switchboard-ws-echo`, `switchboard-tcp-echo` | an echo component on the WebSocket / TCP lines transport, default `Config` |
 //! | `switchboard-ws-chat`, `switchboard-tcp-chat` | a `Hub` chat: every message to every other member |
+//! | `axum-ws-echo` | the same echo component mounted on an axum route (`switchboard::axum::ws`), served by `axum::serve` with `TCP_NODELAY` |
 //! | `naive-ws-echo` | tokio-tungstenite, a task per connection, `send()` per message, default config |
 //! | `naive-ws-chat` | tokio-tungstenite's own chat example: a task per connection, a map of unbounded channels behind a mutex, `send()` per message |
 //! | `plain-tcp-echo` | plain tokio lines: `BufReader::lines`, a `BufWriter` flushed when no input is buffered |
@@ -49,6 +50,7 @@ const KINDS: &[&str] = &[
     "switchboard-ws-chat",
     "switchboard-tcp-echo",
     "switchboard-tcp-chat",
+    "axum-ws-echo",
     "naive-ws-echo",
     "naive-ws-chat",
     "plain-tcp-echo",
@@ -126,6 +128,7 @@ async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(),
         "switchboard-tcp-chat" => {
             switchboard_server(addr, Kind::Tcp, Arc::new(Chat::default())).await
         }
+        "axum-ws-echo" => axum_echo(addr).await,
         "naive-ws-echo" => naive_ws(addr, false).await,
         "naive-ws-chat" => naive_ws(addr, true).await,
         "plain-tcp-echo" => plain_tcp(addr, false).await,
@@ -190,6 +193,21 @@ async fn switchboard_server<K: MessageComponent>(
     let server = builder.start().await?;
     announce(server.local_addr());
     std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The echo component on an axum route: axum accepts and upgrades, a
+/// switchboard server with no listener runs the connections.
+async fn axum_echo(addr: &str) -> Result<(), BoxError> {
+    let sockets = Server::builder().start().await?;
+    let app = axum::Router::new().route("/", switchboard::axum::ws(&sockets, Echo));
+    let listener = TcpListener::bind(addr).await?;
+    announce(listener.local_addr()?);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut TcpStream| {
+        let _ = stream.set_nodelay(true);
+    });
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).await?;
     Ok(())
 }
 

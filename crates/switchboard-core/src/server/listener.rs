@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::{Admission, Context};
+use super::{Context, Refusal, Reservation};
 use crate::close::CloseReason;
 use crate::component::MessageComponent;
 use crate::config::TcpKeepalive;
@@ -33,8 +33,10 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_START;
-                let Some(admission) = admit(&ctx, peer) else {
-                    continue;
+                let reservation = match ctx.reserve(peer) {
+                    Ok(reservation) => reservation,
+                    Err(Refusal::ShuttingDown) => break,
+                    Err(_) => continue,
                 };
                 // Real-time traffic: never wait for Nagle's algorithm.
                 if let Err(err) = stream.set_nodelay(true) {
@@ -46,9 +48,7 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
                     tracing::debug!(%peer, error = %err, "setting TCP keepalive failed");
                 }
                 let span = tracing::debug_span!("accept", %peer);
-                ctx.tracker.spawn(
-                    serve(stream, peer, transport.clone(), ctx.clone(), admission).instrument(span),
-                );
+                tokio::spawn(serve(stream, transport.clone(), reservation).instrument(span));
             }
             // The peer gave up between SYN and accept: not our problem.
             Err(err) if is_per_connection(&err) => {
@@ -70,31 +70,14 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
     tracing::debug!("accept loop stopped");
 }
 
-/// Admits `peer` under the IP filter and the connection limits; a refusal
-/// is counted and logged.
-pub(super) fn admit(ctx: &Arc<Context>, peer: SocketAddr) -> Option<Admission> {
-    if !ctx.config.ip_filter.permits(peer.ip()) {
-        Stats::add(&ctx.stats.denied, 1);
-        tracing::debug!(%peer, "connection refused: address not permitted by ip_filter");
-        return None;
-    }
-    let admission = ctx.admit(peer.ip());
-    if admission.is_none() {
-        Stats::add(&ctx.stats.rejected, 1);
-        tracing::debug!(%peer, "connection refused: connection limit reached");
-    }
-    admission
-}
-
 /// Runs the transport's handshake on an admitted stream, then the
 /// connection.
 pub(super) async fn serve<T: Transport<IO>, IO>(
     stream: IO,
-    peer: SocketAddr,
     transport: Arc<T>,
-    ctx: Arc<Context>,
-    admission: Admission,
+    reservation: Reservation,
 ) {
+    let (ctx, peer) = (reservation.ctx.clone(), reservation.peer);
     // Everything of the handshake phase is dropped before the connection
     // runs, and the handshake itself (its buffers, its timer) lives in an
     // allocation of its own, freed when it ends: an idle connection's task
@@ -123,7 +106,7 @@ pub(super) async fn serve<T: Transport<IO>, IO>(
         }
     };
     connection.await;
-    drop(admission);
+    drop(reservation);
 }
 
 /// The connection's life, from `on_open` to `on_close`.

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use crate::close::{CloseCode, CloseReason};
@@ -94,27 +95,47 @@ impl Context {
         self.registry().remove(&conn.id());
     }
 
-    /// Counts a new connection against the limits, or refuses it.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
+    /// Takes a place for a connection from `peer` under the IP filter and
+    /// the connection limits, or refuses it (counted and logged).
+    pub(crate) fn reserve(self: &Arc<Self>, peer: SocketAddr) -> Result<Reservation, Refusal> {
+        // Taken before the check: a shutdown that begins from here on
+        // waits for this connection, and one that began is seen.
+        let task = self.tracker.token();
+        if self.stopping.is_cancelled() {
+            return Err(Refusal::ShuttingDown);
+        }
+        if !self.config.ip_filter.permits(peer.ip()) {
+            Stats::add(&self.stats.denied, 1);
+            tracing::debug!(%peer, "connection refused: address not permitted by ip_filter");
+            return Err(Refusal::Denied);
+        }
         let total = self.admitted.fetch_add(1, Ordering::AcqRel) + 1;
         // Counted from here on: dropping it on refusal takes the count back.
-        let mut admission = Admission {
+        let mut reservation = Reservation {
             ctx: self.clone(),
-            ip: None,
+            peer,
+            per_ip: false,
+            _task: task,
         };
-        if self.config.max_connections.is_some_and(|max| total > max) {
-            return None;
-        }
-        if let Some(max) = self.config.max_connections_per_ip {
+        let full = if self.config.max_connections.is_some_and(|max| total > max) {
+            true
+        } else if let Some(max) = self.config.max_connections_per_ip {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = per_ip.entry(ip).or_insert(0);
-            if *n >= max {
-                return None;
+            let n = per_ip.entry(peer.ip()).or_insert(0);
+            if *n < max {
+                *n += 1;
+                reservation.per_ip = true;
             }
-            *n += 1;
-            admission.ip = Some(ip);
+            !reservation.per_ip
+        } else {
+            false
+        };
+        if full {
+            Stats::add(&self.stats.rejected, 1);
+            tracing::debug!(%peer, "connection refused: connection limit reached");
+            return Err(Refusal::Full);
         }
-        Some(admission)
+        Ok(reservation)
     }
 
     /// Stops accepting, closes every connection with 1001 and waits for
@@ -167,16 +188,85 @@ fn shutdown_request() -> CloseRequest {
     )
 }
 
-/// A slot under the connection limits, released on drop.
-struct Admission {
-    ctx: Arc<Context>,
-    ip: Option<IpAddr>,
+/// Why a server refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The peer's address is not permitted by [`Config::ip_filter`].
+    #[error("address not permitted by the IP filter")]
+    Denied,
+    /// [`Config::max_connections`] or [`Config::max_connections_per_ip`]
+    /// is reached.
+    #[error("connection limit reached")]
+    Full,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
-impl Drop for Admission {
+/// A place for one connection under a server's limits, taken before its
+/// handshake ([`ServerHandle::reserve`]) and held until the connection
+/// ends; dropping it unused gives the place back.
+///
+/// A server that accepts on its own listeners takes one for each
+/// connection before reading a byte from it. A server that receives
+/// connections from elsewhere (an upgrade made by another HTTP server)
+/// takes one before it answers, so that a peer over a limit is refused
+/// with an HTTP status rather than upgraded and dropped.
+pub struct Reservation {
+    ctx: Arc<Context>,
+    peer: SocketAddr,
+    /// Counted in the per-IP table (a per-IP limit is set).
+    per_ip: bool,
+    /// Keeps shutdown waiting for this connection.
+    _task: TaskTrackerToken,
+}
+
+impl Reservation {
+    /// The peer the place was taken for.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The limits of the server the place belongs to.
+    pub fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    /// Runs `accepted` as one of the server's connections, on a task of
+    /// its own: its [`Config`] limits, counters, hubs, slow-consumer
+    /// policy and graceful shutdown (1001) hold for it. The place is held
+    /// until it ends.
+    pub fn serve<C, K>(self, accepted: Accepted<C, K>)
+    where
+        C: TransportConn,
+        K: MessageComponent + ?Sized,
+    {
+        let connection = listener::run(accepted, self.peer, &self.ctx);
+        let span = tracing::debug_span!("accept", peer = %self.peer);
+        tokio::spawn(
+            async move {
+                connection.await;
+                drop(self);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+impl Drop for Reservation {
     fn drop(&mut self) {
         self.ctx.admitted.fetch_sub(1, Ordering::AcqRel);
-        if let Some(ip) = self.ip {
+        if self.per_ip {
+            let ip = self.peer.ip();
             let mut per_ip = self.ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = per_ip.get_mut(&ip) {
                 *n -= 1;
@@ -509,51 +599,40 @@ impl ServerHandle {
         T: Transport<IO> + Clone,
         IO: Send + 'static,
     {
-        let ctx = &self.inner.ctx;
-        if ctx.stopping.is_cancelled() {
-            return false;
-        }
-        let Some(admission) = listener::admit(ctx, peer) else {
+        let Ok(reservation) = self.reserve(peer) else {
             return false;
         };
         let transport = Arc::new(transport.clone());
         let span = tracing::debug_span!("accept", %peer);
-        ctx.tracker
-            .spawn(listener::serve(io, peer, transport, ctx.clone(), admission).instrument(span));
+        tokio::spawn(listener::serve(io, transport, reservation).instrument(span));
         true
     }
 
-    /// Serves a connection whose handshake was made elsewhere: a WebSocket
-    /// that a web framework upgraded, say (what `switchboard-axum` does).
-    /// The connection then runs as one of this server's own: the IP filter
-    /// and the connection limits are applied first, and the [`Config`]
-    /// limits, counters, hubs, slow-consumer policy and graceful shutdown
-    /// (1001) hold for it.
-    ///
-    /// Returns false, dropping the connection, if the server refuses it or
-    /// is shutting down.
+    /// Serves a connection whose handshake was made elsewhere, as one of
+    /// this server's own: [`reserve`](Self::reserve) and
+    /// [`Reservation::serve`] in one call. Returns false, dropping the
+    /// connection, if the server refuses it. A server that answers the
+    /// handshake itself (an HTTP upgrade) should reserve before it
+    /// answers, to refuse with a status rather than drop the connection.
     pub fn serve_connection<C, K>(&self, accepted: Accepted<C, K>, peer: SocketAddr) -> bool
     where
         C: TransportConn,
         K: MessageComponent + ?Sized,
     {
-        let ctx = &self.inner.ctx;
-        if ctx.stopping.is_cancelled() {
-            return false;
-        }
-        let Some(admission) = listener::admit(ctx, peer) else {
-            return false;
-        };
-        let connection = listener::run(accepted, peer, ctx);
-        let span = tracing::debug_span!("accept", %peer);
-        ctx.tracker.spawn(
-            async move {
-                connection.await;
-                drop(admission);
+        match self.reserve(peer) {
+            Ok(reservation) => {
+                reservation.serve(accepted);
+                true
             }
-            .instrument(span),
-        );
-        true
+            Err(_) => false,
+        }
+    }
+
+    /// Takes a place for a connection from `peer` under the IP filter and
+    /// the connection limits (counted and logged when refused), before its
+    /// handshake; see [`Reservation`].
+    pub fn reserve(&self, peer: SocketAddr) -> Result<Reservation, Refusal> {
+        self.inner.ctx.reserve(peer)
     }
 
     /// Graceful shutdown: stops accepting, closes every connection with 1001
