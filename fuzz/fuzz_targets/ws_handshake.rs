@@ -42,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {
         let transport = WsTransport::builder()
             .route("/chat", Echo::default())
+            .route("/rooms/{room}", Echo::default())
+            .route("/rooms/{room}/log", Echo::default())
+            .route("/files/{*rest}", Echo::default())
             .page("/", Page::html("<p>hi</p>"))
+            .page("/p/{name}", Page::html("<p>page</p>"))
             .subprotocols(["chat.v2", "chat.v1"])
             .max_request_head(1024)
             .on_handshake(hook)
@@ -64,8 +68,17 @@ fuzz_target!(|data: &[u8]| {
         .expect("the handshake ends");
         let upgraded = match result {
             Ok(accepted) => {
-                assert_eq!(accepted.info.kind(), "ws");
-                assert_eq!(accepted.info.path(), "/chat");
+                let info = &accepted.info;
+                assert_eq!(info.kind(), "ws");
+                assert!(info.path().starts_with('/'), "{:?}", info.path());
+                // A route's parameter matched a non-empty segment (or, for
+                // the wildcard, a non-empty rest), and decoded as UTF-8.
+                let named: Vec<&str> = info.params().map(|(name, _)| name).collect();
+                assert!(
+                    named.is_empty() || named == ["room"] || named == ["rest"],
+                    "{named:?}"
+                );
+                assert!(info.params().all(|(_, value)| !value.is_empty()));
                 true
             }
             Err(_) => false,
