@@ -378,6 +378,17 @@ impl Hub {
             .map_or(0, HashMap::len)
     }
 
+    /// Handles to the local members of `room` (this node's connections in
+    /// it), in no particular order: to list who is there, or to read each
+    /// one's state ([`Connection::extension`]).
+    pub fn room_members(&self, room: &str) -> Vec<Connection> {
+        read(&self.shared.rooms)
+            .by_name
+            .get(room)
+            .map(|members| members.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The rooms connection `id` is in.
     pub fn rooms_of(&self, id: ConnectionId) -> Vec<String> {
         read(&self.shared.rooms)

@@ -144,6 +144,16 @@ async fn rooms_broadcast_and_automatic_leave() {
     cmd(&mut c, "join blue").await;
     assert_eq!(hub.room_len("red"), 2);
     assert_eq!(hub.len(), 3);
+    let mut red: Vec<_> = hub
+        .room_members("red")
+        .iter()
+        .map(|m| m.peer_addr())
+        .collect();
+    red.sort();
+    let mut expected = vec![a.local_addr(), b.local_addr()];
+    expected.sort();
+    assert_eq!(red, expected);
+    assert!(hub.room_members("nowhere").is_empty());
 
     // A room message reaches its members only.
     assert!(c.send("say red hello").await);
