@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::Error;
 use crate::hook::{Reject, Request};
+use crate::router::{BadParam, Found};
 use crate::transport::Shared;
 use crate::upgrade::HttpAnswer;
 
@@ -267,19 +268,33 @@ pub(crate) fn info(path: &str, query: Option<&str>, subprotocol: Option<&str>) -
     info
 }
 
+/// Why a request whose route parameter does not decode is refused (400).
+pub(crate) const BAD_PARAM: &str = "a path parameter is not UTF-8 once decoded";
+
+/// The component for `path` (its route's, or else the fallback, with no
+/// parameters), if any.
+pub(crate) fn route<'a>(
+    shared: &'a Shared,
+    path: &str,
+) -> Result<Option<Found<'a, Arc<dyn DynComponent>>>, BadParam> {
+    let fallback = || {
+        let value = shared.fallback.as_ref()?;
+        Some(Found {
+            value,
+            params: Vec::new(),
+        })
+    };
+    Ok(shared.routes.find(path)?.or_else(fallback))
+}
+
 /// Routing, validation and the origin policy, in the order a client would
 /// want to learn about problems: the upgrade, or the answer instead.
 pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
-    let bad_param = |_| Response::error(400, "a path parameter is not UTF-8 once decoded");
-    let route = shared.routes.find(&head.path).map_err(bad_param)?;
+    let route = route(shared, &head.path).map_err(|_| Response::error(400, BAD_PARAM))?;
     // A page reads no parameters: a path whose parameter does not decode
     // finds no page, and the route alone decides the answer.
     let page = shared.pages.find(&head.path).unwrap_or_default();
-    let (component, params) = match route {
-        Some(found) => (Some(found.value), found.params),
-        None => (shared.fallback.as_ref(), Vec::new()),
-    };
-    if component.is_none() && page.is_none() {
+    if route.is_none() && page.is_none() {
         return Err(Response::error(404, "not found"));
     }
     let head_only = head.method == "HEAD";
@@ -295,7 +310,11 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
             None => Response::upgrade_required("this is a WebSocket endpoint"),
         });
     }
-    let Some(component) = component else {
+    let Some(Found {
+        value: component,
+        params,
+    }) = route
+    else {
         return Err(Response::error(404, "no WebSocket here"));
     };
     // A request must not leave it to us which of two values counts

@@ -20,11 +20,14 @@ use percent_encoding::percent_decode_str;
 
 use crate::error::{Error, Result};
 
+/// A route's parameters: `(name, percent-decoded value)`, in the route's
+/// order.
+pub(crate) type Params = Vec<(Box<str>, Box<str>)>;
+
 /// What a route maps to, with the parameters a request's path gave it.
 pub(crate) struct Found<'a, T> {
     pub(crate) value: &'a T,
-    /// `(name, percent-decoded value)`, in the route's order.
-    pub(crate) params: Vec<(Box<str>, Box<str>)>,
+    pub(crate) params: Params,
 }
 
 /// A request path that matched a pattern but whose parameter is not UTF-8
@@ -128,7 +131,8 @@ impl<T> Router<T> {
                 params: Vec::new(),
             }));
         }
-        let Some(rest) = path.strip_prefix('/') else {
+        // Most transports have no pattern (pages rarely do): no split then.
+        let Some(rest) = path.strip_prefix('/').filter(|_| !self.patterns.is_empty()) else {
             return Ok(None);
         };
         let parts: Vec<&str> = rest.split('/').collect();

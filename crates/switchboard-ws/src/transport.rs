@@ -95,7 +95,7 @@ impl WsTransport {
     /// a subprotocol, dropping the handshake-only headers) is not done.
     /// Returns the request as the component will see it (with
     /// its route parameters) and the state the hook attached, which
-    /// [`TestServer::connect_with_state`](switchboard_core::testing::TestServer::connect_with_state)
+    /// `TestServer::connect_with_state` (the test kit, feature `test-util`)
     /// takes; a path with no route is refused with 404, a route parameter
     /// that is not UTF-8 with 400.
     ///
@@ -155,15 +155,12 @@ impl WsTransport {
         peer: SocketAddr,
         info: TransportInfo,
     ) -> Result<(TransportInfo, Extensions), Reject> {
-        let found =
-            self.shared.routes.find(info.path()).map_err(|_| {
-                Reject::new(400).reason("a path parameter is not UTF-8 once decoded")
-            })?;
-        let info = match found {
-            Some(found) => info.with_params(found.params),
-            None if self.shared.fallback.is_some() => info,
-            None => return Err(Reject::new(404).reason("not found")),
+        let route = handshake::route(&self.shared, info.path())
+            .map_err(|_| Reject::new(400).reason(handshake::BAD_PARAM))?;
+        let Some(route) = route else {
+            return Err(Reject::new(404).reason("not found"));
         };
+        let info = info.with_params(route.params);
         let extensions = handshake::run_hook(&self.shared, peer, &info).await?;
         Ok((info, extensions))
     }
