@@ -30,6 +30,8 @@ impl CloseCode {
     pub const SIZE: CloseCode = CloseCode(1009);
     /// 1011: the server hit an unexpected condition (handler error or panic).
     pub const ERROR: CloseCode = CloseCode(1011);
+    /// 1013: try again later (the server is overloaded for now).
+    pub const TRY_AGAIN: CloseCode = CloseCode(1013);
 }
 
 impl fmt::Display for CloseCode {

@@ -74,6 +74,16 @@ pub enum Error {
     /// A broker (room fan-out across processes) failed.
     #[error("broker error: {0}")]
     Broker(#[source] BoxError),
+
+    /// A room operation that cannot be done: the connection has closed, or
+    /// is already in the room.
+    #[error("room {room}: {reason}")]
+    Room {
+        /// The room.
+        room: String,
+        /// What stopped it.
+        reason: &'static str,
+    },
 }
 
 impl Error {

@@ -3,13 +3,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use async_trait::async_trait;
 
+use crate::close::CloseCode;
 use crate::connection::{Connection, ConnectionId};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::rooms::{
+    Held, History, Join, Joined, Joining, MAX_HELD, Member, MemoryStore, PlainEvents, Position,
+    PresenceEvent, Recovery, RoomEvents, RoomStore,
+};
 
 /// Where a published message goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +63,13 @@ pub trait Broker: Send + Sync + 'static {
         msg: Message,
         except: Option<ConnectionId>,
     ) -> Result<()>;
+
+    /// The presence and history store every node of this broker shares,
+    /// if it offers one. `None` (the default) makes the hub keep presence
+    /// and history in its own memory: right for one node.
+    fn room_store(&self) -> Option<Arc<dyn RoomStore>> {
+        None
+    }
 }
 
 /// A broker, or a shared handle to one: what [`Hub::with_broker`] takes.
@@ -137,6 +149,34 @@ impl LocalDelivery {
             .upgrade()
             .map_or(0, |hub| hub.deliver(topic, msg, except))
     }
+
+    /// Delivers a message appended to `room` at `position` (see
+    /// [`RoomStore`]): each local member gets it as the hub's
+    /// [`RoomEvents::message`] makes it. Returns how many connections took
+    /// it; connections still joining hold it until their replay is queued.
+    pub fn deliver_entry(&self, room: &str, position: Position, msg: &Message) -> usize {
+        self.0
+            .upgrade()
+            .map_or(0, |hub| hub.deliver_entry(room, position, msg))
+    }
+
+    /// Delivers a presence change of `room` (see [`RoomStore`]): the hub's
+    /// [`RoomEvents::presence`] sees it, and what it makes goes to every
+    /// local member but `local`, the member itself when it is one of this
+    /// node's connections. `version` is the member list's version after
+    /// the change.
+    pub fn deliver_presence(
+        &self,
+        room: &str,
+        joined: bool,
+        name: &str,
+        local: Option<ConnectionId>,
+        version: u64,
+    ) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.deliver_presence(room, joined, name, local, version);
+        }
+    }
 }
 
 impl fmt::Debug for LocalDelivery {
@@ -187,6 +227,10 @@ pub(crate) struct HubShared {
     members: RwLock<HashMap<ConnectionId, Connection>>,
     rooms: RwLock<Rooms>,
     broker: Arc<dyn Broker>,
+    /// Presence and history: the broker's shared store, or one in memory.
+    store: Arc<dyn RoomStore>,
+    history: History,
+    events: Arc<dyn RoomEvents>,
     /// Rooms the broker is subscribed to. Subscriptions are reconciled with
     /// the rooms that have local members one room change at a time under
     /// this lock, so a join racing the last leave cannot end unsubscribed.
@@ -196,22 +240,152 @@ pub(crate) struct HubShared {
 #[derive(Default)]
 struct Rooms {
     by_name: HashMap<Arc<str>, HashMap<ConnectionId, Connection>>,
-    /// The rooms of each connection, so leaving on close costs
-    /// O(rooms of that connection), not O(all rooms).
-    by_conn: HashMap<ConnectionId, Vec<Arc<str>>>,
+    /// Connections inside [`Hub::join_room_with`], per room: what the room
+    /// sends them is held until their replay is queued. A mutex so that
+    /// delivery, which holds the `rooms` read lock, can add to it; taken
+    /// out under the write lock.
+    joining: Mutex<HashMap<Arc<str>, HashMap<ConnectionId, Joining>>>,
+    /// The rooms of each connection (joining or joined) and the name it
+    /// has there, so leaving on close costs O(rooms of that connection),
+    /// not O(all rooms).
+    by_conn: HashMap<ConnectionId, Vec<Membership>>,
+}
+
+struct Membership {
+    room: Arc<str>,
+    /// Its name in the room's presence, if it joined with one.
+    name: Option<Arc<str>>,
 }
 
 impl Rooms {
-    /// Removes `id` from the members of `room`; true when that emptied it.
-    fn remove_member(&mut self, room: &str, id: ConnectionId) -> bool {
-        let Some(members) = self.by_name.get_mut(room) else {
-            return false;
-        };
-        if members.remove(&id).is_none() || !members.is_empty() {
-            return false;
+    /// The shared name of `room`, to key several maps with one allocation.
+    fn intern(&self, room: &str) -> Arc<str> {
+        match self.by_name.get_key_value(room) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(room),
         }
-        self.by_name.remove(room);
-        true
+    }
+
+    fn joining(&mut self) -> &mut HashMap<Arc<str>, HashMap<ConnectionId, Joining>> {
+        self.joining.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The joining connections, through the read lock.
+    fn lock_joining(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<ConnectionId, Joining>>> {
+        self.joining.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `room` has local members, joined or joining.
+    fn occupied(&self, room: &str) -> bool {
+        self.by_name.contains_key(room) || self.lock_joining().contains_key(room)
+    }
+
+    /// Takes `id` out of `room` (joined or joining) and out of its
+    /// memberships. Returns its membership, if it had one, and whether
+    /// the room now has no local member.
+    fn remove(&mut self, room: &str, id: ConnectionId) -> (Option<Membership>, bool) {
+        if let Some(members) = self.by_name.get_mut(room)
+            && members.remove(&id).is_some()
+            && members.is_empty()
+        {
+            self.by_name.remove(room);
+        }
+        let joining = self.joining();
+        if let Some(conns) = joining.get_mut(room)
+            && conns.remove(&id).is_some()
+            && conns.is_empty()
+        {
+            joining.remove(room);
+        }
+        let mut membership = None;
+        if let Some(list) = self.by_conn.get_mut(&id) {
+            if let Some(at) = list.iter().position(|m| &*m.room == room) {
+                membership = Some(list.swap_remove(at));
+            }
+            if list.is_empty() {
+                self.by_conn.remove(&id);
+            }
+        }
+        let emptied = membership.is_some() && !self.occupied(room);
+        (membership, emptied)
+    }
+}
+
+/// Builds a [`Hub`] with a broker, room history and [`RoomEvents`].
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::rooms::History;
+/// use switchboard::{Hub, LocalBroker};
+///
+/// let hub = Hub::builder()
+///     .broker(LocalBroker)
+///     .history(History::new(100, Duration::from_secs(600)))
+///     .build();
+/// # drop(hub);
+/// ```
+#[must_use]
+pub struct HubBuilder {
+    broker: Arc<dyn Broker>,
+    history: History,
+    events: Arc<dyn RoomEvents>,
+}
+
+impl HubBuilder {
+    /// Rooms and broadcasts also travel through `broker`; presence and
+    /// history live in its [`room_store`](Broker::room_store) if it has
+    /// one. Default: [`LocalBroker`].
+    pub fn broker(mut self, broker: impl IntoBroker) -> Self {
+        self.broker = broker.into_broker();
+        self
+    }
+
+    /// How much each room keeps for recovery. Default: nothing
+    /// ([`History::default`]).
+    pub fn history(mut self, history: History) -> Self {
+        self.history = history;
+        self
+    }
+
+    /// What members receive for room events. Default: [`PlainEvents`].
+    pub fn events(mut self, events: impl RoomEvents) -> Self {
+        self.events = Arc::new(events);
+        self
+    }
+
+    /// The hub.
+    pub fn build(self) -> Hub {
+        let HubBuilder {
+            broker,
+            history,
+            events,
+        } = self;
+        let shared = Arc::new_cyclic(|hub: &Weak<HubShared>| {
+            let store = broker
+                .room_store()
+                .unwrap_or_else(|| Arc::new(MemoryStore::new(LocalDelivery(hub.clone()), history)));
+            HubShared {
+                members: RwLock::default(),
+                rooms: RwLock::default(),
+                broker,
+                store,
+                history,
+                events,
+                subscribed: tokio::sync::Mutex::default(),
+            }
+        });
+        shared.broker.attach(LocalDelivery(Arc::downgrade(&shared)));
+        Hub { shared }
+    }
+}
+
+impl fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("history", &self.history)
+            .finish_non_exhaustive()
     }
 }
 
@@ -224,20 +398,23 @@ impl Default for Hub {
 impl Hub {
     /// A hub on the in-process [`LocalBroker`].
     pub fn new() -> Self {
-        Hub::with_broker(LocalBroker)
+        Hub::builder().build()
     }
 
     /// A hub whose rooms and broadcasts also travel through `broker` (see
     /// [`IntoBroker`] for the forms it takes).
     pub fn with_broker(broker: impl IntoBroker) -> Self {
-        let shared = Arc::new(HubShared {
-            members: RwLock::default(),
-            rooms: RwLock::default(),
-            broker: broker.into_broker(),
-            subscribed: tokio::sync::Mutex::default(),
-        });
-        shared.broker.attach(LocalDelivery(Arc::downgrade(&shared)));
-        Hub { shared }
+        Hub::builder().broker(broker).build()
+    }
+
+    /// A hub with room history or [`RoomEvents`] (see
+    /// [`rooms`](crate::rooms)).
+    pub fn builder() -> HubBuilder {
+        HubBuilder {
+            broker: Arc::new(LocalBroker),
+            history: History::default(),
+            events: Arc::new(PlainEvents),
+        }
     }
 
     /// Adds `conn` to the hub's members (broadcast targets). Returns false
@@ -316,15 +493,26 @@ impl Hub {
             if !conn.add_hub(&self.shared) {
                 return Ok(());
             }
-            let rooms = &mut *rooms;
-            let name: Arc<str> = match rooms.by_name.get_key_value(room) {
-                Some((name, _)) => name.clone(),
-                None => Arc::from(room),
-            };
+            let name = rooms.intern(room);
+            let first = !rooms.occupied(room);
+            if rooms
+                .joining()
+                .get(room)
+                .is_some_and(|j| j.contains_key(&conn.id()))
+            {
+                // Inside `join_room_with`, which makes it a member at its end.
+                return Ok(());
+            }
             let members = rooms.by_name.entry(name.clone()).or_default();
-            let first = members.is_empty();
             if members.insert(conn.id(), conn.clone()).is_none() {
-                rooms.by_conn.entry(conn.id()).or_default().push(name);
+                rooms
+                    .by_conn
+                    .entry(conn.id())
+                    .or_default()
+                    .push(Membership {
+                        room: name,
+                        name: None,
+                    });
             }
             first
         };
@@ -334,20 +522,122 @@ impl Hub {
         Ok(())
     }
 
-    /// Removes connection `id` from `room`. The last local member leaving
-    /// unsubscribes the broker.
-    pub async fn leave_room(&self, room: &str, id: ConnectionId) -> Result<()> {
-        let emptied = {
+    /// Adds `conn` to `room` with a name in the room's presence and, from
+    /// a position, the messages it missed (see [`rooms`](crate::rooms)).
+    ///
+    /// In order, the connection is sent: the hub's
+    /// [`RoomEvents::welcome`] for what it found, then the messages after
+    /// [`Join::since`] (each through [`RoomEvents::message`]), then
+    /// everything live; none missing and none twice at the seam, whatever
+    /// is published meanwhile. With [`Join::name`] the other members, on
+    /// every node, get its join ([`RoomEvents::presence`]), and its leave
+    /// when it leaves the room or closes.
+    ///
+    /// Fails if the connection has closed or is already in the room, or if
+    /// the store cannot be reached (a shared store's outage); then the
+    /// connection is not in the room.
+    ///
+    /// ```
+    /// use switchboard::rooms::{Join, Position};
+    /// use switchboard::{BoxError, Connection, Hub};
+    ///
+    /// async fn enter(hub: &Hub, conn: &Connection, since: Option<Position>) -> Result<(), BoxError> {
+    ///     let mut join = Join::new().name("ada");
+    ///     if let Some(position) = since {
+    ///         join = join.since(position);
+    ///     }
+    ///     let joined = hub.join_room_with("lobby", conn, join).await?;
+    ///     tracing::info!(members = joined.members.len(), recovery = ?joined.recovery, "joined");
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn join_room_with(
+        &self,
+        room: &str,
+        conn: &Connection,
+        join: Join,
+    ) -> Result<Joined> {
+        let id = conn.id();
+        let room_name = {
             let mut rooms = write(&self.shared.rooms);
-            let emptied = rooms.remove_member(room, id);
-            if let Some(list) = rooms.by_conn.get_mut(&id) {
-                list.retain(|r| &**r != room);
-                if list.is_empty() {
-                    rooms.by_conn.remove(&id);
-                }
+            if !conn.add_hub(&self.shared) {
+                return Err(room_error(room, "the connection has closed"));
             }
-            emptied
+            if rooms
+                .by_conn
+                .get(&id)
+                .is_some_and(|list| list.iter().any(|m| &*m.room == room))
+            {
+                return Err(room_error(room, "the connection is already in this room"));
+            }
+            let name = rooms.intern(room);
+            rooms.joining().entry(name.clone()).or_default().insert(
+                id,
+                Joining {
+                    conn: conn.clone(),
+                    held: Vec::new(),
+                },
+            );
+            rooms.by_conn.entry(id).or_default().push(Membership {
+                room: name.clone(),
+                name: join.name.clone(),
+            });
+            name
         };
+        // From here on, what the room sends this connection is held.
+        match self.shared.look_up(&room_name, id, &join).await {
+            Ok((members, replay)) => {
+                let joined = self
+                    .shared
+                    .finish_join(&room_name, conn, &join, members, replay);
+                if joined.is_none()
+                    && let Some(name) = &join.name
+                {
+                    // It closed meanwhile, maybe before its presence was
+                    // added: make sure it is gone.
+                    let member = Member {
+                        conn: id,
+                        name: name.clone(),
+                    };
+                    self.shared.store.remove_member(room, &member).await?;
+                }
+                joined.ok_or_else(|| room_error(room, "the connection has closed"))
+            }
+            Err(err) => {
+                let _ = self.leave_room(room, id).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Publishes `msg` to `room` on every node and records it in the room's
+    /// history; returns its position.
+    ///
+    /// Members get it through the hub's [`RoomEvents::message`], in
+    /// position order on every node. Unlike [`publish`](Self::publish),
+    /// local members get it through the store, after the store has placed
+    /// it: with a shared store, a store outage is an error and nobody gets
+    /// the message.
+    pub async fn append(&self, room: &str, msg: impl Into<Message>) -> Result<Position> {
+        let shared = &self.shared;
+        shared.store.append(room, msg.into(), &shared.history).await
+    }
+
+    /// The names of `room`'s members on every node (one per connection
+    /// that joined with a name), with the list's version.
+    pub async fn presence(&self, room: &str) -> Result<crate::rooms::Members> {
+        self.shared.store.members(room).await
+    }
+
+    /// Removes connection `id` from `room`, announcing its leave if it
+    /// joined with a name. The last local member leaving unsubscribes the
+    /// broker.
+    pub async fn leave_room(&self, room: &str, id: ConnectionId) -> Result<()> {
+        let (membership, emptied) = write(&self.shared.rooms).remove(room, id);
+        if let Some(name) = membership.and_then(|m| m.name) {
+            let member = Member { conn: id, name };
+            self.shared.store.remove_member(room, &member).await?;
+        }
         if emptied {
             self.shared.sync_subscription(room).await?;
         }
@@ -394,7 +684,7 @@ impl Hub {
         read(&self.shared.rooms)
             .by_conn
             .get(&id)
-            .map(|rooms| rooms.iter().map(|r| r.to_string()).collect())
+            .map(|rooms| rooms.iter().map(|r| r.room.to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -427,12 +717,146 @@ impl HubShared {
         }
     }
 
+    fn deliver_entry(&self, room: &str, position: Position, msg: &Message) -> usize {
+        let rooms = read(&self.rooms);
+        let mut joining = rooms.lock_joining();
+        let (live, joining) = (rooms.by_name.get(room), joining.get_mut(room));
+        if live.is_none() && joining.is_none() {
+            return 0;
+        }
+        let msg = self.events.message(room, position, msg);
+        for conn in joining.into_iter().flat_map(|j| j.values_mut()) {
+            hold(conn, Held::Entry(position, msg.clone()));
+        }
+        live.map_or(0, |members| {
+            members
+                .values()
+                .filter(|conn| conn.send(msg.clone()).is_ok())
+                .count()
+        })
+    }
+
+    fn deliver_presence(
+        &self,
+        room: &str,
+        joined: bool,
+        name: &str,
+        local: Option<ConnectionId>,
+        version: u64,
+    ) {
+        let rooms = read(&self.rooms);
+        let mut joining = rooms.lock_joining();
+        let (live, joining) = (rooms.by_name.get_key_value(room), joining.get_mut(room));
+        let room: Arc<str> = match (live, &joining) {
+            (Some((room, _)), _) => room.clone(),
+            (None, Some(_)) => Arc::from(room),
+            (None, None) => return,
+        };
+        let event = PresenceEvent {
+            room,
+            joined,
+            name: Arc::from(name),
+            local,
+            version,
+        };
+        let Some(msg) = self.events.presence(&event) else {
+            return;
+        };
+        let others = |id: &ConnectionId| Some(*id) != local;
+        for (_, conn) in joining.into_iter().flatten().filter(|(id, _)| others(id)) {
+            hold(conn, Held::Presence(version, msg.clone()));
+        }
+        for (_, conn) in live
+            .into_iter()
+            .flat_map(|(_, m)| m)
+            .filter(|(id, _)| others(id))
+        {
+            let _ = conn.send(msg.clone());
+        }
+    }
+
+    /// The middle of [`Hub::join_room_with`], while the room's traffic is
+    /// held: subscribe, add the presence, then ask the store.
+    async fn look_up(
+        &self,
+        room: &str,
+        id: ConnectionId,
+        join: &Join,
+    ) -> Result<(crate::rooms::Members, crate::rooms::Replay)> {
+        self.sync_subscription(room).await?;
+        if let Some(name) = &join.name {
+            let member = Member {
+                conn: id,
+                name: name.clone(),
+            };
+            self.store.add_member(room, &member).await?;
+        }
+        let members = self.store.members(room).await?;
+        let replay = self.store.replay(room, join.since).await?;
+        Ok((members, replay))
+    }
+
+    /// The end of [`Hub::join_room_with`]: queue the welcome, the replay and
+    /// what was held after the seam, then make the connection a member.
+    /// `None` if it closed meanwhile.
+    fn finish_join(
+        &self,
+        room: &Arc<str>,
+        conn: &Connection,
+        join: &Join,
+        members: crate::rooms::Members,
+        replay: crate::rooms::Replay,
+    ) -> Option<Joined> {
+        let mut rooms = write(&self.rooms);
+        let joining = rooms.joining();
+        let held = joining.get_mut(&**room)?.remove(&conn.id())?.held;
+        if joining.get(&**room).is_some_and(HashMap::is_empty) {
+            joining.remove(&**room);
+        }
+        let (recovery, entries) = match (join.since, replay.entries) {
+            (None, _) => (Recovery::NotAsked, Vec::new()),
+            (Some(_), Ok(entries)) => (Recovery::Replayed(entries.len()), entries),
+            (Some(_), Err(why)) => (Recovery::Impossible(why), Vec::new()),
+        };
+        let joined = Joined {
+            room: room.clone(),
+            name: join.name.clone(),
+            members: members.names,
+            position: replay.newest,
+            recovery,
+        };
+        // Sends never block; a full queue is the slow-consumer policy's.
+        if let Some(welcome) = self.events.welcome(&joined) {
+            let _ = conn.send(welcome);
+        }
+        let mut seam = replay.newest;
+        for (position, msg) in entries {
+            let _ = conn.send(self.events.message(room, position, &msg));
+            seam = Some(position);
+        }
+        for held in held {
+            let (after, msg) = match held {
+                Held::Entry(position, msg) => (seam.is_none_or(|s| position.is_after(&s)), msg),
+                Held::Presence(version, msg) => (version > members.version, msg),
+            };
+            if after {
+                let _ = conn.send(msg);
+            }
+        }
+        rooms
+            .by_name
+            .entry(room.clone())
+            .or_default()
+            .insert(conn.id(), conn.clone());
+        Some(joined)
+    }
+
     /// Subscribes or unsubscribes the broker so that it follows whether
     /// `room` has local members now. A failed call leaves the recorded state
     /// unchanged, so the next change of the room tries again.
     async fn sync_subscription(&self, room: &str) -> Result<()> {
         let mut subscribed = self.subscribed.lock().await;
-        let wanted = read(&self.rooms).by_name.contains_key(room);
+        let wanted = read(&self.rooms).occupied(room);
         match (wanted, subscribed.contains(room)) {
             (true, false) => {
                 self.broker.subscribe(room).await?;
@@ -447,25 +871,47 @@ impl HubShared {
         Ok(())
     }
 
-    /// A connection finished: it leaves the members and all its rooms.
+    /// A connection finished: it leaves the members and all its rooms,
+    /// and its presence goes.
     pub(crate) fn remove_everywhere(self: &Arc<Self>, id: ConnectionId) {
         write(&self.members).remove(&id);
-        let emptied: Vec<Arc<str>> = {
+        let mut emptied = Vec::new();
+        let mut named = Vec::new();
+        {
             let mut rooms = write(&self.rooms);
-            let names = rooms.by_conn.remove(&id).unwrap_or_default();
-            names
-                .into_iter()
-                .filter(|name| rooms.remove_member(name, id))
-                .collect()
-        };
-        if emptied.is_empty() {
+            for membership in rooms
+                .by_conn
+                .get(&id)
+                .map(|l| l.iter().map(|m| m.room.clone()).collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                let (membership, now_empty) = rooms.remove(&membership, id);
+                let Some(membership) = membership else {
+                    continue;
+                };
+                if now_empty {
+                    emptied.push(membership.room.clone());
+                }
+                if let Some(name) = membership.name {
+                    named.push((membership.room, name));
+                }
+            }
+        }
+        if emptied.is_empty() && named.is_empty() {
             return;
         }
-        // Unsubscribing is async and this runs in a synchronous close path.
+        // Leaving the store and unsubscribing are async, and this runs in a
+        // synchronous close path.
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 let hub = self.clone();
                 rt.spawn(async move {
+                    for (room, name) in named {
+                        let member = Member { conn: id, name };
+                        if let Err(err) = hub.store.remove_member(&room, &member).await {
+                            tracing::warn!(room = %room, error = %err, "presence leave failed");
+                        }
+                    }
                     for room in emptied {
                         if let Err(err) = hub.sync_subscription(&room).await {
                             tracing::warn!(room = %room, error = %err, "broker unsubscribe failed");
@@ -474,9 +920,29 @@ impl HubShared {
                 });
             }
             Err(_) => {
-                tracing::warn!("no tokio runtime: emptied rooms stay subscribed at the broker")
+                tracing::warn!("no tokio runtime: presence and broker subscriptions not updated")
             }
         }
+    }
+}
+
+/// Holds `msg` for a joining connection, or closes the connection (1013,
+/// try again later) when too much is held.
+fn hold(joining: &mut Joining, held: Held) {
+    if joining.held.len() < MAX_HELD {
+        joining.held.push(held);
+    } else if !joining.conn.is_closed() {
+        tracing::info!(conn = %joining.conn.id(), "closing a joining connection: too much held while it joined");
+        joining
+            .conn
+            .close_with(CloseCode::TRY_AGAIN, "too busy to join");
+    }
+}
+
+fn room_error(room: &str, reason: &'static str) -> Error {
+    Error::Room {
+        room: room.to_owned(),
+        reason,
     }
 }
 

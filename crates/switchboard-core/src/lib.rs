@@ -21,6 +21,7 @@
 //!   the buffers, timer and connects the WebSocket and TCP transports share;
 //! - `client`, `reconnect`: components on the client side;
 //! - `hub`: fan-out to sets and rooms, through a [`Broker`];
+//! - [`rooms`]: presence, history and recovery for the hub's rooms;
 //! - `testing` (feature `test-util`): in-memory connections for unit tests.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -53,6 +54,7 @@ mod limits;
 mod message;
 mod outbox;
 mod reconnect;
+pub mod rooms;
 mod server;
 mod stats;
 pub mod transport;
@@ -77,7 +79,7 @@ pub use config::{Config, SlowConsumerPolicy, TcpKeepalive};
 pub use connection::{Connection, ConnectionId};
 pub use error::{BoxError, Error, Result, SendError};
 pub use extensions::Extensions;
-pub use hub::{Broker, Hub, IntoBroker, LocalBroker, LocalDelivery, Topic};
+pub use hub::{Broker, Hub, HubBuilder, IntoBroker, LocalBroker, LocalDelivery, Topic};
 pub use limits::{IpFilter, IpNet, IpNetParseError, RateLimit, RateLimitAction};
 pub use message::{Message, Utf8Bytes};
 pub use reconnect::{Reconnect, ReconnectEnd, ReconnectPolicy, Reconnecting};

@@ -1,0 +1,236 @@
+//! Presence, history and recovery on one node (the hub's in-memory store).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use switchboard::rooms::{
+    History, Join, Joined, Position, PresenceEvent, Recovery, RoomEvents, Unrecoverable,
+};
+use switchboard::testing::{TestClient, TestServer};
+use switchboard::{BoxError, Config, Connection, Hub, Message, MessageComponent, TransportInfo};
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Room events as lines a test can read: `welcome <members> <position>
+/// <recovery>`, `<position> <text>`, `join <name>`, `leave <name>`.
+struct Lines;
+
+impl RoomEvents for Lines {
+    fn welcome(&self, joined: &Joined) -> Option<Message> {
+        let mut members: Vec<_> = joined.members.iter().map(|m| m.to_string()).collect();
+        members.sort();
+        let position = joined.position.map_or("-".to_owned(), |p| p.to_string());
+        let recovery = match joined.recovery {
+            Recovery::NotAsked => "none".to_owned(),
+            Recovery::Replayed(n) => n.to_string(),
+            Recovery::Impossible(why) => format!("{why:?}"),
+        };
+        Some(format!("welcome {} {position} {recovery}", members.join(",")).into())
+    }
+
+    fn message(&self, _: &str, position: Position, msg: &Message) -> Message {
+        format!("{position} {}", msg.as_text().unwrap()).into()
+    }
+
+    fn presence(&self, event: &PresenceEvent) -> Option<Message> {
+        let verb = if event.joined { "join" } else { "leave" };
+        Some(format!("{verb} {}", event.name).into())
+    }
+}
+
+/// Joins room `r` with the `name` and `since` of the query; appends every
+/// message it receives.
+struct Room {
+    hub: Hub,
+}
+
+impl MessageComponent for Room {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        let info = conn.transport();
+        let mut join = Join::new();
+        if let Some(name) = info.query_param("name") {
+            join = join.name(name.as_ref());
+        }
+        if let Some(since) = info.query_param("since") {
+            join = join.since(since.parse()?);
+        }
+        self.hub.join_room_with("r", conn, join).await?;
+        Ok(())
+    }
+
+    async fn on_message(&self, _: &Connection, msg: Message) -> Result<(), BoxError> {
+        self.hub.append("r", msg).await?;
+        Ok(())
+    }
+}
+
+fn server(history: History) -> (TestServer, Hub) {
+    let hub = Hub::builder().history(history).events(Lines).build();
+    // Room for a whole replay in each client's queue.
+    let config = Config::default()
+        .queue_max_messages(20_000)
+        .queue_max_bytes(16 << 20);
+    let server = TestServer::with_config(Room { hub: hub.clone() }, config);
+    (server, hub)
+}
+
+async fn join(server: &TestServer, query: &str) -> TestClient {
+    let info = TransportInfo::new("memory")
+        .with_path("/")
+        .with_query(query.to_owned());
+    server.connect_with(info).await
+}
+
+async fn next(client: &mut TestClient) -> String {
+    let msg = timeout(LIMIT, client.recv()).await.unwrap().unwrap();
+    msg.as_text().unwrap().to_owned()
+}
+
+fn history(max_len: usize) -> History {
+    History::new(max_len, Duration::from_secs(600))
+}
+
+#[tokio::test]
+async fn members_see_each_other_join_and_leave() {
+    let (server, hub) = server(history(10));
+    let mut ada = join(&server, "name=ada").await;
+    assert_eq!(next(&mut ada).await, "welcome ada - none");
+    let mut bob = join(&server, "name=bob").await;
+    assert_eq!(next(&mut bob).await, "welcome ada,bob - none");
+    assert_eq!(next(&mut ada).await, "join bob");
+
+    bob.close().await;
+    assert_eq!(next(&mut ada).await, "leave bob");
+    let members = hub.presence("r").await.unwrap();
+    assert_eq!(members.names, [std::sync::Arc::<str>::from("ada")]);
+    // ada never saw her own join; nothing else is queued for her.
+    assert!(ada.try_recv().is_none());
+}
+
+#[tokio::test]
+async fn a_position_resumes_exactly_after_it() {
+    let (server, hub) = server(history(10));
+    let positions: Vec<Position> = {
+        let mut out = Vec::new();
+        for i in 1..=5 {
+            out.push(hub.append("r", format!("m{i}")).await.unwrap());
+        }
+        out
+    };
+    assert!(positions.windows(2).all(|w| w[1].is_after(&w[0])));
+
+    let mut late = join(&server, &format!("since={}", positions[1])).await;
+    assert_eq!(
+        next(&mut late).await,
+        format!("welcome  {} 3", positions[4])
+    );
+    for (i, position) in positions.iter().enumerate().skip(2) {
+        assert_eq!(next(&mut late).await, format!("{position} m{}", i + 1));
+    }
+    // Then live: its own message comes back with the next position.
+    late.send("m6").await;
+    let sixth = next(&mut late).await;
+    assert!(sixth.ends_with(" m6"), "{sixth}");
+    let p6: Position = sixth.split(' ').next().unwrap().parse().unwrap();
+    assert_eq!((p6.epoch(), p6.seq()), (positions[0].epoch(), 6));
+
+    // From the newest position: nothing to replay.
+    let mut current = join(&server, &format!("since={p6}")).await;
+    assert_eq!(next(&mut current).await, format!("welcome  {p6} 0"));
+}
+
+#[tokio::test]
+async fn positions_that_cannot_be_resumed_are_refused() {
+    let (server, hub) = server(history(3));
+    let mut positions = Vec::new();
+    for i in 1..=6 {
+        positions.push(hub.append("r", format!("m{i}")).await.unwrap());
+    }
+    let mut newest = positions[5];
+    for why in ["Trimmed", "Unknown", "Epoch"] {
+        let since = match why {
+            "Trimmed" => positions[1],
+            "Unknown" => Position::new(newest.epoch(), newest.seq() + 1),
+            _ => Position::new(newest.epoch().wrapping_add(1), 2),
+        };
+        let mut client = join(&server, &format!("since={since}")).await;
+        assert_eq!(next(&mut client).await, format!("welcome  {newest} {why}"));
+        // Nothing replayed: the next thing it gets is live.
+        newest = hub.append("r", "live").await.unwrap();
+        assert_eq!(next(&mut client).await, format!("{newest} live"));
+    }
+    // Three messages are kept (seq 7 to 9): resuming from seq 6 replays
+    // them all, from seq 5 would miss seq 6.
+    let kept = Position::new(newest.epoch(), 6);
+    let mut client = join(&server, &format!("since={kept}")).await;
+    assert_eq!(next(&mut client).await, format!("welcome  {newest} 3"));
+    let gone = Position::new(newest.epoch(), 5);
+    let mut client = join(&server, &format!("since={gone}")).await;
+    assert_eq!(next(&mut client).await, format!("welcome  {newest} Trimmed"));
+    assert_eq!(
+        Unrecoverable::Trimmed.to_string(),
+        "messages after the position are no longer kept"
+    );
+}
+
+/// Joins from a position while another task appends: every client sees
+/// each message after its position exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_gap_and_no_duplicate_at_the_seam() {
+    const TOTAL: u64 = 10_000;
+    let (server, hub) = server(history(TOTAL as usize));
+    let first = hub.append("r", "0").await.unwrap();
+    let publisher = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            for i in 1..TOTAL {
+                hub.append("r", i.to_string()).await.unwrap();
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    });
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(join(&server, &format!("since={first}")).await);
+        tokio::task::yield_now().await;
+    }
+    publisher.await.unwrap();
+    for mut client in clients {
+        assert!(next(&mut client).await.starts_with("welcome"));
+        for seq in 2..=TOTAL {
+            let line = next(&mut client).await;
+            let (position, text) = line.split_once(' ').unwrap();
+            let position: Position = position.parse().unwrap();
+            assert_eq!((position.seq(), text), (seq, (seq - 1).to_string().as_str()));
+        }
+        assert!(client.try_recv().is_none());
+    }
+}
+
+#[tokio::test]
+async fn joining_twice_or_after_close_is_an_error() {
+    let hub = Hub::new();
+    let server = TestServer::new(Twice { hub: hub.clone() });
+    let mut client = server.connect().await;
+    assert_eq!(next(&mut client).await, "room r: the connection is already in this room");
+}
+
+struct Twice {
+    hub: Hub,
+}
+
+impl MessageComponent for Twice {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        self.hub.join_room_with("r", conn, Join::new()).await?;
+        let err = self.hub.join_room_with("r", conn, Join::new()).await.unwrap_err();
+        conn.send(err.to_string())?;
+        Ok(())
+    }
+
+    async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
