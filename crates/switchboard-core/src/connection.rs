@@ -30,6 +30,12 @@ impl ConnectionId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// The id whose number is `n` (what [`as_u64`](Self::as_u64) gave):
+    /// for ids that travelled between processes, such as a broker's.
+    pub fn from_u64(n: u64) -> Self {
+        ConnectionId(n)
+    }
 }
 
 impl fmt::Display for ConnectionId {

@@ -792,7 +792,7 @@ impl HubShared {
             self.store.add_member(room, &member).await?;
         }
         let members = self.store.members(room).await?;
-        let replay = self.store.replay(room, join.since).await?;
+        let replay = self.store.replay(room, join.since, &self.history).await?;
         Ok((members, replay))
     }
 

@@ -167,7 +167,10 @@ async fn positions_that_cannot_be_resumed_are_refused() {
     assert_eq!(next(&mut client).await, format!("welcome  {newest} 3"));
     let gone = Position::new(newest.epoch(), 5);
     let mut client = join(&server, &format!("since={gone}")).await;
-    assert_eq!(next(&mut client).await, format!("welcome  {newest} Trimmed"));
+    assert_eq!(
+        next(&mut client).await,
+        format!("welcome  {newest} Trimmed")
+    );
     assert_eq!(
         Unrecoverable::Trimmed.to_string(),
         "messages after the position are no longer kept"
@@ -204,7 +207,10 @@ async fn no_gap_and_no_duplicate_at_the_seam() {
             let line = next(&mut client).await;
             let (position, text) = line.split_once(' ').unwrap();
             let position: Position = position.parse().unwrap();
-            assert_eq!((position.seq(), text), (seq, (seq - 1).to_string().as_str()));
+            assert_eq!(
+                (position.seq(), text),
+                (seq, (seq - 1).to_string().as_str())
+            );
         }
         assert!(client.try_recv().is_none());
     }
@@ -215,7 +221,10 @@ async fn joining_twice_or_after_close_is_an_error() {
     let hub = Hub::new();
     let server = TestServer::new(Twice { hub: hub.clone() });
     let mut client = server.connect().await;
-    assert_eq!(next(&mut client).await, "room r: the connection is already in this room");
+    assert_eq!(
+        next(&mut client).await,
+        "room r: the connection is already in this room"
+    );
 }
 
 struct Twice {
@@ -225,7 +234,11 @@ struct Twice {
 impl MessageComponent for Twice {
     async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
         self.hub.join_room_with("r", conn, Join::new()).await?;
-        let err = self.hub.join_room_with("r", conn, Join::new()).await.unwrap_err();
+        let err = self
+            .hub
+            .join_room_with("r", conn, Join::new())
+            .await
+            .unwrap_err();
         conn.send(err.to_string())?;
         Ok(())
     }

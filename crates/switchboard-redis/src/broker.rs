@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use switchboard_core::rooms::RoomStore;
 use switchboard_core::{Broker, ConnectionId, LocalBroker, LocalDelivery, Message, Topic};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -11,6 +12,7 @@ use crate::envelope;
 use crate::error::{Result, bounded};
 use crate::options::RedisOptions;
 use crate::publisher::Publisher;
+use crate::store::RedisStore;
 use crate::subscriber::Subscriber;
 
 /// A snapshot of a broker's (or an emitter's) links and counters.
@@ -84,6 +86,7 @@ pub struct RedisBroker {
 struct Inner {
     publisher: Arc<Publisher>,
     subscriber: Arc<Subscriber>,
+    store: Arc<RedisStore>,
     /// Stops the background task when the last handle goes.
     _stop: DropGuard,
 }
@@ -100,12 +103,25 @@ impl RedisBroker {
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
         let publisher = Publisher::connect(url, &options).await?;
         let subscriber = Arc::new(Subscriber::new(&publisher, options.clone()));
+        let store = Arc::new(RedisStore::new(
+            publisher.clone(),
+            subscriber.clone(),
+            &options,
+        ));
         let stop = CancellationToken::new();
         tokio::spawn({
-            let (publisher, subscriber, stop) =
-                (publisher.clone(), subscriber.clone(), stop.clone());
+            let (publisher, subscriber, store, stop) = (
+                publisher.clone(),
+                subscriber.clone(),
+                store.clone(),
+                stop.clone(),
+            );
             async move {
-                tokio::join!(subscriber.run(&publisher, &stop), publisher.watchdog(&stop));
+                tokio::join!(
+                    subscriber.run(&publisher, &stop),
+                    publisher.watchdog(&stop),
+                    store.heartbeat(&stop),
+                );
             }
         });
         let guard = stop.drop_guard();
@@ -120,6 +136,7 @@ impl RedisBroker {
             inner: Arc::new(Inner {
                 publisher,
                 subscriber,
+                store,
                 _stop: guard,
             }),
         })
@@ -173,6 +190,12 @@ impl Broker for RedisBroker {
         let payload = envelope::encode(&self.inner.subscriber.node_id, topic, except, &msg)?;
         self.inner.publisher.publish(&channel, &payload).await?;
         Ok(())
+    }
+
+    /// Presence and history in Redis, shared by every node on it (keys
+    /// and scripts in `docs/scaling.md`).
+    fn room_store(&self) -> Option<Arc<dyn RoomStore>> {
+        Some(self.inner.store.clone())
     }
 }
 

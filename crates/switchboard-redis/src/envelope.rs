@@ -9,16 +9,27 @@
 //! 1       1     flags: 0x01 binary payload (else UTF-8 text)
 //!                      0x02 the topic is a room (else every member)
 //!                      0x04 an except-connection id follows
+//!                      0x08 a position follows (a room message with history)
+//!                      0x10 the payload is a presence change (text)
 //! 2       1     origin length N, 1..=255
 //! 3       N     origin node id (UTF-8)
 //!         2+R   if room: R as u16 big-endian, then the room name (UTF-8)
+//!         1+P   if position: P as u8, then the position as text (`{epoch}-{seq}`)
 //!         8     if except: connection id, u64 big-endian
 //!         rest  the payload
 //! ```
 //!
+//! Envelopes with a position or a presence change are written by the
+//! store's scripts inside Redis (the position is only known there); the
+//! client gives them the [`head`] and the payload. A presence payload is
+//! `{j|l} {version} {F} {field}{name}`: joined or left, the member list's
+//! version, the length of the member's field (`{connection}@{node}`), the
+//! field, then the name.
+//!
 //! Decoding slices the received buffer: no payload is copied.
 
 use bytes::{Buf, Bytes};
+use switchboard_core::rooms::Position;
 use switchboard_core::{Message, Topic, Utf8Bytes};
 
 use crate::error::{Error, Result};
@@ -30,7 +41,19 @@ pub(crate) const VERSION: u8 = 1;
 const BINARY: u8 = 0x01;
 const ROOM: u8 = 0x02;
 const EXCEPT: u8 = 0x04;
-const KNOWN: u8 = BINARY | ROOM | EXCEPT;
+pub(crate) const POSITION: u8 = 0x08;
+pub(crate) const PRESENCE: u8 = 0x10;
+const KNOWN: u8 = BINARY | ROOM | EXCEPT | POSITION | PRESENCE;
+
+/// The start of a room envelope, up to the room name, for a script to
+/// complete: `flags` are added to the room flag.
+pub(crate) fn head(origin: &str, room: &str, flags: u8, msg: Option<&Message>) -> Result<Vec<u8>> {
+    let binary = msg.is_some_and(Message::is_binary);
+    let flags = flags | ROOM | if binary { BINARY } else { 0 };
+    let mut out = encode(origin, Topic::Room(room), None, &Message::text(""))?;
+    out[1] = flags;
+    Ok(out)
+}
 
 /// Encodes one message. `origin` is at most 255 bytes (checked by
 /// [`RedisOptions::validate`](crate::RedisOptions::validate)).
@@ -81,6 +104,10 @@ pub(crate) struct Envelope {
     /// `None` for every member of the hub.
     pub(crate) room: Option<Utf8Bytes>,
     pub(crate) except: Option<u64>,
+    /// Set for a room message recorded in the history.
+    pub(crate) position: Option<Position>,
+    /// The payload is a presence change.
+    pub(crate) presence: bool,
     pub(crate) message: Message,
 }
 
@@ -106,6 +133,8 @@ pub(crate) enum DecodeError {
     Origin,
     #[error("invalid UTF-8 in a text field")]
     Utf8,
+    #[error("invalid position")]
+    Position,
 }
 
 pub(crate) fn decode(mut buf: Bytes) -> Result<Envelope, DecodeError> {
@@ -135,6 +164,14 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<Envelope, DecodeError> {
     } else {
         None
     };
+    let position = if flags & POSITION != 0 {
+        let len = take(&mut buf, 1)?[0];
+        let text = take(&mut buf, usize::from(len))?;
+        let text = std::str::from_utf8(&text).map_err(|_| DecodeError::Position)?;
+        Some(text.parse().map_err(|_| DecodeError::Position)?)
+    } else {
+        None
+    };
     let except = if flags & EXCEPT != 0 {
         Some(take(&mut buf, 8)?.get_u64())
     } else {
@@ -149,6 +186,8 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<Envelope, DecodeError> {
         origin,
         room,
         except,
+        position,
+        presence: flags & PRESENCE != 0,
         message,
     })
 }
@@ -195,6 +234,7 @@ mod tests {
         for (at, byte, err) in [
             (0, 2, DecodeError::Version(2)),
             (1, 0x86, DecodeError::Flags(0x86)),
+            (1, 0x26, DecodeError::Flags(0x26)),
             (2, 0, DecodeError::Origin),
         ] {
             let mut bad = good.clone();
@@ -210,5 +250,30 @@ mod tests {
         assert!(encode("n", Topic::Room(&long_room), None, &Message::text("x")).is_err());
         assert!(encode(&"n".repeat(256), Topic::All, None, &Message::text("x")).is_err());
         assert!(encode("", Topic::All, None, &Message::text("x")).is_err());
+    }
+
+    /// What the append script writes: the head, the position, the payload.
+    #[test]
+    fn scripted_envelopes_decode() {
+        let mut bytes = head("n", "r", POSITION, Some(&Message::binary(vec![1u8]))).unwrap();
+        let position = "00000000000000ab-7";
+        bytes.push(position.len() as u8);
+        bytes.extend_from_slice(position.as_bytes());
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let env = decode(Bytes::from(bytes)).unwrap();
+        assert_eq!(env.position, Some(Position::new(0xab, 7)));
+        assert_eq!(env.room.as_deref(), Some("r"));
+        assert_eq!(env.message, Message::binary(vec![1u8, 2, 3]));
+        assert!(!env.presence);
+
+        let mut bytes = head("n", "r", PRESENCE, None).unwrap();
+        bytes.extend_from_slice(b"j 3 3 1@nada");
+        let env = decode(Bytes::from(bytes)).unwrap();
+        assert!(env.presence && env.position.is_none());
+        assert_eq!(env.message, Message::text("j 3 3 1@nada"));
+
+        let mut bad = head("n", "r", POSITION, None).unwrap();
+        bad.extend_from_slice(b"\x03abc");
+        assert_eq!(decode(Bytes::from(bad)), Err(DecodeError::Position));
     }
 }

@@ -107,6 +107,7 @@ mod envelope;
 mod error;
 mod options;
 mod publisher;
+mod store;
 mod subscriber;
 mod topics;
 

@@ -58,6 +58,11 @@ pub struct RedisOptions {
     /// long as it lives, so this bounds how long after Redis comes back the
     /// broker notices. Default 1 s.
     pub reconnect_max: Duration,
+    /// How long a node may stay silent before the others count it dead and
+    /// remove its room members (announcing their leaves). Each node
+    /// beats every quarter of it, so a dead node's members are gone within
+    /// about 1.25 × this. Default 10 s.
+    pub node_ttl: Duration,
 }
 
 impl Default for RedisOptions {
@@ -69,6 +74,7 @@ impl Default for RedisOptions {
             ping_interval: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -98,6 +104,12 @@ impl RedisOptions {
         self
     }
 
+    /// Sets [`node_ttl`](Self::node_ttl).
+    pub fn node_ttl(mut self, ttl: Duration) -> Self {
+        self.node_ttl = ttl;
+        self
+    }
+
     /// Sets [`reconnect_min`](Self::reconnect_min) and
     /// [`reconnect_max`](Self::reconnect_max).
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
@@ -124,6 +136,9 @@ impl RedisOptions {
         if self.timeout.is_zero() || self.ping_interval.is_zero() || self.reconnect_min.is_zero() {
             return fail("timeout, ping_interval and reconnect_min must be above zero".into());
         }
+        if self.node_ttl < Duration::from_millis(100) {
+            return fail("node_ttl must be at least 100 ms".into());
+        }
         if self.reconnect_min > self.reconnect_max {
             return fail("reconnect_min must not exceed reconnect_max".into());
         }
@@ -134,6 +149,17 @@ impl RedisOptions {
     pub(crate) fn node_id_or_random(&self, kind: &str) -> String {
         self.node_id.clone().unwrap_or_else(|| random_id(kind))
     }
+}
+
+/// A random number, from the same sources as [`random_id`].
+pub(crate) fn random_u64() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.finish()
 }
 
 /// `{kind}-{16 hex digits}`: random enough that two processes never pick

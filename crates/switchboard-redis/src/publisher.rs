@@ -106,19 +106,57 @@ impl Publisher {
     }
 
     async fn publish_inner(&self, channel: &str, payload: &[u8]) -> Result<usize> {
-        let Some((generation, mut conn)) = self.current() else {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload);
+        self.run("PUBLISH", |mut conn| async move {
+            cmd.query_async::<usize>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Runs one script (presence, history) on the link, with the same
+    /// failure handling as a publish.
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        self.run(operation, |mut conn| async move {
+            script.invoke_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Runs one command on the link, with the same failure handling as a
+    /// publish.
+    pub(crate) async fn command<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        cmd: redis::Cmd,
+    ) -> Result<T> {
+        self.run(operation, |mut conn| async move {
+            cmd.query_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Runs `query` on the live connection: fails at once while the link
+    /// is down, and within the timeout otherwise.
+    async fn run<T, F, Fut>(&self, operation: &'static str, query: F) -> Result<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let Some((generation, conn)) = self.current() else {
             let down = "not connected to redis (reconnecting in the background)";
             return Err(Error::unavailable(down));
         };
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(payload);
-        let publish = cmd.query_async::<usize>(&mut conn);
         let timed_out = Error::Timeout {
-            operation: "PUBLISH",
+            operation,
             after: self.options.timeout,
         };
-        match timeout(self.options.timeout, publish).await {
-            Ok(Ok(receivers)) => Ok(receivers),
+        match timeout(self.options.timeout, query(conn)).await {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 // After I/O errors (response timeouts included, which
                 // redis-rs reports as such but does not treat as fatal) and
@@ -135,7 +173,7 @@ impl Publisher {
                 })
             }
             Err(_) => {
-                self.drop_link(generation, &"no answer to PUBLISH");
+                self.drop_link(generation, &format_args!("no answer to {operation}"));
                 Err(timed_out)
             }
         }

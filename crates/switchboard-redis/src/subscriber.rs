@@ -20,6 +20,7 @@ use crate::envelope;
 use crate::error::{Error, Result, bounded};
 use crate::options::{Channels, RedisOptions};
 use crate::publisher::{Publisher, Stats};
+use crate::store;
 
 /// Most channels named in one `SUBSCRIBE`/`UNSUBSCRIBE` command.
 const CHUNK: usize = 512;
@@ -265,17 +266,23 @@ impl Subscriber {
                 return;
             }
         };
-        if &env.origin[..] == self.node_id.as_bytes() {
+        // Recorded room traffic comes back to every node, its origin too:
+        // each node delivers it in the order Redis recorded it.
+        let recorded = env.position.is_some() || env.presence;
+        if !recorded && &env.origin[..] == self.node_id.as_bytes() {
             // Our own publish: local members had it before it left.
             return;
         }
         // A room or broadcast envelope must match its channel; the node
-        // channel carries either.
-        let matches = channel == self.node_channel
-            || match self.channels.room_of(channel) {
-                Some(room) => env.room.as_deref() == Some(room),
-                None => channel == self.channels.all() && env.room.is_none(),
-            };
+        // channel carries either; recorded traffic only comes on rooms.
+        let matches = match self.channels.room_of(channel) {
+            Some(room) => env.room.as_deref() == Some(room),
+            None if recorded => false,
+            None => {
+                channel == self.node_channel
+                    || (channel == self.channels.all() && env.room.is_none())
+            }
+        };
         if !matches {
             self.stats.invalid.fetch_add(1, Relaxed);
             tracing::debug!(
@@ -284,12 +291,27 @@ impl Subscriber {
             );
             return;
         }
-        self.stats.received.fetch_add(1, Relaxed);
-        if let Some(local) = self.local.get() {
+        let Some(local) = self.local.get() else {
+            return;
+        };
+        match (&env.room, env.position) {
+            (Some(room), Some(position)) => {
+                local.deliver_entry(room, position, &env.message);
+            }
+            (Some(room), None) if env.presence => {
+                if !store::deliver_presence(local, &self.node_id, room, env.message.as_bytes()) {
+                    self.stats.invalid.fetch_add(1, Relaxed);
+                    tracing::debug!(channel, "dropped a malformed presence change");
+                    return;
+                }
+            }
             // `except` names a connection of the origin node, which delivered
             // locally already; connection ids mean nothing on other nodes.
-            local.deliver(env.topic(), &env.message, None);
+            _ => {
+                local.deliver(env.topic(), &env.message, None);
+            }
         }
+        self.stats.received.fetch_add(1, Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Wanted> {

@@ -140,7 +140,7 @@ impl RoomStore for MemoryStore {
         Ok(position)
     }
 
-    async fn replay(&self, name: &str, since: Option<Position>) -> Result<Replay> {
+    async fn replay(&self, name: &str, since: Option<Position>, _: &History) -> Result<Replay> {
         let now = Instant::now();
         let mut state = self.lock();
         let room = state.room(name, &self.history, now);

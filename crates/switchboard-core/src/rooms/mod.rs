@@ -360,8 +360,14 @@ pub trait RoomStore: Send + Sync + 'static {
     async fn append(&self, room: &str, msg: Message, history: &History) -> Result<Position>;
 
     /// The room's newest position and, when `since` is given, the messages
-    /// after it (or why they cannot be had).
-    async fn replay(&self, room: &str, since: Option<Position>) -> Result<Replay>;
+    /// after it (or why they cannot be had), none older than `history`
+    /// allows.
+    async fn replay(
+        &self,
+        room: &str,
+        since: Option<Position>,
+        history: &History,
+    ) -> Result<Replay>;
 
     /// Adds a member to the room's presence and delivers the join.
     async fn add_member(&self, room: &str, member: &Member) -> Result<()>;

@@ -1,0 +1,315 @@
+//! Presence, history and recovery shared by two nodes on one real
+//! redis-server (connections are the test kit's, in memory; Redis is real).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{LIMIT, RedisServer, within};
+use switchboard::redis::{RedisBroker, RedisOptions};
+use switchboard::rooms::{History, Join, Joined, Position, PresenceEvent, Recovery, RoomEvents};
+use switchboard::testing::{TestClient, TestServer};
+use switchboard::{BoxError, Config, Connection, Hub, Message, MessageComponent, TransportInfo};
+use tokio::time::timeout;
+
+/// Room events as lines: `welcome <members> <position> <recovery>`,
+/// `<position> <text>`, `join <name>`, `leave <name>`.
+struct Lines;
+
+impl RoomEvents for Lines {
+    fn welcome(&self, joined: &Joined) -> Option<Message> {
+        let mut members: Vec<_> = joined.members.iter().map(|m| m.to_string()).collect();
+        members.sort();
+        let position = joined.position.map_or("-".to_owned(), |p| p.to_string());
+        let recovery = match joined.recovery {
+            Recovery::NotAsked => "none".to_owned(),
+            Recovery::Replayed(n) => n.to_string(),
+            Recovery::Impossible(why) => format!("{why:?}"),
+        };
+        Some(format!("welcome {} {position} {recovery}", members.join(",")).into())
+    }
+
+    fn message(&self, _: &str, position: Position, msg: &Message) -> Message {
+        format!("{position} {}", msg.as_text().unwrap()).into()
+    }
+
+    fn presence(&self, event: &PresenceEvent) -> Option<Message> {
+        let verb = if event.joined { "join" } else { "leave" };
+        Some(format!("{verb} {}", event.name).into())
+    }
+}
+
+/// Joins room `r` with the query's `name` and `since`; appends what it
+/// receives.
+struct Room {
+    hub: Hub,
+}
+
+impl MessageComponent for Room {
+    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+        let info = conn.transport();
+        let mut join = Join::new();
+        if let Some(name) = info.query_param("name") {
+            join = join.name(name.as_ref());
+        }
+        if let Some(since) = info.query_param("since") {
+            join = join.since(since.parse()?);
+        }
+        self.hub.join_room_with("r", conn, join).await?;
+        Ok(())
+    }
+
+    async fn on_message(&self, _: &Connection, msg: Message) -> Result<(), BoxError> {
+        self.hub.append("r", msg).await?;
+        Ok(())
+    }
+}
+
+struct Node {
+    hub: Hub,
+    server: TestServer,
+    broker: RedisBroker,
+}
+
+impl Node {
+    async fn start(redis: &RedisServer, options: RedisOptions) -> Node {
+        let broker = within("connect", RedisBroker::connect(&redis.url(), options))
+            .await
+            .unwrap();
+        let hub = Hub::builder()
+            .broker(broker.clone())
+            .history(History::new(20_000, Duration::from_secs(600)))
+            .events(Lines)
+            .build();
+        let config = Config::default()
+            .queue_max_messages(30_000)
+            .queue_max_bytes(32 << 20);
+        let server = TestServer::with_config(Room { hub: hub.clone() }, config);
+        Node {
+            hub,
+            server,
+            broker,
+        }
+    }
+
+    async fn join(&self, query: &str) -> TestClient {
+        let info = TransportInfo::new("memory")
+            .with_path("/")
+            .with_query(query.to_owned());
+        self.server.connect_with(info).await
+    }
+}
+
+async fn next(client: &mut TestClient) -> String {
+    let msg = timeout(LIMIT, client.recv()).await.unwrap().unwrap();
+    msg.as_text().unwrap().to_owned()
+}
+
+fn options(node: &str) -> RedisOptions {
+    RedisOptions::default()
+        .node_id(node)
+        .node_ttl(Duration::from_millis(800))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes() {
+    let redis = RedisServer::start().await;
+    let a = Node::start(&redis, options("a")).await;
+    let b = Node::start(&redis, options("b")).await;
+
+    let mut ada = a.join("name=ada").await;
+    assert_eq!(next(&mut ada).await, "welcome ada - none");
+    let mut bob = b.join("name=bob").await;
+    assert_eq!(next(&mut bob).await, "welcome ada,bob - none");
+    assert_eq!(next(&mut ada).await, "join bob");
+    let mut ada2 = b.join("name=ada").await;
+    assert_eq!(next(&mut ada2).await, "welcome ada,ada,bob - none");
+    assert_eq!(next(&mut ada).await, "join ada");
+    assert_eq!(next(&mut bob).await, "join ada");
+
+    bob.close().await;
+    assert_eq!(next(&mut ada).await, "leave bob");
+    assert_eq!(next(&mut ada2).await, "leave bob");
+    let mut names = a.hub.presence("r").await.unwrap().names;
+    names.sort();
+    assert_eq!(names, [Arc::<str>::from("ada"), Arc::from("ada")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_shared_and_resumes_on_the_other_node() {
+    let redis = RedisServer::start().await;
+    let a = Node::start(&redis, options("a")).await;
+    let b = Node::start(&redis, options("b")).await;
+
+    let mut writer = a.join("").await;
+    assert!(next(&mut writer).await.starts_with("welcome"));
+    let mut lines = Vec::new();
+    for i in 1..=5 {
+        writer.send(format!("m{i}")).await;
+        lines.push(next(&mut writer).await);
+    }
+    let positions: Vec<Position> = lines
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        positions.iter().map(Position::seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+
+    // The same messages, with the same positions, on the other node.
+    let mut reader = b.join(&format!("since={}", positions[1])).await;
+    assert_eq!(
+        next(&mut reader).await,
+        format!("welcome  {} 3", positions[4])
+    );
+    for line in &lines[2..] {
+        assert_eq!(&next(&mut reader).await, line);
+    }
+    // Then live, from either node, in the same order everywhere.
+    writer.send("m6").await;
+    let live = next(&mut reader).await;
+    assert!(live.ends_with(" m6"));
+    assert_eq!(next(&mut writer).await, live);
+
+    // A position that cannot be resumed.
+    let other_epoch = Position::new(positions[0].epoch() ^ 1, 1);
+    let mut lost = b.join(&format!("since={other_epoch}")).await;
+    assert!(next(&mut lost).await.ends_with(" Epoch"));
+    let ahead = Position::new(positions[0].epoch(), 99);
+    let mut lost = b.join(&format!("since={ahead}")).await;
+    assert!(next(&mut lost).await.ends_with(" Unknown"));
+}
+
+/// Clients join node b from the first position while node a appends
+/// 10,000 messages: each sees every later message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_gap_and_no_duplicate_at_the_seam_across_nodes() {
+    const TOTAL: u64 = 10_000;
+    let redis = RedisServer::start().await;
+    let a = Node::start(&redis, options("a")).await;
+    let b = Node::start(&redis, options("b")).await;
+
+    const JOINS: [u64; 6] = [500, 2_000, 3_500, 5_000, 6_500, 8_000];
+    let first = a.hub.append("r", "0").await.unwrap();
+    let (progress, mut appended) = tokio::sync::watch::channel(0);
+    let publisher = tokio::spawn({
+        let (hub, b_hub) = (a.hub.clone(), b.hub.clone());
+        async move {
+            for i in 1..TOTAL {
+                if i == TOTAL - 1 {
+                    // Every join ends before the last message: each one's
+                    // seam is inside the run.
+                    support::eventually("all joined", LIMIT, || b_hub.room_len("r") == JOINS.len())
+                        .await;
+                }
+                hub.append("r", i.to_string()).await.unwrap();
+                progress.send_replace(i);
+            }
+        }
+    });
+    let mut clients = Vec::new();
+    for at in JOINS {
+        within("publisher progress", appended.wait_for(|n| *n >= at))
+            .await
+            .unwrap();
+        clients.push(b.join(&format!("since={first}")).await);
+    }
+    within("publisher", publisher).await.unwrap();
+    let mut replayed = Vec::new();
+    for mut client in clients {
+        let welcome = next(&mut client).await;
+        replayed.push(welcome.rsplit(' ').next().unwrap().parse::<u64>().unwrap());
+        for seq in 2..=TOTAL {
+            let line = next(&mut client).await;
+            let (position, text) = line.split_once(' ').unwrap();
+            let position: Position = position.parse().unwrap();
+            assert_eq!(
+                (position.seq(), text),
+                (seq, (seq - 1).to_string().as_str())
+            );
+        }
+        assert!(client.try_recv().is_none());
+    }
+    // Each join met the publisher mid-run: replay and live traffic both
+    // had a share.
+    for (n, at) in replayed.iter().zip(JOINS) {
+        assert!(*n >= at && *n < TOTAL - 1, "replayed {n} after {at}");
+    }
+}
+
+/// A node that stopped beating (its entries planted as a crashed node
+/// leaves them) loses its members, each announced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_members_leave() {
+    let redis = RedisServer::start().await;
+    let a = Node::start(&redis, options("a")).await;
+    let b = Node::start(&redis, options("b")).await;
+    let mut ada = a.join("name=ada").await;
+    assert_eq!(next(&mut ada).await, "welcome ada - none");
+    let mut bob = b.join("name=bob").await;
+    assert_eq!(next(&mut bob).await, "welcome ada,bob - none");
+    assert_eq!(next(&mut ada).await, "join bob");
+
+    // A node `ghost` that beat once, long ago, with one member in `r`.
+    for cmd in [
+        &["ZADD", "switchboard:nodes", "1", "ghost"][..],
+        &["HSET", "switchboard:presence:r", "7@ghost", "casper"],
+        &["HINCRBY", "switchboard:presence:r", "#version", "1"],
+        &["HSET", "switchboard:rooms-of:ghost", "r", "1"],
+    ] {
+        redis.command(cmd).await;
+    }
+    assert_eq!(next(&mut ada).await, "leave casper");
+    assert_eq!(next(&mut bob).await, "leave casper");
+    let mut names = b.hub.presence("r").await.unwrap().names;
+    names.sort();
+    assert_eq!(names, [Arc::<str>::from("ada"), Arc::from("bob")]);
+    // Announced once: the next thing either sees is a later event.
+    let mut carl = b.join("name=carl").await;
+    assert!(next(&mut carl).await.starts_with("welcome ada,bob,carl"));
+    assert_eq!(next(&mut ada).await, "join carl");
+    assert_eq!(next(&mut bob).await, "join carl");
+}
+
+/// Redis restarts empty: old positions are refused (another epoch), the
+/// rooms carry on, and each node adds its members again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_refuses_old_positions_and_carries_on() {
+    let mut redis = RedisServer::start().await;
+    let a = Node::start(&redis, options("a")).await;
+    let mut ada = a.join("name=ada").await;
+    assert_eq!(next(&mut ada).await, "welcome ada - none");
+    let before = a.hub.append("r", "before").await.unwrap();
+    assert_eq!(next(&mut ada).await, format!("{before} before"));
+
+    redis.kill().await;
+    assert!(a.hub.append("r", "lost").await.is_err());
+    redis.restart().await;
+    support::eventually("the broker reconnects", LIMIT, || {
+        a.broker.status().connected
+    })
+    .await;
+
+    // The node's members come back with its next heartbeat.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while a
+        .hub
+        .presence("r")
+        .await
+        .map_or(true, |m| m.names.is_empty())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ada never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut late = a.join(&format!("name=bob&since={before}")).await;
+    assert_eq!(next(&mut late).await, "welcome ada,bob - Epoch");
+    let after = a.hub.append("r", "after").await.unwrap();
+    assert_ne!(after.epoch(), before.epoch());
+    assert_eq!(next(&mut late).await, format!("{after} after"));
+}
