@@ -179,6 +179,14 @@ impl LocalDelivery {
     }
 }
 
+#[cfg(test)]
+impl LocalDelivery {
+    /// A handle to no hub: deliveries go nowhere.
+    pub(crate) fn detached() -> Self {
+        LocalDelivery(Weak::new())
+    }
+}
+
 impl fmt::Debug for LocalDelivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalDelivery")
@@ -601,7 +609,8 @@ impl Hub {
                     };
                     self.shared.store.remove_member(room, &member).await?;
                 }
-                joined.ok_or_else(|| room_error(room, "the connection has closed"))
+                joined
+                    .ok_or_else(|| room_error(room, "the connection closed or left while joining"))
             }
             Err(err) => {
                 let _ = self.leave_room(room, id).await;

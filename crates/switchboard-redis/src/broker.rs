@@ -30,7 +30,10 @@ pub struct Status {
     pub published: u64,
     /// Publishes that failed (Redis down or slow); each returned an error.
     pub publish_errors: u64,
-    /// Messages from other nodes (or emitters) delivered to local members.
+    /// Messages from Redis delivered to local members: other nodes' (and
+    /// emitters') publishes, and every room message with history and
+    /// presence change, this node's own included (those all come back
+    /// through Redis, in the order it recorded them).
     pub received: u64,
     /// Envelopes refused as malformed, of an unknown version, or on the
     /// wrong channel.

@@ -5,7 +5,7 @@
 //!
 //! - `P:meta:R`, a hash: `epoch` (16 hex digits, chosen by the first
 //!   append of a history) and `seq` (the newest position's number).
-//!   Expires `max_age` + one day after the last append.
+//!   Expires `max_age` + [`EPOCH_GRACE`] (a day) after the last append.
 //! - `P:history:R`, a stream: one entry per kept message, with id
 //!   `{seq}-0` and fields `at` (Redis time, ms), `b` (`1` for binary) and
 //!   `d` (the payload). Trimmed by count and age at every append and
@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::Script;
 use switchboard_core::rooms::{
-    History, Member, Members, Position, Replay, RoomStore, Unrecoverable,
+    EPOCH_GRACE, History, Member, Members, Position, Replay, RoomStore, Unrecoverable,
 };
 use switchboard_core::{ConnectionId, LocalDelivery, Message, Utf8Bytes};
 use tokio::time::{MissedTickBehavior, interval};
@@ -50,10 +50,8 @@ use crate::options::{RedisOptions, random_u64};
 use crate::publisher::Publisher;
 use crate::subscriber::Subscriber;
 
-/// How long a room's epoch outlives its last append (beyond `max_age`), so
-/// that a client holding the newest position of a quiet room can still
-/// resume with nothing missed.
-const EPOCH_GRACE_MS: u64 = 24 * 3600 * 1000;
+/// How long a room's epoch outlives its last append, beyond `max_age`.
+const EPOCH_GRACE_MS: u64 = EPOCH_GRACE.as_millis() as u64;
 
 /// Most expired history entries one script call removes (the rest go at
 /// the next call), so a call stays short.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{History, Member, Members, Position, Replay, RoomStore, Unrecoverable};
+use super::{EPOCH_GRACE, History, Member, Members, Position, Replay, RoomStore, Unrecoverable};
 use crate::connection::ConnectionId;
 use crate::error::Result;
 use crate::hub::LocalDelivery;
@@ -72,9 +72,12 @@ impl Room {
         (self.seq > 0).then(|| Position::new(self.epoch, self.seq))
     }
 
-    /// A room with no members whose positions have expired.
+    /// A room with no members and no position worth keeping: none given
+    /// yet, or the newest older than the history's age and the grace.
     fn forgotten(&self, history: &History, now: Instant) -> bool {
-        self.members.is_empty() && now.duration_since(self.last_append) > history.max_age
+        self.members.is_empty()
+            && (self.seq == 0
+                || now.duration_since(self.last_append) > history.max_age + EPOCH_GRACE)
     }
 }
 
@@ -100,6 +103,21 @@ impl State {
     /// The room's record, a fresh one (new epoch) if it had none or was
     /// forgotten.
     fn room(&mut self, name: &str, history: &History, now: Instant) -> &mut Room {
+        self.sweep(name, history, now);
+        self.rooms
+            .entry(Arc::from(name))
+            .or_insert_with(|| Room::new(now))
+    }
+
+    /// The room's record if it has one that is not forgotten.
+    fn existing(&mut self, name: &str, history: &History, now: Instant) -> Option<&mut Room> {
+        self.sweep(name, history, now);
+        self.rooms.get_mut(name)
+    }
+
+    /// Drops `name` if it is forgotten, and every forgotten room once a
+    /// minute (or once per `max_age`, if shorter).
+    fn sweep(&mut self, name: &str, history: &History, now: Instant) {
         if now.duration_since(self.last_sweep) >= SWEEP_EVERY.min(history.max_age) {
             self.last_sweep = now;
             self.rooms.retain(|_, room| !room.forgotten(history, now));
@@ -111,9 +129,6 @@ impl State {
         {
             self.rooms.remove(name);
         }
-        self.rooms
-            .entry(Arc::from(name))
-            .or_insert_with(|| Room::new(now))
     }
 }
 
@@ -143,7 +158,17 @@ impl RoomStore for MemoryStore {
     async fn replay(&self, name: &str, since: Option<Position>, _: &History) -> Result<Replay> {
         let now = Instant::now();
         let mut state = self.lock();
-        let room = state.room(name, &self.history, now);
+        let Some(room) = state.existing(name, &self.history, now) else {
+            // No record: no position was ever given here (or it expired).
+            let entries = match since {
+                None => Ok(Vec::new()),
+                Some(_) => Err(Unrecoverable::Epoch),
+            };
+            return Ok(Replay {
+                newest: None,
+                entries,
+            });
+        };
         room.trim(&self.history, now);
         let newest = room.newest();
         let Some(since) = since else {
@@ -200,6 +225,9 @@ impl RoomStore for MemoryStore {
             self.local
                 .deliver_presence(name, false, &left, Some(member.conn), version);
         }
+        if room.forgotten(&self.history, Instant::now()) {
+            state.rooms.remove(name);
+        }
         Ok(())
     }
 
@@ -224,4 +252,53 @@ pub(crate) fn random_u64() -> u64 {
         .map_or(0, |d| d.as_nanos());
     hasher.write_u128(nanos);
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::Unrecoverable;
+
+    fn store(max_len: usize) -> MemoryStore {
+        let history = History::new(max_len, Duration::from_secs(60));
+        MemoryStore::new(LocalDelivery::detached(), history)
+    }
+
+    fn rooms(store: &MemoryStore) -> usize {
+        store.lock().rooms.len()
+    }
+
+    #[tokio::test]
+    async fn rooms_without_members_or_positions_are_not_kept() {
+        let store = store(2);
+        let member = Member {
+            conn: ConnectionId::from_u64(1),
+            name: "ada".into(),
+        };
+        store.add_member("a", &member).await.unwrap();
+        assert_eq!(rooms(&store), 1);
+        store.remove_member("a", &member).await.unwrap();
+        assert_eq!(rooms(&store), 0, "no member, no position: forgotten");
+
+        // Asking about a room creates nothing.
+        let replay = store
+            .replay("b", Some(Position::new(1, 1)), &store.history)
+            .await
+            .unwrap();
+        assert_eq!(replay.entries, Err(Unrecoverable::Epoch));
+        assert_eq!(rooms(&store), 0);
+
+        // A room that gave positions keeps its record (and at most
+        // `max_len` messages) once its members leave.
+        store.add_member("c", &member).await.unwrap();
+        for i in 0..5 {
+            store
+                .append("c", Message::text(i.to_string()), &store.history)
+                .await
+                .unwrap();
+        }
+        store.remove_member("c", &member).await.unwrap();
+        assert_eq!(rooms(&store), 1);
+        assert_eq!(store.lock().rooms["c"].entries.len(), 2);
+    }
 }

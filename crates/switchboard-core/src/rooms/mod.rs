@@ -117,13 +117,20 @@ impl FromStr for Position {
     }
 }
 
+/// How long a room's epoch outlives its newest message, beyond
+/// [`History::max_age`]: a client that holds the newest position of a quiet
+/// room resumes with nothing missed rather than being told its position
+/// is from a lost history.
+pub const EPOCH_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 /// How much history each room keeps: at most `max_len` messages, none
 /// older than `max_age`. The default keeps none (positions are still
 /// given, and recovery works only from the newest one).
 ///
 /// Memory: at most `max_len` messages per room that had a message in the
-/// last `max_age`; a room whose newest message is older than that is
-/// forgotten, epoch included.
+/// last `max_age`, plus a small record (epoch, sequence) per room that had
+/// one in the last `max_age` + [`EPOCH_GRACE`]; a room with no member and
+/// no message is not kept at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct History {
