@@ -73,6 +73,10 @@ use switchboard::{
     MessageComponent, RateLimit, RateLimitAction, Server,
 };
 
+/// See "Memory after an attack" in docs/reliability.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The longest message text, in bytes.
 const MAX_TEXT: usize = 4 * 1024;
 /// The longest frame or line a client may send; longer closes it (1009).

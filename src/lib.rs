@@ -56,6 +56,7 @@
 //!
 //! The crate root holds what an application uses: the component trait,
 //! [`Connection`], [`Message`], [`Server`], [`Hub`], limits and errors.
+//! Presence, history and recovery for the hub's rooms are in [`rooms`].
 //! Each transport is a module ([`ws`], [`tcp`], [`tls`]; scale-out in
 //! [`redis`]). [`transport`] is for writing a transport of your own: the
 //! [`Transport`](transport::Transport) trait and the client plumbing.
