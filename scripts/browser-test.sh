@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Browser test: two headless Chromium pages talk through the chat example,
-# then through the axum_app example (the same page and room, through axum).
+# Browser tests, two headless Chromium pages each:
+# - chat.test.mjs: the pages talk through the chat example, then through the
+#   axum_app example (the same page and room, through axum);
+# - rooms.test.mjs: the pages join a room of the rooms example: members,
+#   join and leave notices, messages, recovery of what a page missed while
+#   its socket was down, HTML shown as text.
 # Installs what it needs (Debian's chromium, the npm packages in
 # tests/browser/) and fails when anything is missing; it never skips.
 set -euo pipefail
@@ -22,11 +26,12 @@ fi
 echo "== npm packages (playwright-core; no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
-echo "== building the chat and axum_app examples"
-cargo build --example chat --example axum_app
+echo "== building the chat, axum_app and rooms examples"
+cargo build --example chat --example axum_app --example rooms
 export CHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/examples/chat"
 export AXUM_APP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/examples/axum_app"
+export ROOMS_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/examples/rooms"
 
 echo "== browser test"
 cd tests/browser
-timeout 180 node --test chat.test.mjs
+timeout 240 node --test chat.test.mjs rooms.test.mjs

@@ -28,7 +28,7 @@ cargo test --workspace --all-features
 echo "== fuzzing (cargo-fuzz, 30 s per target; docs/reliability.md)"
 FUZZ_SECONDS=30 bash scripts/fuzz.sh
 
-echo "== browser test (headless chromium drives the chat page of the chat and axum_app examples)"
+echo "== browser tests (headless chromium drives the chat page of the chat and axum_app examples, and the rooms page)"
 bash scripts/browser-test.sh
 
 echo "== WebSocket conformance (Autobahn|Testsuite against the echo example and axum_app's /echo)"
