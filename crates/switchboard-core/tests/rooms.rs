@@ -247,3 +247,28 @@ impl MessageComponent for Twice {
         Ok(())
     }
 }
+
+/// Messages older than `max_age` go: the newest position before them
+/// still resumes, an older one is refused.
+#[tokio::test]
+async fn history_is_trimmed_by_age() {
+    let max_age = Duration::from_millis(200);
+    let (server, hub) = server(History::new(10, max_age));
+    let old: Vec<Position> = {
+        let mut out = Vec::new();
+        for i in 0..3 {
+            out.push(hub.append("r", format!("old{i}")).await.unwrap());
+        }
+        out
+    };
+    let waited = tokio::time::Instant::now();
+    while waited.elapsed() < max_age * 2 {
+        tokio::time::sleep(max_age).await;
+    }
+    let fresh = hub.append("r", "fresh").await.unwrap();
+    let mut client = join(&server, &format!("since={}", old[2])).await;
+    assert_eq!(next(&mut client).await, format!("welcome  {fresh} 1"));
+    assert_eq!(next(&mut client).await, format!("{fresh} fresh"));
+    let mut client = join(&server, &format!("since={}", old[1])).await;
+    assert_eq!(next(&mut client).await, format!("welcome  {fresh} Trimmed"));
+}

@@ -63,25 +63,30 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- Removes entries older than max_age (ms) from the front of a stream.
+-- The `at` field of a stream entry.
+local function entry_at(entry)
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'at' then return tonumber(fields[i + 1]) end
+  end
+  return 0
+end
+-- Removes entries older than max_age (ms) from the front of a stream: a
+-- look at the oldest entry, and a scan of at most `batch` only when it
+-- has expired.
 local function trim_age(stream, max_age, batch)
   local cutoff = now_ms() - max_age
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #oldest == 0 or entry_at(oldest[1]) >= cutoff then return end
   local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', batch)
   for _, entry in ipairs(old) do
-    local fields = entry[2]
-    local at = 0
-    for i = 1, #fields, 2 do
-      if fields[i] == 'at' then at = tonumber(fields[i + 1]) end
-    end
-    if at >= cutoff then
+    if entry_at(entry) >= cutoff then
       redis.call('XTRIM', stream, 'MINID', entry[1])
       return
     end
   end
-  if #old > 0 then
-    local last = tonumber(string.match(old[#old][1], '^(%d+)'))
-    redis.call('XTRIM', stream, 'MINID', (last + 1) .. '-0')
-  end
+  local last = tonumber(string.match(old[#old][1], '^(%d+)'))
+  redis.call('XTRIM', stream, 'MINID', (last + 1) .. '-0')
 end
 -- The first field of a presence-change payload: j or l, the version, the
 -- member's field with its length, the name.

@@ -75,12 +75,17 @@ struct Node {
 
 impl Node {
     async fn start(redis: &RedisServer, options: RedisOptions) -> Node {
+        let history = History::new(20_000, Duration::from_secs(600));
+        Node::with_history(redis, options, history).await
+    }
+
+    async fn with_history(redis: &RedisServer, options: RedisOptions, history: History) -> Node {
         let broker = within("connect", RedisBroker::connect(&redis.url(), options))
             .await
             .unwrap();
         let hub = Hub::builder()
             .broker(broker.clone())
-            .history(History::new(20_000, Duration::from_secs(600)))
+            .history(history)
             .events(Lines)
             .build();
         let config = Config::default()
@@ -312,4 +317,51 @@ async fn a_redis_restart_refuses_old_positions_and_carries_on() {
     let after = a.hub.append("r", "after").await.unwrap();
     assert_ne!(after.epoch(), before.epoch());
     assert_eq!(next(&mut late).await, format!("{after} after"));
+}
+
+/// The stream keeps `max_len` messages and none older than `max_age`; a
+/// position before what is kept is refused, the oldest kept one resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_trimmed_by_count_and_by_age() {
+    let redis = RedisServer::start().await;
+    let max_age = Duration::from_millis(300);
+    let a = Node::with_history(&redis, options("a"), History::new(3, max_age)).await;
+    let mut positions = Vec::new();
+    for i in 1..=5 {
+        positions.push(a.hub.append("r", format!("m{i}")).await.unwrap());
+    }
+    let len = redis.command(&["XLEN", "switchboard:history:r"]).await;
+    assert_eq!(len.trim(), ":3");
+    let mut client = a.join(&format!("since={}", positions[0])).await;
+    assert!(next(&mut client).await.ends_with(" Trimmed"));
+    let mut client = a.join(&format!("since={}", positions[1])).await;
+    assert!(next(&mut client).await.ends_with(" 3"));
+
+    // Once max_age has passed, the next append trims the old ones: the
+    // newest position before it still resumes (nothing after it is lost),
+    // an older one is refused.
+    let waited = tokio::time::Instant::now();
+    while waited.elapsed() < max_age * 2 {
+        tokio::time::sleep(max_age).await;
+    }
+    let fresh = a.hub.append("r", "fresh").await.unwrap();
+    let len = redis.command(&["XLEN", "switchboard:history:r"]).await;
+    assert_eq!(len.trim(), ":1");
+    let mut client = a.join(&format!("since={}", positions[4])).await;
+    assert_eq!(next(&mut client).await, format!("welcome  {fresh} 1"));
+    assert_eq!(next(&mut client).await, format!("{fresh} fresh"));
+    let mut client = a.join(&format!("since={}", positions[3])).await;
+    assert!(next(&mut client).await.ends_with(" Trimmed"));
+    // The stream expires with the history's age; the epoch lasts longer.
+    let ttl: i64 = redis
+        .command(&["PTTL", "switchboard:history:r"])
+        .await
+        .trim()[1..]
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= max_age.as_millis() as i64, "{ttl}");
+    let ttl: i64 = redis.command(&["PTTL", "switchboard:meta:r"]).await.trim()[1..]
+        .parse()
+        .unwrap();
+    assert!(ttl > 86_000_000, "{ttl}");
 }
