@@ -30,6 +30,9 @@ impl CloseCode {
     pub const SIZE: CloseCode = CloseCode(1009);
     /// 1011: the server hit an unexpected condition (handler error or panic).
     pub const ERROR: CloseCode = CloseCode(1011);
+    /// 1012: the service is restarting; reconnect (the client may resume
+    /// where it was).
+    pub const RESTART: CloseCode = CloseCode(1012);
     /// 1013: try again later (the server is overloaded for now).
     pub const TRY_AGAIN: CloseCode = CloseCode(1013);
 }

@@ -12,8 +12,8 @@ use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::rooms::{
-    Held, History, Join, Joined, Joining, MAX_HELD, Member, MemoryStore, PlainEvents, Position,
-    PresenceEvent, Recovery, RoomEvents, RoomStore,
+    Held, History, Join, Joined, Joining, MAX_HELD, Member, Members, MemoryStore, PlainEvents,
+    Position, PresenceEvent, Recovery, Replay, RoomEvents, RoomStore,
 };
 
 /// Where a published message goes.
@@ -248,11 +248,10 @@ pub(crate) struct HubShared {
 #[derive(Default)]
 struct Rooms {
     by_name: HashMap<Arc<str>, HashMap<ConnectionId, Connection>>,
-    /// Connections inside [`Hub::join_room_with`], per room: what the room
-    /// sends them is held until their replay is queued. A mutex so that
-    /// delivery, which holds the `rooms` read lock, can add to it; taken
-    /// out under the write lock.
-    joining: Mutex<HashMap<Arc<str>, HashMap<ConnectionId, Joining>>>,
+    /// Per room, what recorded traffic ([`Hub::append`], presence) needs
+    /// beyond the member list. A mutex so that delivery, which holds the
+    /// `rooms` read lock, can change it.
+    recorded: Mutex<HashMap<Arc<str>, Recorded>>,
     /// The rooms of each connection (joining or joined) and the name it
     /// has there, so leaving on close costs O(rooms of that connection),
     /// not O(all rooms).
@@ -265,6 +264,85 @@ struct Membership {
     name: Option<Arc<str>>,
 }
 
+/// The seam between history and live traffic for one room (see
+/// [`rooms`](crate::rooms)).
+#[derive(Default)]
+struct Recorded {
+    /// Connections inside [`Hub::join_room_with`]: what the room sends
+    /// them is held until their replay is queued.
+    joining: HashMap<ConnectionId, Joining>,
+    /// New members and what their welcome and replay covered: live
+    /// traffic up to there may still arrive (a shared store reads the
+    /// history on another link than the one live traffic comes on) and is
+    /// skipped, once.
+    seams: HashMap<ConnectionId, Seam>,
+    /// The newest position delivered here: the next one must follow it,
+    /// or messages were lost (a broker link that dropped).
+    last: Option<Position>,
+}
+
+/// What one new member already has.
+#[derive(Clone, Copy)]
+struct Seam {
+    /// Messages up to this position came in the replay (or before the
+    /// welcome); `None` once a later one arrived.
+    position: Option<Position>,
+    /// Presence changes up to this version are in the welcome's list.
+    version: Option<u64>,
+}
+
+impl Recorded {
+    /// Whether entry `position` goes to member `id`, and whether that member
+    /// missed messages before it; clears the member's seam once passed.
+    fn entry_for(&mut self, id: ConnectionId, position: Position, room_gap: bool) -> (bool, bool) {
+        let Some(seam) = self.seams.get_mut(&id) else {
+            return (true, room_gap);
+        };
+        let Some(covered) = seam.position else {
+            return (true, room_gap);
+        };
+        if !position.is_after(&covered) {
+            return (false, false);
+        }
+        seam.position = None;
+        if seam.version.is_none() {
+            self.seams.remove(&id);
+        }
+        (true, follows(covered, position).is_none_or(|next| !next))
+    }
+
+    /// Whether presence change `version` goes to member `id`.
+    fn presence_for(&mut self, id: ConnectionId, version: u64) -> bool {
+        let Some(seam) = self.seams.get_mut(&id) else {
+            return true;
+        };
+        let Some(covered) = seam.version else {
+            return true;
+        };
+        if version <= covered {
+            return false;
+        }
+        seam.version = None;
+        if seam.position.is_none() {
+            self.seams.remove(&id);
+        }
+        true
+    }
+}
+
+/// Whether `next` is the message right after `last`: `Some(true)` if so,
+/// `Some(false)` if messages in between are missing, `None` when it cannot
+/// be told (another epoch started: its first message is seq 1).
+fn follows(last: Position, next: Position) -> Option<bool> {
+    if last.epoch() == next.epoch() {
+        Some(next.seq() == last.seq() + 1)
+    } else if next.seq() == 1 {
+        None
+    } else {
+        Some(false)
+    }
+}
+
 impl Rooms {
     /// The shared name of `room`, to key several maps with one allocation.
     fn intern(&self, room: &str) -> Arc<str> {
@@ -274,39 +352,48 @@ impl Rooms {
         }
     }
 
-    fn joining(&mut self) -> &mut HashMap<Arc<str>, HashMap<ConnectionId, Joining>> {
-        self.joining.get_mut().unwrap_or_else(|p| p.into_inner())
+    fn recorded(&mut self) -> &mut HashMap<Arc<str>, Recorded> {
+        self.recorded.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The joining connections, through the read lock.
-    fn lock_joining(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<ConnectionId, Joining>>> {
-        self.joining.lock().unwrap_or_else(|p| p.into_inner())
+    /// The recorded-traffic state, through the read lock.
+    fn lock_recorded(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Recorded>> {
+        self.recorded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `room` has local members, joined or joining.
     fn occupied(&self, room: &str) -> bool {
-        self.by_name.contains_key(room) || self.lock_joining().contains_key(room)
+        self.by_name.contains_key(room)
+            || self
+                .lock_recorded()
+                .get(room)
+                .is_some_and(|r| !r.joining.is_empty())
     }
 
-    /// Takes `id` out of `room` (joined or joining) and out of its
-    /// memberships. Returns its membership, if it had one, and whether
-    /// the room now has no local member.
-    fn remove(&mut self, room: &str, id: ConnectionId) -> (Option<Membership>, bool) {
+    /// Takes `id` out of `room` (joined or joining), not out of `by_conn`;
+    /// true if the room now has no local member.
+    fn remove_from(&mut self, room: &str, id: ConnectionId) -> bool {
         if let Some(members) = self.by_name.get_mut(room)
             && members.remove(&id).is_some()
             && members.is_empty()
         {
             self.by_name.remove(room);
         }
-        let joining = self.joining();
-        if let Some(conns) = joining.get_mut(room)
-            && conns.remove(&id).is_some()
-            && conns.is_empty()
-        {
-            joining.remove(room);
+        let live = self.by_name.contains_key(room);
+        let recorded = self.recorded();
+        if let Some(state) = recorded.get_mut(room) {
+            state.joining.remove(&id);
+            state.seams.remove(&id);
+            if state.joining.is_empty() && !live {
+                recorded.remove(room);
+            }
         }
+        !self.occupied(room)
+    }
+
+    /// Takes `id` out of `room` and its memberships: its membership, if it
+    /// had one, and whether the room now has no local member.
+    fn remove(&mut self, room: &str, id: ConnectionId) -> (Option<Membership>, bool) {
         let mut membership = None;
         if let Some(list) = self.by_conn.get_mut(&id) {
             if let Some(at) = list.iter().position(|m| &*m.room == room) {
@@ -316,7 +403,10 @@ impl Rooms {
                 self.by_conn.remove(&id);
             }
         }
-        let emptied = membership.is_some() && !self.occupied(room);
+        if membership.is_none() {
+            return (None, false);
+        }
+        let emptied = self.remove_from(room, id);
         (membership, emptied)
     }
 }
@@ -504,9 +594,9 @@ impl Hub {
             let name = rooms.intern(room);
             let first = !rooms.occupied(room);
             if rooms
-                .joining()
+                .recorded()
                 .get(room)
-                .is_some_and(|j| j.contains_key(&conn.id()))
+                .is_some_and(|r| r.joining.contains_key(&conn.id()))
             {
                 // Inside `join_room_with`, which makes it a member at its end.
                 return Ok(());
@@ -579,13 +669,12 @@ impl Hub {
                 return Err(room_error(room, "the connection is already in this room"));
             }
             let name = rooms.intern(room);
-            rooms.joining().entry(name.clone()).or_default().insert(
-                id,
-                Joining {
-                    conn: conn.clone(),
-                    held: Vec::new(),
-                },
-            );
+            let joining = Joining {
+                conn: conn.clone(),
+                held: Vec::new(),
+            };
+            let recorded = rooms.recorded().entry(name.clone()).or_default();
+            recorded.joining.insert(id, joining);
             rooms.by_conn.entry(id).or_default().push(Membership {
                 room: name.clone(),
                 name: join.name.clone(),
@@ -634,7 +723,7 @@ impl Hub {
 
     /// The names of `room`'s members on every node (one per connection
     /// that joined with a name), with the list's version.
-    pub async fn presence(&self, room: &str) -> Result<crate::rooms::Members> {
+    pub async fn presence(&self, room: &str) -> Result<Members> {
         self.shared.store.members(room).await
     }
 
@@ -727,22 +816,45 @@ impl HubShared {
     }
 
     fn deliver_entry(&self, room: &str, position: Position, msg: &Message) -> usize {
-        let rooms = read(&self.rooms);
-        let mut joining = rooms.lock_joining();
-        let (live, joining) = (rooms.by_name.get(room), joining.get_mut(room));
-        if live.is_none() && joining.is_none() {
+        // App code runs outside the hub's locks.
+        let Some(msg) = guarded("message", || self.events.message(room, position, msg)) else {
             return 0;
+        };
+        let rooms = read(&self.rooms);
+        let mut recorded = rooms.lock_recorded();
+        let live = rooms.by_name.get_key_value(room);
+        let state = match (recorded.get_mut(room), live) {
+            (Some(state), _) => state,
+            (None, Some((name, _))) => recorded.entry(name.clone()).or_default(),
+            (None, None) => return 0,
+        };
+        let room_gap = state
+            .last
+            .is_some_and(|last| follows(last, position) == Some(false));
+        if state.last.is_none_or(|last| position.is_after(&last)) {
+            state.last = Some(position);
         }
-        let msg = self.events.message(room, position, msg);
-        for conn in joining.into_iter().flat_map(|j| j.values_mut()) {
-            hold(conn, Held::Entry(position, msg.clone()));
+        for joining in state.joining.values_mut() {
+            hold(joining, Held::Entry(position, msg.clone()));
         }
-        live.map_or(0, |members| {
-            members
-                .values()
-                .filter(|conn| conn.send(msg.clone()).is_ok())
-                .count()
-        })
+        let Some((_, members)) = live else {
+            return 0;
+        };
+        let mut sent = 0;
+        for (id, conn) in members {
+            match state.entry_for(*id, position, room_gap) {
+                (false, _) => {}
+                (true, true) => {
+                    tracing::warn!(conn = %id, room, "messages of the room were lost on the way: closing so the client resumes");
+                    conn.close_with(
+                        CloseCode::RESTART,
+                        "messages were lost: reconnect to resume",
+                    );
+                }
+                (true, false) => sent += usize::from(conn.send(msg.clone()).is_ok()),
+            }
+        }
+        sent
     }
 
     fn deliver_presence(
@@ -753,34 +865,34 @@ impl HubShared {
         local: Option<ConnectionId>,
         version: u64,
     ) {
-        let rooms = read(&self.rooms);
-        let mut joining = rooms.lock_joining();
-        let (live, joining) = (rooms.by_name.get_key_value(room), joining.get_mut(room));
-        let room: Arc<str> = match (live, &joining) {
-            (Some((room, _)), _) => room.clone(),
-            (None, Some(_)) => Arc::from(room),
-            (None, None) => return,
-        };
         let event = PresenceEvent {
-            room,
+            room: Arc::from(room),
             joined,
             name: Arc::from(name),
             local,
             version,
         };
-        let Some(msg) = self.events.presence(&event) else {
+        let Some(Some(msg)) = guarded("presence", || self.events.presence(&event)) else {
             return;
         };
+        let rooms = read(&self.rooms);
+        let mut recorded = rooms.lock_recorded();
         let others = |id: &ConnectionId| Some(*id) != local;
-        for (_, conn) in joining.into_iter().flatten().filter(|(id, _)| others(id)) {
-            hold(conn, Held::Presence(version, msg.clone()));
+        let state = recorded.get_mut(room);
+        let live = rooms.by_name.get(room);
+        let Some(state) = state else {
+            for (_, conn) in live.into_iter().flatten().filter(|(id, _)| others(id)) {
+                let _ = conn.send(msg.clone());
+            }
+            return;
+        };
+        for (_, joining) in state.joining.iter_mut().filter(|(id, _)| others(id)) {
+            hold(joining, Held::Presence(version, msg.clone()));
         }
-        for (_, conn) in live
-            .into_iter()
-            .flat_map(|(_, m)| m)
-            .filter(|(id, _)| others(id))
-        {
-            let _ = conn.send(msg.clone());
+        for (id, conn) in live.into_iter().flatten().filter(|(id, _)| others(id)) {
+            if state.presence_for(*id, version) {
+                let _ = conn.send(msg.clone());
+            }
         }
     }
 
@@ -791,7 +903,7 @@ impl HubShared {
         room: &str,
         id: ConnectionId,
         join: &Join,
-    ) -> Result<(crate::rooms::Members, crate::rooms::Replay)> {
+    ) -> Result<(Members, Replay)> {
         self.sync_subscription(room).await?;
         if let Some(name) = &join.name {
             let member = Member {
@@ -807,21 +919,15 @@ impl HubShared {
 
     /// The end of [`Hub::join_room_with`]: queue the welcome, the replay and
     /// what was held after the seam, then make the connection a member.
-    /// `None` if it closed meanwhile.
+    /// `None` if it closed or left meanwhile.
     fn finish_join(
         &self,
         room: &Arc<str>,
         conn: &Connection,
         join: &Join,
-        members: crate::rooms::Members,
-        replay: crate::rooms::Replay,
+        members: Members,
+        replay: Replay,
     ) -> Option<Joined> {
-        let mut rooms = write(&self.rooms);
-        let joining = rooms.joining();
-        let held = joining.get_mut(&**room)?.remove(&conn.id())?.held;
-        if joining.get(&**room).is_some_and(HashMap::is_empty) {
-            joining.remove(&**room);
-        }
         let (recovery, entries) = match (join.since, replay.entries) {
             (None, _) => (Recovery::NotAsked, Vec::new()),
             (Some(_), Ok(entries)) => (Recovery::Replayed(entries.len()), entries),
@@ -834,24 +940,51 @@ impl HubShared {
             position: replay.newest,
             recovery,
         };
+        // App code runs outside the hub's locks.
+        let welcome = guarded("welcome", || self.events.welcome(&joined)).flatten();
+        let seam = entries.last().map(|(p, _)| *p).or(replay.newest);
+        let replayed: Vec<Message> = entries
+            .iter()
+            .filter_map(|(p, m)| guarded("message", || self.events.message(room, *p, m)))
+            .collect();
+
+        let mut rooms = write(&self.rooms);
+        let state = rooms.recorded().get_mut(&**room)?;
+        let held = state.joining.remove(&conn.id())?.held;
         // Sends never block; a full queue is the slow-consumer policy's.
-        if let Some(welcome) = self.events.welcome(&joined) {
-            let _ = conn.send(welcome);
+        for msg in welcome.into_iter().chain(replayed) {
+            let _ = conn.send(msg);
         }
-        let mut seam = replay.newest;
-        for (position, msg) in entries {
-            let _ = conn.send(self.events.message(room, position, &msg));
-            seam = Some(position);
-        }
+        let (mut seam, mut version) = (seam, Some(members.version));
         for held in held {
             let (after, msg) = match held {
-                Held::Entry(position, msg) => (seam.is_none_or(|s| position.is_after(&s)), msg),
-                Held::Presence(version, msg) => (version > members.version, msg),
+                Held::Entry(position, msg) => {
+                    let after = seam.is_none_or(|s| position.is_after(&s));
+                    if after {
+                        seam = Some(position);
+                    }
+                    (after, msg)
+                }
+                Held::Presence(v, msg) => {
+                    let after = version.is_none_or(|covered| v > covered);
+                    if after {
+                        version = Some(v);
+                    }
+                    (after, msg)
+                }
             };
             if after {
                 let _ = conn.send(msg);
             }
         }
+        // Live traffic up to what it got may still be on its way.
+        state.seams.insert(
+            conn.id(),
+            Seam {
+                position: seam,
+                version,
+            },
+        );
         rooms
             .by_name
             .entry(room.clone())
@@ -888,17 +1021,8 @@ impl HubShared {
         let mut named = Vec::new();
         {
             let mut rooms = write(&self.rooms);
-            for membership in rooms
-                .by_conn
-                .get(&id)
-                .map(|l| l.iter().map(|m| m.room.clone()).collect::<Vec<_>>())
-                .unwrap_or_default()
-            {
-                let (membership, now_empty) = rooms.remove(&membership, id);
-                let Some(membership) = membership else {
-                    continue;
-                };
-                if now_empty {
+            for membership in rooms.by_conn.remove(&id).unwrap_or_default() {
+                if rooms.remove_from(&membership.room, id) {
                     emptied.push(membership.room.clone());
                 }
                 if let Some(name) = membership.name {
@@ -931,6 +1055,18 @@ impl HubShared {
             Err(_) => {
                 tracing::warn!("no tokio runtime: presence and broker subscriptions not updated")
             }
+        }
+    }
+}
+
+/// Runs app code ([`RoomEvents`]) so that a panic in it costs the one event,
+/// not the task delivering every room's traffic.
+fn guarded<T>(callback: &'static str, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            tracing::error!(callback, "RoomEvents panicked; the event was skipped");
+            None
         }
     }
 }

@@ -272,3 +272,111 @@ async fn history_is_trimmed_by_age() {
     let mut client = join(&server, &format!("since={}", old[1])).await;
     assert_eq!(next(&mut client).await, format!("welcome  {fresh} Trimmed"));
 }
+
+/// A shared store whose live traffic the test plays by hand: it can lag
+/// behind the history (as a pub/sub link can) or skip a message (as a
+/// dropped link does).
+#[derive(Default)]
+struct Scripted {
+    local: std::sync::OnceLock<switchboard::LocalDelivery>,
+}
+
+struct ScriptedBroker(std::sync::Arc<Scripted>);
+
+#[switchboard::async_trait]
+impl switchboard::Broker for ScriptedBroker {
+    fn attach(&self, local: switchboard::LocalDelivery) {
+        self.0.local.set(local).unwrap();
+    }
+    async fn publish(
+        &self,
+        _: switchboard::Topic<'_>,
+        _: Message,
+        _: Option<switchboard::ConnectionId>,
+    ) -> switchboard::Result<()> {
+        Ok(())
+    }
+    fn room_store(&self) -> Option<std::sync::Arc<dyn switchboard::rooms::RoomStore>> {
+        Some(self.0.clone())
+    }
+}
+
+const EPOCH: u64 = 7;
+
+fn at(seq: u64) -> Position {
+    Position::new(EPOCH, seq)
+}
+
+#[switchboard::async_trait]
+impl switchboard::rooms::RoomStore for Scripted {
+    async fn append(&self, _: &str, _: Message, _: &History) -> switchboard::Result<Position> {
+        Err(switchboard::Error::Config(
+            "the test appends by hand".into(),
+        ))
+    }
+    async fn replay(
+        &self,
+        _: &str,
+        since: Option<Position>,
+        _: &History,
+    ) -> switchboard::Result<switchboard::rooms::Replay> {
+        // The history holds 1..=5; live traffic has delivered up to 2.
+        let after = since.map_or(5, |p| p.seq());
+        Ok(switchboard::rooms::Replay {
+            newest: Some(at(5)),
+            entries: Ok((after + 1..=5)
+                .map(|s| (at(s), Message::text(format!("m{s}"))))
+                .collect()),
+        })
+    }
+    async fn add_member(&self, _: &str, _: &switchboard::rooms::Member) -> switchboard::Result<()> {
+        Ok(())
+    }
+    async fn remove_member(
+        &self,
+        _: &str,
+        _: &switchboard::rooms::Member,
+    ) -> switchboard::Result<()> {
+        Ok(())
+    }
+    async fn members(&self, _: &str) -> switchboard::Result<switchboard::rooms::Members> {
+        Ok(switchboard::rooms::Members {
+            names: vec!["ada".into()],
+            version: 3,
+        })
+    }
+}
+
+/// Live traffic that lags behind the history read at the join is skipped
+/// up to what the replay covered, once; a message that skips a position
+/// closes the members who missed one (1012) so that they resume.
+#[tokio::test]
+async fn late_live_traffic_is_not_doubled_and_lost_traffic_closes() {
+    let scripted = std::sync::Arc::new(Scripted::default());
+    let hub = Hub::builder()
+        .broker(ScriptedBroker(scripted.clone()))
+        .events(Lines)
+        .build();
+    let server = TestServer::new(Room { hub: hub.clone() });
+    let mut ada = join(&server, &format!("name=ada&since={}", at(1))).await;
+    assert_eq!(next(&mut ada).await, format!("welcome ada {} 4", at(5)));
+    for seq in 2..=5 {
+        assert_eq!(next(&mut ada).await, format!("{} m{seq}", at(seq)));
+    }
+    let local = scripted.local.get().unwrap();
+    // The live link catches up: 3..=5 again, then 6; a presence change the
+    // member list had (version 3), then a new one.
+    for seq in 3..=6 {
+        local.deliver_entry("r", at(seq), &Message::text(format!("m{seq}")));
+    }
+    local.deliver_presence("r", true, "old", None, 3);
+    local.deliver_presence("r", true, "bob", None, 4);
+    assert_eq!(next(&mut ada).await, format!("{} m6", at(6)));
+    assert_eq!(next(&mut ada).await, "join bob");
+    assert!(ada.try_recv().is_none());
+
+    // 7 is lost on the way: 8 cannot be delivered as if nothing happened.
+    local.deliver_entry("r", at(8), &Message::text("m8"));
+    let frame = timeout(LIMIT, ada.closed()).await.unwrap().unwrap();
+    assert_eq!(frame.code.0, 1012);
+}

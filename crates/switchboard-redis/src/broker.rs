@@ -11,6 +11,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::envelope;
 use crate::error::{Result, bounded};
 use crate::options::RedisOptions;
+use crate::presence::Presence;
 use crate::publisher::Publisher;
 use crate::store::RedisStore;
 use crate::subscriber::Subscriber;
@@ -106,26 +107,29 @@ impl RedisBroker {
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
         let publisher = Publisher::connect(url, &options).await?;
         let subscriber = Arc::new(Subscriber::new(&publisher, options.clone()));
-        let store = Arc::new(RedisStore::new(
+        let presence = Arc::new(Presence::new(
             publisher.clone(),
             subscriber.clone(),
             &options,
         ));
+        let store = Arc::new(RedisStore::new(
+            publisher.clone(),
+            subscriber.clone(),
+            presence.clone(),
+            &options,
+        ));
         let stop = CancellationToken::new();
         tokio::spawn({
-            let (publisher, subscriber, store, stop) = (
-                publisher.clone(),
-                subscriber.clone(),
-                store.clone(),
-                stop.clone(),
-            );
+            let (publisher, subscriber, stop) =
+                (publisher.clone(), subscriber.clone(), stop.clone());
             async move {
-                tokio::join!(
-                    subscriber.run(&publisher, &stop),
-                    publisher.watchdog(&stop),
-                    store.heartbeat(&stop),
-                );
+                tokio::join!(subscriber.run(&publisher, &stop), publisher.watchdog(&stop));
             }
+        });
+        // Its own task: a long re-add of members never delays the links.
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { presence.run(&stop).await }
         });
         let guard = stop.drop_guard();
 
@@ -198,6 +202,14 @@ impl Broker for RedisBroker {
     /// Presence and history in Redis, shared by every node on it (keys
     /// and scripts in `docs/scaling.md`).
     fn room_store(&self) -> Option<Arc<dyn RoomStore>> {
+        // Recorded traffic reaches only the hub attached first.
+        if self.inner.subscriber.local.get().is_some() {
+            tracing::warn!(
+                node = %self.inner.subscriber.node_id,
+                "a RedisBroker serves one hub; this second hub keeps presence and history in its own memory"
+            );
+            return None;
+        }
         Some(self.inner.store.clone())
     }
 }

@@ -106,6 +106,7 @@ mod emitter;
 mod envelope;
 mod error;
 mod options;
+mod presence;
 mod publisher;
 mod store;
 mod subscriber;

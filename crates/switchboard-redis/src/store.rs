@@ -1,7 +1,8 @@
-//! [`RedisStore`]: presence and history that every node on one Redis
-//! shares, the core's [`RoomStore`] behind a [`RedisBroker`](crate::RedisBroker).
+//! [`RedisStore`]: room history that every node on one Redis shares, and
+//! the core's [`RoomStore`] behind a [`RedisBroker`](crate::RedisBroker)
+//! (presence is in [`presence`](crate::presence)).
 //!
-//! # Keys (prefix `P`, room `R`, node `N`)
+//! # Keys (prefix `P`, room `R`)
 //!
 //! - `P:meta:R`, a hash: `epoch` (16 hex digits, chosen by the first
 //!   append of a history) and `seq` (the newest position's number).
@@ -10,29 +11,13 @@
 //!   `{seq}-0` and fields `at` (Redis time, ms), `b` (`1` for binary) and
 //!   `d` (the payload). Trimmed by count and age at every append and
 //!   replay; expires `max_age` after the last append.
-//! - `P:presence:R`, a hash: `{connection}@{node}` → name, and `#version`.
-//!   Expires a day after its last member left.
-//! - `P:nodes`, a sorted set: node → the Redis time of its last heartbeat.
-//! - `P:rooms-of:N`, a hash: room → how many members node `N` has there.
 //!
-//! Every change is one Lua script, so that what it delivers (a `PUBLISH`
-//! on the room's channel) is in the same order as what it records: live
-//! order equals history order on every node, and presence events carry the
-//! version the member list reached.
-//!
-//! # Dead nodes
-//!
-//! Each node runs the heartbeat script every quarter of
-//! [`RedisOptions::node_ttl`]: it records the node's time and removes the
-//! members of every node silent for longer than the TTL, announcing each
-//! leave. The script runs atomically, so each leave is announced once
-//! whichever node removes it. A node that finds itself unknown (Redis lost
-//! its data, or it was silent too long) adds its members again.
+//! An append is one Lua script that records the message and publishes it
+//! on the room's channel, so every node delivers a room's messages in the
+//! order Redis recorded them: live order equals history order.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,13 +25,12 @@ use redis::Script;
 use switchboard_core::rooms::{
     EPOCH_GRACE, History, Member, Members, Position, Replay, RoomStore, Unrecoverable,
 };
-use switchboard_core::{ConnectionId, LocalDelivery, Message, Utf8Bytes};
-use tokio::time::{MissedTickBehavior, interval};
-use tokio_util::sync::CancellationToken;
+use switchboard_core::{Message, Utf8Bytes};
 
-use crate::envelope::{self, POSITION, PRESENCE};
-use crate::error::{Error, Result};
+use crate::envelope::{self, POSITION};
+use crate::error::Error;
 use crate::options::{RedisOptions, random_u64};
+use crate::presence::{Presence, millis};
 use crate::publisher::Publisher;
 use crate::subscriber::Subscriber;
 
@@ -87,11 +71,6 @@ local function trim_age(stream, max_age, batch)
   end
   local last = tonumber(string.match(old[#old][1], '^(%d+)'))
   redis.call('XTRIM', stream, 'MINID', (last + 1) .. '-0')
-end
--- The first field of a presence-change payload: j or l, the version, the
--- member's field with its length, the name.
-local function change(kind, version, field, name)
-  return kind .. ' ' .. version .. ' ' .. #field .. ' ' .. field .. name
 end
 "#;
 
@@ -137,74 +116,8 @@ if since + 1 < first_seq then return {epoch, seq, 'trimmed', {}} end
 return {epoch, seq, 'ok', redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+')}
 "#;
 
-/// KEYS: presence, rooms-of. ARGV: field, name, room, channel, head.
-const ADD: &str = r#"
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  local version = redis.call('HINCRBY', KEYS[1], '#version', 1)
-  redis.call('PERSIST', KEYS[1])
-  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-  redis.call('PUBLISH', ARGV[4], ARGV[5] .. change('j', version, ARGV[1], ARGV[2]))
-end
-return 1
-"#;
-
-/// KEYS: presence, rooms-of. ARGV: field, room, channel, head, grace ms.
-const REMOVE: &str = r#"
-local name = redis.call('HGET', KEYS[1], ARGV[1])
-if name then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  local version = redis.call('HINCRBY', KEYS[1], '#version', 1)
-  if redis.call('HLEN', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
-  redis.call('PUBLISH', ARGV[3], ARGV[4] .. change('l', version, ARGV[1], name))
-end
-return 1
-"#;
-
-/// KEYS: nodes. ARGV: prefix, this node, node ttl ms, this node's id as an
-/// envelope origin (length byte and id), grace ms. Records this node's
-/// heartbeat and removes the members of dead nodes. Returns 1 when this
-/// node was unknown.
-const HEARTBEAT: &str = r#"
-local prefix, me, ttl, origin, grace = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local now = now_ms()
-local fresh = redis.call('ZADD', KEYS[1], now, me)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-for _, node in ipairs(dead) do
-  local rooms_of = prefix .. ':rooms-of:' .. node
-  local suffix = '@' .. node
-  for _, room in ipairs(redis.call('HKEYS', rooms_of)) do
-    local key = prefix .. ':presence:' .. room
-    local head = string.char(1, 0x12) .. origin
-      .. string.char(math.floor(#room / 256), #room % 256) .. room
-    for _, field in ipairs(redis.call('HKEYS', key)) do
-      if #field > #suffix and string.sub(field, -#suffix) == suffix then
-        local name = redis.call('HGET', key, field)
-        redis.call('HDEL', key, field)
-        local version = redis.call('HINCRBY', key, '#version', 1)
-        redis.call('PUBLISH', prefix .. ':room:' .. room, head .. change('l', version, field, name))
-      end
-    end
-    if redis.call('HLEN', key) == 1 then redis.call('PEXPIRE', key, grace) end
-  end
-  redis.call('DEL', rooms_of)
-  redis.call('ZREM', KEYS[1], node)
-end
-return fresh
-"#;
-
 fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
-}
-
-/// The scripts, compiled once (redis-rs sends `EVALSHA` and loads a script
-/// that Redis does not know, after a restart say).
-struct Scripts {
-    append: Script,
-    replay: Script,
-    add: Script,
-    remove: Script,
-    heartbeat: Script,
 }
 
 /// Presence and history in Redis, shared by every node of one prefix.
@@ -214,183 +127,34 @@ struct Scripts {
 pub(crate) struct RedisStore {
     publisher: Arc<Publisher>,
     subscriber: Arc<Subscriber>,
+    presence: Arc<Presence>,
     prefix: String,
-    node_ttl: Duration,
-    scripts: Scripts,
-    /// This node's named members per room: added again if Redis forgets
-    /// them (a restart, or this node declared dead).
-    local: Mutex<HashMap<Arc<str>, Names>>,
-    /// Leaves that Redis did not take (an outage): retried at each
-    /// heartbeat, so a member never stays listed after it left.
-    unsent_leaves: Mutex<Vec<(Arc<str>, Member)>>,
+    /// Compiled once: redis-rs sends `EVALSHA`, and loads a script Redis
+    /// does not know (after a restart, say).
+    append: Script,
+    replay: Script,
 }
 
 impl RedisStore {
     pub(crate) fn new(
         publisher: Arc<Publisher>,
         subscriber: Arc<Subscriber>,
+        presence: Arc<Presence>,
         options: &RedisOptions,
     ) -> Self {
         RedisStore {
             publisher,
             subscriber,
+            presence,
             prefix: options.prefix.clone(),
-            node_ttl: options.node_ttl,
-            scripts: Scripts {
-                append: script(APPEND),
-                replay: script(REPLAY),
-                add: script(ADD),
-                remove: script(REMOVE),
-                heartbeat: script(HEARTBEAT),
-            },
-            local: Mutex::default(),
-            unsent_leaves: Mutex::default(),
+            append: script(APPEND),
+            replay: script(REPLAY),
         }
     }
 
-    fn key(&self, kind: &str, name: &str) -> String {
-        format!("{}:{kind}:{name}", self.prefix)
+    fn key(&self, kind: &str, room: &str) -> String {
+        format!("{}:{kind}:{room}", self.prefix)
     }
-
-    fn field(&self, conn: ConnectionId) -> String {
-        format!("{}@{}", conn.as_u64(), self.subscriber.node_id)
-    }
-
-    /// The heartbeat, every quarter of the node TTL, until `stop`.
-    pub(crate) async fn heartbeat(&self, stop: &CancellationToken) {
-        let mut tick = interval(self.node_ttl / 4);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(err) = self.beat().await {
-                tracing::debug!(error = %err, "presence heartbeat failed; retrying at the next one");
-            }
-        }
-    }
-
-    async fn beat(&self) -> Result<()> {
-        let node = &*self.subscriber.node_id;
-        let mut origin = vec![u8::try_from(node.len()).unwrap_or(u8::MAX)];
-        origin.extend_from_slice(node.as_bytes());
-        let fresh: i64 = self
-            .publisher
-            .invoke(
-                "presence heartbeat",
-                self.scripts
-                    .heartbeat
-                    .key(format!("{}:nodes", self.prefix))
-                    .arg(&self.prefix)
-                    .arg(node)
-                    .arg(millis(self.node_ttl))
-                    .arg(origin)
-                    .arg(EPOCH_GRACE_MS),
-            )
-            .await?;
-        let leaves = std::mem::take(&mut *lock(&self.unsent_leaves));
-        for (room, member) in leaves {
-            // A failure puts it back on the list.
-            let _ = self.remove_member(&room, &member).await;
-        }
-        if fresh == 1 {
-            let members: Vec<(Arc<str>, Member)> = lock(&self.local)
-                .iter()
-                .flat_map(|(room, members)| {
-                    members.iter().map(|(conn, name)| {
-                        let member = Member {
-                            conn: *conn,
-                            name: name.clone(),
-                        };
-                        (room.clone(), member)
-                    })
-                })
-                .collect();
-            if !members.is_empty() {
-                tracing::info!(
-                    members = members.len(),
-                    "redis did not know this node: adding its members again"
-                );
-            }
-            for (room, member) in members {
-                self.add(&room, &member).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn add(&self, room: &str, member: &Member) -> Result<()> {
-        let head = envelope::head(&self.subscriber.node_id, room, PRESENCE, None)?;
-        self.publisher
-            .invoke::<i64>(
-                "presence add",
-                self.scripts
-                    .add
-                    .key(self.key("presence", room))
-                    .key(self.key("rooms-of", &self.subscriber.node_id))
-                    .arg(self.field(member.conn))
-                    .arg(&*member.name)
-                    .arg(room)
-                    .arg(self.subscriber.channels.room(room))
-                    .arg(head),
-            )
-            .await?;
-        Ok(())
-    }
-}
-
-/// Delivers one presence change that arrived on `room`'s channel; false if
-/// it is malformed.
-pub(crate) fn deliver_presence(
-    local: &LocalDelivery,
-    node_id: &str,
-    room: &str,
-    payload: &[u8],
-) -> bool {
-    let Some(change) = parse_change(payload) else {
-        return false;
-    };
-    let conn = change
-        .field
-        .split_once('@')
-        .filter(|(_, node)| *node == node_id)
-        .and_then(|(conn, _)| conn.parse().ok())
-        .map(ConnectionId::from_u64);
-    local.deliver_presence(room, change.joined, change.name, conn, change.version);
-    true
-}
-
-/// The names of one room's local members, by connection.
-type Names = HashMap<ConnectionId, Arc<str>>;
-
-/// A presence change as the scripts publish it.
-#[derive(Debug, PartialEq, Eq)]
-struct Change<'a> {
-    joined: bool,
-    version: u64,
-    field: &'a str,
-    name: &'a str,
-}
-
-fn parse_change(payload: &[u8]) -> Option<Change<'_>> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let (kind, rest) = text.split_once(' ')?;
-    let (version, rest) = rest.split_once(' ')?;
-    let (len, rest) = rest.split_once(' ')?;
-    let len: usize = len.parse().ok()?;
-    let (field, name) = (rest.get(..len)?, rest.get(len..)?);
-    let joined = match kind {
-        "j" => true,
-        "l" => false,
-        _ => return None,
-    };
-    Some(Change {
-        joined,
-        version: version.parse().ok()?,
-        field,
-        name,
-    })
 }
 
 #[async_trait]
@@ -407,12 +171,11 @@ impl RoomStore for RedisStore {
             .publisher
             .invoke(
                 "history append",
-                self.scripts
-                    .append
+                self.append
                     .key(self.key("meta", room))
                     .key(self.key("history", room))
                     .arg(epoch)
-                    .arg(history.max_len)
+                    .arg(history.max_len.min(i64::MAX as usize))
                     .arg(millis(history.max_age).max(1))
                     .arg(self.subscriber.channels.room(room))
                     .arg(head)
@@ -435,6 +198,12 @@ impl RoomStore for RedisStore {
         history: &History,
     ) -> switchboard_core::Result<Replay> {
         type Entry = (String, Vec<(String, Vec<u8>)>);
+        // The seam of `Hub::join_room_with` needs live traffic of the room
+        // to be flowing before the history is read.
+        if !self.subscriber.in_effect(room) {
+            let why = "the room's subscription is not in effect (redis link down or slow)";
+            return Err(Error::unavailable(why).into());
+        }
         let (since_epoch, since_seq) = match since {
             Some(p) => (format!("{:016x}", p.epoch()), p.seq()),
             None => (String::new(), 0),
@@ -444,8 +213,7 @@ impl RoomStore for RedisStore {
             .publisher
             .invoke(
                 "history replay",
-                self.scripts
-                    .replay
+                self.replay
                     .key(self.key("meta", room))
                     .key(self.key("history", room))
                     .arg(since_epoch)
@@ -480,59 +248,15 @@ impl RoomStore for RedisStore {
     }
 
     async fn add_member(&self, room: &str, member: &Member) -> switchboard_core::Result<()> {
-        lock(&self.local)
-            .entry(Arc::from(room))
-            .or_default()
-            .insert(member.conn, member.name.clone());
-        Ok(self.add(room, member).await?)
+        Ok(self.presence.add_member(room, member).await?)
     }
 
     async fn remove_member(&self, room: &str, member: &Member) -> switchboard_core::Result<()> {
-        {
-            let mut local = lock(&self.local);
-            if let Some(members) = local.get_mut(room) {
-                members.remove(&member.conn);
-                if members.is_empty() {
-                    local.remove(room);
-                }
-            }
-        }
-        let head = envelope::head(&self.subscriber.node_id, room, PRESENCE, None)?;
-        let removed = self
-            .publisher
-            .invoke::<i64>(
-                "presence remove",
-                self.scripts
-                    .remove
-                    .key(self.key("presence", room))
-                    .key(self.key("rooms-of", &self.subscriber.node_id))
-                    .arg(self.field(member.conn))
-                    .arg(room)
-                    .arg(self.subscriber.channels.room(room))
-                    .arg(head)
-                    .arg(EPOCH_GRACE_MS),
-            )
-            .await;
-        if let Err(err) = removed {
-            lock(&self.unsent_leaves).push((Arc::from(room), member.clone()));
-            return Err(err.into());
-        }
-        Ok(())
+        Ok(self.presence.remove_member(room, member).await?)
     }
 
     async fn members(&self, room: &str) -> switchboard_core::Result<Members> {
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(self.key("presence", room));
-        let all: Vec<(String, String)> = self.publisher.command("presence members", cmd).await?;
-        let mut members = Members::default();
-        for (field, value) in all {
-            if field == "#version" {
-                members.version = value.parse().unwrap_or(0);
-            } else {
-                members.names.push(Arc::from(value));
-            }
-        }
-        Ok(members)
+        Ok(self.presence.members(room).await?)
     }
 }
 
@@ -555,43 +279,4 @@ fn entry(epoch: u64, id: &str, fields: Vec<(String, Vec<u8>)>) -> Option<(Positi
         Message::Text(Utf8Bytes::try_from(data).ok()?)
     };
     Some((Position::new(epoch, seq), msg))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics under these locks; a poisoned one guards whole data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn presence_changes_parse() {
-        assert_eq!(
-            parse_change(b"j 12 9 3@node-aaada lovelace"),
-            Some(Change {
-                joined: true,
-                version: 12,
-                field: "3@node-aa",
-                name: "ada lovelace"
-            })
-        );
-        assert_eq!(
-            parse_change(b"l 3 4 1@n1bob"),
-            Some(Change {
-                joined: false,
-                version: 3,
-                field: "1@n1",
-                name: "bob"
-            })
-        );
-        for bad in [&b"x 1 1 ab"[..], b"j x 1 ab", b"j 1 9 ab", b"j 1", b"\xff"] {
-            assert_eq!(parse_change(bad), None, "{bad:?}");
-        }
-    }
 }

@@ -2,7 +2,7 @@
 //! that reconnects and resubscribes by itself, for as long as the broker
 //! lives.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::envelope;
 use crate::error::{Error, Result, bounded};
 use crate::options::{Channels, RedisOptions};
+use crate::presence;
 use crate::publisher::{Publisher, Stats};
-use crate::store;
 
 /// Most channels named in one `SUBSCRIBE`/`UNSUBSCRIBE` command.
 const CHUNK: usize = 512;
@@ -36,7 +36,8 @@ pub(crate) struct Applied {
 /// The rooms this node wants, as the hub reported them.
 #[derive(Default)]
 struct Wanted {
-    rooms: HashSet<String>,
+    /// Each room with the generation that added it.
+    rooms: HashMap<String, u64>,
     /// Rooms whose wanted state changed since the task last looked, so that
     /// a change costs O(1), not a diff of every room.
     dirty: HashSet<String>,
@@ -50,6 +51,9 @@ pub(crate) struct Subscriber {
     pub(crate) channels: Channels,
     /// This node's id: the origin of its envelopes, the name of its channel.
     pub(crate) node_id: Arc<str>,
+    /// This process's name in room presence (the node id and a random
+    /// part: see `presence.rs`).
+    pub(crate) instance: Arc<str>,
     node_channel: String,
     /// Where remote messages go; set once by `Broker::attach`.
     pub(crate) local: OnceLock<LocalDelivery>,
@@ -70,6 +74,7 @@ impl Subscriber {
         Subscriber {
             client: publisher.client.clone(),
             node_channel: channels.node(&node_id),
+            instance: presence::instance_id(&node_id).into(),
             options,
             channels,
             node_id,
@@ -89,6 +94,16 @@ impl Subscriber {
         self.lock().rooms.len()
     }
 
+    /// Whether the link is up and `room`'s subscription is in place at
+    /// Redis: live traffic of the room reaches this node.
+    pub(crate) fn in_effect(&self, room: &str) -> bool {
+        let Some(added) = self.lock().rooms.get(room).copied() else {
+            return false;
+        };
+        let applied = *self.applied.borrow();
+        applied.up && applied.generation >= added
+    }
+
     /// Records that this node wants (or no longer wants) `room`, then waits
     /// (at most the timeout) until the task has applied it at Redis. While
     /// the link is down it returns at once: the change is applied by the
@@ -97,12 +112,16 @@ impl Subscriber {
         let generation = {
             let mut wanted = self.lock();
             let changed = if on {
-                wanted.rooms.insert(room.to_owned())
+                !wanted.rooms.contains_key(room)
             } else {
-                wanted.rooms.remove(room)
+                wanted.rooms.remove(room).is_some()
             };
             if changed {
                 wanted.generation += 1;
+                let generation = wanted.generation;
+                if on {
+                    wanted.rooms.insert(room.to_owned(), generation);
+                }
                 wanted.dirty.insert(room.to_owned());
             }
             wanted.generation
@@ -159,7 +178,10 @@ impl Subscriber {
         let (mut subscribed, generation) = {
             let mut wanted = self.lock();
             wanted.dirty.clear();
-            (wanted.rooms.clone(), wanted.generation)
+            (
+                wanted.rooms.keys().cloned().collect::<HashSet<_>>(),
+                wanted.generation,
+            )
         };
         let mut channels = vec![self.channels.all().to_owned(), self.node_channel.clone()];
         channels.extend(subscribed.iter().map(|room| self.channels.room(room)));
@@ -215,8 +237,8 @@ impl Subscriber {
             let dirty = std::mem::take(&mut wanted.dirty);
             let (add, remove) = dirty
                 .into_iter()
-                .filter(|room| wanted.rooms.contains(room) != subscribed.contains(room))
-                .partition(|room| wanted.rooms.contains(room));
+                .filter(|room| wanted.rooms.contains_key(room) != subscribed.contains(room))
+                .partition(|room| wanted.rooms.contains_key(room));
             (add, remove, wanted.generation)
         };
         let names = add.iter().map(|r| self.channels.room(r)).collect();
@@ -299,7 +321,8 @@ impl Subscriber {
                 local.deliver_entry(room, position, &env.message);
             }
             (Some(room), None) if env.presence => {
-                if !store::deliver_presence(local, &self.node_id, room, env.message.as_bytes()) {
+                if !presence::deliver_presence(local, &self.instance, room, env.message.as_bytes())
+                {
                     self.stats.invalid.fetch_add(1, Relaxed);
                     tracing::debug!(channel, "dropped a malformed presence change");
                     return;

@@ -245,8 +245,9 @@ async fn no_gap_and_no_duplicate_at_the_seam_across_nodes() {
     }
 }
 
-/// A node that stopped beating (its entries planted as a crashed node
-/// leaves them) loses its members, each announced once.
+/// A process that stopped beating (its entries planted as a crashed one
+/// leaves them; it has the node id of a live one, as a restarted node
+/// does) loses its members, each announced once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_members_leave() {
     let redis = RedisServer::start().await;
@@ -258,12 +259,13 @@ async fn a_dead_nodes_members_leave() {
     assert_eq!(next(&mut bob).await, "welcome ada,bob - none");
     assert_eq!(next(&mut ada).await, "join bob");
 
-    // A node `ghost` that beat once, long ago, with one member in `r`.
+    // A process of node `a` (as a restarted one would be) whose heartbeat
+    // was due long ago, with one member in `r`.
     for cmd in [
-        &["ZADD", "switchboard:nodes", "1", "ghost"][..],
-        &["HSET", "switchboard:presence:r", "7@ghost", "casper"],
+        &["ZADD", "switchboard:nodes", "1", "a~dead"][..],
+        &["HSET", "switchboard:presence:r", "7@a~dead", "casper"],
         &["HINCRBY", "switchboard:presence:r", "#version", "1"],
-        &["HSET", "switchboard:rooms-of:ghost", "r", "1"],
+        &["SADD", "switchboard:members-of:a~dead", "1:r7@a~dead"],
     ] {
         redis.command(cmd).await;
     }
@@ -272,6 +274,8 @@ async fn a_dead_nodes_members_leave() {
     let mut names = b.hub.presence("r").await.unwrap().names;
     names.sort();
     assert_eq!(names, [Arc::<str>::from("ada"), Arc::from("bob")]);
+    let gone = redis.command(&["EXISTS", "switchboard:members-of:a~dead"]).await;
+    assert_eq!(gone.trim(), ":0");
     // Announced once: the next thing either sees is a later event.
     let mut carl = b.join("name=carl").await;
     assert!(next(&mut carl).await.starts_with("welcome ada,bob,carl"));
