@@ -44,6 +44,10 @@
 //! Positions are opaque non-empty strings (`{epoch}-{seq}`), the same on
 //! every node for the same message.
 //!
+//! While the room's store is unavailable (Redis down), a join is closed
+//! with 1013 (try again later) and a message gets an error frame; a member
+//! whose live traffic lost a message is closed with 1012, and resumes.
+//!
 //! # TCP lines
 //!
 //! The first line is `JOIN {room} {name} [{position}]` (the same rules;
@@ -59,6 +63,12 @@
 //! may send [`RATE`] messages a second in bursts of [`BURST`], the rest is
 //! dropped. Names and texts reach other users only inside JSON strings, so
 //! no one can forge a frame or a line.
+//!
+//! History is kept for [`HISTORY_AGE`]; in memory, for at most
+//! [`HISTORY_ROOMS`] rooms without members (the quietest go first): at the
+//! default `--history 100` and 4 KiB texts, at most about 400 MiB for
+//! those, plus the rooms with members. Each connection's outbound queue
+//! has room for a whole replay.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -84,8 +94,13 @@ const MAX_FRAME: usize = 64 * 1024;
 /// Messages a connection may send per second, and in a burst.
 const RATE: f64 = 20.0;
 const BURST: u32 = 40;
+/// The most `--history` takes.
+const MAX_HISTORY: usize = 100_000;
 /// How long history is kept.
-const HISTORY_AGE: Duration = Duration::from_secs(24 * 3600);
+const HISTORY_AGE: Duration = Duration::from_secs(3600);
+/// Rooms without members whose history is kept (in memory; on Redis, keys
+/// expire after `HISTORY_AGE`).
+const HISTORY_ROOMS: usize = 1_000;
 
 /// Where a connection sits: from the WebSocket handshake or the TCP
 /// `JOIN` line.
@@ -208,13 +223,18 @@ impl MessageComponent for Rooms {
             // A position no room has: "cannot be resumed".
             Some(None) => join = join.since(Position::new(0, u64::MAX)),
         }
-        self.hub.join_room_with(&seat.room, conn, join).await?;
+        if let Err(err) = self.hub.join_room_with(&seat.room, conn, join).await {
+            // The store is unreachable (Redis down): the client may retry.
+            tracing::warn!(%err, room = %seat.room, "join failed");
+            conn.close_with(CloseCode::TRY_AGAIN, "the room is unavailable: try again");
+            return Ok(());
+        }
         tracing::info!(conn = %conn.id(), room = %seat.room, name = %seat.name, "joined");
         Ok(())
     }
 
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
-        let Some(seat) = conn.extension::<Seat>() else {
+        let Some(seat) = conn.extension::<Seat>().filter(|_| !conn.is_closed()) else {
             return Ok(());
         };
         let text = match self.text_of(&msg) {
@@ -226,13 +246,13 @@ impl MessageComponent for Rooms {
         };
         // What the history keeps: the message frame without its position,
         // which `Frames::message` adds (only the store knows it).
-        let mut stored =
-            json!({"type": "message", "room": seat.room, "from": seat.name, "text": text})
-                .to_string();
-        stored.pop(); // the closing brace
-        if let Err(err) = self.hub.append(&seat.room, stored).await {
-            tracing::warn!(%err, "message not delivered");
-            let _ = conn.send(error("not delivered: the room's store is unavailable"));
+        let stored = json!({"type": "message", "room": seat.room, "from": seat.name, "text": text});
+        if let Err(err) = self.hub.append(&seat.room, stored.to_string()).await {
+            // A store that did not answer in time may still have taken it.
+            tracing::warn!(%err, "message maybe not delivered");
+            let _ = conn.send(error(
+                "the room's store is unavailable: the message may not have been delivered",
+            ));
         }
         Ok(())
     }
@@ -260,9 +280,13 @@ impl RoomEvents for Frames {
     }
 
     fn message(&self, _room: &str, position: Position, msg: &Message) -> Message {
-        // `msg` is a message frame without its closing brace (`on_message`).
-        let text = msg.as_text().unwrap_or("{");
-        format!(r#"{text},"position":"{position}"}}"#).into()
+        // `msg` is the JSON object `on_message` made: the position goes in
+        // before its closing brace (a position is hex digits, '-' and digits).
+        let object = msg
+            .as_text()
+            .and_then(|t| t.strip_suffix('}'))
+            .unwrap_or("{\"type\":\"message\"");
+        format!(r#"{object},"position":"{position}"}}"#).into()
     }
 
     fn presence(&self, event: &PresenceEvent) -> Option<Message> {
@@ -302,7 +326,9 @@ fn parse_args() -> Result<Args, String> {
                 let n = value()?;
                 args.history = n
                     .parse()
-                    .map_err(|_| format!("--history: {n} is not a count"))?;
+                    .ok()
+                    .filter(|n| *n <= MAX_HISTORY)
+                    .ok_or_else(|| format!("--history: {n} is not a count up to {MAX_HISTORY}"))?;
             }
             "--token" => args.token = Some(value()?).filter(|t| !t.is_empty()),
             "-h" | "--help" => return Err(USAGE.into()),
@@ -338,7 +364,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), BoxError> {
     let hub = Hub::builder()
         .broker(broker(args.redis.as_deref()).await?)
-        .history(History::new(args.history, HISTORY_AGE))
+        .history(History::new(args.history, HISTORY_AGE).max_rooms(HISTORY_ROOMS))
         .events(Frames)
         .build();
     let token: Option<Arc<str>> = args.token.as_deref().map(Arc::from);
@@ -353,7 +379,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .page("/", Page::html(include_str!("rooms.html")))
         .on_handshake(move |req| admit(req, token.clone()))
         .build()?;
-    let config = Config::default()
+    // A recovery queues up to `--history` messages at once: room for them.
+    let defaults = Config::default();
+    let queue_messages = defaults
+        .queue_max_messages
+        .max(args.history.saturating_add(1024));
+    let queue_bytes = (defaults.queue_max_bytes).max(
+        args.history
+            .saturating_add(64)
+            .saturating_mul(MAX_TEXT + 256),
+    );
+    let config = defaults
+        .queue_max_messages(queue_messages)
+        .queue_max_bytes(queue_bytes)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .rate_limit(Some(

@@ -431,7 +431,7 @@ async fn two_nodes_on_redis() {
     let (_eve, welcome) = loop {
         // Until the node is back on Redis and has added its members again.
         // While Redis is away a join fails: the upgrade succeeds, then the
-        // socket closes (1011) instead of a welcome.
+        // socket closes instead of a welcome.
         if let Ok(mut ws) = b.ws(&format!("lobby?name=eve&since={before}")).await
             && let Ok(Some(Ok(WsMessage::Text(text)))) = timeout(LIMIT, ws.next()).await
         {

@@ -28,7 +28,8 @@ pub enum Topic<'a> {
 /// Carries hub traffic to other processes, so the same component code spans
 /// several nodes.
 ///
-/// The hub always delivers to its own local members first, then hands the
+/// For [`Hub::publish`] and [`Hub::broadcast`], the hub delivers to its
+/// own local members first, then hands the
 /// message to the broker, whose job is to reach the *other* nodes and, for
 /// messages arriving from them, call [`LocalDelivery::deliver`]. The default,
 /// [`LocalBroker`], has no other nodes. A remote broker subscribes only to
@@ -633,7 +634,8 @@ impl Hub {
     ///
     /// Fails if the connection has closed or is already in the room, or if
     /// the store cannot be reached (a shared store's outage); then the
-    /// connection is not in the room.
+    /// connection is not in the room. The [`rooms`](crate::rooms) module
+    /// docs state the seam guarantee and what it covers.
     ///
     /// ```
     /// use switchboard::rooms::{Join, Position};
@@ -714,8 +716,10 @@ impl Hub {
     /// Members get it through the hub's [`RoomEvents::message`], in
     /// position order on every node. Unlike [`publish`](Self::publish),
     /// local members get it through the store, after the store has placed
-    /// it: with a shared store, a store outage is an error and nobody gets
-    /// the message.
+    /// it: with a shared store, an outage is an error and nobody gets the
+    /// message. A store that did not answer within its timeout may still
+    /// have recorded it, though: an error means "maybe not delivered", so
+    /// a retry can deliver it twice (each time with its own position).
     pub async fn append(&self, room: &str, msg: impl Into<Message>) -> Result<Position> {
         let shared = &self.shared;
         shared.store.append(room, msg.into(), &shared.history).await

@@ -37,9 +37,12 @@ pub struct RedisOptions {
     /// Default `"switchboard"`.
     pub prefix: String,
     /// This process's name in the cluster, carried in every envelope it
-    /// publishes (a node drops envelopes with its own id: its local members
-    /// already had the message). At most 255 bytes. Default: `None`, a
-    /// random id made at connect time.
+    /// publishes (a node drops the echo of its own `publish` and
+    /// `broadcast`: its local members already had them; room messages
+    /// with history and presence changes come back to it like to any
+    /// node). At most 255 bytes. Default: `None`, a random id made at
+    /// connect time. Room presence adds a random part per process, so a
+    /// node restarted under the same id is a new member of the cluster.
     pub node_id: Option<String>,
     /// Upper bound for every exchange with Redis: connecting, one
     /// `PUBLISH`, one `SUBSCRIBE`/`UNSUBSCRIBE` confirmation, one watchdog

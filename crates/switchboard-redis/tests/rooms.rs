@@ -274,7 +274,9 @@ async fn a_dead_nodes_members_leave() {
     let mut names = b.hub.presence("r").await.unwrap().names;
     names.sort();
     assert_eq!(names, [Arc::<str>::from("ada"), Arc::from("bob")]);
-    let gone = redis.command(&["EXISTS", "switchboard:members-of:a~dead"]).await;
+    let gone = redis
+        .command(&["EXISTS", "switchboard:members-of:a~dead"])
+        .await;
     assert_eq!(gone.trim(), ":0");
     // Announced once: the next thing either sees is a later event.
     let mut carl = b.join("name=carl").await;

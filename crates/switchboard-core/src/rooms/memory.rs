@@ -77,7 +77,8 @@ impl Room {
     fn forgotten(&self, history: &History, now: Instant) -> bool {
         self.members.is_empty()
             && (self.seq == 0
-                || now.duration_since(self.last_append) > history.max_age + EPOCH_GRACE)
+                || now.duration_since(self.last_append)
+                    > history.max_age.saturating_add(EPOCH_GRACE))
     }
 }
 
@@ -104,9 +105,31 @@ impl State {
     /// forgotten.
     fn room(&mut self, name: &str, history: &History, now: Instant) -> &mut Room {
         self.sweep(name, history, now);
+        if !self.rooms.contains_key(name) {
+            self.make_room(history);
+        }
         self.rooms
             .entry(Arc::from(name))
             .or_insert_with(|| Room::new(now))
+    }
+
+    /// Before a room is added: at `max_rooms` rooms without members, the
+    /// one whose newest message is oldest goes (its positions with it).
+    fn make_room(&mut self, history: &History) {
+        let idle = self.rooms.values().filter(|r| r.members.is_empty());
+        if idle.count() < history.max_rooms.max(1) {
+            return;
+        }
+        let oldest = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.members.is_empty())
+            .min_by_key(|(_, r)| r.last_append)
+            .map(|(name, _)| name.clone());
+        if let Some(name) = oldest {
+            tracing::debug!(room = %name, "room history dropped: too many rooms without members");
+            self.rooms.remove(&name);
+        }
     }
 
     /// The room's record if it has one that is not forgotten.
@@ -279,6 +302,20 @@ mod tests {
         assert_eq!(rooms(&store), 1);
         store.remove_member("a", &member).await.unwrap();
         assert_eq!(rooms(&store), 0, "no member, no position: forgotten");
+
+        // At most `max_rooms` rooms without members: the quietest goes.
+        let few = MemoryStore::new(
+            LocalDelivery::detached(),
+            History::new(2, Duration::from_secs(60)).max_rooms(2),
+        );
+        for room in ["x", "y", "z"] {
+            few.append(room, Message::text("m"), &few.history)
+                .await
+                .unwrap();
+        }
+        let kept: Vec<Arc<str>> = few.lock().rooms.keys().cloned().collect();
+        assert_eq!(kept.len(), 2);
+        assert!(!kept.contains(&Arc::from("x")), "{kept:?}");
 
         // Asking about a room creates nothing.
         let replay = store

@@ -16,14 +16,39 @@
 //!
 //! # The seam guarantee
 //!
-//! A connection that joins *from* a position receives the messages after
-//! it, in order, then live ones: none missing and none twice, even while
-//! others publish. It gets there in four steps: the room is subscribed and
-//! the connection's live traffic is held in a buffer; the store is asked
-//! for what follows the position (and the newest position); the replay is
-//! queued; then what the buffer holds after the newest replayed position,
-//! then live traffic. Presence works the same way with the member list's
-//! version.
+//! This is the one statement of it; the rest of the docs point here.
+//!
+//! A connection that joins *from* a position receives the messages
+//! appended after it, in order, then live ones: none missing and none
+//! twice, even while others append. It gets there in these steps (all in
+//! `hub.rs`):
+//!
+//! 1. the connection is registered as joining: what the room delivers to
+//!    it from now on is held;
+//! 2. the room is subscribed at the broker, and the store is asked for the
+//!    member list (with its version) and what follows the position (with
+//!    the newest position);
+//! 3. the welcome and the replay are queued, then what was held that is
+//!    newer than the replay (a later position, a higher version);
+//! 4. the connection becomes a member with a *seam*: live traffic up to
+//!    what it already got may still arrive (a shared store reads the
+//!    history on another link than the one live traffic comes on), and is
+//!    skipped once.
+//!
+//! A store must therefore deliver a room's messages in position order and
+//! its presence changes in version order, and a shared store's `replay`
+//! may succeed only once the room's live traffic reaches this node (the
+//! Redis store refuses while the room's subscription is not in effect).
+//!
+//! Positions of one epoch are consecutive: a live message that skips one
+//! means messages were lost on the way (a broker link dropped). The
+//! members that missed it are closed with 1012 (service restart), so that
+//! their clients come back with their last position and get a replay.
+//! Losses just before a history loss (a new epoch) cannot be told.
+//!
+//! The guarantee covers appended messages and presence changes; a plain
+//! [`Hub::publish`](crate::Hub::publish) to the room during a join may
+//! miss the joining connection.
 
 mod memory;
 
@@ -84,7 +109,7 @@ impl Position {
 
     /// Whether `self` comes after `other`: a later message of the same
     /// epoch, or any message of another epoch (a history that started
-    /// again).
+    /// again). Not an order: across epochs it holds both ways.
     pub fn is_after(&self, other: &Position) -> bool {
         self.epoch != other.epoch || self.seq > other.seq
     }
@@ -127,30 +152,53 @@ pub const EPOCH_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// older than `max_age`. The default keeps none (positions are still
 /// given, and recovery works only from the newest one).
 ///
-/// Memory: at most `max_len` messages per room that had a message in the
-/// last `max_age`, plus a small record (epoch, sequence) per room that had
-/// one in the last `max_age` + [`EPOCH_GRACE`]; a room with no member and
-/// no message is not kept at all.
+/// Memory, in the hub's own store: at most `max_len` messages per room,
+/// for at most [`max_rooms`](Self::max_rooms) rooms without members (the
+/// ones quiet longest go first) plus the rooms that have members; a small
+/// record (epoch, sequence) outlives a room's messages by [`EPOCH_GRACE`];
+/// a room with no member and no message is not kept at all. On Redis the
+/// same bounds hold per room, and keys expire (docs/scaling.md).
+///
+/// A replay goes into the joining connection's outbound queue at once:
+/// keep `max_len` messages (and their bytes) within the connection's
+/// [`Config::queue_max_messages`](crate::Config::queue_max_messages) and
+/// [`queue_max_bytes`](crate::Config::queue_max_bytes), or a long replay
+/// meets the slow-consumer policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct History {
     /// Most messages kept per room.
     pub max_len: usize,
-    /// Oldest message kept, and how long a quiet room's history (and its
-    /// epoch) lasts.
+    /// Oldest message kept. A room's position (its epoch) lasts this plus
+    /// [`EPOCH_GRACE`] after its newest message.
     pub max_age: Duration,
+    /// Most rooms without members whose history the hub's own store
+    /// keeps. Default 10,000.
+    pub max_rooms: usize,
 }
 
 impl History {
     /// Keeps the last `max_len` messages of each room, none older than
     /// `max_age`.
     pub fn new(max_len: usize, max_age: Duration) -> Self {
-        History { max_len, max_age }
+        History {
+            max_len,
+            max_age,
+            max_rooms: 10_000,
+        }
+    }
+
+    /// Sets [`max_rooms`](Self::max_rooms).
+    #[must_use]
+    pub fn max_rooms(mut self, rooms: usize) -> Self {
+        self.max_rooms = rooms;
+        self
     }
 }
 
 impl Default for History {
-    /// No messages kept; a room's position lasts five minutes.
+    /// No messages kept; a room's position lasts five minutes (plus
+    /// [`EPOCH_GRACE`]) after its newest message.
     fn default() -> Self {
         History::new(0, Duration::from_secs(300))
     }
@@ -266,6 +314,11 @@ pub struct PresenceEvent {
 /// Every method has a default: no welcome, each message as it was
 /// appended, no presence notices.
 ///
+/// They run outside the hub's locks, but the in-memory store calls
+/// `message` and `presence` while it holds its own: do not call the hub
+/// from them (hand work to a task instead). A panic in one is logged and
+/// costs that one event.
+///
 /// ```
 /// use switchboard::rooms::{Joined, PresenceEvent, RoomEvents, Position};
 /// use switchboard::Message;
@@ -359,7 +412,8 @@ pub struct Replay {
 /// [`LocalDelivery::deliver_presence`](crate::LocalDelivery::deliver_presence),
 /// each room's messages in position order and its presence events in
 /// version order, and only for rooms the hub subscribed to
-/// ([`Broker::subscribe`](crate::Broker::subscribe)).
+/// ([`Broker::subscribe`](crate::Broker::subscribe)). The
+/// [module docs](self) say what else the seam needs of a store.
 #[async_trait]
 pub trait RoomStore: Send + Sync + 'static {
     /// Gives `msg` the room's next position, keeps it in the history as
