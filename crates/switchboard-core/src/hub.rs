@@ -820,6 +820,12 @@ impl HubShared {
     }
 
     fn deliver_entry(&self, room: &str, position: Position, msg: &Message) -> usize {
+        // A room with no local member has nothing to do here: a connection
+        // that starts joining after this check gets the message in its
+        // replay (the store recorded it before delivering it).
+        if !read(&self.rooms).occupied(room) {
+            return 0;
+        }
         // App code runs outside the hub's locks.
         let Some(msg) = guarded("message", || self.events.message(room, position, msg)) else {
             return 0;

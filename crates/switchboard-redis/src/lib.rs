@@ -7,7 +7,9 @@
 //!
 //! - [`RedisBroker`] is the core's [`Broker`]: give it to a [`Hub`] and
 //!   [`Hub::publish`], [`Hub::broadcast`] and their `_except` forms reach
-//!   the members of every node. Component code does not change.
+//!   the members of every node. Component code does not change. Room
+//!   presence and history ([`Hub::join_room_with`], [`Hub::append`]) are
+//!   shared by every node too, in Redis (`docs/scaling.md` lists the keys).
 //! - [`Emitter`] publishes into the cluster from a process without sockets
 //!   (a web application, a job), to a room, to everyone, or to one user's
 //!   connections ([`user_room`]).
