@@ -64,11 +64,14 @@
 //! dropped. Names and texts reach other users only inside JSON strings, so
 //! no one can forge a frame or a line.
 //!
-//! History is kept for [`HISTORY_AGE`]; in memory, for at most
-//! [`HISTORY_ROOMS`] rooms without members (the quietest go first): at the
-//! default `--history 100` and 4 KiB texts, at most about 400 MiB for
-//! those, plus the rooms with members. Each connection's outbound queue
-//! has room for a whole replay.
+//! History is kept for [`HISTORY_AGE`], `--history` messages per room (at
+//! most [`MAX_HISTORY`]); in memory, for at most [`HISTORY_ROOMS`] rooms
+//! without members (the quietest go first), plus the rooms with members.
+//! A stored message is at most [`MAX_STORED`] bytes (texts of control
+//! characters grow sixfold as JSON), so the rooms without members hold at
+//! most about 250 MiB at the default `--history 100`, and typical chat
+//! far less. Each connection's outbound queue has room for a whole
+//! replay of such messages.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -95,12 +98,16 @@ const MAX_FRAME: usize = 64 * 1024;
 const RATE: f64 = 20.0;
 const BURST: u32 = 40;
 /// The most `--history` takes.
-const MAX_HISTORY: usize = 100_000;
+const MAX_HISTORY: usize = 10_000;
 /// How long history is kept.
 const HISTORY_AGE: Duration = Duration::from_secs(3600);
 /// Rooms without members whose history is kept (in memory; on Redis, keys
 /// expire after `HISTORY_AGE`).
-const HISTORY_ROOMS: usize = 1_000;
+const HISTORY_ROOMS: usize = 100;
+/// The longest stored message frame: a text of `MAX_TEXT` bytes of
+/// control characters is six times as long as JSON (`\u0001`), plus the
+/// room, the name (escaped too) and the keys.
+const MAX_STORED: usize = 6 * MAX_TEXT + 6 * 4 * 32 + 64 + 128;
 
 /// Where a connection sits: from the WebSocket handshake or the TCP
 /// `JOIN` line.
@@ -387,7 +394,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let queue_bytes = (defaults.queue_max_bytes).max(
         args.history
             .saturating_add(64)
-            .saturating_mul(MAX_TEXT + 256),
+            .saturating_mul(MAX_STORED + 128),
     );
     let config = defaults
         .queue_max_messages(queue_messages)

@@ -285,11 +285,22 @@ struct Recorded {
 /// What one new member already has.
 #[derive(Clone, Copy)]
 struct Seam {
-    /// Messages up to this position came in the replay (or before the
-    /// welcome); `None` once a later one arrived.
-    position: Option<Position>,
+    /// The messages it has: up to `Some(position)` (the replay, or what
+    /// was before the welcome), or none at all when the room had none
+    /// (`Some(None)`). `None` once a later message arrived.
+    covered: Option<Option<Position>>,
     /// Presence changes up to this version are in the welcome's list.
     version: Option<u64>,
+}
+
+/// Whether message `next` goes to a member that has messages up to
+/// `covered` (`None`: none), and whether it missed one before it.
+fn after_seam(covered: Option<Position>, next: Position) -> (bool, bool) {
+    match covered {
+        Some(covered) if !next.is_after(&covered) => (false, false),
+        Some(covered) => (true, follows(covered, next) == Some(false)),
+        None => (true, next.seq() != 1),
+    }
 }
 
 impl Recorded {
@@ -299,17 +310,17 @@ impl Recorded {
         let Some(seam) = self.seams.get_mut(&id) else {
             return (true, room_gap);
         };
-        let Some(covered) = seam.position else {
+        let Some(covered) = seam.covered else {
             return (true, room_gap);
         };
-        if !position.is_after(&covered) {
-            return (false, false);
+        let (deliver, gap) = after_seam(covered, position);
+        if deliver {
+            seam.covered = None;
+            if seam.version.is_none() {
+                self.seams.remove(&id);
+            }
         }
-        seam.position = None;
-        if seam.version.is_none() {
-            self.seams.remove(&id);
-        }
-        (true, follows(covered, position).is_none_or(|next| !next))
+        (deliver, gap)
     }
 
     /// Whether presence change `version` goes to member `id`.
@@ -324,7 +335,7 @@ impl Recorded {
             return false;
         }
         seam.version = None;
-        if seam.position.is_none() {
+        if seam.covered.is_none() {
             self.seams.remove(&id);
         }
         true
@@ -628,7 +639,7 @@ impl Hub {
     /// [`RoomEvents::welcome`] for what it found, then the messages after
     /// [`Join::since`] (each through [`RoomEvents::message`]), then
     /// everything live; none missing and none twice at the seam, whatever
-    /// is published meanwhile. With [`Join::name`] the other members, on
+    /// is appended meanwhile. With [`Join::name`] the other members, on
     /// every node, get its join ([`RoomEvents::presence`]), and its leave
     /// when it leaves the room or closes.
     ///
@@ -826,10 +837,10 @@ impl HubShared {
         if !read(&self.rooms).occupied(room) {
             return 0;
         }
-        // App code runs outside the hub's locks.
-        let Some(msg) = guarded("message", || self.events.message(room, position, msg)) else {
-            return 0;
-        };
+        // App code runs outside the hub's locks. A message it failed to
+        // format still counts as seen, or the next one would look like a
+        // loss to every member.
+        let msg = guarded("message", || self.events.message(room, position, msg));
         let rooms = read(&self.rooms);
         let mut recorded = rooms.lock_recorded();
         let live = rooms.by_name.get_key_value(room);
@@ -852,16 +863,11 @@ impl HubShared {
         };
         let mut sent = 0;
         for (id, conn) in members {
-            match state.entry_for(*id, position, room_gap) {
-                (false, _) => {}
-                (true, true) => {
-                    tracing::warn!(conn = %id, room, "messages of the room were lost on the way: closing so the client resumes");
-                    conn.close_with(
-                        CloseCode::RESTART,
-                        "messages were lost: reconnect to resume",
-                    );
-                }
-                (true, false) => sent += usize::from(conn.send(msg.clone()).is_ok()),
+            match (state.entry_for(*id, position, room_gap), &msg) {
+                ((false, _), _) => {}
+                ((true, true), _) => missed(conn, room),
+                ((true, false), Some(msg)) => sent += usize::from(conn.send(msg.clone()).is_ok()),
+                ((true, false), None) => {}
             }
         }
         sent
@@ -915,6 +921,7 @@ impl HubShared {
         join: &Join,
     ) -> Result<(Members, Replay)> {
         self.sync_subscription(room).await?;
+        self.store.ready(room).await?;
         if let Some(name) = &join.name {
             let member = Member {
                 conn: id,
@@ -965,34 +972,35 @@ impl HubShared {
         for msg in welcome.into_iter().chain(replayed) {
             let _ = conn.send(msg);
         }
-        let (mut seam, mut version) = (seam, Some(members.version));
+        let (mut seam, mut version) = (seam, members.version);
         for held in held {
-            let (after, msg) = match held {
+            match held {
                 Held::Entry(position, msg) => {
-                    let after = seam.is_none_or(|s| position.is_after(&s));
+                    let (after, gap) = after_seam(seam, position);
+                    if gap {
+                        missed(conn, room);
+                    }
                     if after {
                         seam = Some(position);
+                        if let Some(msg) = msg {
+                            let _ = conn.send(msg);
+                        }
                     }
-                    (after, msg)
                 }
                 Held::Presence(v, msg) => {
-                    let after = version.is_none_or(|covered| v > covered);
-                    if after {
-                        version = Some(v);
+                    if v > version {
+                        version = v;
+                        let _ = conn.send(msg);
                     }
-                    (after, msg)
                 }
-            };
-            if after {
-                let _ = conn.send(msg);
             }
         }
         // Live traffic up to what it got may still be on its way.
         state.seams.insert(
             conn.id(),
             Seam {
-                position: seam,
-                version,
+                covered: Some(seam),
+                version: Some(version),
             },
         );
         rooms
@@ -1067,6 +1075,16 @@ impl HubShared {
             }
         }
     }
+}
+
+/// A member missed messages of `room` (positions that skip): closed with
+/// 1012, so that its client comes back from its last position.
+fn missed(conn: &Connection, room: &str) {
+    tracing::warn!(conn = %conn.id(), room, "messages of the room were lost on the way: closing so the client resumes");
+    conn.close_with(
+        CloseCode::RESTART,
+        "messages were lost: reconnect to resume",
+    );
 }
 
 /// Runs app code ([`RoomEvents`]) so that a panic in it costs the one event,

@@ -380,3 +380,27 @@ async fn late_live_traffic_is_not_doubled_and_lost_traffic_closes() {
     let frame = timeout(LIMIT, ada.closed()).await.unwrap().unwrap();
     assert_eq!(frame.code.0, 1012);
 }
+
+/// A new epoch (the store lost its history) starts at seq 1: its first
+/// message is delivered to a member that just joined, not taken for a
+/// loss; a later skip in it is.
+#[tokio::test]
+async fn a_new_epoch_is_not_a_loss() {
+    let scripted = std::sync::Arc::new(Scripted::default());
+    let hub = Hub::builder()
+        .broker(ScriptedBroker(scripted.clone()))
+        .events(Lines)
+        .build();
+    let server = TestServer::new(Room { hub: hub.clone() });
+    let mut ada = join(&server, "name=ada").await;
+    assert_eq!(next(&mut ada).await, format!("welcome ada {} none", at(5)));
+    let local = scripted.local.get().unwrap();
+    let next_epoch = |seq| Position::new(EPOCH + 1, seq);
+    local.deliver_entry("r", next_epoch(1), &Message::text("n1"));
+    assert_eq!(next(&mut ada).await, format!("{} n1", next_epoch(1)));
+    local.deliver_entry("r", next_epoch(2), &Message::text("n2"));
+    assert_eq!(next(&mut ada).await, format!("{} n2", next_epoch(2)));
+    local.deliver_entry("r", next_epoch(4), &Message::text("n4"));
+    let frame = timeout(LIMIT, ada.closed()).await.unwrap().unwrap();
+    assert_eq!(frame.code.0, 1012);
+}

@@ -23,7 +23,7 @@
 //! store's scripts inside Redis (the position is only known there); the
 //! client gives them the [`head`] and the payload. A presence payload is
 //! `{j|l} {version} {F} {field}{name}`: joined or left, the member list's
-//! version, the length of the member's field (`{connection}@{node}`), the
+//! version, the length of the member's field (`{connection}@{instance}`, see `presence.rs`), the
 //! field, then the name.
 //!
 //! Decoding slices the received buffer: no payload is copied.

@@ -159,6 +159,16 @@ impl RedisStore {
 
 #[async_trait]
 impl RoomStore for RedisStore {
+    /// The seam of `Hub::join_room_with` needs the room's live traffic to
+    /// flow before the member list and the history are read.
+    async fn ready(&self, room: &str) -> switchboard_core::Result<()> {
+        if self.subscriber.in_effect(room) {
+            return Ok(());
+        }
+        let why = "the room's subscription is not in effect (redis link down or slow)";
+        Err(Error::unavailable(why).into())
+    }
+
     async fn append(
         &self,
         room: &str,
@@ -198,12 +208,7 @@ impl RoomStore for RedisStore {
         history: &History,
     ) -> switchboard_core::Result<Replay> {
         type Entry = (String, Vec<(String, Vec<u8>)>);
-        // The seam of `Hub::join_room_with` needs live traffic of the room
-        // to be flowing before the history is read.
-        if !self.subscriber.in_effect(room) {
-            let why = "the room's subscription is not in effect (redis link down or slow)";
-            return Err(Error::unavailable(why).into());
-        }
+
         let (since_epoch, since_seq) = match since {
             Some(p) => (format!("{:016x}", p.epoch()), p.seq()),
             None => (String::new(), 0),

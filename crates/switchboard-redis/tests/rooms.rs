@@ -371,3 +371,50 @@ async fn history_is_trimmed_by_count_and_by_age() {
         .unwrap();
     assert!(ttl > 86_000_000, "{ttl}");
 }
+
+/// A node whose members Redis lost in part (as when another node started
+/// reaping it during a partition) adds them back and announces them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_reaped_adds_its_members_back() {
+    let redis = RedisServer::start().await;
+    let a = Node::start(&redis, options("a")).await;
+    let b = Node::start(&redis, options("b")).await;
+    let mut ada = a.join("name=ada").await;
+    assert_eq!(next(&mut ada).await, "welcome ada - none");
+    let mut bob = b.join("name=bob").await;
+    assert_eq!(next(&mut bob).await, "welcome ada,bob - none");
+    assert_eq!(next(&mut ada).await, "join bob");
+
+    // What a reaper does to node a's instance: its member gone (announced),
+    // `known` deleted, `reaped` set.
+    let keys = redis.command(&["KEYS", "switchboard:members-of:a~*"]).await;
+    let set = keys
+        .lines()
+        .find(|l| l.starts_with("switchboard:"))
+        .unwrap()
+        .to_owned();
+    let instance = set.trim_start_matches("switchboard:members-of:").to_owned();
+    let entry = redis.command(&["SRANDMEMBER", &set]).await;
+    let entry = entry.lines().nth(1).unwrap().to_owned();
+    let field = entry.trim_start_matches("1:r").to_owned();
+    for cmd in [
+        &["HDEL", "switchboard:presence:r", &field][..],
+        &["SREM", &set, &entry],
+        &["DEL", &format!("switchboard:known:{instance}")],
+        &["SET", &format!("switchboard:reaped:{instance}"), "1"],
+    ] {
+        redis.command(cmd).await;
+    }
+    // Node a's next heartbeat notices and adds ada back, announced.
+    assert_eq!(next(&mut bob).await, "join ada");
+    let mut names = b.hub.presence("r").await.unwrap().names;
+    names.sort();
+    assert_eq!(names, [Arc::<str>::from("ada"), Arc::from("bob")]);
+    // The instance is marked as whole again right after.
+    let known = format!("switchboard:known:{instance}");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while redis.command(&["EXISTS", &known]).await.trim() != ":1" {
+        assert!(tokio::time::Instant::now() < deadline, "{known} never set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

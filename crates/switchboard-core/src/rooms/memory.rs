@@ -27,6 +27,9 @@ pub(crate) struct MemoryStore {
 struct State {
     rooms: HashMap<Arc<str>, Room>,
     last_sweep: Instant,
+    /// The last member-list version given, in any room: a room dropped and
+    /// made again goes on from here, so its versions never go back.
+    versions: u64,
 }
 
 struct Room {
@@ -90,6 +93,7 @@ impl MemoryStore {
             state: Mutex::new(State {
                 rooms: HashMap::new(),
                 last_sweep: Instant::now(),
+                versions: 0,
             }),
         }
     }
@@ -223,14 +227,15 @@ impl RoomStore for MemoryStore {
     async fn add_member(&self, name: &str, member: &Member) -> Result<()> {
         let now = Instant::now();
         let mut state = self.lock();
+        let version = state.versions + 1;
         let room = state.room(name, &self.history, now);
         if room
             .members
             .insert(member.conn, member.name.clone())
             .is_none()
         {
-            room.version += 1;
-            let version = room.version;
+            room.version = version;
+            state.versions = version;
             self.local
                 .deliver_presence(name, true, &member.name, Some(member.conn), version);
         }
@@ -239,16 +244,20 @@ impl RoomStore for MemoryStore {
 
     async fn remove_member(&self, name: &str, member: &Member) -> Result<()> {
         let mut state = self.lock();
+        let version = state.versions + 1;
         let Some(room) = state.rooms.get_mut(name) else {
             return Ok(());
         };
         if let Some(left) = room.members.remove(&member.conn) {
-            room.version += 1;
-            let version = room.version;
+            room.version = version;
             self.local
                 .deliver_presence(name, false, &left, Some(member.conn), version);
         }
-        if room.forgotten(&self.history, Instant::now()) {
+        let forgotten = room.forgotten(&self.history, Instant::now());
+        if room.version == version {
+            state.versions = version;
+        }
+        if forgotten {
             state.rooms.remove(name);
         }
         Ok(())

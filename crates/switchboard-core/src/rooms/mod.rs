@@ -36,9 +36,10 @@
 //!    skipped once.
 //!
 //! A store must therefore deliver a room's messages in position order and
-//! its presence changes in version order, and a shared store's `replay`
-//! may succeed only once the room's live traffic reaches this node (the
-//! Redis store refuses while the room's subscription is not in effect).
+//! its presence changes in version order (versions never go back, even
+//! when the store loses its data), and a shared store must say when the
+//! room's live traffic reaches this node ([`RoomStore::ready`]; the Redis
+//! store refuses while the room's subscription is not in effect).
 //!
 //! Positions of one epoch are consecutive: a live message that skips one
 //! means messages were lost on the way (a broker link dropped). The
@@ -46,7 +47,10 @@
 //! their clients come back with their last position and get a replay.
 //! Losses just before a history loss (a new epoch) cannot be told.
 //!
-//! The guarantee covers appended messages and presence changes; a plain
+//! Presence changes get the same seam but no loss detection: a change
+//! lost on the way (a dropped link, a store that lost its data) leaves a
+//! member list stale until the client joins again. The guarantee covers
+//! appended messages; a plain
 //! [`Hub::publish`](crate::Hub::publish) to the room during a join may
 //! miss the joining connection.
 
@@ -172,8 +176,9 @@ pub struct History {
     /// Oldest message kept. A room's position (its epoch) lasts this plus
     /// [`EPOCH_GRACE`] after its newest message.
     pub max_age: Duration,
-    /// Most rooms without members whose history the hub's own store
-    /// keeps. Default 10,000.
+    /// Most rooms without named members (no one joined with
+    /// [`Join::name`]) whose history the hub's own store keeps; past it,
+    /// the one quiet longest is dropped, positions and all. Default 10,000.
     pub max_rooms: usize,
 }
 
@@ -416,6 +421,16 @@ pub struct Replay {
 /// [module docs](self) say what else the seam needs of a store.
 #[async_trait]
 pub trait RoomStore: Send + Sync + 'static {
+    /// Succeeds once this node receives `room`'s live traffic (the hub has
+    /// subscribed it at the broker). A join calls it before it announces
+    /// the member and reads the member list and the history; an `Err`
+    /// fails the join. The default, for stores that deliver in-process,
+    /// is always ready.
+    async fn ready(&self, room: &str) -> Result<()> {
+        let _ = room;
+        Ok(())
+    }
+
     /// Gives `msg` the room's next position, keeps it in the history as
     /// `history` bounds it, and delivers it.
     async fn append(&self, room: &str, msg: Message, history: &History) -> Result<Position>;
@@ -443,7 +458,9 @@ pub trait RoomStore: Send + Sync + 'static {
 /// What one joining connection was sent while the store was asked: held
 /// until the seam is found.
 pub(crate) enum Held {
-    Entry(Position, Message),
+    /// `None` when [`RoomEvents::message`] failed on it: nothing to send,
+    /// but the position counts as seen.
+    Entry(Position, Option<Message>),
     Presence(u64, Message),
 }
 
