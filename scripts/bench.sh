@@ -169,7 +169,7 @@ SCENARIOS=(
     "ws-bcast-1k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat|broadcast --client raw --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
     "ws-bcast-10k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat|broadcast --client raw --subs 10000 --pubs 1 --rate 5 --size 64 --seconds $BCAST_S --settle 2"
     "tcp-bcast-1k|plain-tcp-chat|switchboard-tcp-chat plain-tcp-chat|broadcast --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
-    "ws-idle-10k|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo|idle --conns $IDLE10K_N"
+    "ws-idle-10k|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo floor-ws-idle floor-ws-idle-timer|idle --conns $IDLE10K_N"
     "tcp-idle-10k|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|idle --conns $IDLE10K_N"
 )
 

@@ -14,6 +14,8 @@
 //! | `naive-ws-chat` | tokio-tungstenite's own chat example: a task per connection, a map of unbounded channels behind a mutex, `send()` per message |
 //! | `plain-tcp-echo` | plain tokio lines: `BufReader::lines`, a `BufWriter` flushed when no input is buffered |
 //! | `plain-tcp-chat` | plain tokio lines chat: unbounded channels, a writer task per connection flushing when its channel is empty |
+//! | `floor-ws-idle` | the floor of a task per connection: the WebSocket upgrade (its buffer freed after), then a task that waits for readability and reads into a stack buffer (nothing held across the await); for the idle scenarios only |
+//! | `floor-ws-idle-timer` | the same with an idle `Sleep` in the task, reset by traffic |
 //!
 //! Prints `listening on ADDR pid PID` once bound, then serves until killed
 //! or until `--max-seconds` (default 900) have passed. `--ws-read-buffer N`
@@ -55,6 +57,8 @@ const KINDS: &[&str] = &[
     "naive-ws-chat",
     "plain-tcp-echo",
     "plain-tcp-chat",
+    "floor-ws-idle",
+    "floor-ws-idle-timer",
 ];
 
 fn main() {
@@ -133,6 +137,8 @@ async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(),
         "naive-ws-chat" => naive_ws(addr, true).await,
         "plain-tcp-echo" => plain_tcp(addr, false).await,
         "plain-tcp-chat" => plain_tcp(addr, true).await,
+        "floor-ws-idle" => floor_ws_idle(addr, false).await,
+        "floor-ws-idle-timer" => floor_ws_idle(addr, true).await,
         _ => unreachable!("kinds are checked in main"),
     }
 }
@@ -342,4 +348,108 @@ async fn plain_chat_conn(stream: TcpStream, id: u64, peers: LinePeers) {
     }
     peers.lock().unwrap().remove(&id);
     writer.abort();
+}
+
+// ---- the floor of a task per connection -----------------------------------
+
+/// Upgrades each connection (the request read into a stack buffer), then
+/// spawns a task that only waits for the socket to be readable and drains
+/// it into a stack buffer: the least a task per idle connection holds.
+/// With `timer`, the task also holds an idle `Sleep` (90 s, reset by
+/// traffic), as a server with idle timeouts does.
+async fn floor_ws_idle(addr: &str, timer: bool) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(addr).await?;
+    announce(listener.local_addr()?);
+    loop {
+        let (stream, _) = accept(&listener).await;
+        // Two task types, so that the bare one holds no timer's memory.
+        if timer {
+            tokio::spawn(idle_with_timer(stream));
+        } else {
+            tokio::spawn(idle_bare(stream));
+        }
+    }
+}
+
+async fn idle_bare(stream: TcpStream) {
+    if upgrade(&stream).await.is_none() {
+        return;
+    }
+    while stream.readable().await.is_ok() && drain(&stream).is_some() {}
+}
+
+async fn idle_with_timer(stream: TcpStream) {
+    if upgrade(&stream).await.is_none() {
+        return;
+    }
+    const IDLE: Duration = Duration::from_secs(90);
+    let idle = tokio::time::sleep(IDLE);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            ready = stream.readable() => if ready.is_err() { return },
+            _ = &mut idle => return,
+        }
+        match drain(&stream) {
+            None => return,
+            Some(true) => idle.as_mut().reset(tokio::time::Instant::now() + IDLE),
+            Some(false) => {}
+        }
+    }
+}
+
+/// Reads what is there into a stack buffer: `Some(true)` if it read,
+/// `Some(false)` if nothing was there, `None` at the end or on an error.
+fn drain(stream: &TcpStream) -> Option<bool> {
+    let mut buf = [0u8; 512];
+    match stream.try_read(&mut buf) {
+        Ok(0) => None,
+        Ok(_) => Some(true),
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// Reads an upgrade request and answers 101; `None` if the request is not
+/// one. The buffer is on the heap and freed on return: an array here
+/// would live in the task's future for the connection's whole life.
+async fn upgrade(stream: &TcpStream) -> Option<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    let key = loop {
+        stream.readable().await.ok()?;
+        match stream.try_read(&mut buf[len..]) {
+            Ok(0) => return None,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+        let head = &buf[..len];
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let text = std::str::from_utf8(head).ok()?;
+            let key = text.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_owned())
+            })?;
+            break key;
+        }
+        if len == buf.len() {
+            return None;
+        }
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    let mut written = 0;
+    while written < response.len() {
+        stream.writable().await.ok()?;
+        match stream.try_write(&response.as_bytes()[written..]) {
+            Ok(n) => written += n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
+        }
+    }
+    Some(())
 }
