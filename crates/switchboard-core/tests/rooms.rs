@@ -1,69 +1,15 @@
 //! Presence, history and recovery on one node (the hub's in-memory store).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
-use switchboard::rooms::{
-    History, Join, Joined, Position, PresenceEvent, Recovery, RoomEvents, Unrecoverable,
-};
-use switchboard::testing::{TestClient, TestServer};
-use switchboard::{BoxError, Config, Connection, Hub, Message, MessageComponent, TransportInfo};
+use common::rooms::{LIMIT, Lines, Room, join, next};
+use switchboard::rooms::{History, Join, Position, Unrecoverable};
+use switchboard::testing::TestServer;
+use switchboard::{BoxError, Config, Connection, Hub, Message, MessageComponent};
 use tokio::time::timeout;
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-/// Room events as lines a test can read: `welcome <members> <position>
-/// <recovery>`, `<position> <text>`, `join <name>`, `leave <name>`.
-struct Lines;
-
-impl RoomEvents for Lines {
-    fn welcome(&self, joined: &Joined) -> Option<Message> {
-        let mut members: Vec<_> = joined.members.iter().map(|m| m.to_string()).collect();
-        members.sort();
-        let position = joined.position.map_or("-".to_owned(), |p| p.to_string());
-        let recovery = match joined.recovery {
-            Recovery::NotAsked => "none".to_owned(),
-            Recovery::Replayed(n) => n.to_string(),
-            Recovery::Impossible(why) => format!("{why:?}"),
-        };
-        Some(format!("welcome {} {position} {recovery}", members.join(",")).into())
-    }
-
-    fn message(&self, _: &str, position: Position, msg: &Message) -> Message {
-        format!("{position} {}", msg.as_text().unwrap()).into()
-    }
-
-    fn presence(&self, event: &PresenceEvent) -> Option<Message> {
-        let verb = if event.joined { "join" } else { "leave" };
-        Some(format!("{verb} {}", event.name).into())
-    }
-}
-
-/// Joins room `r` with the `name` and `since` of the query; appends every
-/// message it receives.
-struct Room {
-    hub: Hub,
-}
-
-impl MessageComponent for Room {
-    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
-        let info = conn.transport();
-        let mut join = Join::new();
-        if let Some(name) = info.query_param("name") {
-            join = join.name(name.as_ref());
-        }
-        if let Some(since) = info.query_param("since") {
-            join = join.since(since.parse()?);
-        }
-        self.hub.join_room_with("r", conn, join).await?;
-        Ok(())
-    }
-
-    async fn on_message(&self, _: &Connection, msg: Message) -> Result<(), BoxError> {
-        self.hub.append("r", msg).await?;
-        Ok(())
-    }
-}
 
 fn server(history: History) -> (TestServer, Hub) {
     let hub = Hub::builder().history(history).events(Lines).build();
@@ -73,18 +19,6 @@ fn server(history: History) -> (TestServer, Hub) {
         .queue_max_bytes(16 << 20);
     let server = TestServer::with_config(Room { hub: hub.clone() }, config);
     (server, hub)
-}
-
-async fn join(server: &TestServer, query: &str) -> TestClient {
-    let info = TransportInfo::new("memory")
-        .with_path("/")
-        .with_query(query.to_owned());
-    server.connect_with(info).await
-}
-
-async fn next(client: &mut TestClient) -> String {
-    let msg = timeout(LIMIT, client.recv()).await.unwrap().unwrap();
-    msg.as_text().unwrap().to_owned()
 }
 
 fn history(max_len: usize) -> History {

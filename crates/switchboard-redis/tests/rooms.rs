@@ -2,70 +2,19 @@
 //! redis-server (connections are the test kit's, in memory; Redis is real).
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../switchboard-core/tests/common/rooms.rs"]
+mod rooms_common;
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use rooms_common::{Lines, Room, next};
 use support::{LIMIT, RedisServer, within};
 use switchboard::redis::{RedisBroker, RedisOptions};
-use switchboard::rooms::{History, Join, Joined, Position, PresenceEvent, Recovery, RoomEvents};
+use switchboard::rooms::{History, Position};
 use switchboard::testing::{TestClient, TestServer};
-use switchboard::{BoxError, Config, Connection, Hub, Message, MessageComponent, TransportInfo};
-use tokio::time::timeout;
-
-/// Room events as lines: `welcome <members> <position> <recovery>`,
-/// `<position> <text>`, `join <name>`, `leave <name>`.
-struct Lines;
-
-impl RoomEvents for Lines {
-    fn welcome(&self, joined: &Joined) -> Option<Message> {
-        let mut members: Vec<_> = joined.members.iter().map(|m| m.to_string()).collect();
-        members.sort();
-        let position = joined.position.map_or("-".to_owned(), |p| p.to_string());
-        let recovery = match joined.recovery {
-            Recovery::NotAsked => "none".to_owned(),
-            Recovery::Replayed(n) => n.to_string(),
-            Recovery::Impossible(why) => format!("{why:?}"),
-        };
-        Some(format!("welcome {} {position} {recovery}", members.join(",")).into())
-    }
-
-    fn message(&self, _: &str, position: Position, msg: &Message) -> Message {
-        format!("{position} {}", msg.as_text().unwrap()).into()
-    }
-
-    fn presence(&self, event: &PresenceEvent) -> Option<Message> {
-        let verb = if event.joined { "join" } else { "leave" };
-        Some(format!("{verb} {}", event.name).into())
-    }
-}
-
-/// Joins room `r` with the query's `name` and `since`; appends what it
-/// receives.
-struct Room {
-    hub: Hub,
-}
-
-impl MessageComponent for Room {
-    async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
-        let info = conn.transport();
-        let mut join = Join::new();
-        if let Some(name) = info.query_param("name") {
-            join = join.name(name.as_ref());
-        }
-        if let Some(since) = info.query_param("since") {
-            join = join.since(since.parse()?);
-        }
-        self.hub.join_room_with("r", conn, join).await?;
-        Ok(())
-    }
-
-    async fn on_message(&self, _: &Connection, msg: Message) -> Result<(), BoxError> {
-        self.hub.append("r", msg).await?;
-        Ok(())
-    }
-}
+use switchboard::{Config, Hub};
 
 struct Node {
     hub: Hub,
@@ -100,16 +49,8 @@ impl Node {
     }
 
     async fn join(&self, query: &str) -> TestClient {
-        let info = TransportInfo::new("memory")
-            .with_path("/")
-            .with_query(query.to_owned());
-        self.server.connect_with(info).await
+        rooms_common::join(&self.server, query).await
     }
-}
-
-async fn next(client: &mut TestClient) -> String {
-    let msg = timeout(LIMIT, client.recv()).await.unwrap().unwrap();
-    msg.as_text().unwrap().to_owned()
 }
 
 fn options(node: &str) -> RedisOptions {
