@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Browser tests, two headless Chromium pages each:
+# Browser tests, two headless Chromium pages each (support.mjs: starting a
+# server, launching chromium):
 # - chat.test.mjs: the pages talk through the chat example, then through the
 #   axum_app example (the same page and room, through axum);
 # - rooms.test.mjs: the pages join a room of the rooms example: members,

@@ -9,36 +9,13 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, LIMIT_MS, launch, startServer } from './support.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
 const CHAT_BIN = process.env.CHAT_BIN;
 const AXUM_APP_BIN = process.env.AXUM_APP_BIN;
-const LIMIT_MS = 20_000;
-
-/** Starts a server on a free loopback port; resolves with its URL. */
-function startChat(bin, args) {
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  const url = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('chat printed no URL: ' + out)), LIMIT_MS);
-    child.stdout.on('data', (chunk) => {
-      out += chunk;
-      const m = out.match(/http:\/\/127\.0\.0\.1:\d+\//);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[0]);
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`chat exited early (${code}): ${out}`)));
-  });
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  return { child, url, exited, output: () => out };
-}
 
 /** Texts of the list items of one class on a page. */
 const texts = (page, cls) => page.$$eval(`#log li.${cls}`, (lis) => lis.map((li) => li.textContent));
@@ -59,26 +36,12 @@ async function waitForText(page, cls, text) {
 async function twoPages(bin, args) {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: install Debian's chromium`);
 
-  const chat = startChat(bin, args);
+  const chat = startServer('chat', bin, args);
   const userDataDir = mkdtempSync(join(tmpdir(), 'switchboard-chromium-'));
   let context;
   try {
     const url = await chat.url;
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: LIMIT_MS,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    context = await launch(userDataDir);
     const alice = await context.newPage();
     const bob = await context.newPage();
     for (const page of [alice, bob]) {

@@ -8,35 +8,12 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, LIMIT_MS, launch, startServer } from './support.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ROOMS_BIN = process.env.ROOMS_BIN;
-const LIMIT_MS = 20_000;
-
-/** Starts the server on a free loopback port; resolves with its URL. */
-function startRooms(bin, args) {
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  const url = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('rooms printed no URL: ' + out)), LIMIT_MS);
-    child.stdout.on('data', (chunk) => {
-      out += chunk;
-      const m = out.match(/http:\/\/127\.0\.0\.1:\d+\//);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[0]);
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`rooms exited early (${code}): ${out}`)));
-  });
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  return { child, url, exited, output: () => out };
-}
 
 /** Texts of the log items of one class on a page. */
 const texts = (page, cls) => page.$$eval(`#log li.${cls}`, (lis) => lis.map((li) => li.textContent));
@@ -80,26 +57,12 @@ test('rooms example: members, messages, recovery after a dropped socket, HTML as
   assert.ok(ROOMS_BIN && existsSync(ROOMS_BIN), `ROOMS_BIN must name the built rooms example (got ${ROOMS_BIN})`);
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: install Debian's chromium`);
 
-  const rooms = startRooms(ROOMS_BIN, ['--ws', '127.0.0.1:0', '--tcp', 'off']);
+  const rooms = startServer('rooms', ROOMS_BIN, ['--ws', '127.0.0.1:0', '--tcp', 'off']);
   const userDataDir = mkdtempSync(join(tmpdir(), 'switchboard-chromium-'));
   let context;
   try {
     const url = await rooms.url;
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: LIMIT_MS,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    context = await launch(userDataDir);
     const ada = await context.newPage();
     const bob = await context.newPage();
     const dialogs = [];
