@@ -3,7 +3,10 @@
 //! its REST route, page and three sockets on one port, the middleware in
 //! front of the private socket, and Ctrl-C closing every socket with 1001.
 
-use std::path::PathBuf;
+#[path = "support/examples.rs"]
+mod examples;
+
+use examples::example;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -18,13 +21,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 const LIMIT: Duration = Duration::from_secs(30);
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-/// `target/<profile>/examples/<name>`, built by a plain `cargo test`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
 
 type Output = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 

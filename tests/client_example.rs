@@ -5,8 +5,11 @@
 //! relays (lines, no control characters, no binary), the client against a
 //! server that sends anything, and a flooder against the chat's limits.
 
+#[path = "support/examples.rs"]
+mod examples;
+
+use examples::example;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -26,12 +29,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// `target/<profile>/examples/<name>`, built by a plain `cargo test` with
 /// the tests.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
-
 struct Chat {
     child: Child,
     ws: String,

@@ -7,7 +7,10 @@
 #[path = "../crates/switchboard-redis/tests/support/mod.rs"]
 mod redis_support;
 
-use std::path::PathBuf;
+#[path = "support/examples.rs"]
+mod examples;
+
+use examples::example;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -23,13 +26,6 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 const LIMIT: Duration = Duration::from_secs(20);
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-/// `target/<profile>/examples/<name>`, built by a plain `cargo test`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
 
 /// One running `rooms` process.
 struct Node {

@@ -53,6 +53,17 @@ impl Node {
     }
 }
 
+/// ada joins on node `a`, then bob on node `b`: each past its welcome,
+/// ada past bob's join.
+async fn ada_on_a_bob_on_b(a: &Node, b: &Node) -> (TestClient, TestClient) {
+    let mut ada = a.join("name=ada").await;
+    assert_eq!(next(&mut ada).await, "welcome ada - none");
+    let mut bob = b.join("name=bob").await;
+    assert_eq!(next(&mut bob).await, "welcome ada,bob - none");
+    assert_eq!(next(&mut ada).await, "join bob");
+    (ada, bob)
+}
+
 fn options(node: &str) -> RedisOptions {
     RedisOptions::default()
         .node_id(node)
@@ -65,11 +76,7 @@ async fn presence_spans_nodes() {
     let a = Node::start(&redis, options("a")).await;
     let b = Node::start(&redis, options("b")).await;
 
-    let mut ada = a.join("name=ada").await;
-    assert_eq!(next(&mut ada).await, "welcome ada - none");
-    let mut bob = b.join("name=bob").await;
-    assert_eq!(next(&mut bob).await, "welcome ada,bob - none");
-    assert_eq!(next(&mut ada).await, "join bob");
+    let (mut ada, mut bob) = ada_on_a_bob_on_b(&a, &b).await;
     let mut ada2 = b.join("name=ada").await;
     assert_eq!(next(&mut ada2).await, "welcome ada,ada,bob - none");
     assert_eq!(next(&mut ada).await, "join ada");
@@ -194,11 +201,7 @@ async fn a_dead_nodes_members_leave() {
     let redis = RedisServer::start().await;
     let a = Node::start(&redis, options("a")).await;
     let b = Node::start(&redis, options("b")).await;
-    let mut ada = a.join("name=ada").await;
-    assert_eq!(next(&mut ada).await, "welcome ada - none");
-    let mut bob = b.join("name=bob").await;
-    assert_eq!(next(&mut bob).await, "welcome ada,bob - none");
-    assert_eq!(next(&mut ada).await, "join bob");
+    let (mut ada, mut bob) = ada_on_a_bob_on_b(&a, &b).await;
 
     // A process of node `a` (as a restarted one would be) whose heartbeat
     // was due long ago, with one member in `r`.
@@ -320,11 +323,7 @@ async fn a_node_that_was_reaped_adds_its_members_back() {
     let redis = RedisServer::start().await;
     let a = Node::start(&redis, options("a")).await;
     let b = Node::start(&redis, options("b")).await;
-    let mut ada = a.join("name=ada").await;
-    assert_eq!(next(&mut ada).await, "welcome ada - none");
-    let mut bob = b.join("name=bob").await;
-    assert_eq!(next(&mut bob).await, "welcome ada,bob - none");
-    assert_eq!(next(&mut ada).await, "join bob");
+    let (_ada, mut bob) = ada_on_a_bob_on_b(&a, &b).await;
 
     // What a reaper does to node a's instance: its member gone (announced),
     // `known` deleted, `reaped` set.
