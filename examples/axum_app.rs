@@ -3,8 +3,10 @@
 //!
 //! ```sh
 //! cargo run --release --example axum_app                 # http://127.0.0.1:3000/
-//! cargo run --release --example axum_app -- --addr 127.0.0.1:3001
+//! cargo run --release --example axum_app -- --addr 127.0.0.1:3001 --deflate
 //! ```
+//!
+//! `--deflate` accepts permessage-deflate on the three WebSocket endpoints.
 //!
 //! | route | what |
 //! |---|---|
@@ -34,7 +36,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use switchboard::ws::{Page, WsTransport};
+use switchboard::ws::{Deflate, Page, WsTransport};
 use switchboard::{
     BoxError, CloseCode, Config, Connection, Hub, Message, MessageComponent, RateLimit,
     RateLimitAction, Server, ServerHandle,
@@ -108,25 +110,44 @@ async fn bearer(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-fn parse_args() -> Result<SocketAddr, String> {
+/// The address to listen on, and whether to accept permessage-deflate.
+fn parse_args() -> Result<(SocketAddr, bool), String> {
     let mut addr = "127.0.0.1:3000".to_owned();
+    let mut deflate = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs a value")?,
+            "--deflate" => deflate = true,
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: axum_app [--addr ADDR])"
+                    "unknown argument {other:?} (usage: axum_app [--addr ADDR] [--deflate])"
                 ));
             }
         }
     }
-    addr.parse().map_err(|err| format!("--addr {addr}: {err}"))
+    let addr = addr
+        .parse()
+        .map_err(|err| format!("--addr {addr}: {err}"))?;
+    Ok((addr, deflate))
 }
 
-fn app(chat: &ServerHandle, echo: &ServerHandle) -> Router {
+/// A transport serving `component` on whatever path it is mounted at.
+fn transport(
+    component: impl MessageComponent,
+    deflate: bool,
+) -> Result<WsTransport, switchboard::ws::Error> {
+    let builder = WsTransport::builder().fallback(component);
+    if deflate {
+        builder.deflate(Deflate::new()).build()
+    } else {
+        builder.build()
+    }
+}
+
+fn app(chat: &ServerHandle, echo: &ServerHandle, deflate: bool) -> Result<Router, BoxError> {
     let private_echo = {
-        let (server, transport) = (echo.clone(), WsTransport::new(Echo));
+        let (server, transport) = (echo.clone(), transport(Echo, deflate)?);
         move |upgrade: WsUpgrade, axum::Extension(user): axum::Extension<User>| async move {
             upgrade.with(user).serve(&server, &transport).await
         }
@@ -142,7 +163,7 @@ fn app(chat: &ServerHandle, echo: &ServerHandle) -> Router {
         }
     };
     let page = Page::html(PAGE);
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .route(
             "/",
@@ -153,12 +174,19 @@ fn app(chat: &ServerHandle, echo: &ServerHandle) -> Router {
                 )
             }),
         )
-        .route("/chat", switchboard_axum::ws(chat, Chat::default()))
-        .route("/echo", switchboard_axum::ws(echo, Echo))
+        .route(
+            "/chat",
+            switchboard_axum::mount(chat, transport(Chat::default(), deflate)?),
+        )
+        .route(
+            "/echo",
+            switchboard_axum::mount(echo, transport(Echo, deflate)?),
+        )
         .route(
             "/private/echo",
             axum::routing::any(private_echo).layer(middleware::from_fn(bearer)),
-        )
+        );
+    Ok(router)
 }
 
 #[tokio::main]
@@ -169,14 +197,14 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let addr = match parse_args() {
-        Ok(addr) => addr,
+    let (addr, deflate) = match parse_args() {
+        Ok(args) => args,
         Err(err) => {
             eprintln!("axum_app: {err}");
             return ExitCode::from(2);
         }
     };
-    match run(addr).await {
+    match run(addr, deflate).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("axum_app: {err}");
@@ -185,7 +213,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(addr: SocketAddr) -> Result<(), BoxError> {
+async fn run(addr: SocketAddr, deflate: bool) -> Result<(), BoxError> {
     let chat_limits = Config::default()
         .max_message_size(16 * 1024)
         .max_frame_size(16 * 1024)
@@ -205,7 +233,7 @@ async fn run(addr: SocketAddr) -> Result<(), BoxError> {
         axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
             let _ = stream.set_nodelay(true);
         });
-    let service = app(&chat, &echo).into_make_service_with_connect_info::<SocketAddr>();
+    let service = app(&chat, &echo, deflate)?.into_make_service_with_connect_info::<SocketAddr>();
 
     // On Ctrl-C, axum stops accepting first (an upgraded socket is no
     // longer axum's, so it does not hold axum up); a plain HTTP request

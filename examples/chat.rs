@@ -11,6 +11,9 @@
 //! cargo run --release --example chat -- --redis redis://127.0.0.1:6379 \
 //!     --ws 127.0.0.1:8081 --tcp 127.0.0.1:9001
 //!
+//! # permessage-deflate for browsers that offer it (all do):
+//! cargo run --release --example chat -- --deflate
+//!
 //! # https/wss and TLS lines (feature `tls`, on by default):
 //! cargo run --release --example chat -- --tls-cert cert.pem --tls-key key.pem
 //! ```
@@ -21,7 +24,9 @@
 //! `--redis URL` (feature `redis`) makes this process one node of a cluster:
 //! the room spans every chat process on that Redis (see `docs/scaling.md`).
 //! `--tls-cert FILE --tls-key FILE` (PEM) serve both listeners over TLS:
-//! https/wss for browsers, TLS lines for `examples/client.rs`.
+//! https/wss for browsers, TLS lines for `examples/client.rs`. `--deflate`
+//! accepts permessage-deflate (`Deflate::new()`: each relayed message is
+//! compressed once for all the browsers that agreed to it).
 //!
 //! The page (`examples/chat.html`) is served at `/` on the same port as the
 //! socket (`/chat`), so both share one origin and the default origin policy
@@ -80,7 +85,7 @@ use tokio::net::TcpStream;
 
 use switchboard::tcp::TcpTransport;
 use switchboard::transport::Transport;
-use switchboard::ws::{Page, WsTransport};
+use switchboard::ws::{Deflate, Page, WsTransport};
 use switchboard::{
     BoxError, Broker, CloseCode, Config, Connection, Hub, Message, MessageComponent, RateLimit,
     RateLimitAction, Server, ServerBuilder,
@@ -177,6 +182,8 @@ struct Args {
     /// `--tls-cert FILE` and `--tls-key FILE`: serve over TLS.
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    /// `--deflate`: accept permessage-deflate.
+    deflate: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -186,6 +193,7 @@ fn parse_args() -> Result<Args, String> {
         redis: None,
         tls_cert: None,
         tls_key: None,
+        deflate: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -196,8 +204,9 @@ fn parse_args() -> Result<Args, String> {
             "--redis" => args.redis = Some(value()?),
             "--tls-cert" => args.tls_cert = Some(value()?),
             "--tls-key" => args.tls_key = Some(value()?),
+            "--deflate" => args.deflate = true,
             "-h" | "--help" => {
-                return Err("usage: chat [--ws ADDR] [--tcp ADDR|off] [--redis URL] [--tls-cert FILE --tls-key FILE]".into());
+                return Err("usage: chat [--ws ADDR] [--tcp ADDR|off] [--redis URL] [--tls-cert FILE --tls-key FILE] [--deflate]".into());
             }
             other => return Err(format!("unknown flag {other}; try --help")),
         }
@@ -232,10 +241,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // Shared, so further listeners (another transport) join the same room.
     let hub = Hub::with_broker(broker(args.redis.as_deref()).await?);
     let chat = Arc::new(Chat { hub });
-    let ws = WsTransport::builder()
+    let mut ws = WsTransport::builder()
         .route("/chat", chat.clone())
-        .page("/", Page::html(include_str!("chat.html")))
-        .build()?;
+        .page("/", Page::html(include_str!("chat.html")));
+    if args.deflate {
+        ws = ws.deflate(Deflate::new());
+    }
+    let ws = ws.build()?;
     let tls = server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let config = config();
     let mut builder = bind(

@@ -2,20 +2,21 @@
 //!
 //! ```sh
 //! cargo run --example echo                      # ws://127.0.0.1:8080/ and nc 127.0.0.1 9000
-//! cargo run --example echo -- --ws 127.0.0.1:9001 --max-message-size 16777216
+//! cargo run --example echo -- --ws 127.0.0.1:9001 --max-message-size 16777216 --deflate
 //! ```
 //!
 //! Flags: `--ws ADDR` (default 127.0.0.1:8080), `--tcp ADDR` (newline-
-//! delimited lines, default 127.0.0.1:9000; `--tcp off` disables it) and
+//! delimited lines, default 127.0.0.1:9000; `--tcp off` disables it),
 //! `--max-message-size BYTES` (default 1 MiB; the Autobahn conformance suite
-//! needs 16 MiB). The WebSocket side serves every path and accepts any
-//! Origin. Ctrl-C stops it cleanly.
+//! needs 16 MiB) and `--deflate` (accept permessage-deflate from clients
+//! that offer it, with `Deflate::new()`). The WebSocket side serves every
+//! path and accepts any Origin. Ctrl-C stops it cleanly.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use switchboard::tcp::TcpTransport;
-use switchboard::ws::{OriginPolicy, WsTransport};
+use switchboard::ws::{Deflate, OriginPolicy, WsTransport};
 use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Server};
 
 /// mimalloc hands freed memory back to the system (a second or so after
@@ -39,6 +40,7 @@ struct Args {
     /// `None` with `--tcp off`.
     tcp: Option<String>,
     max_message_size: usize,
+    deflate: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         ws: "127.0.0.1:8080".into(),
         tcp: Some("127.0.0.1:9000".into()),
         max_message_size: 1 << 20,
+        deflate: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,9 +61,11 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--max-message-size: {e}"))?;
             }
+            "--deflate" => args.deflate = true,
             "-h" | "--help" => {
                 return Err(
-                    "usage: echo [--ws ADDR] [--tcp ADDR|off] [--max-message-size BYTES]".into(),
+                    "usage: echo [--ws ADDR] [--tcp ADDR|off] [--max-message-size BYTES] [--deflate]"
+                        .into(),
                 );
             }
             other => return Err(format!("unknown flag {other}; try --help")),
@@ -100,10 +105,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .max_frame_size(size)
         .queue_max_bytes(size.max(1 << 20) * 2);
     let echo = Arc::new(Echo);
-    let ws = WsTransport::builder()
+    let mut ws = WsTransport::builder()
         .fallback(echo.clone())
-        .origins(OriginPolicy::Any)
-        .build()?;
+        .origins(OriginPolicy::Any);
+    if args.deflate {
+        ws = ws.deflate(Deflate::new());
+    }
+    let ws = ws.build()?;
     let mut builder = Server::builder().config(config).bind(args.ws, ws);
     if let Some(tcp) = args.tcp {
         builder = builder.bind(tcp, TcpTransport::lines(echo));

@@ -177,3 +177,89 @@ async fn status_of_upgrade(addr: SocketAddr) -> u16 {
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
 }
+
+/// Echoes.
+struct Echo;
+
+impl MessageComponent for Echo {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        conn.send(msg)?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn permessage_deflate_is_agreed_and_spoken_through_axum() {
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::{DeflateDecoder, DeflateEncoder};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let sockets = Server::builder().start().await.unwrap();
+    let transport = WsTransport::builder()
+        .fallback(Echo)
+        .deflate(switchboard::ws::Deflate::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/echo", switchboard::axum::mount(&sockets, transport));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /echo HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(timeout(LIMIT, stream.read_u8()).await.unwrap().unwrap());
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \
+             client_no_context_takeover\r\n"
+        ),
+        "{head}"
+    );
+
+    // A compressed text message (RSV1), masked with a zero key.
+    let text = "{\"say\":\"hello through axum\"}".repeat(20);
+    let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(text.as_bytes()).unwrap();
+    encoder.flush().unwrap();
+    let mut compressed = encoder.get_ref().clone();
+    compressed.truncate(compressed.len() - 4);
+    let mut frame = vec![0xC1, 0x80 | 126];
+    frame.extend_from_slice(&(compressed.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&compressed);
+    stream.write_all(&frame).await.unwrap();
+
+    // The echo comes back compressed.
+    let mut header = [0u8; 2];
+    timeout(LIMIT, stream.read_exact(&mut header))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(header[0], 0xC1, "FIN, RSV1, text");
+    let len = match header[1] {
+        126 => usize::from(stream.read_u16().await.unwrap()),
+        n => usize::from(n),
+    };
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.unwrap();
+    let mut decoder = DeflateDecoder::new(Vec::new());
+    decoder.write_all(&payload).unwrap();
+    decoder.write_all(&[0, 0, 0xFF, 0xFF]).unwrap();
+    decoder.flush().unwrap();
+    assert_eq!(decoder.get_ref(), text.as_bytes());
+    drop(stream);
+    sockets.shutdown().await;
+}

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use crate::config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE,
 };
+use crate::deflate::{self, Deflate, PerMessage};
 use crate::error::{Error, Result};
 use crate::frame::Role;
 use crate::handshake;
@@ -122,6 +123,8 @@ pub struct Client {
     url: String,
     headers: Vec<(String, String)>,
     config: Config,
+    /// permessage-deflate's settings and streams, if offered.
+    deflate: Option<Arc<deflate::Shared>>,
     #[cfg(feature = "tls")]
     tls: Option<switchboard_tls::TlsConnector>,
 }
@@ -134,9 +137,20 @@ impl Client {
             url: url.into(),
             headers: Vec::new(),
             config: Config::default(),
+            deflate: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
+    }
+
+    /// Offers permessage-deflate (RFC 7692) with `settings`; used if the
+    /// server accepts it. Without context takeover (the default) the
+    /// client asks the server for none either, and, failing that, keeps
+    /// an inflate stream for what the server compresses with context.
+    #[must_use]
+    pub fn deflate(mut self, settings: Deflate) -> Self {
+        self.deflate = Some(deflate::Shared::new(settings));
+        self
     }
 
     /// Adds a request header (may be repeated).
@@ -251,6 +265,14 @@ impl Client {
                 HeaderValue::from_str(value).map_err(|_| Error::InvalidHeader(name.to_string()))?;
             request.headers_mut().append(name, value);
         }
+        if let Some(deflate) = &self.deflate {
+            let offer = deflate::offer(deflate.settings());
+            let value = HeaderValue::from_str(&offer)
+                .map_err(|_| Error::InvalidHeader("Sec-WebSocket-Extensions".into()))?;
+            request
+                .headers_mut()
+                .append("sec-websocket-extensions", value);
+        }
         Ok(request)
     }
 }
@@ -274,9 +296,9 @@ impl Target {
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             let stream = tls.connect(self.addr.host(), stream).await?;
-            return upgrade(request, stream, peer, config).await;
+            return upgrade(request, stream, peer, config, self.client.deflate.as_ref()).await;
         }
-        upgrade(request, stream, peer, config).await
+        upgrade(request, stream, peer, config, self.client.deflate.as_ref()).await
     }
 }
 
@@ -286,6 +308,7 @@ async fn upgrade<IO>(
     mut stream: IO,
     peer: SocketAddr,
     config: &Config,
+    deflate: Option<&Arc<deflate::Shared>>,
 ) -> Result<Dialed<Box<dyn TransportConn>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -293,11 +316,22 @@ where
     stream.write_all(&request_head(&request)).await?;
     stream.flush().await?;
     let too_large = |_: &[u8]| Error::Handshake("response head too large".into());
-    let check = |buf: &[u8]| check_response(&request, buf);
-    let (protocol, leftover) =
+    let settings = deflate.map(|d| d.settings());
+    let check = |buf: &[u8]| check_response(&request, settings, buf);
+    let ((protocol, agreed), leftover) =
         handshake::read_head(&mut stream, DEFAULT_MAX_REQUEST_HEAD, too_large, check).await?;
     let buffers = (DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE);
-    let conn = WsConnection::new(stream, Role::Client, config, buffers, &leftover);
+    let per_message = deflate
+        .zip(agreed)
+        .map(|(d, p)| PerMessage::new(d.clone(), p));
+    let conn = WsConnection::new(
+        stream,
+        Role::Client,
+        config,
+        buffers,
+        &leftover,
+        per_message,
+    );
     let uri = request.uri();
     let info = handshake::info(uri.path(), uri.query(), protocol.as_deref());
     Ok(Dialed::new(Box::new(conn), peer, info))
@@ -314,9 +348,17 @@ fn request_head(request: &Request) -> Vec<u8> {
     head
 }
 
+/// What the server agreed to: the subprotocol and permessage-deflate.
+type Agreed = (Option<String>, Option<deflate::Params>);
+
 /// Judges the server's answer once its head is complete: `Ok(None)` while
-/// it is not, else the chosen subprotocol and the length of the head.
-fn check_response(request: &Request, buf: &[u8]) -> Result<Option<(Option<String>, usize)>> {
+/// it is not, else what it agreed to and the length of the head.
+/// `deflate`: the settings of the permessage-deflate offer, if one was made.
+fn check_response(
+    request: &Request,
+    deflate: Option<&Deflate>,
+    buf: &[u8],
+) -> Result<Option<(Agreed, usize)>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
     let used = match response.parse(buf) {
@@ -352,6 +394,12 @@ fn check_response(request: &Request, buf: &[u8]) -> Result<Option<(Option<String
             .flat_map(|v| v.split(','))
             .any(|p| p.trim() == chosen)
     };
+    let extensions = response
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{fffd}"));
+    let agreed = deflate::agreed(deflate, extensions);
     let problem = if !upgrade {
         "the 101 response has no 'Upgrade: websocket'"
     } else if !connection {
@@ -361,7 +409,10 @@ fn check_response(request: &Request, buf: &[u8]) -> Result<Option<(Option<String
     } else if protocol.is_some_and(|chosen| !offered(chosen)) {
         "the server chose a subprotocol that was not offered"
     } else {
-        return Ok(Some((protocol.map(str::to_owned), used)));
+        match agreed {
+            Ok(agreed) => return Ok(Some(((protocol.map(str::to_owned), agreed), used))),
+            Err(problem) => problem,
+        }
     };
     Err(Error::Handshake(problem.into()))
 }
@@ -408,9 +459,13 @@ mod tests {
         let mut bytes = head.clone().into_bytes();
         bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
         for cut in 0..head.len() {
-            assert!(check_response(&request, &bytes[..cut]).unwrap().is_none());
+            assert!(
+                check_response(&request, None, &bytes[..cut])
+                    .unwrap()
+                    .is_none()
+            );
         }
-        let (protocol, used) = check_response(&request, &bytes).unwrap().unwrap();
+        let ((protocol, _), used) = check_response(&request, None, &bytes).unwrap().unwrap();
         assert_eq!(protocol.as_deref(), Some("superchat"));
         assert_eq!(&bytes[used..], &[0x81, 0x02, b'h', b'i']);
     }
@@ -418,7 +473,7 @@ mod tests {
     #[test]
     fn bad_answers_are_refused() {
         let request = request(Some("chat"));
-        let refused = check_response(&request, b"HTTP/1.1 403 Forbidden\r\n\r\n");
+        let refused = check_response(&request, None, b"HTTP/1.1 403 Forbidden\r\n\r\n");
         assert!(matches!(refused, Err(Error::Refused { status: 403 })));
         let good = response(&request, "");
         let without = |line| good.replace(line, "");
@@ -433,7 +488,7 @@ mod tests {
             ("garbage\r\n\r\n".into(), ""),
         ];
         for (answer, says) in cases {
-            let err = check_response(&request, answer.as_bytes()).unwrap_err();
+            let err = check_response(&request, None, answer.as_bytes()).unwrap_err();
             assert!(err.to_string().contains(says), "{answer}: {err}");
         }
     }

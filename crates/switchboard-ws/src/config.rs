@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use switchboard_core::{DynComponent, IntoComponent};
 
+use crate::deflate::{self, Deflate};
 use crate::error::{Error, Result};
 use crate::hook::{Accept, HookFuture, Reject, Request};
 use crate::router::Router;
@@ -307,6 +308,32 @@ impl WsTransportBuilder {
         self
     }
 
+    /// Accepts permessage-deflate (RFC 7692) from clients that offer it
+    /// (browsers do), with `settings`; off by default. Inflated messages
+    /// count against [`Config::max_message_size`](switchboard_core::Config)
+    /// as they inflate (1009 past it). See [`Deflate`] for what idle
+    /// connections and broadcasts cost.
+    ///
+    /// ```
+    /// use switchboard::ws::{Deflate, WsTransport};
+    /// # use switchboard::{BoxError, Connection, Message, MessageComponent};
+    /// # struct Chat;
+    /// # impl MessageComponent for Chat {
+    /// #     async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    ///
+    /// let ws = WsTransport::builder()
+    ///     .route("/chat", Chat)
+    ///     .deflate(Deflate::new())
+    ///     .build()?;
+    /// # let _ = ws;
+    /// # Ok::<(), switchboard::ws::Error>(())
+    /// ```
+    pub fn deflate(mut self, settings: Deflate) -> Self {
+        self.shared.deflate = Some(deflate::Shared::new(settings));
+        self
+    }
+
     /// Checks the configuration and builds the transport.
     pub fn build(self) -> Result<WsTransport> {
         let mut shared = self.shared;
@@ -348,6 +375,7 @@ impl fmt::Debug for WsTransportBuilder {
             .field("read_buffer_size", &s.read_buffer_size)
             .field("write_buffer_size", &s.write_buffer_size)
             .field("max_request_head", &s.max_request_head)
+            .field("deflate", &s.deflate.as_ref().map(|d| d.settings()))
             .finish()
     }
 }

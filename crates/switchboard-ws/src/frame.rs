@@ -16,6 +16,9 @@ pub(crate) const OP_BINARY: u8 = 0x2;
 pub(crate) const OP_CLOSE: u8 = 0x8;
 pub(crate) const OP_PING: u8 = 0x9;
 pub(crate) const OP_PONG: u8 = 0xA;
+/// The first byte's bit that marks a compressed message (RFC 7692: RSV1 on
+/// a message's first frame). Or-ed into an opcode for [`encode`].
+pub(crate) const RSV1: u8 = 0x40;
 
 /// The largest control frame payload (RFC 6455, 5.5).
 pub(crate) const MAX_CONTROL: usize = 125;
@@ -33,6 +36,8 @@ pub(crate) enum Role {
 pub(crate) struct Header {
     pub(crate) fin: bool,
     pub(crate) opcode: u8,
+    /// RSV1: the first frame of a compressed message.
+    pub(crate) compressed: bool,
     pub(crate) mask: Option<[u8; 4]>,
     /// Header bytes, payload length.
     pub(crate) header_len: usize,
@@ -51,23 +56,29 @@ pub(crate) fn protocol(reason: &'static str) -> Error {
 }
 
 /// Parses the frame header at the start of `buf`: `Ok(None)` if more bytes
-/// are needed. Rejects what RFC 6455 forbids without an extension
-/// (reserved bits, reserved opcodes, fragmented or long control frames,
-/// wrong masking for `role`) with 1002, and a payload longer than
-/// `max_payload` with 1009, before any of the payload is buffered.
+/// are needed. Rejects what RFC 6455 forbids (reserved bits, reserved
+/// opcodes, fragmented or long control frames, wrong masking for `role`)
+/// with 1002, and a payload longer than `max_payload` with 1009, before
+/// any of the payload is buffered. With `deflate` (permessage-deflate
+/// agreed), RSV1 may mark the first frame of a text or binary message.
 pub(crate) fn parse_header(
     buf: &[u8],
     role: Role,
     max_payload: usize,
+    deflate: bool,
 ) -> Result<Option<Header>, Error> {
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
-        return Err(protocol("reserved bits set without an extension"));
-    }
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0F;
+    let compressed = b0 & RSV1 != 0;
+    if b0 & 0x30 != 0 || (compressed && !deflate) {
+        return Err(protocol("reserved bits set without an extension"));
+    }
+    if compressed && !matches!(opcode, OP_TEXT | OP_BINARY) {
+        return Err(protocol("RSV1 on a frame other than a message's first"));
+    }
     match opcode {
         OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
         OP_CLOSE | OP_PING | OP_PONG => {
@@ -124,6 +135,7 @@ pub(crate) fn parse_header(
     Ok(Some(Header {
         fin,
         opcode,
+        compressed,
         mask,
         header_len,
         payload_len,
@@ -150,7 +162,7 @@ pub(crate) fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
 }
 
 /// The header of a final frame with a payload of `len` bytes, and its
-/// length (2 to 14 bytes).
+/// length (2 to 14 bytes). `opcode` may carry [`RSV1`].
 fn header(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14], usize) {
     let mut head = [0u8; 14];
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
@@ -174,9 +186,9 @@ fn header(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14], usize) {
     (head, n)
 }
 
-/// Appends one complete frame to `out`. A server's payload goes as it is
-/// (a large one written from its own memory); a client's is masked, so
-/// copied.
+/// Appends one complete frame to `out` (`opcode` may carry [`RSV1`]). A
+/// server's payload goes as it is (a large one written from its own
+/// memory); a client's is masked, so copied.
 pub(crate) fn encode(out: &mut WriteBuffer, role: Role, opcode: u8, payload: Bytes) {
     let len = payload.len();
     match role {
@@ -272,7 +284,7 @@ pub(crate) mod tests {
         for len in [0usize, 1, 125, 126, 65_535, 65_536, 1 << 20] {
             let (head, n) = header(OP_BINARY, len, Some([1, 2, 3, 4]));
             let out = &head[..n];
-            let h = parse_header(out, Role::Server, usize::MAX)
+            let h = parse_header(out, Role::Server, usize::MAX, false)
                 .unwrap()
                 .unwrap();
             assert_eq!(h.payload_len, len);
@@ -282,7 +294,7 @@ pub(crate) mod tests {
             // Every prefix is incomplete, not an error.
             for cut in 0..out.len() {
                 assert_eq!(
-                    parse_header(&out[..cut], Role::Server, usize::MAX).unwrap(),
+                    parse_header(&out[..cut], Role::Server, usize::MAX, false).unwrap(),
                     None
                 );
             }
@@ -319,16 +331,35 @@ pub(crate) mod tests {
             (high_bit, Role::Server, CloseCode::PROTOCOL),
         ];
         for (bytes, role, expected) in cases {
-            match parse_header(bytes, role, 1000) {
+            match parse_header(bytes, role, 1000, false) {
                 Err(Error::Protocol { code, .. }) => assert_eq!(code, expected, "{bytes:?}"),
                 other => panic!("{bytes:?}: {other:?}"),
             }
         }
         // The control frame limit itself is allowed.
-        let ping = parse_header(&[0x89, 0x80 | 125, 0, 0, 0, 0], Role::Server, 1000)
+        let ping = parse_header(&[0x89, 0x80 | 125, 0, 0, 0, 0], Role::Server, 1000, false)
             .expect("valid")
             .expect("whole");
         assert_eq!((ping.payload_len, ping.header_len), (125, 6));
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_where_deflate_allows_it() {
+        let first = parse_header(&[0xC1, 0x80, 0, 0, 0, 0], Role::Server, 1000, true)
+            .expect("valid")
+            .expect("whole");
+        assert!(first.compressed && first.fin);
+        let plain = parse_header(&[0x81, 0x80, 0, 0, 0, 0], Role::Server, 1000, true);
+        assert!(!plain.unwrap().unwrap().compressed);
+        for bytes in [
+            [0xC0, 0x80, 0, 0, 0, 0], // a continuation
+            [0xC9, 0x80, 0, 0, 0, 0], // a ping
+            [0xA1, 0x80, 0, 0, 0, 0], // RSV2
+            [0x91, 0x80, 0, 0, 0, 0], // RSV3
+        ] {
+            let err = parse_header(&bytes, Role::Server, 1000, true).unwrap_err();
+            assert!(matches!(err, Error::Protocol { code, .. } if code == CloseCode::PROTOCOL));
+        }
     }
 
     #[test]
@@ -381,7 +412,9 @@ pub(crate) mod tests {
                 Bytes::from_static(b"hello"),
             );
             let bytes = written(&mut out);
-            let h = parse_header(&bytes, Role::Server, 1000).unwrap().unwrap();
+            let h = parse_header(&bytes, Role::Server, 1000, false)
+                .unwrap()
+                .unwrap();
             let key = h.mask.unwrap();
             keys.insert(key);
             let mut payload = bytes[h.header_len..].to_vec();

@@ -11,6 +11,7 @@ use switchboard_core::{DynComponent, Extensions, Headers, TransportInfo};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::deflate::{self, PerMessage};
 use crate::error::Error;
 use crate::hook::{Reject, Request};
 use crate::router::{BadParam, Found};
@@ -51,11 +52,17 @@ impl Head {
             .map(|(_, v)| v.trim())
     }
 
-    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    /// Every line of header `name`, as sent.
+    fn header_lines<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(','))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.header_lines(name)
+            .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|v| !v.is_empty())
     }
@@ -189,6 +196,28 @@ pub(crate) struct Upgrade {
     pub(crate) extensions: Extensions,
     /// Bytes read after the request head: the first frames.
     pub(crate) leftover: Vec<u8>,
+    /// permessage-deflate as agreed, and the response header's value.
+    pub(crate) deflate: Option<(deflate::Params, String)>,
+}
+
+impl Upgrade {
+    /// The connection's permessage-deflate, if agreed.
+    pub(crate) fn per_message(&self, shared: &Shared) -> Option<PerMessage> {
+        let (params, _) = self.deflate.as_ref()?;
+        Some(PerMessage::new(shared.deflate.clone()?, *params))
+    }
+
+    /// The headers a `101` adds to `Upgrade` and `Connection`.
+    pub(crate) fn response_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![("Sec-WebSocket-Accept", self.accept_key.clone())];
+        if let Some(protocol) = self.info.subprotocol() {
+            headers.push(("Sec-WebSocket-Protocol", protocol.to_owned()));
+        }
+        if let Some((_, extension)) = &self.deflate {
+            headers.push(("Sec-WebSocket-Extensions", extension.clone()));
+        }
+        headers
+    }
 }
 
 /// Reads the request and judges it: [`decide`], then the handshake hook.
@@ -362,6 +391,10 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
             .any(|theirs| theirs == &***ours)
     });
     let info = info(&head.path, head.query.as_deref(), subprotocol.map(|p| &**p));
+    let deflate = shared
+        .deflate
+        .as_ref()
+        .and_then(|d| deflate::accept(d.settings(), head.header_lines("sec-websocket-extensions")));
     let headers = head
         .headers
         .into_iter()
@@ -373,6 +406,7 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
         info: info.with_params(params).with_headers(Headers::new(headers)),
         extensions: Extensions::default(),
         leftover: Vec::new(),
+        deflate,
     })
 }
 
@@ -483,12 +517,12 @@ impl Response {
 }
 
 /// The `101` that completes an upgrade.
-pub(crate) fn switching_protocols(accept_key: &str, subprotocol: Option<&str>) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n"
+pub(crate) fn switching_protocols(upgrade: &Upgrade) -> Vec<u8> {
+    let mut out = String::from(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
     );
-    if let Some(protocol) = subprotocol {
-        out.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+    for (name, value) in upgrade.response_headers() {
+        out.push_str(&format!("{name}: {value}\r\n"));
     }
     out.push_str("\r\n");
     out.into_bytes()

@@ -44,6 +44,9 @@
 //! - `transport`: [`WsTransport`], the core's `Transport`;
 //! - `frame`: RFC 6455 frame headers, masking, close payloads and the
 //!   frame encoder (pure functions over bytes);
+//! - `deflate`: permessage-deflate (RFC 7692): [`Deflate`], negotiating it,
+//!   and compressing and inflating messages with flate2 (idle connections
+//!   hold no zlib stream; a broadcast is compressed once);
 //! - `ws_connection`: [`WsConnection`], the core's `TransportConn`: the
 //!   core's I/O layer (`switchboard_core::transport::io`: read and write
 //!   buffers, the keepalive timer) with fragments, UTF-8, control frames
@@ -64,14 +67,16 @@
 //! [`write_buffer_size`](WsTransportBuilder::write_buffer_size) say how the
 //! buffers come and go. An idle connection holds neither: only the
 //! request's path, query and headers (minus the handshake-only ones), a
-//! timer and the connection's state. The rules are RFC 6455's, checked by
-//! the Autobahn test suite (`scripts/autobahn.sh`) and the `ws_connection`
-//! fuzz target.
+//! timer and the connection's state. The rules are RFC 6455's and RFC
+//! 7692's (permessage-deflate, off by default: [`WsTransportBuilder::deflate`]),
+//! checked by the Autobahn test suite (`scripts/autobahn.sh`, every case)
+//! and the `ws_connection` and `ws_deflate` fuzz targets.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod config;
+mod deflate;
 mod error;
 mod frame;
 mod handshake;
@@ -86,6 +91,7 @@ pub use config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
     Page, WsTransportBuilder,
 };
+pub use deflate::{DEFAULT_LEVEL, DEFAULT_THRESHOLD, Deflate};
 pub use error::{Error, Result};
 pub use hook::{Accept, Reject, Request};
 pub use transport::WsTransport;

@@ -12,6 +12,7 @@ use crate::config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
     Page, WsTransportBuilder,
 };
+use crate::deflate;
 use crate::error::Error;
 use crate::frame::Role;
 use crate::handshake::{self, NoUpgrade};
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) read_buffer_size: usize,
     pub(crate) write_buffer_size: usize,
     pub(crate) max_request_head: usize,
+    /// permessage-deflate's settings, streams and recent messages.
+    pub(crate) deflate: Option<Arc<deflate::Shared>>,
 }
 
 impl Default for Shared {
@@ -68,6 +71,7 @@ impl Default for Shared {
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+            deflate: None,
         }
     }
 }
@@ -194,12 +198,19 @@ where
                     });
                 }
             };
-            let subprotocol = upgrade.info.subprotocol();
-            let response = handshake::switching_protocols(&upgrade.accept_key, subprotocol);
+            let response = handshake::switching_protocols(&upgrade);
             io.write_all(&response).await?;
             io.flush().await?;
             let buffers = (self.shared.read_buffer_size, self.shared.write_buffer_size);
-            let conn = WsConnection::new(io, Role::Server, config, buffers, &upgrade.leftover);
+            let deflate = upgrade.per_message(&self.shared);
+            let conn = WsConnection::new(
+                io,
+                Role::Server,
+                config,
+                buffers,
+                &upgrade.leftover,
+                deflate,
+            );
             let mut accepted = Accepted::new(conn, upgrade.info, upgrade.component);
             accepted.extensions = upgrade.extensions;
             Ok::<_, Error>(accepted)

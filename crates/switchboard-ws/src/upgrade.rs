@@ -9,6 +9,7 @@ use switchboard_core::transport::Accepted;
 use switchboard_core::{Extensions, Reservation, TransportInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::deflate::PerMessage;
 use crate::frame::Role;
 use crate::handshake::{self, Head};
 use crate::transport::WsTransport;
@@ -67,22 +68,21 @@ impl UpgradeRequest {
 /// nothing.
 pub struct PendingUpgrade {
     upgrade: handshake::Upgrade,
-    subprotocol: Option<String>,
+    /// permessage-deflate on the connection, if agreed.
+    deflate: Option<PerMessage>,
     buffers: (usize, usize),
 }
 
 impl PendingUpgrade {
     /// The headers of the `101` answer: `Upgrade`, `Connection`,
-    /// `Sec-WebSocket-Accept` and the chosen `Sec-WebSocket-Protocol`.
+    /// `Sec-WebSocket-Accept`, the chosen `Sec-WebSocket-Protocol` and the
+    /// agreed `Sec-WebSocket-Extensions`.
     pub fn response_headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = vec![
             ("Upgrade", "websocket".to_owned()),
             ("Connection", "Upgrade".to_owned()),
-            ("Sec-WebSocket-Accept", self.upgrade.accept_key.clone()),
         ];
-        if let Some(protocol) = &self.subprotocol {
-            headers.push(("Sec-WebSocket-Protocol", protocol.clone()));
-        }
+        headers.extend(self.upgrade.response_headers());
         headers
     }
 
@@ -122,7 +122,8 @@ impl PendingUpgrade {
             extensions,
             ..
         } = self.upgrade;
-        let conn = WsConnection::new(io, Role::Server, reservation.config(), self.buffers, &[]);
+        let config = reservation.config();
+        let conn = WsConnection::new(io, Role::Server, config, self.buffers, &[], self.deflate);
         let mut accepted = Accepted::new(conn, info, component);
         accepted.extensions = extensions;
         reservation.serve(accepted);
@@ -150,7 +151,7 @@ impl WsTransport {
     /// Judges an upgrade request that another HTTP server received, as
     /// this transport judges its own: routing (and route parameters), the
     /// method, the upgrade headers, the version, the key, the origin
-    /// policy, the subprotocols and the handshake hook. On `Ok`, answer
+    /// policy, the subprotocols, permessage-deflate and the handshake hook. On `Ok`, answer
     /// `101` and serve the upgraded stream with [`PendingUpgrade::serve`];
     /// on `Err`, send the [`HttpAnswer`].
     pub async fn upgrade(
@@ -162,7 +163,7 @@ impl WsTransport {
             .await
             .map_err(handshake::Response::into_answer)?;
         Ok(PendingUpgrade {
-            subprotocol: upgrade.info.subprotocol().map(str::to_owned),
+            deflate: upgrade.per_message(&self.shared),
             upgrade,
             buffers: (self.shared.read_buffer_size, self.shared.write_buffer_size),
         })

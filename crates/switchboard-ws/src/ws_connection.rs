@@ -13,8 +13,9 @@ use switchboard_core::transport::{Received, TransportConn, WriteProgress};
 use switchboard_core::{CloseCode, CloseFrame, Config, Error, Message, Utf8Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::deflate::PerMessage;
 use crate::frame::{
-    self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Role, protocol,
+    self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, RSV1, Role, protocol,
 };
 
 /// Limits and sizes of one connection.
@@ -56,13 +57,17 @@ struct Inner<IO> {
     control_unflushed: bool,
     keepalive: Keepalive,
     close: CloseState,
+    /// permessage-deflate, if agreed (boxed: most connections have none).
+    deflate: Option<Box<PerMessage>>,
 }
 
 /// A fragmented message so far.
 struct Fragments {
     opcode: u8,
+    /// Compressed: checked as UTF-8 once inflated.
+    compressed: bool,
     data: BytesMut,
-    /// For text: the prefix known to be valid UTF-8.
+    /// For uncompressed text: the prefix known to be valid UTF-8.
     checked: usize,
 }
 
@@ -100,10 +105,11 @@ enum CloseState {
     Done,
 }
 
-/// One frame as read: fin bit, opcode, unmasked payload.
+/// One frame as read: fin bit, opcode, RSV1, unmasked payload.
 struct Frame {
     fin: bool,
     opcode: u8,
+    compressed: bool,
     payload: BytesMut,
 }
 
@@ -114,13 +120,14 @@ where
     /// The `role` end of a connection under the limits and keepalive of
     /// `config`. `read_size`: room for the first read of a burst;
     /// `write_buffer`: see `Settings`; `leftover`: bytes read after the
-    /// handshake's HTTP head.
+    /// handshake's HTTP head; `deflate`: permessage-deflate, if agreed.
     pub(crate) fn new(
         io: IO,
         role: Role,
         config: &Config,
         (read_size, write_buffer): (usize, usize),
         leftover: &[u8],
+        deflate: Option<PerMessage>,
     ) -> Self {
         let settings = Settings {
             role,
@@ -141,6 +148,7 @@ where
                 control_unflushed: false,
                 keepalive: Keepalive::new(config.ping_interval, config.idle_timeout),
                 close: CloseState::Open,
+                deflate: deflate.map(Box::new),
             }),
         }
     }
@@ -215,6 +223,11 @@ where
             // Already valid UTF-8: framed as it is.
             Message::Text(text) => (OP_TEXT, text.into_bytes()),
             Message::Binary(data) => (OP_BINARY, data),
+        };
+        let compressed = this.deflate.as_mut().and_then(|d| d.compress(&payload));
+        let (opcode, payload) = match compressed {
+            Some(compressed) => (opcode | RSV1, compressed),
+            None => (opcode, payload),
         };
         frame::encode(&mut this.out, this.settings.role, opcode, payload);
         Ok(())
@@ -312,6 +325,7 @@ where
         let Frame {
             fin,
             opcode,
+            compressed,
             payload,
         } = frame;
         match opcode {
@@ -320,14 +334,15 @@ where
                     return Err(protocol("a new message before the last one ended"));
                 }
                 if fin {
-                    return message(opcode, payload.freeze()).map(Some);
+                    return self.message(opcode, compressed, payload).map(Some);
                 }
                 let mut fragments = Fragments {
                     opcode,
+                    compressed,
                     data: payload,
                     checked: 0,
                 };
-                if opcode == OP_TEXT {
+                if opcode == OP_TEXT && !compressed {
                     fragments.check(false)?;
                 }
                 self.fragments = Some(fragments);
@@ -338,11 +353,13 @@ where
                     return Err(protocol("a continuation frame without a message"));
                 };
                 fragments.data.extend_from_slice(&payload);
-                if fragments.opcode == OP_TEXT {
+                if fragments.opcode == OP_TEXT && !fragments.compressed {
                     fragments.check(fin)?;
                 }
                 match self.fragments.take_if(|_| fin) {
-                    Some(done) => message(done.opcode, done.data.freeze()).map(Some),
+                    Some(done) => self
+                        .message(done.opcode, done.compressed, done.data)
+                        .map(Some),
                     None => Ok(None),
                 }
             }
@@ -367,11 +384,29 @@ where
         }
     }
 
+    /// A complete message, inflated if `compressed` (to at most
+    /// `max_message` bytes); text must be UTF-8 (1007 otherwise).
+    fn message(&mut self, opcode: u8, compressed: bool, data: BytesMut) -> Result<Received, Error> {
+        let payload = match self.deflate.as_mut() {
+            Some(deflate) if compressed => deflate.inflate(&data, self.settings.max_message)?,
+            _ => data.freeze(),
+        };
+        let msg = if opcode == OP_TEXT {
+            Message::Text(
+                Utf8Bytes::try_from(payload).map_err(|e| Error::protocol(CloseCode::INVALID, e))?,
+            )
+        } else {
+            Message::Binary(payload)
+        };
+        Ok(Received::Message(msg))
+    }
+
     /// The next complete frame: `Ok(None)` at the end of the stream.
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, Error>> {
         let s = self.settings;
         loop {
-            if let Some(header) = frame::parse_header(&self.read, s.role, s.max_frame)? {
+            let deflate = self.deflate.is_some();
+            if let Some(header) = frame::parse_header(&self.read, s.role, s.max_frame, deflate)? {
                 if !header.is_control() {
                     let so_far = self.fragments.as_ref().map_or(0, |f| f.data.len());
                     if so_far + header.payload_len > s.max_message {
@@ -395,6 +430,7 @@ where
                     return Poll::Ready(Ok(Some(Frame {
                         fin: header.fin,
                         opcode: header.opcode,
+                        compressed: header.compressed,
                         payload,
                     })));
                 }
@@ -429,18 +465,6 @@ where
     }
 }
 
-/// A complete message; text must be UTF-8 (1007 otherwise).
-fn message(opcode: u8, payload: Bytes) -> Result<Received, Error> {
-    let msg = if opcode == OP_TEXT {
-        Message::Text(
-            Utf8Bytes::try_from(payload).map_err(|e| Error::protocol(CloseCode::INVALID, e))?,
-        )
-    } else {
-        Message::Binary(payload)
-    };
-    Ok(Received::Message(msg))
-}
-
 impl<IO> fmt::Debug for WsConnection<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WsConnection")
@@ -469,7 +493,14 @@ mod tests {
             .max_message_size(1 << 20)
             .ping_interval(None)
             .idle_timeout(None);
-        WsConnection::new(io, Role::Server, &config, (read_size, 16 * 1024), leftover)
+        WsConnection::new(
+            io,
+            Role::Server,
+            &config,
+            (read_size, 16 * 1024),
+            leftover,
+            None,
+        )
     }
 
     #[tokio::test]

@@ -277,12 +277,16 @@ pub fn upgrade_request(addr: SocketAddr, path: &str, extra_headers: &str) -> Str
 pub struct RawWs {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// The 101's head.
+    pub head: String,
 }
 
 /// A frame as the server sent it (servers never mask).
 #[derive(Debug)]
 pub struct RawFrame {
     pub opcode: u8,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub rsv1: bool,
     pub payload: Vec<u8>,
 }
 
@@ -296,9 +300,14 @@ impl RawFrame {
 
 impl RawWs {
     pub async fn connect(addr: SocketAddr, path: &str) -> RawWs {
+        RawWs::connect_with(addr, path, "").await
+    }
+
+    /// Upgrades with extra request header lines (each ending in `\r\n`).
+    pub async fn connect_with(addr: SocketAddr, path: &str, extra_headers: &str) -> RawWs {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         stream
-            .write_all(upgrade_request(addr, path, "").as_bytes())
+            .write_all(upgrade_request(addr, path, extra_headers).as_bytes())
             .await
             .expect("write");
         let mut buf = Vec::new();
@@ -322,7 +331,15 @@ impl RawWs {
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         buf.drain(..head_end);
-        RawWs { stream, buf }
+        RawWs { stream, buf, head }
+    }
+
+    /// Sends one masked frame whose first byte is `first` (FIN, RSV bits
+    /// and opcode as they go on the wire).
+    pub async fn send_raw_frame(&mut self, first: u8, payload: &[u8]) {
+        let mut frame = masked_frame(0, false, payload);
+        frame[0] = first;
+        self.stream.write_all(&frame).await.expect("write frame");
     }
 
     /// Sends one masked frame.
@@ -392,6 +409,7 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
         return None;
     }
     let opcode = buf[0] & 0x0F;
+    let rsv1 = buf[0] & 0x40 != 0;
     let (len, mut pos) = match buf[1] & 0x7F {
         126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
         127 => (
@@ -404,5 +422,12 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
         pos += 4;
     }
     let payload = buf.get(pos..pos + len)?.to_vec();
-    Some((RawFrame { opcode, payload }, pos + len))
+    Some((
+        RawFrame {
+            opcode,
+            rsv1,
+            payload,
+        },
+        pos + len,
+    ))
 }

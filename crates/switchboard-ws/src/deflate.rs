@@ -1,0 +1,815 @@
+//! permessage-deflate (RFC 7692): the settings ([`Deflate`]), the
+//! negotiation in the handshake's `Sec-WebSocket-Extensions` header, and
+//! compressing and inflating one message at a time with flate2.
+//!
+//! # Memory
+//!
+//! A deflate stream is large (about 260 KiB to compress with a 32 KiB
+//! window, about 40 KiB to inflate), so no connection holds one while it
+//! needs none:
+//!
+//! - Without context takeover (the default, asked of the client with
+//!   `client_no_context_takeover` and promised with
+//!   `server_no_context_takeover`), every message is compressed and
+//!   inflated on its own. The streams come from a pool shared by the
+//!   transport's connections (at most `POOL` idle ones of each kind are
+//!   kept), are reset after each message and go back: an idle connection
+//!   holds none.
+//! - With context takeover ([`Deflate::context_takeover`]), a connection
+//!   keeps its own stream for each direction that uses it, created with
+//!   the first compressed message and dropped with the connection.
+//!
+//! # Compressed once per broadcast
+//!
+//! A message compressed without context takeover depends only on its bytes
+//! and the window size, so every connection of the transport may send the
+//! same compressed bytes. The last `RECENT` messages compressed that way
+//! are remembered by the address and length of their payload (each entry
+//! holds a clone of the payload, so the address cannot be reused while it
+//! is remembered): a broadcast, whose payload every receiver shares
+//! (`Message::clone` copies no bytes), is compressed by the first
+//! connection that sends it and found by the others. Payloads over
+//! `RECENT_MAX` are compressed per connection, so that what is
+//! remembered stays small.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use switchboard_core::{CloseCode, Error};
+
+/// The extension's name in `Sec-WebSocket-Extensions`.
+const NAME: &str = "permessage-deflate";
+
+/// What a sync flush ends with, which RFC 7692 (7.2.1) leaves off the wire
+/// and the receiver adds back before inflating.
+const TAIL: [u8; 4] = [0, 0, 0xFF, 0xFF];
+
+/// The window of everything this crate inflates: the largest, so any
+/// window the peer uses fits.
+const MAX_WINDOW_BITS: u8 = 15;
+
+/// Idle streams of each kind a transport keeps for reuse.
+pub(crate) const POOL: usize = 8;
+
+/// Compressed messages a transport remembers for other connections.
+pub(crate) const RECENT: usize = 8;
+
+/// The largest payload whose compressed form is remembered.
+pub(crate) const RECENT_MAX: usize = 64 * 1024;
+
+/// Default [`Deflate::threshold`]: 256 bytes.
+pub const DEFAULT_THRESHOLD: usize = 256;
+
+/// Default [`Deflate::level`]: 1, zlib's fastest (most of the size gain
+/// on JSON for a fraction of the time of higher levels).
+pub const DEFAULT_LEVEL: u32 = 1;
+
+/// permessage-deflate settings (RFC 7692), for a server
+/// ([`WsTransportBuilder::deflate`](crate::WsTransportBuilder::deflate))
+/// or a client ([`Client::deflate`](crate::Client::deflate)). Without
+/// them, the extension is neither offered nor accepted.
+///
+/// ```
+/// use switchboard::ws::Deflate;
+///
+/// // Compress messages of 1 KiB or more at level 6; keep no context
+/// // between messages (the default: idle connections hold no stream,
+/// // and a broadcast is compressed once).
+/// let deflate = Deflate::new().level(6).threshold(1024);
+/// # let _ = deflate;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deflate {
+    level: u32,
+    threshold: usize,
+    context_takeover: bool,
+}
+
+impl Default for Deflate {
+    fn default() -> Self {
+        Deflate {
+            level: DEFAULT_LEVEL,
+            threshold: DEFAULT_THRESHOLD,
+            context_takeover: false,
+        }
+    }
+}
+
+impl Deflate {
+    /// Level [`DEFAULT_LEVEL`], threshold [`DEFAULT_THRESHOLD`], no
+    /// context takeover.
+    pub fn new() -> Self {
+        Deflate::default()
+    }
+
+    /// The compression level, 0 (stored, no compression) to 9 (smallest);
+    /// higher values are taken as 9.
+    #[must_use]
+    pub fn level(mut self, level: u32) -> Self {
+        self.level = level.min(9);
+        self
+    }
+
+    /// Messages shorter than this many bytes go uncompressed (each message
+    /// chooses; small ones gain little and cost a compression each).
+    #[must_use]
+    pub fn threshold(mut self, bytes: usize) -> Self {
+        self.threshold = bytes;
+        self
+    }
+
+    /// Whether messages may refer to earlier ones (context takeover),
+    /// which compresses a stream of similar messages better. Off by
+    /// default: each message is compressed on its own, idle connections
+    /// hold no compression state and a broadcast is compressed once.
+    ///
+    /// On, a connection that uses it holds a deflate stream (about 260 KiB
+    /// with the default 32 KiB window) to compress and an inflate stream
+    /// (about 40 KiB) for what the peer compresses with context, from its
+    /// first compressed message until it closes; the peer may still ask for
+    /// no context takeover.
+    #[must_use]
+    pub fn context_takeover(mut self, on: bool) -> Self {
+        self.context_takeover = on;
+        self
+    }
+}
+
+/// The agreed parameters of one connection, from this end's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Params {
+    /// What we send is compressed message by message.
+    pub(crate) send_reset: bool,
+    /// The window of what we send.
+    pub(crate) send_bits: u8,
+    /// What the peer sends is compressed message by message.
+    pub(crate) recv_reset: bool,
+}
+
+/// What every connection of one transport (or client) shares: the
+/// settings, the idle streams and the recently compressed messages.
+pub(crate) struct Shared {
+    settings: Deflate,
+    /// Idle compressors with their window bits.
+    compressors: Mutex<Vec<(u8, Compress)>>,
+    inflaters: Mutex<Vec<Decompress>>,
+    recent: Mutex<Recent>,
+}
+
+impl Shared {
+    pub(crate) fn new(settings: Deflate) -> Arc<Self> {
+        Arc::new(Shared {
+            settings,
+            compressors: Mutex::new(Vec::new()),
+            inflaters: Mutex::new(Vec::new()),
+            recent: Mutex::new(Recent::default()),
+        })
+    }
+
+    pub(crate) fn settings(&self) -> &Deflate {
+        &self.settings
+    }
+
+    fn compressor(&self, bits: u8) -> Compress {
+        let mut idle = lock(&self.compressors);
+        match idle.iter().position(|(b, _)| *b == bits) {
+            Some(i) => idle.swap_remove(i).1,
+            None => {
+                drop(idle);
+                Compress::new_with_window_bits(Compression::new(self.settings.level), false, bits)
+            }
+        }
+    }
+
+    fn return_compressor(&self, bits: u8, mut compress: Compress) {
+        compress.reset();
+        let mut idle = lock(&self.compressors);
+        if idle.len() < POOL {
+            idle.push((bits, compress));
+        }
+    }
+
+    fn inflater(&self) -> Decompress {
+        let idle = lock(&self.inflaters).pop();
+        idle.unwrap_or_else(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS))
+    }
+
+    fn return_inflater(&self, mut inflate: Decompress) {
+        inflate.reset(false);
+        let mut idle = lock(&self.inflaters);
+        if idle.len() < POOL {
+            idle.push(inflate);
+        }
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere while it was held; what it
+/// guards (idle streams, remembered messages) is valid at every step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages recently compressed without context, by payload identity.
+#[derive(Default)]
+struct Recent {
+    slots: [Option<Remembered>; RECENT],
+    next: usize,
+}
+
+struct Remembered {
+    /// Keeps the payload's memory alive, so its address identifies it.
+    payload: Bytes,
+    bits: u8,
+    compressed: Bytes,
+}
+
+impl Recent {
+    fn find(&self, payload: &Bytes, bits: u8) -> Option<Bytes> {
+        self.slots.iter().flatten().find_map(|r| {
+            let same = r.bits == bits
+                && r.payload.as_ptr() == payload.as_ptr()
+                && r.payload.len() == payload.len();
+            same.then(|| r.compressed.clone())
+        })
+    }
+
+    fn remember(&mut self, payload: &Bytes, bits: u8, compressed: &Bytes) {
+        self.slots[self.next] = Some(Remembered {
+            payload: payload.clone(),
+            bits,
+            compressed: compressed.clone(),
+        });
+        self.next = (self.next + 1) % RECENT;
+    }
+}
+
+/// permessage-deflate on one connection.
+pub(crate) struct PerMessage {
+    shared: Arc<Shared>,
+    params: Params,
+    /// The stream of what we send, between messages (context takeover).
+    compress: Option<Compress>,
+    /// The stream of what the peer sends, between messages.
+    inflate: Option<Decompress>,
+}
+
+impl PerMessage {
+    pub(crate) fn new(shared: Arc<Shared>, params: Params) -> Self {
+        PerMessage {
+            shared,
+            params,
+            compress: None,
+            inflate: None,
+        }
+    }
+
+    /// The compressed payload of an outgoing message, or `None` to send it
+    /// as it is (shorter than the threshold).
+    pub(crate) fn compress(&mut self, payload: &Bytes) -> Option<Bytes> {
+        if payload.len() < self.shared.settings.threshold {
+            return None;
+        }
+        let bits = self.params.send_bits;
+        if !self.params.send_reset {
+            let level = Compression::new(self.shared.settings.level);
+            let stream = self
+                .compress
+                .get_or_insert_with(|| Compress::new_with_window_bits(level, false, bits));
+            return match deflate(stream, payload) {
+                Ok(compressed) => Some(compressed),
+                Err(_) => {
+                    // Sent as it is, and the next message starts a new
+                    // context: the peer's still matches what it received.
+                    self.compress = None;
+                    None
+                }
+            };
+        }
+        let shared = &*self.shared;
+        let remembered = payload.len() <= RECENT_MAX;
+        if remembered && let Some(hit) = lock(&shared.recent).find(payload, bits) {
+            return Some(hit);
+        }
+        let mut stream = shared.compressor(bits);
+        let compressed = deflate(&mut stream, payload).ok()?;
+        shared.return_compressor(bits, stream);
+        if remembered {
+            lock(&shared.recent).remember(payload, bits, &compressed);
+        }
+        Some(compressed)
+    }
+
+    /// Inflates a received message of at most `max` bytes (1009 past it,
+    /// before allocating more; 1007 for data that does not inflate).
+    pub(crate) fn inflate(&mut self, data: &[u8], max: usize) -> Result<Bytes, Error> {
+        if self.params.recv_reset {
+            let mut stream = self.shared.inflater();
+            let inflated = inflate(&mut stream, data, max)?;
+            self.shared.return_inflater(stream);
+            return Ok(inflated.into());
+        }
+        let stream = self
+            .inflate
+            .get_or_insert_with(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS));
+        match inflate(stream, data, max) {
+            Ok(inflated) => Ok(inflated.into()),
+            Err(err) => {
+                self.inflate = None;
+                Err(err)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for PerMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerMessage")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compresses `input` as one message: a sync flush, without its tail.
+fn deflate(stream: &mut Compress, input: &[u8]) -> Result<Bytes, flate2::CompressError> {
+    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+    let start = stream.total_in();
+    loop {
+        let used = (stream.total_in() - start) as usize;
+        if out.len() == out.capacity() {
+            out.reserve(out.capacity());
+        }
+        stream.compress_vec(&input[used..], &mut out, FlushCompress::Sync)?;
+        // Done when all input is in and the flush left room to spare
+        // (zlib's rule: a full output means more may be pending).
+        if (stream.total_in() - start) as usize == input.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    if out.ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    }
+    Ok(out.into())
+}
+
+/// Inflates one message's data and the tail the sender left off, into at
+/// most `max` bytes: the output never grows past `max + 1`.
+fn inflate(stream: &mut Decompress, data: &[u8], max: usize) -> Result<Vec<u8>, Error> {
+    let too_large = || {
+        Error::protocol(
+            CloseCode::SIZE,
+            format!("message exceeds the limit of {max} bytes once inflated"),
+        )
+    };
+    let limit = max.saturating_add(1);
+    let mut out: Vec<u8> = Vec::with_capacity(data.len().saturating_mul(2).max(64).min(limit));
+    for input in [data, &TAIL[..]] {
+        let start = stream.total_in();
+        loop {
+            if out.len() == out.capacity() {
+                if out.len() > max {
+                    return Err(too_large());
+                }
+                out.reserve_exact(out.capacity().min(limit - out.len()));
+            }
+            let used = (stream.total_in() - start) as usize;
+            let before = (used, out.len());
+            let status = stream
+                .decompress_vec(&input[used..], &mut out, FlushDecompress::Sync)
+                .map_err(|e| Error::protocol(CloseCode::INVALID, format!("inflating: {e}")))?;
+            if out.len() > max {
+                return Err(too_large());
+            }
+            let used = (stream.total_in() - start) as usize;
+            if status == Status::StreamEnd {
+                // A final block ends the message (and its context).
+                stream.reset(false);
+                return Ok(out);
+            }
+            let stalled = (used, out.len()) == before;
+            if out.len() < out.capacity() && (used == input.len() || stalled) {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One element of a `Sec-WebSocket-Extensions` list: its name and its
+/// parameters (name, value without quotes).
+struct Element<'a> {
+    name: &'a str,
+    params: Vec<(&'a str, Option<&'a str>)>,
+}
+
+/// Splits `s` at each `sep` outside a quoted string.
+fn split_unquoted(s: &str, sep: u8) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            _ if b == sep && !quoted => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// The elements of the header's values, in order; `None` for one that is
+/// not well-formed.
+fn elements<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Option<Element<'a>>> {
+    let is_token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let element = |text: &'a str| {
+        let mut parts = split_unquoted(text, b';').into_iter().map(str::trim);
+        let name = parts.next().filter(|n| is_token(n))?;
+        let mut params = Vec::new();
+        for param in parts {
+            let (key, value) = match param.split_once('=') {
+                Some((key, value)) => (key.trim(), Some(value.trim())),
+                None => (param, None),
+            };
+            let value = match value {
+                Some(v) if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') => {
+                    let inner = &v[1..v.len() - 1];
+                    // Quoted values here are numbers: no escapes needed.
+                    Some(inner).filter(|i| is_token(i))?
+                }
+                Some(v) => Some(v).filter(|v| is_token(v))?,
+                None => "",
+            };
+            if !is_token(key) {
+                return None;
+            }
+            params.push((key, (!value.is_empty()).then_some(value)));
+        }
+        Some(Element { name, params })
+    };
+    values
+        .into_iter()
+        .flat_map(|value| split_unquoted(value, b','))
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(element)
+        .collect()
+}
+
+/// A window size parameter's value: 8 to 15, digits only.
+fn window_bits(value: &str) -> Option<u8> {
+    let bits: u8 = value.parse().ok()?;
+    ((8..=15).contains(&bits) && value == bits.to_string()).then_some(bits)
+}
+
+/// The permessage-deflate parameters of an offer or a response.
+#[derive(Default)]
+struct Offer {
+    server_no_context_takeover: bool,
+    client_no_context_takeover: bool,
+    server_max_window_bits: Option<u8>,
+    /// `Some(None)`: offered without a value.
+    client_max_window_bits: Option<Option<u8>>,
+}
+
+impl Offer {
+    /// The parameters, unless one is unknown, repeated or has a value
+    /// RFC 7692 does not allow.
+    fn parse(params: &[(&str, Option<&str>)]) -> Option<Offer> {
+        let mut offer = Offer::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for &(key, value) in params {
+            if seen.iter().any(|s| s.eq_ignore_ascii_case(key)) {
+                return None;
+            }
+            seen.push(key);
+            match (key.to_ascii_lowercase().as_str(), value) {
+                ("server_no_context_takeover", None) => offer.server_no_context_takeover = true,
+                ("client_no_context_takeover", None) => offer.client_no_context_takeover = true,
+                ("server_max_window_bits", Some(v)) => {
+                    offer.server_max_window_bits = Some(window_bits(v)?);
+                }
+                ("client_max_window_bits", None) => offer.client_max_window_bits = Some(None),
+                ("client_max_window_bits", Some(v)) => {
+                    offer.client_max_window_bits = Some(Some(window_bits(v)?));
+                }
+                _ => return None,
+            }
+        }
+        Some(offer)
+    }
+}
+
+/// The server's answer to the `Sec-WebSocket-Extensions` request header
+/// values `offers`: the first permessage-deflate offer it can honour,
+/// agreed as `Params` and the response header's value. Invalid offers and
+/// other extensions are declined; `None` if nothing is accepted.
+pub(crate) fn accept<'a>(
+    settings: &Deflate,
+    offers: impl IntoIterator<Item = &'a str>,
+) -> Option<(Params, String)> {
+    elements(offers).into_iter().flatten().find_map(|element| {
+        if !element.name.eq_ignore_ascii_case(NAME) {
+            return None;
+        }
+        let offer = Offer::parse(&element.params)?;
+        // zlib cannot compress with a 256-byte window (a window of 8 bits
+        // is taken as 9): decline rather than break the promise.
+        if offer.server_max_window_bits == Some(8) {
+            return None;
+        }
+        let params = Params {
+            send_reset: offer.server_no_context_takeover || !settings.context_takeover,
+            send_bits: offer.server_max_window_bits.unwrap_or(MAX_WINDOW_BITS),
+            recv_reset: offer.client_no_context_takeover || !settings.context_takeover,
+        };
+        let mut response = String::from(NAME);
+        if params.send_reset {
+            response.push_str("; server_no_context_takeover");
+        }
+        if params.recv_reset {
+            response.push_str("; client_no_context_takeover");
+        }
+        if let Some(bits) = offer.server_max_window_bits {
+            response.push_str(&format!("; server_max_window_bits={bits}"));
+        }
+        Some((params, response))
+    })
+}
+
+/// The client's `Sec-WebSocket-Extensions` offer: without context
+/// takeover, first asking the server for none too and then, if it will
+/// not, allowing it.
+pub(crate) fn offer(settings: &Deflate) -> String {
+    if settings.context_takeover {
+        NAME.to_owned()
+    } else {
+        format!(
+            "{NAME}; server_no_context_takeover; client_no_context_takeover, {NAME}; client_no_context_takeover"
+        )
+    }
+}
+
+/// The client's reading of the server's `Sec-WebSocket-Extensions`
+/// values: the agreed parameters (`None` if the server accepted nothing),
+/// or what is wrong with the answer.
+pub(crate) fn agreed<'a>(
+    settings: Option<&Deflate>,
+    values: impl IntoIterator<Item = &'a str>,
+) -> Result<Option<Params>, &'static str> {
+    let elements = elements(values);
+    let element = match elements.as_slice() {
+        [] => return Ok(None),
+        [Some(element)] if element.name.eq_ignore_ascii_case(NAME) => element,
+        [Some(_)] => return Err("the server accepted an extension that was not offered"),
+        [None] => return Err("malformed Sec-WebSocket-Extensions in the 101 response"),
+        _ => return Err("the server accepted more than one extension"),
+    };
+    let Some(settings) = settings else {
+        return Err("the server accepted permessage-deflate, which was not offered");
+    };
+    let Some(response) = Offer::parse(&element.params) else {
+        return Err("invalid permessage-deflate parameters in the 101 response");
+    };
+    if response.client_max_window_bits.is_some() {
+        // Never offered, so never allowed in the answer (RFC 7692 7.1.2.2).
+        return Err("the server set client_max_window_bits, which was not offered");
+    }
+    Ok(Some(Params {
+        send_reset: response.client_no_context_takeover || !settings.context_takeover,
+        send_bits: MAX_WINDOW_BITS,
+        recv_reset: response.server_no_context_takeover,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(takeover: bool, offers: &[&str]) -> Option<(Params, String)> {
+        let settings = Deflate::new().context_takeover(takeover);
+        accept(&settings, offers.iter().copied())
+    }
+
+    #[test]
+    fn offers_are_answered_as_rfc_7692_allows() {
+        let (params, response) = server(false, &["permessage-deflate"]).unwrap();
+        assert_eq!(
+            response,
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+        assert!(params.send_reset && params.recv_reset);
+        assert_eq!(params.send_bits, 15);
+
+        // With context takeover allowed, only what the client asks for.
+        let (params, response) = server(true, &["permessage-deflate"]).unwrap();
+        assert_eq!(response, "permessage-deflate");
+        assert!(!params.send_reset && !params.recv_reset);
+        let (params, response) = server(
+            true,
+            &["permessage-deflate; server_no_context_takeover; client_no_context_takeover"],
+        )
+        .unwrap();
+        assert!(params.send_reset && params.recv_reset);
+        assert_eq!(
+            response,
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+
+        // A window for our side is honoured and confirmed; the client's
+        // own window needs no answer (we inflate with the largest).
+        let (params, response) = server(
+            false,
+            &["permessage-deflate; server_max_window_bits=\"10\"; client_max_window_bits"],
+        )
+        .unwrap();
+        assert_eq!(params.send_bits, 10);
+        assert!(
+            response.ends_with("; server_max_window_bits=10"),
+            "{response}"
+        );
+        assert!(!response.contains("client_max_window_bits"));
+    }
+
+    #[test]
+    fn invalid_offers_are_declined_and_the_next_one_taken() {
+        for bad in [
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; server_max_window_bits=08",
+            "permessage-deflate; server_max_window_bits=8",
+            "permessage-deflate; client_max_window_bits=7",
+            "permessage-deflate; server_no_context_takeover=1",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; unknown",
+            "permessage-deflate; server_max_window_bits=\"1,0\"",
+            "permessage-deflate; =9",
+            "x-webkit-deflate-frame",
+        ] {
+            assert!(server(false, &[bad]).is_none(), "{bad}");
+            let (params, _) = server(false, &[&format!("{bad}, permessage-deflate")]).unwrap();
+            assert_eq!(params.send_bits, 15, "{bad}");
+        }
+        // Several header lines count as one list.
+        let (params, _) = server(
+            false,
+            &["foo; bar=1", "permessage-deflate; server_max_window_bits=9"],
+        )
+        .unwrap();
+        assert_eq!(params.send_bits, 9);
+        assert!(server(false, &[]).is_none());
+    }
+
+    #[test]
+    fn the_client_reads_what_the_server_agreed_to() {
+        let settings = Deflate::new();
+        let offer = offer(&settings);
+        // Our own server accepts our offer.
+        let (server_params, response) = accept(&settings, [offer.as_str()]).unwrap();
+        let client = agreed(Some(&settings), [response.as_str()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(client.recv_reset, server_params.send_reset);
+        assert_eq!(client.send_reset, server_params.recv_reset);
+
+        // A server keeping its context: the client must keep one to inflate.
+        let keeps = agreed(Some(&settings), ["permessage-deflate"])
+            .unwrap()
+            .unwrap();
+        assert!(!keeps.recv_reset && keeps.send_reset);
+        assert_eq!(agreed(Some(&settings), []).unwrap(), None);
+        for (bad, says) in [
+            (
+                "permessage-deflate; client_max_window_bits=10",
+                "not offered",
+            ),
+            ("permessage-deflate; bogus", "invalid"),
+            ("permessage-deflate, permessage-deflate", "more than one"),
+            ("x-other", "not offered"),
+            ("permessage-deflate; server_max_window_bits=\"", "malformed"),
+        ] {
+            let err = agreed(Some(&settings), [bad]).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let unasked = agreed(None, ["permessage-deflate"]).unwrap_err();
+        assert!(unasked.contains("not offered"));
+    }
+
+    fn connection(params: Params, settings: Deflate) -> PerMessage {
+        PerMessage::new(Shared::new(settings), params)
+    }
+
+    const RESET: Params = Params {
+        send_reset: true,
+        send_bits: 15,
+        recv_reset: true,
+    };
+
+    #[test]
+    fn messages_round_trip_and_small_ones_stay_as_they_are() {
+        let mut a = connection(RESET, Deflate::new().threshold(10));
+        let mut b = connection(RESET, Deflate::new());
+        assert_eq!(a.compress(&Bytes::from_static(b"short")), None);
+        let json = Bytes::from(r#"{"user":"ann","text":"hello"}"#.repeat(40));
+        let compressed = a.compress(&json).unwrap();
+        assert!(compressed.len() < json.len() / 10, "{}", compressed.len());
+        assert!(!compressed.ends_with(&TAIL));
+        assert_eq!(b.inflate(&compressed, 1 << 20).unwrap(), json);
+        // Random bytes grow a little and still round-trip.
+        let noise: Bytes = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let compressed = a.compress(&noise).unwrap();
+        assert_eq!(b.inflate(&compressed, 1 << 20).unwrap(), noise);
+    }
+
+    #[test]
+    fn a_shared_payload_is_compressed_once_for_every_connection() {
+        let shared = Shared::new(Deflate::new());
+        let mut conns: Vec<_> = (0..3)
+            .map(|_| PerMessage::new(shared.clone(), RESET))
+            .collect();
+        let payload = Bytes::from("x".repeat(1000));
+        let first = conns[0].compress(&payload).unwrap();
+        for conn in &mut conns[1..] {
+            let again = conn.compress(&payload.clone()).unwrap();
+            // The same bytes, not a second compression.
+            assert_eq!(again.as_ptr(), first.as_ptr());
+        }
+        // Equal bytes elsewhere are another payload.
+        let copy = Bytes::from("x".repeat(1000));
+        assert_ne!(conns[0].compress(&copy).unwrap().as_ptr(), first.as_ptr());
+        // Another window is another compression.
+        let mut small = PerMessage::new(
+            shared,
+            Params {
+                send_bits: 9,
+                ..RESET
+            },
+        );
+        assert_ne!(small.compress(&payload).unwrap().as_ptr(), first.as_ptr());
+    }
+
+    #[test]
+    fn context_takeover_compresses_repeats_and_keeps_the_peer_in_step() {
+        let keep = Params {
+            send_reset: false,
+            send_bits: 15,
+            recv_reset: false,
+        };
+        let mut a = connection(keep, Deflate::new().context_takeover(true));
+        let mut b = connection(keep, Deflate::new().context_takeover(true));
+        let msg = Bytes::from("the same sentence, over and over. ".repeat(20));
+        let first = a.compress(&msg).unwrap();
+        let second = a.compress(&msg.clone()).unwrap();
+        assert!(second.len() < first.len() / 2);
+        assert_eq!(b.inflate(&first, 1 << 20).unwrap(), msg);
+        assert_eq!(b.inflate(&second, 1 << 20).unwrap(), msg);
+        // A peer that inflates each message on its own cannot read the
+        // second: that is what client_no_context_takeover prevents.
+        let mut fresh = connection(RESET, Deflate::new());
+        assert!(fresh.inflate(&second, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_bomb_is_refused_at_the_limit_without_growing_past_it() {
+        let mut sender = connection(RESET, Deflate::new().level(9));
+        let zeros = Bytes::from(vec![0u8; 8 << 20]);
+        let bomb = sender.compress(&zeros).unwrap();
+        assert!(bomb.len() < 16 * 1024, "{}", bomb.len());
+        let mut stream = Decompress::new_with_window_bits(false, 15);
+        match inflate(&mut stream, &bomb, 1 << 20) {
+            Err(Error::Protocol { code, .. }) => assert_eq!(code, CloseCode::SIZE),
+            other => panic!("{other:?}"),
+        }
+        // Exactly at the limit is allowed.
+        let mut receiver = connection(RESET, Deflate::new());
+        let exact = sender.compress(&zeros.slice(..1 << 20)).unwrap();
+        assert_eq!(receiver.inflate(&exact, 1 << 20).unwrap().len(), 1 << 20);
+        // Garbage is 1007.
+        match receiver.inflate(&[0xFF, 0xFF, 0xFF], 1 << 20) {
+            Err(Error::Protocol { code, .. }) => assert_eq!(code, CloseCode::INVALID),
+            other => panic!("{other:?}"),
+        }
+        // And the pool's next inflater is clean after an error elsewhere.
+        assert_eq!(receiver.inflate(&exact, 1 << 20).unwrap().len(), 1 << 20);
+    }
+}
