@@ -4,9 +4,9 @@
 //!
 //! # Memory
 //!
-//! A deflate stream is large (about 260 KiB to compress with a 32 KiB
-//! window, about 40 KiB to inflate), so no connection holds one while it
-//! needs none:
+//! A zlib stream is large (measured with zlib-rs: 371 KiB to compress with
+//! a 32 KiB window, 245 KiB with the smallest, 46 KiB to inflate), so no
+//! connection holds one while it needs none:
 //!
 //! - Without context takeover (the default, asked of the client with
 //!   `client_no_context_takeover` and promised with
@@ -14,7 +14,9 @@
 //!   inflated on its own. The streams come from a pool shared by the
 //!   transport's connections (at most `POOL` idle ones of each kind are
 //!   kept), are reset after each message and go back: an idle connection
-//!   holds none.
+//!   holds none. Resetting a compressor costs about 3 µs (zlib clears its
+//!   hash table), paid once per compressed message, and once per
+//!   broadcast rather than per receiver.
 //! - With context takeover ([`Deflate::context_takeover`]), a connection
 //!   keeps its own stream for each direction that uses it, created with
 //!   the first compressed message and dropped with the connection.
@@ -62,9 +64,11 @@ pub(crate) const RECENT_MAX: usize = 64 * 1024;
 /// Default [`Deflate::threshold`]: 256 bytes.
 pub const DEFAULT_THRESHOLD: usize = 256;
 
-/// Default [`Deflate::level`]: 1, zlib's fastest (most of the size gain
-/// on JSON for a fraction of the time of higher levels).
-pub const DEFAULT_LEVEL: u32 = 1;
+/// Default [`Deflate::level`]: 2. zlib-rs's level 1 uses fixed Huffman
+/// codes only: on 1 KiB of chat JSON it sends about 800 bytes where level
+/// 2 sends about 580, for about 40 % more compression time (measured
+/// in-process; docs/performance.md has the server figures).
+pub const DEFAULT_LEVEL: u32 = 2;
 
 /// permessage-deflate settings (RFC 7692), for a server
 /// ([`WsTransportBuilder::deflate`](crate::WsTransportBuilder::deflate))
@@ -125,9 +129,9 @@ impl Deflate {
     /// default: each message is compressed on its own, idle connections
     /// hold no compression state and a broadcast is compressed once.
     ///
-    /// On, a connection that uses it holds a deflate stream (about 260 KiB
-    /// with the default 32 KiB window) to compress and an inflate stream
-    /// (about 40 KiB) for what the peer compresses with context, from its
+    /// On, a connection that uses it holds a deflate stream (371 KiB with
+    /// the default 32 KiB window) to compress and an inflate stream
+    /// (46 KiB) for what the peer compresses with context, from its
     /// first compressed message until it closes; the peer may still ask for
     /// no context takeover.
     #[must_use]
@@ -232,11 +236,12 @@ struct Remembered {
     /// Keeps the payload's memory alive, so its address identifies it.
     payload: Bytes,
     bits: u8,
-    compressed: Bytes,
+    /// `None`: it does not get smaller, so it goes as it is.
+    compressed: Option<Bytes>,
 }
 
 impl Recent {
-    fn find(&self, payload: &Bytes, bits: u8) -> Option<Bytes> {
+    fn find(&self, payload: &Bytes, bits: u8) -> Option<Option<Bytes>> {
         self.slots.iter().flatten().find_map(|r| {
             let same = r.bits == bits
                 && r.payload.as_ptr() == payload.as_ptr()
@@ -245,11 +250,11 @@ impl Recent {
         })
     }
 
-    fn remember(&mut self, payload: &Bytes, bits: u8, compressed: &Bytes) {
+    fn remember(&mut self, payload: &Bytes, bits: u8, compressed: Option<Bytes>) {
         self.slots[self.next] = Some(Remembered {
             payload: payload.clone(),
             bits,
-            compressed: compressed.clone(),
+            compressed,
         });
         self.next = (self.next + 1) % RECENT;
     }
@@ -276,39 +281,43 @@ impl PerMessage {
     }
 
     /// The compressed payload of an outgoing message, or `None` to send it
-    /// as it is (shorter than the threshold).
+    /// as it is: shorter than the threshold, or no smaller compressed
+    /// (random data grows by up to an eighth under deflate's fixed codes,
+    /// and could then exceed a peer's frame limit that the message itself
+    /// fits).
     pub(crate) fn compress(&mut self, payload: &Bytes) -> Option<Bytes> {
         if payload.len() < self.shared.settings.threshold {
             return None;
         }
+        let smaller = |compressed: Bytes| (compressed.len() < payload.len()).then_some(compressed);
         let bits = self.params.send_bits;
         if !self.params.send_reset {
             let level = Compression::new(self.shared.settings.level);
             let stream = self
                 .compress
                 .get_or_insert_with(|| Compress::new_with_window_bits(level, false, bits));
-            return match deflate(stream, payload) {
-                Ok(compressed) => Some(compressed),
-                Err(_) => {
-                    // Sent as it is, and the next message starts a new
-                    // context: the peer's still matches what it received.
-                    self.compress = None;
-                    None
-                }
-            };
+            let compressed = deflate(stream, payload).ok().and_then(smaller);
+            if compressed.is_none() {
+                // Sent as it is, so the peer's window never holds it: ours
+                // starts over, and later messages refer to nothing before.
+                self.compress = None;
+            }
+            return compressed;
         }
         let shared = &*self.shared;
         let remembered = payload.len() <= RECENT_MAX;
         if remembered && let Some(hit) = lock(&shared.recent).find(payload, bits) {
-            return Some(hit);
+            return hit;
         }
         let mut stream = shared.compressor(bits);
+        // A stream that failed is dropped, not pooled.
         let compressed = deflate(&mut stream, payload).ok()?;
         shared.return_compressor(bits, stream);
+        let compressed = smaller(compressed);
         if remembered {
-            lock(&shared.recent).remember(payload, bits, &compressed);
+            lock(&shared.recent).remember(payload, bits, compressed.clone());
         }
-        Some(compressed)
+        compressed
     }
 
     /// Inflates a received message of at most `max` bytes (1009 past it,
@@ -339,6 +348,15 @@ impl fmt::Debug for PerMessage {
             .field("params", &self.params)
             .finish_non_exhaustive()
     }
+}
+
+/// The most bytes a compressed message or frame whose limit is `limit`
+/// may take on the wire: deflate's fixed codes spend up to 9 bits on a
+/// byte, an eighth more, and blocks add a few bytes each. A peer may
+/// compress a message at the limit that does not shrink (browsers do);
+/// inflated, it is held to `limit` itself.
+pub(crate) fn wire_limit(limit: usize) -> usize {
+    limit.saturating_add(limit / 8).saturating_add(64)
 }
 
 /// Compresses `input` as one message: a sync flush, without its tail.
@@ -733,12 +751,30 @@ mod tests {
         assert!(compressed.len() < json.len() / 10, "{}", compressed.len());
         assert!(!compressed.ends_with(&TAIL));
         assert_eq!(b.inflate(&compressed, 1 << 20).unwrap(), json);
-        // Random bytes grow a little and still round-trip.
-        let noise: Bytes = (0..100_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        // Random bytes would grow: they go as they are.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Bytes = (0..100_000)
+            .map(|_| {
+                // xorshift64: bytes with nothing for deflate to find.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 32) as u8
+            })
             .collect();
-        let compressed = a.compress(&noise).unwrap();
-        assert_eq!(b.inflate(&compressed, 1 << 20).unwrap(), noise);
+        assert_eq!(a.compress(&noise), None);
+        let mut keeps = connection(
+            Params {
+                send_reset: false,
+                ..RESET
+            },
+            Deflate::new().context_takeover(true),
+        );
+        assert_eq!(keeps.compress(&noise), None);
+        // ... and the context that saw them starts over: the peer can
+        // inflate what follows without them.
+        let compressed = keeps.compress(&json).unwrap();
+        assert_eq!(b.inflate(&compressed, 1 << 20).unwrap(), json);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use switchboard_core::transport::{Received, TransportConn, WriteProgress};
 use switchboard_core::{CloseCode, CloseFrame, Config, Error, Message, Utf8Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::deflate::PerMessage;
+use crate::deflate::{PerMessage, wire_limit};
 use crate::frame::{
     self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, RSV1, Role, protocol,
 };
@@ -406,18 +406,40 @@ where
         let s = self.settings;
         loop {
             let deflate = self.deflate.is_some();
-            if let Some(header) = frame::parse_header(&self.read, s.role, s.max_frame, deflate)? {
+            // A compressed message may take more bytes on the wire than
+            // the limit it fits once inflated (`wire_limit`); what is not
+            // compressed is held to the limits exactly, just below.
+            let most = if deflate {
+                wire_limit(s.max_frame)
+            } else {
+                s.max_frame
+            };
+            if let Some(header) = frame::parse_header(&self.read, s.role, most, deflate)? {
                 if !header.is_control() {
-                    let so_far = self.fragments.as_ref().map_or(0, |f| f.data.len());
-                    if so_far + header.payload_len > s.max_message {
-                        return Poll::Ready(Err(Error::protocol(
-                            CloseCode::SIZE,
-                            format!(
-                                "message of {} bytes or more exceeds the limit of {}",
-                                so_far + header.payload_len,
-                                s.max_message
-                            ),
-                        )));
+                    let (so_far, compressed) = match &self.fragments {
+                        Some(f) => (f.data.len(), f.compressed),
+                        None => (0, header.compressed),
+                    };
+                    let (max_frame, max_message) = if compressed {
+                        (wire_limit(s.max_frame), wire_limit(s.max_message))
+                    } else {
+                        (s.max_frame, s.max_message)
+                    };
+                    let len = header.payload_len;
+                    let too_large = if len > max_frame {
+                        Some(format!(
+                            "frame of {len} bytes exceeds the limit of {max_frame}"
+                        ))
+                    } else if so_far + len > max_message {
+                        let len = so_far + len;
+                        Some(format!(
+                            "message of {len} bytes or more exceeds the limit of {max_message}"
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = too_large {
+                        return Poll::Ready(Err(Error::protocol(CloseCode::SIZE, reason)));
                     }
                 }
                 let total = header.header_len + header.payload_len;

@@ -343,3 +343,47 @@ async fn the_client_refuses_an_extension_it_did_not_offer() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_message_at_the_limit_passes_even_when_compression_made_it_larger() {
+    let limit = 64 * 1024;
+    let config = fast_config().max_message_size(limit).max_frame_size(limit);
+    let (server, _events) = serve(deflating, config).await;
+    let addr = server.local_addr();
+    // Random bytes, compressed as stored blocks: a few bytes more than
+    // the limit on the wire, exactly the limit once inflated.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..limit)
+        .map(|_| {
+            // xorshift64: bytes with nothing for deflate to find.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect();
+    let mut encoder = DeflateEncoder::new(Vec::new(), Compression::none());
+    encoder.write_all(&noise).expect("compress");
+    encoder.flush().expect("sync flush");
+    let mut stored = encoder.get_ref().clone();
+    stored.truncate(stored.len() - 4);
+    assert!(stored.len() > limit);
+
+    let mut ws = RawWs::connect_with(addr, "/", OFFER).await;
+    ws.send_raw_frame(0x80 | 0x40 | 0x2, &stored).await;
+    let echo = ws.frame().await;
+    // It does not shrink, so the echo goes as it is.
+    assert!(!echo.rsv1);
+    assert_eq!(echo.payload, noise);
+
+    // Uncompressed, one byte over is still too large.
+    let mut ws = RawWs::connect_with(addr, "/", OFFER).await;
+    ws.send_raw_frame(0x82, &vec![0; limit + 1]).await;
+    assert_eq!(ws.close_code().await, Some(1009));
+    // And one byte over once inflated is too.
+    let mut ws = RawWs::connect_with(addr, "/", OFFER).await;
+    ws.send_raw_frame(0xC2, &compress(&vec![7; limit + 1]))
+        .await;
+    assert_eq!(ws.close_code().await, Some(1009));
+    server.shutdown().await;
+}
