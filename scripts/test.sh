@@ -28,6 +28,9 @@ cargo test --workspace --all-features
 echo "== fuzzing (cargo-fuzz, 30 s per target; docs/reliability.md)"
 FUZZ_SECONDS=30 bash scripts/fuzz.sh
 
+echo "== permessage-deflate interop (Python websockets, Node ws)"
+bash scripts/interop.sh
+
 echo "== browser tests (headless chromium drives the chat page of the chat and axum_app examples, and the rooms page)"
 bash scripts/browser-test.sh
 
