@@ -25,15 +25,17 @@
 //!
 //! A message compressed without context takeover depends only on its bytes
 //! and the window size, so every connection of the transport may send the
-//! same compressed bytes. The last `RECENT` messages compressed that way
-//! are remembered by the address and length of their payload (each entry
-//! holds a clone of the payload, so the address cannot be reused while it
-//! is remembered): a broadcast, whose payload every receiver shares
-//! (`Message::clone` copies no bytes), is compressed by the first
-//! connection that sends it and found by the others. Payloads over
-//! `RECENT_MAX` are compressed per connection, so that what is
-//! remembered stays small.
+//! same compressed bytes. The transport remembers the last `RECENT`
+//! messages compressed that way, a copy of each payload with its
+//! compressed form (`RECENT_BYTES` of both at most, oldest out first): a
+//! broadcast is compressed by the first connection that sends it, and the
+//! others find it by comparing bytes. A copy, rather than a clone of the
+//! payload, keeps no received buffer alive and matches nothing but equal
+//! bytes. Payloads too large to remember (over a quarter of
+//! `RECENT_BYTES`, with their compressed form) are compressed per
+//! connection.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -58,8 +60,8 @@ pub(crate) const POOL: usize = 8;
 /// Compressed messages a transport remembers for other connections.
 pub(crate) const RECENT: usize = 8;
 
-/// The largest payload whose compressed form is remembered.
-pub(crate) const RECENT_MAX: usize = 64 * 1024;
+/// The bytes (payload copies and compressed forms) a transport remembers.
+pub(crate) const RECENT_BYTES: usize = 4 << 20;
 
 /// Default [`Deflate::threshold`]: 256 bytes.
 pub const DEFAULT_THRESHOLD: usize = 256;
@@ -225,38 +227,58 @@ impl fmt::Debug for Shared {
     }
 }
 
-/// Messages recently compressed without context, by payload identity.
+/// Messages recently compressed without context, newest last.
 #[derive(Default)]
 struct Recent {
-    slots: [Option<Remembered>; RECENT],
-    next: usize,
+    entries: VecDeque<Remembered>,
+    /// Payload and compressed bytes of all entries.
+    bytes: usize,
 }
 
 struct Remembered {
-    /// Keeps the payload's memory alive, so its address identifies it.
+    /// A copy of the payload.
     payload: Bytes,
     bits: u8,
     /// `None`: it does not get smaller, so it goes as it is.
     compressed: Option<Bytes>,
 }
 
+impl Remembered {
+    fn size(&self) -> usize {
+        self.payload.len() + self.compressed.as_ref().map_or(0, Bytes::len)
+    }
+}
+
 impl Recent {
-    fn find(&self, payload: &Bytes, bits: u8) -> Option<Option<Bytes>> {
-        self.slots.iter().flatten().find_map(|r| {
-            let same = r.bits == bits
-                && r.payload.as_ptr() == payload.as_ptr()
-                && r.payload.len() == payload.len();
-            same.then(|| r.compressed.clone())
-        })
+    /// What `payload` compressed to with a window of `bits`, if it is
+    /// remembered.
+    fn find(&self, payload: &[u8], bits: u8) -> Option<Option<Bytes>> {
+        let entry = self
+            .entries
+            .iter()
+            .rev()
+            .find(|r| r.bits == bits && *r.payload == *payload)?;
+        Some(entry.compressed.clone())
     }
 
-    fn remember(&mut self, payload: &Bytes, bits: u8, compressed: Option<Bytes>) {
-        self.slots[self.next] = Some(Remembered {
-            payload: payload.clone(),
+    fn remember(&mut self, payload: &[u8], bits: u8, compressed: Option<Bytes>) {
+        let entry = Remembered {
+            payload: Bytes::copy_from_slice(payload),
             bits,
             compressed,
-        });
-        self.next = (self.next + 1) % RECENT;
+        };
+        let size = entry.size();
+        if size > RECENT_BYTES / 4 {
+            return;
+        }
+        while self.entries.len() >= RECENT || self.bytes + size > RECENT_BYTES {
+            let Some(oldest) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.size();
+        }
+        self.bytes += size;
+        self.entries.push_back(entry);
     }
 }
 
@@ -305,8 +327,7 @@ impl PerMessage {
             return compressed;
         }
         let shared = &*self.shared;
-        let remembered = payload.len() <= RECENT_MAX;
-        if remembered && let Some(hit) = lock(&shared.recent).find(payload, bits) {
+        if let Some(hit) = lock(&shared.recent).find(payload, bits) {
             return hit;
         }
         let mut stream = shared.compressor(bits);
@@ -314,9 +335,7 @@ impl PerMessage {
         let compressed = deflate(&mut stream, payload).ok()?;
         shared.return_compressor(bits, stream);
         let compressed = smaller(compressed);
-        if remembered {
-            lock(&shared.recent).remember(payload, bits, compressed.clone());
-        }
+        lock(&shared.recent).remember(payload, bits, compressed.clone());
         compressed
     }
 
@@ -378,11 +397,18 @@ fn deflate(stream: &mut Compress, input: &[u8]) -> Result<Bytes, flate2::Compres
     if out.ends_with(&TAIL) {
         out.truncate(out.len() - TAIL.len());
     }
+    // What is queued to be written holds the whole allocation.
+    if out.capacity() - out.len() > out.len() / 8 + 64 {
+        out.shrink_to_fit();
+    }
     Ok(out.into())
 }
 
 /// Inflates one message's data and the tail the sender left off, into at
-/// most `max` bytes: the output never grows past `max + 1`.
+/// most `max` bytes: the output never grows past `max + 1`. The data must
+/// end where a sync flush ends (or with a final block): the tail then adds
+/// nothing. An empty payload is an empty message (RFC 7692 7.2.3.6 sends
+/// one byte, but there is nothing else it can mean).
 fn inflate(stream: &mut Decompress, data: &[u8], max: usize) -> Result<Vec<u8>, Error> {
     let too_large = || {
         Error::protocol(
@@ -390,10 +416,14 @@ fn inflate(stream: &mut Decompress, data: &[u8], max: usize) -> Result<Vec<u8>, 
             format!("message exceeds the limit of {max} bytes once inflated"),
         )
     };
+    let invalid = |why: &str| Error::protocol(CloseCode::INVALID, why.to_owned());
+    if data.is_empty() {
+        return Ok(Vec::new());
+    }
     let limit = max.saturating_add(1);
     let mut out: Vec<u8> = Vec::with_capacity(data.len().saturating_mul(2).max(64).min(limit));
-    for input in [data, &TAIL[..]] {
-        let start = stream.total_in();
+    for (i, input) in [data, &TAIL[..]].into_iter().enumerate() {
+        let (start, inflated, tail) = (stream.total_in(), out.len(), i == 1);
         loop {
             if out.len() == out.capacity() {
                 if out.len() > max {
@@ -411,12 +441,18 @@ fn inflate(stream: &mut Decompress, data: &[u8], max: usize) -> Result<Vec<u8>, 
             }
             let used = (stream.total_in() - start) as usize;
             if status == Status::StreamEnd {
+                if !tail && used < input.len() {
+                    return Err(invalid("data after the final deflate block"));
+                }
                 // A final block ends the message (and its context).
                 stream.reset(false);
                 return Ok(out);
             }
             let stalled = (used, out.len()) == before;
             if out.len() < out.capacity() && (used == input.len() || stalled) {
+                if tail && (used < input.len() || out.len() > inflated) {
+                    return Err(invalid("compressed data that does not end a block"));
+                }
                 break;
             }
         }
@@ -790,9 +826,22 @@ mod tests {
             // The same bytes, not a second compression.
             assert_eq!(again.as_ptr(), first.as_ptr());
         }
-        // Equal bytes elsewhere are another payload.
+        // Equal bytes elsewhere are the same message.
         let copy = Bytes::from("x".repeat(1000));
-        assert_ne!(conns[0].compress(&copy).unwrap().as_ptr(), first.as_ptr());
+        assert_eq!(conns[0].compress(&copy).unwrap().as_ptr(), first.as_ptr());
+        // What is remembered stays within its budget, oldest out first.
+        for i in 0..3 * RECENT {
+            let big = Bytes::from(vec![i as u8; RECENT_BYTES / 5]);
+            conns[1].compress(&big).unwrap();
+        }
+        let recent = lock(&shared.recent);
+        assert!(recent.entries.len() <= RECENT && recent.bytes <= RECENT_BYTES);
+        assert_eq!(
+            recent.bytes,
+            recent.entries.iter().map(Remembered::size).sum::<usize>()
+        );
+        assert!(recent.find(&payload, 15).is_none(), "evicted");
+        drop(recent);
         // Another window is another compression.
         let mut small = PerMessage::new(
             shared,
@@ -847,5 +896,31 @@ mod tests {
         }
         // And the pool's next inflater is clean after an error elsewhere.
         assert_eq!(receiver.inflate(&exact, 1 << 20).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn a_message_must_end_where_a_flush_or_a_final_block_ends() {
+        let invalid = |result: Result<Bytes, Error>| matches!(result, Err(Error::Protocol { code, .. }) if code == CloseCode::INVALID);
+        let mut sender = connection(RESET, Deflate::new());
+        let mut receiver = connection(RESET, Deflate::new());
+        let text = Bytes::from(r#"{"a":"b"}"#.repeat(100));
+        let whole = sender.compress(&text).unwrap();
+        // Cut short: the tail does not end a block.
+        assert!(invalid(
+            receiver.inflate(&whole[..whole.len() / 2], 1 << 20)
+        ));
+        // A final block, then more: refused; on its own: fine.
+        let mut stream = Compress::new_with_window_bits(Compression::new(6), false, 15);
+        let mut last = Vec::with_capacity(4096);
+        stream
+            .compress_vec(&text, &mut last, FlushCompress::Finish)
+            .unwrap();
+        assert_eq!(receiver.inflate(&last, 1 << 20).unwrap(), text);
+        let mut more = last.clone();
+        more.extend_from_slice(&whole);
+        assert!(invalid(receiver.inflate(&more, 1 << 20)));
+        // An empty payload is an empty message.
+        assert!(receiver.inflate(&[], 1 << 20).unwrap().is_empty());
+        assert_eq!(receiver.inflate(&whole, 1 << 20).unwrap(), text);
     }
 }
