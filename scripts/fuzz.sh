@@ -4,7 +4,7 @@
 # figures of a longer run and what each target checks.
 #
 #   FUZZ_SECONDS=N   seconds per target (default 30)
-#   FUZZ_TARGETS=".." the targets to run (default: all four)
+#   FUZZ_TARGETS=".." the targets to run (default: all five)
 #
 # A crash, a failed check or a hang (10 s on one input) fails the script;
 # the input that did it is in fuzz/artifacts/TARGET/.
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-30}"
-targets="${FUZZ_TARGETS:-tcp_codec tcp_connection ws_handshake ws_connection}"
+targets="${FUZZ_TARGETS:-tcp_codec tcp_connection ws_handshake ws_connection ws_deflate}"
 
 # libfuzzer-sys builds libFuzzer's C++ sources (Debian's g++).
 command -v c++ >/dev/null || (apt-get update && apt-get install -y g++)
@@ -33,6 +33,7 @@ for target in $targets; do
   case "$target" in
     ws_handshake) dict=(-dict=dicts/http.dict) ;;
     ws_connection) dict=(-dict=dicts/ws.dict) ;;
+    ws_deflate) dict=(-dict=dicts/ws_deflate.dict) ;;
   esac
   # New inputs go to a scratch corpus; the seeds in fuzz/seeds stay as they are.
   if cargo fuzz run "$target" "$work/$target" "seeds/$target" -- \

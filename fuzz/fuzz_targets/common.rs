@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_core::{
-    BoxError, CloseReason, Connection, Message, MessageComponent, SendError,
-};
+use switchboard_core::{BoxError, CloseReason, Connection, Message, MessageComponent, SendError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Virtual time allowed for one input: far beyond every timeout in play,
@@ -135,6 +133,8 @@ pub fn check_http_response(bytes: &[u8], head_request: bool) -> (u16, usize) {
 #[derive(Debug)]
 pub struct ServerFrame {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -142,12 +142,23 @@ pub struct ServerFrame {
 /// Parses the frames a server wrote; panics on a masked or malformed frame
 /// (a server never masks). A trailing partial frame is a failure too: the
 /// server wrote whole frames.
-pub fn parse_server_frames(mut buf: &[u8]) -> Vec<ServerFrame> {
+pub fn parse_server_frames(buf: &[u8]) -> Vec<ServerFrame> {
+    parse_server_frames_with(buf, false)
+}
+
+/// [`parse_server_frames`], allowing RSV1 when permessage-deflate was
+/// agreed (`deflate`); RSV2 and RSV3 never.
+pub fn parse_server_frames_with(mut buf: &[u8], deflate: bool) -> Vec<ServerFrame> {
     let mut frames = Vec::new();
     while !buf.is_empty() {
         assert!(buf.len() >= 2, "truncated frame header");
         let fin = buf[0] & 0x80 != 0;
-        assert_eq!(buf[0] & 0x70, 0, "reserved bits set by the server");
+        let rsv1 = buf[0] & 0x40 != 0;
+        assert_eq!(buf[0] & 0x30, 0, "RSV2 or RSV3 set by the server");
+        assert!(
+            deflate || !rsv1,
+            "RSV1 set by the server without permessage-deflate"
+        );
         let opcode = buf[0] & 0x0F;
         assert_eq!(buf[1] & 0x80, 0, "server frames are not masked");
         let (len, start) = match buf[1] & 0x7F {
@@ -165,6 +176,7 @@ pub fn parse_server_frames(mut buf: &[u8]) -> Vec<ServerFrame> {
         assert!(buf.len() >= start + len, "truncated frame payload");
         frames.push(ServerFrame {
             fin,
+            rsv1,
             opcode,
             payload: buf[start..start + len].to_vec(),
         });
