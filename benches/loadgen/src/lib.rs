@@ -9,11 +9,14 @@
 //! - [`args`]: a tiny `--key value` parser shared by both binaries;
 //! - [`procfs`]: a process's CPU time, resident memory and open files, from `/proc`;
 //! - [`report`]: one result line (`key=value ...`) per run, and the table of medians;
-//! - [`payload`]: the broadcast message format (publisher, sequence, send time).
+//! - [`payload`]: the payloads: the broadcast message format (publisher,
+//!   sequence, send time), plain or as chat JSON;
+//! - [`deflate`]: permessage-deflate on the load generator's side.
 
 #![allow(clippy::unwrap_used)]
 
 pub mod args;
+pub mod deflate;
 pub mod payload;
 pub mod procfs;
 pub mod report;

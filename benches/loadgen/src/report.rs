@@ -109,6 +109,9 @@ const COLUMNS: &[(&str, &str, bool, usize)] = &[
     ("user_us_per_msg", "of it user space µs/msg", false, 3),
     ("rss_kib_per_conn", "RSS KiB/conn", false, 2),
     ("held", "conns held", true, 0),
+    ("wire_bytes_per_msg", "wire B/msg", false, 0),
+    ("deflate_conns", "deflate conns", true, 0),
+    ("compressed_share", "compressed share", true, 2),
 ];
 
 /// Which ratios to show per scenario kind: the figures the targets are about.
@@ -119,6 +122,7 @@ const RATIOS: &[&str] = &[
     "cpu_us_per_msg",
     "user_us_per_msg",
     "rss_kib_per_conn",
+    "wire_bytes_per_msg",
 ];
 
 /// The servers of one scenario: server -> field -> values of every run.
@@ -132,6 +136,8 @@ struct Results {
     servers: BTreeMap<String, Servers>,
     /// Each scenario's baseline server and kind (`echo`, `broadcast`, `idle`).
     baselines: BTreeMap<String, String>,
+    /// Each scenario's framework server, where the lines name it.
+    frameworks: BTreeMap<String, String>,
     kinds: BTreeMap<String, String>,
 }
 
@@ -147,6 +153,9 @@ impl Results {
             }
             if let Some(b) = rec.get("baseline") {
                 results.baselines.insert(scenario.to_owned(), b.to_owned());
+            }
+            if let Some(f) = rec.get("framework") {
+                results.frameworks.insert(scenario.to_owned(), f.to_owned());
             }
             if let Some(k) = rec.get("kind") {
                 results.kinds.insert(scenario.to_owned(), k.to_owned());
@@ -180,13 +189,18 @@ impl Results {
         (Some(baseline.as_str()) != self.framework(scenario)).then_some(baseline)
     }
 
-    /// The scenario's switchboard server of this build: the first named
-    /// `switchboard*` (else the first that is not the baseline), never an
-    /// `@before` one.
+    /// The scenario's switchboard server of this build: the one the lines
+    /// name as `framework=` if it ran, else the first named `switchboard*`
+    /// (else the first that is not the baseline), never an `@before` one.
     fn framework(&self, scenario: &str) -> Option<&str> {
-        let names: Vec<&str> = self
-            .servers
-            .get(scenario)?
+        let servers = self.servers.get(scenario)?;
+        if let Some(named) = self.frameworks.get(scenario)
+            && !named.ends_with(BEFORE)
+            && servers.contains_key(named)
+        {
+            return Some(named);
+        }
+        let names: Vec<&str> = servers
             .keys()
             .map(String::as_str)
             .filter(|s| !s.ends_with(BEFORE))
@@ -605,6 +619,24 @@ RESULT scenario=e server=slow baseline=slow msgs_per_s=90
         let summary = summarize(&current);
         assert!(!summary.contains("before / after"), "{summary}");
         assert!(summary.contains("| ws-idle-10k | RSS KiB/conn | 2.56 |"));
+    }
+
+    #[test]
+    fn the_named_framework_leads_the_headline() {
+        let text = "\
+RESULT scenario=z kind=broadcast server=switchboard-a framework=switchboard-b-deflate baseline=node cpu_us_per_msg=3 wire_bytes_per_msg=1028
+RESULT scenario=z kind=broadcast server=switchboard-b-deflate framework=switchboard-b-deflate baseline=node cpu_us_per_msg=3.5 wire_bytes_per_msg=790
+RESULT scenario=z kind=broadcast server=node framework=switchboard-b-deflate baseline=node cpu_us_per_msg=35 wire_bytes_per_msg=576
+";
+        let summary = summarize(text);
+        assert!(
+            summary.contains("| z | server CPU µs/delivery | 3.50 | 35.00 (node) | 10x less CPU |"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("| switchboard-b-deflate | 1 | 3.50 | 790 |"),
+            "{summary}"
+        );
     }
 
     #[test]

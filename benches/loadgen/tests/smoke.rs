@@ -144,6 +144,108 @@ fn broadcast_over_every_chat_server() {
     }
 }
 
+/// permessage-deflate end to end: echo clients send compressed JSON and
+/// check the first echo once inflated, subscribers inflate what arrives
+/// compressed; the server without compression declines the same offer.
+#[test]
+fn deflate_echo_and_broadcast() {
+    for (kind, size, agreed, compressed) in [
+        ("switchboard-ws-echo-deflate", "2000", 4.0, 1.0),
+        // Under the server's threshold: sent back uncompressed.
+        ("switchboard-ws-echo-deflate", "32", 4.0, 0.0),
+        ("switchboard-ws-echo", "2000", 0.0, 0.0),
+    ] {
+        let server = ServerProcess::start(kind);
+        let pid = server.pid.to_string();
+        let rec = loadgen(&[
+            "echo",
+            "--client",
+            "raw",
+            "--deflate",
+            "--payload",
+            "json",
+            "--size",
+            size,
+            "--target",
+            &server.target(kind),
+            "--server-pid",
+            &pid,
+            "--conns",
+            "4",
+            "--inflight",
+            "4",
+            "--warmup",
+            "0.2",
+            "--seconds",
+            "0.5",
+        ]);
+        assert!(rec.number("msgs").unwrap() > 0.0, "{kind}: {}", rec.line());
+        assert_eq!(rec.number("failed"), Some(0.0), "{kind}: {}", rec.line());
+        assert_eq!(rec.number("deflate_conns"), Some(agreed), "{}", rec.line());
+        assert_eq!(
+            rec.number("compressed_share"),
+            Some(compressed),
+            "{}",
+            rec.line()
+        );
+        let wire = rec.number("wire_bytes_per_msg").unwrap();
+        // Compressed replies are shorter than the message; plain ones carry
+        // it and a frame header.
+        let size: f64 = size.parse().unwrap();
+        assert!(
+            (wire < size) == (compressed > 0.0),
+            "{kind}: {}",
+            rec.line()
+        );
+    }
+    for (kind, agreed) in [
+        ("switchboard-ws-chat-deflate", 20.0),
+        ("switchboard-ws-chat", 0.0),
+    ] {
+        let server = ServerProcess::start(kind);
+        let pid = server.pid.to_string();
+        let rec = loadgen(&[
+            "broadcast",
+            "--client",
+            "raw",
+            "--deflate",
+            "--payload",
+            "json",
+            "--size",
+            "1024",
+            "--target",
+            &server.target(kind),
+            "--server-pid",
+            &pid,
+            "--subs",
+            "20",
+            "--rate",
+            "50",
+            "--settle",
+            "0.3",
+            "--seconds",
+            "0.6",
+        ]);
+        assert!(rec.number("published").unwrap() > 0.0, "{}", rec.line());
+        assert_eq!(rec.number("missing"), Some(0.0), "{kind}: {}", rec.line());
+        assert_eq!(rec.number("deflate_conns"), Some(agreed), "{}", rec.line());
+        let share = if agreed > 0.0 { 1.0 } else { 0.0 };
+        assert_eq!(
+            rec.number("compressed_share"),
+            Some(share),
+            "{}",
+            rec.line()
+        );
+        // One inflation per message, not per delivery.
+        let inflations = rec.number("inflations").unwrap();
+        assert!(
+            inflations <= rec.number("published").unwrap(),
+            "{}",
+            rec.line()
+        );
+    }
+}
+
 #[test]
 fn idle_connections_are_counted() {
     for kind in ["switchboard-ws-echo", "switchboard-tcp-echo"] {

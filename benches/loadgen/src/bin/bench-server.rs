@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `switchboard-ws-echo`, `switchboard-tcp-echo` | an echo component on the WebSocket / TCP lines transport, default `Config` |
 //! | `switchboard-ws-chat`, `switchboard-tcp-chat` | a `Hub` chat: every message to every other member |
+//! | `switchboard-ws-echo-deflate`, `switchboard-ws-chat-deflate` | the same WebSocket echo and chat accepting permessage-deflate with `Deflate::new()` (level 1, messages of 256 bytes or more compressed, no context takeover) |
 //! | `axum-ws-echo` | the same echo component mounted on an axum route (`switchboard::axum::ws`), served by `axum::serve` with `TCP_NODELAY` |
 //! | `naive-ws-echo` | tokio-tungstenite, a task per connection, `send()` per message, default config |
 //! | `naive-ws-chat` | tokio-tungstenite's own chat example: a task per connection, a map of unbounded channels behind a mutex, `send()` per message |
@@ -32,7 +33,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use switchboard::tcp::TcpTransport;
-use switchboard::ws::WsTransport;
+use switchboard::ws::{Deflate, WsTransport};
 use switchboard::{BoxError, Connection, Hub, Message, MessageComponent, Server};
 use switchboard_bench::args::Args;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -50,6 +51,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const KINDS: &[&str] = &[
     "switchboard-ws-echo",
     "switchboard-ws-chat",
+    "switchboard-ws-echo-deflate",
+    "switchboard-ws-chat-deflate",
     "switchboard-tcp-echo",
     "switchboard-tcp-chat",
     "axum-ws-echo",
@@ -121,13 +124,19 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 }
 
 async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(), BoxError> {
+    let ws = |deflate| Kind::Ws {
+        read_buffer,
+        deflate,
+    };
     match kind {
-        "switchboard-ws-echo" => {
-            switchboard_server(addr, Kind::Ws(read_buffer), Arc::new(Echo)).await
-        }
+        "switchboard-ws-echo" => switchboard_server(addr, ws(false), Arc::new(Echo)).await,
+        "switchboard-ws-echo-deflate" => switchboard_server(addr, ws(true), Arc::new(Echo)).await,
         "switchboard-tcp-echo" => switchboard_server(addr, Kind::Tcp, Arc::new(Echo)).await,
         "switchboard-ws-chat" => {
-            switchboard_server(addr, Kind::Ws(read_buffer), Arc::new(Chat::default())).await
+            switchboard_server(addr, ws(false), Arc::new(Chat::default())).await
+        }
+        "switchboard-ws-chat-deflate" => {
+            switchboard_server(addr, ws(true), Arc::new(Chat::default())).await
         }
         "switchboard-tcp-chat" => {
             switchboard_server(addr, Kind::Tcp, Arc::new(Chat::default())).await
@@ -146,8 +155,12 @@ async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(),
 // ---- switchboard -------------------------------------------------------------
 
 enum Kind {
-    /// With the read buffer size, if not the default.
-    Ws(Option<usize>),
+    Ws {
+        /// The read buffer size, if not the default.
+        read_buffer: Option<usize>,
+        /// Accept permessage-deflate with `Deflate::new()`.
+        deflate: bool,
+    },
     Tcp,
 }
 
@@ -177,7 +190,8 @@ impl MessageComponent for Chat {
     }
 }
 
-/// The component exactly as an application would write it, default `Config`.
+/// The component exactly as an application would write it, default `Config`
+/// (and `Deflate::new()` for the `-deflate` kinds).
 async fn switchboard_server<K: MessageComponent>(
     addr: &str,
     kind: Kind,
@@ -186,14 +200,23 @@ async fn switchboard_server<K: MessageComponent>(
     let addr = addr.to_owned();
     let builder = Server::builder();
     let builder = match kind {
-        Kind::Ws(None) => builder.bind(addr, WsTransport::new(component)),
-        Kind::Ws(Some(size)) => builder.bind(
-            addr,
-            WsTransport::builder()
-                .fallback(component)
-                .read_buffer_size(size)
-                .build()?,
-        ),
+        Kind::Ws {
+            read_buffer: None,
+            deflate: false,
+        } => builder.bind(addr, WsTransport::new(component)),
+        Kind::Ws {
+            read_buffer,
+            deflate,
+        } => {
+            let mut ws = WsTransport::builder().fallback(component);
+            if let Some(size) = read_buffer {
+                ws = ws.read_buffer_size(size);
+            }
+            if deflate {
+                ws = ws.deflate(Deflate::new());
+            }
+            builder.bind(addr, ws.build()?)
+        }
         Kind::Tcp => builder.bind(addr, TcpTransport::lines(component)),
     };
     let server = builder.start().await?;

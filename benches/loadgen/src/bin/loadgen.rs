@@ -11,7 +11,23 @@
 //!
 //! Common flags: `--server-pid PID` (server CPU time and memory from
 //! `/proc`), `--clk-tck 100` (`getconf CLK_TCK`), and the labels copied to
-//! the `RESULT` line: `--scenario`, `--server`, `--baseline`, `--round`.
+//! the `RESULT` line: `--scenario`, `--server`, `--baseline`, `--framework`,
+//! `--round`.
+//!
+//! Compression: `--deflate` offers permessage-deflate
+//! (`permessage-deflate; server_no_context_takeover;
+//! client_no_context_takeover`) on every WebSocket client but the
+//! publishers, which send plain frames (echo and broadcast need `--client
+//! raw`). Where the server agrees, echo clients send their message
+//! compressed (compressed once, at zlib's default level 6, when it has
+//! `--deflate-threshold` bytes or more, default 0: every message, as
+//! browsers do) and subscribers inflate what arrives compressed; the
+//! `RESULT` line then counts the connections that agreed (`deflate_conns`)
+//! and the share of messages that came compressed (`compressed_share`).
+//! Echo and broadcast runs also count the bytes read from the sockets per
+//! message (`wire_bytes_per_msg`: WebSocket frames, headers included).
+//! `--payload json` makes the messages chat JSON instead of `x` padding
+//! (see `switchboard_bench::payload`).
 //! `summarize` reads those lines and prints markdown: the headline table,
 //! a before / after table when servers labelled `NAME@before` ran, and
 //! each scenario's medians (see `switchboard_bench::report`).
@@ -31,6 +47,7 @@ use bytes::BytesMut;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use switchboard_bench::args::Args;
+use switchboard_bench::deflate::{self, Inflater};
 use switchboard_bench::payload;
 use switchboard_bench::procfs::{self, CpuMeter, CpuTime};
 use switchboard_bench::report::{self, Record};
@@ -40,6 +57,9 @@ use tokio::sync::Semaphore;
 use tokio::task::LocalSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Connections opened at once while setting up a run.
@@ -49,6 +69,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client connections per source address in idle runs: below the 28,232
 /// ephemeral ports of one address (32768-60999).
 const CONNS_PER_SOURCE_IP: usize = 20_000;
+/// RSV1: the first frame of a compressed message (RFC 7692).
+const RSV1: u8 = 0x40;
+/// The labels copied from the arguments to the `RESULT` line.
+const LABELS: [&str; 5] = ["scenario", "server", "baseline", "framework", "round"];
 
 fn main() {
     let args = Args::parse(std::env::args().skip(1));
@@ -78,7 +102,7 @@ fn main() {
     };
     match record {
         Ok(mut record) => {
-            for key in ["scenario", "server", "baseline", "round"] {
+            for key in LABELS {
                 if let Some(v) = args.str(key) {
                     record.text(key, v);
                 }
@@ -112,6 +136,8 @@ struct Target {
     /// prebuilt masked frames and scan the replies' frame headers, so the
     /// load generator costs far less per message than any server.
     raw_ws: bool,
+    /// WebSocket only: offer permessage-deflate (`--deflate`).
+    deflate: bool,
 }
 
 impl Target {
@@ -147,20 +173,30 @@ impl Target {
                 )));
             }
         };
+        let deflate = args.str("deflate").is_some_and(|v| v != "false");
         Ok(Target {
             proto,
             addr,
             url,
             raw_ws,
+            deflate: deflate && proto == Proto::Ws,
         })
     }
 }
 
+/// One connection. For WebSocket, whether the server agreed to
+/// permessage-deflate.
 enum Client {
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Ws(Box<WebSocketStream<TcpStream>>, bool),
     /// A WebSocket past its handshake, spoken to directly (`--client raw`).
-    WsRaw(TcpStream),
+    WsRaw(TcpStream, bool),
     Tcp(TcpStream),
+}
+
+/// Whether the server's 101 agreed to permessage-deflate.
+fn deflate_agreed(response: &Response) -> io::Result<bool> {
+    let answer = response.headers().get("sec-websocket-extensions");
+    deflate::agreed(answer.and_then(|v| v.to_str().ok()))
 }
 
 /// Opens one connection (and the WebSocket handshake), bounded by
@@ -176,24 +212,36 @@ async fn connect(target: &Target, src: Option<IpAddr>, read_buffer: usize) -> io
         }
         let mut stream = socket.connect(target.addr).await?;
         stream.set_nodelay(true)?;
-        match target.proto {
-            Proto::Tcp => Ok(Client::Tcp(stream)),
-            Proto::Ws if target.raw_ws => {
-                // The server says nothing after its 101 until spoken to, so
-                // tungstenite holds no bytes of ours when it is dropped.
-                tokio_tungstenite::client_async(&target.url, &mut stream)
+        if target.proto == Proto::Tcp {
+            return Ok(Client::Tcp(stream));
+        }
+        let mut request = target
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(io::Error::other)?;
+        if target.deflate {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Extensions",
+                HeaderValue::from_static(deflate::OFFER),
+            );
+        }
+        if target.raw_ws {
+            // The server says nothing after its 101 until spoken to, so
+            // tungstenite holds no bytes of ours when it is dropped.
+            let (_, response) = tokio_tungstenite::client_async(request, &mut stream)
+                .await
+                .map_err(io::Error::other)?;
+            let agreed = deflate_agreed(&response)?;
+            Ok(Client::WsRaw(stream, agreed))
+        } else {
+            let config = WebSocketConfig::default().read_buffer_size(read_buffer);
+            let (ws, response) =
+                tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                     .await
                     .map_err(io::Error::other)?;
-                Ok(Client::WsRaw(stream))
-            }
-            Proto::Ws => {
-                let config = WebSocketConfig::default().read_buffer_size(read_buffer);
-                let (ws, _) =
-                    tokio_tungstenite::client_async_with_config(&target.url, stream, Some(config))
-                        .await
-                        .map_err(io::Error::other)?;
-                Ok(Client::Ws(Box::new(ws)))
-            }
+            let agreed = deflate_agreed(&response)?;
+            Ok(Client::Ws(Box::new(ws), agreed))
         }
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
@@ -294,6 +342,14 @@ struct EchoState {
     stop: Cell<bool>,
     replies: Cell<u64>,
     rtt: RefCell<Histogram<u64>>,
+    /// Bytes read while measuring (`--client raw` and TCP).
+    wire_bytes: Cell<u64>,
+    /// Replies that came compressed while measuring (`--client raw`).
+    compressed: Cell<u64>,
+    /// Connections whose server agreed to permessage-deflate.
+    deflate_conns: Cell<u64>,
+    /// The bytes of one request as written (its frame or line).
+    request_bytes: Cell<u64>,
 }
 
 impl EchoState {
@@ -321,30 +377,69 @@ async fn echo(args: &Args) -> io::Result<Record> {
         stop: Cell::new(false),
         replies: Cell::new(0),
         rtt: RefCell::new(histogram()),
+        wire_bytes: Cell::new(0),
+        compressed: Cell::new(0),
+        deflate_conns: Cell::new(0),
+        request_bytes: Cell::new(0),
     });
+    if target.deflate && !target.raw_ws {
+        return Err(io::Error::other("--deflate needs --client raw for echo"));
+    }
     let read_buffer = (size + 64).clamp(4096, 128 * 1024);
-    let text: String = "x".repeat(size);
+    let text: Rc<str> = if json_payload(args)? {
+        payload::json(size, 1).into()
+    } else {
+        "x".repeat(size).into()
+    };
+    // The frames, built once: plain, and compressed for the connections
+    // whose server agreed.
+    let plain = Rc::new(masked_frame(0x81, text.as_bytes()));
+    let threshold: usize = args.get("deflate-threshold", 0);
+    let compressed = (target.deflate && size >= threshold).then(|| {
+        let data = deflate::compress(text.as_bytes(), deflate::CLIENT_LEVEL);
+        Rc::new(masked_frame(0x81 | RSV1, &data))
+    });
+    let failures = Rc::new(Cell::new(0u64));
     let run = {
-        let state = state.clone();
+        let (state, failures) = (state.clone(), failures.clone());
         move |_: usize, client: Client| {
-            let state = state.clone();
-            let text = text.clone();
+            let (state, failures) = (state.clone(), failures.clone());
+            let (text, plain, compressed) = (text.clone(), plain.clone(), compressed.clone());
             tokio::task::spawn_local(async move {
-                let _ = match client {
-                    Client::Ws(ws) => echo_ws(*ws, inflight, text, state).await,
-                    Client::WsRaw(tcp) => {
-                        let frame = masked_text_frame(text.as_bytes());
-                        echo_raw(tcp, inflight, frame, FrameScanner::default(), state)
-                            .await
-                            .map_err(Into::into)
+                let result = match client {
+                    Client::Ws(ws, _) => echo_ws(*ws, inflight, text.to_string(), state).await,
+                    Client::WsRaw(mut tcp, agreed) => {
+                        if agreed {
+                            state.deflate_conns.set(state.deflate_conns.get() + 1);
+                        }
+                        let frame = match compressed.filter(|_| agreed) {
+                            Some(frame) => frame,
+                            None => plain,
+                        };
+                        state.request_bytes.set(frame.len() as u64);
+                        match echo_check(&mut tcp, &frame, text.as_bytes()).await {
+                            Ok(()) => {
+                                echo_raw(tcp, inflight, &frame, FrameScanner::default(), state)
+                                    .await
+                            }
+                            Err(err) => Err(err),
+                        }
+                        .map_err(Into::into)
                     }
                     Client::Tcp(tcp) => {
                         let line = format!("{text}\n").into_bytes();
-                        echo_raw(tcp, inflight, line, LineScanner, state)
+                        state.request_bytes.set(line.len() as u64);
+                        echo_raw(tcp, inflight, &line, LineScanner, state)
                             .await
                             .map_err(Into::into)
                     }
                 };
+                if let Err(err) = result {
+                    if failures.get() == 0 {
+                        eprintln!("  echo connection failed: {err}");
+                    }
+                    failures.set(failures.get() + 1);
+                }
             });
         }
     };
@@ -367,6 +462,12 @@ async fn echo(args: &Args) -> io::Result<Record> {
     let own_us = own.and_then(|m| m.elapsed_us().ok());
 
     let replies = state.replies.get();
+    if replies == 0 && failures.get() > 0 {
+        return Err(io::Error::other(format!(
+            "{} echo connections failed, no replies",
+            failures.get()
+        )));
+    }
     let rtt = state.rtt.borrow();
     let mut rec = Record::new();
     rec.text("kind", "echo")
@@ -382,9 +483,67 @@ async fn echo(args: &Args) -> io::Result<Record> {
         )
         .num("p50_ms", ms(rtt.value_at_quantile(0.50)))
         .num("p99_ms", ms(rtt.value_at_quantile(0.99)))
-        .num("max_ms", ms(rtt.max()));
+        .num("max_ms", ms(rtt.max()))
+        .num("failed", failures.get() as f64)
+        .num("request_bytes", state.request_bytes.get() as f64);
+    if target.proto == Proto::Tcp || target.raw_ws {
+        rec.num(
+            "wire_bytes_per_msg",
+            state.wire_bytes.get() as f64 / replies.max(1) as f64,
+        );
+    }
+    if target.deflate {
+        rec.num("deflate_conns", state.deflate_conns.get() as f64)
+            .num(
+                "compressed_share",
+                state.compressed.get() as f64 / replies.max(1) as f64,
+            );
+    }
     record_cpu(&mut rec, cpu_us, own_us, replies);
     Ok(rec)
+}
+
+/// `--payload x|json`: whether the messages are chat JSON.
+fn json_payload(args: &Args) -> io::Result<bool> {
+    match args.str("payload").unwrap_or("x") {
+        "x" => Ok(false),
+        "json" => Ok(true),
+        other => Err(io::Error::other(format!("--payload x|json, not {other}"))),
+    }
+}
+
+/// Sends `request` once and reads the echo: it must be `expected` once
+/// inflated (if it came compressed), and come alone.
+async fn echo_check(tcp: &mut TcpStream, request: &[u8], expected: &[u8]) -> io::Result<()> {
+    tcp.write_all(request).await?;
+    let mut buf = BytesMut::with_capacity(expected.len() + 64);
+    loop {
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::other("closed before the first echo"));
+        }
+        while let Some((header, len)) = frame_header(&buf) {
+            if buf.len() < header + len {
+                break;
+            }
+            let frame = buf.split_to(header + len);
+            if frame[0] & 0x0f > 2 {
+                continue;
+            }
+            let mut inflater = Inflater::new();
+            let echoed = if frame[0] & RSV1 != 0 {
+                inflater.inflate(&frame[header..], expected.len())?
+            } else {
+                &frame[header..]
+            };
+            if echoed != expected {
+                return Err(io::Error::other("the echo differs from the message sent"));
+            }
+            if !buf.is_empty() {
+                return Err(io::Error::other("more than one echo for one message"));
+            }
+            return Ok(());
+        }
+    }
 }
 
 async fn echo_ws(
@@ -431,6 +590,11 @@ async fn echo_ws(
 /// Counts complete replies in a stream of bytes.
 trait Scanner {
     fn scan(&mut self, data: &[u8]) -> usize;
+
+    /// The replies that came compressed since the last call.
+    fn take_compressed(&mut self) -> u64 {
+        0
+    }
 }
 
 /// Replies are lines.
@@ -452,6 +616,8 @@ struct FrameScanner {
     skip: u64,
     /// The current frame is a data frame (text, binary or continuation).
     data: bool,
+    /// Data frames marked compressed (RSV1) since the last look.
+    compressed: u64,
 }
 
 impl Scanner for FrameScanner {
@@ -487,6 +653,9 @@ impl Scanner for FrameScanner {
                 _ => u64::from_be_bytes(self.header[2..10].try_into().unwrap()),
             };
             self.data = self.header[0] & 0x0f <= 2;
+            if self.data && self.header[0] & RSV1 != 0 {
+                self.compressed += 1;
+            }
             self.header_len = 0;
             self.skip = len;
             if len == 0 && self.data {
@@ -495,12 +664,17 @@ impl Scanner for FrameScanner {
         }
         complete
     }
+
+    fn take_compressed(&mut self) -> u64 {
+        std::mem::take(&mut self.compressed)
+    }
 }
 
-/// A client text frame: FIN, the length, a fixed mask key, the masked payload.
-fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+/// A client frame: `first` (FIN, RSV1, the opcode), the length, a fixed
+/// mask key, the masked payload.
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     const KEY: [u8; 4] = [0x5a, 0x3c, 0x96, 0xe1];
-    let mut frame = vec![0x81];
+    let mut frame = vec![first];
     match payload.len() {
         n if n < 126 => frame.push(0x80 | n as u8),
         n if n <= 0xffff => {
@@ -523,7 +697,7 @@ fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
 async fn echo_raw(
     mut tcp: TcpStream,
     inflight: usize,
-    request: Vec<u8>,
+    request: &[u8],
     mut scanner: impl Scanner,
     state: Rc<EchoState>,
 ) -> io::Result<()> {
@@ -540,6 +714,11 @@ async fn echo_raw(
         }
         let now = Instant::now();
         let replies = scanner.scan(&buf[..n]);
+        let compressed = scanner.take_compressed();
+        if state.measuring.get() {
+            state.wire_bytes.set(state.wire_bytes.get() + n as u64);
+            state.compressed.set(state.compressed.get() + compressed);
+        }
         for _ in 0..replies {
             let at = sent
                 .pop_front()
@@ -552,7 +731,7 @@ async fn echo_raw(
         if replies > 0 {
             out.clear();
             for _ in 0..replies {
-                out.extend_from_slice(&request);
+                out.extend_from_slice(request);
             }
             tcp.write_all(&out).await?;
             sent.extend(std::iter::repeat_n(Instant::now(), replies));
@@ -562,6 +741,12 @@ async fn echo_raw(
 
 // ---- broadcast -----------------------------------------------------------------
 
+/// Compressed payloads recently inflated, with what they decoded to.
+const RECENT_INFLATED: usize = 8;
+
+/// A broadcast payload's publisher, sequence and send time, if it has them.
+type Decoded = Option<(u32, u64, u64)>;
+
 struct BroadcastState {
     /// The run's clock: payloads carry microseconds since this instant.
     epoch: Instant,
@@ -569,6 +754,21 @@ struct BroadcastState {
     /// Subscribers whose connection ended before the run did.
     dropped: Cell<u64>,
     latency: RefCell<Histogram<u64>>,
+    /// Bytes the raw subscribers read.
+    wire_bytes: Cell<u64>,
+    /// Subscribers whose server agreed to permessage-deflate.
+    deflate_conns: Cell<u64>,
+    /// Deliveries that came compressed, and the inflations they took.
+    compressed: Cell<u64>,
+    inflations: Cell<u64>,
+    /// One inflater for all subscribers: messages carry no context.
+    inflater: RefCell<Inflater>,
+    /// The last compressed payloads and their decoded headers, newest
+    /// first: a broadcast reaches every subscriber as the same bytes
+    /// (compressed by the server once, or each time alike: a message
+    /// without context inflates to the same bytes whoever compressed it),
+    /// so it is inflated once, not once per subscriber.
+    recent: RefCell<VecDeque<(Vec<u8>, Decoded)>>,
 }
 
 impl BroadcastState {
@@ -577,11 +777,41 @@ impl BroadcastState {
     }
 
     fn delivered(&self, payload: &[u8]) {
-        if let Some((_, _, sent)) = payload::decode(payload) {
+        self.record(payload::decode(payload));
+    }
+
+    fn record(&self, decoded: Decoded) {
+        if let Some((_, _, sent)) = decoded {
             let us = self.now_us().saturating_sub(sent);
             self.latency.borrow_mut().saturating_record(us.max(1));
             self.received.set(self.received.get() + 1);
         }
+    }
+
+    /// A compressed message: inflated unless the same bytes were lately.
+    fn delivered_compressed(&self, data: &[u8]) {
+        self.compressed.set(self.compressed.get() + 1);
+        let known = self
+            .recent
+            .borrow()
+            .iter()
+            .find(|(bytes, _)| bytes == data)
+            .map(|(_, decoded)| *decoded);
+        let decoded = match known {
+            Some(decoded) => decoded,
+            None => {
+                self.inflations.set(self.inflations.get() + 1);
+                let decoded = match self.inflater.borrow_mut().inflate(data, 16 << 20) {
+                    Ok(message) => payload::decode(message),
+                    Err(_) => None,
+                };
+                let mut recent = self.recent.borrow_mut();
+                recent.truncate(RECENT_INFLATED - 1);
+                recent.push_front((data.to_vec(), decoded));
+                decoded
+            }
+        };
+        self.record(decoded);
     }
 }
 
@@ -592,11 +822,18 @@ impl BroadcastState {
 /// deliveries and counts what never arrived.
 async fn broadcast(args: &Args) -> io::Result<Record> {
     let target = Target::from_args(args)?;
-    // Publishers always speak through tokio-tungstenite.
+    if target.deflate && !target.raw_ws {
+        return Err(io::Error::other(
+            "--deflate needs --client raw for broadcast",
+        ));
+    }
+    // Publishers always speak through tokio-tungstenite, uncompressed.
     let pub_target = Target {
         raw_ws: false,
+        deflate: false,
         ..target.clone()
     };
+    let json = json_payload(args)?;
     let subs: usize = args.get("subs", 1000);
     let pubs: usize = args.get("pubs", 1);
     let rate: f64 = args.get("rate", 100.0);
@@ -609,6 +846,12 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
         received: Cell::new(0),
         dropped: Cell::new(0),
         latency: RefCell::new(histogram()),
+        wire_bytes: Cell::new(0),
+        deflate_conns: Cell::new(0),
+        compressed: Cell::new(0),
+        inflations: Cell::new(0),
+        inflater: RefCell::new(Inflater::new()),
+        recent: RefCell::new(VecDeque::with_capacity(RECENT_INFLATED)),
     });
 
     let sub = {
@@ -617,9 +860,14 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
             let state = state.clone();
             tokio::task::spawn_local(async move {
                 let _ = match client {
-                    Client::Ws(ws) => subscribe_ws(*ws, &state).await,
+                    Client::Ws(ws, _) => subscribe_ws(*ws, &state).await,
                     Client::Tcp(tcp) => subscribe_tcp(tcp, &state).await.map_err(Into::into),
-                    Client::WsRaw(tcp) => subscribe_raw_ws(tcp, &state).await.map_err(Into::into),
+                    Client::WsRaw(tcp, agreed) => {
+                        if agreed {
+                            state.deflate_conns.set(state.deflate_conns.get() + 1);
+                        }
+                        subscribe_raw_ws(tcp, &state).await.map_err(Into::into)
+                    }
                 };
                 state.dropped.set(state.dropped.get() + 1);
             });
@@ -654,7 +902,15 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
     for (p, client) in publishers.borrow_mut().drain(..).enumerate() {
         let (state, published) = (state.clone(), published.clone());
         tasks.push(tokio::task::spawn_local(async move {
-            let _ = publish(client, p as u32, rate, size, end, &state, &published).await;
+            let format = if json {
+                payload::chat_json
+            } else {
+                payload::encode
+            };
+            let _ = publish(
+                client, p as u32, rate, size, format, end, &state, &published,
+            )
+            .await;
         }));
     }
     for task in tasks {
@@ -687,6 +943,20 @@ async fn broadcast(args: &Args) -> io::Result<Record> {
         .num("p50_ms", ms(latency.value_at_quantile(0.50)))
         .num("p99_ms", ms(latency.value_at_quantile(0.99)))
         .num("max_ms", ms(latency.max()));
+    if target.raw_ws && received > 0 {
+        rec.num(
+            "wire_bytes_per_msg",
+            state.wire_bytes.get() as f64 / received as f64,
+        );
+    }
+    if target.deflate {
+        rec.num("deflate_conns", state.deflate_conns.get() as f64)
+            .num(
+                "compressed_share",
+                state.compressed.get() as f64 / received.max(1) as f64,
+            )
+            .num("inflations", state.inflations.get() as f64);
+    }
     record_cpu(&mut rec, cpu_us, own_us, received);
     Ok(rec)
 }
@@ -710,15 +980,22 @@ async fn subscribe_ws(
 async fn subscribe_raw_ws(mut tcp: TcpStream, state: &BroadcastState) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
-        if tcp.read_buf(&mut buf).await? == 0 {
+        let n = tcp.read_buf(&mut buf).await?;
+        if n == 0 {
             return Ok(());
         }
+        state.wire_bytes.set(state.wire_bytes.get() + n as u64);
         while let Some((header, len)) = frame_header(&buf) {
             if buf.len() < header + len {
                 break;
             }
             let frame = buf.split_to(header + len);
-            if frame[0] & 0x0f <= 2 {
+            if frame[0] & 0x0f > 2 {
+                continue;
+            }
+            if frame[0] & RSV1 != 0 {
+                state.delivered_compressed(&frame[header..]);
+            } else {
                 state.delivered(&frame[header..]);
             }
         }
@@ -761,13 +1038,16 @@ async fn subscribe_tcp(mut tcp: TcpStream, state: &BroadcastState) -> io::Result
     }
 }
 
-/// Sends `rate` messages per second until `end`. Whatever the server sends
-/// to the publisher (other publishers' messages) is read and dropped.
+/// Sends `rate` messages per second of `size` bytes in `format` until
+/// `end`. Whatever the server sends to the publisher (other publishers'
+/// messages) is read and dropped.
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     client: Client,
     publisher: u32,
     rate: f64,
     size: usize,
+    format: fn(u32, u64, u64, usize) -> String,
     end: tokio::time::Instant,
     state: &BroadcastState,
     published: &Cell<u64>,
@@ -775,8 +1055,8 @@ async fn publish(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let mut seq = 0u64;
     match client {
-        Client::WsRaw(_) => return Err("raw WebSocket clients are for echo only".into()),
-        Client::Ws(ws) => {
+        Client::WsRaw(..) => return Err("raw WebSocket clients are for echo only".into()),
+        Client::Ws(ws, _) => {
             let (mut sink, mut stream) = ws.split();
             let drain =
                 tokio::task::spawn_local(async move { while stream.next().await.is_some() {} });
@@ -784,7 +1064,7 @@ async fn publish(
                 if tick.tick().await >= end {
                     break;
                 }
-                let text = payload::encode(publisher, seq, state.now_us(), size);
+                let text = format(publisher, seq, state.now_us(), size);
                 sink.send(WsMessage::text(text)).await?;
                 seq += 1;
                 published.set(published.get() + 1);
@@ -801,7 +1081,7 @@ async fn publish(
                 if tick.tick().await >= end {
                     break;
                 }
-                let mut line = payload::encode(publisher, seq, state.now_us(), size);
+                let mut line = format(publisher, seq, state.now_us(), size);
                 line.push('\n');
                 w.write_all(line.as_bytes()).await?;
                 seq += 1;
@@ -845,16 +1125,20 @@ async fn idle(args: &Args) -> io::Result<Record> {
         None => procfs::open_fds(pid)?,
     };
     let open = Rc::new(Cell::new(0usize));
+    let agreed = Rc::new(Cell::new(0usize));
     let keep = {
-        let open = open.clone();
+        let (open, agreed) = (open.clone(), agreed.clone());
         move |_: usize, client: Client| {
             open.set(open.get() + 1);
+            if let Client::Ws(_, true) | Client::WsRaw(_, true) = &client {
+                agreed.set(agreed.get() + 1);
+            }
             let open = open.clone();
             tokio::task::spawn_local(async move {
                 // Read (and so answer pings) until the server closes.
                 match client {
-                    Client::Ws(mut ws) => while let Some(Ok(_)) = ws.next().await {},
-                    Client::Tcp(mut tcp) | Client::WsRaw(mut tcp) => {
+                    Client::Ws(mut ws, _) => while let Some(Ok(_)) = ws.next().await {},
+                    Client::Tcp(mut tcp) | Client::WsRaw(mut tcp, _) => {
                         let mut buf = [0u8; 512];
                         while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
                     }
@@ -884,6 +1168,9 @@ async fn idle(args: &Args) -> io::Result<Record> {
         .num("connect_s", connect_s)
         .num("rss_before_kib", rss_before as f64)
         .num("rss_after_kib", rss_after as f64);
+    if target.deflate {
+        rec.num("deflate_conns", agreed.get() as f64);
+    }
     if held > 0 {
         rec.num(
             "rss_kib_per_conn",
@@ -893,7 +1180,7 @@ async fn idle(args: &Args) -> io::Result<Record> {
     if !hold.is_zero() {
         // Print now: the script waits for this line before adding more.
         let mut early = rec.clone();
-        for key in ["scenario", "server", "baseline", "round"] {
+        for key in LABELS {
             if let Some(v) = args.str(key) {
                 early.text(key, v);
             }
