@@ -180,8 +180,8 @@ impl Shared {
 
     fn compressor(&self, bits: u8) -> Compress {
         let mut idle = lock(&self.compressors);
-        match idle.iter().position(|(b, _)| *b == bits) {
-            Some(i) => idle.swap_remove(i).1,
+        match idle.iter().rposition(|(b, _)| *b == bits) {
+            Some(i) => idle.remove(i).1,
             None => {
                 drop(idle);
                 Compress::new_with_window_bits(Compression::new(self.settings.level), false, bits)
@@ -192,9 +192,12 @@ impl Shared {
     fn return_compressor(&self, bits: u8, mut compress: Compress) {
         compress.reset();
         let mut idle = lock(&self.compressors);
-        if idle.len() < POOL {
-            idle.push((bits, compress));
+        // The oldest goes first, so that streams for a window nobody asks
+        // for any more (a client's `server_max_window_bits`) do not stay.
+        if idle.len() == POOL {
+            idle.remove(0);
         }
+        idle.push((bits, compress));
     }
 
     fn inflater(&self) -> Decompress {
