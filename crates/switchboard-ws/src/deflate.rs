@@ -321,11 +321,15 @@ impl PerMessage {
             let stream = self
                 .compress
                 .get_or_insert_with(|| Compress::new_with_window_bits(level, false, bits));
-            let compressed = deflate(stream, payload).ok().and_then(smaller);
+            let Ok(compressed) = deflate_message(stream, payload) else {
+                self.compress = None;
+                return None;
+            };
+            let compressed = smaller(compressed);
             if compressed.is_none() {
                 // Sent as it is, so the peer's window never holds it: ours
                 // starts over, and later messages refer to nothing before.
-                self.compress = None;
+                stream.reset();
             }
             return compressed;
         }
@@ -335,7 +339,7 @@ impl PerMessage {
         }
         let mut stream = shared.compressor(bits);
         // A stream that failed is dropped, not pooled.
-        let compressed = deflate(&mut stream, payload).ok()?;
+        let compressed = deflate_message(&mut stream, payload).ok()?;
         shared.return_compressor(bits, stream);
         let compressed = smaller(compressed);
         lock(&shared.recent).remember(payload, bits, compressed.clone());
@@ -347,14 +351,14 @@ impl PerMessage {
     pub(crate) fn inflate(&mut self, data: &[u8], max: usize) -> Result<Bytes, Error> {
         if self.params.recv_reset {
             let mut stream = self.shared.inflater();
-            let inflated = inflate(&mut stream, data, max)?;
+            let inflated = inflate_message(&mut stream, data, max)?;
             self.shared.return_inflater(stream);
             return Ok(inflated.into());
         }
         let stream = self
             .inflate
             .get_or_insert_with(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS));
-        match inflate(stream, data, max) {
+        match inflate_message(stream, data, max) {
             Ok(inflated) => Ok(inflated.into()),
             Err(err) => {
                 self.inflate = None;
@@ -382,7 +386,7 @@ pub(crate) fn wire_limit(limit: usize) -> usize {
 }
 
 /// Compresses `input` as one message: a sync flush, without its tail.
-fn deflate(stream: &mut Compress, input: &[u8]) -> Result<Bytes, flate2::CompressError> {
+fn deflate_message(stream: &mut Compress, input: &[u8]) -> Result<Bytes, flate2::CompressError> {
     let mut out = Vec::with_capacity(input.len() / 2 + 64);
     let start = stream.total_in();
     loop {
@@ -410,9 +414,10 @@ fn deflate(stream: &mut Compress, input: &[u8]) -> Result<Bytes, flate2::Compres
 /// Inflates one message's data and the tail the sender left off, into at
 /// most `max` bytes: the output never grows past `max + 1`. The data must
 /// end where a sync flush ends (or with a final block): the tail then adds
-/// nothing. An empty payload is an empty message (RFC 7692 7.2.3.6 sends
+/// nothing. A final block starts the stream over, so a peer keeping its
+/// context cannot refer back past one (1007 if it does). An empty payload is an empty message (RFC 7692 7.2.3.6 sends
 /// one byte, but there is nothing else it can mean).
-fn inflate(stream: &mut Decompress, data: &[u8], max: usize) -> Result<Vec<u8>, Error> {
+fn inflate_message(stream: &mut Decompress, data: &[u8], max: usize) -> Result<Vec<u8>, Error> {
     let too_large = || {
         Error::protocol(
             CloseCode::SIZE,
@@ -426,7 +431,10 @@ fn inflate(stream: &mut Decompress, data: &[u8], max: usize) -> Result<Vec<u8>, 
     let limit = max.saturating_add(1);
     let mut out: Vec<u8> = Vec::with_capacity(data.len().saturating_mul(2).max(64).min(limit));
     for (i, input) in [data, &TAIL[..]].into_iter().enumerate() {
-        let (start, inflated, tail) = (stream.total_in(), out.len(), i == 1);
+        let (tail, inflated) = (i == 1, out.len());
+        // Where in `input` inflating has got to (the stream's own count
+        // starts over when it is reset after a final block).
+        let mut pos = 0;
         loop {
             if out.len() == out.capacity() {
                 if out.len() > max {
@@ -434,26 +442,29 @@ fn inflate(stream: &mut Decompress, data: &[u8], max: usize) -> Result<Vec<u8>, 
                 }
                 out.reserve_exact(out.capacity().min(limit - out.len()));
             }
-            let used = (stream.total_in() - start) as usize;
-            let before = (used, out.len());
+            let (in_before, out_before) = (stream.total_in(), out.len());
             let status = stream
-                .decompress_vec(&input[used..], &mut out, FlushDecompress::Sync)
+                .decompress_vec(&input[pos..], &mut out, FlushDecompress::Sync)
                 .map_err(|e| Error::protocol(CloseCode::INVALID, format!("inflating: {e}")))?;
             if out.len() > max {
                 return Err(too_large());
             }
-            let used = (stream.total_in() - start) as usize;
+            let consumed = (stream.total_in() - in_before) as usize;
+            pos += consumed;
             if status == Status::StreamEnd {
-                if !tail && used < input.len() {
-                    return Err(invalid("data after the final deflate block"));
-                }
-                // A final block ends the message (and its context).
+                // A final block. More blocks may follow it (RFC 7692
+                // 7.2.1: its example ends "Hello" in a final block and then
+                // the byte that begins the tail's empty block), each
+                // starting a new stream; without them, the message ends.
                 stream.reset(false);
-                return Ok(out);
+                if tail || pos == input.len() {
+                    return Ok(out);
+                }
+                continue;
             }
-            let stalled = (used, out.len()) == before;
-            if out.len() < out.capacity() && (used == input.len() || stalled) {
-                if tail && (used < input.len() || out.len() > inflated) {
+            let stalled = consumed == 0 && out.len() == out_before;
+            if out.len() < out.capacity() && (pos == input.len() || stalled) {
+                if tail && (pos < input.len() || out.len() > inflated) {
                     return Err(invalid("compressed data that does not end a block"));
                 }
                 break;
@@ -588,8 +599,9 @@ pub(crate) fn accept<'a>(
             return None;
         }
         let offer = Offer::parse(&element.params)?;
-        // zlib cannot compress with a 256-byte window (a window of 8 bits
-        // is taken as 9): decline rather than break the promise.
+        // zlib cannot compress with a 256-byte window (flate2 refuses a
+        // window of 8 bits for raw deflate): decline rather than promise
+        // it. This check is what keeps such an offer from reaching flate2.
         if offer.server_max_window_bits == Some(8) {
             return None;
         }
@@ -884,7 +896,7 @@ mod tests {
         let bomb = sender.compress(&zeros).unwrap();
         assert!(bomb.len() < 16 * 1024, "{}", bomb.len());
         let mut stream = Decompress::new_with_window_bits(false, 15);
-        match inflate(&mut stream, &bomb, 1 << 20) {
+        match inflate_message(&mut stream, &bomb, 1 << 20) {
             Err(Error::Protocol { code, .. }) => assert_eq!(code, CloseCode::SIZE),
             other => panic!("{other:?}"),
         }
@@ -912,7 +924,7 @@ mod tests {
         assert!(invalid(
             receiver.inflate(&whole[..whole.len() / 2], 1 << 20)
         ));
-        // A final block, then more: refused; on its own: fine.
+        // A final block alone ends the message; more blocks may follow it.
         let mut stream = Compress::new_with_window_bits(Compression::new(6), false, 15);
         let mut last = Vec::with_capacity(4096);
         stream
@@ -921,7 +933,17 @@ mod tests {
         assert_eq!(receiver.inflate(&last, 1 << 20).unwrap(), text);
         let mut more = last.clone();
         more.extend_from_slice(&whole);
-        assert!(invalid(receiver.inflate(&more, 1 << 20)));
+        let twice = [&text[..], &text[..]].concat();
+        assert_eq!(receiver.inflate(&more, 1 << 20).unwrap(), twice);
+        // RFC 7692's own examples of "Hello" (7.2.3.1, and 7.2.3.4 with a
+        // final block), and garbage after a final block.
+        let hello = [0xF2, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00];
+        assert_eq!(receiver.inflate(&hello, 1 << 20).unwrap(), "Hello");
+        let final_hello = [0xF3, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00, 0x00];
+        assert_eq!(receiver.inflate(&final_hello, 1 << 20).unwrap(), "Hello");
+        let mut garbage = last.clone();
+        garbage.extend_from_slice(&[0xFF, 0xFF]);
+        assert!(invalid(receiver.inflate(&garbage, 1 << 20)));
         // An empty payload is an empty message.
         assert!(receiver.inflate(&[], 1 << 20).unwrap().is_empty());
         assert_eq!(receiver.inflate(&whole, 1 << 20).unwrap(), text);
