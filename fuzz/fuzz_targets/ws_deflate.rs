@@ -519,8 +519,9 @@ impl Client {
             }
             // Ended by a final block (BFINAL), as RFC 7692 allows.
             8 => self.compressed(opcode, payload, 1 + p % 2, true),
-            // A final block, then more bytes: accepting them or not is
-            // the server's choice.
+            // A final block, then more bytes: blocks that inflate are part
+            // of the message (RFC 7692 7.2.1), anything else is 1007; which
+            // one depends on the bytes.
             9 => {
                 let (mut data, _) = self.sender.compress(payload, true, None);
                 data.extend_from_slice(&payload[..p.min(payload.len())]);
