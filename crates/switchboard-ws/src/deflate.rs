@@ -285,14 +285,16 @@ impl Recent {
     }
 }
 
-/// permessage-deflate on one connection.
+/// permessage-deflate on one connection: 32 bytes while it keeps no
+/// context (flate2's stream handles are 144 and 152 bytes themselves,
+/// hence the boxes).
 pub(crate) struct PerMessage {
     shared: Arc<Shared>,
     params: Params,
     /// The stream of what we send, between messages (context takeover).
-    compress: Option<Compress>,
+    compress: Option<Box<Compress>>,
     /// The stream of what the peer sends, between messages.
-    inflate: Option<Decompress>,
+    inflate: Option<Box<Decompress>>,
 }
 
 impl PerMessage {
@@ -318,9 +320,9 @@ impl PerMessage {
         let bits = self.params.send_bits;
         if !self.params.send_reset {
             let level = Compression::new(self.shared.settings.level);
-            let stream = self
-                .compress
-                .get_or_insert_with(|| Compress::new_with_window_bits(level, false, bits));
+            let stream = self.compress.get_or_insert_with(|| {
+                Box::new(Compress::new_with_window_bits(level, false, bits))
+            });
             let Ok(compressed) = deflate_message(stream, payload) else {
                 self.compress = None;
                 return None;
@@ -355,9 +357,9 @@ impl PerMessage {
             self.shared.return_inflater(stream);
             return Ok(inflated.into());
         }
-        let stream = self
-            .inflate
-            .get_or_insert_with(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS));
+        let stream = self.inflate.get_or_insert_with(|| {
+            Box::new(Decompress::new_with_window_bits(false, MAX_WINDOW_BITS))
+        });
         match inflate_message(stream, data, max) {
             Ok(inflated) => Ok(inflated.into()),
             Err(err) => {
