@@ -13,9 +13,11 @@
 #![cfg(feature = "ws")]
 #![allow(clippy::unwrap_used)]
 
+mod reliability;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use switchboard::ws::{Deflate, WsTransport};
@@ -23,15 +25,13 @@ use switchboard::{BoxError, Config, Connection, Message, MessageComponent, Serve
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::time::timeout;
+
+use reliability::{read_tagged, within};
 
 /// Counts live heap bytes and the most ever live (`max_allocated`), over
 /// the allocator of the test servers.
 #[global_allocator]
 static HEAP: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
-
-/// Upper bound for any single wait; never a sleep.
-const LIMIT: Duration = Duration::from_secs(60);
 
 /// Carries the child's message limit.
 const CHILD_ENV: &str = "SWITCHBOARD_DEFLATE_CHILD";
@@ -43,13 +43,6 @@ const MIB: usize = 1024 * KIB;
 const TAIL: [u8; 4] = [0, 0, 0xFF, 0xFF];
 
 const OFFER: &str = "permessage-deflate; client_no_context_takeover";
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    match timeout(LIMIT, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
-    }
-}
 
 fn figure(test: &str, text: impl std::fmt::Display) {
     println!("FIGURE {test}: {text}");
@@ -136,7 +129,11 @@ impl ChildServer {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = Self::tagged(&mut out, "READY ").await.parse().unwrap();
+        let addr = read_tagged(&mut out, "READY ")
+            .await
+            .trim()
+            .parse()
+            .unwrap();
         ChildServer {
             _child: child,
             stdin,
@@ -145,28 +142,11 @@ impl ChildServer {
         }
     }
 
-    async fn tagged(out: &mut Lines<BufReader<ChildStdout>>, tag: &str) -> String {
-        within(tag, async {
-            loop {
-                let line = out
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("child exited before {tag:?}"));
-                // libtest may print "test NAME ... " first on the same line.
-                if let Some((_, rest)) = line.split_once(tag) {
-                    return rest.trim().to_owned();
-                }
-            }
-        })
-        .await
-    }
-
     async fn heap(&mut self) -> Heap {
         self.stdin.write_all(b"heap\n").await.unwrap();
         self.stdin.flush().await.unwrap();
-        let line = Self::tagged(&mut self.out, "HEAP ").await;
-        let (live, peak) = line.split_once(' ').unwrap();
+        let line = read_tagged(&mut self.out, "HEAP ").await;
+        let (live, peak) = line.trim().split_once(' ').unwrap();
         Heap {
             live: live.parse().unwrap(),
             peak: peak.parse().unwrap(),

@@ -76,6 +76,24 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
+/// The rest of the first line of a child server's output that carries
+/// `tag` (libtest may print "test NAME ... " before it on the same line).
+pub async fn read_tagged(out: &mut Lines<BufReader<ChildStdout>>, tag: &str) -> String {
+    within(tag, async {
+        loop {
+            let line = out
+                .next_line()
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("child exited before {tag:?}"));
+            if let Some((_, rest)) = line.split_once(tag) {
+                return rest.to_owned();
+            }
+        }
+    })
+    .await
+}
+
 /// Polls `cond` every few milliseconds until it holds, for at most `LIMIT`.
 pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
     within(what, async {
@@ -824,7 +842,7 @@ impl ChildServer {
         let pid = child.id().unwrap();
         let stdin = child.stdin.take();
         let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = Self::read_tagged(&mut out, "READY ").await;
+        let ready = read_tagged(&mut out, "READY ").await;
         ChildServer {
             addrs: Addrs::parse(&ready),
             child,
@@ -832,23 +850,6 @@ impl ChildServer {
             stdin,
             out,
         }
-    }
-
-    async fn read_tagged(out: &mut Lines<BufReader<ChildStdout>>, tag: &str) -> String {
-        within(tag, async {
-            loop {
-                let line = out
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("child exited before {tag:?}"));
-                // libtest may print "test NAME ... " first on the same line.
-                if let Some((_, rest)) = line.split_once(tag) {
-                    return rest.to_owned();
-                }
-            }
-        })
-        .await
     }
 
     async fn send(&mut self, cmd: &str) {
@@ -863,7 +864,7 @@ impl ChildServer {
     /// The child's counters now.
     pub async fn stats(&mut self) -> Stats {
         self.send("stats").await;
-        Stats::parse(&Self::read_tagged(&mut self.out, "STATS ").await)
+        Stats::parse(&read_tagged(&mut self.out, "STATS ").await)
     }
 
     /// Polls the counters until `cond` holds (bounded by `LIMIT`).
@@ -882,7 +883,7 @@ impl ChildServer {
     /// Starts the flood publisher (see [`Service::flood`]).
     pub async fn flood(&mut self, keep_below: usize) {
         self.send(&format!("flood {keep_below}")).await;
-        Self::read_tagged(&mut self.out, "FLOODING").await;
+        read_tagged(&mut self.out, "FLOODING").await;
     }
 
     /// A line of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
