@@ -347,8 +347,11 @@ async fn peer_that_never_reads_is_closed_as_slow_consumer() {
     let mut seq = 0u64;
     let mut slow_refused = false;
     // Bounded: the slow peer's socket buffers hold a few MiB at most.
-    'rounds: for _ in 0..2_000 {
-        for _ in 0..8 {
+    // Four a round: a round's messages may still count against the fast
+    // peer's bounds (16 messages, 256 KiB) while the next round is queued,
+    // until its driver has seen the writes complete.
+    'rounds: for _ in 0..4_000 {
+        for _ in 0..4 {
             let msg = Message::text(format!("{seq} {payload}"));
             match slow_conn.send(msg.clone()) {
                 Ok(()) => {}
