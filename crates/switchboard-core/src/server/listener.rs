@@ -47,8 +47,7 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
                 {
                     tracing::debug!(%peer, error = %err, "setting TCP keepalive failed");
                 }
-                let span = tracing::debug_span!("accept", %peer);
-                tokio::spawn(serve(stream, transport.clone(), reservation).instrument(span));
+                tokio::spawn(serve(stream, transport.clone(), reservation));
             }
             // The peer gave up between SYN and accept: not our problem.
             Err(err) if is_per_connection(&err) => {
@@ -72,41 +71,54 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
 
 /// Runs the transport's handshake on an admitted stream, then the
 /// connection.
-pub(super) async fn serve<T: Transport<IO>, IO>(
+///
+/// Not an `async fn`: the handshake (the stream, its buffers, its timer,
+/// the `accept` span) lives in an allocation of its own, freed when it
+/// ends, and the task keeps only the reservation and the connection's
+/// future. An `async fn` would keep its arguments for the task's whole
+/// life, and every idle connection pays for every byte of its task.
+pub(super) fn serve<T: Transport<IO>, IO: Send + 'static>(
     stream: IO,
     transport: Arc<T>,
     reservation: Reservation,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let (ctx, peer) = (reservation.ctx.clone(), reservation.peer);
-    // Everything of the handshake phase is dropped before the connection
-    // runs, and the handshake itself (its buffers, its timer) lives in an
-    // allocation of its own, freed when it ends: an idle connection's task
-    // keeps only what the connection needs.
-    let connection = {
-        let handshake = Box::pin(tokio::time::timeout(
-            ctx.config.handshake_timeout,
-            transport.accept(stream, peer, &ctx.config),
-        ));
-        let result = tokio::select! {
-            () = ctx.stopping.cancelled() => return,
-            res = handshake => res,
-        };
-        match result {
-            Ok(Ok(accepted)) => run(accepted, peer, &ctx),
-            Ok(Err(err)) => {
-                Stats::add(&ctx.stats.handshake_failures, 1);
-                tracing::debug!(error = %err, "handshake failed");
-                return;
-            }
-            Err(_) => {
-                Stats::add(&ctx.stats.handshake_failures, 1);
-                tracing::debug!(timeout = ?ctx.config.handshake_timeout, "handshake timed out");
-                return;
+    let span = tracing::debug_span!("accept", %peer);
+    let handshake = Box::pin(
+        async move {
+            let handshake = tokio::time::timeout(
+                ctx.config.handshake_timeout,
+                transport.accept(stream, peer, &ctx.config),
+            );
+            let result = tokio::select! {
+                () = ctx.stopping.cancelled() => return None,
+                res = handshake => res,
+            };
+            match result {
+                Ok(Ok(accepted)) => Some(run(accepted, peer, &ctx)),
+                Ok(Err(err)) => {
+                    Stats::add(&ctx.stats.handshake_failures, 1);
+                    tracing::debug!(error = %err, "handshake failed");
+                    None
+                }
+                Err(_) => {
+                    Stats::add(&ctx.stats.handshake_failures, 1);
+                    tracing::debug!(timeout = ?ctx.config.handshake_timeout, "handshake timed out");
+                    None
+                }
             }
         }
-    };
-    connection.await;
-    drop(reservation);
+        .instrument(span),
+    );
+    async move {
+        // A `let else`, not an `if let`: the scrutinee of an `if let` lives
+        // on beside the connection's future, doubling the task.
+        let Some(connection) = handshake.await else {
+            return;
+        };
+        connection.await;
+        drop(reservation);
+    }
 }
 
 /// The connection's life, from `on_open` to `on_close`.
