@@ -82,7 +82,7 @@ impl Connection {
                 id: ConnectionId::next(),
                 peer,
                 info,
-                outbox: Outbox::new(&ctx.config),
+                outbox: Outbox::new(ctx.bounds.clone()),
                 check,
                 ctx,
                 hubs: Mutex::new(Some(Vec::new())),

@@ -20,6 +20,7 @@
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Waker;
 
@@ -81,14 +82,39 @@ pub(crate) enum Refused {
     SlowConsumer { msg: Message, discarded: usize },
 }
 
-pub(crate) struct Outbox {
+/// The queue's bounds and slow-consumer policy, from the server's
+/// [`Config`]: one copy per server, shared by its connections' outboxes.
+#[derive(Debug)]
+pub(crate) struct Bounds {
     max_messages: usize,
     max_bytes: usize,
     /// A quarter of the bounds: past them the driver writes before reading
-    /// more input (see `attention`).
+    /// more input (see `Outbox::attention`).
     drain_messages: usize,
     drain_bytes: usize,
     policy: SlowConsumerPolicy,
+}
+
+impl Bounds {
+    pub(crate) fn new(config: &Config) -> Self {
+        Bounds {
+            max_messages: config.queue_max_messages,
+            max_bytes: config.queue_max_bytes,
+            drain_messages: config.queue_max_messages.div_ceil(4),
+            drain_bytes: config.queue_max_bytes.div_ceil(4),
+            policy: config.slow_consumer,
+        }
+    }
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds::new(&Config::default())
+    }
+}
+
+pub(crate) struct Outbox {
+    bounds: Arc<Bounds>,
     state: Mutex<State>,
     /// The driver is running (polling its handler) and takes the lock to
     /// look at the queue before it sleeps, so a push need not wake it.
@@ -119,21 +145,18 @@ struct State {
     bytes: usize,
     /// The driver's waker, taken by the push or close that wakes it.
     waker: Option<Waker>,
-    /// The first close request wins; later ones are ignored.
-    close: Option<CloseRequest>,
+    /// The first close request wins; later ones are ignored. Boxed: an
+    /// idle connection holds this struct for its whole life.
+    close: Option<Box<CloseRequest>>,
     force: bool,
     /// The connection ended: pushes are refused for good.
     finished: bool,
 }
 
 impl Outbox {
-    pub(crate) fn new(config: &Config) -> Self {
+    pub(crate) fn new(bounds: Arc<Bounds>) -> Self {
         Outbox {
-            max_messages: config.queue_max_messages,
-            max_bytes: config.queue_max_bytes,
-            drain_messages: config.queue_max_messages.div_ceil(4),
-            drain_bytes: config.queue_max_bytes.div_ceil(4),
-            policy: config.slow_consumer,
+            bounds,
             state: Mutex::default(),
             running: AtomicBool::new(false),
             attention: AtomicBool::new(false),
@@ -157,8 +180,8 @@ impl Outbox {
         if state.close.is_some() || state.finished {
             return Err(Refused::Closed(msg));
         }
-        let full = state.messages >= self.max_messages
-            || (state.messages > 0 && state.bytes + len > self.max_bytes);
+        let full = state.messages >= self.bounds.max_messages
+            || (state.messages > 0 && state.bytes + len > self.bounds.max_bytes);
         if full {
             return Err(self.refuse_full(state, msg));
         }
@@ -182,7 +205,7 @@ impl Outbox {
     #[cold]
     #[inline(never)]
     fn refuse_full(&self, mut state: MutexGuard<'_, State>, msg: Message) -> Refused {
-        match self.policy {
+        match self.bounds.policy {
             SlowConsumerPolicy::Drop => Refused::Dropped(msg),
             SlowConsumerPolicy::Close => {
                 // Free the backlog now: the peer is not reading it.
@@ -208,12 +231,12 @@ impl Outbox {
         let current = state.close.clone();
         drop(state);
         wake(waker);
-        current.unwrap_or_else(|| unreachable!("request_close always leaves a request"))
+        *current.unwrap_or_else(|| unreachable!("request_close always leaves a request"))
     }
 
     fn request_close(&self, state: &mut State, req: CloseRequest) -> Option<Waker> {
         if state.close.is_none() {
-            state.close = Some(req);
+            state.close = Some(Box::new(req));
             self.attention.store(true, Ordering::Release);
         }
         state.waker.take()
@@ -253,7 +276,10 @@ impl Outbox {
     pub(crate) fn take(&self, waker: &Waker, batch: &mut VecDeque<Message>) -> Option<Signal> {
         let mut state = self.lock();
         if batch.is_empty() {
-            std::mem::swap(&mut state.queue, batch);
+            // The queue's storage goes with its messages (the driver lets
+            // go of it once they are written out): no storage stays with
+            // an outbox whose driver has caught up.
+            *batch = std::mem::take(&mut state.queue);
         }
         self.sleep_locked(&mut state, waker)
     }
@@ -274,7 +300,7 @@ impl Outbox {
         let signal = if state.force {
             Some(Signal::Force)
         } else {
-            state.close.clone().map(Signal::Close)
+            state.close.as_deref().cloned().map(Signal::Close)
         };
         // A signal stays in force once seen, so attention stays set: the
         // driver acts on it before it reads again.
@@ -299,7 +325,7 @@ impl Outbox {
 
     /// Past a quarter of either bound.
     fn over_drain(&self, state: &State) -> bool {
-        state.messages >= self.drain_messages || state.bytes >= self.drain_bytes
+        state.messages >= self.bounds.drain_messages || state.bytes >= self.bounds.drain_bytes
     }
 
     /// Shutdown's grace period is over: the driver stops flushing and
@@ -355,12 +381,12 @@ mod tests {
     }
 
     fn outbox(messages: usize, bytes: usize, policy: SlowConsumerPolicy) -> Outbox {
-        Outbox::new(
+        Outbox::new(Arc::new(Bounds::new(
             &Config::default()
                 .queue_max_messages(messages)
                 .queue_max_bytes(bytes)
                 .slow_consumer(policy),
-        )
+        )))
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
 use crate::extensions::Extensions;
-use crate::outbox::CloseRequest;
+use crate::outbox::{Bounds, CloseRequest};
 use crate::stats::{Counters, Stats};
 use crate::transport::{Accepted, OutboundCheck, Transport, TransportConn, TransportInfo};
 
@@ -31,6 +31,8 @@ use crate::transport::{Accepted, OutboundCheck, Transport, TransportConn, Transp
 #[derive(Default)]
 pub(crate) struct Context {
     pub(crate) config: Config,
+    /// The outbound queue's bounds, shared by every connection's outbox.
+    pub(crate) bounds: Arc<Bounds>,
     pub(crate) stats: Stats,
     /// Every connection past its handshake, for shutdown to close.
     registry: Mutex<HashMap<ConnectionId, Connection>>,
@@ -50,6 +52,7 @@ pub(crate) struct Context {
 impl Context {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         Arc::new(Context {
+            bounds: Arc::new(Bounds::new(&config)),
             config,
             ..Context::default()
         })
@@ -243,14 +246,10 @@ impl Reservation {
         K: MessageComponent + ?Sized,
     {
         let connection = listener::run(accepted, self.peer, &self.ctx);
-        let span = tracing::debug_span!("accept", peer = %self.peer);
-        tokio::spawn(
-            async move {
-                connection.await;
-                drop(self);
-            }
-            .instrument(span),
-        );
+        tokio::spawn(async move {
+            connection.await;
+            drop(self);
+        });
     }
 }
 
@@ -603,8 +602,7 @@ impl ServerHandle {
             return false;
         };
         let transport = Arc::new(transport.clone());
-        let span = tracing::debug_span!("accept", %peer);
-        tokio::spawn(listener::serve(io, transport, reservation).instrument(span));
+        tokio::spawn(listener::serve(io, transport, reservation));
         true
     }
 
