@@ -24,9 +24,6 @@ struct Settings {
     role: Role,
     max_frame: usize,
     max_message: usize,
-    /// Outbound bytes copied into the write buffer that make `poll_ready`
-    /// write first; pongs wait while this much is pending.
-    write_buffer: usize,
 }
 
 /// A WebSocket connection after the upgrade: a message stream and sink over
@@ -46,13 +43,14 @@ struct Inner<IO> {
     settings: Settings,
     /// Read and not yet parsed.
     read: ReadBuffer,
-    /// A fragmented message being received.
-    fragments: Option<Fragments>,
+    /// A fragmented message being received (boxed, as are the other rare
+    /// states: every idle connection holds this struct).
+    fragments: Option<Box<Fragments>>,
     out: WriteBuffer,
     /// The payload of the latest ping not yet answered: only the latest is
     /// answered when pings arrive faster than the peer reads (RFC 6455,
     /// 5.5.3), so a ping flood holds at most one pong.
-    pong: Option<Bytes>,
+    pong: Option<Box<Bytes>>,
     /// A ping or pong was queued by the read side and not yet flushed.
     control_unflushed: bool,
     keepalive: Keepalive,
@@ -119,7 +117,7 @@ where
 {
     /// The `role` end of a connection under the limits and keepalive of
     /// `config`. `read_size`: room for the first read of a burst;
-    /// `write_buffer`: see `Settings`; `leftover`: bytes read after the
+    /// `write_buffer`: see `WriteBuffer::new`; `leftover`: bytes read after the
     /// handshake's HTTP head; `deflate`: permessage-deflate, if agreed.
     pub(crate) fn new(
         io: IO,
@@ -133,7 +131,6 @@ where
             role,
             max_frame: config.max_frame_size,
             max_message: config.max_message_size,
-            write_buffer,
         };
         WsConnection {
             inner: Box::new(Inner {
@@ -336,12 +333,12 @@ where
                 if fin {
                     return self.message(opcode, compressed, payload).map(Some);
                 }
-                let mut fragments = Fragments {
+                let mut fragments = Box::new(Fragments {
                     opcode,
                     compressed,
                     data: payload,
                     checked: 0,
-                };
+                });
                 if opcode == OP_TEXT && !compressed {
                     fragments.check(false)?;
                 }
@@ -372,7 +369,7 @@ where
                 Ok(Some(Received::Closed(frame)))
             }
             OP_PING => {
-                self.pong = Some(payload.freeze());
+                self.pong = Some(Box::new(payload.freeze()));
                 Ok(None)
             }
             // A pong needs no answer (its bytes counted as traffic when
@@ -473,10 +470,11 @@ where
 
     /// Queues the answer to the latest ping when the output has room.
     fn queue_pong(&mut self) {
-        if self.out.len() < self.settings.write_buffer
+        // Pongs wait while the write buffer's limit is pending.
+        if self.out.len() < self.out.limit()
             && let Some(payload) = self.pong.take()
         {
-            frame::encode(&mut self.out, self.settings.role, OP_PONG, payload);
+            frame::encode(&mut self.out, self.settings.role, OP_PONG, *payload);
             self.control_unflushed = true;
         }
     }

@@ -101,6 +101,12 @@ impl WriteBuffer {
         }
     }
 
+    /// The `limit` it was made with: copied bytes at which
+    /// [`poll_ready`](Self::poll_ready) writes before taking more.
+    pub fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
     /// Bytes not yet written.
     #[inline]
     pub fn len(&self) -> usize {
