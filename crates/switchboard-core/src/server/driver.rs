@@ -59,7 +59,7 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
             .config
             .rate_limit
             .as_ref()
-            .map(TokenBucket::new),
+            .map(|limit| Box::new(TokenBucket::new(limit))),
         io,
         conn,
         batch: VecDeque::new(),
@@ -92,27 +92,7 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
                 )
             }
         };
-        driver.count_received();
-        let reason = driver.close(&*component, end).await;
-        driver.discard_batch();
-        tracing::debug!(%reason, "connection closed");
-
-        // The call inside the guarded future: a handler written as a plain
-        // `fn` returning a future can panic before any future exists.
-        let conn = &driver.conn;
-        let on_close = AssertUnwindSafe(async { component.on_close(conn, reason.clone()).await })
-            .catch_unwind();
-        let ctx = conn.context();
-        if let Err(panic) = on_close.await {
-            Stats::add(&ctx.stats.panics, 1);
-            tracing::error!(conn = %conn.id(), panic = %panic_message(&*panic), "on_close panicked");
-        }
-        conn.finish();
-        ctx.unregister(conn);
-        ctx.stats
-            .open
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        reason
+        driver.finish(&*component, end).await
     }
 }
 
@@ -128,14 +108,14 @@ struct Driver<T> {
     /// Something was handed to the transport since the last flush.
     unflushed: bool,
     /// The write timeout's clock, while a flush waits for the socket.
-    stall: Option<Stall>,
+    stall: Option<Box<Stall>>,
     /// The first write error. Nothing more is written after it, and the
     /// connection ends once the running handler returns. Boxed, as are
     /// the other rare states: every idle connection's task holds this
     /// struct for its whole life.
     broken: Option<Box<Error>>,
     /// This connection's bucket, if an inbound rate limit is configured.
-    rate: Option<TokenBucket>,
+    rate: Option<Box<TokenBucket>>,
     /// Messages and bytes received and not yet added to the server's
     /// counters: they are added once per batch of input.
     received: (u64, u64),
@@ -411,9 +391,11 @@ impl<T: TransportConn> Driver<T> {
         ) else {
             return false;
         };
-        let stall = self.stall.get_or_insert_with(|| Stall {
-            timer: Box::pin(sleep(timeout)),
-            written: progress.written,
+        let stall = self.stall.get_or_insert_with(|| {
+            Box::new(Stall {
+                timer: Box::pin(sleep(timeout)),
+                written: progress.written,
+            })
         });
         if stall.written != progress.written {
             stall.written = progress.written;
@@ -497,76 +479,110 @@ impl<T: TransportConn> Driver<T> {
         })
     }
 
-    /// Carries out the end: begins the close (an earlier request wins),
-    /// reports the error (if any) to `on_error`, flushes what was queued
-    /// (unless discarding) and closes the transport, bounded by
-    /// `close_timeout` and by shutdown's force. Returns why the connection
-    /// ended.
-    fn close<'a, K: MessageComponent + ?Sized>(
+    /// What follows the message loop: the close, then `on_close`, then the
+    /// connection leaves the server. Returns why it ended. Boxed, so that
+    /// its state is allocated only when it starts, not held beside the
+    /// loop's by every connection's task.
+    fn finish<'a, K: MessageComponent + ?Sized>(
         &'a mut self,
         component: &'a K,
         end: End,
     ) -> BoxFuture<'a, CloseReason> {
         Box::pin(async move {
-            let (req, err) = match end {
-                End::Forced => return CloseReason::Shutdown,
-                End::Close(closing) => {
-                    let (req, err) = *closing;
-                    (self.conn.begin_close(req), err)
-                }
-            };
-            if let Some(err) = err {
-                self.report(component, err).await;
+            self.count_received();
+            let reason = self.close(component, end).await;
+            self.discard_batch();
+            tracing::debug!(%reason, "connection closed");
+
+            // The call inside the guarded future: a handler written as a
+            // plain `fn` returning a future can panic before any future
+            // exists.
+            let conn = &self.conn;
+            let on_close =
+                AssertUnwindSafe(async { component.on_close(conn, reason.clone()).await })
+                    .catch_unwind();
+            let ctx = conn.context();
+            if let Err(panic) = on_close.await {
+                Stats::add(&ctx.stats.panics, 1);
+                tracing::error!(conn = %conn.id(), panic = %panic_message(&*panic), "on_close panicked");
             }
-            // The connection is gone: no close frame can be sent.
-            if matches!(req.reason, CloseReason::Error(ref f) if f.code == CloseCode::ABNORMAL) {
-                return req.reason;
+            conn.finish();
+            ctx.unregister(conn);
+            ctx.stats
+                .open
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            reason
+        })
+    }
+
+    /// Carries out the end: begins the close (an earlier request wins),
+    /// reports the error (if any) to `on_error`, flushes what was queued
+    /// (unless discarding) and closes the transport, bounded by
+    /// `close_timeout` and by shutdown's force. Returns why the connection
+    /// ended.
+    async fn close<K: MessageComponent + ?Sized>(
+        &mut self,
+        component: &K,
+        end: End,
+    ) -> CloseReason {
+        let (req, err) = match end {
+            End::Forced => return CloseReason::Shutdown,
+            End::Close(closing) => {
+                let (req, err) = *closing;
+                (self.conn.begin_close(req), err)
             }
-            // The peer is not reading: no flush, no closing handshake to
-            // wait for; the socket is let go now.
-            if req.discard {
-                // The outbox counted the queue it dropped; the batch taken
-                // from it and not yet handed over is dropped too.
-                let discarded = self.discard_batch();
-                if matches!(req.reason, CloseReason::SlowConsumer) {
-                    Stats::add(&self.conn.context().stats.dropped, discarded as u64);
-                }
-                poll_fn(|cx| {
-                    self.io.abort(cx, &req.frame);
-                    Poll::Ready(())
-                })
-                .await;
-                return req.reason;
+        };
+        if let Some(err) = err {
+            self.report(component, err).await;
+        }
+        // The connection is gone: no close frame can be sent.
+        if matches!(req.reason, CloseReason::Error(ref f) if f.code == CloseCode::ABNORMAL) {
+            return req.reason;
+        }
+        // The peer is not reading: no flush, no closing handshake to
+        // wait for; the socket is let go now.
+        if req.discard {
+            // The outbox counted the queue it dropped; the batch taken
+            // from it and not yet handed over is dropped too.
+            let discarded = self.discard_batch();
+            if matches!(req.reason, CloseReason::SlowConsumer) {
+                Stats::add(&self.conn.context().stats.dropped, discarded as u64);
             }
-            let timeout = self.conn.context().config.close_timeout;
-            let closing = poll_fn(|cx| {
-                if let Some(Signal::Force) = self.conn.outbox().signal(cx.waker()) {
-                    return Poll::Ready(());
-                }
-                if self.broken.is_some() {
-                    self.discard_batch();
-                } else {
-                    // What the transport holds unflushed, its close writes
-                    // out first; the batch it had no room for waits here.
-                    match self.poll_write(cx) {
-                        Ok(_) if self.batch.is_empty() => {}
-                        Ok(_) => return Poll::Pending,
-                        Err(err) => {
-                            tracing::debug!(error = %err, "flush before close failed");
-                            self.broken = Some(Box::new(err));
-                        }
+            poll_fn(|cx| {
+                self.io.abort(cx, &req.frame);
+                Poll::Ready(())
+            })
+            .await;
+            return req.reason;
+        }
+        let timeout = self.conn.context().config.close_timeout;
+        let closing = poll_fn(|cx| {
+            if let Some(Signal::Force) = self.conn.outbox().signal(cx.waker()) {
+                return Poll::Ready(());
+            }
+            if self.broken.is_some() {
+                self.discard_batch();
+            } else {
+                // What the transport holds unflushed, its close writes
+                // out first; the batch it had no room for waits here.
+                match self.poll_write(cx) {
+                    Ok(_) if self.batch.is_empty() => {}
+                    Ok(_) => return Poll::Pending,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "flush before close failed");
+                        self.broken = Some(Box::new(err));
                     }
                 }
-                if let Err(err) = ready!(self.io.poll_close(cx, &req.frame)) {
-                    tracing::debug!(error = %err, "close failed");
-                }
-                Poll::Ready(())
-            });
-            if tokio::time::timeout(timeout, closing).await.is_err() {
-                tracing::debug!(?timeout, "close timed out");
             }
-            req.reason
-        })
+            if let Err(err) = ready!(self.io.poll_close(cx, &req.frame)) {
+                tracing::debug!(error = %err, "close failed");
+            }
+            Poll::Ready(())
+        });
+        if tokio::time::timeout(timeout, closing).await.is_err() {
+            tracing::debug!(?timeout, "close timed out");
+        }
+        req.reason
     }
 
     /// Drops the batch, releasing it and what the transport holds from the

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures_util::future::Either;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -91,7 +92,15 @@ impl Context {
         component: Arc<K>,
     ) -> impl Future<Output = CloseReason> + Send + use<C, K> {
         let span = tracing::info_span!("conn", id = conn.id().as_u64(), peer = %conn.peer_addr(), transport = conn.transport().kind());
-        driver::drive(io, conn, component).instrument(span)
+        let connection = driver::drive(io, conn, component);
+        // A span is 40 bytes that every idle connection's task would hold:
+        // when tracing records it, the instrumented future goes in a box of
+        // its own; when not, the task holds the plain future.
+        if span.is_disabled() {
+            Either::Left(connection)
+        } else {
+            Either::Right(Box::pin(connection.instrument(span)))
+        }
     }
 
     pub(crate) fn unregister(&self, conn: &Connection) {
