@@ -86,11 +86,13 @@ pub(crate) enum Refused {
 /// [`Config`]: one copy per server, shared by its connections' outboxes.
 #[derive(Debug)]
 pub(crate) struct Bounds {
-    max_messages: usize,
+    /// Messages are counted in a `u32` (a bound above `u32::MAX` is that
+    /// much): 8 bytes less in every connection's state.
+    max_messages: u32,
     max_bytes: usize,
     /// A quarter of the bounds: past them the driver writes before reading
     /// more input (see `Outbox::attention`).
-    drain_messages: usize,
+    drain_messages: u32,
     drain_bytes: usize,
     policy: SlowConsumerPolicy,
 }
@@ -98,13 +100,18 @@ pub(crate) struct Bounds {
 impl Bounds {
     pub(crate) fn new(config: &Config) -> Self {
         Bounds {
-            max_messages: config.queue_max_messages,
+            max_messages: count(config.queue_max_messages),
             max_bytes: config.queue_max_bytes,
-            drain_messages: config.queue_max_messages.div_ceil(4),
+            drain_messages: count(config.queue_max_messages.div_ceil(4)),
             drain_bytes: config.queue_max_bytes.div_ceil(4),
             policy: config.slow_consumer,
         }
     }
+}
+
+/// A number of messages as the outbox counts them.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl Default for Bounds {
@@ -141,7 +148,7 @@ struct State {
     queue: VecDeque<Message>,
     /// Messages and payload bytes pushed and not yet released: the queue,
     /// the driver's batch and what the transport has not written out.
-    messages: usize,
+    messages: u32,
     bytes: usize,
     /// The driver's waker, taken by the push or close that wakes it.
     waker: Option<Waker>,
@@ -210,7 +217,7 @@ impl Outbox {
             SlowConsumerPolicy::Close => {
                 // Free the backlog now: the peer is not reading it.
                 let backlog = std::mem::take(&mut state.queue);
-                state.messages -= backlog.len();
+                state.messages -= count(backlog.len());
                 state.bytes -= backlog.iter().map(Message::len).sum::<usize>();
                 let waker = self.request_close(&mut state, CloseRequest::slow_consumer());
                 drop(state);
@@ -250,7 +257,7 @@ impl Outbox {
 
     /// Messages pushed and not yet written out.
     pub(crate) fn len(&self) -> usize {
-        self.lock().messages
+        self.lock().messages as usize
     }
 
     // ---- the driver's side ----------------------------------------------
@@ -314,7 +321,7 @@ impl Outbox {
     #[inline]
     pub(crate) fn release(&self, messages: usize, bytes: usize) -> bool {
         let mut state = self.lock();
-        state.messages -= messages;
+        state.messages -= count(messages);
         state.bytes -= bytes;
         self.attention.store(
             state.close.is_some() || state.force || self.over_drain(&state),
