@@ -435,3 +435,62 @@ async fn a_failed_bind_names_the_address_as_written() {
     );
     drop(taken);
 }
+
+/// Logs one event per message, inside the connection's span.
+struct Logged;
+
+impl MessageComponent for Logged {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        tracing::info!("handled a message");
+        conn.send(msg)?;
+        Ok(())
+    }
+}
+
+/// Collects what the subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// With a subscriber that records the connection's span (INFO), a
+/// handler's events carry it: the connection's id, peer and transport.
+/// (Without one, the task holds no span at all.)
+#[tokio::test(flavor = "current_thread")]
+async fn handler_events_carry_the_connection_span() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // One thread: the server's tasks run under this subscriber too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = lines_server(Arc::new(Logged), Config::default()).await;
+    let mut client = LineClient::connect(server.local_addrs()[0]).await;
+    client.send("hello").await;
+    assert_eq!(client.recv().await.as_deref(), Some("hello"));
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("handled a message"))
+        .unwrap_or_else(|| panic!("no event in {text:?}"));
+    assert!(
+        line.contains("conn{id=")
+            && line.contains("peer=127.0.0.1:")
+            && line.contains("transport=\"tcp\"}"),
+        "the event lacks the connection's span: {line}"
+    );
+    drop(client);
+    server.shutdown().await;
+}
