@@ -19,6 +19,7 @@
 pub mod io;
 
 use std::borrow::Cow;
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -199,46 +200,46 @@ pub trait Transport<IO>: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Accepted<Self::Conn, Self::Component>>> + Send;
 }
 
-/// Request headers, kept compactly (names lower-cased).
-#[derive(Clone, Debug, Default)]
-pub struct Headers(Box<[(Box<str>, Box<str>)]>);
+/// A request's headers, as [`TransportInfo::headers`] presents them: names
+/// lower-cased, in request order.
+#[derive(Clone, Copy)]
+pub struct Headers<'a> {
+    info: &'a TransportInfo,
+}
 
-impl Headers {
-    /// Builds the set from name/value pairs.
-    pub fn new<N: AsRef<str>, V: Into<Box<str>>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
-        Headers(
-            pairs
-                .into_iter()
-                .map(|(n, v)| (n.as_ref().to_ascii_lowercase().into_boxed_str(), v.into()))
-                .collect(),
-        )
-    }
-
+impl<'a> Headers<'a> {
     /// The first value of header `name` (case-insensitive).
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&'a str> {
         self.iter()
             .find_map(|(n, v)| n.eq_ignore_ascii_case(name).then_some(v))
     }
 
     /// Every value of header `name` (case-insensitive), in request order.
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn get_all(&self, name: &'a str) -> impl Iterator<Item = &'a str> + use<'a> {
         self.iter()
             .filter_map(move |(n, v)| n.eq_ignore_ascii_case(name).then_some(v))
     }
 
     /// All headers as `(lower-case name, value)`.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (&**n, &**v))
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + Clone + use<'a> {
+        let info = self.info;
+        (0..self.len()).map(move |i| info.pair(info.first_header() + 2 * i))
     }
 
     /// Number of headers.
     pub fn len(&self) -> usize {
-        self.0.len()
+        (self.info.strings() - self.info.first_header()) / 2
     }
 
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for Headers<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -250,7 +251,7 @@ impl Headers {
 ///
 /// ```
 /// use switchboard::testing::TestServer;
-/// use switchboard::{BoxError, Connection, Headers, Message, MessageComponent, TransportInfo};
+/// use switchboard::{BoxError, Connection, Message, MessageComponent, TransportInfo};
 ///
 /// struct Rooms;
 ///
@@ -277,7 +278,7 @@ impl Headers {
 ///     .with_path("/rooms/news")
 ///     .with_params([("room", "news")])
 ///     .with_query("name=J%C3%BCrgen+K&flag")
-///     .with_headers(Headers::new([("User-Agent", "curl/8"), ("Cookie", "sid=abc; theme=dark")]));
+///     .with_headers([("User-Agent", "curl/8"), ("Cookie", "sid=abc; theme=dark")]);
 /// assert_eq!(info.cookie("theme"), Some("dark"));
 /// assert_eq!(info.cookie("sid"), Some("abc"));
 /// assert_eq!(info.query_param("flag").as_deref(), Some(""));
@@ -294,15 +295,64 @@ impl Headers {
 /// );
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TransportInfo {
     kind: &'static str,
-    path: Box<str>,
-    query: Option<Box<str>>,
-    /// The route's parameters, percent-decoded, in the route's order.
-    params: Box<[(Box<str>, Box<str>)]>,
-    headers: Headers,
-    subprotocol: Option<Box<str>>,
+    /// The request's strings one after another, in one allocation (every
+    /// connection keeps its request for its component, idle or not): the
+    /// path, the query, the subprotocol, each route parameter's name and
+    /// value, each header's lower-cased name and value.
+    text: Box<str>,
+    /// First a header word, then where each string of `text` ends, in
+    /// that order; empty for a transport without requests (every string
+    /// is then empty). The header word (see `Layout`) says how many route
+    /// parameters there are and whether there is a query and a subprotocol
+    /// (either can be present and empty). Kept here rather than in fields
+    /// of their own: 8 bytes less in every connection's state.
+    ends: Box<[u32]>,
+}
+
+/// The header word of `TransportInfo::ends`.
+#[derive(Clone, Copy)]
+struct Layout {
+    params: u32,
+    has_query: bool,
+    has_subprotocol: bool,
+}
+
+impl Layout {
+    const QUERY: u32 = 1;
+    const SUBPROTOCOL: u32 = 2;
+
+    fn word(self) -> u32 {
+        self.params << 2
+            | if self.has_query { Self::QUERY } else { 0 }
+            | if self.has_subprotocol {
+                Self::SUBPROTOCOL
+            } else {
+                0
+            }
+    }
+
+    fn of(word: u32) -> Self {
+        Layout {
+            params: word >> 2,
+            has_query: word & Self::QUERY != 0,
+            has_subprotocol: word & Self::SUBPROTOCOL != 0,
+        }
+    }
+}
+
+/// The strings before the route parameters: path, query, subprotocol.
+const FIXED: usize = 3;
+
+/// A request's parts, borrowed, to build a [`TransportInfo`] from.
+struct Parts<'a, P, H> {
+    path: &'a str,
+    query: Option<&'a str>,
+    subprotocol: Option<&'a str>,
+    params: P,
+    headers: H,
 }
 
 impl TransportInfo {
@@ -310,55 +360,182 @@ impl TransportInfo {
     pub fn new(kind: &'static str) -> Self {
         TransportInfo {
             kind,
-            path: Box::default(),
-            query: None,
-            params: Box::default(),
-            headers: Headers::default(),
-            subprotocol: None,
+            text: Box::default(),
+            ends: Box::default(),
         }
+    }
+
+    /// Builds the info from `parts`; header names are lower-cased.
+    ///
+    /// # Panics
+    ///
+    /// If the strings together exceed 4 GiB (a request never comes near:
+    /// the WebSocket handshake reads at most a few KiB).
+    fn build<'a, P, H>(kind: &'static str, parts: Parts<'a, P, H>) -> Self
+    where
+        P: Iterator<Item = (&'a str, &'a str)> + Clone,
+        H: Iterator<Item = (&'a str, &'a str)> + Clone,
+    {
+        let pairs = |it: P| it.flat_map(|(n, v)| [n, v]);
+        let headers = |it: H| it.flat_map(|(n, v)| [n, v]);
+        let fixed = [
+            parts.path,
+            parts.query.unwrap_or(""),
+            parts.subprotocol.unwrap_or(""),
+        ];
+        let all = || {
+            fixed
+                .into_iter()
+                .chain(pairs(parts.params.clone()))
+                .chain(headers(parts.headers.clone()))
+        };
+        let params = parts.params.clone().count();
+        let layout = Layout {
+            params: u32::try_from(params)
+                .ok()
+                .filter(|&n| n <= u32::MAX >> 2)
+                .expect("too many route parameters"),
+            has_query: parts.query.is_some(),
+            has_subprotocol: parts.subprotocol.is_some(),
+        };
+        let mut text = String::with_capacity(all().map(str::len).sum());
+        let mut ends = Vec::with_capacity(1 + all().count());
+        ends.push(layout.word());
+        let first_header = FIXED + 2 * params;
+        for (i, string) in all().enumerate() {
+            let start = text.len();
+            text.push_str(string);
+            if i >= first_header && (i - first_header).is_multiple_of(2) {
+                text[start..].make_ascii_lowercase();
+            }
+            let end = u32::try_from(text.len()).expect("a request's strings exceed 4 GiB");
+            ends.push(end);
+        }
+        TransportInfo {
+            kind,
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
+
+    /// This info's parts, to build a changed copy from.
+    fn parts(
+        &self,
+    ) -> Parts<
+        '_,
+        impl Iterator<Item = (&str, &str)> + Clone,
+        impl Iterator<Item = (&str, &str)> + Clone,
+    > {
+        Parts {
+            path: self.path(),
+            query: self.query(),
+            subprotocol: self.subprotocol(),
+            params: self.params(),
+            headers: self.headers().iter(),
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::of(self.ends.first().copied().unwrap_or(0))
+    }
+
+    /// The string at `index` (see `text`).
+    fn string(&self, index: usize) -> &str {
+        // `ends[0]` is the header word; string `i` ends at `ends[i + 1]`.
+        let Some(&end) = self.ends.get(index + 1) else {
+            return "";
+        };
+        let start = match index {
+            0 => 0,
+            _ => self.ends[index] as usize,
+        };
+        &self.text[start..end as usize]
+    }
+
+    /// The strings at `index` and the one after.
+    fn pair(&self, index: usize) -> (&str, &str) {
+        (self.string(index), self.string(index + 1))
+    }
+
+    /// How many strings there are (with the three fixed ones).
+    fn strings(&self) -> usize {
+        self.ends.len().saturating_sub(1).max(FIXED)
+    }
+
+    fn first_header(&self) -> usize {
+        FIXED + 2 * self.layout().params as usize
     }
 
     /// Sets the request path.
     #[must_use]
-    pub fn with_path(mut self, path: impl Into<Box<str>>) -> Self {
-        self.path = path.into();
-        self
+    pub fn with_path(self, path: impl Into<Box<str>>) -> Self {
+        let path = path.into();
+        let parts = Parts {
+            path: &path,
+            ..self.parts()
+        };
+        Self::build(self.kind, parts)
     }
 
     /// Sets the query string (without `?`).
     #[must_use]
-    pub fn with_query(mut self, query: impl Into<Box<str>>) -> Self {
-        self.query = Some(query.into());
-        self
+    pub fn with_query(self, query: impl Into<Box<str>>) -> Self {
+        let query = query.into();
+        let parts = Parts {
+            query: Some(&query),
+            ..self.parts()
+        };
+        Self::build(self.kind, parts)
     }
 
     /// Sets the route's parameters (name, percent-decoded value), as a
     /// transport that routes by pattern found them.
     #[must_use]
-    pub fn with_params<N, V>(mut self, params: impl IntoIterator<Item = (N, V)>) -> Self
+    pub fn with_params<N, V>(self, params: impl IntoIterator<Item = (N, V)>) -> Self
     where
-        N: Into<Box<str>>,
-        V: Into<Box<str>>,
+        N: AsRef<str>,
+        V: AsRef<str>,
     {
-        self.params = params
-            .into_iter()
-            .map(|(n, v)| (n.into(), v.into()))
-            .collect();
-        self
+        let params: Vec<(N, V)> = params.into_iter().collect();
+        let this = self.parts();
+        let parts = Parts {
+            path: this.path,
+            query: this.query,
+            subprotocol: this.subprotocol,
+            params: params.iter().map(|(n, v)| (n.as_ref(), v.as_ref())),
+            headers: this.headers,
+        };
+        Self::build(self.kind, parts)
     }
 
-    /// Sets the request headers.
+    /// Sets the request headers (names are kept lower-cased).
     #[must_use]
-    pub fn with_headers(mut self, headers: Headers) -> Self {
-        self.headers = headers;
-        self
+    pub fn with_headers<N, V>(self, headers: impl IntoIterator<Item = (N, V)>) -> Self
+    where
+        N: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let headers: Vec<(N, V)> = headers.into_iter().collect();
+        let this = self.parts();
+        let parts = Parts {
+            path: this.path,
+            query: this.query,
+            subprotocol: this.subprotocol,
+            params: this.params,
+            headers: headers.iter().map(|(n, v)| (n.as_ref(), v.as_ref())),
+        };
+        Self::build(self.kind, parts)
     }
 
     /// Sets the negotiated subprotocol.
     #[must_use]
-    pub fn with_subprotocol(mut self, protocol: impl Into<Box<str>>) -> Self {
-        self.subprotocol = Some(protocol.into());
-        self
+    pub fn with_subprotocol(self, protocol: impl Into<Box<str>>) -> Self {
+        let protocol = protocol.into();
+        let parts = Parts {
+            subprotocol: Some(&protocol),
+            ..self.parts()
+        };
+        Self::build(self.kind, parts)
     }
 
     /// The transport kind: `"ws"`, `"tcp"`, `"memory"`, ...
@@ -370,12 +547,12 @@ impl TransportInfo {
     /// (not percent-decoded); `""` for a transport without requests (raw
     /// TCP).
     pub fn path(&self) -> &str {
-        &self.path
+        self.string(0)
     }
 
     /// The query string without `?`, as the request spelled it.
     pub fn query(&self) -> Option<&str> {
-        self.query.as_deref()
+        self.layout().has_query.then(|| self.string(1))
     }
 
     /// The first value of query parameter `name`, percent-decoded as a
@@ -397,24 +574,22 @@ impl TransportInfo {
     /// The value of the route parameter `name` (`{name}` or `{*name}` in
     /// the route the request matched), percent-decoded.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find_map(|(k, v)| (&**k == name).then_some(&**v))
+        self.params().find_map(|(k, v)| (k == name).then_some(v))
     }
 
     /// Every route parameter as `(name, value)`, in the route's order.
-    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.params.iter().map(|(k, v)| (&**k, &**v))
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        (0..self.layout().params as usize).map(move |i| self.pair(FIXED + 2 * i))
     }
 
     /// The request headers (WebSocket).
-    pub fn headers(&self) -> &Headers {
-        &self.headers
+    pub fn headers(&self) -> Headers<'_> {
+        Headers { info: self }
     }
 
     /// The value of one cookie from the `Cookie` headers.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
+        self.headers()
             .get_all("cookie")
             .flat_map(|h| h.split(';'))
             .find_map(|c| {
@@ -427,6 +602,78 @@ impl TransportInfo {
 
     /// The negotiated subprotocol (WebSocket).
     pub fn subprotocol(&self) -> Option<&str> {
-        self.subprotocol.as_deref()
+        self.layout().has_subprotocol.then(|| self.string(2))
+    }
+}
+
+impl fmt::Debug for TransportInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportInfo")
+            .field("kind", &self.kind)
+            .field("path", &self.path())
+            .field("query", &self.query())
+            .field("params", &self.params().collect::<Vec<_>>())
+            .field("headers", &self.headers())
+            .field("subprotocol", &self.subprotocol())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transport_without_requests_has_empty_strings_and_no_allocation() {
+        let info = TransportInfo::new("tcp");
+        assert_eq!(info.kind(), "tcp");
+        assert_eq!(info.path(), "");
+        assert_eq!(info.query(), None);
+        assert_eq!(info.subprotocol(), None);
+        assert_eq!(info.params().count(), 0);
+        assert!(info.headers().is_empty());
+        assert!(info.text.is_empty() && info.ends.is_empty());
+    }
+
+    #[test]
+    fn the_builders_set_each_part_in_any_order() {
+        let info = TransportInfo::new("ws")
+            .with_headers([("X-One", "1"), ("Cookie", "a=b"), ("x-one", "2")])
+            .with_query("")
+            .with_params([("room", "news"), ("id", "")])
+            .with_subprotocol("chat")
+            .with_path("/rooms/news");
+        assert_eq!(info.path(), "/rooms/news");
+        // Present and empty is not absent.
+        assert_eq!(info.query(), Some(""));
+        assert_eq!(info.subprotocol(), Some("chat"));
+        assert_eq!(
+            info.params().collect::<Vec<_>>(),
+            [("room", "news"), ("id", "")]
+        );
+        assert_eq!(info.param("id"), Some(""));
+        assert_eq!(info.param("nope"), None);
+        let headers = info.headers();
+        assert_eq!(headers.len(), 3);
+        assert_eq!(
+            headers.iter().collect::<Vec<_>>(),
+            [("x-one", "1"), ("cookie", "a=b"), ("x-one", "2")]
+        );
+        assert_eq!(headers.get("X-ONE"), Some("1"));
+        assert_eq!(headers.get_all("x-one").collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(info.cookie("a"), Some("b"));
+        // Setting a part again replaces it and keeps the others.
+        let info = info.with_query("q=1").with_params([("room", "sport")]);
+        assert_eq!(info.query(), Some("q=1"));
+        assert_eq!(info.param("room"), Some("sport"));
+        assert_eq!(info.param("id"), None);
+        assert_eq!(info.headers().len(), 3);
+        assert_eq!(info.path(), "/rooms/news");
+        assert_eq!(
+            format!("{info:?}"),
+            "TransportInfo { kind: \"ws\", path: \"/rooms/news\", query: Some(\"q=1\"), \
+             params: [(\"room\", \"sport\")], headers: {\"x-one\": \"1\", \"cookie\": \"a=b\", \
+             \"x-one\": \"2\"}, subprotocol: Some(\"chat\") }"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_core::{DynComponent, Extensions, Headers, TransportInfo};
+use switchboard_core::{DynComponent, Extensions, TransportInfo};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -399,11 +399,11 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
         .headers
         .into_iter()
         .filter(|(name, _)| !HANDSHAKE_ONLY.iter().any(|h| name.eq_ignore_ascii_case(h)))
-        .map(|(name, value)| (name, value.into_boxed_str()));
+        .collect::<Vec<_>>();
     Ok(Upgrade {
         component: component.clone(),
         accept_key,
-        info: info.with_params(params).with_headers(Headers::new(headers)),
+        info: info.with_params(params).with_headers(headers),
         extensions: Extensions::default(),
         leftover: Vec::new(),
         deflate,

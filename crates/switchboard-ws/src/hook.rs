@@ -61,7 +61,7 @@ impl Request {
     }
 
     /// All request headers.
-    pub fn headers(&self) -> &Headers {
+    pub fn headers(&self) -> Headers<'_> {
         self.info.headers()
     }
 
