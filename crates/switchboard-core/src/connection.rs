@@ -65,7 +65,9 @@ struct Inner {
     check: Option<OutboundCheck>,
     /// Hubs this connection is a member of, left when it finishes; `None`
     /// once it finished, so that no hub takes it in afterwards.
-    hubs: Mutex<Option<Vec<Weak<HubShared>>>>,
+    /// A boxed slice rather than a `Vec`: 8 bytes less in every
+    /// connection, and a connection joins few hubs.
+    hubs: Mutex<Option<Box<[Weak<HubShared>]>>>,
     extensions: Mutex<Extensions>,
 }
 
@@ -85,7 +87,7 @@ impl Connection {
                 outbox: Outbox::new(ctx.bounds.clone()),
                 check,
                 ctx,
-                hubs: Mutex::new(Some(Vec::new())),
+                hubs: Mutex::new(Some(Box::default())),
                 extensions: Mutex::new(extensions),
             }),
         }
@@ -323,7 +325,9 @@ impl Connection {
             .iter()
             .any(|h| std::ptr::eq(h.as_ptr(), Arc::as_ptr(hub)))
         {
-            hubs.push(Arc::downgrade(hub));
+            let mut grown = std::mem::take(hubs).into_vec();
+            grown.push(Arc::downgrade(hub));
+            *hubs = grown.into_boxed_slice();
         }
         true
     }
@@ -337,8 +341,8 @@ impl Connection {
         }
     }
 
-    fn lock_hubs(&self) -> MutexGuard<'_, Option<Vec<Weak<HubShared>>>> {
-        // Vec operations do not panic midway; poisoning cannot tear it.
+    fn lock_hubs(&self) -> MutexGuard<'_, Option<Box<[Weak<HubShared>]>>> {
+        // Nothing here panics midway; poisoning cannot tear the list.
         self.inner.hubs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
