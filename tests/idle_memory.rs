@@ -135,12 +135,12 @@ async fn heap_per_connection(peer: Peer) -> usize {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_idle_connection_holds_its_task_state_and_registration_only() {
-    // (peer, what docs/performance.md gives, budget)
+    // (peer, its name, budget in bytes)
     for (peer, name, budget) in [
-        (Peer::Ws, "ws", 1_700),
-        (Peer::WsAfterEcho, "ws after one echo", 1_700),
-        (Peer::WsBrowser, "ws with browser headers", 2_150),
-        (Peer::Tcp, "tcp lines", 1_700),
+        (Peer::Ws, "ws", 1_500),
+        (Peer::WsAfterEcho, "ws after one echo", 1_500),
+        (Peer::WsBrowser, "ws with browser headers", 1_850),
+        (Peer::Tcp, "tcp lines", 1_450),
     ] {
         let bytes = heap_per_connection(peer).await;
         println!("FIGURE idle heap per connection, {name}: {bytes} bytes");
