@@ -186,7 +186,7 @@ SCENARIOS=(
     "ws-bcast-1k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat|broadcast --client raw --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
     "ws-bcast-10k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat|broadcast --client raw --subs 10000 --pubs 1 --rate 5 --size 64 --seconds $BCAST_S --settle 2"
     "tcp-bcast-1k|plain-tcp-chat|switchboard-tcp-chat plain-tcp-chat|broadcast --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
-    "ws-idle-10k|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo floor-ws-idle floor-ws-idle-timer|idle --conns $IDLE10K_N"
+    "ws-idle-10k|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo floor-ws-idle floor-ws-idle-timer model-parked-ws-idle model-parked-ws-idle-timer|idle --conns $IDLE10K_N"
     "tcp-idle-10k|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|idle --conns $IDLE10K_N"
     "ws-deflate-echo-32|switchboard-ws-echo|switchboard-ws-echo-deflate switchboard-ws-echo nodews-deflate-echo|echo --client raw --deflate --payload json --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
     "ws-deflate-echo-64k|switchboard-ws-echo|switchboard-ws-echo-deflate switchboard-ws-echo nodews-deflate-echo|echo --client raw --deflate --payload json --conns 10 --inflight 10 --size 65536 --seconds $ECHO_S"

@@ -17,6 +17,8 @@
 //! | `plain-tcp-chat` | plain tokio lines chat: unbounded channels, a writer task per connection flushing when its channel is empty |
 //! | `floor-ws-idle` | the floor of a task per connection: the WebSocket upgrade (its buffer freed after), then a task that waits for readability and reads into a stack buffer (nothing held across the await); for the idle scenarios only |
 //! | `floor-ws-idle-timer` | the same with an idle `Sleep` in the task, reset by traffic |
+//! | `model-parked-ws-idle` | a model, not switchboard's design: after the upgrade, idle connections own no task, each an entry of one `FuturesUnordered` holding allocations of the sizes switchboard's idle connection holds (see `model_parked`); for the idle scenarios only |
+//! | `model-parked-ws-idle-timer` | the same with a boxed idle `Sleep` per entry, as switchboard's keepalive has |
 //!
 //! Prints `listening on ADDR pid PID` once bound, then serves until killed
 //! or until `--max-seconds` (default 900) have passed. `--ws-read-buffer N`
@@ -62,6 +64,8 @@ const KINDS: &[&str] = &[
     "plain-tcp-chat",
     "floor-ws-idle",
     "floor-ws-idle-timer",
+    "model-parked-ws-idle",
+    "model-parked-ws-idle-timer",
 ];
 
 fn main() {
@@ -148,6 +152,8 @@ async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(),
         "plain-tcp-chat" => plain_tcp(addr, true).await,
         "floor-ws-idle" => floor_ws_idle(addr, false).await,
         "floor-ws-idle-timer" => floor_ws_idle(addr, true).await,
+        "model-parked-ws-idle" => model_parked(addr, false).await,
+        "model-parked-ws-idle-timer" => model_parked(addr, true).await,
         _ => unreachable!("kinds are checked in main"),
     }
 }
@@ -475,4 +481,97 @@ async fn upgrade(stream: &TcpStream) -> Option<()> {
         }
     }
     Some(())
+}
+
+// ---- a model: idle connections that own no task --------------------------
+
+/// What switchboard's idle WebSocket connection holds besides its task,
+/// its socket and its keepalive timer, as allocations of the same sizes
+/// (the bytes requested, which `tests/idle_memory.rs` counts): the
+/// transport's state, the connection's shared state (an `Arc`), and the
+/// request's text and string ends (a request with `Host` only).
+struct ModelState {
+    _transport: Box<[u8; 256]>,
+    _shared: Arc<[u8; 240]>,
+    _text: Box<[u8; 6]>,
+    _ends: Box<[u32; 6]>,
+}
+
+impl ModelState {
+    fn new() -> Self {
+        ModelState {
+            _transport: Box::new([0; 256]),
+            _shared: Arc::new([0; 240]),
+            _text: Box::new([0; 6]),
+            _ends: Box::new([0; 6]),
+        }
+    }
+}
+
+/// A model (not switchboard's design) of a server whose idle connections
+/// own no task: each upgraded connection becomes an entry of one
+/// `FuturesUnordered` that a single task polls, holding the socket, a
+/// `ModelState`, the message loop's state inline (the 144 bytes of
+/// switchboard's driver and component handle) and, with `timer`, a boxed
+/// idle `Sleep` as switchboard's keepalive does. An entry waits for
+/// readability the way a transport's read does (`poll_read_ready`, no
+/// waiter of its own) and drains into a stack buffer. Only the handshake
+/// runs on a task of its own. For the idle scenarios only: it answers
+/// nothing.
+async fn model_parked(addr: &str, timer: bool) -> Result<(), BoxError> {
+    use futures_util::stream::FuturesUnordered;
+
+    let listener = TcpListener::bind(addr).await?;
+    announce(listener.local_addr()?);
+    let (upgraded, mut arrivals) = mpsc::unbounded_channel::<TcpStream>();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = accept(&listener).await;
+            let upgraded = upgraded.clone();
+            tokio::spawn(async move {
+                if upgrade(&stream).await.is_some() {
+                    let _ = upgraded.send(stream);
+                }
+            });
+        }
+    });
+    let mut parked = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(stream) = arrivals.recv() => parked.push(park(stream, timer)),
+            Some(()) = parked.next(), if !parked.is_empty() => {}
+        }
+    }
+}
+
+/// One parked connection: done when the peer closes or, with `timer`, when
+/// it was silent for 90 s.
+fn park(stream: TcpStream, timer: bool) -> impl std::future::Future<Output = ()> {
+    const IDLE: Duration = Duration::from_secs(90);
+    let state = ModelState::new();
+    let driver = [0u64; 18];
+    let mut idle = timer.then(|| Box::pin(tokio::time::sleep(IDLE)));
+    std::future::poll_fn(move |cx| {
+        let _ = (&state, std::hint::black_box(&driver));
+        if let Some(idle) = idle.as_mut()
+            && idle.as_mut().poll(cx).is_ready()
+        {
+            return std::task::Poll::Ready(());
+        }
+        loop {
+            match stream.poll_read_ready(cx) {
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+                std::task::Poll::Ready(Err(_)) => return std::task::Poll::Ready(()),
+                std::task::Poll::Ready(Ok(())) => match drain(&stream) {
+                    None => return std::task::Poll::Ready(()),
+                    Some(true) => {
+                        if let Some(idle) = idle.as_mut() {
+                            idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+                        }
+                    }
+                    Some(false) => {}
+                },
+            }
+        }
+    })
 }
