@@ -103,7 +103,8 @@ pub struct Config {
     pub max_frame_size: usize,
     /// Most messages waiting in one connection's outbound queue, from
     /// [`Connection::send`](crate::Connection::send) until the socket has
-    /// taken all of their bytes. Default 1024.
+    /// taken all of their bytes. Default 1024; values above `u32::MAX`
+    /// count as `u32::MAX`.
     pub queue_max_messages: usize,
     /// Most payload bytes waiting in one connection's outbound queue, from
     /// `send` until the socket has taken them (a single larger message

@@ -102,7 +102,7 @@ impl Bounds {
         Bounds {
             max_messages: count(config.queue_max_messages),
             max_bytes: config.queue_max_bytes,
-            drain_messages: count(config.queue_max_messages.div_ceil(4)),
+            drain_messages: count(config.queue_max_messages).div_ceil(4),
             drain_bytes: config.queue_max_bytes.div_ceil(4),
             policy: config.slow_consumer,
         }
