@@ -326,6 +326,8 @@ impl Connection {
             .any(|h| std::ptr::eq(h.as_ptr(), Arc::as_ptr(hub)))
         {
             let mut grown = std::mem::take(hubs).into_vec();
+            // Hubs dropped since go while the list is rebuilt anyway.
+            grown.retain(|h| h.strong_count() > 0);
             grown.push(Arc::downgrade(hub));
             *hubs = grown.into_boxed_slice();
         }
