@@ -295,6 +295,10 @@ impl fmt::Debug for Headers<'_> {
 /// );
 /// # }
 /// ```
+///
+/// The builders (`with_path`, `with_query`, ...) panic if the request's
+/// strings together exceed 4 GiB; a WebSocket request head is limited to a
+/// few KiB.
 #[derive(Clone)]
 pub struct TransportInfo {
     kind: &'static str,
@@ -303,9 +307,10 @@ pub struct TransportInfo {
     /// path, the query, the subprotocol, each route parameter's name and
     /// value, each header's lower-cased name and value.
     text: Box<str>,
-    /// First a header word, then where each string of `text` ends, in
-    /// that order; empty for a transport without requests (every string
-    /// is then empty). The header word (see `Layout`) says how many route
+    /// `[header word, end of path, end of query, end of subprotocol,
+    /// end of each parameter's name and value, end of each header's name
+    /// and value]`: where each string of `text` ends; empty for a
+    /// transport without requests (every string is then empty). The header word (see `Layout`) says how many route
     /// parameters there are and whether there is a query and a subprotocol
     /// (either can be present and empty). Kept here rather than in fields
     /// of their own: 8 bytes less in every connection's state.
