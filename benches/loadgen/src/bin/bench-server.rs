@@ -489,11 +489,12 @@ async fn upgrade(stream: &TcpStream) -> Option<()> {
 /// its socket and its keepalive timer, as allocations of the same sizes
 /// (the bytes requested, which `tests/idle_memory.rs` counts): the
 /// transport's state, the connection's shared state (an `Arc`), and the
-/// request's text and string ends (a request with `Host` only).
+/// request's text and string ends (the load generator's request: `/` and
+/// `Host: 127.0.0.1:PORT`).
 struct ModelState {
     _transport: Box<[u8; 256]>,
     _shared: Arc<[u8; 240]>,
-    _text: Box<[u8; 6]>,
+    _text: Box<[u8; 20]>,
     _ends: Box<[u32; 6]>,
 }
 
@@ -502,7 +503,7 @@ impl ModelState {
         ModelState {
             _transport: Box::new([0; 256]),
             _shared: Arc::new([0; 240]),
-            _text: Box::new([0; 6]),
+            _text: Box::new([0; 20]),
             _ends: Box::new([0; 6]),
         }
     }
