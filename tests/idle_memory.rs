@@ -92,7 +92,9 @@ enum Peer {
     Ws,
     /// The same with the headers a browser sends.
     WsBrowser,
-    /// A WebSocket upgrade, one echoed message, then silence.
+    /// A WebSocket upgrade, one echoed message, a ping (the wake after
+    /// which a connection with nothing to send lets go of its storage for
+    /// messages, as a keepalive tick does), then silence.
     WsAfterEcho,
     /// A TCP lines connection that sends nothing. (One that has sent keeps
     /// its transport's write buffer, up to 8 KiB: see docs/performance.md.)
@@ -134,6 +136,9 @@ fn open(addr: SocketAddr, peer: Peer, mut held: Vec<TcpStream>) -> Vec<TcpStream
                     .unwrap();
                 s.read_exact(&mut buf[..7]).unwrap();
                 assert_eq!(&buf[..7], b"\x81\x05hello");
+                s.write_all(&[0x89, 0x80, 0, 0, 0, 0]).unwrap();
+                s.read_exact(&mut buf[..2]).unwrap();
+                assert_eq!(&buf[..2], b"\x8a\x00");
             }
             s
         });

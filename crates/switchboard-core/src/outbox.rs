@@ -279,14 +279,26 @@ impl Outbox {
     /// Registers the driver's waker and, when `batch` is empty, moves the
     /// whole queue into it (one lock per batch). Returns the signal in
     /// force: a push, close or force from now on wakes the driver.
+    ///
+    /// The queue and the batch trade their storage, so a connection that
+    /// keeps sending allocates none. With `idle` (the driver was woken and
+    /// has nothing in flight) and nothing queued, both let go of it: an
+    /// idle connection holds no storage for messages.
     #[inline]
-    pub(crate) fn take(&self, waker: &Waker, batch: &mut VecDeque<Message>) -> Option<Signal> {
+    pub(crate) fn take(
+        &self,
+        waker: &Waker,
+        batch: &mut VecDeque<Message>,
+        idle: bool,
+    ) -> Option<Signal> {
         let mut state = self.lock();
         if batch.is_empty() {
-            // The queue's storage goes with its messages (the driver lets
-            // go of it once they are written out): no storage stays with
-            // an outbox whose driver has caught up.
-            *batch = std::mem::take(&mut state.queue);
+            if idle && state.queue.is_empty() {
+                state.queue = VecDeque::new();
+                *batch = VecDeque::new();
+            } else {
+                std::mem::swap(&mut state.queue, batch);
+            }
         }
         self.sleep_locked(&mut state, waker)
     }
@@ -383,7 +395,7 @@ mod tests {
         let count = Arc::new(Count(0.into()));
         let waker = Waker::from(count.clone());
         let mut batch = VecDeque::new();
-        outbox.take(&waker, &mut batch);
+        outbox.take(&waker, &mut batch, false);
         (count, waker, batch)
     }
 
@@ -518,7 +530,7 @@ mod tests {
         assert_eq!(outbox.len(), 0);
         assert!(outbox.is_closed());
         assert!(outbox.needs_attention());
-        match outbox.take(&waker, &mut batch) {
+        match outbox.take(&waker, &mut batch, false) {
             Some(Signal::Close(req)) => {
                 assert!(req.discard);
                 assert_eq!(req.frame.code, CloseCode::POLICY);
@@ -539,7 +551,7 @@ mod tests {
         outbox.push(Message::text("reply")).expect("room");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
         // The driver looks before it sleeps, and finds the reply.
-        outbox.take(&waker, &mut batch);
+        outbox.take(&waker, &mut batch, false);
         assert_eq!(batch.len(), 1);
         outbox.push(Message::text("later")).expect("room");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
@@ -582,5 +594,35 @@ mod tests {
             outbox.push(Message::text("x")),
             Err(Refused::Closed(_))
         ));
+    }
+
+    #[test]
+    fn a_busy_outbox_reuses_its_storage_and_an_idle_one_lets_it_go() {
+        let outbox = outbox(8, 1 << 20, SlowConsumerPolicy::Close);
+        let (_, waker, mut batch) = asleep(&outbox);
+        outbox.push(Message::text("a")).expect("room");
+        outbox.take(&waker, &mut batch, false);
+        batch.clear();
+        outbox.release(1, 1);
+        // The next push finds the spent batch's storage in the queue.
+        outbox.push(Message::text("b")).expect("room");
+        assert!(outbox.lock().queue.capacity() > 0);
+        outbox.take(&waker, &mut batch, false);
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        outbox.release(1, 1);
+        // Not idle (the flush of this batch): both keep their storage.
+        outbox.take(&waker, &mut batch, false);
+        assert!(batch.capacity() > 0 && outbox.lock().queue.capacity() > 0);
+        outbox.push(Message::text("c")).expect("room");
+        outbox.take(&waker, &mut batch, true);
+        // Idle, but something was queued: it goes as usual.
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        outbox.release(1, 1);
+        // Idle with nothing queued: neither keeps any.
+        outbox.take(&waker, &mut batch, true);
+        assert_eq!(batch.capacity(), 0);
+        assert_eq!(outbox.lock().queue.capacity(), 0);
     }
 }

@@ -279,8 +279,18 @@ impl<T: TransportConn> Driver<T> {
     /// the queue, so that a close or force requested at any moment is
     /// either seen now or wakes the task later.
     fn poll_write(&mut self, cx: &mut TaskContext<'_>) -> Result<Option<Signal>, Error> {
+        // Woken with nothing in flight: if nothing was queued either (a
+        // keepalive tick, a ping, a message that needs no answer), the
+        // connection is idle and lets go of its storage for messages. Not
+        // on every flush: a connection that keeps sending would allocate
+        // it again for every batch.
+        let mut idle = !self.unflushed && self.batch.is_empty() && self.handed.is_empty();
         loop {
-            let signal = self.conn.outbox().take(cx.waker(), &mut self.batch);
+            let signal = self.conn.outbox().take(cx.waker(), &mut self.batch, idle);
+            if idle && self.batch.is_empty() {
+                self.handed = VecDeque::new();
+            }
+            idle = false;
             match &signal {
                 Some(Signal::Force) => return Ok(signal),
                 Some(Signal::Close(req)) if req.discard => return Ok(signal),
@@ -303,12 +313,6 @@ impl<T: TransportConn> Driver<T> {
                     // meanwhile: round again.
                     let more_queued = self.release_written();
                     if !more_queued && self.batch.is_empty() {
-                        // All written out: an idle connection keeps no
-                        // storage for messages in flight.
-                        self.batch = VecDeque::new();
-                        if self.handed.is_empty() {
-                            self.handed = VecDeque::new();
-                        }
                         return Ok(signal);
                     }
                 }
