@@ -521,14 +521,7 @@ async fn echo_check(tcp: &mut TcpStream, request: &[u8], expected: &[u8]) -> io:
         if tcp.read_buf(&mut buf).await? == 0 {
             return Err(io::Error::other("closed before the first echo"));
         }
-        while let Some((header, len)) = frame_header(&buf) {
-            if buf.len() < header + len {
-                break;
-            }
-            let frame = buf.split_to(header + len);
-            if frame[0] & 0x0f > 2 {
-                continue;
-            }
+        if let Some((frame, header)) = next_data_frame(&mut buf) {
             let mut inflater = Inflater::new();
             let echoed = if frame[0] & RSV1 != 0 {
                 inflater.inflate(&frame[header..], expected.len())?
@@ -985,14 +978,7 @@ async fn subscribe_raw_ws(mut tcp: TcpStream, state: &BroadcastState) -> io::Res
             return Ok(());
         }
         state.wire_bytes.set(state.wire_bytes.get() + n as u64);
-        while let Some((header, len)) = frame_header(&buf) {
-            if buf.len() < header + len {
-                break;
-            }
-            let frame = buf.split_to(header + len);
-            if frame[0] & 0x0f > 2 {
-                continue;
-            }
+        while let Some((frame, header)) = next_data_frame(&mut buf) {
             if frame[0] & RSV1 != 0 {
                 state.delivered_compressed(&frame[header..]);
             } else {
@@ -1001,6 +987,22 @@ async fn subscribe_raw_ws(mut tcp: TcpStream, state: &BroadcastState) -> io::Res
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
+        }
+    }
+}
+
+/// Cuts the next whole data frame (text, binary or continuation) off the
+/// unmasked frames at the start of `buf`, skipping control frames; with
+/// its header's length. `None` until one has fully arrived.
+fn next_data_frame(buf: &mut BytesMut) -> Option<(BytesMut, usize)> {
+    loop {
+        let (header, len) = frame_header(buf)?;
+        if buf.len() < header + len {
+            return None;
+        }
+        let frame = buf.split_to(header + len);
+        if frame[0] & 0x0f <= 2 {
+            return Some((frame, header));
         }
     }
 }
