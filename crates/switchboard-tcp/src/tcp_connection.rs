@@ -184,6 +184,7 @@ where
     <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
     <C as Encoder<Message>>::Error: std::error::Error + Send + Sync + 'static,
 {
+    #[inline]
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Received>> {
         loop {
             // Every frame already buffered is delivered before reading again.
@@ -230,6 +231,7 @@ where
         }
     }
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let written = self.out.written();
         let ready = self.out.poll_ready(&mut self.io, cx);
@@ -237,6 +239,7 @@ where
         ready.map_err(Into::into)
     }
 
+    #[inline]
     fn start_send(&mut self, msg: Message) -> Result<()> {
         // The built-in codec puts a large payload in as its own `Bytes`
         // instead of copying it; any other codec encodes into a `BytesMut`.
@@ -250,6 +253,7 @@ where
             .map_err(into_core)
     }
 
+    #[inline]
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let written = self.out.written();
         let flushed = self.out.poll_flush(&mut self.io, cx);
@@ -293,6 +297,7 @@ where
         tracing::debug!(code = %frame.code, reason = %frame.reason, "tcp connection aborted");
     }
 
+    #[inline]
     fn write_progress(&self) -> Option<WriteProgress> {
         Some(self.out.progress())
     }
