@@ -200,11 +200,13 @@ where
         }
     }
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let this = &mut *self.inner;
         this.out.poll_ready(&mut this.io, cx).map_err(Error::Io)
     }
 
+    #[inline]
     fn start_send(&mut self, msg: Message) -> Result<(), Error> {
         let this = &mut *self.inner;
         // No data after our close frame. After the peer's end of stream
@@ -307,6 +309,7 @@ where
         this.fragments = None;
     }
 
+    #[inline]
     fn write_progress(&self) -> Option<WriteProgress> {
         Some(self.inner.out.progress())
     }
