@@ -74,7 +74,7 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
 ///
 /// Not an `async fn`: the handshake (the stream, its buffers, its timer,
 /// the `accept` span) lives in an allocation of its own, freed when it
-/// ends, and the task keeps only the reservation and the connection's
+/// ends, and the task keeps only its place (see `Place`) and the connection's
 /// future. An `async fn` would keep its arguments for the task's whole
 /// life, and every idle connection pays for every byte of its task.
 pub(super) fn serve<T: Transport<IO>, IO: Send + 'static>(
@@ -82,7 +82,8 @@ pub(super) fn serve<T: Transport<IO>, IO: Send + 'static>(
     transport: Arc<T>,
     reservation: Reservation,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let (ctx, peer) = (reservation.ctx.clone(), reservation.peer);
+    let (place, peer) = reservation.into_place();
+    let ctx = place.context().clone();
     let span = tracing::debug_span!("accept", %peer);
     let handshake = Box::pin(
         async move {
@@ -117,7 +118,7 @@ pub(super) fn serve<T: Transport<IO>, IO: Send + 'static>(
             return;
         };
         connection.await;
-        drop(reservation);
+        drop(place);
     }
 }
 
