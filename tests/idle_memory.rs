@@ -209,9 +209,9 @@ async fn an_idle_connection_holds_its_task_state_and_registration_only() {
     // (peer, its name, budget in bytes)
     let tcp = if cfg!(debug_assertions) { 1_600 } else { 1_450 };
     for (peer, name, budget) in [
-        (Peer::Ws, "ws", 1_500),
-        (Peer::WsAfterEcho, "ws after one echo", 1_500),
-        (Peer::WsBrowser, "ws with browser headers", 1_850),
+        (Peer::Ws, "ws", 1_350),
+        (Peer::WsAfterEcho, "ws after one echo", 1_350),
+        (Peer::WsBrowser, "ws with browser headers", 1_700),
         (Peer::Tcp, "tcp lines", tcp),
     ] {
         let (bytes, held) = heap_per_connection(peer).await;
