@@ -52,10 +52,12 @@ const PREFIX: usize = 4;
 #[derive(Clone, Debug)]
 pub struct Codec {
     kind: Kind,
-    /// The limit the user chose; `None` takes it from the `Config`.
-    explicit_max: Option<usize>,
     /// The limit in force.
     max: usize,
+    /// `max` is the user's choice, not taken from the `Config` (a flag
+    /// rather than an `Option` beside `max`: 16 bytes less in every
+    /// connection's task).
+    explicit_max: bool,
     /// Lines: how far the buffer was already searched for `\n`, so a line
     /// arriving in many reads is scanned once.
     next_index: usize,
@@ -72,7 +74,7 @@ impl Codec {
     fn new(kind: Kind) -> Self {
         Codec {
             kind,
-            explicit_max: None,
+            explicit_max: false,
             max: Config::default().max_frame_size,
             next_index: 0,
         }
@@ -121,7 +123,7 @@ impl Codec {
     #[must_use]
     pub fn max_length(mut self, max: usize) -> Self {
         let max = max.max(1);
-        self.explicit_max = Some(max);
+        self.explicit_max = true;
         self.max = max;
         self
     }
@@ -147,9 +149,11 @@ impl Codec {
     /// ```
     #[must_use]
     pub fn for_config(&self, config: &Config) -> Self {
-        let max = self
-            .explicit_max
-            .unwrap_or_else(|| config.max_frame_size.min(config.max_message_size));
+        let max = if self.explicit_max {
+            self.max
+        } else {
+            config.max_frame_size.min(config.max_message_size)
+        };
         Codec {
             max: max.max(1),
             next_index: 0,
