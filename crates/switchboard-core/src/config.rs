@@ -96,10 +96,12 @@ impl Default for TcpKeepalive {
 #[non_exhaustive]
 pub struct Config {
     /// Largest inbound message in bytes, after reassembly of fragments
-    /// (WebSocket: close 1009). Default 1 MiB.
+    /// (WebSocket: close 1009). Default 1 MiB. A WebSocket connection
+    /// holds it as a 32-bit count: above 4 GiB, it is 4 GiB.
     pub max_message_size: usize,
     /// Largest single frame or line in bytes (WebSocket frame, TCP line or
-    /// length-delimited frame). Default 1 MiB.
+    /// length-delimited frame). Default 1 MiB. Like `max_message_size`, at
+    /// most 4 GiB on a WebSocket connection.
     pub max_frame_size: usize,
     /// Most messages waiting in one connection's outbound queue, from
     /// [`Connection::send`](crate::Connection::send) until the socket has
