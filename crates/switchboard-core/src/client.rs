@@ -48,8 +48,16 @@ pub(crate) fn start_client<C: TransportConn, K: MessageComponent + ?Sized>(
     let (tx, rx) = watch::channel(None);
     let conn = ctx.open(peer, info, extensions, io.outbound_check());
     let task_conn = conn.clone();
+    let sweep = ctx.clone().sweep();
     ctx.tracker.spawn(async move {
-        let reason = Context::drive(io, task_conn, component).await;
+        // The keepalive sweep in the connection's own task, dropped when
+        // the connection ends.
+        let drive = Context::drive(io, task_conn, component);
+        tokio::pin!(drive);
+        let reason = tokio::select! {
+            reason = &mut drive => reason,
+            () = sweep => drive.await,
+        };
         let _ = tx.send(Some(reason));
     });
     ClientHandle {

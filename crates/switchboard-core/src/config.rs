@@ -138,6 +138,12 @@ pub struct Config {
     /// the TCP accept. Default 10 s.
     pub handshake_timeout: Duration,
     /// Send a ping this often (transports with pings). Default 30 s.
+    ///
+    /// Pings and the idle timeout are checked when the server (or the
+    /// client) wakes its connections, once per period: a quarter of the
+    /// shortest of `ping_interval`, `idle_timeout` and their difference
+    /// (7.5 s with the defaults). Either can come up to one period late;
+    /// no connection holds a timer of its own.
     pub ping_interval: Option<Duration>,
     /// Close a connection that showed no sign of life for this long.
     /// Default 90 s.

@@ -358,6 +358,12 @@ impl Outbox {
         wake(waker);
     }
 
+    /// Takes the driver's waker, if it sleeps, for the keepalive sweep to
+    /// wake it (`Context::sweep`); it registers again when it next sleeps.
+    pub(crate) fn take_waker(&self) -> Option<Waker> {
+        self.lock().waker.take()
+    }
+
     /// The connection ended: refuse pushes for good and drop the queue.
     pub(crate) fn finish(&self) {
         let mut state = self.lock();

@@ -5,7 +5,7 @@
 //! else: the accept loop, limits, the connection lifecycle, queues and
 //! shutdown. A new transport (QUIC, Unix sockets) is a crate, not a fork;
 //! one over a byte stream builds on [`io`]: read and write buffers, the
-//! keepalive timer and client connects, shared by the WebSocket and TCP
+//! keepalive checks and client connects, shared by the WebSocket and TCP
 //! transports.
 //!
 //! Clients use the same seam from the other side: a transport crate dials,

@@ -220,11 +220,14 @@ where
                     self.peer_done = true;
                     return self.fail(CoreError::Io(err));
                 }
-                // Nothing more to read: the idle timer's turn (raw TCP has
-                // no pings, so the only thing it reports is a connection
-                // with no traffic either way).
+                // Nothing more to read: the idle timeout's turn (raw TCP
+                // has no pings, so the only thing due is the timeout of a
+                // connection with no traffic either way; the server's
+                // sweep wakes the connection to ask).
                 Poll::Pending => {
-                    ready!(self.keepalive.poll(cx));
+                    if self.keepalive.due().is_none() {
+                        return Poll::Pending;
+                    }
                     return self.fail(CoreError::IdleTimeout);
                 }
             }

@@ -49,7 +49,7 @@
 //!   hold no zlib stream; a broadcast is compressed once);
 //! - `ws_connection`: [`WsConnection`], the core's `TransportConn`: the
 //!   core's I/O layer (`switchboard_core::transport::io`: read and write
-//!   buffers, the keepalive timer) with fragments, UTF-8, control frames
+//!   buffers, the keepalive checks) with fragments, UTF-8, control frames
 //!   and the closing handshake over it;
 //! - `client`: [`connect`] and [`Client`], a component on the client side
 //!   of a connection, reconnecting and over TLS (`wss://`, feature `tls`);

@@ -186,10 +186,12 @@ where
                 }
             }
             let frame = match this.poll_frame(cx) {
-                // Nothing more to read: the keepalive timer's turn.
-                Poll::Pending => match ready!(this.keepalive.poll(cx)) {
-                    Due::Idle => return Poll::Ready(Err(Error::IdleTimeout)),
-                    Due::Ping => {
+                // Nothing more to read: the keepalive's turn (the
+                // server's sweep wakes the connection to ask it).
+                Poll::Pending => match this.keepalive.due() {
+                    None => return Poll::Pending,
+                    Some(Due::Idle) => return Poll::Ready(Err(Error::IdleTimeout)),
+                    Some(Due::Ping) => {
                         frame::encode(&mut this.out, this.settings.role, OP_PING, Bytes::new());
                         this.control_unflushed = true;
                         continue;

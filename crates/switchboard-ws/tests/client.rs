@@ -112,3 +112,82 @@ async fn server_shutdown_reaches_the_client_component() {
         matches!(client_events.closed().await, CloseReason::Peer(Some(f)) if f.code == CloseCode::AWAY)
     );
 }
+
+/// The client's pings and idle timeout come from its own keepalive sweep
+/// (there is no server of ours on this side): a server that completes the
+/// handshake and then answers nothing sees the client's pings, then its
+/// close for the idle timeout.
+#[tokio::test]
+async fn a_client_pings_a_silent_server_then_times_out() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.expect("request");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).expect("ascii");
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(": ")?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then_some(value)
+            })
+            .expect("a key");
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        stream.write_all(response.as_bytes()).await.expect("101");
+        let started = Instant::now();
+        // Every frame the client sends, by opcode, until its close.
+        let mut opcodes = Vec::new();
+        loop {
+            let mut header = [0u8; 2];
+            stream.read_exact(&mut header).await.expect("frame header");
+            // Control frames only: short, masked.
+            let len = usize::from(header[1] & 0x7F);
+            let mut rest = vec![0u8; 4 + len];
+            stream.read_exact(&mut rest).await.expect("frame");
+            opcodes.push(header[0] & 0x0F);
+            if header[0] & 0x0F == 0x8 {
+                return (opcodes, started.elapsed());
+            }
+        }
+    });
+
+    let ping = Duration::from_millis(100);
+    let idle = Duration::from_millis(400);
+    let config = fast_config()
+        .ping_interval(Some(ping))
+        .idle_timeout(Some(idle));
+    let (client_side, _events) = Recorder::new();
+    let client = ws::connect_with(&format!("ws://{addr}/"), &[], Arc::new(client_side), config)
+        .await
+        .expect("connects");
+    let reason = timeout(LIMIT, client.closed())
+        .await
+        .expect("closed in time");
+    assert!(matches!(reason, CloseReason::IdleTimeout), "{reason:?}");
+    let (opcodes, elapsed) = timeout(LIMIT, server)
+        .await
+        .expect("in time")
+        .expect("server");
+    let pings = opcodes.iter().filter(|&&op| op == 0x9).count();
+    assert!(pings >= 2, "pings before the timeout: {opcodes:?}");
+    assert_eq!(opcodes.last(), Some(&0x8));
+    // At the idle timeout, at most one sweep (a quarter of the ping
+    // interval) later, with room for a loaded machine.
+    assert!(elapsed >= idle - Duration::from_millis(50), "{elapsed:?}");
+    assert!(elapsed < idle * 4, "{elapsed:?}");
+}

@@ -10,9 +10,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 
 use futures_util::future::Either;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -26,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::extensions::Extensions;
 use crate::outbox::{Bounds, CloseRequest};
 use crate::stats::{Counters, Stats};
+use crate::transport::io::Keepalive;
 use crate::transport::{Accepted, OutboundCheck, Transport, TransportConn, TransportInfo};
 
 /// State shared by a server's listeners and connections.
@@ -57,6 +60,40 @@ impl Context {
             config,
             ..Context::default()
         })
+    }
+
+    /// Wakes every connection once per keepalive period
+    /// ([`Keepalive::sweep`]), for each to ask its keepalive what is due:
+    /// one timer for the pings and idle timeouts of all of them, rather
+    /// than one per connection. Ends when the server stops (a client's
+    /// task drops it when its connection ends); at once when both
+    /// settings are off.
+    pub(crate) async fn sweep(self: Arc<Self>) {
+        let Some(period) = Keepalive::sweep(self.config.ping_interval, self.config.idle_timeout)
+        else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The first tick completes at once.
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = self.stopping.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            // Woken after the registry's lock is released: a wake runs
+            // nothing of the connection's, but the lock is not held longer
+            // than taking the wakers.
+            let wakers: Vec<Waker> = self
+                .registry()
+                .values()
+                .filter_map(|conn| conn.outbox().take_waker())
+                .collect();
+            for waker in wakers {
+                waker.wake();
+            }
+        }
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<ConnectionId, Connection>> {
@@ -456,6 +493,7 @@ impl ServerBuilder {
         for addr in &addrs {
             tracing::info!(%addr, "listening");
         }
+        tokio::spawn(ctx.clone().sweep());
         Ok(ServerHandle {
             inner: Arc::new(HandleInner {
                 ctx,

@@ -4,7 +4,7 @@
 //!
 //! A [`TransportConn`](super::TransportConn) over them reads with
 //! [`ReadBuffer::poll_read`], calls [`Keepalive::seen`] when bytes arrived
-//! and [`Keepalive::poll`] when nothing more did, encodes into the
+//! and [`Keepalive::due`] when nothing more did, encodes into the
 //! [`WriteBuffer`] in `start_send`, and maps `poll_ready` and `poll_flush`
 //! onto the buffer's own.
 

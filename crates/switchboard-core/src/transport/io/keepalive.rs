@@ -1,14 +1,12 @@
-//! Pings for a silent peer, and the idle timeout.
+//! Pings for a silent peer, and the idle timeout, checked on the sweeps
+//! of the connection's server (or client).
 
-use std::future::Future;
 use std::num::NonZeroU64;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
-/// What the [`Keepalive`] timer asks the connection to do.
+/// What [`Keepalive::due`] asks the connection to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Due {
     /// Send a ping (only with a ping interval).
@@ -18,15 +16,19 @@ pub enum Due {
 }
 
 /// A connection's idle timeout and, for protocols that have them, pings
-/// after an interval of silence, on one timer: when it fires it looks at
-/// how long the peer has been silent, and pings, times out or sleeps again.
+/// after an interval of silence. It holds no timer: the server (or the
+/// client) that drives the connection wakes each of its connections once
+/// per [`sweep`](Self::sweep) period, and the woken connection asks
+/// [`due`](Self::due) what to do. That is one timer per server instead of
+/// one per connection (a tokio `Sleep` is 112 bytes, 128 once allocated,
+/// in every idle connection); a ping or an idle timeout comes at most one
+/// period late, a quarter of the shortest of the settings.
 ///
 /// Call [`seen`](Self::seen) after each read that brought bytes (one clock
-/// read, no timer operation) and [`poll`](Self::poll) when the socket has
-/// nothing more to read. A transport without pings calls `seen` after
-/// successful writes too (see `Config::idle_timeout`). The timer is
-/// created on the first `poll`, so a connection can be built outside a
-/// runtime.
+/// read) and [`due`](Self::due) when the socket has nothing more to read.
+/// A transport without pings calls `seen` after successful writes too (see
+/// `Config::idle_timeout`). The durations are the connection's `Config`'s
+/// (`ping_interval`, `idle_timeout`), from which the period is taken.
 #[derive(Debug)]
 pub struct Keepalive {
     /// The ping interval and the idle timeout in nanoseconds (`None`: off),
@@ -38,14 +40,11 @@ pub struct Keepalive {
     last_seen: Instant,
     /// Last ping sent (pings wait for an interval of silence since either).
     last_ping: Instant,
-    /// Created on the first poll; never while both settings are off.
-    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Keepalive {
-    /// A timer that pings after `ping_interval` of silence and reports the
-    /// peer idle after `idle_timeout` of silence; `None` (or zero, which
-    /// would fire without end) turns either off.
+    /// Pings after `ping_interval` of silence and reports the peer idle
+    /// after `idle_timeout` of silence; `None` (or zero) turns either off.
     pub fn new(ping_interval: Option<Duration>, idle_timeout: Option<Duration>) -> Self {
         let now = Instant::now();
         Keepalive {
@@ -53,8 +52,26 @@ impl Keepalive {
             idle_timeout: nanos(idle_timeout),
             last_seen: now,
             last_ping: now,
-            timer: None,
         }
+    }
+
+    /// How often the connections of a server (or a client) with these
+    /// settings must be woken to ask [`due`](Self::due): a quarter of the
+    /// shortest of the ping interval, the idle timeout and their
+    /// difference (so that a peer answering pings is pinged before the
+    /// idle timeout can be seen), at least a millisecond. `None` when
+    /// both are off.
+    pub fn sweep(
+        ping_interval: Option<Duration>,
+        idle_timeout: Option<Duration>,
+    ) -> Option<Duration> {
+        let (ping, idle) = (nanos(ping_interval), nanos(idle_timeout));
+        let margin = match (ping, idle) {
+            (Some(p), Some(i)) => NonZeroU64::new(i.get().saturating_sub(p.get())),
+            _ => None,
+        };
+        let shortest = [ping, idle, margin].into_iter().flatten().min()?;
+        Some(Duration::from_nanos(shortest.get() / 4).max(Duration::from_millis(1)))
     }
 
     /// The peer sent something (or, on a transport without pings, took
@@ -74,47 +91,29 @@ impl Keepalive {
         self.idle_timeout.map(|n| Duration::from_nanos(n.get()))
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let ping = self
-            .ping_interval()
-            .map(|i| self.last_seen.max(self.last_ping) + i);
-        let idle = self.idle_timeout().map(|t| self.last_seen + t);
-        ping.into_iter().chain(idle).min()
-    }
-
-    /// Ready when a ping is due or the peer is idle; registers the waker
-    /// otherwise. Never ready when both settings are off.
-    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
-        if self.timer.is_none() {
-            let Some(deadline) = self.next_deadline() else {
-                return Poll::Pending;
-            };
-            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+    /// What is due now: the idle timeout past `idle_timeout` of silence,
+    /// else a ping past `ping_interval` of silence since the last traffic
+    /// or ping (counted as sent). `None` when nothing is; always `None`
+    /// when both settings are off.
+    pub fn due(&mut self) -> Option<Due> {
+        if self.ping_interval.is_none() && self.idle_timeout.is_none() {
+            return None;
         }
-        while let Some(timer) = self.timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
+        let now = Instant::now();
+        if self
+            .idle_timeout()
+            .is_some_and(|t| now >= self.last_seen + t)
         {
-            let now = Instant::now();
-            if self
-                .idle_timeout()
-                .is_some_and(|t| now >= self.last_seen + t)
-            {
-                return Poll::Ready(Due::Idle);
-            }
-            let ping_due = self
-                .ping_interval()
-                .is_some_and(|i| now >= self.last_seen.max(self.last_ping) + i);
-            if ping_due {
-                self.last_ping = now;
-            }
-            if let (Some(next), Some(timer)) = (self.next_deadline(), self.timer.as_mut()) {
-                timer.as_mut().reset(next);
-            }
-            if ping_due {
-                return Poll::Ready(Due::Ping);
-            }
+            return Some(Due::Idle);
         }
-        Poll::Pending
+        let ping_due = self
+            .ping_interval()
+            .is_some_and(|i| now >= self.last_seen.max(self.last_ping) + i);
+        if ping_due {
+            self.last_ping = now;
+            return Some(Due::Ping);
+        }
+        None
     }
 }
 
@@ -127,64 +126,84 @@ fn nanos(duration: Option<Duration>) -> Option<NonZeroU64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::poll_fn;
-    use std::task::Waker;
-
-    async fn next(k: &mut Keepalive) -> (Due, Duration) {
-        let start = Instant::now();
-        let due = poll_fn(|cx| k.poll(cx)).await;
-        (due, start.elapsed())
-    }
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
     }
 
+    /// Advances the paused clock by `by` and asks what is due.
+    async fn after(k: &mut Keepalive, by: Duration) -> Option<Due> {
+        tokio::time::advance(by).await;
+        k.due()
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn pings_then_idles() {
+    async fn pings_after_each_interval_of_silence_then_idles() {
         let mut k = Keepalive::new(Some(secs(10)), Some(secs(25)));
-        assert_eq!(next(&mut k).await, (Due::Ping, secs(10)));
-        assert_eq!(next(&mut k).await, (Due::Ping, secs(10)));
-        assert_eq!(next(&mut k).await, (Due::Idle, secs(5)));
+        assert_eq!(after(&mut k, secs(9)).await, None);
+        assert_eq!(after(&mut k, secs(1)).await, Some(Due::Ping));
+        // The ping counts as sent: the next one after another interval.
+        assert_eq!(k.due(), None);
+        assert_eq!(after(&mut k, secs(9)).await, None);
+        assert_eq!(after(&mut k, secs(1)).await, Some(Due::Ping));
+        assert_eq!(after(&mut k, secs(4)).await, None);
+        assert_eq!(after(&mut k, secs(1)).await, Some(Due::Idle));
     }
 
     #[tokio::test(start_paused = true)]
     async fn traffic_postpones_what_is_due() {
-        // (ping interval, idle timeout, traffic after, then due, how long after)
-        for (ping, idle, traffic, due, after) in [
-            // Fires at 10 s, sees the traffic at 8 s and sleeps until 18 s.
-            (Some(10), 25, 8, Due::Ping, 10),
-            // Fires at 3 s, sees the traffic at 2 s and sleeps until 5 s.
-            (None, 3, 2, Due::Idle, 3),
-        ] {
-            let mut k = Keepalive::new(ping.map(secs), Some(secs(idle)));
-            assert!(k.poll(&mut Context::from_waker(Waker::noop())).is_pending());
-            tokio::time::advance(secs(traffic)).await;
-            k.seen();
-            assert_eq!(next(&mut k).await, (due, secs(after)));
-        }
+        let mut k = Keepalive::new(Some(secs(10)), Some(secs(25)));
+        tokio::time::advance(secs(8)).await;
+        k.seen();
+        assert_eq!(after(&mut k, secs(9)).await, None);
+        assert_eq!(after(&mut k, secs(1)).await, Some(Due::Ping));
+
+        let mut idle_only = Keepalive::new(None, Some(secs(3)));
+        tokio::time::advance(secs(2)).await;
+        idle_only.seen();
+        assert_eq!(after(&mut idle_only, secs(2)).await, None);
+        assert_eq!(after(&mut idle_only, secs(1)).await, Some(Due::Idle));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn off_never_fires_and_holds_no_timer() {
-        let waker = Waker::noop();
+    async fn off_is_never_due_and_needs_no_sweep() {
         for mut off in [
             Keepalive::new(None, None),
             Keepalive::new(Some(Duration::ZERO), Some(Duration::ZERO)),
         ] {
-            assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
-            assert!(off.timer.is_none());
-            tokio::time::advance(secs(3600)).await;
-            assert!(off.poll(&mut Context::from_waker(waker)).is_pending());
+            assert_eq!(after(&mut off, secs(3600)).await, None);
         }
+        assert_eq!(Keepalive::sweep(None, None), None);
+        assert_eq!(Keepalive::sweep(Some(Duration::ZERO), None), None);
+    }
+
+    #[test]
+    fn the_sweep_is_a_quarter_of_the_shortest_setting() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            Keepalive::sweep(Some(secs(30)), Some(secs(90))),
+            Some(ms(7_500))
+        );
+        assert_eq!(Keepalive::sweep(None, Some(secs(1))), Some(ms(250)));
+        assert_eq!(Keepalive::sweep(Some(secs(8)), None), Some(secs(2)));
+        // Pinged before the idle timeout can be seen: a quarter of 1 s.
+        assert_eq!(
+            Keepalive::sweep(Some(secs(30)), Some(secs(31))),
+            Some(ms(250))
+        );
+        assert_eq!(Keepalive::sweep(Some(ms(2)), None), Some(ms(1)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn durations_keep_their_nanoseconds_and_saturate() {
-        let k = Keepalive::new(Some(Duration::new(1, 1)), Some(Duration::MAX));
+        let mut k = Keepalive::new(Some(Duration::new(1, 1)), Some(Duration::MAX));
         assert_eq!(k.ping_interval(), Some(Duration::new(1, 1)));
         assert_eq!(k.idle_timeout(), Some(Duration::from_nanos(u64::MAX)));
         // 584 years from now: a deadline, not an overflow.
-        assert!(k.next_deadline().is_some());
+        assert_eq!(after(&mut k, secs(1)).await, None);
+        assert_eq!(
+            after(&mut k, Duration::from_nanos(1)).await,
+            Some(Due::Ping)
+        );
     }
 }
