@@ -48,7 +48,7 @@ pub(crate) fn start_client<C: TransportConn, K: MessageComponent + ?Sized>(
     let (tx, rx) = watch::channel(None);
     let conn = ctx.open(peer, info, extensions, io.outbound_check());
     let task_conn = conn.clone();
-    let sweep = ctx.clone().sweep();
+    let sweep = ctx.sweep();
     ctx.tracker.spawn(async move {
         // The keepalive sweep in the connection's own task, dropped when
         // the connection ends.

@@ -97,11 +97,12 @@ impl Default for TcpKeepalive {
 pub struct Config {
     /// Largest inbound message in bytes, after reassembly of fragments
     /// (WebSocket: close 1009). Default 1 MiB. A WebSocket connection
-    /// holds it as a 32-bit count: above 4 GiB, it is 4 GiB.
+    /// holds it as a 32-bit count: a limit above `u32::MAX` bytes (4 GiB
+    /// less one byte) is that much.
     pub max_message_size: usize,
     /// Largest single frame or line in bytes (WebSocket frame, TCP line or
     /// length-delimited frame). Default 1 MiB. Like `max_message_size`, at
-    /// most 4 GiB on a WebSocket connection.
+    /// most `u32::MAX` bytes on a WebSocket connection.
     pub max_frame_size: usize,
     /// Most messages waiting in one connection's outbound queue, from
     /// [`Connection::send`](crate::Connection::send) until the socket has
@@ -158,7 +159,8 @@ pub struct Config {
     /// [`tcp_keepalive`](Self::tcp_keepalive) (or, while data is in flight,
     /// by the kernel's retransmission limit and the slow-consumer policy),
     /// not by this timeout; what it still bounds is connections nobody
-    /// uses. `None` turns it off.
+    /// uses. `None` turns it off. With pings, it must be at least 1.25x
+    /// `ping_interval`, so that a pong has time to come back.
     pub idle_timeout: Option<Duration>,
     /// TCP keepalive probes on every accepted socket, whatever the
     /// transport (TCP, WebSocket, TLS over either). Default
@@ -244,10 +246,10 @@ impl Config {
             return fail("ping_interval must be longer than zero (None disables pings)");
         }
         if let (Some(ping), Some(idle)) = (self.ping_interval, self.idle_timeout)
-            && idle <= ping
+            && idle < ping + ping / 4
         {
             return fail(
-                "idle_timeout must be longer than ping_interval, or a healthy peer would time out",
+                "idle_timeout must be at least 1.25 x ping_interval, or a healthy peer could time out before it is pinged",
             );
         }
         if self.write_timeout.is_some_and(|d| d.is_zero()) {
@@ -288,11 +290,20 @@ mod tests {
         Config::default()
             .validate()
             .expect("default config is valid");
+        Config::default()
+            .ping_interval(Some(Duration::from_secs(8)))
+            .idle_timeout(Some(Duration::from_secs(10)))
+            .validate()
+            .expect("1.25 x the ping interval is enough");
         let secs = |n| Some(Duration::from_secs(n));
         for bad in [
             Config::default()
                 .ping_interval(secs(10))
                 .idle_timeout(secs(5)),
+            // Too close to the ping interval for a pong to come back.
+            Config::default()
+                .ping_interval(secs(30))
+                .idle_timeout(Some(Duration::from_millis(30_001))),
             Config::default().queue_max_messages(0),
             Config::default().tcp_keepalive(Some(TcpKeepalive::new(
                 Duration::from_millis(500),

@@ -150,7 +150,8 @@ struct State {
     /// the driver's batch and what the transport has not written out.
     messages: u32,
     bytes: usize,
-    /// The driver's waker, taken by the push or close that wakes it.
+    /// The driver's waker, taken by whatever wakes it: a push, a close,
+    /// shutdown's force or the keepalive sweep.
     waker: Option<Waker>,
     /// The first close request wins; later ones are ignored. Boxed: an
     /// idle connection holds this struct for its whole life.

@@ -19,8 +19,8 @@ use crate::frame::{
 };
 
 /// Limits and sizes of one connection. The limits are `u32`s (a limit
-/// above 4 GiB is 4 GiB): with them, the connection's state fits 224
-/// bytes rather than 256.
+/// above `u32::MAX` bytes is that much): with them, the connection's state
+/// takes a 224-byte block of mimalloc's rather than a 256-byte one.
 #[derive(Clone, Copy, Debug)]
 struct Settings {
     role: Role,

@@ -18,7 +18,7 @@
 //! | `floor-ws-idle` | the floor of a task per connection: the WebSocket upgrade (its buffer freed after), then a task that waits for readability and reads into a stack buffer (nothing held across the await); for the idle scenarios only |
 //! | `floor-ws-idle-timer` | the same with an idle `Sleep` in the task, reset by traffic |
 //! | `model-parked-ws-idle` | a model, not switchboard's design: after the upgrade, idle connections own no task, each an entry of one `FuturesUnordered` holding allocations of the sizes switchboard's idle connection holds (see `model_parked`); for the idle scenarios only |
-//! | `model-parked-ws-idle-timer` | the same with a boxed idle `Sleep` per entry, as switchboard's keepalive has |
+//! | `model-parked-ws-idle-timer` | the same with a boxed idle `Sleep` per entry, as switchboard's keepalive had before its sweep |
 //!
 //! Prints `listening on ADDR pid PID` once bound, then serves until killed
 //! or until `--max-seconds` (default 900) have passed. `--ws-read-buffer N`
@@ -485,9 +485,10 @@ async fn upgrade(stream: &TcpStream) -> Option<()> {
 
 // ---- a model: idle connections that own no task --------------------------
 
-/// What switchboard's idle WebSocket connection holds besides its task,
-/// its socket and its keepalive timer, as allocations of the same sizes
-/// (the bytes requested, which `tests/idle_memory.rs` counts): the
+/// What switchboard's idle WebSocket connection held at 3b43763 besides
+/// its task, its socket and its keepalive timer, as allocations of the
+/// same requested sizes (today's transport state is 216 bytes and there
+/// is no timer): the
 /// transport's state, the connection's shared state (an `Arc`), and the
 /// request's text and string ends (the load generator's request: `/` and
 /// `Host: 127.0.0.1:PORT`).
@@ -514,7 +515,7 @@ impl ModelState {
 /// `FuturesUnordered` that a single task polls, holding the socket, a
 /// `ModelState`, the message loop's state inline (the 144 bytes of
 /// switchboard's driver and component handle) and, with `timer`, a boxed
-/// idle `Sleep` as switchboard's keepalive does. An entry waits for
+/// idle `Sleep` as switchboard's keepalive had. An entry waits for
 /// readability the way a transport's read does (`poll_read_ready`, no
 /// waiter of its own) and drains into a stack buffer. Only the handshake
 /// runs on a task of its own. For the idle scenarios only: it answers

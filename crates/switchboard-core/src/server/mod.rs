@@ -10,7 +10,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Waker;
 
 use futures_util::future::Either;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -63,35 +62,40 @@ impl Context {
     }
 
     /// Wakes every connection once per keepalive period
-    /// ([`Keepalive::sweep`]), for each to ask its keepalive what is due:
-    /// one timer for the pings and idle timeouts of all of them, rather
-    /// than one per connection. Ends when the server stops (a client's
-    /// task drops it when its connection ends); at once when both
-    /// settings are off.
-    pub(crate) async fn sweep(self: Arc<Self>) {
-        let Some(period) = Keepalive::sweep(self.config.ping_interval, self.config.idle_timeout)
-        else {
-            return;
-        };
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // The first tick completes at once.
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                () = self.stopping.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            // Woken after the registry's lock is released: a wake runs
-            // nothing of the connection's, but the lock is not held longer
-            // than taking the wakers.
-            let wakers: Vec<Waker> = self
-                .registry()
-                .values()
-                .filter_map(|conn| conn.outbox().take_waker())
-                .collect();
-            for waker in wakers {
-                waker.wake();
+    /// ([`Keepalive::sweep_period`]), for each to ask its keepalive what is
+    /// due: one timer for the pings and idle timeouts of all of them,
+    /// rather than one per connection. Holds the context weakly: ends when
+    /// the server stops or nothing else holds it any more (a client's task
+    /// drops it when its connection ends); at once when both settings are
+    /// off.
+    pub(crate) fn sweep(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let period = Keepalive::sweep_period(self.config.ping_interval, self.config.idle_timeout);
+        let (ctx, stopping) = (Arc::downgrade(self), self.stopping.clone());
+        async move {
+            let Some(period) = period else {
+                return;
+            };
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            // The first tick completes at once.
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    () = stopping.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let Some(ctx) = ctx.upgrade() else {
+                    return;
+                };
+                // The registry's lock only while the handles are cloned;
+                // each connection's outbox is locked after it is released.
+                let conns: Vec<Connection> = ctx.registry().values().cloned().collect();
+                drop(ctx);
+                for conn in conns {
+                    if let Some(waker) = conn.outbox().take_waker() {
+                        waker.wake();
+                    }
+                }
             }
         }
     }
@@ -493,7 +497,7 @@ impl ServerBuilder {
         for addr in &addrs {
             tracing::info!(%addr, "listening");
         }
-        tokio::spawn(ctx.clone().sweep());
+        tokio::spawn(ctx.sweep());
         Ok(ServerHandle {
             inner: Arc::new(HandleInner {
                 ctx,

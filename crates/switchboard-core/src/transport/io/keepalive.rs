@@ -18,7 +18,7 @@ pub enum Due {
 /// A connection's idle timeout and, for protocols that have them, pings
 /// after an interval of silence. It holds no timer: the server (or the
 /// client) that drives the connection wakes each of its connections once
-/// per [`sweep`](Self::sweep) period, and the woken connection asks
+/// per [`sweep_period`](Self::sweep_period), and the woken connection asks
 /// [`due`](Self::due) what to do. That is one timer per server instead of
 /// one per connection (a tokio `Sleep` is 112 bytes, 128 once allocated,
 /// in every idle connection); a ping or an idle timeout comes at most one
@@ -61,7 +61,7 @@ impl Keepalive {
     /// difference (so that a peer answering pings is pinged before the
     /// idle timeout can be seen), at least a millisecond. `None` when
     /// both are off.
-    pub fn sweep(
+    pub fn sweep_period(
         ping_interval: Option<Duration>,
         idle_timeout: Option<Duration>,
     ) -> Option<Duration> {
@@ -173,25 +173,25 @@ mod tests {
         ] {
             assert_eq!(after(&mut off, secs(3600)).await, None);
         }
-        assert_eq!(Keepalive::sweep(None, None), None);
-        assert_eq!(Keepalive::sweep(Some(Duration::ZERO), None), None);
+        assert_eq!(Keepalive::sweep_period(None, None), None);
+        assert_eq!(Keepalive::sweep_period(Some(Duration::ZERO), None), None);
     }
 
     #[test]
     fn the_sweep_is_a_quarter_of_the_shortest_setting() {
         let ms = Duration::from_millis;
         assert_eq!(
-            Keepalive::sweep(Some(secs(30)), Some(secs(90))),
+            Keepalive::sweep_period(Some(secs(30)), Some(secs(90))),
             Some(ms(7_500))
         );
-        assert_eq!(Keepalive::sweep(None, Some(secs(1))), Some(ms(250)));
-        assert_eq!(Keepalive::sweep(Some(secs(8)), None), Some(secs(2)));
+        assert_eq!(Keepalive::sweep_period(None, Some(secs(1))), Some(ms(250)));
+        assert_eq!(Keepalive::sweep_period(Some(secs(8)), None), Some(secs(2)));
         // Pinged before the idle timeout can be seen: a quarter of 1 s.
         assert_eq!(
-            Keepalive::sweep(Some(secs(30)), Some(secs(31))),
+            Keepalive::sweep_period(Some(secs(30)), Some(secs(31))),
             Some(ms(250))
         );
-        assert_eq!(Keepalive::sweep(Some(ms(2)), None), Some(ms(1)));
+        assert_eq!(Keepalive::sweep_period(Some(ms(2)), None), Some(ms(1)));
     }
 
     #[tokio::test(start_paused = true)]
