@@ -120,7 +120,7 @@ async fn server_shutdown_reaches_the_client_component() {
 #[tokio::test]
 async fn a_client_pings_a_silent_server_then_times_out() {
     use std::time::{Duration, Instant};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -128,27 +128,7 @@ async fn a_client_pings_a_silent_server_then_times_out() {
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.expect("accept");
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            stream.read_exact(&mut byte).await.expect("request");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).expect("ascii");
-        let key = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(": ")?;
-                name.eq_ignore_ascii_case("sec-websocket-key")
-                    .then_some(value)
-            })
-            .expect("a key");
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let response = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        );
-        stream.write_all(response.as_bytes()).await.expect("101");
+        support::answer_upgrade(&mut stream, None).await;
         let started = Instant::now();
         // Every frame the client sends, by opcode, until its close.
         let mut opcodes = Vec::new();

@@ -222,23 +222,7 @@ async fn one_shot_server(
     let url = format!("ws://{}/", listener.local_addr().expect("addr"));
     let task = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.expect("accept");
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            stream.read_exact(&mut byte).await.expect("request");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).expect("ascii");
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-            .expect("a key");
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let response = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: {extensions}\r\n\r\n"
-        );
-        stream.write_all(response.as_bytes()).await.expect("101");
+        support::answer_upgrade(&mut stream, Some(extensions)).await;
         for frame in frames {
             stream.write_all(&frame).await.expect("frame");
         }

@@ -431,3 +431,33 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
         pos + len,
     ))
 }
+
+/// A hand-written server's side of an upgrade: reads the request's head
+/// from `stream` and answers 101 with the key's accept value and, if
+/// given, a `Sec-WebSocket-Extensions` header.
+pub async fn answer_upgrade(stream: &mut TcpStream, extensions: Option<&str>) {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("request");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("ascii");
+    let key = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then_some(value)
+        })
+        .expect("a key");
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let extensions = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
+    );
+    stream.write_all(response.as_bytes()).await.expect("101");
+}
