@@ -706,8 +706,12 @@ pub async fn start_server(service: Arc<Service>, config: Config) -> (ServerHandl
 }
 
 fn stats_line(server: &ServerHandle, service: &Service) -> String {
-    let s = server.stats();
+    // The component's closes first: the server counts a connection (as a
+    // slow consumer, say) before its `on_close` runs, so counters read
+    // afterwards include every close already seen here. The other order
+    // raced: 20 slow-consumer closes seen, 2 of them counted yet.
     let closes = service.closes();
+    let s = server.stats();
     let mut line = format!(
         "open={} total={} rejected={} denied={} rate_limited={} handshake_failures={} \
          accept_errors={} messages_in={} messages_out={} dropped={} slow={} invalid_sends={} \
