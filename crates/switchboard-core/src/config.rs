@@ -143,8 +143,10 @@ pub struct Config {
     /// Pings and the idle timeout are checked when the server (or the
     /// client) wakes its connections, once per period: a quarter of the
     /// shortest of `ping_interval`, `idle_timeout` and their difference
-    /// (7.5 s with the defaults). Either can come up to one period late;
-    /// no connection holds a timer of its own.
+    /// (7.5 s with the defaults). No connection holds a timer of its own,
+    /// and one with traffic reads no clock: silence is timed from the
+    /// first check that finds none, so either can come up to two periods
+    /// late (see `transport::io::Keepalive`).
     pub ping_interval: Option<Duration>,
     /// Close a connection that showed no sign of life for this long.
     /// Default 90 s.

@@ -156,7 +156,7 @@ impl<IO, C> TcpConn<IO, C> {
     /// The socket took bytes since the write buffer's count was `written`,
     /// which counts as activity for the idle timeout (see
     /// [`Config::idle_timeout`]: a peer that only reads is not idle while
-    /// messages flow to it). One clock read per write, none otherwise.
+    /// messages flow to it).
     #[inline]
     fn wrote_since(&mut self, written: u64) {
         if self.out.written() != written {

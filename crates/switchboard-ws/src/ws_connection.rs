@@ -481,8 +481,7 @@ where
             }
             match ready!(self.read.poll_read(&mut self.io, cx)) {
                 Ok(0) => return Poll::Ready(Ok(None)),
-                // Any bytes from the peer are traffic (one clock read per
-                // read, not per frame).
+                // Any bytes from the peer are traffic.
                 Ok(_) => self.keepalive.seen(),
                 Err(err) => return Poll::Ready(Err(Error::Io(err))),
             }

@@ -21,25 +21,46 @@ pub enum Due {
 /// per [`sweep_period`](Self::sweep_period), and the woken connection asks
 /// [`due`](Self::due) what to do. That is one timer per server instead of
 /// one per connection (a tokio `Sleep` is 112 bytes, 128 once allocated,
-/// in every idle connection); a ping or an idle timeout comes at most one
-/// period late, a quarter of the shortest of the settings.
+/// in every idle connection).
 ///
-/// Call [`seen`](Self::seen) after each read that brought bytes (one clock
-/// read) and [`due`](Self::due) when the socket has nothing more to read.
-/// A transport without pings calls `seen` after successful writes too (see
+/// Call [`seen`](Self::seen) after each read that brought bytes and
+/// [`due`](Self::due) when the socket has nothing more to read. A
+/// transport without pings calls `seen` after successful writes too (see
 /// `Config::idle_timeout`). The durations are the connection's `Config`'s
 /// (`ping_interval`, `idle_timeout`), from which the period is taken.
+///
+/// A connection with traffic reads no clock: `seen` only notes it, and a
+/// check that finds traffic since the check before knows that nothing can
+/// be due. Silence is timed from the first check that finds none, up to
+/// one period after the last traffic; with a check once per period, a
+/// ping or an idle timeout comes up to two periods late. Reading the clock
+/// at every read, write and check instead cost 1.5 % of the server's CPU
+/// time in the 32-byte TCP echo (`perf record`, three clock reads per
+/// batch of input).
 #[derive(Debug)]
 pub struct Keepalive {
     /// The ping interval and the idle timeout in nanoseconds (`None`: off),
     /// 16 bytes less than two `Option<Duration>`s in every connection.
     ping_interval: Option<NonZeroU64>,
     idle_timeout: Option<NonZeroU64>,
-    /// Last inbound traffic (or write, where the transport counts them),
-    /// or the open.
-    last_seen: Instant,
+    /// When the peer was last seen (or the open), as far as the checks
+    /// know.
+    seen: Seen,
     /// Last ping sent (pings wait for an interval of silence since either).
     last_ping: Instant,
+}
+
+/// When a connection's peer was last seen. The same 16 bytes as an
+/// `Instant`.
+#[derive(Clone, Copy, Debug)]
+enum Seen {
+    /// At this instant, the time of the check that first found silence.
+    At(Instant),
+    /// Traffic since the last check.
+    SinceCheck,
+    /// Traffic before the last check and none since: the next check that
+    /// finds none stamps it with its own time.
+    BeforeCheck,
 }
 
 impl Keepalive {
@@ -50,7 +71,7 @@ impl Keepalive {
         Keepalive {
             ping_interval: nanos(ping_interval),
             idle_timeout: nanos(idle_timeout),
-            last_seen: now,
+            seen: Seen::At(now),
             last_ping: now,
         }
     }
@@ -75,12 +96,10 @@ impl Keepalive {
     }
 
     /// The peer sent something (or, on a transport without pings, took
-    /// something we wrote).
+    /// something we wrote). Reads no clock.
     #[inline]
     pub fn seen(&mut self) {
-        if self.ping_interval.is_some() || self.idle_timeout.is_some() {
-            self.last_seen = Instant::now();
-        }
+        self.seen = Seen::SinceCheck;
     }
 
     fn ping_interval(&self) -> Option<Duration> {
@@ -94,21 +113,30 @@ impl Keepalive {
     /// What is due now: the idle timeout past `idle_timeout` of silence,
     /// else a ping past `ping_interval` of silence since the last traffic
     /// or ping (counted as sent). `None` when nothing is; always `None`
-    /// when both settings are off.
+    /// when both settings are off, and without a clock read when there
+    /// was traffic since the last check.
     pub fn due(&mut self) -> Option<Due> {
         if self.ping_interval.is_none() && self.idle_timeout.is_none() {
             return None;
         }
+        let last_seen = match self.seen {
+            Seen::SinceCheck => {
+                self.seen = Seen::BeforeCheck;
+                return None;
+            }
+            Seen::BeforeCheck => {
+                self.seen = Seen::At(Instant::now());
+                return None;
+            }
+            Seen::At(at) => at,
+        };
         let now = Instant::now();
-        if self
-            .idle_timeout()
-            .is_some_and(|t| now >= self.last_seen + t)
-        {
+        if self.idle_timeout().is_some_and(|t| now >= last_seen + t) {
             return Some(Due::Idle);
         }
         let ping_due = self
             .ping_interval()
-            .is_some_and(|i| now >= self.last_seen.max(self.last_ping) + i);
+            .is_some_and(|i| now >= last_seen.max(self.last_ping) + i);
         if ping_due {
             self.last_ping = now;
             return Some(Due::Ping);
@@ -155,14 +183,38 @@ mod tests {
         let mut k = Keepalive::new(Some(secs(10)), Some(secs(25)));
         tokio::time::advance(secs(8)).await;
         k.seen();
+        // The check after the traffic; silence is timed from the next
+        // check that finds none, 2 s later.
+        assert_eq!(k.due(), None);
+        assert_eq!(after(&mut k, secs(2)).await, None);
         assert_eq!(after(&mut k, secs(9)).await, None);
         assert_eq!(after(&mut k, secs(1)).await, Some(Due::Ping));
 
         let mut idle_only = Keepalive::new(None, Some(secs(3)));
         tokio::time::advance(secs(2)).await;
         idle_only.seen();
+        assert_eq!(after(&mut idle_only, secs(1)).await, None);
+        assert_eq!(after(&mut idle_only, secs(1)).await, None);
         assert_eq!(after(&mut idle_only, secs(2)).await, None);
         assert_eq!(after(&mut idle_only, secs(1)).await, Some(Due::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_between_checks_is_never_due() {
+        // Long past the idle timeout since the open, but the peer was seen
+        // since the last check, and then since the one before: nothing is
+        // due either time, with no clock read.
+        let mut k = Keepalive::new(Some(secs(1)), Some(secs(3)));
+        tokio::time::advance(secs(10)).await;
+        k.seen();
+        assert_eq!(k.due(), None);
+        assert_eq!(after(&mut k, secs(10)).await, None);
+        // Now silence counts from that check: a ping after an interval,
+        // the idle timeout after three.
+        assert_eq!(after(&mut k, secs(1)).await, Some(Due::Ping));
+        assert_eq!(after(&mut k, secs(2)).await, Some(Due::Idle));
+        // Where it keeps that: in an `Instant`'s own 16 bytes.
+        assert_eq!(size_of::<Seen>(), size_of::<Instant>());
     }
 
     #[tokio::test(start_paused = true)]
