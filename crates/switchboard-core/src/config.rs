@@ -162,7 +162,9 @@ pub struct Config {
     /// by the kernel's retransmission limit and the slow-consumer policy),
     /// not by this timeout; what it still bounds is connections nobody
     /// uses. `None` turns it off. With pings, it must be at least 1.25x
-    /// `ping_interval`, so that a pong has time to come back.
+    /// `ping_interval`, so that a pong has time to come back. Checked on
+    /// the same sweep as pings (see `ping_interval`): the close can come up
+    /// to two sweep periods late.
     pub idle_timeout: Option<Duration>,
     /// TCP keepalive probes on every accepted socket, whatever the
     /// transport (TCP, WebSocket, TLS over either). Default

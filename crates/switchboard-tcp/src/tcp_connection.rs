@@ -160,7 +160,7 @@ impl<IO, C> TcpConn<IO, C> {
     #[inline]
     fn wrote_since(&mut self, written: u64) {
         if self.out.written() != written {
-            self.keepalive.seen();
+            self.keepalive.wrote();
         }
     }
 

@@ -24,19 +24,20 @@ pub enum Due {
 /// in every idle connection).
 ///
 /// Call [`seen`](Self::seen) after each read that brought bytes and
-/// [`due`](Self::due) when the socket has nothing more to read. A
-/// transport without pings calls `seen` after successful writes too (see
-/// `Config::idle_timeout`). The durations are the connection's `Config`'s
-/// (`ping_interval`, `idle_timeout`), from which the period is taken.
+/// [`due`](Self::due) (the check) when the socket has nothing more to
+/// read. A transport without pings also calls [`wrote`](Self::wrote)
+/// after writes the socket took (see `Config::idle_timeout`). The
+/// durations are the connection's `Config`'s (`ping_interval`,
+/// `idle_timeout`), from which the period is taken.
 ///
-/// A connection with traffic reads no clock: `seen` only notes it, and a
-/// check that finds traffic since the check before knows that nothing can
-/// be due. Silence is timed from the first check that finds none, up to
-/// one period after the last traffic; with a check once per period, a
-/// ping or an idle timeout comes up to two periods late. Reading the clock
-/// at every read, write and check instead cost 1.5 % of the server's CPU
-/// time in the 32-byte TCP echo (`perf record`, three clock reads per
-/// batch of input).
+/// A connection with traffic reads no clock: `seen` and `wrote` only note
+/// it, and a check that finds a read since the check before knows that
+/// nothing can be due. Silence is timed from a later check that finds
+/// none, at most one period after the last traffic; with a check at least
+/// once per period, a ping or an idle timeout comes up to two periods
+/// late. Reading the clock at every read, write and check instead cost
+/// 1.5 % of the server's CPU time in the 32-byte TCP echo (`perf record`,
+/// three clock reads per batch of input).
 #[derive(Debug)]
 pub struct Keepalive {
     /// The ping interval and the idle timeout in nanoseconds (`None`: off),
@@ -45,7 +46,7 @@ pub struct Keepalive {
     idle_timeout: Option<NonZeroU64>,
     /// When the peer was last seen (or the open), as far as the checks
     /// know.
-    seen: Seen,
+    last_seen: LastSeen,
     /// Last ping sent (pings wait for an interval of silence since either).
     last_ping: Instant,
 }
@@ -53,13 +54,15 @@ pub struct Keepalive {
 /// When a connection's peer was last seen. The same 16 bytes as an
 /// `Instant`.
 #[derive(Clone, Copy, Debug)]
-enum Seen {
-    /// At this instant, the time of the check that first found silence.
+enum LastSeen {
+    /// At this instant: the open, or the check that stamped the last
+    /// traffic.
     At(Instant),
-    /// Traffic since the last check.
+    /// A read since the last check: the next check knows that nothing is
+    /// due and reads no clock.
     SinceCheck,
-    /// Traffic before the last check and none since: the next check that
-    /// finds none stamps it with its own time.
+    /// Traffic before the last check (or a write after it) and none
+    /// since: the next check stamps it with its own time.
     BeforeCheck,
 }
 
@@ -71,7 +74,7 @@ impl Keepalive {
         Keepalive {
             ping_interval: nanos(ping_interval),
             idle_timeout: nanos(idle_timeout),
-            seen: Seen::At(now),
+            last_seen: LastSeen::At(now),
             last_ping: now,
         }
     }
@@ -95,11 +98,21 @@ impl Keepalive {
         Some(Duration::from_nanos(shortest.get() / 4).max(Duration::from_millis(1)))
     }
 
-    /// The peer sent something (or, on a transport without pings, took
-    /// something we wrote). Reads no clock.
+    /// The peer sent something. Reads no clock.
     #[inline]
     pub fn seen(&mut self) {
-        self.seen = Seen::SinceCheck;
+        self.last_seen = LastSeen::SinceCheck;
+    }
+
+    /// The socket took bytes we wrote, on a transport that counts writes
+    /// as traffic (one without pings). Reads no clock. A write comes
+    /// after the check of the same wake, so the next check, not the one
+    /// after, must count it: it stamps it with its own time.
+    #[inline]
+    pub fn wrote(&mut self) {
+        if !matches!(self.last_seen, LastSeen::SinceCheck) {
+            self.last_seen = LastSeen::BeforeCheck;
+        }
     }
 
     fn ping_interval(&self) -> Option<Duration> {
@@ -113,22 +126,22 @@ impl Keepalive {
     /// What is due now: the idle timeout past `idle_timeout` of silence,
     /// else a ping past `ping_interval` of silence since the last traffic
     /// or ping (counted as sent). `None` when nothing is; always `None`
-    /// when both settings are off, and without a clock read when there
-    /// was traffic since the last check.
+    /// when both settings are off, and without a clock read when the
+    /// peer sent something since the last check.
     pub fn due(&mut self) -> Option<Due> {
         if self.ping_interval.is_none() && self.idle_timeout.is_none() {
             return None;
         }
-        let last_seen = match self.seen {
-            Seen::SinceCheck => {
-                self.seen = Seen::BeforeCheck;
+        let last_seen = match self.last_seen {
+            LastSeen::SinceCheck => {
+                self.last_seen = LastSeen::BeforeCheck;
                 return None;
             }
-            Seen::BeforeCheck => {
-                self.seen = Seen::At(Instant::now());
+            LastSeen::BeforeCheck => {
+                self.last_seen = LastSeen::At(Instant::now());
                 return None;
             }
-            Seen::At(at) => at,
+            LastSeen::At(at) => at,
         };
         let now = Instant::now();
         if self.idle_timeout().is_some_and(|t| now >= last_seen + t) {
@@ -200,21 +213,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn traffic_between_checks_is_never_due() {
-        // Long past the idle timeout since the open, but the peer was seen
-        // since the last check, and then since the one before: nothing is
-        // due either time, with no clock read.
+    async fn silence_counts_from_the_check_that_stamps_it() {
+        // Long past the idle timeout since the open, the peer sends: the
+        // check after it finds the read (no clock read), the next one
+        // stamps it. The bounds assume a check at least once per period;
+        // here the second comes 10 s later and counts from then.
         let mut k = Keepalive::new(Some(secs(1)), Some(secs(3)));
         tokio::time::advance(secs(10)).await;
         k.seen();
         assert_eq!(k.due(), None);
         assert_eq!(after(&mut k, secs(10)).await, None);
-        // Now silence counts from that check: a ping after an interval,
-        // the idle timeout after three.
+        // A ping after an interval, the idle timeout after three.
         assert_eq!(after(&mut k, secs(1)).await, Some(Due::Ping));
         assert_eq!(after(&mut k, secs(2)).await, Some(Due::Idle));
-        // Where it keeps that: in an `Instant`'s own 16 bytes.
-        assert_eq!(size_of::<Seen>(), size_of::<Instant>());
+        // Kept in an `Instant`'s own 16 bytes.
+        assert_eq!(size_of::<LastSeen>(), size_of::<Instant>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_after_the_check_is_stamped_by_the_next_one() {
+        // Raw TCP: no pings, writes count. The write comes after the
+        // wake's check; the next check (a period later) stamps it.
+        let mut k = Keepalive::new(None, Some(secs(4)));
+        tokio::time::advance(secs(3)).await;
+        assert_eq!(k.due(), None);
+        k.wrote();
+        assert_eq!(after(&mut k, secs(1)).await, None);
+        // Idle 4 s after that stamp (t = 4), not after the open.
+        assert_eq!(after(&mut k, secs(3)).await, None);
+        assert_eq!(after(&mut k, secs(1)).await, Some(Due::Idle));
+
+        // A write does not undo a read the next check has yet to see:
+        // that check passes (t = 5), the one after stamps (t = 7).
+        let mut k = Keepalive::new(None, Some(secs(4)));
+        tokio::time::advance(secs(5)).await;
+        k.seen();
+        k.wrote();
+        assert_eq!(k.due(), None);
+        assert_eq!(after(&mut k, secs(2)).await, None);
+        assert_eq!(after(&mut k, secs(3)).await, None);
+        assert_eq!(after(&mut k, secs(1)).await, Some(Due::Idle));
     }
 
     #[tokio::test(start_paused = true)]
