@@ -95,3 +95,40 @@ async fn tcp_and_websocket_clients_share_one_room() {
     assert_eq!(server.stats().connections_total, 2);
     assert_eq!(server.stats().open_connections, 0);
 }
+
+#[tokio::test]
+async fn a_burst_in_one_write_reaches_every_member_of_the_room() {
+    // 5,000 lines in one write: far more messages in one read than a
+    // member's queue holds (1,024 by default). The sender's task yields
+    // while it handles them, so that the members' tasks write them out
+    // as they come; none is closed as a slow consumer.
+    let server = Server::builder()
+        .bind("127.0.0.1:0", TcpTransport::lines(Room::default()))
+        .start()
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let mut member = LineClient::connect(addr).await;
+        assert_eq!(member.recv().await.as_deref(), Some("welcome tcp"));
+        members.push(member);
+    }
+    let mut sender = LineClient::connect(addr).await;
+    assert_eq!(sender.recv().await.as_deref(), Some("welcome tcp"));
+
+    const LINES: usize = 5_000;
+    let burst: String = (0..LINES).map(|i| format!("line {i:05}\n")).collect();
+    tokio::io::AsyncWriteExt::write_all(&mut sender.writer, burst.as_bytes())
+        .await
+        .unwrap();
+    for member in &mut members {
+        for i in 0..LINES {
+            let expected = format!("line {i:05}");
+            assert_eq!(member.recv().await, Some(expected), "line {i}");
+        }
+    }
+    assert_eq!(server.stats().slow_consumer_closes, 0);
+    assert_eq!(server.stats().dropped, 0);
+    server.shutdown().await;
+}
