@@ -255,12 +255,8 @@ impl<T: TransportConn> Driver<T> {
         // message in the TCP echo (`scripts/callgrind.sh`), where this
         // count is kept anyway.
         if self.received_messages >= MESSAGES_PER_POLL {
-            self.count_received();
             cx.waker().wake_by_ref();
-            return match self.write(cx) {
-                Some(end) => Poll::Ready(Err(end)),
-                None => Poll::Pending,
-            };
+            return self.write_and_wait(cx);
         }
         match self.io.poll_recv(cx) {
             Poll::Ready(Ok(Received::Message(msg))) => {
@@ -270,13 +266,17 @@ impl<T: TransportConn> Driver<T> {
             }
             Poll::Ready(Ok(Received::Closed(frame))) => Poll::Ready(Err(peer_closed(frame))),
             Poll::Ready(Err(err)) => Poll::Ready(Err(read_failed(err))),
-            Poll::Pending => {
-                self.count_received();
-                match self.write(cx) {
-                    Some(end) => Poll::Ready(Err(end)),
-                    None => Poll::Pending,
-                }
-            }
+            Poll::Pending => self.write_and_wait(cx),
+        }
+    }
+
+    /// The end of a batch of input: counts it, writes out what is queued
+    /// and waits (unless the write ended the connection).
+    fn write_and_wait(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Message, End>> {
+        self.count_received();
+        match self.write(cx) {
+            Some(end) => Poll::Ready(Err(end)),
+            None => Poll::Pending,
         }
     }
 
