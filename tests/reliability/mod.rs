@@ -504,6 +504,14 @@ impl Service {
         }
     }
 
+    /// The connections open now, as `transport/peer`.
+    pub fn live(&self) -> Vec<String> {
+        let members = self.members.lock().unwrap();
+        let live = members.values().map(|m| &m.conn);
+        live.map(|c| format!("{}/{}", c.transport().kind(), c.peer_addr()))
+            .collect()
+    }
+
     /// What `send` accepted for each connection, live or ended, by
     /// transport and peer.
     pub fn accepted(&self) -> HashMap<(&'static str, SocketAddr), u64> {
@@ -766,6 +774,7 @@ pub async fn child_main(heap: fn() -> usize) {
     while let Ok(Some(cmd)) = lines.next_line().await {
         match cmd.split_whitespace().collect::<Vec<_>>()[..] {
             ["stats"] => println!("STATS {} heap={}", stats_line(&server, &service), heap()),
+            ["live"] => println!("LIVE {}", service.live().join(" ")),
             ["flood", keep_below] => {
                 let keep_below: usize = keep_below.parse().unwrap();
                 let (service, stop) = (service.clone(), stop.clone());
@@ -879,7 +888,11 @@ impl ChildServer {
             if cond(&stats) {
                 return stats;
             }
-            assert!(Instant::now() < deadline, "timed out: {what}: {stats:?}");
+            if Instant::now() >= deadline {
+                self.send("live").await;
+                let live = read_tagged(&mut self.out, "LIVE ").await;
+                panic!("timed out: {what}: {stats:?}; open: [{live}]");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
