@@ -4,9 +4,10 @@
 //! The message loop ([`Driver::serve`]) reads one message, runs
 //! `on_message` to completion and only then reads the next: that is the
 //! inbound back-pressure. After `MESSAGES_PER_POLL` messages in one poll
-//! it yields to the other tasks, however many more one read brought. Outbound, the driver takes everything queued in
-//! the connection's [`Outbox`](crate::outbox::Outbox) in one batch, hands it
-//! to the transport and flushes once per batch:
+//! it yields to the other tasks, however many more one read brought.
+//! Outbound, the driver takes everything queued in the connection's
+//! [`Outbox`](crate::outbox::Outbox) in one batch, hands it to the
+//! transport and flushes once per batch:
 //! - when nothing more is readable, so that the replies to every message
 //!   that arrived together leave in one write;
 //! - before reading more when the outbox asks for attention (a close,
