@@ -144,7 +144,8 @@ pub enum CloseReason {
     /// reset). The frame is what was sent to the peer; 1006 when nothing
     /// could be sent.
     Error(CloseFrame),
-    /// A handler or a custom codec panicked; the peer got 1011.
+    /// A handler, a custom codec or the transport panicked; the peer got
+    /// 1011, unless the panic came while the connection was closing.
     Panic,
     /// The outbound queue overflowed under the `Close` slow-consumer policy;
     /// the peer got 1008.

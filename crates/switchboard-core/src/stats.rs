@@ -66,7 +66,7 @@ counters! {
     /// ([`SendError::Invalid`](crate::SendError::Invalid): a line break in a
     /// message to a TCP lines peer, say). Hub deliveries count here too.
     invalid_sends: invalid_sends,
-    /// Handler panics caught.
+    /// Panics caught: of handlers, and of transports and codecs.
     panics: panics,
 }
 

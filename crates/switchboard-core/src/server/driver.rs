@@ -545,7 +545,19 @@ impl<T: TransportConn> Driver<T> {
     ) -> BoxFuture<'a, CloseReason> {
         Box::pin(async move {
             self.count_received();
-            let reason = self.close(component, end).await;
+            // A transport that panics while closing still lets `on_close`
+            // run and the connection leave the server.
+            let reason = match AssertUnwindSafe(self.close(component, end))
+                .catch_unwind()
+                .await
+            {
+                Ok(reason) => reason,
+                Err(panic) => {
+                    Stats::add(&self.conn.context().stats.panics, 1);
+                    tracing::error!(conn = %self.conn.id(), panic = %panic_message(&*panic), "transport panicked while closing");
+                    CloseReason::Panic
+                }
+            };
             self.discard_batch();
             tracing::debug!(%reason, "connection closed");
 
@@ -1167,6 +1179,55 @@ mod tests {
             let queued = conn.queued_messages();
             self.0.store(queued, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// A transport whose peer has gone and whose close panics.
+    struct PanicsOnClose;
+
+    impl TransportConn for PanicsOnClose {
+        fn poll_recv(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<Received>> {
+            Poll::Ready(Ok(Received::Closed(None)))
+        }
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(&mut self, _: Message) -> Result<()> {
+            Ok(())
+        }
+        fn poll_flush(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(&mut self, _: &mut TaskContext<'_>, _: &CloseFrame) -> Poll<Result<()>> {
+            panic!("close failed")
+        }
+    }
+
+    /// Records the reason `on_close` was given.
+    #[derive(Default)]
+    struct ClosedWith(std::sync::Mutex<Option<CloseReason>>);
+
+    impl MessageComponent for ClosedWith {
+        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+            Ok(())
+        }
+        async fn on_close(&self, _: &Connection, reason: CloseReason) {
+            *self.0.lock().expect("not poisoned") = Some(reason);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transport_that_panics_while_closing_still_gets_on_close_and_leaves() {
+        let (ctx, conn) = open(Config::default());
+        let component = Arc::new(ClosedWith::default());
+        let task = tokio::spawn(drive(PanicsOnClose, conn.clone(), component.clone()));
+        assert!(matches!(ended(task).await, CloseReason::Panic));
+        let closed_with = component.0.lock().expect("not poisoned").take();
+        assert!(matches!(closed_with, Some(CloseReason::Panic)));
+        let counters = ctx.stats.snapshot();
+        assert_eq!(counters.panics, 1);
+        assert_eq!(counters.open_connections, 0);
+        assert!(ctx.registry().is_empty());
+        assert!(conn.send("after the end").is_err());
     }
 
     #[tokio::test]
