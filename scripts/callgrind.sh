@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# User-space instructions per echoed message, counted by valgrind's
-# callgrind on the server: repeatable for the same binary whatever else the
-# machine is doing (kernel time is not included). docs/performance.md has
-# the figures.
+# User-space instructions per echoed message (or, for a chat server, per
+# delivery of a broadcast), counted by valgrind's callgrind on the server:
+# repeatable for the same binary whatever else the machine is doing
+# (kernel time is not included). docs/performance.md has the figures.
 #
-#   scripts/callgrind.sh SERVER            # e.g. switchboard-tcp-echo, switchboard-ws-echo
+#   scripts/callgrind.sh SERVER            # e.g. switchboard-tcp-echo, switchboard-ws-chat
 #   scripts/callgrind.sh SERVER DIR        # DIR/bench-server, built from another commit
 #
-# 20 connections x 10 in flight x 32 bytes for 4 s, loopback only.
+# Echo: 20 connections x 10 in flight x 32 bytes for 4 s. Chat: 200
+# subscribers, one publisher at 50 messages/s of 64 bytes for 4 s (the
+# connections' setup is counted too). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +32,18 @@ case "$server" in
     *tcp*) url="tcp://$addr" ;;
     *) url="ws://$addr/" ;;
 esac
-"$target/release/loadgen" echo --target "$url" --client raw \
-    --conns 20 --inflight 10 --size 32 --seconds 4 --warmup 0 > "$out/load.log"
+if [[ "$server" == *chat* ]]; then
+    "$target/release/loadgen" broadcast --target "$url" --client raw \
+        --subs 200 --pubs 1 --rate 50 --size 64 --seconds 4 > "$out/load.log"
+    what=deliveries one=delivery
+    count=$(grep -o 'received=[0-9]*' "$out/load.log" | head -1 | cut -d= -f2)
+else
+    "$target/release/loadgen" echo --target "$url" --client raw \
+        --conns 20 --inflight 10 --size 32 --seconds 4 --warmup 0 > "$out/load.log"
+    what=messages one=message
+    count=$(grep -o 'msgs=[0-9]*' "$out/load.log" | head -1 | cut -d= -f2)
+fi
 kill -INT "$pid"
 wait "$pid" 2>/dev/null || true
 total=$(awk '/^summary:/ {print $2}' "$out/cg.out")
-msgs=$(grep -o 'msgs=[0-9]*' "$out/load.log" | head -1 | cut -d= -f2)
-echo "$server: $total instructions / $msgs messages = $((total / msgs)) per message"
+echo "$server: $total instructions / $count $what = $((total / count)) per $one"
