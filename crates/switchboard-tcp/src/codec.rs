@@ -571,7 +571,7 @@ mod tests {
         let big = bytes::Bytes::from(vec![b'x'; 10_000]);
         for mut codec in [Codec::lines(), Codec::length_delimited(), Codec::raw()] {
             let mut expected = BytesMut::new();
-            let mut out = WriteBuffer::new(usize::MAX, 0);
+            let mut out = WriteBuffer::new(usize::MAX);
             for msg in [
                 Message::text("hi"),
                 Message::binary(big.clone()),

@@ -22,9 +22,6 @@ const READ_INITIAL: usize = 1024;
 /// 256 KiB in their own memory) here, the rest staying in the core's
 /// bounded queue where the slow-consumer policy sees it.
 const WRITE_BOUNDARY: usize = 8 * 1024;
-/// A write buffer of up to this much is kept once written out: one
-/// allocation fewer per batch of small messages.
-const WRITE_KEEP: usize = 8 * 1024;
 /// Undecoded bytes allowed beyond the configured maximum before a codec
 /// that does not bound its own buffering is stopped (room for headers).
 const GUARD_SLACK: usize = 4 * 1024;
@@ -134,7 +131,7 @@ impl<IO, C> TcpConn<IO, C> {
             io,
             codec,
             read: ReadBuffer::new(READ_INITIAL),
-            out: WriteBuffer::new(WRITE_BOUNDARY, WRITE_KEEP),
+            out: WriteBuffer::new(WRITE_BOUNDARY),
             keepalive: Keepalive::new(None, config.idle_timeout),
             guard: max.saturating_add(GUARD_SLACK),
             state: ReadState::Open,

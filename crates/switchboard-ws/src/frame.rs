@@ -386,7 +386,7 @@ pub(crate) mod tests {
     #[test]
     fn server_frames_keep_their_order_and_large_payloads_their_memory() {
         let big = Bytes::from(vec![7u8; 100_000]);
-        let mut out = WriteBuffer::new(16 * 1024, 0);
+        let mut out = WriteBuffer::new(16 * 1024);
         encode(&mut out, Role::Server, OP_TEXT, Bytes::from_static(b"a"));
         encode(&mut out, Role::Server, OP_BINARY, big.clone());
         encode(&mut out, Role::Server, OP_TEXT, Bytes::from_static(b"b"));
@@ -404,7 +404,7 @@ pub(crate) mod tests {
     fn client_frames_are_masked_and_unmask_to_the_payload() {
         let mut keys = std::collections::HashSet::new();
         for _ in 0..2 {
-            let mut out = WriteBuffer::new(16 * 1024, 0);
+            let mut out = WriteBuffer::new(16 * 1024);
             encode(
                 &mut out,
                 Role::Client,

@@ -154,9 +154,7 @@ where
                 settings,
                 read: ReadBuffer::with_bytes(read_size, leftover),
                 fragments: None,
-                // Nothing kept once written: an idle connection holds no
-                // write buffer.
-                out: WriteBuffer::new(write_buffer, 0),
+                out: WriteBuffer::new(write_buffer),
                 pong: None,
                 control_unflushed: false,
                 keepalive: Keepalive::new(config.ping_interval, config.idle_timeout),

@@ -34,10 +34,13 @@ const MIN_ALLOC: usize = 1024;
 /// `BytesMut`, for tokio-util encoders). With no large payload pending, a
 /// write is one plain `poll_write` of the coalesced bytes.
 ///
-/// After everything was written, the coalescing buffer's memory is let go
-/// unless it is at most `keep` bytes: with `keep` 0 an idle connection
-/// holds no write buffer at all; a small `keep` saves an allocation per
-/// batch for connections that keep exchanging small messages.
+/// Once everything was written, the coalescing buffer's memory is let go:
+/// an idle connection holds no write buffer. Keeping a small buffer for
+/// the next batch saves an allocation per batch, but costs CPU where it
+/// matters most: in a broadcast each subscriber's kept buffer is cold in
+/// the cache when its turn comes, while the block freed after one
+/// delivery and handed out for the next stays hot (docs/performance.md,
+/// "Idle memory per connection").
 ///
 /// ```
 /// use std::future::poll_fn;
@@ -47,7 +50,7 @@ const MIN_ALLOC: usize = 1024;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> std::io::Result<()> {
-/// let mut out = WriteBuffer::new(16 * 1024, 0);
+/// let mut out = WriteBuffer::new(16 * 1024);
 /// // A line: the payload, then its end.
 /// out.frame(b"", Bytes::from_static(b"hello"), b"\n");
 /// let mut sink: Vec<u8> = Vec::new();
@@ -65,8 +68,6 @@ pub struct WriteBuffer {
     queued: Option<Box<Queued>>,
     /// Copied bytes that make `poll_ready` write first.
     limit: u32,
-    /// The largest coalescing buffer kept once written out.
-    keep: u32,
     /// Bytes written to the stream so far.
     written: u64,
 }
@@ -88,15 +89,12 @@ impl Queued {
 
 impl WriteBuffer {
     /// An empty buffer (no allocation). `limit`: copied bytes at which
-    /// [`poll_ready`](Self::poll_ready) writes before taking more; `keep`:
-    /// the largest allocation kept once everything was written (0: none).
-    pub fn new(limit: usize, keep: usize) -> Self {
-        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    /// [`poll_ready`](Self::poll_ready) writes before taking more.
+    pub fn new(limit: usize) -> Self {
         WriteBuffer {
             buf: BytesMut::new(),
             queued: None,
-            limit: clamp(limit),
-            keep: clamp(keep),
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
             written: 0,
         }
     }
@@ -228,7 +226,6 @@ impl WriteBuffer {
     where
         IO: AsyncWrite + Unpin + ?Sized,
     {
-        let grown = self.buf.capacity() > self.keep as usize;
         loop {
             let n = match &self.queued {
                 None if self.buf.is_empty() => break,
@@ -253,11 +250,9 @@ impl WriteBuffer {
             }
             self.advance(n);
         }
-        // With no room left the buffer may still share the memory of the
-        // bytes split off it: let go of that too.
-        if grown || self.buf.capacity() == 0 {
-            self.buf = BytesMut::new();
-        }
+        // Empty now, the buffer may still share the memory of the bytes
+        // split off it: let go of that too.
+        self.buf = BytesMut::new();
         Poll::Ready(Ok(()))
     }
 
@@ -351,7 +346,7 @@ mod tests {
 
     #[test]
     fn small_frames_are_coalesced_into_one_plain_write() {
-        let mut out = WriteBuffer::new(16 * 1024, 0);
+        let mut out = WriteBuffer::new(16 * 1024);
         for word in ["one", "two", "three"] {
             out.frame(b">", Bytes::from(word), b"\n");
         }
@@ -362,21 +357,12 @@ mod tests {
         assert_eq!(io.writes, vec![(false, 1, 17)]);
         assert!(out.is_empty());
         assert!(!out.is_allocated());
-
-        // With a `keep`, a buffer up to that size stays for the next batch.
-        let mut out = WriteBuffer::new(16 * 1024, 8 * 1024);
-        out.frame(b"", Bytes::from_static(b"small"), b"\n");
-        flush(&mut out, &mut io);
-        assert!(out.is_allocated());
-        out.buf_mut().extend_from_slice(&[0u8; 10_000]);
-        flush(&mut out, &mut io);
-        assert!(!out.is_allocated());
     }
 
     #[test]
     fn a_large_payload_is_written_from_its_own_bytes() {
         let big = Bytes::from(vec![7u8; 100_000]);
-        let mut out = WriteBuffer::new(16 * 1024, 0);
+        let mut out = WriteBuffer::new(16 * 1024);
         out.frame(b"", Bytes::from_static(b"a"), b"\n");
         out.frame(b"<", big.clone(), b">");
         // An encoder's bytes go after it too.
@@ -402,7 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn short_writes_and_writes_of_one_slice_keep_the_order() {
-        let mut out = WriteBuffer::new(16 * 1024, 0);
+        let mut out = WriteBuffer::new(16 * 1024);
         let mut expected = Vec::new();
         for i in 0..20u8 {
             let payload = Bytes::from(vec![i; if i % 3 == 0 { 5000 } else { 10 }]);
@@ -436,7 +422,7 @@ mod tests {
     fn poll_ready_writes_at_the_copied_limit_or_at_256_kib_pending() {
         let mut cx = Context::from_waker(Waker::noop());
         let mut io = Recording::default();
-        let mut out = WriteBuffer::new(100, 0);
+        let mut out = WriteBuffer::new(100);
         out.frame(b"", Bytes::from(vec![0u8; 99]), b"");
         assert!(out.poll_ready(&mut io, &mut cx).is_ready());
         assert!(io.writes.is_empty());
