@@ -9,7 +9,8 @@
 #
 # Echo: 20 connections x 10 in flight x 32 bytes for 4 s. Chat: 200
 # subscribers, one publisher at 50 messages/s of 64 bytes for 4 s (the
-# connections' setup is counted too). Loopback only.
+# connections' setup and the load generator's waits before and after are
+# counted too). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,4 +47,9 @@ fi
 kill -INT "$pid"
 wait "$pid" 2>/dev/null || true
 total=$(awk '/^summary:/ {print $2}' "$out/cg.out")
+if [ "${count:-0}" -eq 0 ]; then
+    echo "$server: no $what counted; the load generator said:" >&2
+    cat "$out/load.log" >&2
+    exit 1
+fi
 echo "$server: $total instructions / $count $what = $((total / count)) per $one"

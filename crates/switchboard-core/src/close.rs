@@ -145,7 +145,8 @@ pub enum CloseReason {
     /// could be sent.
     Error(CloseFrame),
     /// A handler, a custom codec or the transport panicked; the peer got
-    /// 1011, unless the panic came while the connection was closing.
+    /// 1011. (A panic while the connection was already closing keeps the
+    /// reason the close began for.)
     Panic,
     /// The outbound queue overflowed under the `Close` slow-consumer policy;
     /// the peer got 1008.

@@ -66,7 +66,8 @@ counters! {
     /// ([`SendError::Invalid`](crate::SendError::Invalid): a line break in a
     /// message to a TCP lines peer, say). Hub deliveries count here too.
     invalid_sends: invalid_sends,
-    /// Panics caught: of handlers, and of transports and codecs.
+    /// Panics caught, each one: of handlers, and of transports and codecs
+    /// (one that panics again while its connection closes counts twice).
     panics: panics,
 }
 

@@ -299,14 +299,16 @@ fn binary_line(payload: &[u8]) -> Result<(), &'static str> {
 
 /// Whether `bytes` hold a `\n` or a `\r`. Up to 256 bytes (most
 /// messages), 16 bytes at a time, each 16 a few vector compares; the
-/// bytes past the last whole 16 are looked at as the last 16 (again in
-/// part), so only a message shorter than 16 is looked at byte by byte.
+/// tail past the last whole 16 is checked by scanning the final 16 bytes
+/// (overlapping the 16 before), so only a message shorter than 16 is
+/// looked at byte by byte.
 /// Far fewer instructions for a short message than `memchr2`'s setup;
 /// longer ones take `memchr2`. The early exit per 16 is what keeps it
 /// small: without it the compiler vectorizes across the 16s into a
 /// 12 KiB function whose prologue alone outweighs a 32-byte message's
 /// scan (the check of a 32-byte line: 71 → 55 instructions, with
-/// `binary_line` out of line; `scripts/callgrind.sh switchboard-tcp-echo`).
+/// `binary_line` out of line; `callgrind_annotate` of
+/// `scripts/callgrind.sh switchboard-tcp-echo`'s profile).
 #[inline]
 fn has_line_break(bytes: &[u8]) -> bool {
     if bytes.len() > 256 {
@@ -541,8 +543,11 @@ mod tests {
                 }
             }
         }
-        // Neighbours of the two bytes are not breaks.
-        assert!(!has_line_break(&[0x09, 0x0b, 0x0c, 0x0e, 0x8a, 0x8d]));
+        // Neighbours of the two bytes are not breaks, byte by byte and 16
+        // at a time.
+        let neighbours = [0x09, 0x0b, 0x0c, 0x0e, 0x8a, 0x8d];
+        assert!(!has_line_break(&neighbours));
+        assert!(!has_line_break(&neighbours.repeat(5)));
     }
 
     #[test]

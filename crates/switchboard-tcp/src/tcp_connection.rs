@@ -38,8 +38,7 @@ const GUARD_SLACK: usize = 4 * 1024;
 /// messages split off without copying. The built-in [`Codec`] writes
 /// payloads over 4 KiB from their own memory; your own codec encodes into
 /// the write buffer's `BytesMut`. The write buffer is written out at 8 KiB
-/// and at the end of each batch, and kept for the next batch if it did not
-/// grow past 8 KiB.
+/// and at the end of each batch, and let go once written out.
 ///
 /// # Limits
 ///

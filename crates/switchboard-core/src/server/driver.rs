@@ -508,8 +508,8 @@ impl<T: TransportConn> Driver<T> {
         }
     }
 
-    /// Runs `on_error`. A panic in it is logged and closes the connection
-    /// (the close path runs outside the loop's catch, so it is caught here).
+    /// Runs `on_error`. A panic in it is logged and closes the connection;
+    /// it is caught here, so that the close path that called it goes on.
     fn report<'a, K: MessageComponent + ?Sized>(
         &'a mut self,
         component: &'a K,
@@ -546,7 +546,8 @@ impl<T: TransportConn> Driver<T> {
         Box::pin(async move {
             self.count_received();
             // A transport that panics while closing still lets `on_close`
-            // run and the connection leave the server.
+            // run, with the reason the close began for, and the connection
+            // leave the server.
             let reason = match AssertUnwindSafe(self.close(component, end))
                 .catch_unwind()
                 .await
@@ -555,7 +556,9 @@ impl<T: TransportConn> Driver<T> {
                 Err(panic) => {
                     Stats::add(&self.conn.context().stats.panics, 1);
                     tracing::error!(conn = %self.conn.id(), panic = %panic_message(&*panic), "transport panicked while closing");
-                    CloseReason::Panic
+                    let panicked =
+                        CloseRequest::new(CloseCode::ERROR, "internal error", CloseReason::Panic);
+                    self.conn.begin_close(panicked).reason
                 }
             };
             self.discard_batch();
@@ -1220,9 +1223,10 @@ mod tests {
         let (ctx, conn) = open(Config::default());
         let component = Arc::new(ClosedWith::default());
         let task = tokio::spawn(drive(PanicsOnClose, conn.clone(), component.clone()));
-        assert!(matches!(ended(task).await, CloseReason::Panic));
+        // The peer's close began it: that is why the connection closed.
+        assert!(matches!(ended(task).await, CloseReason::Peer(None)));
         let closed_with = component.0.lock().expect("not poisoned").take();
-        assert!(matches!(closed_with, Some(CloseReason::Panic)));
+        assert!(matches!(closed_with, Some(CloseReason::Peer(None))));
         let counters = ctx.stats.snapshot();
         assert_eq!(counters.panics, 1);
         assert_eq!(counters.open_connections, 0);
