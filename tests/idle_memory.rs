@@ -81,9 +81,9 @@ fn live_by_size() -> Vec<isize> {
 /// Connections measured (after as many again to warm up).
 const N: usize = 400;
 
+/// Echoes every message but `quiet`.
 struct Echo;
 
-/// Echoes every message but `quiet`.
 impl MessageComponent for Echo {
     async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
         if msg.as_text() != Some("quiet") {

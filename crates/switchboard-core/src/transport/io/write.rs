@@ -36,11 +36,12 @@ const MIN_ALLOC: usize = 1024;
 ///
 /// Once everything was written, the coalescing buffer's memory is let go:
 /// an idle connection holds no write buffer. Keeping a small buffer for
-/// the next batch saves an allocation per batch, but measured more CPU
-/// time per delivery in a broadcast, most likely because each
-/// subscriber's kept buffer is cold in the cache when its turn comes,
-/// while the block freed after one delivery and handed out for the next
-/// stays hot (docs/performance.md, "Idle memory per connection").
+/// the next batch would save an allocation per batch, but it was
+/// measured to cost more CPU time per delivery in a broadcast, most
+/// likely because each subscriber's kept buffer is cold in the cache when
+/// its turn comes, while the block freed after one delivery and handed
+/// out for the next stays hot (docs/performance.md, "Idle memory per
+/// connection").
 ///
 /// ```
 /// use std::future::poll_fn;
