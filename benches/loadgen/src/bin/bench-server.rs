@@ -19,6 +19,8 @@
 //! | `floor-ws-idle-timer` | the same with an idle `Sleep` in the task, reset by traffic |
 //! | `model-parked-ws-idle` | a model, not switchboard's design: after the upgrade, idle connections own no task, each an entry of one `FuturesUnordered` holding allocations of the sizes switchboard's idle connection holds (see `model_parked`); for the idle scenarios only |
 //! | `model-parked-ws-idle-timer` | the same with a boxed idle `Sleep` per entry, as switchboard's keepalive had before its sweep |
+//! | `model-wake-ws-chat` | a model of fan-out, not switchboard's design: each message framed once, queued to every other member whose task is woken to write it (see `model_fanout`) |
+//! | `model-direct-ws-chat` | the same, but the publishing task writes each frame into a member's socket itself when nothing waits before it there, as uWebSockets does |
 //!
 //! Prints `listening on ADDR pid PID` once bound, then serves until killed
 //! or until `--max-seconds` (default 900) have passed. `--ws-read-buffer N`
@@ -66,6 +68,8 @@ const KINDS: &[&str] = &[
     "floor-ws-idle-timer",
     "model-parked-ws-idle",
     "model-parked-ws-idle-timer",
+    "model-wake-ws-chat",
+    "model-direct-ws-chat",
 ];
 
 fn main() {
@@ -154,6 +158,8 @@ async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(),
         "floor-ws-idle-timer" => floor_ws_idle(addr, true).await,
         "model-parked-ws-idle" => model_parked(addr, false).await,
         "model-parked-ws-idle-timer" => model_parked(addr, true).await,
+        "model-wake-ws-chat" => model_fanout(addr, false).await,
+        "model-direct-ws-chat" => model_fanout(addr, true).await,
         _ => unreachable!("kinds are checked in main"),
     }
 }
@@ -576,4 +582,211 @@ fn park(stream: TcpStream, timer: bool) -> impl std::future::Future<Output = ()>
             }
         }
     })
+}
+
+// ---- models of fan-out ------------------------------------------------------
+
+/// One member of a fan-out model: its socket, shared by its own task and
+/// every publisher, and what waits to be written to it.
+struct FanMember {
+    stream: TcpStream,
+    out: Mutex<FanOut>,
+}
+
+#[derive(Default)]
+struct FanOut {
+    /// Frames (or the rest of one) not yet taken by the socket, in order.
+    queue: std::collections::VecDeque<bytes::Bytes>,
+    /// The member's task, to write the queue out.
+    waker: Option<std::task::Waker>,
+    closed: bool,
+}
+
+type FanMembers = Arc<Mutex<HashMap<u64, Arc<FanMember>>>>;
+
+impl FanMember {
+    /// Hands `frame` over: with `direct`, written by the caller at once if
+    /// nothing waits before it and the socket takes it, else queued for
+    /// the member's task (woken) to write.
+    fn deliver(&self, frame: &bytes::Bytes, direct: bool) {
+        let mut out = self.out.lock().unwrap();
+        if out.closed {
+            return;
+        }
+        if direct && out.queue.is_empty() {
+            match self.stream.try_write(frame) {
+                Ok(n) if n == frame.len() => return,
+                Ok(n) => out.queue.push_back(frame.slice(n..)),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    out.queue.push_back(frame.clone())
+                }
+                Err(_) => {
+                    out.closed = true;
+                    return;
+                }
+            }
+        } else {
+            out.queue.push_back(frame.clone());
+        }
+        if let Some(waker) = out.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Writes the queue out until it is empty or the socket is full;
+    /// `false` once writing failed.
+    fn poll_write_queue(&self, cx: &mut std::task::Context<'_>) -> bool {
+        let mut out = self.out.lock().unwrap();
+        while !out.queue.is_empty() {
+            if self.stream.poll_write_ready(cx).is_pending() {
+                break;
+            }
+            let mut slices = [std::io::IoSlice::new(&[]); 64];
+            let mut count = 0;
+            for (slice, frame) in slices.iter_mut().zip(&out.queue) {
+                *slice = std::io::IoSlice::new(frame);
+                count += 1;
+            }
+            let written = match self.stream.try_write_vectored(&slices[..count]) {
+                Ok(n) => n,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => {
+                    out.closed = true;
+                    return false;
+                }
+            };
+            let mut left = written;
+            while left > 0 {
+                let front = out.queue.front_mut().unwrap();
+                if front.len() <= left {
+                    left -= front.len();
+                    out.queue.pop_front();
+                } else {
+                    bytes::Buf::advance(front, left);
+                    left = 0;
+                }
+            }
+        }
+        match &out.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => out.waker = Some(cx.waker().clone()),
+        }
+        true
+    }
+}
+
+/// Two models (not switchboard's design) of a WebSocket chat's fan-out,
+/// for what a tokio server can reach per delivery: every message goes to
+/// every other member as one unmasked frame built once per message.
+/// Without `direct`, each delivery queues the frame and wakes the member's
+/// task, which writes its queue (the least a design that writes from each
+/// member's own task does); with `direct`, the publishing task writes the
+/// frame into the member's socket itself when nothing waits before it and
+/// the socket takes it, as uWebSockets does, and queues it otherwise.
+/// Text and binary frames of up to 64 KiB, unfragmented, are fanned out,
+/// pings and pongs skipped; anything else (a close, a fragment, a larger
+/// frame) ends the connection. docs/performance.md ("Against
+/// uWebSockets.js") has the figures.
+async fn model_fanout(addr: &str, direct: bool) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(addr).await?;
+    announce(listener.local_addr()?);
+    let members: FanMembers = Arc::default();
+    let mut next_id = 0u64;
+    loop {
+        let (stream, _) = accept(&listener).await;
+        next_id += 1;
+        tokio::spawn(fan_member(stream, next_id, members.clone(), direct));
+    }
+}
+
+async fn fan_member(stream: TcpStream, id: u64, members: FanMembers, direct: bool) {
+    if upgrade(&stream).await.is_none() {
+        return;
+    }
+    let me = Arc::new(FanMember {
+        stream,
+        out: Mutex::default(),
+    });
+    members.lock().unwrap().insert(id, me.clone());
+    let mut input: Vec<u8> = Vec::new();
+    std::future::poll_fn(|cx| {
+        loop {
+            match me.stream.poll_read_ready(cx) {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(Err(_)) => return std::task::Poll::Ready(()),
+                std::task::Poll::Ready(Ok(())) => {}
+            }
+            let mut chunk = [0u8; 4096];
+            match me.stream.try_read(&mut chunk) {
+                Ok(0) => return std::task::Poll::Ready(()),
+                Ok(n) => input.extend_from_slice(&chunk[..n]),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return std::task::Poll::Ready(()),
+            }
+            while let Some((used, frame)) = client_frame(&input) {
+                input.drain(..used);
+                let frame = match frame {
+                    ClientFrame::Data(frame) => frame,
+                    ClientFrame::Skip => continue,
+                    ClientFrame::End => return std::task::Poll::Ready(()),
+                };
+                for (other, member) in members.lock().unwrap().iter() {
+                    if *other != id {
+                        member.deliver(&frame, direct);
+                    }
+                }
+            }
+        }
+        if !me.poll_write_queue(cx) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    })
+    .await;
+    me.out.lock().unwrap().closed = true;
+    members.lock().unwrap().remove(&id);
+}
+
+/// A client frame, as the fan-out models see it.
+enum ClientFrame {
+    /// A data frame, as the server frame to fan out.
+    Data(bytes::Bytes),
+    /// A control frame other than close: skipped.
+    Skip,
+    /// A close, or a frame this model does not handle (fragmented, over
+    /// 64 KiB): the connection ends.
+    End,
+}
+
+/// The first whole client frame in `input`, with the bytes it took.
+fn client_frame(input: &[u8]) -> Option<(usize, ClientFrame)> {
+    let (first, second) = (*input.first()?, *input.get(1)?);
+    let (len, mut at) = match second & 0x7f {
+        126 => (
+            usize::from(u16::from_be_bytes([*input.get(2)?, *input.get(3)?])),
+            4,
+        ),
+        127 => return Some((input.len(), ClientFrame::End)),
+        n => (usize::from(n), 2),
+    };
+    let mask: [u8; 4] = input.get(at..at + 4)?.try_into().ok()?;
+    at += 4;
+    let payload = input.get(at..at + len)?;
+    let used = at + len;
+    match first & 0x0f {
+        1 | 2 if first & 0x80 != 0 => {}
+        9 | 10 => return Some((used, ClientFrame::Skip)),
+        _ => return Some((used, ClientFrame::End)),
+    }
+    let mut frame = Vec::with_capacity(4 + len);
+    frame.push(first);
+    match u8::try_from(len) {
+        Ok(short) if short < 126 => frame.push(short),
+        _ => {
+            frame.push(126);
+            frame.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+        }
+    }
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    Some((used, ClientFrame::Data(frame.into())))
 }
