@@ -19,7 +19,11 @@
 //!   broadcast rather than per receiver.
 //! - With context takeover ([`Deflate::context_takeover`]), a connection
 //!   keeps its own stream for each direction that uses it, created with
-//!   the first compressed message and dropped with the connection.
+//!   the first compressed message and dropped with the connection. At most
+//!   [`Deflate::max_context_takeover`] connections of a server's transport
+//!   agree to it at once; the next ones are answered without it, so that
+//!   opening connections cannot make the server hold streams without
+//!   bound.
 //!
 //! # Compressed once per broadcast
 //!
@@ -37,6 +41,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -62,6 +67,10 @@ pub(crate) const RECENT: usize = 8;
 
 /// The bytes (payload copies and compressed forms) a transport remembers.
 pub(crate) const RECENT_BYTES: usize = 4 << 20;
+
+/// Default [`Deflate::max_context_takeover`]: 100 connections, about
+/// 41 MiB of zlib streams if every one of them uses both.
+pub const DEFAULT_MAX_CONTEXT_TAKEOVER: usize = 100;
 
 /// Default [`Deflate::threshold`]: 256 bytes.
 pub const DEFAULT_THRESHOLD: usize = 256;
@@ -91,6 +100,7 @@ pub struct Deflate {
     level: u32,
     threshold: usize,
     context_takeover: bool,
+    max_context_takeover: usize,
 }
 
 impl Default for Deflate {
@@ -99,6 +109,7 @@ impl Default for Deflate {
             level: DEFAULT_LEVEL,
             threshold: DEFAULT_THRESHOLD,
             context_takeover: false,
+            max_context_takeover: DEFAULT_MAX_CONTEXT_TAKEOVER,
         }
     }
 }
@@ -135,10 +146,34 @@ impl Deflate {
     /// the default 32 KiB window) to compress and an inflate stream
     /// (46 KiB) for what the peer compresses with context, from its
     /// first compressed message until it closes; the peer may still ask for
-    /// no context takeover.
+    /// no context takeover. A server agrees to it with at most
+    /// [`max_context_takeover`](Self::max_context_takeover) connections at
+    /// once.
     #[must_use]
     pub fn context_takeover(mut self, on: bool) -> Self {
         self.context_takeover = on;
+        self
+    }
+
+    /// With [`context_takeover`](Self::context_takeover) on, how many
+    /// connections of a server's transport may keep context at once
+    /// (default [`DEFAULT_MAX_CONTEXT_TAKEOVER`]; each holds up to about
+    /// 420 KiB of zlib streams). Past it, a new connection is answered with
+    /// `server_no_context_takeover` and `client_no_context_takeover`, as
+    /// RFC 7692 lets a server do whatever was offered: it still compresses,
+    /// each message on its own, and a connection that closes makes room for
+    /// the next. A client, which has one connection, ignores it.
+    ///
+    /// ```
+    /// use switchboard::ws::Deflate;
+    ///
+    /// // A dashboard with a few dozen long-lived viewers.
+    /// let deflate = Deflate::new().context_takeover(true).max_context_takeover(50);
+    /// # let _ = deflate;
+    /// ```
+    #[must_use]
+    pub fn max_context_takeover(mut self, connections: usize) -> Self {
+        self.max_context_takeover = connections;
         self
     }
 }
@@ -158,6 +193,9 @@ pub(crate) struct Params {
 /// settings, the idle streams and the recently compressed messages.
 pub(crate) struct Shared {
     settings: Deflate,
+    /// Connections that agreed to context takeover and have not ended
+    /// (see [`Shared::accept`]).
+    with_context: AtomicUsize,
     /// Idle compressors with their window bits.
     compressors: Mutex<Vec<(u8, Compress)>>,
     inflaters: Mutex<Vec<Decompress>>,
@@ -168,6 +206,7 @@ impl Shared {
     pub(crate) fn new(settings: Deflate) -> Arc<Self> {
         Arc::new(Shared {
             settings,
+            with_context: AtomicUsize::new(0),
             compressors: Mutex::new(Vec::new()),
             inflaters: Mutex::new(Vec::new()),
             recent: Mutex::new(Recent::default()),
@@ -176,6 +215,38 @@ impl Shared {
 
     pub(crate) fn settings(&self) -> &Deflate {
         &self.settings
+    }
+
+    /// The server's answer to the `Sec-WebSocket-Extensions` request
+    /// header values `offers` (see [`accept`]), as the connection's
+    /// permessage-deflate and the response header's value. An agreement
+    /// that keeps context in either direction takes one of the
+    /// `max_context_takeover` places, given back when the returned
+    /// `PerMessage` is dropped; with none left, the offer is answered as if
+    /// context takeover were off.
+    pub(crate) fn accept<'a>(
+        self: &Arc<Self>,
+        offers: impl IntoIterator<Item = &'a str>,
+    ) -> Option<(PerMessage, String)> {
+        let offers: Vec<&str> = offers.into_iter().collect();
+        let (params, response) = accept(&self.settings, offers.iter().copied())?;
+        if params.send_reset && params.recv_reset {
+            return Some((PerMessage::new(self.clone(), params), response));
+        }
+        let max = self.settings.max_context_takeover;
+        let place = self
+            .with_context
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if place.is_err() {
+            let without = self.settings.clone().context_takeover(false);
+            let (params, response) = accept(&without, offers.iter().copied())?;
+            return Some((PerMessage::new(self.clone(), params), response));
+        }
+        let mut per_message = PerMessage::new(self.clone(), params);
+        per_message.holds_place = true;
+        Some((per_message, response))
     }
 
     fn compressor(&self, bits: u8) -> Compress {
@@ -291,6 +362,9 @@ impl Recent {
 pub(crate) struct PerMessage {
     shared: Arc<Shared>,
     params: Params,
+    /// One of the server's places for connections with context
+    /// ([`Shared::accept`]), given back on drop.
+    holds_place: bool,
     /// The stream of what we send, between messages (context takeover).
     compress: Option<Box<Compress>>,
     /// The stream of what the peer sends, between messages.
@@ -302,6 +376,7 @@ impl PerMessage {
         PerMessage {
             shared,
             params,
+            holds_place: false,
             compress: None,
             inflate: None,
         }
@@ -366,6 +441,14 @@ impl PerMessage {
                 self.inflate = None;
                 Err(err)
             }
+        }
+    }
+}
+
+impl Drop for PerMessage {
+    fn drop(&mut self) {
+        if self.holds_place {
+            self.shared.with_context.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -782,6 +865,52 @@ mod tests {
         }
         let unasked = agreed(None, ["permessage-deflate"]).unwrap_err();
         assert!(unasked.contains("not offered"));
+    }
+
+    #[test]
+    fn connections_with_context_are_held_to_the_cap_and_a_dropped_one_makes_room() {
+        const BOTH: &str =
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+        let shared = Shared::new(
+            Deflate::new()
+                .context_takeover(true)
+                .max_context_takeover(1),
+        );
+        let places = || shared.with_context.load(Ordering::Acquire);
+        let (first, response) = shared.accept(["permessage-deflate"]).unwrap();
+        assert_eq!(response, "permessage-deflate");
+        assert_eq!(places(), 1);
+        // No place left: answered as if context takeover were off.
+        let (second, response) = shared.accept(["permessage-deflate"]).unwrap();
+        assert_eq!(response, BOTH);
+        assert!(second.params.send_reset && second.params.recv_reset);
+        // Context in one direction only needs a place too.
+        let (one_way, response) = shared
+            .accept(["permessage-deflate; server_no_context_takeover"])
+            .unwrap();
+        assert_eq!(response, BOTH);
+        assert!(one_way.params.recv_reset);
+        // An agreement without context takes none.
+        let (without, _) = shared.accept([BOTH]).unwrap();
+        assert_eq!(places(), 1);
+        drop(first);
+        assert_eq!(places(), 0);
+        let (next, response) = shared
+            .accept(["permessage-deflate; server_no_context_takeover"])
+            .unwrap();
+        assert_eq!(response, "permessage-deflate; server_no_context_takeover");
+        assert!(next.params.send_reset && !next.params.recv_reset);
+        drop((second, one_way, without, next));
+        assert_eq!(places(), 0);
+        // A cap of zero: never.
+        let none = Shared::new(
+            Deflate::new()
+                .context_takeover(true)
+                .max_context_takeover(0),
+        );
+        assert_eq!(none.accept(["permessage-deflate"]).unwrap().1, BOTH);
+        // The place is a flag in what every connection holds anyway.
+        assert_eq!(size_of::<PerMessage>(), 32);
     }
 
     fn connection(params: Params, settings: Deflate) -> PerMessage {

@@ -11,7 +11,7 @@ use switchboard_core::{DynComponent, Extensions, TransportInfo};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::deflate::{self, PerMessage};
+use crate::deflate::PerMessage;
 use crate::error::Error;
 use crate::hook::{Reject, Request};
 use crate::router::{BadParam, Found};
@@ -196,15 +196,18 @@ pub(crate) struct Upgrade {
     pub(crate) extensions: Extensions,
     /// Bytes read after the request head: the first frames.
     pub(crate) leftover: Vec<u8>,
-    /// permessage-deflate as agreed, and the response header's value.
-    pub(crate) deflate: Option<(deflate::Params, String)>,
+    /// permessage-deflate as agreed, held from the decision on: a place
+    /// for a connection with context is given back if the upgrade goes no
+    /// further.
+    pub(crate) deflate: Option<PerMessage>,
+    /// The `Sec-WebSocket-Extensions` response header's value, if agreed.
+    pub(crate) extension: Option<String>,
 }
 
 impl Upgrade {
-    /// The connection's permessage-deflate, if agreed.
-    pub(crate) fn per_message(&self, shared: &Shared) -> Option<PerMessage> {
-        let (params, _) = self.deflate.as_ref()?;
-        Some(PerMessage::new(shared.deflate.clone()?, *params))
+    /// The connection's permessage-deflate, if agreed, taken out for it.
+    pub(crate) fn per_message(&mut self) -> Option<PerMessage> {
+        self.deflate.take()
     }
 
     /// The headers a `101` adds to `Upgrade` and `Connection`.
@@ -213,7 +216,7 @@ impl Upgrade {
         if let Some(protocol) = self.info.subprotocol() {
             headers.push(("Sec-WebSocket-Protocol", protocol.to_owned()));
         }
-        if let Some((_, extension)) = &self.deflate {
+        if let Some(extension) = &self.extension {
             headers.push(("Sec-WebSocket-Extensions", extension.clone()));
         }
         headers
@@ -391,10 +394,11 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
             .any(|theirs| theirs == &***ours)
     });
     let info = info(&head.path, head.query.as_deref(), subprotocol.map(|p| &**p));
-    let deflate = shared
+    let (deflate, extension) = shared
         .deflate
         .as_ref()
-        .and_then(|d| deflate::accept(d.settings(), head.header_lines("sec-websocket-extensions")));
+        .and_then(|d| d.accept(head.header_lines("sec-websocket-extensions")))
+        .unzip();
     let headers = head
         .headers
         .into_iter()
@@ -407,6 +411,7 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
         extensions: Extensions::default(),
         leftover: Vec::new(),
         deflate,
+        extension,
     })
 }
 

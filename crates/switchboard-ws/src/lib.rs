@@ -91,7 +91,7 @@ pub use config::{
     DEFAULT_MAX_REQUEST_HEAD, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, OriginPolicy,
     Page, WsTransportBuilder,
 };
-pub use deflate::{DEFAULT_LEVEL, DEFAULT_THRESHOLD, Deflate};
+pub use deflate::{DEFAULT_LEVEL, DEFAULT_MAX_CONTEXT_TAKEOVER, DEFAULT_THRESHOLD, Deflate};
 pub use error::{Error, Result};
 pub use hook::{Accept, Reject, Request};
 pub use transport::WsTransport;

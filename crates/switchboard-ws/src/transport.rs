@@ -185,7 +185,7 @@ where
     ) -> switchboard_core::Result<Accepted<Self::Conn>> {
         // This crate's errors, which the core takes as handshake failures.
         let upgraded = async {
-            let upgrade = match handshake::judge(&self.shared, &mut io, peer).await {
+            let mut upgrade = match handshake::judge(&self.shared, &mut io, peer).await {
                 Ok(upgrade) => upgrade,
                 Err(NoUpgrade::Failed(err)) => return Err(err),
                 Err(NoUpgrade::Answer(response)) => {
@@ -202,7 +202,7 @@ where
             io.write_all(&response).await?;
             io.flush().await?;
             let buffers = (self.shared.read_buffer_size, self.shared.write_buffer_size);
-            let deflate = upgrade.per_message(&self.shared);
+            let deflate = upgrade.per_message();
             let conn = WsConnection::new(
                 io,
                 Role::Server,

@@ -159,11 +159,11 @@ impl WsTransport {
         peer: SocketAddr,
         request: UpgradeRequest,
     ) -> Result<PendingUpgrade, HttpAnswer> {
-        let upgrade = handshake::admit_head(&self.shared, request.head, request.params, peer)
+        let mut upgrade = handshake::admit_head(&self.shared, request.head, request.params, peer)
             .await
             .map_err(handshake::Response::into_answer)?;
         Ok(PendingUpgrade {
-            deflate: upgrade.per_message(&self.shared),
+            deflate: upgrade.per_message(),
             upgrade,
             buffers: (self.shared.read_buffer_size, self.shared.write_buffer_size),
         })

@@ -371,3 +371,58 @@ async fn a_message_at_the_limit_passes_even_when_compression_made_it_larger() {
     assert_eq!(ws.close_code().await, Some(1009));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn context_takeover_is_agreed_with_at_most_the_cap_and_a_closed_one_makes_room() {
+    const KEEP: &str = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+    let capped = |recorder| {
+        WsTransport::builder()
+            .fallback(recorder)
+            .deflate(
+                Deflate::new()
+                    .context_takeover(true)
+                    .max_context_takeover(1),
+            )
+            .build()
+            .expect("valid")
+    };
+    let (server, mut events) = serve(capped, fast_config()).await;
+    let addr = server.local_addr();
+    let mut first = RawWs::connect_with(addr, "/", KEEP).await;
+    assert_eq!(extensions_of(&first.head), Some("permessage-deflate"));
+    assert!(matches!(events.next().await, Event::Open { .. }));
+
+    // The one place is taken: the next connection is answered without
+    // context, and still gets its messages compressed.
+    let mut second = RawWs::connect_with(addr, "/", KEEP).await;
+    assert_eq!(extensions_of(&second.head), Some(AGREED), "{}", second.head);
+    assert!(matches!(events.next().await, Event::Open { .. }));
+    let text = json(20);
+    second
+        .send_raw_frame(0x80 | 0x40 | 0x1, &compress(text.as_bytes()))
+        .await;
+    let echo = second.frame().await;
+    assert!(echo.rsv1);
+    assert_eq!(inflate(&echo.payload), text.as_bytes());
+
+    // The first one closes; its place comes back once the server has let
+    // go of the connection, which happens after `on_close` and the close
+    // handshake: until then, a new connection is still answered without.
+    first.send_frame(0x8, true, &1000u16.to_be_bytes()).await;
+    assert_eq!(first.close_code().await, Some(1000));
+    events.closed().await;
+    let third = timeout(LIMIT, async {
+        loop {
+            let ws = RawWs::connect_with(addr, "/", KEEP).await;
+            if extensions_of(&ws.head) == Some("permessage-deflate") {
+                return ws;
+            }
+            drop(ws);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the closed connection's place comes back");
+    drop((second, third));
+    server.shutdown().await;
+}
