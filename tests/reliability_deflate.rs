@@ -1,8 +1,9 @@
 //! permessage-deflate against hostile peers, over real sockets: inflate
 //! bombs (one frame, and many fragments) against the default message limit
 //! and the 16 MiB one of the echo example, data that does not inflate,
-//! RSV1 where RFC 7692 allows none, and valid compressed messages on other
-//! connections afterwards.
+//! RSV1 where RFC 7692 allows none, valid compressed messages on other
+//! connections afterwards, and many connections asking for context
+//! takeover against its cap.
 //!
 //! The server runs in a child process (this test binary again, as
 //! `deflate_child`) whose live and peak heap the counting allocator below
@@ -35,6 +36,9 @@ static HEAP: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, us
 
 /// Carries the child's message limit.
 const CHILD_ENV: &str = "SWITCHBOARD_DEFLATE_CHILD";
+/// Carries the child's `max_context_takeover`, when it allows context
+/// takeover.
+const CHILD_TAKEOVER_ENV: &str = "SWITCHBOARD_DEFLATE_CHILD_TAKEOVER";
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -62,8 +66,9 @@ impl MessageComponent for Echo {
 /// The server half of every test here, in a child process: an echo with
 /// permessage-deflate (`Deflate::new()`) under the default `Config`, or,
 /// for a larger message limit, the settings of the echo example
-/// (`--max-message-size`). Answers `heap` on stdin with the live and the
-/// peak heap bytes.
+/// (`--max-message-size`); with context takeover allowed up to a cap, when
+/// the test asks. Answers `heap` on stdin with the live and the peak heap
+/// bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of the deflate tests"]
 async fn deflate_child() {
@@ -79,9 +84,15 @@ async fn deflate_child() {
             .max_frame_size(max)
             .queue_max_bytes(max.max(MIB) * 2)
     };
+    let deflate = match std::env::var(CHILD_TAKEOVER_ENV) {
+        Ok(cap) => Deflate::new()
+            .context_takeover(true)
+            .max_context_takeover(cap.parse().unwrap()),
+        Err(_) => Deflate::new(),
+    };
     let ws = WsTransport::builder()
         .fallback(Echo)
-        .deflate(Deflate::new())
+        .deflate(deflate)
         .build()
         .unwrap();
     let server = Server::builder()
@@ -118,10 +129,21 @@ struct ChildServer {
 
 impl ChildServer {
     async fn start(max_message: usize) -> ChildServer {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        Self::start_with(max_message, None).await
+    }
+
+    /// With `takeover`, the server allows context takeover on at most that
+    /// many connections at once.
+    async fn start_with(max_message: usize, takeover: Option<usize>) -> ChildServer {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
             .args(["--exact", "deflate_child", "--ignored", "--nocapture"])
             .args(["--test-threads=1"])
-            .env(CHILD_ENV, max_message.to_string())
+            .env(CHILD_ENV, max_message.to_string());
+        if let Some(cap) = takeover {
+            command.env(CHILD_TAKEOVER_ENV, cap.to_string());
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -628,4 +650,58 @@ async fn data_that_does_not_inflate_is_1007_and_misplaced_rsv1_is_1002() {
 
     // After all of these, the transport's shared streams are still clean.
     valid_messages_still_work(addr).await;
+}
+
+/// Connections that all ask for context takeover, against a server that
+/// allows it on at most `CAP` at once: only `CAP` are agreed to, and after
+/// every connection exchanged a compressed message (so that each one with
+/// context holds both its streams), the server's heap holds no more than
+/// the cap's share of streams. Without the cap, 40 connections would hold
+/// about 40 × 420 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_asking_for_context_hold_no_more_streams_than_the_cap() {
+    const CAP: usize = 4;
+    const CONNS: usize = 40;
+    const WITHOUT: &str =
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+    let mut server = ChildServer::start_with(Config::default().max_message_size, Some(CAP)).await;
+    let before = server.heap().await;
+    let text = r#"{"user":"ann","room":"lobby","text":"hello there"}"#.repeat(40);
+    let mut peers = Vec::new();
+    let mut with_context = 0;
+    for _ in 0..CONNS {
+        let mut peer = Peer::connect(server.addr, Some("permessage-deflate")).await;
+        match peer.extensions.as_deref() {
+            Some("permessage-deflate") => with_context += 1,
+            Some(WITHOUT) => {}
+            other => panic!("unexpected agreement {other:?}"),
+        }
+        peer.send(0xC1, &compress(text.as_bytes(), 6)).await;
+        assert_eq!(peer.next_rsv1().await, (Got::Text(text.clone()), true));
+        peers.push(peer);
+    }
+    assert_eq!(with_context, CAP);
+    let after = server.heap().await;
+    let growth = after.live.saturating_sub(before.live);
+    // A connection with context: a compressor (371 KiB) and an inflater
+    // (46 KiB). Room for the cap's, the pooled pair the others share, and
+    // each connection's own state and buffers.
+    let bound = (CAP + 1) * 420 * KIB + CONNS * 16 * KIB;
+    assert!(
+        growth < bound,
+        "live heap grew by {growth} bytes with {CONNS} connections, bound {bound}"
+    );
+    figure(
+        "deflate_context_cap",
+        format_args!(
+            "{CONNS} connections asking for context takeover, cap {CAP}: {with_context} agreed to; \
+             live heap growth {} KiB after one compressed message each (bound {} KiB)",
+            growth / KIB,
+            bound / KIB
+        ),
+    );
+    for mut peer in peers {
+        peer.send(0x88, &1000u16.to_be_bytes()).await;
+        assert_eq!(peer.closed().await, Some(1000));
+    }
 }
