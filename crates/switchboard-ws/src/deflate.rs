@@ -159,10 +159,13 @@ impl Deflate {
     /// connections of a server's transport may keep context at once
     /// (default [`DEFAULT_MAX_CONTEXT_TAKEOVER`]; each holds up to about
     /// 420 KiB of zlib streams). Past it, a new connection is answered with
-    /// `server_no_context_takeover` and `client_no_context_takeover`, as
-    /// RFC 7692 lets a server do whatever was offered: it still compresses,
-    /// each message on its own, and a connection that closes makes room for
-    /// the next. A client, which has one connection, ignores it.
+    /// `server_no_context_takeover` and `client_no_context_takeover`, which
+    /// RFC 7692 lets a server add to any offer it accepts: it compresses
+    /// each message on its own for as long as it is open. A connection
+    /// with context gives its place back when its close is done, and the
+    /// place goes to a connection that opens after that. Places are taken
+    /// once the handshake hook has admitted a request. A client ignores
+    /// it.
     ///
     /// ```
     /// use switchboard::ws::Deflate;
@@ -222,8 +225,9 @@ impl Shared {
     /// permessage-deflate and the response header's value. An agreement
     /// that keeps context in either direction takes one of the
     /// `max_context_takeover` places, given back when the returned
-    /// `PerMessage` is dropped; with none left, the offer is answered as if
-    /// context takeover were off.
+    /// `PerMessage` is dropped (the connection drops it once its close is
+    /// done); with none left, the offer is answered as if context takeover
+    /// were off.
     pub(crate) fn accept<'a>(
         self: &Arc<Self>,
         offers: impl IntoIterator<Item = &'a str>,

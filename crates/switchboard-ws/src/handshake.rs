@@ -196,8 +196,12 @@ pub(crate) struct Upgrade {
     pub(crate) extensions: Extensions,
     /// Bytes read after the request head: the first frames.
     pub(crate) leftover: Vec<u8>,
-    /// permessage-deflate as agreed, held from the decision on: a place
-    /// for a connection with context is given back if the upgrade goes no
+    /// The request's `Sec-WebSocket-Extensions` lines, kept for
+    /// [`admit_head`] to answer once the handshake hook has admitted the
+    /// request (empty without permessage-deflate on the server).
+    pub(crate) extension_offers: Vec<String>,
+    /// permessage-deflate as agreed, held from then on: a place for a
+    /// connection with context is given back if the upgrade goes no
     /// further.
     pub(crate) deflate: Option<PerMessage>,
     /// The `Sec-WebSocket-Extensions` response header's value, if agreed.
@@ -265,6 +269,13 @@ pub(crate) async fn admit_head(
             response.reason = format!("rejected by the handshake hook: {reject}");
             return Err(response.head_only(head_only));
         }
+    }
+    // Only now, so that requests the hook refuses (or is still judging)
+    // hold none of the places for connections with compression context.
+    if let Some(deflate) = &shared.deflate {
+        let offers = std::mem::take(&mut upgrade.extension_offers);
+        (upgrade.deflate, upgrade.extension) =
+            deflate.accept(offers.iter().map(String::as_str)).unzip();
     }
     Ok(upgrade)
 }
@@ -394,11 +405,13 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
             .any(|theirs| theirs == &***ours)
     });
     let info = info(&head.path, head.query.as_deref(), subprotocol.map(|p| &**p));
-    let (deflate, extension) = shared
-        .deflate
-        .as_ref()
-        .and_then(|d| d.accept(head.header_lines("sec-websocket-extensions")))
-        .unzip();
+    let extension_offers = match &shared.deflate {
+        Some(_) => head
+            .header_lines("sec-websocket-extensions")
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
+    };
     let headers = head
         .headers
         .into_iter()
@@ -410,8 +423,9 @@ pub(crate) fn decide(shared: &Shared, head: Head) -> Result<Upgrade, Response> {
         info: info.with_params(params).with_headers(headers),
         extensions: Extensions::default(),
         leftover: Vec::new(),
-        deflate,
-        extension,
+        extension_offers,
+        deflate: None,
+        extension: None,
     })
 }
 

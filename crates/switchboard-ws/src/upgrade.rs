@@ -9,7 +9,6 @@ use switchboard_core::transport::Accepted;
 use switchboard_core::{Extensions, Reservation, TransportInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::deflate::PerMessage;
 use crate::frame::Role;
 use crate::handshake::{self, Head};
 use crate::transport::WsTransport;
@@ -67,9 +66,9 @@ impl UpgradeRequest {
 /// upgraded stream to [`serve`](Self::serve). Dropping it instead serves
 /// nothing.
 pub struct PendingUpgrade {
+    /// With permessage-deflate, if agreed: dropping it gives back a place
+    /// for a connection with context.
     upgrade: handshake::Upgrade,
-    /// permessage-deflate on the connection, if agreed.
-    deflate: Option<PerMessage>,
     buffers: (usize, usize),
 }
 
@@ -120,10 +119,11 @@ impl PendingUpgrade {
             component,
             info,
             extensions,
+            deflate,
             ..
         } = self.upgrade;
         let config = reservation.config();
-        let conn = WsConnection::new(io, Role::Server, config, self.buffers, &[], self.deflate);
+        let conn = WsConnection::new(io, Role::Server, config, self.buffers, &[], deflate);
         let mut accepted = Accepted::new(conn, info, component);
         accepted.extensions = extensions;
         reservation.serve(accepted);
@@ -159,11 +159,10 @@ impl WsTransport {
         peer: SocketAddr,
         request: UpgradeRequest,
     ) -> Result<PendingUpgrade, HttpAnswer> {
-        let mut upgrade = handshake::admit_head(&self.shared, request.head, request.params, peer)
+        let upgrade = handshake::admit_head(&self.shared, request.head, request.params, peer)
             .await
             .map_err(handshake::Response::into_answer)?;
         Ok(PendingUpgrade {
-            deflate: upgrade.per_message(),
             upgrade,
             buffers: (self.shared.read_buffer_size, self.shared.write_buffer_size),
         })

@@ -275,6 +275,7 @@ where
                     let answering = this.close == CloseState::Answering;
                     if let Err(err) = ready!(this.poll_write_out(cx)) {
                         this.close = CloseState::Done;
+                        this.release_after_close();
                         return Poll::Ready(Err(err));
                     }
                     this.close = if answering {
@@ -295,8 +296,7 @@ where
                     Ok(Some(_)) => {}
                 },
                 CloseState::Ended | CloseState::Done => {
-                    this.read.release();
-                    this.fragments = None;
+                    this.release_after_close();
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -321,8 +321,7 @@ where
             this.out.clear();
         }
         this.close = CloseState::Done;
-        this.read.release();
-        this.fragments = None;
+        this.release_after_close();
     }
 
     #[inline]
@@ -484,6 +483,16 @@ where
                 Err(err) => return Poll::Ready(Err(Error::Io(err))),
             }
         }
+    }
+
+    /// The connection is closed: what it held for reading goes, and so
+    /// does its permessage-deflate state, which gives a place for context
+    /// takeover back to the server at once rather than when the driver
+    /// lets go of the connection (after `on_close`).
+    fn release_after_close(&mut self) {
+        self.read.release();
+        self.fragments = None;
+        self.deflate = None;
     }
 
     /// Queues the answer to the latest ping when the output has room.

@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use flate2::Compression;
 use flate2::write::{DeflateDecoder, DeflateEncoder};
-use support::{Event, LIMIT, RawWs, Recorder, fast_config, serve, start};
-use switchboard::ws::{Client, Deflate, WsTransport};
+use support::{
+    Event, LIMIT, RawWs, Recorder, fast_config, raw_http, serve, start, status_of, upgrade_request,
+};
+use switchboard::ws::{Accept, Client, Deflate, Reject, WsTransport};
 use switchboard::{BoxError, Connection, Hub, Message, MessageComponent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -372,31 +374,83 @@ async fn a_message_at_the_limit_passes_even_when_compression_made_it_larger() {
     server.shutdown().await;
 }
 
+/// An echo whose first `on_close` says it started, then waits until told.
+struct SlowClose {
+    closing: tokio::sync::mpsc::UnboundedSender<()>,
+    finish: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+impl MessageComponent for SlowClose {
+    async fn on_message(&self, conn: &Connection, msg: Message) -> Result<(), BoxError> {
+        conn.send(msg)?;
+        Ok(())
+    }
+
+    async fn on_close(&self, _conn: &Connection, _reason: switchboard::CloseReason) {
+        let _ = self.closing.send(());
+        let finish = self.finish.lock().expect("not poisoned").take();
+        if let Some(finish) = finish {
+            let _ = finish.await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn context_takeover_is_agreed_with_at_most_the_cap_and_a_closed_one_makes_room() {
     const KEEP: &str = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
-    let capped = |recorder| {
-        WsTransport::builder()
-            .fallback(recorder)
-            .deflate(
-                Deflate::new()
-                    .context_takeover(true)
-                    .max_context_takeover(1),
-            )
-            .build()
-            .expect("valid")
-    };
-    let (server, mut events) = serve(capped, fast_config()).await;
+    // The hook refuses `/deny`, and holds `/slow` until told, saying when
+    // it started judging it.
+    let (judging, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (closing, mut on_close) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (finish, finished) = tokio::sync::oneshot::channel();
+    let hold = release.clone();
+    let transport = WsTransport::builder()
+        .fallback(SlowClose {
+            closing,
+            finish: std::sync::Mutex::new(Some(finished)),
+        })
+        .deflate(
+            Deflate::new()
+                .context_takeover(true)
+                .max_context_takeover(1),
+        )
+        .on_handshake(move |req| {
+            let (judging, hold) = (judging.clone(), hold.clone());
+            async move {
+                match req.path() {
+                    "/deny" => Err(Reject::forbidden()),
+                    "/slow" => {
+                        judging.send(()).expect("the test waits");
+                        hold.notified().await;
+                        Ok(Accept::new())
+                    }
+                    _ => Ok(Accept::new()),
+                }
+            }
+        })
+        .build()
+        .expect("valid");
+    let server = start(transport, fast_config()).await;
     let addr = server.local_addr();
+
+    // Requests the hook refuses, or is still judging, hold no place.
+    let denied = raw_http(addr, upgrade_request(addr, "/deny", KEEP).as_bytes()).await;
+    assert_eq!(status_of(&denied), 403, "{denied}");
+    let slow = tokio::spawn(async move { RawWs::connect_with(addr, "/slow", KEEP).await });
+    started.recv().await.expect("the hook judges /slow");
     let mut first = RawWs::connect_with(addr, "/", KEEP).await;
     assert_eq!(extensions_of(&first.head), Some("permessage-deflate"));
-    assert!(matches!(events.next().await, Event::Open { .. }));
 
-    // The one place is taken: the next connection is answered without
-    // context, and still gets its messages compressed.
-    let mut second = RawWs::connect_with(addr, "/", KEEP).await;
+    // The one place is taken: the next connection (the one the hook let
+    // through) is answered without context, and still gets its messages
+    // compressed.
+    release.notify_one();
+    let mut second = timeout(LIMIT, slow)
+        .await
+        .expect("in time")
+        .expect("no panic");
     assert_eq!(extensions_of(&second.head), Some(AGREED), "{}", second.head);
-    assert!(matches!(events.next().await, Event::Open { .. }));
     let text = json(20);
     second
         .send_raw_frame(0x80 | 0x40 | 0x1, &compress(text.as_bytes()))
@@ -405,24 +459,16 @@ async fn context_takeover_is_agreed_with_at_most_the_cap_and_a_closed_one_makes_
     assert!(echo.rsv1);
     assert_eq!(inflate(&echo.payload), text.as_bytes());
 
-    // The first one closes; its place comes back once the server has let
-    // go of the connection, which happens after `on_close` and the close
-    // handshake: until then, a new connection is still answered without.
+    // The first one closes: its place is back once the close is done,
+    // while its `on_close` still runs.
     first.send_frame(0x8, true, &1000u16.to_be_bytes()).await;
     assert_eq!(first.close_code().await, Some(1000));
-    events.closed().await;
-    let third = timeout(LIMIT, async {
-        loop {
-            let ws = RawWs::connect_with(addr, "/", KEEP).await;
-            if extensions_of(&ws.head) == Some("permessage-deflate") {
-                return ws;
-            }
-            drop(ws);
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the closed connection's place comes back");
+    timeout(LIMIT, on_close.recv())
+        .await
+        .expect("on_close in time");
+    let third = RawWs::connect_with(addr, "/", KEEP).await;
+    assert_eq!(extensions_of(&third.head), Some("permessage-deflate"));
+    finish.send(()).expect("on_close waits");
     drop((second, third));
     server.shutdown().await;
 }
