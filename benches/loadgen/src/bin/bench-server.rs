@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `switchboard-ws-echo`, `switchboard-tcp-echo` | an echo component on the WebSocket / TCP lines transport, default `Config` |
 //! | `switchboard-ws-chat`, `switchboard-tcp-chat` | a `Hub` chat: every message to every other member |
-//! | `switchboard-ws-echo-deflate`, `switchboard-ws-chat-deflate` | the same WebSocket echo and chat accepting permessage-deflate with `Deflate::new()` (level 1, messages of 256 bytes or more compressed, no context takeover) |
+//! | `switchboard-ws-echo-deflate`, `switchboard-ws-chat-deflate` | the same WebSocket echo and chat accepting permessage-deflate with `Deflate::new()` (level 2, messages of 256 bytes or more compressed, no context takeover) |
 //! | `axum-ws-echo` | the same echo component mounted on an axum route (`switchboard::axum::ws`), served by `axum::serve` with `TCP_NODELAY` |
 //! | `naive-ws-echo` | tokio-tungstenite, a task per connection, `send()` per message, default config |
 //! | `naive-ws-chat` | tokio-tungstenite's own chat example: a task per connection, a map of unbounded channels behind a mutex, `send()` per message |
@@ -447,7 +447,9 @@ fn drain(stream: &TcpStream) -> Option<bool> {
 
 /// Reads an upgrade request and answers 101; `None` if the request is not
 /// one. The buffer is on the heap and freed on return: an array here
-/// would live in the task's future for the connection's whole life.
+/// would live in the task's future for the connection's whole life. Bytes
+/// read past the request are dropped: the load generator sends frames
+/// only after the 101.
 async fn upgrade(stream: &TcpStream) -> Option<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
@@ -685,7 +687,9 @@ impl FanMember {
 /// the socket takes it, as uWebSockets does, and queues it otherwise.
 /// Text and binary frames of up to 64 KiB, unfragmented, are fanned out,
 /// pings and pongs skipped; anything else (a close, a fragment, a larger
-/// frame) ends the connection. docs/performance.md ("Against
+/// frame) ends the connection. The member map's lock is held while a
+/// message is delivered, which serializes publishers: fair with the one
+/// publisher of the broadcast scenarios. docs/performance.md ("Against
 /// uWebSockets.js") has the figures.
 async fn model_fanout(addr: &str, direct: bool) -> Result<(), BoxError> {
     let listener = TcpListener::bind(addr).await?;
@@ -761,6 +765,10 @@ enum ClientFrame {
 /// The first whole client frame in `input`, with the bytes it took.
 fn client_frame(input: &[u8]) -> Option<(usize, ClientFrame)> {
     let (first, second) = (*input.first()?, *input.get(1)?);
+    if second & 0x80 == 0 {
+        // Clients must mask their frames.
+        return Some((input.len(), ClientFrame::End));
+    }
     let (len, mut at) = match second & 0x7f {
         126 => (
             usize::from(u16::from_be_bytes([*input.get(2)?, *input.get(3)?])),
