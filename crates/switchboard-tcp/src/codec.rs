@@ -303,11 +303,10 @@ fn binary_line(payload: &[u8]) -> Result<(), &'static str> {
 /// (overlapping the 16 before), so only a message shorter than 16 is
 /// looked at byte by byte. Far fewer instructions for a short message
 /// than `memchr2`'s setup; longer ones take `memchr2`. The early exit per
-/// 16 is what keeps it
-/// small: without it the compiler vectorizes across the 16s into a
-/// 12 KiB function whose prologue alone outweighs a 32-byte message's
-/// scan (the check of a 32-byte line: 71 → 55 instructions, with
-/// `binary_line` out of line; `callgrind_annotate` of
+/// 16 is what keeps it small: without it the compiler vectorizes across
+/// the 16s into a 12 KiB function whose prologue alone outweighs a
+/// 32-byte message's scan (the check of a 32-byte line: 71 → 55
+/// instructions, with `binary_line` out of line; `callgrind_annotate` of
 /// `scripts/callgrind.sh switchboard-tcp-echo`'s profile).
 #[inline]
 fn has_line_break(bytes: &[u8]) -> bool {

@@ -230,10 +230,9 @@ impl Shared {
     /// were off.
     pub(crate) fn accept<'a>(
         self: &Arc<Self>,
-        offers: impl IntoIterator<Item = &'a str>,
+        offers: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Option<(PerMessage, String)> {
-        let offers: Vec<&str> = offers.into_iter().collect();
-        let (params, response) = accept(&self.settings, offers.iter().copied())?;
+        let (params, response) = accept(&self.settings, offers.clone())?;
         if params.send_reset && params.recv_reset {
             return Some((PerMessage::new(self.clone(), params), response));
         }
@@ -245,7 +244,7 @@ impl Shared {
             });
         if place.is_err() {
             let without = self.settings.clone().context_takeover(false);
-            let (params, response) = accept(&without, offers.iter().copied())?;
+            let (params, response) = accept(&without, offers)?;
             return Some((PerMessage::new(self.clone(), params), response));
         }
         let mut per_message = PerMessage::new(self.clone(), params);
