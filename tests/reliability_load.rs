@@ -264,6 +264,63 @@ async fn non_reading_tcp_receivers_hold_no_copies_and_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_held_for_a_slow_peer_keep_only_their_own_bytes() {
+    let _heavy = HEAVY.lock().await;
+    const MESSAGES: usize = 3000;
+    const PAYLOAD: usize = 16;
+    // Room in the queue for all of them, and no write timeout: the
+    // receiver is held, not cut off, while they are counted.
+    let mut server = ChildServer::start("queue_msgs=8192 write_ms=0", Some(4096)).await;
+    let receiver = stuck_tcp(server.addrs.tcp).await;
+    let mut publisher = WsClient::connect(server.addrs.ws).await;
+    server
+        .stats_until("both open", |s| s.get("opens") == 2)
+        .await;
+    // 1 MiB first fills the receiver's socket, so that what follows waits
+    // in its queue.
+    let filler = [b"all ".as_slice(), &vec![b'f'; (1 << 20) - 4]].concat();
+    within("filler", publisher.send_raw(&frame(0x2, &filler)))
+        .await
+        .unwrap();
+    publisher.roundtrip("filled").await;
+    let before = server.stats().await;
+
+    // Each small binary message arrives on its own (the echo of the next
+    // frame comes back first), and is relayed as it arrived: a slice of
+    // the bytes read, kept in the receiver's queue.
+    let small = frame(0x2, &[b"all ".as_slice(), &[b's'; PAYLOAD]].concat());
+    for i in 0..MESSAGES {
+        within("small", publisher.send_raw(&small)).await.unwrap();
+        publisher.roundtrip(&i.to_string()).await;
+    }
+    let after = server.stats().await;
+    // Written out for the receiver: what the server wrote beyond the
+    // publisher's echoes.
+    let out = after.get("messages_out") - before.get("messages_out") - MESSAGES as u64;
+    let held = MESSAGES as u64 - out;
+    let grown = after.get("heap").saturating_sub(before.get("heap"));
+    let per_message = grown / held.max(1);
+    figure(
+        "held_messages",
+        format_args!(
+            "{MESSAGES} messages of {PAYLOAD} bytes, each read on its own, relayed to a receiver \
+             that does not read: {held} held, heap +{} KiB, {per_message} bytes per message",
+            grown / KIB
+        ),
+    );
+    // A message holds its bytes and its place in the queue, not the read
+    // buffer it was cut from (4 KiB for a WebSocket connection).
+    assert!(held >= MESSAGES as u64 / 2, "{held} held: {after:?}");
+    assert!(per_message < 512, "{per_message} bytes per held message");
+    assert_eq!(after.get("close_slow"), 0, "{after:?}");
+    drop((receiver, publisher));
+    server
+        .stats_until("all closed", |s| s.get("open") == 0)
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_a_large_message_and_what_follows_it() {
     let _heavy = HEAVY.lock().await;
     // The default bounds, with a message as large as the default

@@ -24,9 +24,12 @@ const READ_MAX: usize = 64 * 1024;
 /// - **Nothing allocated while idle.** With no buffer (a connection
 ///   waiting for its peer, or one whose every byte was handed out), a read
 ///   goes to the stack, at most the initial size (and 4 KiB), and a buffer
-///   is allocated only once bytes arrive, which are copied in. Waiting thus
-///   costs no memory, and after a large message the next read brings the
-///   next header first instead of reading far into the message after it.
+///   is allocated only once bytes arrive, which are copied in: just what
+///   arrived, when the read did not fill its room. Waiting thus costs no
+///   memory; after a large message the next read brings the next header
+///   first instead of reading far into the message after it; and a message
+///   that arrived on its own keeps only its own bytes alive, however long
+///   it is kept, not a read buffer around them.
 /// - **Released when the socket has nothing more.** A read that finds
 ///   nothing lets go of an empty buffer; messages split off it keep their
 ///   own bytes alive.
@@ -86,7 +89,16 @@ impl ReadBuffer {
             Pin::new(io).poll_read(cx, &mut read).map_ok(|()| {
                 let bytes = read.filled();
                 if !bytes.is_empty() {
-                    self.buf.reserve(size.max(bytes.len()));
+                    // A read that left room took all the socket had: the
+                    // buffer is what arrived, not a byte more, so that a
+                    // message kept for long (a slow peer's queue, a room's
+                    // history) keeps only its own bytes alive.
+                    let n = if bytes.len() < room {
+                        bytes.len()
+                    } else {
+                        size
+                    };
+                    self.buf.reserve(n);
                     self.buf.extend_from_slice(bytes);
                 }
                 (bytes.len(), room)
@@ -174,7 +186,9 @@ mod tests {
         peer.write_all(b"hello").await.unwrap();
         let n = poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
         assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
-        assert!(buf.capacity() >= 1024);
+        // The read took all there was: only that is allocated, so the
+        // message split off it keeps 5 bytes alive, not 1 KiB.
+        assert!(buf.capacity() < 64, "{}", buf.capacity());
 
         // Handed out, then nothing more to read: the buffer goes, and the
         // message keeps its bytes.
