@@ -245,7 +245,10 @@ async fn an_idle_connection_holds_its_task_state_and_registration_only() {
         (Peer::Ws, "ws", 1_400),
         (Peer::WsAfterEcho, "ws after one echo", 1_400),
         (Peer::WsBrowser, "ws with browser headers", 1_750),
-        (Peer::Tcp, "tcp lines", 1_250),
+        // Its task's 128-aligned request takes mimalloc's 640- or 768-byte
+        // block, depending on where the free blocks lie: 1,185 to 1,273
+        // bytes between release runs, 1,184 in a debug build.
+        (Peer::Tcp, "tcp lines", 1_300),
         // Its task takes mimalloc's 768-byte block here, where the silent
         // ones take 640 or 768 (docs/performance.md). A write buffer kept
         // after the echo would add 1,024.
