@@ -21,6 +21,7 @@ fi
 echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 
 echo "== unit, integration and doc tests"
 cargo test --workspace --all-features
