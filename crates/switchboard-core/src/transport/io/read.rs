@@ -23,24 +23,30 @@ const READ_MAX: usize = 64 * 1024;
 ///
 /// - **Nothing allocated while idle.** With no buffer (a connection
 ///   waiting for its peer, or one whose every byte was handed out), a read
-///   goes to the stack, at most the initial size (and 4 KiB), and a buffer
-///   is allocated only once bytes arrive, which are copied in: just what
-///   arrived, when the read did not fill its room. Waiting thus costs no
-///   memory; after a large message the next read brings the next header
-///   first instead of reading far into the message after it; and a message
-///   that arrived on its own keeps only its own bytes alive, however long
-///   it is kept, not a read buffer around them.
+///   goes to the stack, at most the read size and 4 KiB, and a buffer is
+///   allocated only once bytes arrive, which are copied in. Waiting thus
+///   costs no memory, and after a large message the next read brings the
+///   next header first instead of reading far into the message after it.
+/// - **Grown by what arrived.** A read the buffer has too little room for
+///   goes to the stack too, and the buffer grows by what arrived; by the
+///   read size only when the read filled the room it was offered (more is
+///   likely waiting). An allocation thus holds about what was read into it
+///   (at most twice that, from the allocator's doubling), and a message
+///   cut from it keeps about its own bytes alive however long it is kept
+///   (a slow peer's queue, a room's history), not a read buffer around
+///   them. Over a transport whose reads stop short of what is waiting
+///   (TLS returns a record at a time) this costs a copy per read.
 /// - **Released when the socket has nothing more.** A read that finds
 ///   nothing lets go of an empty buffer; messages split off it keep their
 ///   own bytes alive.
-/// - **Straight into the buffer while data flows**, never zero-filled, into
-///   the room left after what is buffered, topped up to the read size when
-///   less than half of it is left. A codec that knows a frame's length
-///   [reserves](BytesMut::reserve) for all of it, and the next reads fill
-///   that room: a large message arrives in as few reads as the socket
-///   allows.
+/// - **Straight into the buffer while data flows**, never zero-filled:
+///   into room of at least half the read size; into whatever room is left
+///   while a message is in progress, so that a frame whose length a codec
+///   [reserved](BytesMut::reserve) arrives in as few reads as the socket
+///   allows and the buffer never grows past it; and, once reads fill more
+///   than the stack takes, into a buffer of the read size.
 /// - **The read size adapts**: it doubles (up to 64 KiB) while reads fill
-///   the room offered, halves when a read brings a quarter of it or less,
+///   room of at least half of it, halves when a read brings a quarter of it or less,
 ///   and starts over at the initial size after the connection went idle.
 ///
 /// Messages are cut out with [`BytesMut::split_to`] through `DerefMut`,
@@ -81,34 +87,31 @@ impl ReadBuffer {
         IO: AsyncRead + Unpin + ?Sized,
     {
         let size = self.size as usize;
-        let polled = if self.buf.capacity() == 0 {
-            // To the stack; a buffer is allocated only if bytes arrived.
+        let left = self.buf.capacity() - self.buf.len();
+        let polled = if left > 0 && (!self.buf.is_empty() || left >= size / 2) {
+            // Into the room left: all a message in progress needs, when a
+            // codec reserved it, or at least half the read size.
+            poll_read_buf(Pin::new(io), cx, &mut self.buf).map_ok(|n| (n, left))
+        } else if size > SCRATCH && self.buf.capacity() > 0 {
+            // Reads have been filling more than the stack takes: straight
+            // into a buffer of the read size.
+            self.buf.reserve(size);
+            let room = self.buf.capacity() - self.buf.len();
+            poll_read_buf(Pin::new(io), cx, &mut self.buf).map_ok(|n| (n, room))
+        } else {
+            // To the stack, then into the buffer, grown by what arrived.
             let room = size.min(SCRATCH);
             let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
             let mut read = ReadBuf::uninit(&mut scratch[..room]);
             Pin::new(io).poll_read(cx, &mut read).map_ok(|()| {
                 let bytes = read.filled();
-                if !bytes.is_empty() {
-                    // A read that left room took all the socket had: the
-                    // buffer is what arrived, not a byte more, so that a
-                    // message kept for long (a slow peer's queue, a room's
-                    // history) keeps only its own bytes alive.
-                    let n = if bytes.len() < room {
-                        bytes.len()
-                    } else {
-                        size
-                    };
-                    self.buf.reserve(n);
-                    self.buf.extend_from_slice(bytes);
-                }
+                // A read that left room most likely took all there was:
+                // no more is allocated than arrived.
+                let more = if bytes.len() < room { 0 } else { size };
+                self.buf.reserve(bytes.len().max(more));
+                self.buf.extend_from_slice(bytes);
                 (bytes.len(), room)
             })
-        } else {
-            if self.buf.capacity() - self.buf.len() < size / 2 {
-                self.buf.reserve(size);
-            }
-            let room = self.buf.capacity() - self.buf.len();
-            poll_read_buf(Pin::new(io), cx, &mut self.buf).map_ok(|n| (n, room))
         };
         let (n, room) = match polled {
             Poll::Pending => {
@@ -120,7 +123,7 @@ impl ReadBuffer {
             Poll::Ready(read) => read?,
         };
         let max = READ_MAX.max(self.initial as usize);
-        if n == room && size < max {
+        if n == room && room >= size / 2 && size < max {
             self.size = u32::try_from(size.saturating_mul(2).min(max)).unwrap_or(u32::MAX);
         } else if n <= size / 4 && self.size > self.initial {
             self.size = (self.size / 2).max(self.initial);
@@ -253,6 +256,79 @@ mod tests {
         buf.reserve(100_000 - len);
         let rest = poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
         assert_eq!(first + rest, 100_000);
+    }
+
+    /// What a message cut from the buffer keeps alive: the capacity of
+    /// the allocation it shares.
+    fn kept(buf: &mut ReadBuffer, len: usize) -> usize {
+        let msg = buf.split_to(len);
+        msg.capacity() + buf.capacity()
+    }
+
+    #[tokio::test]
+    async fn a_message_split_across_reads_keeps_only_its_own_bytes() {
+        let (mut peer, mut io) = tokio::io::duplex(1 << 16);
+        let mut buf = ReadBuffer::new(4096);
+        peer.write_all(b"hel").await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        // Waiting for the rest holds what arrived, not a read buffer.
+        assert!(poll_once(&mut buf, &mut io).is_pending());
+        assert!(buf.capacity() < 64, "{}", buf.capacity());
+        peer.write_all(b"lo\n").await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert_eq!(&buf[..], b"hello\n");
+        assert!(kept(&mut buf, 6) < 64);
+
+        // The same after messages were cut from the allocation the rest
+        // of a message waits in.
+        peer.write_all(b"a\nb\nc").await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        let (a, b) = (buf.split_to(2), buf.split_to(2));
+        assert!(poll_once(&mut buf, &mut io).is_pending());
+        peer.write_all(b"d\n").await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert_eq!(&buf[..], b"cd\n");
+        assert!(kept(&mut buf, 3) < 64);
+        assert_eq!((&a[..], &b[..]), (&b"a\n"[..], &b"b\n"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_frame_in_progress_holds_what_arrived_and_the_room_reserved() {
+        let (mut peer, mut io) = tokio::io::duplex(1 << 16);
+        let mut buf = ReadBuffer::new(4096);
+        // 1,500 bytes of a 1,600-byte frame, for which the codec reserves.
+        peer.write_all(&[1u8; 1500]).await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        buf.reserve(100);
+        assert!(poll_once(&mut buf, &mut io).is_pending());
+        // The allocator's doubling at most, not a read size on top.
+        assert!(buf.capacity() <= 3000, "{}", buf.capacity());
+        peer.write_all(&[2u8; 100]).await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert_eq!(buf.len(), 1600);
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_fills_its_reservation_without_growing_past_it() {
+        const FRAME: usize = 100_000;
+        let (mut peer, mut io) = tokio::io::duplex(1 << 20);
+        let mut buf = ReadBuffer::new(1024);
+        peer.write_all(&[3u8; 16]).await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        // A header announcing the frame: the codec reserves all of it.
+        buf.reserve(FRAME - 16);
+        let reserved = buf.capacity();
+        // All but the last 100 bytes, in reads that grow the read size...
+        peer.write_all(&vec![3u8; FRAME - 116]).await.unwrap();
+        while buf.len() < FRAME - 100 {
+            poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        }
+        // ...then the rest, into the room reserved for it.
+        assert!(poll_once(&mut buf, &mut io).is_pending());
+        peer.write_all(&[3u8; 100]).await.unwrap();
+        poll_fn(|cx| buf.poll_read(&mut io, cx)).await.unwrap();
+        assert_eq!(buf.len(), FRAME);
+        assert_eq!(buf.capacity(), reserved);
     }
 
     #[tokio::test]
