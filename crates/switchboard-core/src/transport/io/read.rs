@@ -46,8 +46,9 @@ const READ_MAX: usize = 64 * 1024;
 ///   allows and the buffer never grows past it; and, once reads fill more
 ///   than the stack takes, into a buffer of the read size.
 /// - **The read size adapts**: it doubles (up to 64 KiB) while reads fill
-///   room of at least half of it, halves when a read brings a quarter of it or less,
-///   and starts over at the initial size after the connection went idle.
+///   room of at least half of it, halves when a read brings a quarter of it
+///   or less, and starts over at the initial size after the connection went
+///   idle.
 ///
 /// Messages are cut out with [`BytesMut::split_to`] through `DerefMut`,
 /// without copying.
@@ -258,8 +259,8 @@ mod tests {
         assert_eq!(first + rest, 100_000);
     }
 
-    /// What a message cut from the buffer keeps alive: the capacity of
-    /// the allocation it shares.
+    /// What a message cut from the buffer keeps alive: the allocation it
+    /// shares, from the message to the allocation's end.
     fn kept(buf: &mut ReadBuffer, len: usize) -> usize {
         let msg = buf.split_to(len);
         msg.capacity() + buf.capacity()
