@@ -30,13 +30,13 @@ const READ_MAX: usize = 64 * 1024;
 /// - **Grown by what arrived.** While the read size is at most 4 KiB, a
 ///   read the buffer has too little room for goes to the stack too, and
 ///   the buffer grows by what arrived (by the read size, when that is
-///   larger and the read filled the stack). An
-///   allocation thus holds about what was read into it (at most twice
-///   that, from the allocator's doubling), and a message cut from it keeps
-///   about its own bytes alive however long it is kept (a slow peer's
-///   queue, a room's history), not a read buffer around them. Over a
-///   transport whose reads stop short of what is waiting (TLS returns a
-///   record at a time) this costs a copy per read.
+///   larger and the read filled the stack). An allocation thus holds about
+///   what was read into it (at most twice that, from the allocator's
+///   doubling), and a message cut from it keeps about its own bytes alive
+///   however long it is kept (a slow peer's queue, a room's history), not
+///   a read buffer around them. Over a transport whose reads stop short of
+///   what is waiting (TLS returns a record at a time) this costs a copy
+///   per read.
 /// - **Released when the socket has nothing more.** A read that finds
 ///   nothing lets go of an empty buffer; messages split off it keep their
 ///   own bytes alive.
