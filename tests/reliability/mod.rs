@@ -752,7 +752,9 @@ fn stats_line(server: &ServerHandle, service: &Service) -> String {
 
 /// The child's side: runs a server with the settings from the environment
 /// and answers commands from stdin until `shutdown` or the end of stdin.
-/// `heap` tells the live heap bytes, reported as the `heap` counter.
+/// `heap` tells the live heap bytes, reported as the `heap` counter; the
+/// `tasks` counter is the runtime's live tasks (a connection's task ends,
+/// and frees what it holds, after `open` stopped counting it).
 pub async fn child_main(heap: fn() -> usize) {
     let Some(settings) = std::env::var_os(CHILD_ENV) else {
         return;
@@ -773,7 +775,14 @@ pub async fn child_main(heap: fn() -> usize) {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(cmd)) = lines.next_line().await {
         match cmd.split_whitespace().collect::<Vec<_>>()[..] {
-            ["stats"] => println!("STATS {} heap={}", stats_line(&server, &service), heap()),
+            ["stats"] => println!(
+                "STATS {} heap={} tasks={}",
+                stats_line(&server, &service),
+                heap(),
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()
+            ),
             ["live"] => println!("LIVE {}", service.live().join(" ")),
             ["flood", keep_below] => {
                 let keep_below: usize = keep_below.parse().unwrap();
