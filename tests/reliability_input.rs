@@ -521,9 +521,13 @@ async fn rate_limit_drops_over_the_limit_on_every_transport() {
         assert_eq!(tcp.recv().await, Some(format!("m{i}")));
     }
     // The other 5 of each were dropped, and both connections stay open.
-    eventually("drops counted", || server.stats().rate_limited == 10).await;
+    // A drop is counted at once, the batch it came in once read to the end.
+    eventually("drops counted", || {
+        let stats = server.stats();
+        stats.rate_limited == 10 && stats.messages_in == 20
+    })
+    .await;
     let stats = server.stats();
-    assert_eq!(stats.messages_in, 20);
     assert_eq!(stats.open_connections, 2);
     assert_eq!(service.closes().total, 0);
     server.shutdown().await;
@@ -553,14 +557,20 @@ async fn per_ip_limit_counts_every_transport() {
         .unwrap()
         .roundtrip("other")
         .await;
-    // A slot freed is a slot for the next connection (once on_close ran).
+    // A slot freed is a slot for the next connection. It is released
+    // right after on_close returns; a connection refused in that instant
+    // simply tries again.
     drop(held_ws.pop());
-    eventually("slot freed", || service.closes().total == 2).await;
-    WsClient::try_connect(addrs.ws, two, "/")
-        .await
-        .unwrap()
-        .roundtrip("again")
-        .await;
+    eventually("on_close ran", || service.closes().total == 2).await;
+    let mut again = within("slot freed", async {
+        loop {
+            if let Ok(c) = WsClient::try_connect(addrs.ws, two, "/").await {
+                return c;
+            }
+        }
+    })
+    .await;
+    again.roundtrip("again").await;
     drop((held_ws, held_tcp));
     server.shutdown().await;
 }

@@ -204,7 +204,7 @@ async fn non_reading_tcp_receivers_hold_no_copies_and_are_cut_off() {
     const MESSAGES: usize = 5;
     const SIZE: usize = 1 << 20;
     need_fds(RECEIVERS as u64 + 256);
-    // The default queue bounds (1 MiB) and write timeout (10 s); a close
+    // The default queue bounds (2 MiB) and write timeout (30 s); a close
     // timeout no cut-off peer may wait for.
     let mut server = ChildServer::start("close_ms=30000", Some(4096)).await;
     let mut receivers = Vec::new();
@@ -241,8 +241,9 @@ async fn non_reading_tcp_receivers_hold_no_copies_and_are_cut_off() {
         "RSS grew by {} KiB (baseline {baseline} KiB, peak {peak} KiB)",
         peak - baseline
     );
+    // Cut off by the queue bound, not by the write timeout's 30 s.
     assert!(
-        elapsed < Duration::from_secs(15),
+        elapsed < Duration::from_secs(20),
         "receivers cut off after {elapsed:?}"
     );
     assert_eq!(stats.get("slow"), RECEIVERS as u64, "{stats:?}");
@@ -375,7 +376,7 @@ async fn a_socket_that_takes_nothing_is_cut_off_at_the_write_timeout_and_let_go_
     const STUCK: usize = 20;
     const WRITE: Duration = Duration::from_secs(1);
     // Queue bounds no message here reaches, so only the write timeout can
-    // cut the peers off; a close timeout far past the 2 s allowed.
+    // cut the peers off; a close timeout far past the 6 s allowed.
     let mut server = ChildServer::start(
         &format!(
             "queue_bytes={} queue_msgs=100000 write_ms={} close_ms=30000",
@@ -435,10 +436,11 @@ async fn a_socket_that_takes_nothing_is_cut_off_at_the_write_timeout_and_let_go_
         })
         .await;
     let gone = published.elapsed();
-    // Declared slow once the socket took nothing for WRITE; gone within
-    // 2 s of that, not after the closing handshake's 30 s.
+    // Declared slow once the socket took nothing for WRITE; gone soon
+    // after that (5 s leaves room for a loaded machine), not after the
+    // closing handshake's 30 s.
     assert!(
-        gone < WRITE + Duration::from_secs(2),
+        gone < WRITE + Duration::from_secs(5),
         "stuck peers gone {gone:?} after the last message"
     );
     assert_eq!(stats.get("slow"), STUCK as u64, "{stats:?}");
@@ -968,8 +970,11 @@ async fn handler_panics_and_errors_under_load_close_only_their_connections() {
             None => {}
         }
     }
+    // `open` stops counting a connection once its on_close returned.
     let stats = server
-        .stats_until("victims closed", |s| s.get("closes") == panics + fails)
+        .stats_until("victims closed", |s| {
+            s.get("closes") == panics + fails && s.get("open") <= CLIENTS as u64 - panics - fails
+        })
         .await;
     assert_eq!(stats.get("panics"), panics, "{stats:?}");
     assert_eq!(stats.get("close_panic"), panics, "{stats:?}");

@@ -98,7 +98,7 @@ async fn outage(down_for: Duration) {
     let started = Instant::now();
     let err = a.hub.publish("lobby", "during").await.unwrap_err();
     assert!(
-        started.elapsed() <= RedisOptions::default().timeout + Duration::from_millis(250),
+        started.elapsed() <= RedisOptions::default().timeout * 2,
         "publish took {:?}",
         started.elapsed()
     );
@@ -205,10 +205,8 @@ async fn frozen_redis_times_out_within_the_timeout_and_recovers() {
     let started = Instant::now();
     let err = a.hub.publish("lobby", "frozen").await.unwrap_err();
     let took = started.elapsed();
-    assert!(
-        took <= timeout + Duration::from_millis(250),
-        "took {took:?}"
-    );
+    // The timeout, and room for a loaded machine to wake up to it.
+    assert!(took <= timeout * 2, "took {took:?}");
     assert!(
         matches!(redis_error(&err), switchboard::redis::Error::Timeout { .. }),
         "{err}"

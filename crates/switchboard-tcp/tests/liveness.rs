@@ -65,7 +65,9 @@ async fn a_reader_stays_while_messages_flow_and_an_idle_peer_is_closed() {
     let (seen, _) = events.error_then_close(idle_conn.id()).await;
     assert!(seen.idle, "{seen:?}");
     assert!(idle_after >= IDLE, "closed too early: {idle_after:?}");
-    assert!(idle_after < 2 * IDLE, "closed too late: {idle_after:?}");
+    // The sweep checks every quarter of IDLE, so the close comes within
+    // 1.5 IDLE; the rest is room for a loaded machine.
+    assert!(idle_after < 3 * IDLE, "closed too late: {idle_after:?}");
     assert_eq!(events.closes_left(reader_conn.id()), 0);
 
     // Once nothing flows, the reader is idle too.
@@ -77,7 +79,7 @@ async fn a_reader_stays_while_messages_flow_and_an_idle_peer_is_closed() {
         reader_after >= IDLE - Duration::from_millis(150),
         "{reader_after:?}"
     );
-    assert!(reader_after < 2 * IDLE, "{reader_after:?}");
+    assert!(reader_after < 3 * IDLE, "{reader_after:?}");
     println!(
         "FIGURE read-only peer: {sent} messages over {:.1} s kept it (idle timeout {IDLE:?}); \
          idle peer closed after {:.2} s, the reader {:.2} s after its last message",
