@@ -522,10 +522,14 @@ async fn rate_limit_drops_over_the_limit_on_every_transport() {
     }
     // The other 5 of each were dropped, and both connections stay open.
     // A drop is counted at once, the batch it came in once read to the end.
-    eventually("drops counted", || {
-        let stats = server.stats();
-        stats.rate_limited == 10 && stats.messages_in == 20
-    })
+    eventually_eq(
+        "drops and messages counted",
+        || {
+            let stats = server.stats();
+            (stats.rate_limited, stats.messages_in)
+        },
+        (10, 20),
+    )
     .await;
     let stats = server.stats();
     assert_eq!(stats.open_connections, 2);
@@ -567,6 +571,7 @@ async fn per_ip_limit_counts_every_transport() {
             if let Ok(c) = WsClient::try_connect(addrs.ws, two, "/").await {
                 return c;
             }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;

@@ -775,14 +775,15 @@ pub async fn child_main(heap: fn() -> usize) {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(cmd)) = lines.next_line().await {
         match cmd.split_whitespace().collect::<Vec<_>>()[..] {
-            ["stats"] => println!(
-                "STATS {} heap={} tasks={}",
-                stats_line(&server, &service),
-                heap(),
-                tokio::runtime::Handle::current()
+            ["stats"] => {
+                // Read in the order a connection ends: it leaves `open`,
+                // then its task ends, freeing what it held.
+                let line = stats_line(&server, &service);
+                let tasks = tokio::runtime::Handle::current()
                     .metrics()
-                    .num_alive_tasks()
-            ),
+                    .num_alive_tasks();
+                println!("STATS {line} tasks={tasks} heap={}", heap());
+            }
             ["live"] => println!("LIVE {}", service.live().join(" ")),
             ["flood", keep_below] => {
                 let keep_below: usize = keep_below.parse().unwrap();
