@@ -9,8 +9,8 @@
 //! connection") with a little room: the heap a connection's task, state and
 //! registrations take, counted as the blocks mimalloc hands out (its usable
 //! size: a request of 224 bytes takes a 256-byte block, a 384-byte task
-//! aligned to 128 a 512-byte one), since that, not the request, is what the
-//! process holds. Figures print as `FIGURE` lines (`--nocapture`), with the
+//! aligned to 128 a 512-byte one; a 256-byte task takes 256), since that,
+//! not the request, is what the process holds. Figures print as `FIGURE` lines (`--nocapture`), with the
 //! blocks each connection holds, by size.
 #![cfg(all(feature = "ws", feature = "tcp"))]
 #![allow(clippy::unwrap_used)]
@@ -242,17 +242,14 @@ async fn heap_per_connection(peer: Peer) -> (usize, Vec<(usize, usize)>) {
 async fn an_idle_connection_holds_its_task_state_and_registration_only() {
     // (peer, its name, budget in bytes)
     for (peer, name, budget) in [
-        (Peer::Ws, "ws", 1_400),
-        (Peer::WsAfterEcho, "ws after one echo", 1_400),
-        (Peer::WsBrowser, "ws with browser headers", 1_750),
-        // Its task's 128-aligned request takes mimalloc's 640- or 768-byte
-        // block, depending on where the free blocks lie: 1,185 to 1,273
-        // bytes between release runs, 1,184 in a debug build.
-        (Peer::Tcp, "tcp lines", 1_300),
-        // Its task takes mimalloc's 768-byte block here, where the silent
-        // ones take 640 or 768 (docs/performance.md). A write buffer kept
-        // after the echo would add 1,024.
-        (Peer::TcpAfterEcho, "tcp lines after one echo", 1_350),
+        // A task past tokio's 256-byte cell would add 256.
+        (Peer::Ws, "ws", 1_300),
+        (Peer::WsAfterEcho, "ws after one echo", 1_300),
+        (Peer::WsBrowser, "ws with browser headers", 1_650),
+        // The framing codec is in the task, a 512-byte cell.
+        (Peer::Tcp, "tcp lines", 1_260),
+        // A write buffer kept after the echo would add 1,024.
+        (Peer::TcpAfterEcho, "tcp lines after one echo", 1_260),
     ] {
         let (bytes, held) = heap_per_connection(peer).await;
         println!("FIGURE idle heap per connection, {name}: {bytes} bytes");

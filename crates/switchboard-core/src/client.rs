@@ -52,7 +52,7 @@ pub(crate) fn start_client<C: TransportConn, K: MessageComponent + ?Sized>(
     ctx.tracker.spawn(async move {
         // The keepalive sweep in the connection's own task, dropped when
         // the connection ends.
-        let drive = Context::drive(io, task_conn, component);
+        let drive = Context::drive(io, task_conn, component, None);
         tokio::pin!(drive);
         let reason = tokio::select! {
             reason = &mut drive => reason,

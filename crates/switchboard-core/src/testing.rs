@@ -114,7 +114,7 @@ impl TestServer {
         let component = self.component.clone();
         self.ctx.tracker.spawn(async move {
             let opened = ctx.open(peer, info, state, None);
-            Context::drive(conn, opened, component).await;
+            Context::drive(conn, opened, component, None).await;
         });
         TestClient {
             tx: to_server,

@@ -42,10 +42,12 @@ use crate::error::Error;
 use crate::limits::{RateLimitAction, TokenBucket};
 use crate::message::Message;
 use crate::outbox::{CloseRequest, Signal};
+use crate::server::Place;
 use crate::stats::Stats;
 use crate::transport::{Received, TransportConn};
 
-/// Runs one established connection from `on_open` to `on_close`.
+/// Runs one established connection from `on_open` to `on_close`, then
+/// drops `place` (a server connection's place under its limits).
 ///
 /// Not an `async fn`: one would keep its arguments beside the driver that
 /// holds them for the connection's whole life, and every idle connection
@@ -55,26 +57,30 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
     io: T,
     conn: Connection,
     component: Arc<K>,
+    place: Option<Place>,
 ) -> impl Future<Output = CloseReason> + Send + use<T, K> {
     let mut driver = Driver {
-        rate: conn
-            .context()
-            .config
-            .rate_limit
-            .as_ref()
-            .map(|limit| Box::new(TokenBucket::new(limit))),
         io,
-        conn,
-        batch: VecDeque::new(),
-        handed: VecDeque::new(),
-        unflushed: false,
-        stall: None,
-        broken: None,
-        received_messages: 0,
-        received_bytes: 0,
+        state: Box::new(State {
+            rate: conn
+                .context()
+                .config
+                .rate_limit
+                .as_ref()
+                .map(|limit| Box::new(TokenBucket::new(limit))),
+            conn,
+            batch: VecDeque::new(),
+            handed: VecDeque::new(),
+            unflushed: false,
+            stall: None,
+            broken: None,
+            received_messages: 0,
+            received_bytes: 0,
+            _place: place,
+        }),
     };
     async move {
-        let stats = &driver.conn.context().stats;
+        let stats = &driver.state.conn.context().stats;
         Stats::add(&stats.open, 1);
         Stats::add(&stats.opened_total, 1);
 
@@ -89,7 +95,7 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
         {
             Ok(end) => end,
             Err(panic) => {
-                Stats::add(&driver.conn.context().stats.panics, 1);
+                Stats::add(&driver.state.conn.context().stats.panics, 1);
                 End::close(
                     CloseRequest::new(CloseCode::ERROR, "internal error", CloseReason::Panic),
                     Some(Error::Panic(panic_message(&*panic))),
@@ -100,8 +106,22 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
     }
 }
 
+/// The connection's driver: its transport, inline (the WebSocket one is a
+/// pointer), and the rest of its state in a box.
+///
+/// The box keeps the connection's task in tokio's 256-byte cell (its
+/// cells are aligned to 128 bytes, and an idle WebSocket connection's
+/// whole task is the message loop's state and this struct); inline, the
+/// state and the place took it to a 384-byte cell, which mimalloc serves
+/// from a 512-byte block, where the box takes a 160-byte one. A unit test
+/// holds the future to its size, `tests/idle_memory.rs` the task.
 struct Driver<T> {
     io: T,
+    state: Box<State>,
+}
+
+/// Everything the driver keeps besides the transport.
+struct State {
     conn: Connection,
     /// Messages taken from the outbox, not yet handed to the transport.
     batch: VecDeque<Message>,
@@ -115,18 +135,21 @@ struct Driver<T> {
     stall: Option<Box<Stall>>,
     /// The first write error. Nothing more is written after it, and the
     /// connection ends once the running handler returns. Boxed, as are
-    /// the other rare states: every idle connection's task holds this
-    /// struct for its whole life.
+    /// the other rare states: every idle connection holds this struct for
+    /// its whole life.
     broken: Option<Box<Error>>,
     /// This connection's bucket, if an inbound rate limit is configured.
     rate: Option<Box<TokenBucket>>,
     /// Messages and bytes received and not yet added to the server's
     /// counters: they are added once per batch of input, at most
     /// `MESSAGES_PER_POLL` messages. Messages are counted in a `u32`,
-    /// which packs with `unflushed`: 8 bytes less in every connection's
-    /// task.
+    /// which packs with `unflushed`.
     received_messages: u32,
     received_bytes: u64,
+    /// The connection's place under the server's limits (none for a
+    /// client), given back when the driver is dropped: after `on_close`,
+    /// once the connection has left the server.
+    _place: Option<Place>,
 }
 
 /// The most messages the loop handles in one poll of its task before it
@@ -178,7 +201,7 @@ impl<T: TransportConn> Driver<T> {
         component: &'a K,
     ) -> impl Future<Output = End> + Send + use<'a, T, K> {
         async move {
-            let conn = self.conn.clone();
+            let conn = self.state.conn.clone();
             // Each result is matched where it is made, and each handler's
             // future dropped before anything else is awaited: a value
             // still alive at an `.await` takes room in every connection's
@@ -197,14 +220,14 @@ impl<T: TransportConn> Driver<T> {
                 }
             }
             loop {
-                if let Some(err) = self.broken.take() {
+                if let Some(err) = self.state.broken.take() {
                     return End::close(abnormal(), Some(*err));
                 }
                 let msg = match poll_fn(|cx| self.poll_next(cx)).await {
                     Ok(msg) => msg,
                     Err(end) => return end,
                 };
-                if self.rate.is_some() {
+                if self.state.rate.is_some() {
                     match self.admit() {
                         Ok(true) => {}
                         Ok(false) => continue,
@@ -237,11 +260,14 @@ impl<T: TransportConn> Driver<T> {
     /// where the write timeout guards the wait: a peer that sends without
     /// reading its replies is read no faster than it reads.
     fn poll_next(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Message, End>> {
-        if self.conn.outbox().needs_attention() {
+        if self.state.conn.outbox().needs_attention() {
             if let Some(end) = self.write(cx) {
                 return Poll::Ready(Err(end));
             }
-            if self.unflushed && self.conn.outbox().needs_attention() && self.write_guarded() {
+            if self.state.unflushed
+                && self.state.conn.outbox().needs_attention()
+                && self.write_guarded()
+            {
                 return Poll::Pending;
             }
         }
@@ -255,14 +281,14 @@ impl<T: TransportConn> Driver<T> {
         // thread-local access per message: 945 -> 973 instructions per
         // message in the TCP echo (`scripts/callgrind.sh`), where this
         // count is kept anyway.
-        if self.received_messages >= MESSAGES_PER_POLL {
+        if self.state.received_messages >= MESSAGES_PER_POLL {
             cx.waker().wake_by_ref();
             return self.write_and_wait(cx);
         }
         match self.io.poll_recv(cx) {
             Poll::Ready(Ok(Received::Message(msg))) => {
-                self.received_messages += 1;
-                self.received_bytes += msg.len() as u64;
+                self.state.received_messages += 1;
+                self.state.received_bytes += msg.len() as u64;
                 Poll::Ready(Ok(msg))
             }
             Poll::Ready(Ok(Received::Closed(frame))) => Poll::Ready(Err(peer_closed(frame))),
@@ -294,7 +320,7 @@ impl<T: TransportConn> Driver<T> {
         // The handler first: one that completes at once (the common case)
         // leaves its replies to `poll_next`, which writes them with those
         // of the other messages already readable.
-        self.conn.outbox().set_running();
+        self.state.conn.outbox().set_running();
         if let Poll::Ready(out) = fut.poll(cx) {
             return Poll::Ready(Ok(out));
         }
@@ -304,7 +330,7 @@ impl<T: TransportConn> Driver<T> {
             Ok(_) => Poll::Pending,
             // The loop ends on it once the handler returns.
             Err(err) => {
-                self.broken = Some(Box::new(err));
+                self.state.broken = Some(Box::new(err));
                 Poll::Pending
             }
         }
@@ -333,11 +359,13 @@ impl<T: TransportConn> Driver<T> {
         // connection is idle and lets go of its storage for messages. Not
         // on every flush: a connection that keeps sending would allocate
         // it again for every batch.
-        let mut idle = !self.unflushed && self.batch.is_empty() && self.handed.is_empty();
+        let mut idle =
+            !self.state.unflushed && self.state.batch.is_empty() && self.state.handed.is_empty();
         loop {
-            let signal = self.conn.outbox().take(cx.waker(), &mut self.batch, idle);
-            if idle && self.batch.is_empty() {
-                self.handed = VecDeque::new();
+            let state = &mut *self.state;
+            let signal = state.conn.outbox().take(cx.waker(), &mut state.batch, idle);
+            if idle && state.batch.is_empty() {
+                state.handed = VecDeque::new();
             }
             idle = false;
             match &signal {
@@ -345,23 +373,23 @@ impl<T: TransportConn> Driver<T> {
                 Some(Signal::Close(req)) if req.discard => return Ok(signal),
                 _ => {}
             }
-            if self.broken.is_some() {
+            if self.state.broken.is_some() {
                 return Ok(signal);
             }
-            if !self.batch.is_empty() {
+            if !self.state.batch.is_empty() {
                 self.hand_over(cx)?;
             }
-            if !self.unflushed {
+            if !self.state.unflushed {
                 return Ok(signal);
             }
             match self.io.poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
-                    self.unflushed = false;
-                    self.stall = None;
+                    self.state.unflushed = false;
+                    self.state.stall = None;
                     // A batch the full transport left, or messages queued
                     // meanwhile: round again.
                     let more_queued = self.release_written();
-                    if !more_queued && self.batch.is_empty() {
+                    if !more_queued && self.state.batch.is_empty() {
                         return Ok(signal);
                     }
                 }
@@ -382,31 +410,31 @@ impl<T: TransportConn> Driver<T> {
     fn hand_over(&mut self, cx: &mut TaskContext<'_>) -> Result<(), Error> {
         let (mut count, mut bytes) = (0, 0);
         let result = loop {
-            let Some(msg) = self.batch.pop_front() else {
+            let Some(msg) = self.state.batch.pop_front() else {
                 break Ok(());
             };
             match self.io.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(err)) => {
-                    self.batch.push_front(msg);
+                    self.state.batch.push_front(msg);
                     break Err(err);
                 }
                 Poll::Pending => {
-                    self.batch.push_front(msg);
+                    self.state.batch.push_front(msg);
                     break Ok(());
                 }
             }
             let len = msg.len();
             count += 1;
             bytes += len;
-            self.unflushed = true;
+            self.state.unflushed = true;
             if let Err(err) = self.io.start_send(msg) {
                 break Err(err);
             }
             let end = self.io.write_progress().map_or(0, |p| p.buffered);
-            self.handed.push_back(Handed { end, len });
+            self.state.handed.push_back(Handed { end, len });
         };
-        let stats = &self.conn.context().stats;
+        let stats = &self.state.conn.context().stats;
         Stats::add(&stats.messages_out, count as u64);
         Stats::add(&stats.bytes_out, bytes as u64);
         result
@@ -418,20 +446,21 @@ impl<T: TransportConn> Driver<T> {
     fn release_written(&mut self) -> bool {
         let written = self.io.write_progress().map_or(u64::MAX, |p| p.written);
         let (mut messages, mut bytes) = (0, 0);
-        while let Some(handed) = self.handed.front()
+        while let Some(handed) = self.state.handed.front()
             && handed.end <= written
         {
             messages += 1;
             bytes += handed.len;
-            self.handed.pop_front();
+            self.state.handed.pop_front();
         }
-        messages > 0 && self.conn.outbox().release(messages, bytes)
+        messages > 0 && self.state.conn.outbox().release(messages, bytes)
     }
 
     /// Whether a write timeout guards the waits of this connection's
     /// writes (configured, and the transport counts what it writes).
     fn write_guarded(&self) -> bool {
-        self.conn.context().config.write_timeout.is_some() && self.io.write_progress().is_some()
+        self.state.conn.context().config.write_timeout.is_some()
+            && self.io.write_progress().is_some()
     }
 
     /// Whether the stream has taken no byte for `write_timeout` while
@@ -440,12 +469,12 @@ impl<T: TransportConn> Driver<T> {
     /// when a write first waits.
     fn stalled(&mut self, cx: &mut TaskContext<'_>) -> bool {
         let (Some(timeout), Some(progress)) = (
-            self.conn.context().config.write_timeout,
+            self.state.conn.context().config.write_timeout,
             self.io.write_progress(),
         ) else {
             return false;
         };
-        let stall = self.stall.get_or_insert_with(|| {
+        let stall = self.state.stall.get_or_insert_with(|| {
             Box::new(Stall {
                 timer: Box::pin(sleep(timeout)),
                 written: progress.written,
@@ -461,12 +490,12 @@ impl<T: TransportConn> Driver<T> {
     /// Closes a stalled connection as a slow consumer (unless a close is
     /// in force already) and returns the close in force.
     fn cut_off(&mut self) -> Signal {
-        self.stall = None;
-        let req = self.conn.begin_close(CloseRequest::slow_consumer());
+        self.state.stall = None;
+        let req = self.state.conn.begin_close(CloseRequest::slow_consumer());
         if matches!(req.reason, CloseReason::SlowConsumer) {
-            let timeout = self.conn.context().config.write_timeout;
-            Stats::add(&self.conn.context().stats.slow_consumer_closes, 1);
-            tracing::info!(conn = %self.conn.id(), peer = %self.conn.peer_addr(), ?timeout, "closing slow consumer: its socket took no byte");
+            let timeout = self.state.conn.context().config.write_timeout;
+            Stats::add(&self.state.conn.context().stats.slow_consumer_closes, 1);
+            tracing::info!(conn = %self.state.conn.id(), peer = %self.state.conn.peer_addr(), ?timeout, "closing slow consumer: its socket took no byte");
         }
         Signal::Close(req)
     }
@@ -474,14 +503,16 @@ impl<T: TransportConn> Driver<T> {
     /// Applies the inbound rate limit to the message just read: whether to
     /// handle it, or the end of the connection.
     fn admit(&mut self) -> Result<bool, End> {
-        let (Some(bucket), Some(limit)) = (&mut self.rate, &self.conn.context().config.rate_limit)
-        else {
+        let (Some(bucket), Some(limit)) = (
+            &mut self.state.rate,
+            &self.state.conn.context().config.rate_limit,
+        ) else {
             return Ok(true);
         };
         if bucket.take(limit) {
             return Ok(true);
         }
-        Stats::add(&self.conn.context().stats.rate_limited, 1);
+        Stats::add(&self.state.conn.context().stats.rate_limited, 1);
         match limit.action {
             RateLimitAction::Drop => Ok(false),
             RateLimitAction::Close => {
@@ -499,10 +530,10 @@ impl<T: TransportConn> Driver<T> {
 
     /// Adds the messages received since the last call to the counters.
     fn count_received(&mut self) {
-        let messages = std::mem::take(&mut self.received_messages);
-        let bytes = std::mem::take(&mut self.received_bytes);
+        let messages = std::mem::take(&mut self.state.received_messages);
+        let bytes = std::mem::take(&mut self.state.received_bytes);
         if messages > 0 {
-            let stats = &self.conn.context().stats;
+            let stats = &self.state.conn.context().stats;
             Stats::add(&stats.messages_in, u64::from(messages));
             Stats::add(&stats.bytes_in, bytes);
         }
@@ -516,7 +547,7 @@ impl<T: TransportConn> Driver<T> {
         err: Error,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let conn = self.conn.clone();
+            let conn = self.state.conn.clone();
             // Called inside the guard, as `on_close` is in `drive`.
             let on_error =
                 AssertUnwindSafe(async { component.on_error(&conn, err).await }).catch_unwind();
@@ -554,11 +585,11 @@ impl<T: TransportConn> Driver<T> {
             {
                 Ok(reason) => reason,
                 Err(panic) => {
-                    Stats::add(&self.conn.context().stats.panics, 1);
-                    tracing::error!(conn = %self.conn.id(), panic = %panic_message(&*panic), "transport panicked while closing");
+                    Stats::add(&self.state.conn.context().stats.panics, 1);
+                    tracing::error!(conn = %self.state.conn.id(), panic = %panic_message(&*panic), "transport panicked while closing");
                     let panicked =
                         CloseRequest::new(CloseCode::ERROR, "internal error", CloseReason::Panic);
-                    self.conn.begin_close(panicked).reason
+                    self.state.conn.begin_close(panicked).reason
                 }
             };
             self.discard_batch();
@@ -567,7 +598,7 @@ impl<T: TransportConn> Driver<T> {
             // The call inside the guarded future: a handler written as a
             // plain `fn` returning a future can panic before any future
             // exists.
-            let conn = &self.conn;
+            let conn = &self.state.conn;
             let on_close =
                 AssertUnwindSafe(async { component.on_close(conn, reason.clone()).await })
                     .catch_unwind();
@@ -599,7 +630,7 @@ impl<T: TransportConn> Driver<T> {
             End::Forced => return CloseReason::Shutdown,
             End::Close(closing) => {
                 let (req, err) = *closing;
-                (self.conn.begin_close(req), err)
+                (self.state.conn.begin_close(req), err)
             }
         };
         if let Some(err) = err {
@@ -616,7 +647,7 @@ impl<T: TransportConn> Driver<T> {
             // from it and not yet handed over is dropped too.
             let discarded = self.discard_batch();
             if matches!(req.reason, CloseReason::SlowConsumer) {
-                Stats::add(&self.conn.context().stats.dropped, discarded as u64);
+                Stats::add(&self.state.conn.context().stats.dropped, discarded as u64);
             }
             poll_fn(|cx| {
                 self.io.abort(cx, &req.frame);
@@ -625,22 +656,22 @@ impl<T: TransportConn> Driver<T> {
             .await;
             return req.reason;
         }
-        let timeout = self.conn.context().config.close_timeout;
+        let timeout = self.state.conn.context().config.close_timeout;
         let closing = poll_fn(|cx| {
-            if let Some(Signal::Force) = self.conn.outbox().signal(cx.waker()) {
+            if let Some(Signal::Force) = self.state.conn.outbox().signal(cx.waker()) {
                 return Poll::Ready(());
             }
-            if self.broken.is_some() {
+            if self.state.broken.is_some() {
                 self.discard_batch();
             } else {
                 // What the transport holds unflushed, its close writes
                 // out first; the batch it had no room for waits here.
                 match self.poll_write(cx) {
-                    Ok(_) if self.batch.is_empty() => {}
+                    Ok(_) if self.state.batch.is_empty() => {}
                     Ok(_) => return Poll::Pending,
                     Err(err) => {
                         tracing::debug!(error = %err, "flush before close failed");
-                        self.broken = Some(Box::new(err));
+                        self.state.broken = Some(Box::new(err));
                     }
                 }
             }
@@ -659,13 +690,13 @@ impl<T: TransportConn> Driver<T> {
     /// outbox's bounds; returns how many messages the batch held (those
     /// handed to the transport are counted as sent already).
     fn discard_batch(&mut self) -> usize {
-        let count = self.batch.len();
-        let messages = count + self.handed.len();
-        let bytes = self.batch.iter().map(Message::len).sum::<usize>()
-            + self.handed.iter().map(|h| h.len).sum::<usize>();
-        self.conn.outbox().release(messages, bytes);
-        self.handed.clear();
-        self.batch.clear();
+        let count = self.state.batch.len();
+        let messages = count + self.state.handed.len();
+        let bytes = self.state.batch.iter().map(Message::len).sum::<usize>()
+            + self.state.handed.iter().map(|h| h.len).sum::<usize>();
+        self.state.conn.outbox().release(messages, bytes);
+        self.state.handed.clear();
+        self.state.batch.clear();
         count
     }
 }
@@ -815,7 +846,7 @@ mod tests {
             offered: 0,
             buffered: 0,
         };
-        let mut task = std::pin::pin!(drive(transport, conn.clone(), Arc::new(Quiet)));
+        let mut task = std::pin::pin!(drive(transport, conn.clone(), Arc::new(Quiet), None));
         // Polled with a waker nothing calls: the flush that frees the
         // transport is the only chance for the rest of the batch.
         let mut poll = || {
@@ -893,7 +924,7 @@ mod tests {
         let ctx = Context::new(config);
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         let conn = ctx.open(peer, TransportInfo::new("test"), Default::default(), None);
-        let task = drive(Stuck::default(), conn, Arc::new(Echo));
+        let task = drive(Stuck::default(), conn, Arc::new(Echo), None);
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
         let reason = match std::pin::pin!(task).poll(&mut cx) {
             Poll::Ready(reason) => reason,
@@ -913,26 +944,26 @@ mod tests {
 
     /// Every idle connection pays for its task: the driver's future keeps
     /// only the message loop's state inline (what follows the loop and
-    /// `on_open` are boxed when they start), for a component served
-    /// directly (its `on_message` future held inline) and as a
-    /// `DynComponent` (a box). The bounds are the sizes measured when the
-    /// WebSocket connection's whole task last fitted a 384-byte cell of
-    /// tokio's (`tests/idle_memory.rs` counts the task itself): a future
-    /// that grows past them may push every connection's task to the next
-    /// size, 512.
+    /// `on_open` are boxed when they start, the driver's state is boxed),
+    /// for a component served directly (its `on_message` future held
+    /// inline) and as a `DynComponent` (a box). The bounds are the sizes
+    /// measured when the WebSocket connection's whole task fitted tokio's
+    /// 256-byte cell with 24 bytes to spare (`tests/idle_memory.rs` counts
+    /// the task itself): a future that grows past them may push every
+    /// connection's task to the next size, 384, a 512-byte block.
     #[test]
     fn the_connection_future_stays_small() {
         let ctx = Context::new(Config::default());
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         let open = || ctx.open(peer, TransportInfo::new("test"), Default::default(), None);
-        let direct = drive(Tiny(Box::new(0)), open(), Arc::new(Quiet));
+        let direct = drive(Tiny(Box::new(0)), open(), Arc::new(Quiet), None);
         let size = std::mem::size_of_val(&direct);
-        assert!(size <= 248, "the connection future is {size} bytes");
+        assert!(size <= 144, "the connection future is {size} bytes");
         let object: Arc<dyn crate::DynComponent> = Arc::new(Quiet);
-        let boxed = drive(Tiny(Box::new(0)), open(), object);
+        let boxed = drive(Tiny(Box::new(0)), open(), object, None);
         let size = std::mem::size_of_val(&boxed);
         assert!(
-            size <= 216,
+            size <= 112,
             "the connection future is {size} bytes with a DynComponent"
         );
     }
@@ -1081,7 +1112,7 @@ mod tests {
         socket.update(|w| w.budget = Some(0));
         conn.send("waiting").expect("room");
         let start = Instant::now();
-        let task = tokio::spawn(drive(socket.clone(), conn, Arc::new(Quiet)));
+        let task = tokio::spawn(drive(socket.clone(), conn, Arc::new(Quiet), None));
 
         tokio::time::sleep(Duration::from_millis(999)).await;
         assert!(!task.is_finished(), "cut off before the write timeout");
@@ -1103,7 +1134,7 @@ mod tests {
         conn.send("first").expect("room");
         conn.send("second").expect("room");
         let start = Instant::now();
-        let task = tokio::spawn(drive(socket.clone(), conn, Arc::new(Quiet)));
+        let task = tokio::spawn(drive(socket.clone(), conn, Arc::new(Quiet), None));
 
         tokio::time::sleep(Duration::from_millis(800)).await;
         socket.update(|w| w.budget = Some(1));
@@ -1126,7 +1157,7 @@ mod tests {
                 .collect();
         });
         let start = Instant::now();
-        let task = tokio::spawn(drive(socket.clone(), conn, Arc::new(Echo)));
+        let task = tokio::spawn(drive(socket.clone(), conn, Arc::new(Echo), None));
 
         // Paused behind the full socket rather than reading on until the
         // replies overflow the queue (what happens without a write timeout).
@@ -1163,7 +1194,7 @@ mod tests {
             w.inbound
                 .push_back(Ok(Received::Message(Message::text("go"))));
         });
-        let reason = drive(socket.clone(), conn, Arc::new(FiveThenClose)).await;
+        let reason = drive(socket.clone(), conn, Arc::new(FiveThenClose), None).await;
         assert!(matches!(reason, CloseReason::Local(_)), "{reason:?}");
         assert_eq!(texts(&socket.written()), ["m0", "m1", "m2", "m3", "m4"]);
         let closed = socket.wire().closed.clone().expect("closed");
@@ -1222,7 +1253,7 @@ mod tests {
     async fn a_transport_that_panics_while_closing_still_gets_on_close_and_leaves() {
         let (ctx, conn) = open(Config::default());
         let component = Arc::new(ClosedWith::default());
-        let task = tokio::spawn(drive(PanicsOnClose, conn.clone(), component.clone()));
+        let task = tokio::spawn(drive(PanicsOnClose, conn.clone(), component.clone(), None));
         // The peer's close began it: that is why the connection closed.
         assert!(matches!(ended(task).await, CloseReason::Peer(None)));
         let closed_with = component.0.lock().expect("not poisoned").take();
@@ -1250,7 +1281,7 @@ mod tests {
         component
             .0
             .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
-        let task = drive(socket.clone(), conn.clone(), Arc::clone(&component));
+        let task = drive(socket.clone(), conn.clone(), Arc::clone(&component), None);
         let mut task = std::pin::pin!(task);
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
         // Two in the transport's buffer, three in the batch it had no room for.
@@ -1292,7 +1323,7 @@ mod tests {
         });
         conn.send("a").expect("room");
         conn.send("b").expect("room");
-        let mut task = std::pin::pin!(drive(socket.clone(), conn.clone(), Arc::new(Quiet)));
+        let mut task = std::pin::pin!(drive(socket.clone(), conn.clone(), Arc::new(Quiet), None));
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
         // "a" in the transport, "b" in the batch it had no room for.
         assert!(task.as_mut().poll(&mut cx).is_pending());
@@ -1308,7 +1339,7 @@ mod tests {
     async fn nothing_more_is_written_once_shutdown_forces_the_end() {
         let (_ctx, conn) = open(Config::default());
         let socket = Socket::default();
-        let mut task = std::pin::pin!(drive(socket.clone(), conn.clone(), Arc::new(Quiet)));
+        let mut task = std::pin::pin!(drive(socket.clone(), conn.clone(), Arc::new(Quiet), None));
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
         conn.send("before").expect("room");
         assert!(task.as_mut().poll(&mut cx).is_pending());
@@ -1327,7 +1358,7 @@ mod tests {
         let (_ctx, conn) = open(Config::default());
         let socket = Socket::default();
         socket.update(|w| w.inbound.push_back(Err(Error::IdleTimeout)));
-        let reason = drive(socket.clone(), conn, Arc::new(Quiet)).await;
+        let reason = drive(socket.clone(), conn, Arc::new(Quiet), None).await;
         assert_eq!(reason, CloseReason::IdleTimeout);
         let closed = socket.wire().closed.clone().expect("closed");
         assert_eq!(
@@ -1344,7 +1375,7 @@ mod tests {
         let long = "é".repeat(100);
         let err = Error::protocol(CloseCode::INVALID, long.clone());
         socket.update(|w| w.inbound.push_back(Err(err)));
-        let reason = drive(socket.clone(), conn, Arc::new(Quiet)).await;
+        let reason = drive(socket.clone(), conn, Arc::new(Quiet), None).await;
         let closed = socket.wire().closed.clone().expect("closed");
         assert_eq!(closed.code, CloseCode::INVALID);
         assert_eq!(&*closed.reason, &long[..122]);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::{Context, Refusal, Reservation};
+use super::{Context, Place, Refusal, Reservation};
 use crate::close::CloseReason;
 use crate::component::MessageComponent;
 use crate::config::TcpKeepalive;
@@ -73,10 +73,11 @@ pub(super) async fn accept_loop<T: Transport<TcpStream>>(
 /// connection.
 ///
 /// Not an `async fn`: the handshake (the stream, its buffers, its timer,
-/// the `accept` span) lives in an allocation of its own, freed when it
-/// ends, and the task keeps only its place (see `Place`) and the connection's
-/// future. An `async fn` would keep its arguments for the task's whole
-/// life, and every idle connection pays for every byte of its task.
+/// the `accept` span, the place) lives in an allocation of its own, freed
+/// when it ends, and the task keeps only the connection's future, which
+/// holds the place from then on. An `async fn` would keep its arguments
+/// for the task's whole life, and every idle connection pays for every
+/// byte of its task.
 pub(super) fn serve<T: Transport<IO>, IO: Send + 'static>(
     stream: IO,
     transport: Arc<T>,
@@ -96,7 +97,7 @@ pub(super) fn serve<T: Transport<IO>, IO: Send + 'static>(
                 res = handshake => res,
             };
             match result {
-                Ok(Ok(accepted)) => Some(run(accepted, peer, &ctx)),
+                Ok(Ok(accepted)) => Some(run(accepted, peer, place)),
                 Ok(Err(err)) => {
                     Stats::add(&ctx.stats.handshake_failures, 1);
                     tracing::debug!(error = %err, "handshake failed");
@@ -118,15 +119,15 @@ pub(super) fn serve<T: Transport<IO>, IO: Send + 'static>(
             return;
         };
         connection.await;
-        drop(place);
     }
 }
 
-/// The connection's life, from `on_open` to `on_close`.
+/// The connection's life, from `on_open` to `on_close`; `place` is given
+/// back once it has ended.
 pub(super) fn run<C: TransportConn, K: MessageComponent + ?Sized>(
     accepted: Accepted<C, K>,
     peer: SocketAddr,
-    ctx: &Arc<Context>,
+    place: Place,
 ) -> impl Future<Output = CloseReason> + Send + use<C, K> {
     let Accepted {
         conn,
@@ -135,7 +136,8 @@ pub(super) fn run<C: TransportConn, K: MessageComponent + ?Sized>(
         extensions,
     } = accepted;
     let check = conn.outbound_check();
-    Context::drive(conn, ctx.open(peer, info, extensions, check), component)
+    let opened = place.context().open(peer, info, extensions, check);
+    Context::drive(conn, opened, component, Some(place))
 }
 
 /// Turns on keepalive probes with the configured timing (what the platform

@@ -122,7 +122,9 @@ impl Context {
         conn
     }
 
-    /// Drives an opened connection from `on_open` to `on_close`.
+    /// Drives an opened connection from `on_open` to `on_close`, then
+    /// gives back its `place` (a server's connection has one, a client's
+    /// none).
     ///
     /// Not an `async fn`: an `async fn` layer would keep its own copy of
     /// its arguments (the transport connection) for the connection's whole
@@ -131,9 +133,10 @@ impl Context {
         io: C,
         conn: Connection,
         component: Arc<K>,
+        place: Option<Place>,
     ) -> impl Future<Output = CloseReason> + Send + use<C, K> {
         let span = tracing::info_span!("conn", id = conn.id().as_u64(), peer = %conn.peer_addr(), transport = conn.transport().kind());
-        let connection = driver::drive(io, conn, component);
+        let connection = driver::drive(io, conn, component, place);
         // A span is 40 bytes that every idle connection's task would hold:
         // when tracing records it, the instrumented future goes in a box of
         // its own; when not, the task holds the plain future.
@@ -270,10 +273,10 @@ pub struct Reservation {
     peer: SocketAddr,
 }
 
-/// What a connection's task holds of its [`Reservation`] until the
-/// connection ends; dropping it gives the place back. Without the peer's
-/// address (the connection has it): 16 bytes less in every connection's
-/// task.
+/// What a connection holds of its [`Reservation`] until it ends (its
+/// handshake, then its driver); dropping it gives the place back. Without
+/// the peer's address (the connection has it): 16 bytes less in every
+/// connection.
 pub(crate) struct Place {
     ctx: Arc<Context>,
     /// The address counted in the per-IP table (a per-IP limit is set).
@@ -303,11 +306,7 @@ impl Reservation {
         K: MessageComponent + ?Sized,
     {
         let Reservation { place, peer } = self;
-        let connection = listener::run(accepted, peer, &place.ctx);
-        tokio::spawn(async move {
-            connection.await;
-            drop(place);
-        });
+        tokio::spawn(listener::run(accepted, peer, place));
     }
 
     /// The place alone, for the connection's task to hold, and the peer.
