@@ -8,10 +8,10 @@
 //! The budgets are the figures of docs/performance.md ("Idle memory per
 //! connection") with a little room: the heap a connection's task, state and
 //! registrations take, counted as the blocks mimalloc hands out (its usable
-//! size: a request of 224 bytes takes a 256-byte block, a 384-byte task
-//! aligned to 128 a 512-byte one; a 256-byte task takes 256), since that,
-//! not the request, is what the process holds. Figures print as `FIGURE` lines (`--nocapture`), with the
-//! blocks each connection holds, by size.
+//! size: a request of 232 bytes takes a 256-byte block, a 384-byte task
+//! aligned to 128 a 512-byte one, a 256-byte task 256), since that, not
+//! the request, is what the process holds. Figures print as `FIGURE`
+//! lines (`--nocapture`), with the blocks each connection holds, by size.
 #![cfg(all(feature = "ws", feature = "tcp"))]
 #![allow(clippy::unwrap_used)]
 // The counting allocator below: `GlobalAlloc` is an unsafe trait.

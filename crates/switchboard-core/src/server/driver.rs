@@ -109,18 +109,22 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
 /// The connection's driver: its transport, inline (the WebSocket one is a
 /// pointer), and the rest of its state in a box.
 ///
-/// The box keeps the connection's task in tokio's 256-byte cell (its
-/// cells are aligned to 128 bytes, and an idle WebSocket connection's
-/// whole task is the message loop's state and this struct); inline, the
-/// state and the place took it to a 384-byte cell, which mimalloc serves
-/// from a 512-byte block, where the box takes a 160-byte one. A unit test
-/// holds the future to its size, `tests/idle_memory.rs` the task.
+/// The box keeps a WebSocket connection's task in tokio's 256-byte cell
+/// (tokio's header and trailer, this struct, the component handle and
+/// the message loop's state; cells are aligned to 128 bytes); with the
+/// state and the place inline it took a 384-byte cell, which mimalloc
+/// serves from a 512-byte block, where the box takes a 160-byte one. The
+/// transport stays out of the box: the TCP transport's state is inline,
+/// and in the box it would take a block as large as the task saves. A
+/// unit test holds the future and the box to their sizes,
+/// `tests/idle_memory.rs` the task.
 struct Driver<T> {
     io: T,
     state: Box<State>,
 }
 
-/// Everything the driver keeps besides the transport.
+/// Everything the driver keeps besides the transport. The methods that
+/// need no transport are its own.
 struct State {
     conn: Connection,
     /// Messages taken from the outbox, not yet handed to the transport.
@@ -228,7 +232,7 @@ impl<T: TransportConn> Driver<T> {
                     Err(end) => return end,
                 };
                 if self.state.rate.is_some() {
-                    match self.admit() {
+                    match self.state.admit() {
                         Ok(true) => {}
                         Ok(false) => continue,
                         Err(end) => return end,
@@ -300,7 +304,7 @@ impl<T: TransportConn> Driver<T> {
     /// The end of a batch of input: counts it, writes out what is queued
     /// and waits (unless the write ended the connection).
     fn write_and_wait(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Message, End>> {
-        self.count_received();
+        self.state.count_received();
         match self.write(cx) {
             Some(end) => Poll::Ready(Err(end)),
             None => Poll::Pending,
@@ -324,7 +328,7 @@ impl<T: TransportConn> Driver<T> {
         if let Poll::Ready(out) = fut.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        self.count_received();
+        self.state.count_received();
         match self.poll_write(cx) {
             Ok(Some(Signal::Force)) => Poll::Ready(Err(End::Forced)),
             Ok(_) => Poll::Pending,
@@ -397,7 +401,7 @@ impl<T: TransportConn> Driver<T> {
                 Poll::Pending => {
                     self.release_written();
                     if self.stalled(cx) {
-                        return Ok(Some(self.cut_off()));
+                        return Ok(Some(self.state.cut_off()));
                     }
                     return Ok(signal);
                 }
@@ -487,58 +491,6 @@ impl<T: TransportConn> Driver<T> {
         stall.timer.as_mut().poll(cx).is_ready()
     }
 
-    /// Closes a stalled connection as a slow consumer (unless a close is
-    /// in force already) and returns the close in force.
-    fn cut_off(&mut self) -> Signal {
-        self.state.stall = None;
-        let req = self.state.conn.begin_close(CloseRequest::slow_consumer());
-        if matches!(req.reason, CloseReason::SlowConsumer) {
-            let timeout = self.state.conn.context().config.write_timeout;
-            Stats::add(&self.state.conn.context().stats.slow_consumer_closes, 1);
-            tracing::info!(conn = %self.state.conn.id(), peer = %self.state.conn.peer_addr(), ?timeout, "closing slow consumer: its socket took no byte");
-        }
-        Signal::Close(req)
-    }
-
-    /// Applies the inbound rate limit to the message just read: whether to
-    /// handle it, or the end of the connection.
-    fn admit(&mut self) -> Result<bool, End> {
-        let (Some(bucket), Some(limit)) = (
-            &mut self.state.rate,
-            &self.state.conn.context().config.rate_limit,
-        ) else {
-            return Ok(true);
-        };
-        if bucket.take(limit) {
-            return Ok(true);
-        }
-        Stats::add(&self.state.conn.context().stats.rate_limited, 1);
-        match limit.action {
-            RateLimitAction::Drop => Ok(false),
-            RateLimitAction::Close => {
-                let frame = CloseFrame::from_static(CloseCode::POLICY, "rate limit exceeded");
-                let req = CloseRequest {
-                    frame: frame.clone(),
-                    reason: CloseReason::Error(frame),
-                    discard: false,
-                };
-                let err = Error::protocol(CloseCode::POLICY, "rate limit exceeded");
-                Err(End::close(req, Some(err)))
-            }
-        }
-    }
-
-    /// Adds the messages received since the last call to the counters.
-    fn count_received(&mut self) {
-        let messages = std::mem::take(&mut self.state.received_messages);
-        let bytes = std::mem::take(&mut self.state.received_bytes);
-        if messages > 0 {
-            let stats = &self.state.conn.context().stats;
-            Stats::add(&stats.messages_in, u64::from(messages));
-            Stats::add(&stats.bytes_in, bytes);
-        }
-    }
-
     /// Runs `on_error`. A panic in it is logged and closes the connection;
     /// it is caught here, so that the close path that called it goes on.
     fn report<'a, K: MessageComponent + ?Sized>(
@@ -575,7 +527,7 @@ impl<T: TransportConn> Driver<T> {
         end: End,
     ) -> BoxFuture<'a, CloseReason> {
         Box::pin(async move {
-            self.count_received();
+            self.state.count_received();
             // A transport that panics while closing still lets `on_close`
             // run, with the reason the close began for, and the connection
             // leave the server.
@@ -592,7 +544,7 @@ impl<T: TransportConn> Driver<T> {
                     self.state.conn.begin_close(panicked).reason
                 }
             };
-            self.discard_batch();
+            self.state.discard_batch();
             tracing::debug!(%reason, "connection closed");
 
             // The call inside the guarded future: a handler written as a
@@ -645,7 +597,7 @@ impl<T: TransportConn> Driver<T> {
         if req.discard {
             // The outbox counted the queue it dropped; the batch taken
             // from it and not yet handed over is dropped too.
-            let discarded = self.discard_batch();
+            let discarded = self.state.discard_batch();
             if matches!(req.reason, CloseReason::SlowConsumer) {
                 Stats::add(&self.state.conn.context().stats.dropped, discarded as u64);
             }
@@ -662,7 +614,7 @@ impl<T: TransportConn> Driver<T> {
                 return Poll::Ready(());
             }
             if self.state.broken.is_some() {
-                self.discard_batch();
+                self.state.discard_batch();
             } else {
                 // What the transport holds unflushed, its close writes
                 // out first; the batch it had no room for waits here.
@@ -685,18 +637,70 @@ impl<T: TransportConn> Driver<T> {
         }
         req.reason
     }
+}
+
+impl State {
+    /// Closes a stalled connection as a slow consumer (unless a close is
+    /// in force already) and returns the close in force.
+    fn cut_off(&mut self) -> Signal {
+        self.stall = None;
+        let req = self.conn.begin_close(CloseRequest::slow_consumer());
+        if matches!(req.reason, CloseReason::SlowConsumer) {
+            let timeout = self.conn.context().config.write_timeout;
+            Stats::add(&self.conn.context().stats.slow_consumer_closes, 1);
+            tracing::info!(conn = %self.conn.id(), peer = %self.conn.peer_addr(), ?timeout, "closing slow consumer: its socket took no byte");
+        }
+        Signal::Close(req)
+    }
+
+    /// Applies the inbound rate limit to the message just read: whether to
+    /// handle it, or the end of the connection.
+    fn admit(&mut self) -> Result<bool, End> {
+        let (Some(bucket), Some(limit)) = (&mut self.rate, &self.conn.context().config.rate_limit)
+        else {
+            return Ok(true);
+        };
+        if bucket.take(limit) {
+            return Ok(true);
+        }
+        Stats::add(&self.conn.context().stats.rate_limited, 1);
+        match limit.action {
+            RateLimitAction::Drop => Ok(false),
+            RateLimitAction::Close => {
+                let frame = CloseFrame::from_static(CloseCode::POLICY, "rate limit exceeded");
+                let req = CloseRequest {
+                    frame: frame.clone(),
+                    reason: CloseReason::Error(frame),
+                    discard: false,
+                };
+                let err = Error::protocol(CloseCode::POLICY, "rate limit exceeded");
+                Err(End::close(req, Some(err)))
+            }
+        }
+    }
+
+    /// Adds the messages received since the last call to the counters.
+    fn count_received(&mut self) {
+        let messages = std::mem::take(&mut self.received_messages);
+        let bytes = std::mem::take(&mut self.received_bytes);
+        if messages > 0 {
+            let stats = &self.conn.context().stats;
+            Stats::add(&stats.messages_in, u64::from(messages));
+            Stats::add(&stats.bytes_in, bytes);
+        }
+    }
 
     /// Drops the batch, releasing it and what the transport holds from the
     /// outbox's bounds; returns how many messages the batch held (those
     /// handed to the transport are counted as sent already).
     fn discard_batch(&mut self) -> usize {
-        let count = self.state.batch.len();
-        let messages = count + self.state.handed.len();
-        let bytes = self.state.batch.iter().map(Message::len).sum::<usize>()
-            + self.state.handed.iter().map(|h| h.len).sum::<usize>();
-        self.state.conn.outbox().release(messages, bytes);
-        self.state.handed.clear();
-        self.state.batch.clear();
+        let count = self.batch.len();
+        let messages = count + self.handed.len();
+        let bytes = self.batch.iter().map(Message::len).sum::<usize>()
+            + self.handed.iter().map(|h| h.len).sum::<usize>();
+        self.conn.outbox().release(messages, bytes);
+        self.handed.clear();
+        self.batch.clear();
         count
     }
 }
@@ -966,6 +970,10 @@ mod tests {
             size <= 112,
             "the connection future is {size} bytes with a DynComponent"
         );
+        // A 152-byte request takes mimalloc's 160-byte block; 8 more
+        // would take a 192-byte one in every connection.
+        let state = std::mem::size_of::<State>();
+        assert!(state <= 152, "the driver's state is {state} bytes");
     }
 
     /// A scripted socket, shared between a transport and the test: what

@@ -274,9 +274,9 @@ pub struct Reservation {
 }
 
 /// What a connection holds of its [`Reservation`] until it ends (its
-/// handshake, then its driver); dropping it gives the place back. Without
-/// the peer's address (the connection has it): 16 bytes less in every
-/// connection.
+/// handshake, then its driver's state); dropping it gives the place back.
+/// Without the peer's address (the connection has it): 16 bytes less in
+/// every connection's driver state.
 pub(crate) struct Place {
     ctx: Arc<Context>,
     /// The address counted in the per-IP table (a per-IP limit is set).
@@ -309,7 +309,8 @@ impl Reservation {
         tokio::spawn(listener::run(accepted, peer, place));
     }
 
-    /// The place alone, for the connection's task to hold, and the peer.
+    /// The place alone, for the connection's handshake and then its driver
+    /// to hold, and the peer.
     pub(crate) fn into_place(self) -> (Place, SocketAddr) {
         (self.place, self.peer)
     }
