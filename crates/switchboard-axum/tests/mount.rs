@@ -152,6 +152,38 @@ async fn a_peer_the_server_refuses_gets_a_status_not_an_upgrade() {
     assert_eq!(sockets.stats().connections_rejected, 1);
     assert_eq!(sockets.stats().connections_total, 1);
 
+    // Once the first connection has ended, its place is given back: the
+    // next upgrade is served. The place goes just after the connection
+    // leaves the counters, so an upgrade in that instant may still be
+    // refused; it is tried again until then.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut second = loop {
+        let mut request = format!("ws://{addr}/rooms/a")
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("x-agent", "bob".parse().unwrap());
+        match timeout(LIMIT, tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap()
+        {
+            Ok((ws, _)) => break ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                if response.status() == 503 && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(err) => panic!("the place was not given back: {err}"),
+        }
+    };
+    assert_eq!(
+        next(&mut second).await,
+        Some(WsMessage::text("bob in a from 127.0.0.1"))
+    );
+    assert_eq!(sockets.stats().connections_total, 2);
+
     // Denied by the IP filter: 403, before anything else.
     let filter = switchboard::IpFilter::default()
         .deny(["127.0.0.0/8"])
@@ -159,7 +191,7 @@ async fn a_peer_the_server_refuses_gets_a_status_not_an_upgrade() {
     let (denying, addr) = start(Config::default().ip_filter(filter)).await;
     assert_eq!(status_of_upgrade(addr).await, 403);
     assert_eq!(denying.stats().connections_denied, 1);
-    drop(first);
+    drop(second);
     sockets.shutdown().await;
     denying.shutdown().await;
 }
