@@ -172,6 +172,38 @@ async fn a_panic_closes_only_that_connection() {
     server.shutdown().await;
 }
 
+/// A runtime dropped under open connections drops their tasks unpolled:
+/// each connection still leaves its hubs and the server's count, though
+/// its `on_close` never runs.
+#[test]
+fn connections_whose_runtime_shuts_down_leave_their_hubs_and_the_count() {
+    let service = Arc::new(Service::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, clients) = runtime.block_on(async {
+        let server = lines_server(service.clone(), Config::default()).await;
+        let mut clients = Vec::new();
+        for i in 0..3 {
+            let mut client = LineClient::connect(server.local_addr()).await;
+            // An echo: `on_open` has run, the connection is in the hub.
+            client.send(&format!("hello {i}")).await;
+            assert_eq!(client.recv().await, Some(format!("hello {i}")));
+            clients.push(client);
+        }
+        (server, clients)
+    });
+    assert_eq!(service.hub.len(), 3);
+    assert_eq!(server.stats().open_connections, 3);
+
+    drop(runtime);
+    assert_eq!(service.hub.len(), 0);
+    assert_eq!(server.stats().open_connections, 0);
+    assert!(service.closes.lock().unwrap().is_empty());
+    drop(clients);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_is_closed_and_the_others_get_everything() {
     let service = Arc::new(Service::default());

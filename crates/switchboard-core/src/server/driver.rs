@@ -59,6 +59,11 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
     component: Arc<K>,
     place: Option<Place>,
 ) -> impl Future<Output = CloseReason> + Send + use<T, K> {
+    // Counted now, not at the first poll: the state's `Drop` takes the
+    // connection back off, whether the driver ends or is dropped first.
+    let stats = &conn.context().stats;
+    Stats::add(&stats.open, 1);
+    Stats::add(&stats.opened_total, 1);
     let mut driver = Driver {
         io,
         state: Box::new(State {
@@ -80,10 +85,6 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
         }),
     };
     async move {
-        let stats = &driver.state.conn.context().stats;
-        Stats::add(&stats.open, 1);
-        Stats::add(&stats.opened_total, 1);
-
         // A panic in `on_open`, `on_message` or the transport ends the
         // loop like a handler error: its future is dropped and the close
         // path reports the panic. Handlers and the transport are called
@@ -102,7 +103,11 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
                 )
             }
         };
-        driver.finish(&*component, end).await
+        let reason = driver.finish(&*component, end).await;
+        // The connection leaves the server now, before the task's output
+        // is seen (see `impl Drop for State`).
+        drop(driver);
+        reason
     }
 }
 
@@ -154,6 +159,24 @@ struct State {
     /// client), given back when the driver is dropped: after `on_close`,
     /// once the connection has left the server.
     _place: Option<Place>,
+}
+
+/// The connection leaves the server when its driver is dropped: after
+/// `on_close` when it ends, or wherever its task is dropped before that
+/// (aborted, or still pending when its runtime shuts down; then
+/// `on_close` does not run). Its outbox refuses further sends and lets go
+/// of its queue, its hubs forget it, the registry and the count of open
+/// connections let it go; its place follows, as the field dropped last.
+impl Drop for State {
+    fn drop(&mut self) {
+        let conn = &self.conn;
+        conn.finish();
+        let ctx = conn.context();
+        ctx.unregister(conn);
+        ctx.stats
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The most messages the loop handles in one poll of its task before it
@@ -517,8 +540,9 @@ impl<T: TransportConn> Driver<T> {
         })
     }
 
-    /// What follows the message loop: the close, then `on_close`, then the
-    /// connection leaves the server. Returns why it ended. Boxed, so that
+    /// What follows the message loop: the close, then `on_close` (the
+    /// connection leaves the server when the driver is dropped, just
+    /// after). Returns why it ended. Boxed, so that
     /// its state is allocated only when it starts, not held beside the
     /// loop's by every connection's task.
     fn finish<'a, K: MessageComponent + ?Sized>(
@@ -559,11 +583,6 @@ impl<T: TransportConn> Driver<T> {
                 Stats::add(&ctx.stats.panics, 1);
                 tracing::error!(conn = %conn.id(), panic = %panic_message(&*panic), "on_close panicked");
             }
-            conn.finish();
-            ctx.unregister(conn);
-            ctx.stats
-                .open
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             reason
         })
     }
@@ -1271,6 +1290,69 @@ mod tests {
         assert_eq!(counters.open_connections, 0);
         assert!(ctx.registry().is_empty());
         assert!(conn.send("after the end").is_err());
+    }
+
+    /// Joins one hub when it opens; records whether `on_close` ran.
+    #[derive(Default)]
+    struct Member {
+        hub: crate::Hub,
+        closed: std::sync::atomic::AtomicBool,
+    }
+
+    impl MessageComponent for Member {
+        async fn on_open(&self, conn: &Connection) -> Result<(), BoxError> {
+            self.hub.join(conn);
+            Ok(())
+        }
+        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+            Ok(())
+        }
+        async fn on_close(&self, _: &Connection, _: CloseReason) {
+            self.closed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_driver_dropped_before_its_first_poll_takes_its_connection_off_the_server() {
+        let (ctx, conn) = open(Config::default());
+        let component = Arc::new(Member::default());
+        let driver = drive(Tiny(Box::new(0)), conn.clone(), component.clone(), None);
+        assert_eq!(ctx.stats.snapshot().open_connections, 1);
+        assert_eq!(ctx.registry().len(), 1);
+
+        drop(driver);
+        assert_eq!(ctx.stats.snapshot().open_connections, 0);
+        assert!(ctx.registry().is_empty());
+        assert!(conn.send("after the end").is_err());
+        assert!(!component.closed.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_driver_dropped_while_it_waits_leaves_its_hubs_and_the_server() {
+        let (ctx, conn) = open(Config::default());
+        let component = Arc::new(Member::default());
+        let mut driver = Box::pin(drive(
+            Tiny(Box::new(0)),
+            conn.clone(),
+            component.clone(),
+            None,
+        ));
+        // One poll runs `on_open` and leaves the loop waiting on a
+        // transport that never has input.
+        let first = std::future::poll_fn(|cx| Poll::Ready(driver.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        assert_eq!(component.hub.len(), 1);
+        conn.send("queued").expect("open");
+
+        // What a task aborted, or pending when its runtime shuts down, does.
+        drop(driver);
+        assert_eq!(component.hub.len(), 0);
+        assert_eq!(ctx.stats.snapshot().open_connections, 0);
+        assert!(ctx.registry().is_empty());
+        assert!(conn.send("after the end").is_err());
+        // The loop never ended, so `on_close` did not run.
+        assert!(!component.closed.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     #[tokio::test]
