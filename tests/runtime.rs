@@ -172,7 +172,7 @@ async fn a_panic_closes_only_that_connection() {
     server.shutdown().await;
 }
 
-/// A runtime dropped under open connections drops their tasks unpolled:
+/// A runtime dropped under open connections drops their pending tasks:
 /// each connection still leaves its hubs and the server's count, though
 /// its `on_close` never runs.
 #[test]

@@ -47,13 +47,15 @@ pub(crate) fn start_client<C: TransportConn, K: MessageComponent + ?Sized>(
     let ctx = Context::new(config);
     let (tx, rx) = watch::channel(None);
     let conn = ctx.open(peer, info, extensions, io.outbound_check());
-    let task_conn = conn.clone();
+    // Made before the task, so that the connection leaves the client's
+    // context even if the task is dropped before its first poll (the
+    // driver's `Drop`). Boxed: pinned inside the task, it would take its
+    // room there twice.
+    let mut drive = Box::pin(Context::drive(io, conn.clone(), component, None));
     let sweep = ctx.sweep();
     ctx.tracker.spawn(async move {
         // The keepalive sweep in the connection's own task, dropped when
         // the connection ends.
-        let drive = Context::drive(io, task_conn, component, None);
-        tokio::pin!(drive);
         let reason = tokio::select! {
             reason = &mut drive => reason,
             () = sweep => drive.await,
@@ -110,5 +112,65 @@ impl std::fmt::Debug for ClientHandle {
         f.debug_struct("ClientHandle")
             .field("conn", &self.conn)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context as TaskContext, Poll};
+
+    use super::*;
+    use crate::close::CloseFrame;
+    use crate::error::BoxError;
+    use crate::transport::Received;
+
+    /// A connection on which nothing ever arrives.
+    struct Silent;
+
+    impl TransportConn for Silent {
+        fn poll_recv(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<Received>> {
+            Poll::Pending
+        }
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(&mut self, _: Message) -> Result<()> {
+            Ok(())
+        }
+        fn poll_flush(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(&mut self, _: &mut TaskContext<'_>, _: &CloseFrame) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Quiet;
+
+    impl MessageComponent for Quiet {
+        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_client_whose_task_never_ran_leaves_its_context() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // `block_on` returns as soon as the client is spawned: its task
+        // has not been polled.
+        let handle = runtime.block_on(async {
+            let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+            let info = TransportInfo::new("test");
+            spawn_client(Silent, peer, info, Arc::new(Quiet), Config::default()).expect("valid")
+        });
+        assert_eq!(handle.stats().open_connections, 1);
+        assert!(handle.send("while the task waits").is_ok());
+
+        drop(runtime);
+        assert_eq!(handle.stats().open_connections, 0);
+        assert!(handle.send("after the end").is_err());
     }
 }

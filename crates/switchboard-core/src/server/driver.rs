@@ -21,8 +21,9 @@
 //!
 //! Every connection's task, idle or not, holds the loop's state for its
 //! whole life, so the paths that run once or rarely (`on_open`, `on_error`,
-//! and everything after the loop: the close, `on_close`, leaving the
-//! server) are boxed futures, allocated only when they start.
+//! and everything after the loop: the close, `on_close`) are boxed
+//! futures, allocated only when they start. The connection leaves the
+//! server when the driver is dropped (`impl Drop for Driver`).
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -59,11 +60,6 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
     component: Arc<K>,
     place: Option<Place>,
 ) -> impl Future<Output = CloseReason> + Send + use<T, K> {
-    // Counted now, not at the first poll: the state's `Drop` takes the
-    // connection back off, whether the driver ends or is dropped first.
-    let stats = &conn.context().stats;
-    Stats::add(&stats.open, 1);
-    Stats::add(&stats.opened_total, 1);
     let mut driver = Driver {
         io,
         state: Box::new(State {
@@ -84,6 +80,11 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
             _place: place,
         }),
     };
+    // Counted now, not at the first poll: the driver's `Drop` takes the
+    // connection back off, whether it ends or is dropped first.
+    let stats = &driver.state.conn.context().stats;
+    Stats::add(&stats.open, 1);
+    Stats::add(&stats.opened_total, 1);
     async move {
         // A panic in `on_open`, `on_message` or the transport ends the
         // loop like a handler error: its future is dropped and the close
@@ -105,7 +106,7 @@ pub(crate) fn drive<T: TransportConn, K: MessageComponent + ?Sized>(
         };
         let reason = driver.finish(&*component, end).await;
         // The connection leaves the server now, before the task's output
-        // is seen (see `impl Drop for State`).
+        // is seen (see `impl Drop for Driver`).
         drop(driver);
         reason
     }
@@ -163,13 +164,15 @@ struct State {
 
 /// The connection leaves the server when its driver is dropped: after
 /// `on_close` when it ends, or wherever its task is dropped before that
-/// (aborted, or still pending when its runtime shuts down; then
-/// `on_close` does not run). Its outbox refuses further sends and lets go
-/// of its queue, its hubs forget it, the registry and the count of open
-/// connections let it go; its place follows, as the field dropped last.
-impl Drop for State {
+/// (aborted, or pending when its runtime shuts down; then `on_close` does
+/// not run, or does not finish). Its outbox refuses further sends and
+/// lets go of its queue, its hubs forget it, the registry and the count of
+/// open connections let it go. Then the fields drop: the transport (the
+/// socket closes, if nothing closed it before), then the state with the
+/// place, dropped last.
+impl<T> Drop for Driver<T> {
     fn drop(&mut self) {
-        let conn = &self.conn;
+        let conn = &self.state.conn;
         conn.finish();
         let ctx = conn.context();
         ctx.unregister(conn);
@@ -1351,6 +1354,11 @@ mod tests {
         assert_eq!(ctx.stats.snapshot().open_connections, 0);
         assert!(ctx.registry().is_empty());
         assert!(conn.send("after the end").is_err());
+        assert_eq!(conn.queued_messages(), 0);
+        // Nothing holds the server's context but this test: no cycle
+        // through the registry is left.
+        drop(conn);
+        assert_eq!(Arc::strong_count(&ctx), 1);
         // The loop never ended, so `on_close` did not run.
         assert!(!component.closed.load(std::sync::atomic::Ordering::Relaxed));
     }
