@@ -117,41 +117,8 @@ impl std::fmt::Debug for ClientHandle {
 
 #[cfg(test)]
 mod tests {
-    use std::task::{Context as TaskContext, Poll};
-
     use super::*;
-    use crate::close::CloseFrame;
-    use crate::error::BoxError;
-    use crate::transport::Received;
-
-    /// A connection on which nothing ever arrives.
-    struct Silent;
-
-    impl TransportConn for Silent {
-        fn poll_recv(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<Received>> {
-            Poll::Pending
-        }
-        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn start_send(&mut self, _: Message) -> Result<()> {
-            Ok(())
-        }
-        fn poll_flush(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(&mut self, _: &mut TaskContext<'_>, _: &CloseFrame) -> Poll<Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    struct Quiet;
-
-    impl MessageComponent for Quiet {
-        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
-            Ok(())
-        }
-    }
+    use crate::test_support::{Quiet, Tiny};
 
     #[test]
     fn a_client_whose_task_never_ran_leaves_its_context() {
@@ -164,7 +131,8 @@ mod tests {
         let handle = runtime.block_on(async {
             let peer = SocketAddr::from(([127, 0, 0, 1], 1));
             let info = TransportInfo::new("test");
-            spawn_client(Silent, peer, info, Arc::new(Quiet), Config::default()).expect("valid")
+            spawn_client(Tiny::new(), peer, info, Arc::new(Quiet), Config::default())
+                .expect("valid")
         });
         assert_eq!(handle.stats().open_connections, 1);
         assert!(handle.send("while the task waits").is_ok());

@@ -57,6 +57,8 @@ mod reconnect;
 pub mod rooms;
 mod server;
 mod stats;
+#[cfg(test)]
+mod test_support;
 pub mod transport;
 
 #[cfg(feature = "test-util")]

@@ -796,28 +796,8 @@ mod tests {
     use crate::config::Config;
     use crate::error::{BoxError, Result};
     use crate::server::Context;
+    use crate::test_support::{Quiet, Tiny};
     use crate::transport::TransportInfo;
-
-    /// A transport connection one pointer wide, like the WebSocket one.
-    struct Tiny(#[allow(dead_code)] Box<u64>);
-
-    impl TransportConn for Tiny {
-        fn poll_recv(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<Received>> {
-            Poll::Pending
-        }
-        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn start_send(&mut self, _: Message) -> Result<()> {
-            Ok(())
-        }
-        fn poll_flush(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(&mut self, _: &mut TaskContext<'_>, _: &CloseFrame) -> Poll<Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
 
     /// A transport that records what it is handed and writes it all at
     /// once, but is full, without waking anyone, for the second message
@@ -960,14 +940,6 @@ mod tests {
         assert_eq!(ctx.stats.snapshot().slow_consumer_closes, 1);
     }
 
-    struct Quiet;
-
-    impl MessageComponent for Quiet {
-        async fn on_message(&self, _: &Connection, _: Message) -> Result<(), BoxError> {
-            Ok(())
-        }
-    }
-
     /// Every idle connection pays for its task: the driver's future keeps
     /// only the message loop's state inline (what follows the loop and
     /// `on_open` are boxed when they start, the driver's state is boxed),
@@ -982,11 +954,11 @@ mod tests {
         let ctx = Context::new(Config::default());
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         let open = || ctx.open(peer, TransportInfo::new("test"), Default::default(), None);
-        let direct = drive(Tiny(Box::new(0)), open(), Arc::new(Quiet), None);
+        let direct = drive(Tiny::new(), open(), Arc::new(Quiet), None);
         let size = std::mem::size_of_val(&direct);
         assert!(size <= 144, "the connection future is {size} bytes");
         let object: Arc<dyn crate::DynComponent> = Arc::new(Quiet);
-        let boxed = drive(Tiny(Box::new(0)), open(), object, None);
+        let boxed = drive(Tiny::new(), open(), object, None);
         let size = std::mem::size_of_val(&boxed);
         assert!(
             size <= 112,
@@ -1320,7 +1292,7 @@ mod tests {
     fn a_driver_dropped_before_its_first_poll_takes_its_connection_off_the_server() {
         let (ctx, conn) = open(Config::default());
         let component = Arc::new(Member::default());
-        let driver = drive(Tiny(Box::new(0)), conn.clone(), component.clone(), None);
+        let driver = drive(Tiny::new(), conn.clone(), component.clone(), None);
         assert_eq!(ctx.stats.snapshot().open_connections, 1);
         assert_eq!(ctx.registry().len(), 1);
 
@@ -1335,12 +1307,7 @@ mod tests {
     async fn a_driver_dropped_while_it_waits_leaves_its_hubs_and_the_server() {
         let (ctx, conn) = open(Config::default());
         let component = Arc::new(Member::default());
-        let mut driver = Box::pin(drive(
-            Tiny(Box::new(0)),
-            conn.clone(),
-            component.clone(),
-            None,
-        ));
+        let mut driver = Box::pin(drive(Tiny::new(), conn.clone(), component.clone(), None));
         // One poll runs `on_open` and leaves the loop waiting on a
         // transport that never has input.
         let first = std::future::poll_fn(|cx| Poll::Ready(driver.as_mut().poll(cx))).await;
