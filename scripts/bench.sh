@@ -39,7 +39,7 @@
 # without it (the same load, the offer declined) and Node ws with
 # perMessageDeflate (nodews-deflate-*: benches/nodews/server.js, ws and the
 # same Node 16 from benches/nodews/package-lock.json).
-# ws-bcast-* also run two models of fan-out, and ws-idle-10k the floor of
+# ws-bcast-* also run three models of fan-out, and ws-idle-10k the floor of
 # a task per connection and a model without one (model-*, floor-*: see
 # the table at the top of benches/loadgen/src/bin/bench-server.rs).
 # Binaries and results go to target/bench/ (under $CARGO_TARGET_DIR if set).
@@ -186,8 +186,8 @@ SCENARIOS=(
     "ws-echo-32B|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo|echo --client raw --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
     "ws-echo-64KiB|naive-ws-echo|switchboard-ws-echo naive-ws-echo uws-echo|echo --client raw --conns 10 --inflight 10 --size 65536 --seconds $ECHO_S"
     "tcp-echo-32B|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|echo --conns 100 --inflight 10 --size 32 --seconds $ECHO_S"
-    "ws-bcast-1k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat model-wake-ws-chat model-direct-ws-chat|broadcast --client raw --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
-    "ws-bcast-10k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat model-wake-ws-chat model-direct-ws-chat|broadcast --client raw --subs 10000 --pubs 1 --rate 5 --size 64 --seconds $BCAST_S --settle 2"
+    "ws-bcast-1k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat model-wake-ws-chat model-direct-ws-chat model-drain-ws-chat|broadcast --client raw --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
+    "ws-bcast-10k|naive-ws-chat|switchboard-ws-chat naive-ws-chat uws-chat model-wake-ws-chat model-direct-ws-chat model-drain-ws-chat|broadcast --client raw --subs 10000 --pubs 1 --rate 5 --size 64 --seconds $BCAST_S --settle 2"
     "tcp-bcast-1k|plain-tcp-chat|switchboard-tcp-chat plain-tcp-chat|broadcast --subs 1000 --pubs 1 --rate 100 --size 64 --seconds $BCAST_S"
     "ws-idle-10k|naive-ws-echo|switchboard-ws-echo axum-ws-echo naive-ws-echo uws-echo floor-ws-idle floor-ws-idle-timer model-parked-ws-idle model-parked-ws-idle-timer|idle --conns $IDLE10K_N"
     "tcp-idle-10k|plain-tcp-echo|switchboard-tcp-echo plain-tcp-echo|idle --conns $IDLE10K_N"

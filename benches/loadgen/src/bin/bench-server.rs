@@ -20,7 +20,8 @@
 //! | `model-parked-ws-idle` | a model, not switchboard's design: after the upgrade, idle connections own no task, each an entry of one `FuturesUnordered` holding allocations of the sizes switchboard's idle connection holds (see `model_parked`); for the idle scenarios only |
 //! | `model-parked-ws-idle-timer` | the same with a boxed idle `Sleep` per entry, as switchboard's keepalive had before its sweep |
 //! | `model-wake-ws-chat` | a model of fan-out, not switchboard's design: each message framed once, queued to every other member whose task is woken to write it (see `model_fanout`) |
-//! | `model-direct-ws-chat` | the same, but the publishing task writes each frame into a member's socket itself when nothing waits before it there, as uWebSockets does |
+//! | `model-direct-ws-chat` | the same, but the publishing task writes each frame into a member's socket itself when nothing waits before it there |
+//! | `model-drain-ws-chat` | the same, but each delivery only queues the frame, and one drain task, woken once per broadcast, writes every member's queue into its socket after the publisher's batch, several frames per write, as uWebSockets does at the end of its event loop's iteration |
 //!
 //! Prints `listening on ADDR pid PID` once bound, then serves until killed
 //! or until `--max-seconds` (default 900) have passed. `--ws-read-buffer N`
@@ -70,6 +71,7 @@ const KINDS: &[&str] = &[
     "model-parked-ws-idle-timer",
     "model-wake-ws-chat",
     "model-direct-ws-chat",
+    "model-drain-ws-chat",
 ];
 
 fn main() {
@@ -158,8 +160,9 @@ async fn serve(kind: &str, addr: &str, read_buffer: Option<usize>) -> Result<(),
         "floor-ws-idle-timer" => floor_ws_idle(addr, true).await,
         "model-parked-ws-idle" => model_parked(addr, false).await,
         "model-parked-ws-idle-timer" => model_parked(addr, true).await,
-        "model-wake-ws-chat" => model_fanout(addr, false).await,
-        "model-direct-ws-chat" => model_fanout(addr, true).await,
+        "model-wake-ws-chat" => model_fanout(addr, Fan::Wake).await,
+        "model-direct-ws-chat" => model_fanout(addr, Fan::Direct).await,
+        "model-drain-ws-chat" => model_fanout(addr, Fan::Drain).await,
         _ => unreachable!("kinds are checked in main"),
     }
 }
@@ -598,51 +601,115 @@ struct FanMember {
 #[derive(Default)]
 struct FanOut {
     /// Frames (or the rest of one) not yet taken by the socket, in order.
+    /// Once not empty, one party answers for writing it: the drain task
+    /// (the member is in its list) or the member's own task (woken).
     queue: std::collections::VecDeque<bytes::Bytes>,
     /// The member's task, to write the queue out.
     waker: Option<std::task::Waker>,
     closed: bool,
 }
 
-type FanMembers = Arc<Mutex<HashMap<u64, Arc<FanMember>>>>;
+type FanMembers = Arc<Mutex<std::collections::BTreeMap<u64, Arc<FanMember>>>>;
 
-impl FanMember {
-    /// Hands `frame` over: with `direct`, written by the caller at once if
-    /// nothing waits before it and the socket takes it, else queued for
-    /// the member's task (woken) to write.
-    fn deliver(&self, frame: &bytes::Bytes, direct: bool) {
-        let mut out = self.out.lock().unwrap();
-        if out.closed {
+/// How a fan-out model hands a frame to a member.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fan {
+    /// Queued, and the member's task woken to write it.
+    Wake,
+    /// Written by the publisher at once if nothing waits before it and the
+    /// socket takes it; else as `Wake`.
+    Direct,
+    /// Queued without a wake; the drain task writes it after the
+    /// publisher's batch.
+    Drain,
+}
+
+/// The members whose queue the drain task writes next, and its waker.
+#[derive(Default)]
+struct Drain {
+    pending: Mutex<(Vec<Arc<FanMember>>, Option<std::task::Waker>)>,
+}
+
+impl Drain {
+    /// Hands `members` (each with a queue that was empty) to the drain
+    /// task: one lock and at most one wake per broadcast.
+    fn add(&self, members: &mut Vec<Arc<FanMember>>) {
+        if members.is_empty() {
             return;
         }
-        if direct && out.queue.is_empty() {
-            match self.stream.try_write(frame) {
-                Ok(n) if n == frame.len() => return,
+        let mut pending = self.pending.lock().unwrap();
+        pending.0.append(members);
+        if let Some(waker) = pending.1.take() {
+            waker.wake();
+        }
+    }
+
+    /// The drain task: runs after the publisher's poll (it is woken, not
+    /// polled, by a broadcast), so that the frames of every broadcast in
+    /// that batch go to each member in one write.
+    async fn run(self: Arc<Self>) {
+        let mut batch = Vec::new();
+        loop {
+            std::future::poll_fn(|cx| {
+                let mut pending = self.pending.lock().unwrap();
+                if pending.0.is_empty() {
+                    pending.1 = Some(cx.waker().clone());
+                    return std::task::Poll::Pending;
+                }
+                std::mem::swap(&mut pending.0, &mut batch);
+                std::task::Poll::Ready(())
+            })
+            .await;
+            for member in batch.drain(..) {
+                let mut out = member.out.lock().unwrap();
+                if member.write_queue(&mut out).is_err() && !out.queue.is_empty() {
+                    // The socket is full: the member's task waits for it.
+                    if let Some(waker) = out.waker.take() {
+                        waker.wake();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl FanMember {
+    /// Hands `frame` over as `fan` says. Returns whether the member is to
+    /// be handed to the drain task (`Drain`, and its queue was empty).
+    fn deliver(&self, frame: &bytes::Bytes, fan: Fan) -> bool {
+        let mut out = self.out.lock().unwrap();
+        if out.closed {
+            return false;
+        }
+        match fan {
+            Fan::Drain => {
+                out.queue.push_back(frame.clone());
+                return out.queue.len() == 1;
+            }
+            Fan::Direct if out.queue.is_empty() => match self.stream.try_write(frame) {
+                Ok(n) if n == frame.len() => return false,
                 Ok(n) => out.queue.push_back(frame.slice(n..)),
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                     out.queue.push_back(frame.clone())
                 }
                 Err(_) => {
                     out.closed = true;
-                    return;
+                    return false;
                 }
-            }
-        } else {
-            out.queue.push_back(frame.clone());
+            },
+            Fan::Wake | Fan::Direct => out.queue.push_back(frame.clone()),
         }
         if let Some(waker) = out.waker.take() {
             waker.wake();
         }
+        false
     }
 
-    /// Writes the queue out until it is empty or the socket is full;
-    /// `false` once writing failed.
-    fn poll_write_queue(&self, cx: &mut std::task::Context<'_>) -> bool {
-        let mut out = self.out.lock().unwrap();
+    /// Writes the queue into the socket, several frames per write, until
+    /// it is empty (`Ok`) or the socket is full or failed (`Err`; a
+    /// failure also closes the member).
+    fn write_queue(&self, out: &mut FanOut) -> std::io::Result<()> {
         while !out.queue.is_empty() {
-            if self.stream.poll_write_ready(cx).is_pending() {
-                break;
-            }
             let mut slices = [std::io::IoSlice::new(&[]); 64];
             let mut count = 0;
             for (slice, frame) in slices.iter_mut().zip(&out.queue) {
@@ -651,10 +718,11 @@ impl FanMember {
             }
             let written = match self.stream.try_write_vectored(&slices[..count]) {
                 Ok(n) => n,
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => {
-                    out.closed = true;
-                    return false;
+                Err(err) => {
+                    if err.kind() != std::io::ErrorKind::WouldBlock {
+                        out.closed = true;
+                    }
+                    return Err(err);
                 }
             };
             let mut left = written;
@@ -669,6 +737,18 @@ impl FanMember {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The member's own task writes its queue out until it is empty or the
+    /// socket is full; `false` once writing failed.
+    fn poll_write_queue(&self, cx: &mut std::task::Context<'_>) -> bool {
+        let mut out = self.out.lock().unwrap();
+        while !out.queue.is_empty() && self.stream.poll_write_ready(cx).is_ready() {
+            if self.write_queue(&mut out).is_err() && out.closed {
+                return false;
+            }
+        }
         match &out.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => out.waker = Some(cx.waker().clone()),
@@ -677,33 +757,48 @@ impl FanMember {
     }
 }
 
-/// Two models (not switchboard's design) of a WebSocket chat's fan-out,
+/// Three models (not switchboard's design) of a WebSocket chat's fan-out,
 /// for what a tokio server can reach per delivery: every message goes to
 /// every other member as one unmasked frame built once per message.
-/// Without `direct`, each delivery queues the frame and wakes the member's
+/// `Fan::Wake`: each delivery queues the frame and wakes the member's
 /// task, which writes its queue (the least a design that writes from each
-/// member's own task does); with `direct`, the publishing task writes the
+/// member's own task does). `Fan::Direct`: the publishing task writes the
 /// frame into the member's socket itself when nothing waits before it and
-/// the socket takes it, as uWebSockets does, and queues it otherwise.
+/// the socket takes it, and queues it otherwise. `Fan::Drain`: each
+/// delivery only queues the frame; one drain task, woken once per
+/// broadcast, runs after the publisher's batch and writes each member's
+/// queue (every frame of that batch) in one write, as uWebSockets drains
+/// its topics at the end of each event loop iteration; what the socket
+/// does not take, the member's task writes when it can.
 /// Text and binary frames of up to 64 KiB, unfragmented, are fanned out,
 /// pings and pongs skipped; anything else (a close, a fragment, a larger
 /// frame) ends the connection. The member map's lock is held while a
 /// message is delivered, which serializes publishers: fair with the one
 /// publisher of the broadcast scenarios. docs/performance.md ("Against
 /// uWebSockets.js") has the figures.
-async fn model_fanout(addr: &str, direct: bool) -> Result<(), BoxError> {
+async fn model_fanout(addr: &str, fan: Fan) -> Result<(), BoxError> {
     let listener = TcpListener::bind(addr).await?;
     announce(listener.local_addr()?);
     let members: FanMembers = Arc::default();
+    let drain = Arc::new(Drain::default());
+    if fan == Fan::Drain {
+        tokio::spawn(drain.clone().run());
+    }
     let mut next_id = 0u64;
     loop {
         let (stream, _) = accept(&listener).await;
         next_id += 1;
-        tokio::spawn(fan_member(stream, next_id, members.clone(), direct));
+        tokio::spawn(fan_member(
+            stream,
+            next_id,
+            members.clone(),
+            fan,
+            drain.clone(),
+        ));
     }
 }
 
-async fn fan_member(stream: TcpStream, id: u64, members: FanMembers, direct: bool) {
+async fn fan_member(stream: TcpStream, id: u64, members: FanMembers, fan: Fan, drain: Arc<Drain>) {
     if upgrade(&stream).await.is_none() {
         return;
     }
@@ -713,6 +808,7 @@ async fn fan_member(stream: TcpStream, id: u64, members: FanMembers, direct: boo
     });
     members.lock().unwrap().insert(id, me.clone());
     let mut input: Vec<u8> = Vec::new();
+    let mut to_drain = Vec::new();
     std::future::poll_fn(|cx| {
         loop {
             match me.stream.poll_read_ready(cx) {
@@ -735,10 +831,11 @@ async fn fan_member(stream: TcpStream, id: u64, members: FanMembers, direct: boo
                     ClientFrame::End => return std::task::Poll::Ready(()),
                 };
                 for (other, member) in members.lock().unwrap().iter() {
-                    if *other != id {
-                        member.deliver(&frame, direct);
+                    if *other != id && member.deliver(&frame, fan) {
+                        to_drain.push(member.clone());
                     }
                 }
+                drain.add(&mut to_drain);
             }
         }
         if !me.poll_write_queue(cx) {
