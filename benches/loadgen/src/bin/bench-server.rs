@@ -662,6 +662,11 @@ impl Drain {
             .await;
             for member in batch.drain(..) {
                 let mut out = member.out.lock().unwrap();
+                if out.closed {
+                    // Its task has ended: nothing more goes to its socket.
+                    out.queue.clear();
+                    continue;
+                }
                 if member.write_queue(&mut out).is_err() && !out.queue.is_empty() {
                     // The socket is full: the member's task waits for it.
                     if let Some(waker) = out.waker.take() {
@@ -844,7 +849,10 @@ async fn fan_member(stream: TcpStream, id: u64, members: FanMembers, fan: Fan, d
         std::task::Poll::Pending
     })
     .await;
-    me.out.lock().unwrap().closed = true;
+    let mut out = me.out.lock().unwrap();
+    out.closed = true;
+    out.queue.clear();
+    drop(out);
     members.lock().unwrap().remove(&id);
 }
 
